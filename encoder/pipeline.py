@@ -1,0 +1,340 @@
+"""Encode a raster into a feature store: windowed reads, one stretch, batches, resume (no QGIS).
+
+Three stages overlap: a reader thread reads and normalises the next tiles while the model encodes the
+current batch, and a writer thread converts and stores the previous batch. Queues are bounded, so
+memory depends on the batch size, never on the raster size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import __version__ as quicksam_version
+from .catalogue import model_spec
+from .errors import Cancelled, QuickSamError
+from .normalise import Stretch, compute_stretch, sample_windows
+from .raster import RasterInfo, WindowReader, choose_bands, describe_raster, extent_to_window, raster_fingerprint
+from .store import DECODER_ONNX, FORMAT_NAME, FORMAT_VERSION, FeatureStore, feature_layout
+from .tile_index import write_tile_index
+from .tiling import DEFAULT_OVERLAP, PixelWindow, Tile, TileGrid
+
+LOG = logging.getLogger("quicksam")
+_END = object()
+
+
+@dataclass
+class EncodeRequest:
+    """Everything one encoding needs. `extent` is (xmin, ymin, xmax, ymax) in the raster's CRS.
+
+    `checkpoint` is a resolved checkpoint (path + sha256 + name) or None for seeded random weights.
+    """
+
+    raster: str
+    store: Path
+    model: str = "sam2.1_hiera_t"
+    checkpoint: Optional[object] = None
+    seed: int = 0
+    bands: Optional[Sequence[int]] = None
+    overlap: int = DEFAULT_OVERLAP
+    extent: Optional[Tuple[float, float, float, float]] = None
+    batch_size: int = 1
+    device: str = "auto"
+    tile_size: int = 1024
+    stretch: str = "percentile"
+    feature_dtype: str = "float16"
+
+
+@dataclass
+class ProgressEvent:
+    """One tile finished. `status` is 'done' or 'nodata'."""
+
+    done: int
+    total: int
+    tile_id: str
+    status: str
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.done / max(1, self.total)
+
+
+@dataclass
+class EncodeStats:
+    """Timings of one run, for benchmarks (seconds)."""
+
+    tiles_encoded: int = 0
+    tiles_nodata: int = 0
+    model_seconds: float = 0.0
+    total_seconds: float = 0.0
+    model_build_seconds: float = 0.0
+    batch_model_seconds: List[float] = field(default_factory=list)
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+CancelCheck = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
+
+def plan_grid(info: RasterInfo, request: EncodeRequest) -> TileGrid:
+    window = extent_to_window(info, request.extent) if request.extent else None
+    return TileGrid.build(info.width, info.height, request.tile_size, request.overlap, window)
+
+
+def sample_stretch(path: str, bands: Sequence[int], area: PixelWindow, mode: str) -> Stretch:
+    """The stretch of the whole encoded area, from evenly spread sample windows."""
+    with WindowReader(path, bands) as reader:
+        samples = [reader.read(window) for window in sample_windows(area)]
+    return compute_stretch(samples, mode)
+
+
+def random_weights_identity(model: object) -> str:
+    """SHA-256 of a random model's weights: the identity of 'checkpoint' when there is none."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.net.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_manifest(request: EncodeRequest, info: RasterInfo, bands: List[int], grid: TileGrid,
+                   stretch: Stretch, fingerprint: str) -> dict:
+    """Manifest of a new store, without the fields known only once the model is built."""
+    spec = model_spec(request.model)
+    checkpoint = request.checkpoint
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "quicksam_version": quicksam_version,
+        "model": {"name": spec.name, "family": spec.family, "config": spec.config,
+                  "image_size": request.tile_size, "random_weights": checkpoint is None,
+                  "seed": request.seed if checkpoint is None else None},
+        "checkpoint": ({"sha256": checkpoint.sha256, "name": checkpoint.name, "source": checkpoint.source}
+                       if checkpoint is not None else
+                       {"sha256": None, "name": f"random weights (seed {request.seed}): NOT a trained model",
+                        "source": None}),
+        "preprocessing": {"bands": bands, "stretch_mode": request.stretch, "stretch": stretch.to_dict(),
+                          "nodata_fill": 0},
+        "raster": {"path": str(Path(info.path).resolve()) if Path(info.path).exists() else info.path,
+                   "fingerprint": fingerprint, "width": info.width, "height": info.height,
+                   "count": info.count, "dtypes": list(info.dtypes), "nodata": info.nodata,
+                   "crs_wkt": info.crs_wkt, "crs_name": info.crs_name,
+                   "geotransform": list(info.geotransform)},
+        "grid": grid.to_dict(),
+        "features": {"dtype": request.feature_dtype, "arrays": []},
+        "decoder": {"onnx": DECODER_ONNX},
+    }
+
+
+class TilePipeline:
+    """Runs reader -> model -> writer for the pending tiles of one store."""
+
+    def __init__(self, store: FeatureStore, model: object, raster: str, stretch: Stretch,
+                 batch_size: int, progress: ProgressCallback, cancelled: CancelCheck):
+        self.store = store
+        self.model = model
+        self.raster = raster
+        self.stretch = stretch
+        self.batch_size = max(1, int(batch_size))
+        self.progress = progress
+        self.cancelled = cancelled
+        self.stats = EncodeStats()
+        self._inputs: queue.Queue = queue.Queue(maxsize=2 * self.batch_size)
+        self._outputs: queue.Queue = queue.Queue(maxsize=2)
+        self._errors: List[BaseException] = []
+        self._stop = threading.Event()
+        self._done = len(store.grid) - len(store.pending_tiles())
+
+    def run(self, tiles: List[Tile]) -> EncodeStats:
+        started = time.perf_counter()
+        reader = threading.Thread(target=self._read, args=(tiles,), name="quicksam-reader", daemon=True)
+        writer = threading.Thread(target=self._write, name="quicksam-writer", daemon=True)
+        reader.start()
+        writer.start()
+        try:
+            self._encode_batches()
+        finally:
+            self._stop.set()
+            self._outputs.put(_END)
+            writer.join()
+            self._drain(self._inputs)
+            reader.join()
+        self.stats.total_seconds = time.perf_counter() - started
+        if self._errors:
+            raise self._errors[0]
+        if self.cancelled():
+            raise Cancelled("encoding cancelled; finished tiles are kept and the same command resumes")
+        return self.stats
+
+    @staticmethod
+    def _drain(items: queue.Queue) -> None:
+        while True:
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                return
+
+    def _put(self, items: queue.Queue, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self, tiles: List[Tile]) -> None:
+        try:
+            with WindowReader(self.raster, self.store.manifest["preprocessing"]["bands"]) as reader:
+                for tile in tiles:
+                    if self._stop.is_set() or self.cancelled():
+                        break
+                    data, valid = reader.read_tile(tile)
+                    valid_fraction = float(valid.mean())
+                    image = self.stretch.apply(data, valid) if valid_fraction > 0 else None
+                    if not self._put(self._inputs, (tile, image, valid_fraction)):
+                        break
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
+            self._errors.append(exc)
+        finally:
+            self._put(self._inputs, _END)
+
+    def _next_batch(self) -> Tuple[List[Tuple[Tile, np.ndarray, float]], bool]:
+        batch, finished = [], False
+        while len(batch) < self.batch_size:
+            item = self._inputs.get()
+            if item is _END:
+                finished = True
+                break
+            tile, image, valid_fraction = item
+            if image is None:
+                self._outputs.put(("nodata", tile, None, 0.0))
+                continue
+            batch.append(item)
+        return batch, finished
+
+    def _encode_batches(self) -> None:
+        finished = False
+        while not finished and not self._errors:
+            if self.cancelled():
+                return
+            batch, finished = self._next_batch()
+            if not batch:
+                continue
+            started = time.perf_counter()
+            features = self.model.encode(np.stack([image for _, image, _ in batch]))
+            elapsed = time.perf_counter() - started
+            self.stats.model_seconds += elapsed
+            self.stats.batch_model_seconds.append(elapsed)
+            for (tile, _, valid_fraction), tile_features in zip(batch, features):
+                self._outputs.put(("done", tile, tile_features, valid_fraction))
+
+    def _write(self) -> None:
+        while True:
+            item = self._outputs.get()
+            if item is _END:
+                return
+            if self._errors:
+                continue
+            status, tile, features, valid_fraction = item
+            try:
+                if status == "nodata":
+                    self.store.mark_nodata(tile)
+                    self.stats.tiles_nodata += 1
+                else:
+                    self.store.write_tile(tile, features, valid_fraction)
+                    self.stats.tiles_encoded += 1
+                self._done += 1
+                self.progress(ProgressEvent(self._done, len(self.store.grid), tile.tile_id, status))
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                self._errors.append(exc)
+                self._stop.set()
+
+
+def prepare_store(request: EncodeRequest) -> Tuple[FeatureStore, Stretch]:
+    """Check the raster, plan tiles and stretch, and create or resume the store (no model yet)."""
+    info = describe_raster(request.raster)
+    bands = choose_bands(info, request.bands)
+    if info.count > 3 and not request.bands:
+        LOG.info("%s has %d bands; using bands %s (choose others with --bands)", request.raster,
+                 info.count, ",".join(map(str, bands)))
+    grid = plan_grid(info, request)
+    stretch = sample_stretch(request.raster, bands, grid.window, request.stretch)
+    manifest = build_manifest(request, info, bands, grid, stretch, raster_fingerprint(request.raster, info))
+    store = FeatureStore.create_or_resume(request.store, manifest)
+    return store, Stretch.from_dict(store.manifest["preprocessing"]["stretch"])
+
+
+def _complete_manifest(store: FeatureStore, model: object) -> None:
+    """Fill in what only the built model knows (feature layout, decoder settings, random identity)."""
+    manifest = dict(store.manifest)
+    manifest["features"] = dict(manifest["features"], arrays=[
+        item.__dict__ for item in feature_layout((s.name, s.shape) for s in model.feature_specs())])
+    manifest["decoder"] = dict(manifest["decoder"], settings=model.decoder_settings.to_dict())
+    if manifest["model"]["random_weights"] and not manifest["checkpoint"]["sha256"]:
+        manifest["checkpoint"] = dict(manifest["checkpoint"], sha256=random_weights_identity(model))
+    if manifest != store.manifest:
+        store.update_manifest(manifest)
+
+
+def encode_raster(request: EncodeRequest, progress: Optional[ProgressCallback] = None,
+                  cancelled: Optional[CancelCheck] = None, model: Optional[object] = None,
+                  started: Optional[Callable[[FeatureStore, int], None]] = None) -> Tuple[FeatureStore, EncodeStats]:
+    """Encode (or finish encoding) `request.raster` into `request.store`.
+
+    `started(store, tiles_to_do)` is called once the store is ready. A model may be passed in
+    (benchmarks, tests); otherwise it is built from the request.
+    """
+    progress = progress or (lambda event: None)
+    cancelled = cancelled or _never
+    store, stretch = prepare_store(request)
+    pending = store.pending_tiles()
+    if started is not None:
+        started(store, len(pending))
+    stats = EncodeStats()
+    needs_decoder = not (store.root / DECODER_ONNX).is_file()
+    if pending or needs_decoder or not store.manifest["features"]["arrays"]:
+        if model is None:
+            started = time.perf_counter()
+            model = load_model_for(request)
+            stats.model_build_seconds = time.perf_counter() - started
+        _complete_manifest(store, model)
+        if needs_decoder:
+            model.export_decoder_onnx(store.root / DECODER_ONNX)
+    if pending:
+        LOG.info("encoding %d of %d tiles into %s", len(pending), len(store.grid), store.root)
+        pipeline = TilePipeline(store, model, request.raster, stretch, request.batch_size, progress, cancelled)
+        try:
+            run_stats = pipeline.run(pending)
+        finally:
+            write_tile_index(store)
+        run_stats.model_build_seconds = stats.model_build_seconds
+        stats = run_stats
+    else:
+        write_tile_index(store)
+    return store, stats
+
+
+def load_model_for(request: EncodeRequest) -> object:
+    """Build the request's model on its device (torch is imported here, not before)."""
+    from .models import build_model, select_device
+
+    try:
+        device = select_device(request.device)
+    except ValueError as exc:
+        raise QuickSamError(str(exc)) from exc
+    checkpoint_path = request.checkpoint.path if request.checkpoint is not None else None
+    return build_model(request.model, checkpoint=checkpoint_path, seed=request.seed, device=device,
+                       image_size=request.tile_size)
+

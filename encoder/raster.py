@@ -1,0 +1,238 @@
+"""Reading georeferenced rasters in windows (rasterio; no QGIS, no torch).
+
+Coordinates: `extent` values are in the raster's CRS; pixel windows are in raster pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import RasterError
+from .tiling import PixelWindow, Tile
+
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+_FINGERPRINT_CHUNK = 1 << 16
+_FINGERPRINT_SAMPLES = 16
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What the encoder needs to know about a raster. `geotransform` is GDAL's 6-tuple."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtypes: Tuple[str, ...]
+    nodata: Optional[float]
+    crs_wkt: str
+    crs_name: str
+    geotransform: Tuple[float, float, float, float, float, float]
+    colour_interpretation: Tuple[str, ...]
+
+    @property
+    def bounds(self) -> Tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) in the raster CRS."""
+        xs, ys = zip(*(pixel_to_map(self.geotransform, c, r)
+                       for c, r in ((0, 0), (self.width, 0), (0, self.height),
+                                    (self.width, self.height))))
+        return min(xs), min(ys), max(xs), max(ys)
+
+
+def pixel_to_map(geotransform: Sequence[float], col: float, row: float) -> Tuple[float, float]:
+    """Map coordinates (raster CRS) of a continuous pixel position (col, row); (0, 0) is the top-left
+    corner of the top-left pixel."""
+    a, b, c, d, e, f = geotransform
+    return a + col * b + row * c, d + col * e + row * f
+
+
+def map_to_pixel(geotransform: Sequence[float], x: float, y: float) -> Tuple[float, float]:
+    """Continuous pixel position (col, row) of a point in the raster CRS."""
+    a, b, c, d, e, f = geotransform
+    det = b * f - c * e
+    if det == 0:
+        raise RasterError("the raster's geotransform is degenerate; fix its georeferencing")
+    dx, dy = x - a, y - d
+    return (f * dx - c * dy) / det, (-e * dx + b * dy) / det
+
+
+def tile_geotransform(geotransform: Sequence[float], tile: Tile) -> Tuple[float, ...]:
+    """GDAL geotransform of a tile's own pixel grid (pixel (0, 0) = the tile's top-left)."""
+    x0, y0 = pixel_to_map(geotransform, tile.col_off, tile.row_off)
+    a, b, c, d, e, f = geotransform
+    return (x0, b, c, y0, e, f)
+
+
+def _open(path: str):
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise RasterError(f"cannot open raster '{path}': {str(exc).splitlines()[0]}. "
+                          "Check the path and that GDAL can read the file.") from exc
+
+
+def describe_raster(path: str) -> RasterInfo:
+    """Open a raster and check it can be encoded; raise RasterError saying what to do if not."""
+    with _open(path) as src:
+        if src.crs is None and src.transform.is_identity:
+            raise RasterError(
+                f"'{path}' has no georeference (no CRS, no geotransform): polygons would not land on "
+                "the map. Georeference it first (QGIS: Raster > Georeferencer, or "
+                "Raster > Projections > Assign Projection) and encode again.")
+        if src.crs is None:
+            raise RasterError(
+                f"'{path}' has a geotransform but no CRS. Assign its CRS first "
+                "(QGIS: Raster > Projections > Assign Projection) and encode again.")
+        dtypes = tuple(src.dtypes)
+        unsupported = sorted({dt for dt in dtypes if dt not in SUPPORTED_DTYPES})
+        if unsupported:
+            raise RasterError(
+                f"'{path}' has bands of type {', '.join(unsupported)}, which QuickSAM cannot "
+                f"stretch; convert it to one of {', '.join(SUPPORTED_DTYPES)} "
+                "(QGIS: Raster > Conversion > Translate) and encode again.")
+        return RasterInfo(
+            path=str(path),
+            width=src.width,
+            height=src.height,
+            count=src.count,
+            dtypes=dtypes,
+            nodata=None if src.nodata is None else float(src.nodata),
+            crs_wkt=src.crs.to_wkt(),
+            crs_name=src.crs.to_string(),
+            geotransform=tuple(src.transform.to_gdal()),
+            colour_interpretation=tuple(ci.name for ci in src.colorinterp),
+        )
+
+
+def choose_bands(info: RasterInfo, requested: Optional[Sequence[int]]) -> List[int]:
+    """The three 1-based band numbers fed to the model as R, G, B.
+
+    One band is repeated three times; two bands give (1, 2, 1). With more than three bands and no choice,
+    bands labelled red/green/blue are used if the file says so, else the first three.
+    """
+    if requested:
+        bands = [int(b) for b in requested]
+        bad = [b for b in bands if not 1 <= b <= info.count]
+        if bad:
+            raise RasterError(
+                f"band {bad[0]} does not exist: '{info.path}' has {info.count} band(s) "
+                f"(1..{info.count}); pass e.g. --bands {','.join(str(b) for b in range(1, min(3, info.count) + 1))}")
+        if not 1 <= len(bands) <= 3:
+            raise RasterError(f"choose one to three bands, got {len(bands)} ({bands})")
+    else:
+        by_colour = {name: i + 1 for i, name in enumerate(info.colour_interpretation)}
+        if all(colour in by_colour for colour in ("red", "green", "blue")):
+            bands = [by_colour["red"], by_colour["green"], by_colour["blue"]]
+        else:
+            data_bands = [i + 1 for i, name in enumerate(info.colour_interpretation) if name != "alpha"]
+            bands = (data_bands or [1])[:3]
+    if len(bands) == 1:
+        return bands * 3
+    if len(bands) == 2:
+        return [bands[0], bands[1], bands[0]]
+    return bands
+
+
+def extent_to_window(info: RasterInfo, extent: Tuple[float, float, float, float]) -> PixelWindow:
+    """Pixel window covering an (xmin, ymin, xmax, ymax) extent given in the raster's CRS."""
+    xmin, ymin, xmax, ymax = extent
+    if not (xmin < xmax and ymin < ymax):
+        raise RasterError(f"extent {extent} is empty: give it as xmin,ymin,xmax,ymax with xmin < xmax "
+                          "and ymin < ymax")
+    corners = [map_to_pixel(info.geotransform, x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
+    cols, rows = zip(*corners)
+    col0, col1 = max(0, math.floor(min(cols))), min(info.width, math.ceil(max(cols)))
+    row0, row1 = max(0, math.floor(min(rows))), min(info.height, math.ceil(max(rows)))
+    if col0 >= col1 or row0 >= row1:
+        bx = ", ".join(f"{v:.6g}" for v in info.bounds)
+        raise RasterError(f"extent {extent} does not overlap the raster, whose bounds are ({bx}) in "
+                          f"{info.crs_name}; give the extent in the raster's CRS")
+    return PixelWindow(col0, row0, col1 - col0, row1 - row0)
+
+
+def raster_fingerprint(path: str, info: RasterInfo) -> str:
+    """A content fingerprint that changes when the pixels or the georeference change.
+
+    Hashes the file size, the structure (size, bands, types, CRS, geotransform) and evenly spaced
+    64 KiB samples of the bytes (not the whole file: rasters can be hundreds of GB). Copying or
+    renaming the file keeps it; rewriting pixels almost always changes it.
+    """
+    digest = hashlib.sha256()
+    structure = (info.width, info.height, info.count, info.dtypes, info.nodata, info.crs_wkt,
+                 info.geotransform)
+    digest.update(repr(structure).encode())
+    file_path = Path(path)
+    if file_path.is_file():
+        size = file_path.stat().st_size
+        digest.update(str(size).encode())
+        with open(file_path, "rb") as handle:
+            for i in range(_FINGERPRINT_SAMPLES):
+                handle.seek(max(0, (size - _FINGERPRINT_CHUNK) * i // (_FINGERPRINT_SAMPLES - 1)))
+                digest.update(handle.read(_FINGERPRINT_CHUNK))
+    return digest.hexdigest()
+
+
+class WindowReader:
+    """Reads tiles of selected bands with their validity mask. Keep one per thread (GDAL handles are
+    not thread-safe)."""
+
+    def __init__(self, path: str, bands: Sequence[int]):
+        self._dataset = _open(path)
+        self._bands = list(bands)
+        self._unique = sorted(set(self._bands))
+        self._nodata = self._dataset.nodata
+
+    def close(self) -> None:
+        self._dataset.close()
+
+    def __enter__(self) -> WindowReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def read(self, window: PixelWindow) -> Tuple[np.ndarray, np.ndarray]:
+        """Pixels (3, height, width) in the band order and a bool mask (height, width), True = valid.
+
+        A pixel is invalid when any chosen band is nodata, NaN, or masked by GDAL (alpha/mask band).
+        """
+        from rasterio.windows import Window
+
+        win = Window(window.col_off, window.row_off, window.width, window.height)
+        data = self._dataset.read(self._unique, window=win)
+        masks = self._dataset.read_masks(self._unique, window=win)
+        valid = np.all(masks > 0, axis=0)
+        if np.issubdtype(data.dtype, np.floating):
+            valid &= np.all(np.isfinite(data), axis=0)
+        if self._nodata is not None and not np.isnan(self._nodata):
+            valid &= np.all(data != self._nodata, axis=0)
+        order = [self._unique.index(b) for b in self._bands]
+        return data[order], valid
+
+    def read_tile(self, tile: Tile) -> Tuple[np.ndarray, np.ndarray]:
+        """A full `size` x `size` tile; padding (small rasters only) is zero and invalid."""
+        data, valid = self.read(tile.window)
+        if not tile.is_padded:
+            return data, valid
+        padded = np.zeros((data.shape[0], tile.size, tile.size), dtype=data.dtype)
+        padded_valid = np.zeros((tile.size, tile.size), dtype=bool)
+        padded[:, :tile.valid_height, :tile.valid_width] = data
+        padded_valid[:tile.valid_height, :tile.valid_width] = valid
+        return padded, padded_valid
+
+
+def file_size_or_zero(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

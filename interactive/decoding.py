@@ -1,0 +1,210 @@
+"""Mask decoding from stored features with ONNX Runtime and numpy (no torch, no QGIS).
+
+The decoder graph (prompt encoder + mask decoder) is exported once per store by the encoder; here it
+runs on cached features. Torch decoding (encoder/models.py) shares the prompt packing and the
+post-processing below, so both paths differ only in the graph runtime.
+
+Coordinates: continuous tile pixel coordinates, x = column, y = row, (0, 0) = top-left corner of the
+tile's top-left pixel. SAM itself adds 0.5 to integer pixel indices, so we pass `coordinate - 0.5`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+LOW_RES_LOGIT_CLAMP = 32.0
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """One object's prompts in tile pixel coordinates.
+
+    points: (N, 2) x, y; labels: (N,) 1 = foreground, 0 = background; box: (x0, y0, x1, y1) or None;
+    mask_input: (L, L) low-resolution logits of a previous decode of the same object, or None.
+    """
+
+    points: np.ndarray = None
+    labels: np.ndarray = None
+    box: Optional[Tuple[float, float, float, float]] = None
+    mask_input: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        points = np.zeros((0, 2)) if self.points is None else np.asarray(self.points, np.float64)
+        labels = np.zeros(0) if self.labels is None else np.asarray(self.labels)
+        object.__setattr__(self, "points", points.reshape(-1, 2))
+        object.__setattr__(self, "labels", labels.astype(np.int64).reshape(-1))
+        if len(self.points) != len(self.labels):
+            raise ValueError("each point needs a label (1 = foreground, 0 = background)")
+        if len(self.points) == 0 and self.box is None:
+            raise ValueError("a prompt needs at least one point or a box")
+
+    def sam_points(self) -> np.ndarray:
+        return self.points - 0.5
+
+    def sam_box(self) -> Optional[Tuple[float, float, float, float]]:
+        if self.box is None:
+            return None
+        return tuple(float(v) - 0.5 for v in self.box)
+
+
+@dataclass(frozen=True)
+class DecoderSettings:
+    """How one mask is chosen when a single output is asked for (SAM 2's dynamic multimask)."""
+
+    dynamic_multimask_via_stability: bool = False
+    stability_delta: float = 0.05
+    stability_thresh: float = 0.98
+    mask_threshold: float = 0.0
+
+    @classmethod
+    def from_sam2(cls, mask_decoder) -> DecoderSettings:
+        return cls(
+            dynamic_multimask_via_stability=bool(mask_decoder.dynamic_multimask_via_stability),
+            stability_delta=float(mask_decoder.dynamic_multimask_stability_delta),
+            stability_thresh=float(mask_decoder.dynamic_multimask_stability_thresh),
+        )
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class DecodeResult:
+    """masks: (K, S, S) bool at tile resolution; scores: (K,) predicted IoU; low_res_logits: (K, L, L)
+    clamped to +-32 (feed one back as `Prompts.mask_input`); indices: which of the model's outputs."""
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+    indices: np.ndarray
+
+
+def prompt_arrays(family: str, prompts: Prompts) -> Tuple[np.ndarray, np.ndarray]:
+    """Point coordinates and labels in the order each package's predictor builds them.
+
+    sam2: box corners (labels 2, 3) first, then points, then always one padding point (label -1).
+    sam1: points, then box corners; a padding point only when there is no box.
+    """
+    points = [list(p) for p in prompts.sam_points()]
+    labels = [int(v) for v in prompts.labels]
+    box = prompts.sam_box()
+    corners = [[box[0], box[1]], [box[2], box[3]]] if box is not None else []
+    corner_labels = [2, 3] if box is not None else []
+    if family == "sam2":
+        coords = corners + points + [[0.0, 0.0]]
+        all_labels = corner_labels + labels + [-1]
+    else:
+        coords = points + corners + ([] if box is not None else [[0.0, 0.0]])
+        all_labels = labels + corner_labels + ([] if box is not None else [-1])
+    return np.asarray(coords, np.float32), np.asarray(all_labels, np.int64)
+
+
+def decoder_inputs(family: str, feature_names: Sequence[str], features: Dict[str, np.ndarray],
+                   prompts: Prompts, image_size: int) -> List[np.ndarray]:
+    """Decoder graph inputs, batch dimension added: features, point_coords, point_labels,
+    mask_input, has_mask_input."""
+    coords, labels = prompt_arrays(family, prompts)
+    arrays = [np.asarray(features[name], dtype=np.float32)[None] for name in feature_names]
+    size = image_size // 4
+    if prompts.mask_input is None:
+        mask, has_mask = np.zeros((1, 1, size, size), np.float32), np.zeros(1, np.float32)
+    else:
+        mask = np.asarray(prompts.mask_input, np.float32).reshape(1, 1, size, size)
+        has_mask = np.ones(1, np.float32)
+    return arrays + [coords[None], labels[None], mask, has_mask]
+
+
+DECODER_EXTRA_INPUTS = ("point_coords", "point_labels", "mask_input", "has_mask_input")
+
+
+@lru_cache(maxsize=8)
+def _bilinear_matrix(source: int, target: int) -> np.ndarray:
+    """(target, source) weights of bilinear resampling with align_corners=False (as torch's)."""
+    matrix = np.zeros((target, source), np.float32)
+    scale = source / target
+    for dst in range(target):
+        src = max((dst + 0.5) * scale - 0.5, 0.0)
+        i0 = min(int(np.floor(src)), source - 1)
+        i1 = min(i0 + 1, source - 1)
+        w1 = src - i0
+        matrix[dst, i0] += 1.0 - w1
+        matrix[dst, i1] += w1
+    return matrix
+
+
+def upsample_logits(logits: np.ndarray, size: int) -> np.ndarray:
+    """(K, L, L) -> (K, size, size) bilinear, as two small matrix products per mask."""
+    matrix = _bilinear_matrix(logits.shape[-1], size)
+    return np.einsum("il,klm,jm->kij", matrix, logits.astype(np.float32), matrix, optimize=True)
+
+
+def stability_scores(logits: np.ndarray, delta: float) -> np.ndarray:
+    """IoU of the masks thresholded at +delta and -delta, per (K, L, L) logit map."""
+    flat = logits.reshape(len(logits), -1)
+    inter = (flat > delta).sum(axis=1)
+    union = (flat > -delta).sum(axis=1)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def choose_outputs(all_logits: np.ndarray, all_scores: np.ndarray, multimask: bool,
+                   settings: DecoderSettings) -> np.ndarray:
+    """Indices of the model outputs to return: 1..3 for multimask, else the single-mask output 0
+    (or, with SAM 2's dynamic multimask, the best of 1..3 when output 0 is unstable)."""
+    if multimask:
+        return np.arange(1, len(all_logits))
+    if settings.dynamic_multimask_via_stability:
+        stable = stability_scores(all_logits[:1], settings.stability_delta)[0]
+        if stable < settings.stability_thresh:
+            return np.array([1 + int(np.argmax(all_scores[1:]))])
+    return np.array([0])
+
+
+def postprocess(all_logits: np.ndarray, all_scores: np.ndarray, multimask: bool,
+                settings: DecoderSettings, image_size: int) -> DecodeResult:
+    """From the graph's (M, L, L) logits and (M,) scores to the chosen masks at tile resolution."""
+    indices = choose_outputs(all_logits, all_scores, multimask, settings)
+    low_res = all_logits[indices]
+    masks = upsample_logits(low_res, image_size) > settings.mask_threshold
+    return DecodeResult(
+        masks=masks,
+        scores=all_scores[indices].astype(np.float32),
+        low_res_logits=np.clip(low_res, -LOW_RES_LOGIT_CLAMP, LOW_RES_LOGIT_CLAMP),
+        indices=indices,
+    )
+
+
+class OnnxDecoder:
+    """The store's exported decoder in ONNX Runtime."""
+
+    def __init__(self, onnx_path: Path, family: str, feature_names: Sequence[str], image_size: int,
+                 settings: DecoderSettings, threads: Optional[int] = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = [p for p in ("CUDAExecutionProvider", "CoreMLExecutionProvider",
+                                 "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self._session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        self.family = family
+        self.feature_names = list(feature_names)
+        self.image_size = image_size
+        self.settings = settings
+        self._input_names = self.feature_names + list(DECODER_EXTRA_INPUTS)
+
+    def raw(self, features: Dict[str, np.ndarray], prompts: Prompts) -> Tuple[np.ndarray, np.ndarray]:
+        """All model outputs: (M, L, L) logits and (M,) scores."""
+        inputs = decoder_inputs(self.family, self.feature_names, features, prompts, self.image_size)
+        logits, scores = self._session.run(None, dict(zip(self._input_names, inputs)))
+        return logits[0], scores[0]
+
+    def decode(self, features: Dict[str, np.ndarray], prompts: Prompts,
+               multimask: bool = True) -> DecodeResult:
+        logits, scores = self.raw(features, prompts)
+        return postprocess(logits, scores, multimask, self.settings, self.image_size)

@@ -1,0 +1,1 @@
+"""Qt Designer forms, loaded at run time."""
