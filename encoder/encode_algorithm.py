@@ -1,0 +1,407 @@
+"""Processing algorithm quicksam:encoderaster: encode a raster into a feature store.
+
+A thin layer over the CLI: the parameters are checked and copied on the main thread
+(`prepareAlgorithm`), then `processAlgorithm` runs `python -m quicksam.cli encode ...` in a separate
+Python process (QGIS's own Python never imports torch) and maps its JSON progress to the feedback.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputVectorLayer,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProviderRegistry,
+    QgsRasterLayer,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..settings import encoder_python
+from .catalogue import DEFAULT_MODEL, MODELS
+from .errors import Cancelled, QuickSamError
+from .subprocess_runner import DEFAULT_MODULE, encoder_command, run_encoder_process
+
+ICON_PATH = Path(__file__).resolve().parent.parent / "icons" / "encode.svg"
+MODEL_NAMES: List[str] = list(MODELS)
+DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+#: The tile size the models are trained at; TILE_SIZE = 0 means this.
+NATIVE_TILE_SIZE = 1024
+MAX_BANDS = 3
+
+
+def _tr(message: str) -> str:
+    return QCoreApplication.translate("EncodeRasterAlgorithm", message)
+
+
+def build_encode_args(raster: str, store: str, *, model: str = DEFAULT_MODEL,
+                      bands: Sequence[int] = (),
+                      extent: Optional[Tuple[float, float, float, float]] = None,
+                      checkpoint: str = "", random_weights: bool = False, overlap: int = 256,
+                      batch_size: int = 1, device: str = "auto", tile_size: int = 0) -> List[str]:
+    """Arguments of `quicksam.cli` (after `-m quicksam.cli`) for one encode.
+
+    `extent` is (xmin, ymin, xmax, ymax) in the raster's CRS; `tile_size` 0 = the model's native size.
+    Options use the `--name=value` form so that values starting with "-" (a negative coordinate, an
+    odd file name) are never taken for options.
+    """
+    args = ["encode", raster, store, f"--model={model}"]
+    if checkpoint:
+        args.append(f"--checkpoint={checkpoint}")
+    if random_weights:
+        args.append("--random-weights")
+    if bands:
+        args.append("--bands=" + ",".join(str(int(band)) for band in bands))
+    args.append(f"--overlap={int(overlap)}")
+    if extent is not None:
+        args.append("--extent=" + ",".join(repr(float(value)) for value in extent))
+    args.append(f"--batch-size={int(batch_size)}")
+    args.append(f"--device={device}")
+    if tile_size:
+        args.append(f"--tile-size={int(tile_size)}")
+    return args
+
+
+def raster_file_path(layer: QgsRasterLayer) -> str:
+    """The file (or GDAL /vsi path) behind a raster layer, which the encoder process can open.
+
+    Raises QgsProcessingException when the layer is not backed by a readable file.
+    """
+    name = layer.name()
+    save_first = _tr("Save it to a file first (right-click the layer > Export > Save As…, "
+                     "format GeoTIFF) and encode that file.")
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(
+            _tr("The layer '{name}' is not a file-based raster (its pixels come from the '{provider}' "
+                "provider), so the encoder process cannot read it.").format(
+                name=name, provider=layer.providerType()) + " " + save_first)
+    parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
+    path = str(parts.get("path") or "")
+    if parts.get("layerName"):
+        raise QgsProcessingException(
+            _tr("The layer '{name}' is a table inside a container file ({path}), which the encoder "
+                "cannot open directly.").format(name=name, path=path) + " " + save_first)
+    if parts.get("vsiPrefix"):
+        path = str(parts["vsiPrefix"]) + path + str(parts.get("vsiSuffix") or "")
+    if path.startswith("/vsimem/"):
+        raise QgsProcessingException(
+            _tr("The layer '{name}' exists only in memory ({path}).").format(name=name, path=path)
+            + " " + save_first)
+    if not path.startswith("/vsi") and not Path(path).is_file():
+        raise QgsProcessingException(
+            _tr("The layer '{name}' does not point to an existing file ('{path}').").format(
+                name=name, path=path) + " " + save_first)
+    return path
+
+
+@dataclass(frozen=True)
+class EncodeRequest:
+    """Everything the encoder process needs, copied from the parameters on the main thread."""
+
+    args: List[str]
+    python: str
+    store: str
+
+
+class EncoderEventReporter:
+    """Shows the encoder process's JSON events (see `quicksam.cli`) in a Processing feedback."""
+
+    def __init__(self, feedback: QgsProcessingFeedback, store: str):
+        self.feedback = feedback
+        self.store = store
+        #: The "finished" event, once received.
+        self.finished: Optional[Dict[str, Any]] = None
+
+    def __call__(self, event: Dict[str, Any]) -> None:
+        handler = {
+            "start": self._start, "progress": self._progress, "log": self._log,
+            "download": self._download, "stderr": self._stderr, "finished": self._finished,
+        }.get(str(event.get("event")))
+        if handler is not None:
+            handler(event)
+
+    def _start(self, event: Dict[str, Any]) -> None:
+        self.feedback.setProgressText(_tr("Encoding tiles…"))
+        self.feedback.pushInfo(_tr("{tiles} tiles, {todo} to encode, into {store}").format(
+            tiles=event.get("tiles", "?"), todo=event.get("todo", "?"),
+            store=event.get("store", self.store)))
+
+    def _progress(self, event: Dict[str, Any]) -> None:
+        self.feedback.setProgress(float(event.get("percent", 0.0)))
+        self.feedback.pushDebugInfo(_tr("Tile {tile}: {status} ({done}/{total})").format(
+            tile=event.get("tile", "?"), status=event.get("status", "?"),
+            done=event.get("done", "?"), total=event.get("total", "?")))
+
+    def _log(self, event: Dict[str, Any]) -> None:
+        message = str(event.get("message", ""))
+        if event.get("level") in ("warning", "error", "critical"):
+            self.feedback.pushWarning(message)
+        else:
+            self.feedback.pushInfo(message)
+
+    def _download(self, event: Dict[str, Any]) -> None:
+        percent = event.get("percent", -1)
+        if isinstance(percent, (int, float)) and percent >= 0:
+            text = _tr("Downloading the checkpoint: {percent} %").format(percent=percent)
+        else:
+            text = _tr("Downloading the checkpoint: {mb:.0f} MB").format(
+                mb=float(event.get("done") or 0) / 1e6)
+        self.feedback.setProgressText(text)
+
+    def _stderr(self, event: Dict[str, Any]) -> None:
+        self.feedback.pushDebugInfo(str(event.get("message", "")))
+
+    def _finished(self, event: Dict[str, Any]) -> None:
+        self.finished = event
+        if event.get("summary"):
+            self.feedback.pushInfo(_tr("Summary: {summary}").format(
+                summary=json.dumps(event["summary"], default=str)))
+
+
+class EncodeRasterAlgorithm(QgsProcessingAlgorithm):
+    """Encode a raster with a SAM image encoder into a resumable feature store."""
+
+    INPUT = "INPUT"
+    BANDS = "BANDS"
+    EXTENT = "EXTENT"
+    MODEL = "MODEL"
+    CHECKPOINT = "CHECKPOINT"
+    RANDOM_WEIGHTS = "RANDOM_WEIGHTS"
+    OVERLAP = "OVERLAP"
+    BATCH_SIZE = "BATCH_SIZE"
+    DEVICE = "DEVICE"
+    TILE_SIZE = "TILE_SIZE"
+    OUTPUT = "OUTPUT"
+    TILE_INDEX = "TILE_INDEX"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._request: Optional[EncodeRequest] = None
+
+    # -- identity ---------------------------------------------------------------------------------
+
+    def name(self) -> str:
+        return "encoderaster"
+
+    def displayName(self) -> str:
+        return _tr("Encode raster for SAM")
+
+    def group(self) -> str:
+        return _tr("Encoding")
+
+    def groupId(self) -> str:
+        return "encoding"
+
+    def icon(self) -> QIcon:
+        return QIcon(str(ICON_PATH))
+
+    def svgIconPath(self) -> str:
+        return str(ICON_PATH)
+
+    def shortHelpString(self) -> str:
+        return _tr(
+            "<p>Runs a Segment Anything image encoder (SAM 2.1, SAM 2 or SAM) once over a raster and "
+            "saves the features of every tile in a <b>feature store</b> folder. Segmenting with "
+            "clicks then only decodes, so it answers quickly. The encoder runs in a separate Python "
+            "process (the QuickSAM Python, which has PyTorch); cancelled or interrupted runs keep "
+            "their tiles and resume where they stopped.</p>"
+            "<p><b>Input raster</b>: a georeferenced, file-based raster.<br>"
+            "<b>Bands</b>: up to 3 bands fed to the model as red, green, blue. By default the bands "
+            "labelled red/green/blue, else the first three; one band is repeated as grey.<br>"
+            "<b>Extent</b>: encode only this area (any CRS; it is transformed to the raster's CRS). "
+            "Default: the whole raster.<br>"
+            "<b>Model</b>: the SAM model; tiny models are fastest on a CPU.<br>"
+            "<b>Checkpoint</b>: empty for the model's official weights (downloaded into your user "
+            "cache if missing), or a checkpoint file path or a registered checkpoint name.<br>"
+            "<b>Overlap</b>: pixels shared by neighbouring tiles, so that objects on a tile edge are "
+            "whole in some tile.<br>"
+            "<b>Feature store</b>: the output folder; an existing store of the same raster and model "
+            "is resumed.</p>"
+            "<p>Advanced: <b>random weights</b> (seeded, for tests and demos; recorded in the store), "
+            "<b>batch size</b>, <b>device</b> (auto picks CUDA or MPS when available) and <b>tile "
+            "size</b> (0 = the model's native 1024 px).</p>"
+            "<p>Outputs: the feature store folder and its tile index (a GeoPackage of tile "
+            "footprints).</p>")
+
+    def createInstance(self) -> EncodeRasterAlgorithm:
+        return EncodeRasterAlgorithm()
+
+    # -- parameters -------------------------------------------------------------------------------
+
+    def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:
+        self._add(QgsProcessingParameterRasterLayer(self.INPUT, _tr("Input raster")),
+                  _tr("A georeferenced raster stored in a file (GeoTIFF or any GDAL format)."))
+        self._add(QgsProcessingParameterBand(
+            self.BANDS, _tr("Bands (up to 3, as red, green, blue)"), None, self.INPUT,
+            optional=True, allowMultiple=True),
+            _tr("Up to 3 bands fed to the model as red, green and blue. Default: the bands labelled "
+                "red/green/blue, else the first three. One band is repeated three times."))
+        self._add(QgsProcessingParameterExtent(self.EXTENT, _tr("Extent to encode"), optional=True),
+                  _tr("Only tiles covering this area are encoded; it is transformed to the raster's "
+                      "CRS. Default: the whole raster."))
+        self._add(QgsProcessingParameterEnum(
+            self.MODEL, _tr("Model"), options=MODEL_NAMES,
+            defaultValue=MODEL_NAMES.index(DEFAULT_MODEL)),
+            _tr("The Segment Anything model. {models}.").format(
+                models="; ".join(f"{name}: {spec.description}" for name, spec in MODELS.items())))
+        self._add(QgsProcessingParameterString(
+            self.CHECKPOINT, _tr("Checkpoint (empty = the model's official weights)"),
+            defaultValue="", optional=True),
+            _tr("Empty: the model's official checkpoint, downloaded into the user cache if missing. "
+                "Otherwise a checkpoint file path or a registered checkpoint name."))
+        self._add(QgsProcessingParameterBoolean(
+            self.RANDOM_WEIGHTS, _tr("Use seeded random weights (testing and demos only)"),
+            defaultValue=False),
+            _tr("Build the model with seeded random weights instead of a checkpoint: fast to set up, "
+                "useless for real segmentation. The store records it."), advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.OVERLAP, _tr("Tile overlap (pixels)"), QgsProcessingParameterNumber.Integer,
+            defaultValue=256, minValue=0, maxValue=1023),
+            _tr("Pixels shared by neighbouring tiles; objects up to this size on a tile edge are "
+                "still whole in some tile. Must be smaller than the tile size."))
+        self._add(QgsProcessingParameterNumber(
+            self.BATCH_SIZE, _tr("Batch size (tiles encoded together)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=1, minValue=1),
+            _tr("Tiles sent to the model at once; larger batches can be faster on a GPU and need "
+                "more memory."), advanced=True)
+        self._add(QgsProcessingParameterEnum(
+            self.DEVICE, _tr("Device"), options=list(DEVICES), defaultValue=0),
+            _tr("Where the model runs: auto (CUDA or MPS when available, else CPU), cpu, cuda or "
+                "mps."), advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.TILE_SIZE, _tr("Tile size (pixels, 0 = the model's native 1024)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
+            _tr("Side of the square tiles in pixels. 0 uses the model's native 1024 px; smaller "
+                "tiles are only for tests."), advanced=True)
+        self._add(QgsProcessingParameterFolderDestination(self.OUTPUT, _tr("Feature store")),
+                  _tr("Folder of the feature store. An existing store of the same raster and model "
+                      "is resumed; one of anything else is refused."))
+        self.addOutput(QgsProcessingOutputVectorLayer(
+            self.TILE_INDEX, _tr("Tile index"), QgsProcessing.TypeVectorPolygon))
+
+    def _add(self, parameter: QgsProcessingParameterDefinition, help_text: str,
+             advanced: bool = False) -> None:
+        parameter.setHelp(help_text)
+        if advanced:
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(parameter)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def checkParameterValues(self, parameters: Dict[str, Any],
+                             context: QgsProcessingContext) -> Tuple[bool, str]:
+        """Refuse bad input before anything runs, with a message saying what to do.
+
+        Processing calls this before running (the dialog, processing.run and qgis_process all do),
+        and shows the message as is; an exception raised later, in prepareAlgorithm, would only be
+        reported as "There were errors executing the algorithm".
+        """
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        try:
+            self.encode_request(parameters, context)
+        except QgsProcessingException as exc:
+            return False, str(exc)
+        return True, ""
+
+    def prepareAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> bool:
+        """Copy every parameter here, on the main thread, before the background run."""
+        self._request = self.encode_request(parameters, context)
+        return True
+
+    def encode_request(self, parameters: Dict[str, Any],
+                      context: QgsProcessingContext) -> EncodeRequest:
+        """The checked parameters as an EncodeRequest; QgsProcessingException on bad input."""
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None or not layer.isValid():
+            raise QgsProcessingException(
+                _tr("No valid input raster: choose a raster layer or a raster file for INPUT."))
+        raster = raster_file_path(layer)
+        bands = self._bands(parameters, context, layer)
+        extent = None
+        if parameters.get(self.EXTENT) is not None:
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            if not rect.isNull():
+                extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+        checkpoint = (self.parameterAsString(parameters, self.CHECKPOINT, context) or "").strip()
+        random_weights = self.parameterAsBoolean(parameters, self.RANDOM_WEIGHTS, context)
+        if checkpoint and random_weights:
+            raise QgsProcessingException(
+                _tr("Choose either a checkpoint or random weights, not both: clear CHECKPOINT or "
+                    "untick RANDOM_WEIGHTS."))
+        overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
+        tile_size = self.parameterAsInt(parameters, self.TILE_SIZE, context)
+        if overlap >= (tile_size or NATIVE_TILE_SIZE):
+            raise QgsProcessingException(
+                _tr("The overlap ({overlap} px) must be smaller than the tile size ({tile} px).")
+                .format(overlap=overlap, tile=tile_size or NATIVE_TILE_SIZE))
+        store = self.parameterAsString(parameters, self.OUTPUT, context)
+        if not store:
+            raise QgsProcessingException(_tr("Choose a folder for the feature store (OUTPUT)."))
+        args = build_encode_args(
+            raster, store,
+            model=MODEL_NAMES[self.parameterAsEnum(parameters, self.MODEL, context)],
+            bands=bands, extent=extent, checkpoint=checkpoint, random_weights=random_weights,
+            overlap=overlap,
+            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+            tile_size=tile_size)
+        return EncodeRequest(args=args, python=encoder_python(), store=store)
+
+    def _bands(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+               layer: QgsRasterLayer) -> List[int]:
+        bands = [band for band in self.parameterAsInts(parameters, self.BANDS, context) if band]
+        if len(bands) > MAX_BANDS:
+            raise QgsProcessingException(
+                _tr("Choose at most {max} bands (they become red, green and blue); got {count}.")
+                .format(max=MAX_BANDS, count=len(bands)))
+        missing = [band for band in bands if not 1 <= band <= layer.bandCount()]
+        if missing:
+            raise QgsProcessingException(
+                _tr("Band {band} does not exist: '{name}' has {count} band(s).").format(
+                    band=missing[0], name=layer.name(), count=layer.bandCount()))
+        return bands
+
+    def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> Dict[str, Any]:
+        request = self._request
+        if request is None:  # prepareAlgorithm always runs first; this guards direct misuse
+            raise QgsProcessingException(_tr("The algorithm was not prepared."))
+        feedback.pushCommandInfo(shlex.join(encoder_command(request.args, request.python,
+                                                            DEFAULT_MODULE)))
+        reporter = EncoderEventReporter(feedback, request.store)
+        try:
+            run_encoder_process(request.args, request.python, reporter, feedback.isCanceled)
+        except Cancelled as exc:
+            raise QgsProcessingException(
+                _tr("Encoding cancelled: the tiles encoded so far are kept in {store}; run the "
+                    "algorithm again with the same parameters to resume.").format(
+                    store=request.store)) from exc
+        except QuickSamError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        finished = reporter.finished
+        if finished is None or not finished.get("tile_index"):
+            raise QgsProcessingException(
+                _tr("The encoder process ended without reporting its result; see the log above."))
+        return {self.OUTPUT: str(finished.get("store") or request.store),
+                self.TILE_INDEX: str(finished["tile_index"])}

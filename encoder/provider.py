@@ -1,0 +1,36 @@
+"""The QuickSAM Processing provider (id "quicksam")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from .encode_algorithm import EncodeRasterAlgorithm
+
+ICON_PATH = Path(__file__).resolve().parent.parent / "icons" / "quicksam.svg"
+
+
+class QuickSamProvider(QgsProcessingProvider):
+    """Holds QuickSAM's Processing algorithms."""
+
+    def id(self) -> str:
+        return "quicksam"
+
+    def name(self) -> str:
+        return "QuickSAM"
+
+    def longName(self) -> str:
+        return QCoreApplication.translate("QuickSamProvider",
+                                          "QuickSAM (Segment Anything for rasters)")
+
+    def icon(self) -> QIcon:
+        return QIcon(str(ICON_PATH))
+
+    def svgIconPath(self) -> str:
+        return str(ICON_PATH)
+
+    def loadAlgorithms(self) -> None:
+        self.addAlgorithm(EncodeRasterAlgorithm())

@@ -1,0 +1,194 @@
+"""Run the encoder CLI in a separate Python process and stream its progress (no QGIS, no torch).
+
+QGIS's own Python never imports torch: inside QGIS executables torch runs about twice as slowly, and
+the encoder's interpreter (a venv with torch and sam2) need not be QGIS's. The child runs
+`python -m quicksam.cli ... --progress-json`, which prints one JSON object per line on stdout and, on
+bad input, exactly one line "quicksam: error: <what to do>" on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import subprocess
+import threading
+from collections import deque
+from pathlib import Path
+from typing import IO, Callable, Deque, Dict, List, Optional, Tuple
+
+from .errors import Cancelled, QuickSamError
+
+LOGGER = logging.getLogger("quicksam.encoder.subprocess")
+
+#: The plugin folder (the repository root), which is the package `quicksam` when installed.
+PLUGIN_DIR = Path(__file__).resolve().parent.parent
+PACKAGE_NAME = "quicksam"
+DEFAULT_MODULE = "quicksam.cli"
+EXIT_OK = 0
+EXIT_CANCELLED = 130
+#: Seconds a cancelled encoder gets to stop cleanly (finish writing its tile) before it is killed.
+TERMINATE_GRACE = 5.0
+_STDERR_LINES_KEPT = 200
+_EOF = object()
+
+SETUP_HINT = ("set the QuickSAM Python in the settings (quicksam/python_executable, or the environment "
+              "variable QUICKSAM_PYTHON) to an interpreter that has torch and sam2, or run `make` in "
+              "the plugin folder to build its .venv")
+
+
+def encoder_command(args: List[str], python: str, module: str = DEFAULT_MODULE) -> List[str]:
+    """The full command line of the encoder process."""
+    return [python, "-m", module, *args, "--progress-json"]
+
+
+def encoder_environment(base: Optional[Dict[str, str]] = None,
+                        plugin_dir: Path = PLUGIN_DIR) -> Dict[str, str]:
+    """Environment of the encoder process: `base` (default os.environ) made safe for another Python.
+
+    An installed plugin lives in `.../python/plugins/quicksam`, so putting `.../python/plugins` first
+    on PYTHONPATH makes `import quicksam` find it (a development checkout relies on `pip install -e`).
+    PYTHONHOME set by QGIS would point the child at QGIS's bundled Python and break its venv.
+    """
+    env = dict(os.environ if base is None else base)
+    env.pop("PYTHONHOME", None)
+    if plugin_dir.name == PACKAGE_NAME:
+        parent = str(plugin_dir.parent)
+        existing = env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = parent + (os.pathsep + existing if existing else "")
+    # Progress must reach us line by line, not when a pipe buffer fills; and JSON is UTF-8.
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+def parse_event_line(line: str) -> Optional[dict]:
+    """One stdout line as an event dict; any other text as a "log" event; None for blank lines."""
+    text = line.strip()
+    if not text:
+        return None
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return {"event": "log", "message": text}
+    if isinstance(event, dict) and isinstance(event.get("event"), str):
+        return event
+    return {"event": "log", "message": text}
+
+
+def _pump(stream: IO[str], name: str, out: queue.Queue[Tuple[str, object]]) -> None:
+    """Copy a pipe's lines into `out` as (name, line), then (name, _EOF)."""
+    try:
+        for line in stream:
+            out.put((name, line))
+    finally:
+        out.put((name, _EOF))
+
+
+def _last_error_line(stderr_lines: Deque[str]) -> str:
+    for line in reversed(stderr_lines):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _failure_message(returncode: int, stderr_lines: Deque[str], python: str, module: str) -> str:
+    """The user-facing message for a failed encoder process."""
+    last = _last_error_line(stderr_lines)
+    stderr_text = "\n".join(stderr_lines)
+    package = module.split(".", 1)[0]
+    if (f"No module named '{package}" in stderr_text or f"No module named {package}" in stderr_text
+            or "Error while finding module specification" in stderr_text):
+        return f"the Python '{python}' cannot import QuickSAM ({last}); {SETUP_HINT}"
+    if last.startswith("ModuleNotFoundError") or last.startswith("ImportError"):
+        return f"the Python '{python}' lacks a package the encoder needs ({last}); {SETUP_HINT}"
+    if last:
+        return last
+    if returncode < 0:
+        return (f"the encoder process was killed by signal {-returncode} (out of memory? try a "
+                "smaller batch size or model)")
+    return f"the encoder process failed with exit code {returncode} and no message"
+
+
+def _stop(process: subprocess.Popen, grace: float) -> None:
+    """Terminate the process, and kill it if it has not exited after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_encoder_process(args: List[str], python: str, on_event: Callable[[dict], None],
+                        is_cancelled: Callable[[], bool], poll_interval: float = 0.1,
+                        module: str = DEFAULT_MODULE, terminate_grace: float = TERMINATE_GRACE) -> int:
+    """Run `python -m module *args --progress-json` and report its events until it exits.
+
+    `on_event` is called in the calling thread with each stdout event (see `parse_event_line`) and with
+    {"event": "stderr", "message": line} for each stderr line. `is_cancelled` is polled every
+    `poll_interval` seconds; when it returns True the process is terminated (killed after
+    `terminate_grace` s) and Cancelled is raised. Returns the exit code (0). Raises QuickSamError
+    with the process's last stderr line when it fails, or a setup hint when `python` cannot run it.
+    """
+    if not python:
+        raise QuickSamError(f"no Python interpreter found to run the encoder; {SETUP_HINT}")
+    command = encoder_command(args, python, module)
+    LOGGER.debug("starting encoder: %s", command)
+    creationflags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console window on Windows
+    try:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=encoder_environment(), text=True, encoding="utf-8", errors="replace", bufsize=1,
+            creationflags=creationflags)
+    except OSError as exc:
+        raise QuickSamError(f"cannot start the Python '{python}' ({exc.strerror or exc}); "
+                            f"{SETUP_HINT}") from exc
+
+    lines: queue.Queue[Tuple[str, object]] = queue.Queue()
+    readers = [threading.Thread(target=_pump, args=(stream, name, lines), daemon=True,
+                                name=f"quicksam-encoder-{name}")
+               for stream, name in ((process.stdout, "stdout"), (process.stderr, "stderr"))]
+    for reader in readers:
+        reader.start()
+    stderr_lines: Deque[str] = deque(maxlen=_STDERR_LINES_KEPT)
+    open_streams = len(readers)
+    try:
+        while open_streams or process.poll() is None:
+            if is_cancelled():
+                _stop(process, terminate_grace)
+                raise Cancelled("encoding cancelled; the tiles encoded so far are kept and the next "
+                                "run resumes from there")
+            try:
+                name, line = lines.get(timeout=poll_interval)
+            except queue.Empty:
+                continue
+            if line is _EOF:
+                open_streams -= 1
+            elif name == "stderr":
+                stderr_lines.append(str(line).rstrip("\r\n"))
+                if str(line).strip():
+                    on_event({"event": "stderr", "message": str(line).rstrip()})
+            else:
+                event = parse_event_line(str(line))
+                if event is not None:
+                    on_event(event)
+        returncode = process.returncode
+    finally:
+        # On any exception (cancel, a failing callback) the child must not outlive us.
+        _stop(process, terminate_grace)
+        for reader in readers:
+            reader.join(timeout=terminate_grace)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+    if returncode == EXIT_OK:
+        return returncode
+    if returncode == EXIT_CANCELLED:
+        raise Cancelled("the encoder was interrupted; the tiles encoded so far are kept and the next "
+                        "run resumes from there")
+    raise QuickSamError(_failure_message(returncode, stderr_lines, python, module))

@@ -1,0 +1,118 @@
+"""The QuickSAM plugin shell: toolbar, Raster menu entry, Processing provider, log forwarding.
+
+`unload()` undoes exactly what `initGui()` did, in reverse order, so that reloading the plugin leaves
+nothing behind. Nothing here imports torch: the encoder runs in a separate Python process.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction, QToolBar
+
+from .encoder.provider import QuickSamProvider
+from .qgis_logging import QgsMessageLogHandler, install_log_handler, remove_log_handler
+
+ICONS_DIR = Path(__file__).resolve().parent / "icons"
+TOOLBAR_OBJECT_NAME = "QuickSamToolbar"
+ENCODE_ACTION_OBJECT_NAME = "QuickSamEncodeRasterAction"
+ENCODE_ALGORITHM_ID = "quicksam:encoderaster"
+
+LOGGER = logging.getLogger("quicksam.plugin")
+
+
+def icon_path(name: str) -> str:
+    """Absolute path of an SVG icon shipped with the plugin."""
+    return str(ICONS_DIR / name)
+
+
+class QuickSamPlugin:
+    """The object QGIS creates through `classFactory`; it owns every piece of GUI it adds."""
+
+    def __init__(self, iface) -> None:
+        self.iface = iface
+        self.provider: Optional[QuickSamProvider] = None
+        self.toolbar: Optional[QToolBar] = None
+        self.actions: List[QAction] = []
+        self.log_handler: Optional[QgsMessageLogHandler] = None
+
+    @staticmethod
+    def tr(message: str) -> str:
+        return QCoreApplication.translate("QuickSAM", message)
+
+    @property
+    def menu_name(self) -> str:
+        """The submenu of the Raster menu holding the plugin's actions."""
+        return self.tr("&QuickSAM")
+
+    # -- Processing (also called alone by qgis_process, which has no GUI) -------------------------
+
+    def initProcessing(self) -> None:
+        """Register the Processing provider (once)."""
+        if self.provider is not None:
+            return
+        self.provider = QuickSamProvider()
+        QgsApplication.processingRegistry().addProvider(self.provider)
+
+    def unloadProcessing(self) -> None:
+        if self.provider is None:
+            return
+        # The registry owns (and deletes) the provider once removed.
+        QgsApplication.processingRegistry().removeProvider(self.provider)
+        self.provider = None
+
+    # -- GUI ----------------------------------------------------------------------------------------
+
+    def initGui(self) -> None:
+        self.log_handler = install_log_handler()
+        self.initProcessing()
+
+        self.toolbar = self.iface.addToolBar(self.tr("QuickSAM"))
+        self.toolbar.setObjectName(TOOLBAR_OBJECT_NAME)
+        self.toolbar.setToolTip(self.tr("QuickSAM"))
+
+        encode = QAction(QIcon(icon_path("encode.svg")), self.tr("Encode raster…"),
+                         self.iface.mainWindow())
+        encode.setObjectName(ENCODE_ACTION_OBJECT_NAME)
+        encode.setToolTip(self.tr("Encode a raster for Segment Anything (Processing algorithm)"))
+        encode.triggered.connect(self.open_encode_dialog)
+        self._add_action(encode)
+        LOGGER.debug("QuickSAM GUI loaded")
+
+    def _add_action(self, action: QAction) -> None:
+        self.toolbar.addAction(action)
+        self.iface.addPluginToRasterMenu(self.menu_name, action)
+        self.actions.append(action)
+
+    def unload(self) -> None:
+        """Mirror of `initGui()`: remove actions, menu entries, toolbar, provider and log handler."""
+        for action in reversed(self.actions):
+            action.triggered.disconnect()
+            self.iface.removePluginRasterMenu(self.menu_name, action)
+            if self.toolbar is not None:
+                self.toolbar.removeAction(action)
+            action.deleteLater()
+        self.actions = []
+
+        if self.toolbar is not None:
+            self.iface.mainWindow().removeToolBar(self.toolbar)
+            self.toolbar.deleteLater()
+            self.toolbar = None
+
+        self.unloadProcessing()
+
+        remove_log_handler(self.log_handler)
+        self.log_handler = None
+
+    # -- actions ------------------------------------------------------------------------------------
+
+    def open_encode_dialog(self) -> None:
+        """Open the Processing dialog of quicksam:encoderaster."""
+        import processing  # QGIS's Processing plugin; imported on use, it is not needed to load
+
+        processing.execAlgorithmDialog(ENCODE_ALGORITHM_ID, {})

@@ -1,0 +1,104 @@
+"""All QuickSAM settings, typed and with defaults, under the QgsSettings prefix "quicksam/".
+
+QGIS layer only: the QGIS-free core never imports this module; it gets what it needs as arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, Optional, Type, TypeVar
+
+from qgis.core import QgsSettings
+
+PREFIX = "quicksam/"
+#: The plugin folder (the repository root; installed as the package `quicksam`).
+PLUGIN_DIR = Path(__file__).resolve().parent
+#: Environment variable naming the encoder's Python when the setting is empty.
+PYTHON_ENV_VAR = "QUICKSAM_PYTHON"
+
+T = TypeVar("T", str, int, float, bool)
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One value stored at `PREFIX + key`; reading it always returns a `kind`, never a QVariant."""
+
+    key: str
+    kind: Type[T]
+    default: T
+    description: str
+
+    @property
+    def full_key(self) -> str:
+        return PREFIX + self.key
+
+    def value(self) -> T:
+        raw = QgsSettings().value(self.full_key, self.default)
+        try:
+            return self._coerce(raw)
+        except (TypeError, ValueError):
+            # A hand-edited or stale ini entry must not break the plugin: fall back to the default.
+            return self.default
+
+    def set_value(self, value: T) -> None:
+        QgsSettings().setValue(self.full_key, self._coerce(value))
+
+    def reset(self) -> None:
+        QgsSettings().remove(self.full_key)
+
+    def _coerce(self, raw: object) -> T:
+        if raw is None:
+            return self.default
+        if self.kind is bool and isinstance(raw, str):
+            # QSettings ini files store booleans as the strings "true" / "false".
+            return raw.strip().lower() in ("true", "1", "yes", "on")  # type: ignore[return-value]
+        return self.kind(raw)
+
+
+PYTHON_EXECUTABLE: Setting[str] = Setting(
+    "python_executable", str, "",
+    "Python interpreter that runs the encoder (needs torch and sam2); empty = found automatically")
+DEFAULT_MODEL: Setting[str] = Setting(
+    "default_model", str, "sam2.1_hiera_t", "Model proposed when encoding a raster")
+DEVICE: Setting[str] = Setting(
+    "device", str, "auto", "Device used by the encoder: auto, cpu, cuda or mps")
+OVERLAP: Setting[int] = Setting(
+    "overlap", int, 256, "Overlap between neighbouring tiles, in pixels")
+BATCH_SIZE: Setting[int] = Setting(
+    "batch_size", int, 1, "Tiles encoded together (more needs more memory)")
+
+ALL_SETTINGS = (PYTHON_EXECUTABLE, DEFAULT_MODEL, DEVICE, OVERLAP, BATCH_SIZE)
+
+
+def plugin_venv_python(plugin_dir: Path) -> Path:
+    """Where `make` puts the encoder's interpreter inside a plugin folder."""
+    if os.name == "nt":
+        return plugin_dir / ".venv" / "Scripts" / "python.exe"
+    return plugin_dir / ".venv" / "bin" / "python"
+
+
+def encoder_python() -> str:
+    """The Python interpreter that runs the encoder process ("" when none can be found).
+
+    In this order: the `python_executable` setting; the QUICKSAM_PYTHON environment variable; the
+    plugin's own `.venv`; the running interpreter when it is a Python (inside QGIS it is the QGIS
+    executable, which cannot run `-m`); `python3` on PATH. An explicit choice (setting or variable) is
+    returned even if it does not exist, so that the error names it instead of silently using another.
+    """
+    configured = PYTHON_EXECUTABLE.value().strip()
+    if configured:
+        return configured
+    from_env = os.environ.get(PYTHON_ENV_VAR, "").strip()
+    if from_env:
+        return from_env
+    venv_python = plugin_venv_python(PLUGIN_DIR)
+    if venv_python.exists():
+        return str(venv_python)
+    if sys.executable and Path(sys.executable).name.lower().startswith("python"):
+        return sys.executable
+    found: Optional[str] = shutil.which("python3")
+    return found or ""

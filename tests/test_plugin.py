@@ -1,0 +1,280 @@
+"""The plugin shell: load, unload, reload, the encode action, log forwarding, settings, no torch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import quicksam
+from qgis.core import Qgis, QgsApplication
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import QCoreApplication, QEvent
+from qgis.PyQt.QtWidgets import QToolBar
+from quicksam import settings
+from quicksam.plugin import ENCODE_ACTION_OBJECT_NAME, ENCODE_ALGORITHM_ID, TOOLBAR_OBJECT_NAME
+from quicksam.qgis_logging import HANDLER_NAME, LOGGER_NAME, MESSAGE_LOG_TAG
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def registry():
+    return QgsApplication.processingRegistry()
+
+
+def toolbars(iface) -> list:
+    """QuickSAM toolbars still alive under the main window (deferred deletions processed first)."""
+    QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    return iface.mainWindow().findChildren(QToolBar, TOOLBAR_OBJECT_NAME)
+
+
+def quicksam_log_handlers() -> list:
+    return [h for h in logging.getLogger(LOGGER_NAME).handlers if h.get_name() == HANDLER_NAME]
+
+
+@pytest.fixture
+def menu_spy(qgis_iface):
+    """Record the plugin's Raster menu calls (pytest-qgis's iface has no real Raster menu)."""
+    with mock.patch.object(qgis_iface, "addPluginToRasterMenu", create=True) as add, \
+            mock.patch.object(qgis_iface, "removePluginRasterMenu", create=True) as remove:
+        yield add, remove
+
+
+# -- load ---------------------------------------------------------------------------------------------
+
+
+def test_init_gui_registers_provider_and_algorithm(plugin):
+    provider = registry().providerById("quicksam")
+    assert provider is not None
+    assert provider.name() == "QuickSAM"
+    assert registry().algorithmById(ENCODE_ALGORITHM_ID) is not None
+
+
+def test_init_gui_adds_toolbar_with_encode_action(plugin, qgis_iface):
+    [toolbar] = toolbars(qgis_iface)
+    [action] = [a for a in toolbar.actions() if a.objectName() == ENCODE_ACTION_OBJECT_NAME]
+    assert action.text() == "Encode raster…"
+    assert not action.icon().isNull()
+
+
+def test_init_gui_adds_encode_action_to_raster_menu(qgis_app, qgis_iface, menu_spy):
+    add, _ = menu_spy
+    instance = quicksam.classFactory(qgis_iface)
+    instance.initGui()
+    try:
+        [(menu, action), *_] = [call.args for call in add.call_args_list]
+        assert menu == "&QuickSAM"
+        assert action.objectName() == ENCODE_ACTION_OBJECT_NAME
+    finally:
+        instance.unload()
+
+
+def test_encode_action_opens_processing_dialog(plugin, qgis_iface):
+    import processing
+
+    [action] = [a for a in toolbars(qgis_iface)[0].actions()
+                if a.objectName() == ENCODE_ACTION_OBJECT_NAME]
+    with mock.patch.object(processing, "execAlgorithmDialog") as dialog:
+        action.trigger()
+    dialog.assert_called_once_with(ENCODE_ALGORITHM_ID, {})
+
+
+def test_log_records_reach_qgis_message_log(plugin):
+    received = []
+
+    def on_message(message, tag, level):
+        received.append((message, tag, level))
+
+    QgsApplication.messageLog().messageReceived.connect(on_message)
+    try:
+        logging.getLogger("quicksam.encoder").warning("tile r0000c0000 is all nodata")
+        logging.getLogger("quicksam.encoder").info("encoding 4 tiles")
+    finally:
+        QgsApplication.messageLog().messageReceived.disconnect(on_message)
+    assert ("quicksam.encoder: tile r0000c0000 is all nodata", MESSAGE_LOG_TAG, Qgis.Warning) \
+        in received
+    assert ("quicksam.encoder: encoding 4 tiles", MESSAGE_LOG_TAG, Qgis.Info) in received
+
+
+# -- unload and reload --------------------------------------------------------------------------------
+
+
+def test_unload_leaves_nothing_behind(qgis_app, qgis_iface, menu_spy):
+    add, remove = menu_spy
+    logger_level = logging.getLogger(LOGGER_NAME).level
+    instance = quicksam.classFactory(qgis_iface)
+    instance.initGui()
+    [action] = instance.actions
+    instance.unload()
+
+    assert registry().providerById("quicksam") is None
+    assert registry().algorithmById(ENCODE_ALGORITHM_ID) is None
+    assert toolbars(qgis_iface) == []
+    assert sip.isdeleted(action)
+    assert [call.args for call in remove.call_args_list] == [call.args for call in add.call_args_list]
+    assert quicksam_log_handlers() == []
+    assert logging.getLogger(LOGGER_NAME).level == logger_level
+    assert instance.actions == [] and instance.toolbar is None and instance.provider is None
+
+
+def test_reload_works(qgis_app, qgis_iface):
+    """What QGIS's plugin reloader does: unload, then a new instance through classFactory."""
+    first = quicksam.classFactory(qgis_iface)
+    first.initGui()
+    first.unload()
+    second = quicksam.classFactory(qgis_iface)
+    second.initGui()
+    try:
+        assert registry().algorithmById(ENCODE_ALGORITHM_ID) is not None
+        assert len(toolbars(qgis_iface)) == 1
+        assert len(quicksam_log_handlers()) == 1
+    finally:
+        second.unload()
+    assert registry().providerById("quicksam") is None
+    assert toolbars(qgis_iface) == []
+
+
+def test_init_processing_alone_then_unload(qgis_app, qgis_iface):
+    """qgis_process calls only initProcessing(); unload() must cope with no GUI."""
+    instance = quicksam.classFactory(qgis_iface)
+    instance.initProcessing()
+    instance.initProcessing()  # idempotent: initGui calls it again in the desktop
+    assert registry().providerById("quicksam") is not None
+    instance.unload()
+    assert registry().providerById("quicksam") is None
+
+
+# -- QGIS's Python never imports torch ----------------------------------------------------------------
+
+NO_TORCH_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    from qgis.core import QgsApplication
+    from qgis.PyQt.QtWidgets import QMainWindow, QToolBar
+
+    app = QgsApplication([], True)
+    app.initQgis()
+
+
+    class StubIface:
+        \"\"\"The part of QgisInterface the plugin uses.\"\"\"
+
+        def __init__(self):
+            self.window = QMainWindow()
+            self.menu = {}
+
+        def mainWindow(self):
+            return self.window
+
+        def addToolBar(self, name):
+            return self.window.addToolBar(name)
+
+        def addPluginToRasterMenu(self, menu, action):
+            self.menu.setdefault(menu, []).append(action)
+
+        def removePluginRasterMenu(self, menu, action):
+            self.menu[menu].remove(action)
+
+
+    import quicksam
+
+    plugin = quicksam.classFactory(StubIface())
+    plugin.initGui()
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("quicksam:encoderaster")
+    heavy = sorted(name for name in ("torch", "torchvision", "sam2", "segment_anything")
+                   if name in sys.modules)
+    plugin.unload()
+    print(json.dumps({"algorithm": algorithm is not None, "heavy": heavy}))
+    app.exitQgis()
+""")
+
+
+def test_plugin_in_a_fresh_qgis_python_never_imports_torch(tmp_path):
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", NO_TORCH_SCRIPT], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"algorithm": True, "heavy": []}
+
+
+# -- settings -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_python_setting(monkeypatch):
+    """No python_executable setting and no QUICKSAM_PYTHON during the test."""
+    settings.PYTHON_EXECUTABLE.reset()
+    monkeypatch.delenv(settings.PYTHON_ENV_VAR, raising=False)
+    yield
+    settings.PYTHON_EXECUTABLE.reset()
+
+
+def test_settings_defaults_and_prefix():
+    for setting in settings.ALL_SETTINGS:
+        assert setting.full_key == "quicksam/" + setting.key
+        setting.reset()
+        assert setting.value() == setting.default
+        assert isinstance(setting.value(), setting.kind)
+    assert settings.DEFAULT_MODEL.default == "sam2.1_hiera_t"
+    assert settings.DEVICE.default == "auto"
+    assert settings.OVERLAP.default == 256
+    assert settings.BATCH_SIZE.default == 1
+    assert settings.PYTHON_EXECUTABLE.default == ""
+
+
+def test_setting_round_trip_is_typed():
+    try:
+        settings.OVERLAP.set_value(128)
+        assert settings.OVERLAP.value() == 128
+    finally:
+        settings.OVERLAP.reset()
+    assert settings.OVERLAP.value() == 256
+
+
+def test_encoder_python_order(clean_python_setting, monkeypatch, tmp_path):
+    plugin_dir = tmp_path / "quicksam"
+    monkeypatch.setattr(settings, "PLUGIN_DIR", plugin_dir)
+    monkeypatch.setattr(settings.shutil, "which",
+                        lambda name: "/usr/bin/python3" if name == "python3" else None)
+
+    # 5. python3 on PATH, when the running executable is not a Python (the QGIS binary).
+    monkeypatch.setattr(sys, "executable", "/usr/bin/qgis")
+    assert settings.encoder_python() == "/usr/bin/python3"
+
+    # 4. the running interpreter, when it is a Python.
+    monkeypatch.setattr(sys, "executable", "/opt/env/bin/python3.11")
+    assert settings.encoder_python() == "/opt/env/bin/python3.11"
+
+    # 3. the plugin's own .venv.
+    venv_python = settings.plugin_venv_python(plugin_dir)
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text("")
+    assert settings.encoder_python() == str(venv_python)
+
+    # 2. QUICKSAM_PYTHON.
+    monkeypatch.setenv(settings.PYTHON_ENV_VAR, "/from/env/python")
+    assert settings.encoder_python() == "/from/env/python"
+
+    # 1. the setting, even when it does not exist (the error then names it).
+    settings.PYTHON_EXECUTABLE.set_value("/configured/python")
+    assert settings.encoder_python() == "/configured/python"
+
+
+def test_encoder_python_none_found(clean_python_setting, monkeypatch, tmp_path):
+    monkeypatch.setattr(settings, "PLUGIN_DIR", tmp_path)
+    monkeypatch.setattr(sys, "executable", "/usr/bin/qgis")
+    monkeypatch.setattr(settings.shutil, "which", lambda name: None)
+    assert settings.encoder_python() == ""
+
+
+def test_plugin_venv_python_location():
+    expected = (Path("p") / ".venv" / "Scripts" / "python.exe" if os.name == "nt"
+                else Path("p") / ".venv" / "bin" / "python")
+    assert settings.plugin_venv_python(Path("p")) == expected
