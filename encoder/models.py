@@ -97,7 +97,7 @@ class SegmentModel:
         inputs = self.decoder_inputs(features, prompts)
         graph = self.decoder_graph()
         with torch.inference_mode():
-            outputs = graph(*(torch.from_numpy(a).to(self.device) for a in inputs))
+            outputs = graph(*(torch.from_numpy(np.array(a)).to(self.device) for a in inputs))
         all_logits, all_scores = (o.float().cpu().numpy() for o in outputs)
         return postprocess(all_logits[0], all_scores[0], multimask, self.decoder_settings,
                            self.image_size)
