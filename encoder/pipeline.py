@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import queue
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -266,13 +268,13 @@ def prepare_store(request: EncodeRequest) -> Tuple[FeatureStore, Stretch]:
     """Check the raster, plan tiles and stretch, and create or resume the store (no model yet)."""
     info = describe_raster(request.raster)
     bands = choose_bands(info, request.bands)
-    if info.count > 3 and not request.bands:
-        LOG.info("%s has %d bands; using bands %s (choose others with --bands)", request.raster,
-                 info.count, ",".join(map(str, bands)))
     grid = plan_grid(info, request)
     stretch = sample_stretch(request.raster, bands, grid.window, request.stretch)
     manifest = build_manifest(request, info, bands, grid, stretch, raster_fingerprint(request.raster, info))
     store = FeatureStore.create_or_resume(request.store, manifest)
+    if info.count > 3 and not request.bands:  # said once the input is accepted, not before an error
+        LOG.info("%s has %d bands; using bands %s (choose others with --bands)", request.raster,
+                 info.count, ",".join(map(str, bands)))
     return store, Stretch.from_dict(store.manifest["preprocessing"]["stretch"])
 
 
@@ -311,7 +313,7 @@ def encode_raster(request: EncodeRequest, progress: Optional[ProgressCallback] =
             stats.model_build_seconds = time.perf_counter() - started
         _complete_manifest(store, model)
         if needs_decoder:
-            model.export_decoder_onnx(store.root / DECODER_ONNX)
+            install_decoder(store, model)
     if pending:
         LOG.info("encoding %d of %d tiles into %s", len(pending), len(store.grid), store.root)
         pipeline = TilePipeline(store, model, request.raster, stretch, request.batch_size, progress, cancelled)
@@ -326,8 +328,24 @@ def encode_raster(request: EncodeRequest, progress: Optional[ProgressCallback] =
     return store, stats
 
 
+def install_decoder(store: FeatureStore, model: object) -> None:
+    """Put the ONNX decoder of these weights into the store, exporting it once per checkpoint and tile
+    size into the user cache (an export takes seconds; a copy takes milliseconds)."""
+    from .checkpoints import cache_dir
+
+    cached = cache_dir() / "decoders" / f"{store.model_name}-{store.checkpoint_sha256}-{store.image_size}.onnx"
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        model.export_decoder_onnx(cached)
+    tmp = store.root / (DECODER_ONNX + ".tmp")
+    shutil.copyfile(cached, tmp)
+    os.replace(tmp, store.root / DECODER_ONNX)
+
+
 def load_model_for(request: EncodeRequest) -> object:
     """Build the request's model on its device (torch is imported here, not before)."""
+    # Apple MPS lacks a few operators; let torch run those on the CPU instead of failing.
+    os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
     from .models import build_model, select_device
 
     try:

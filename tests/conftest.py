@@ -3,6 +3,10 @@
 Sections:
   1. Environment: settings that must be in place before QGIS starts.
   2. Plugin: the real plugin loaded through the package's `classFactory`.
+
+The user cache and config folders point at one temporary folder per session (set at import, so that
+encoder processes started by tests inherit it): tests never touch the real home, and the ONNX
+decoder exported for a random model is reused across tests.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ import os
 # it runs from the command line, so `QT_QPA_PLATFORM=offscreen` is best also set in the shell; this
 # covers the other entry points (IDE runners, pytester).
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import tempfile  # noqa: E402
+
+_SESSION_DIR = tempfile.mkdtemp(prefix="quicksam-tests-")
+os.environ["QUICKSAM_CACHE_DIR"] = os.path.join(_SESSION_DIR, "cache")
+os.environ["QUICKSAM_CONFIG_DIR"] = os.path.join(_SESSION_DIR, "config")
 
 import pytest  # noqa: E402 (after the environment is set)
 

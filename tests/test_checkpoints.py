@@ -546,3 +546,48 @@ def test_load_state_dict_refuses_arbitrary_objects(tmp_path: Path) -> None:
         checkpoints.load_state_dict(garbage)
     with pytest.raises(CheckpointError, match="does not exist"):
         checkpoints.load_state_dict(tmp_path / "missing.pt")
+
+
+def test_served_checkpoint_downloads_verifies_and_loads_into_the_encoder(
+    file_server: FileServer, tmp_path: Path
+) -> None:
+    """The whole path a user takes with a fine-tune: a checkpoint on a server is registered by URL with
+    its SHA-256, `quicksam encode --checkpoint NAME` downloads and verifies it, builds the model from it,
+    and the store records the checkpoint's hash as its identity. The features equal those of the
+    model the checkpoint was made from."""
+    import io
+    import subprocess
+    import sys
+
+    import numpy as np
+    import torch
+
+    from quicksam.encoder.models import build_model
+    from quicksam.encoder.store import FeatureStore
+    from synthetic import write_raster
+
+    source = build_model("sam2.1_hiera_t", seed=11, image_size=128)
+    state = {name: tensor.half() for name, tensor in source.net.state_dict().items()}  # half: a smaller file
+    buffer = io.BytesIO()
+    torch.save({"model": state}, buffer)
+    sha = file_server.add("tuned.pt", buffer.getvalue())
+    register_checkpoint("my-tune", "sam2.1_hiera_t", url=file_server.url("tuned.pt"), sha256=sha)
+
+    image = np.random.default_rng(0).integers(0, 255, (3, 128, 128), dtype=np.uint8)
+    raster = write_raster(tmp_path / "rgb.tif", image)
+    store_dir = tmp_path / "store"
+    run = subprocess.run([sys.executable, "-m", "quicksam.cli", "encode", str(raster), str(store_dir),
+                          "--checkpoint", "my-tune", "--tile-size", "128", "--stretch", "none",
+                          "--feature-dtype", "float32"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert file_server.gets("tuned.pt") == 1
+
+    store = FeatureStore.open(store_dir)
+    assert store.checkpoint_sha256 == sha
+    assert store.manifest["model"]["random_weights"] is False
+    for name, tensor in source.net.state_dict().items():  # what the file holds, back in float32
+        source.net.state_dict()[name].copy_(tensor.half().float())
+    expected = source.encode(np.moveaxis(image, 0, -1)[None])[0]
+    stored = store.load_tile(store.grid.tiles[0].tile_id)
+    for name, array in expected.items():
+        np.testing.assert_allclose(stored[name], array, atol=1e-5)
