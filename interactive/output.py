@@ -1,0 +1,124 @@
+"""Segments as QGIS features and the output layer they go to (QGIS layer over the core engine).
+
+Geometry arrives in the raster's CRS and is transformed to the output layer's CRS. `area_m2` is planar
+in square metres for projected CRSs and ellipsoidal (the CRS's ellipsoid) for geographic ones.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Optional
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsCoordinateTransformContext,
+    QgsDistanceArea,
+    QgsFeature,
+    QgsField,
+    QgsFields,
+    QgsGeometry,
+    QgsUnitTypes,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QVariant
+
+from ..encoder.store import FeatureStore
+from .engine import MapPrompts, Segment
+
+OUTPUT_FILE = "segments.gpkg"
+OUTPUT_LAYER = "segments"
+FIELD_SPECS = (
+    ("id", QVariant.LongLong), ("label", QVariant.String), ("score", QVariant.Double),
+    ("area_m2", QVariant.Double), ("fg_points", QVariant.Int), ("bg_points", QVariant.Int),
+    ("box", QVariant.String), ("model", QVariant.String), ("checkpoint", QVariant.String),
+    ("tile_id", QVariant.String), ("created", QVariant.String),
+)
+
+
+def output_fields() -> QgsFields:
+    fields = QgsFields()
+    for name, kind in FIELD_SPECS:
+        fields.append(QgsField(name, kind))
+    return fields
+
+
+def raster_crs(store: FeatureStore) -> QgsCoordinateReferenceSystem:
+    return QgsCoordinateReferenceSystem.fromWkt(store.crs_wkt)
+
+
+def area_square_metres(geometry: QgsGeometry, crs: QgsCoordinateReferenceSystem,
+                       context: QgsCoordinateTransformContext) -> float:
+    """Planar m² for projected CRSs, ellipsoidal m² for geographic ones."""
+    measure = QgsDistanceArea()
+    measure.setSourceCrs(crs, context)
+    measure.setEllipsoid(crs.ellipsoidAcronym() if crs.isGeographic() and crs.ellipsoidAcronym() else "NONE")
+    if crs.isGeographic() and not crs.ellipsoidAcronym():
+        measure.setEllipsoid("EPSG:7030")  # WGS 84, when the CRS names no ellipsoid
+    return measure.convertAreaMeasurement(measure.measureArea(geometry), QgsUnitTypes.AreaSquareMeters)
+
+
+class FeatureBuilder:
+    """Turns engine segments into features of the output schema, in a target CRS."""
+
+    def __init__(self, store: FeatureStore, target_crs: QgsCoordinateReferenceSystem,
+                 context: QgsCoordinateTransformContext):
+        self.store = store
+        self.source_crs = raster_crs(store)
+        self.target_crs = target_crs
+        self.context = context
+        self._transform = QgsCoordinateTransform(self.source_crs, target_crs, context)
+        self.fields = output_fields()
+
+    def geometry(self, segment: Segment) -> QgsGeometry:
+        """The segment's polygons in the target CRS."""
+        geometry = QgsGeometry.fromWkt(segment.geometry.wkt)
+        if self.source_crs != self.target_crs:
+            geometry.transform(self._transform)
+        return geometry
+
+    def feature(self, segment: Segment, prompts: MapPrompts, object_id: int, label: str = "",
+                fields: Optional[QgsFields] = None) -> QgsFeature:
+        geometry = self.geometry(segment)
+        feature = QgsFeature(fields or self.fields)
+        feature.setGeometry(geometry)
+        box = "" if prompts.box is None else ",".join(f"{v:.6f}" for v in prompts.box)
+        values = {
+            "id": object_id, "label": label, "score": round(segment.score, 6),
+            "area_m2": area_square_metres(geometry, self.target_crs, self.context),
+            "fg_points": prompts.foreground_count, "bg_points": prompts.background_count, "box": box,
+            "model": self.store.model_name, "checkpoint": self.store.checkpoint_sha256,
+            "tile_id": segment.tile_id,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        for name, value in values.items():
+            if feature.fields().indexOf(name) >= 0:
+                feature.setAttribute(name, value)
+        return feature
+
+
+def store_output_path(store: FeatureStore) -> Path:
+    """The GeoPackage owned by the store that collects the dock's objects by default."""
+    return store.root / OUTPUT_FILE
+
+
+def open_or_create_output_layer(path: Path, crs: QgsCoordinateReferenceSystem,
+                                context: QgsCoordinateTransformContext, name: str = "QuickSAM segments"
+                                ) -> QgsVectorLayer:
+    """The polygon layer at `path` (layer `segments`), created with the output schema if missing."""
+    if not path.exists():
+        options = QgsVectorFileWriter.SaveVectorOptions()
+        options.driverName = "GPKG"
+        options.layerName = OUTPUT_LAYER
+        writer = QgsVectorFileWriter.create(str(path), output_fields(), QgsWkbTypes.MultiPolygon, crs, context,
+                                            options)
+        if writer.hasError() != QgsVectorFileWriter.NoError:
+            raise OSError(f"cannot create '{path}': {writer.errorMessage()}")
+        del writer  # closes the file
+    layer = QgsVectorLayer(f"{path}|layername={OUTPUT_LAYER}", name, "ogr")
+    if not layer.isValid():
+        raise OSError(f"cannot open '{path}' as a polygon layer")
+    return layer
