@@ -140,7 +140,32 @@ def _bilinear_matrix(source: int, target: int) -> np.ndarray:
 def upsample_logits(logits: np.ndarray, size: int) -> np.ndarray:
     """(K, L, L) -> (K, size, size) bilinear, as two small matrix products per mask."""
     matrix = _bilinear_matrix(logits.shape[-1], size)
-    return np.einsum("il,klm,jm->kij", matrix, logits.astype(np.float32), matrix, optimize=True)
+    return matrix @ logits.astype(np.float32) @ matrix.T
+
+
+def _support(matrix: np.ndarray, low: int, high: int) -> Tuple[np.ndarray, int, int]:
+    """High-res indices whose interpolation touches low-res [low, high], and the low-res span they read."""
+    targets = np.flatnonzero(matrix[:, low:high + 1].any(axis=1))
+    sources = np.flatnonzero(matrix[targets].any(axis=0))
+    return targets, int(sources[0]), int(sources[-1]) + 1
+
+
+def upsample_masks(logits: np.ndarray, size: int, threshold: float) -> np.ndarray:
+    """(K, L, L) logits -> (K, size, size) bool of bilinear(logits) > threshold, computed only around
+    the low-res pixels above the threshold (a bilinear value is a convex mix of its neighbours, so
+    elsewhere it cannot exceed the threshold). Exact; fast for the compact masks SAM makes."""
+    matrix = _bilinear_matrix(logits.shape[-1], size)
+    masks = np.zeros((len(logits), size, size), dtype=bool)
+    for k, low_res in enumerate(logits.astype(np.float32)):
+        above = low_res > threshold
+        if not above.any():
+            continue
+        rows, cols = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
+        hi_rows, r0, r1 = _support(matrix, int(rows[0]), int(rows[-1]))
+        hi_cols, c0, c1 = _support(matrix, int(cols[0]), int(cols[-1]))
+        block = matrix[hi_rows, r0:r1] @ low_res[r0:r1, c0:c1] @ matrix[hi_cols, c0:c1].T
+        masks[k, hi_rows[0]:hi_rows[-1] + 1, hi_cols[0]:hi_cols[-1] + 1] = block > threshold
+    return masks
 
 
 def stability_scores(logits: np.ndarray, delta: float) -> np.ndarray:
@@ -169,7 +194,7 @@ def postprocess(all_logits: np.ndarray, all_scores: np.ndarray, multimask: bool,
     """From the graph's (M, L, L) logits and (M,) scores to the chosen masks at tile resolution."""
     indices = choose_outputs(all_logits, all_scores, multimask, settings)
     low_res = all_logits[indices]
-    masks = upsample_logits(low_res, image_size) > settings.mask_threshold
+    masks = upsample_masks(low_res, image_size, settings.mask_threshold)
     return DecodeResult(
         masks=masks,
         scores=all_scores[indices].astype(np.float32),

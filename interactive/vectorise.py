@@ -11,7 +11,6 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from shapely.geometry import MultiPolygon, Polygon, shape
-from shapely.ops import unary_union
 
 
 def _bounding_window(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
@@ -60,10 +59,8 @@ def mask_to_polygons(mask: np.ndarray, geotransform: Sequence[float], simplify_t
         polygon = Polygon(polygon.exterior, holes)
         if polygon.area >= min_area and polygon.area > 0:
             parts.append(polygon)
-    if not parts:
-        return MultiPolygon()
-    merged = unary_union(parts) if len(parts) > 1 else parts[0]
     if simplify_tolerance > 0:
-        merged = merged.simplify(simplify_tolerance, preserve_topology=True)
-    polygons = [p for p in _as_polygons(merged) if p.area >= min_area and p.area > 0]
-    return MultiPolygon(polygons)
+        # 4-connected parts of one mask never overlap, so simplifying part by part stays valid
+        parts = [part for polygon in parts
+                 for part in _as_polygons(polygon.simplify(simplify_tolerance, preserve_topology=True))]
+    return MultiPolygon([p for p in parts if p.area >= min_area and p.area > 0])

@@ -209,3 +209,16 @@ def test_store_records_random_weights(sam2_full):
     assert summary["random_weights"] is True
     assert "NOT a trained model" in summary["checkpoint"]
     assert len(summary["checkpoint_sha256"]) == 64
+
+
+def test_cropped_mask_upsampling_equals_full_upsampling():
+    from quicksam.interactive.decoding import upsample_masks
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(-5, 1, size=(3, 64, 64)).astype(np.float32)
+    logits[0, 10:20, 30:45] += 9  # a compact object
+    logits[1, 0:3, 60:64] += 9  # touching the top-right edge
+    logits[2] = -3  # nothing
+    expected = upsample_logits(logits, 256) > 0
+    np.testing.assert_array_equal(upsample_masks(logits, 256, 0.0), expected)
+    assert expected[0].any() and expected[1].any() and not expected[2].any()
