@@ -28,7 +28,8 @@ def qgis_process_env(workdir: Path) -> Dict[str, str]:
     link = plugins / "quicksam"
     if not link.exists():
         link.symlink_to(REPO, target_is_directory=True)
-    env = dict(os.environ)
+    # never inherit another QGIS session's settings (e.g. pytest-qgis's): the profile must be private
+    env = {k: v for k, v in os.environ.items() if k not in ("QGIS_CUSTOM_CONFIG_PATH", "QGIS_OPTIONS_PATH")}
     env.update({
         "HOME": str(home),
         "XDG_RUNTIME_DIR": str(home / "runtime"),
@@ -41,7 +42,9 @@ def qgis_process_env(workdir: Path) -> Dict[str, str]:
     (home / "runtime").mkdir(mode=0o700, exist_ok=True)
     marker = workdir / ".quicksam-enabled"
     if not marker.exists():
-        run_qgis_process(["plugins", "enable", "quicksam"], env, check=True)
+        result = run_qgis_process(["plugins", "enable", "quicksam"], env)
+        if result.returncode != 0 and "already enabled" not in result.stdout + result.stderr:
+            raise RuntimeError(f"qgis_process plugins enable quicksam failed:\n{result.stdout}\n{result.stderr}")
         marker.touch()
     return env
 

@@ -8,6 +8,7 @@ Python process (QGIS's own Python never imports torch) and maps its JSON progres
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,23 @@ def raster_file_path(layer: QgsRasterLayer) -> str:
     return path
 
 
+def band_numbers_from_text(value: Any) -> List[int]:
+    """Band numbers from BANDS given as text ("3;2;1", "3,2,1", "3 2 1") or a list of such texts.
+
+    QGIS splits text only on ";" and turns any other text into band 0, which would silently mean "the
+    default bands"; qgis_process and hand-written calls pass text. QgsProcessingException on anything
+    that is not a band number.
+    """
+    texts = [value] if isinstance(value, str) else [str(item) for item in value]
+    tokens = [token for text in texts for token in re.split(r"[\s;,]+", text.strip()) if token]
+    try:
+        return [int(token) for token in tokens]
+    except ValueError:
+        raise QgsProcessingException(
+            _tr("BANDS must be band numbers such as 3;2;1 (or repeat BANDS=3 BANDS=2 BANDS=1 with "
+                "qgis_process); got '{value}'.").format(value=value)) from None
+
+
 @dataclass(frozen=True)
 class EncodeRequest:
     """Everything the encoder process needs, copied from the parameters on the main thread."""
@@ -140,6 +158,12 @@ class EncoderEventReporter:
 
     def _start(self, event: Dict[str, Any]) -> None:
         self.feedback.setProgressText(_tr("Encoding tiles…"))
+        tiles, todo = event.get("tiles"), event.get("todo")
+        if isinstance(tiles, int) and isinstance(todo, int) and tiles > 0:
+            # Tiles kept from an earlier run count as done, as in the encoder's progress events. Setting
+            # it also restarts a feedback shared by several runs (batch rows), which ignores a repeated
+            # value: without it a second run's final 100 % would not show.
+            self.feedback.setProgress(100.0 * (tiles - todo) / tiles)
         self.feedback.pushInfo(_tr("{tiles} tiles, {todo} to encode, into {store}").format(
             tiles=event.get("tiles", "?"), todo=event.get("todo", "?"),
             store=event.get("store", self.store)))
@@ -171,6 +195,7 @@ class EncoderEventReporter:
 
     def _finished(self, event: Dict[str, Any]) -> None:
         self.finished = event
+        self.feedback.setProgress(100.0)  # also when no tile was left to encode
         if event.get("summary"):
             self.feedback.pushInfo(_tr("Summary: {summary}").format(
                 summary=json.dumps(event["summary"], default=str)))
@@ -370,7 +395,13 @@ class EncodeRasterAlgorithm(QgsProcessingAlgorithm):
 
     def _bands(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                layer: QgsRasterLayer) -> List[int]:
-        bands = [band for band in self.parameterAsInts(parameters, self.BANDS, context) if band]
+        raw = parameters.get(self.BANDS)
+        if isinstance(raw, str) or (isinstance(raw, (list, tuple))
+                                    and any(isinstance(value, str) for value in raw)):
+            numbers = band_numbers_from_text(raw)
+        else:
+            numbers = self.parameterAsInts(parameters, self.BANDS, context)
+        bands = [band for band in numbers if band]
         if len(bands) > MAX_BANDS:
             raise QgsProcessingException(
                 _tr("Choose at most {max} bands (they become red, green and blue); got {count}.")
