@@ -1,29 +1,44 @@
-"""The `quicksam` command: encode rasters, inspect stores, manage checkpoints.
+"""The `quicksam` command: encode rasters, segment objects from prompts, inspect stores, manage checkpoints.
 
 Bad input exits with status 1 and one line on stderr ("quicksam: error: ..."), never a traceback;
 an interrupted or cancelled run exits with 130 and keeps every finished tile. With --progress-json,
 progress goes to stdout as one JSON object per line (the Processing algorithm reads it).
+
+`segment` starts a headless QGIS and runs the Processing algorithm `quicksam:segmentprompts`, so the
+command, the algorithm and the dock share one implementation. QGIS is imported only there: `encode`,
+`info` and `checkpoints` work without QGIS.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import logging
+import math
 import os
 import sys
+import tempfile
 import threading
+import warnings
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, TextIO
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from .encoder.catalogue import CHECKPOINTS, DEFAULT_MODEL, MODELS, default_checkpoint_for
 from .encoder.errors import Cancelled, QuickSamError
 from .encoder.tiling import DEFAULT_OVERLAP
+from .interactive.engine import MASK_MODES
 
 LOG = logging.getLogger("quicksam")
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 2
 EXIT_CANCELLED = 130
+#: Where Debian/Ubuntu QGIS keeps the `processing` plugin (not on sys.path outside QGIS).
+QGIS_PROCESSING_PLUGINS = "/usr/share/qgis/python/plugins"
+#: Single-file formats `segment` writes: renaming one file publishes the whole result.
+SEGMENT_FORMATS = {".gpkg": "GeoPackage", ".geojson": "GeoJSON"}
+SEGMENT_LAYER = "segments"
 
 
 class EventWriter:
@@ -104,6 +119,62 @@ def _add_encode_parser(commands) -> None:
     encode.set_defaults(handler=_cmd_encode)
 
 
+def _parse_point(text: str) -> Tuple[float, float, int]:
+    parts = text.split(",")
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        values = []
+    if (len(values) not in (2, 3) or not all(math.isfinite(v) for v in values)
+            or (len(values) == 3 and values[2] not in (0, 1))):
+        raise argparse.ArgumentTypeError(f"expected X,Y or X,Y,LABEL (LABEL 1 = foreground, 0 = background), "
+                                         f"got '{text}'")
+    return values[0], values[1], int(values[2]) if len(values) == 3 else 1
+
+
+def _parse_box(text: str) -> Tuple[float, float, float, float]:
+    xmin, ymin, xmax, ymax = _parse_extent(text)
+    if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)) or xmin >= xmax or ymin >= ymax:
+        raise argparse.ArgumentTypeError(f"expected XMIN,YMIN,XMAX,YMAX with XMIN < XMAX and YMIN < YMAX, got '{text}'")
+    return xmin, ymin, xmax, ymax
+
+
+def _add_segment_parser(commands) -> None:
+    segment = commands.add_parser(
+        "segment", help="segment objects on an encoded raster from points, a box or a file of prompts",
+        description="Segment objects on a feature store from prompts and write their polygons (in the raster's "
+                    "CRS). --point and --box prompts describe ONE object (like clicks in the dock); a --prompts "
+                    "file holds any number: each point or polygon is one object, or features sharing "
+                    "--group-field form one. Objects that cannot be segmented are reported and skipped; the "
+                    "command fails, writing nothing, only if none could be. Runs the Processing algorithm "
+                    "quicksam:segmentprompts in a headless QGIS.")
+    segment.add_argument("store", type=Path, help="feature store folder written by 'quicksam encode'")
+    segment.add_argument("--point", type=_parse_point, action="append", metavar="X,Y[,LABEL]",
+                         help="a point prompt; LABEL 1 = foreground (default), 0 = background. Repeat for more "
+                              "points of the same object. Negative X: write --point=X,Y")
+    segment.add_argument("--box", type=_parse_box, action="append", metavar="XMIN,YMIN,XMAX,YMAX",
+                         help="a box prompt around the object (at most one)")
+    segment.add_argument("--prompts", type=Path, metavar="FILE",
+                         help="a vector file (GeoJSON, GeoPackage, ...) of prompt points and/or polygons")
+    segment.add_argument("--prompts-crs", metavar="CRS",
+                         help="CRS of the prompt coordinates, e.g. EPSG:4326 (default: the raster's CRS for "
+                              "--point/--box, the file's own CRS for --prompts, which this overrides)")
+    segment.add_argument("--group-field", help="with --prompts: features with the same value form one object")
+    segment.add_argument("--label-field", help="with --prompts: 1 = foreground, 0 = background (default: all "
+                                               "foreground)")
+    segment.add_argument("--mask-mode", default="single", choices=MASK_MODES,
+                         help="single (default), best, largest or smallest mask, or all (up to 3 per object)")
+    segment.add_argument("--simplify", type=float, default=0.0,
+                         help="simplification tolerance in the raster CRS's map units (default 0: pixel edges)")
+    segment.add_argument("--min-area", type=float, default=0.0,
+                         help="drop parts and holes smaller than this many pixels (default 0)")
+    segment.add_argument("--fill-holes", action="store_true", help="fill the holes of the polygons")
+    segment.add_argument("--output", type=Path, required=True, metavar="OUT.gpkg",
+                         help="new GeoPackage (layer 'segments') or GeoJSON file for the polygons")
+    segment.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    segment.set_defaults(handler=_cmd_segment)
+
+
 def _add_other_parsers(commands) -> None:
     info = commands.add_parser("info", help="print a JSON summary of a feature store")
     info.add_argument("store", type=Path)
@@ -135,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="quicksam", description="Segment Anything for geospatial rasters.")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_encode_parser(commands)
+    _add_segment_parser(commands)
     _add_other_parsers(commands)
     return parser
 
@@ -154,8 +226,6 @@ def _resolve_weights(args, events: EventWriter):
     from .encoder.checkpoints import resolve_checkpoint
 
     if args.random_weights:
-        events.emit("log", level="warning", message="using seeded random weights: the masks will be "
-                    "meaningless; the store records this")
         return None
     name = args.checkpoint or default_checkpoint_for(args.model).name
     return resolve_checkpoint(name, model=args.model, progress=_download_progress(events))
@@ -175,6 +245,10 @@ def _cmd_encode(args, events: EventWriter) -> int:
                     tile=event.tile_id, status=event.status)
 
     def on_start(store, todo: int) -> None:
+        # Warned only once the inputs are checked, so bad input still gets its single error line.
+        if args.random_weights:
+            events.emit("log", level="warning", message="using seeded random weights: the masks will be "
+                        "meaningless; the store records this")
         events.emit("start", store=str(store.root), raster=args.raster, tiles=len(store.grid), todo=todo)
 
     store, stats = encode_raster(request, progress=on_progress, started=on_start)
@@ -211,6 +285,248 @@ def _cmd_checkpoints(args, events: EventWriter) -> int:
         spec = checkpoints.register_checkpoint(args.name, args.model, path=args.path, url=args.url,
                                                sha256=args.sha256)
         sys.stdout.write(json.dumps({"registered": spec.name, "model": spec.model, "url": spec.url}) + "\n")
+    return 0
+
+
+def _check_segment_output(output: Path, overwrite: bool) -> Path:
+    """The absolute --output path, refused (QuickSamError) before any work if it cannot be written."""
+    output = output.expanduser().absolute()
+    if output.suffix.lower() not in SEGMENT_FORMATS:
+        raise QuickSamError(f"--output '{output}' must end in " + " or ".join(SEGMENT_FORMATS)
+                            + " (a " + " or ".join(SEGMENT_FORMATS.values()) + " file)")
+    if output.is_dir():
+        raise QuickSamError(f"--output '{output}' is a folder; give a file name ending in .gpkg")
+    if output.exists() and not overwrite:
+        raise QuickSamError(f"'{output}' exists; choose another name or delete it (or pass --overwrite)")
+    if not output.parent.is_dir():
+        raise QuickSamError(f"the folder of --output '{output.parent}' does not exist; create it first")
+    return output
+
+
+def _check_segment_prompts(args) -> None:
+    if args.prompts and (args.point or args.box):
+        raise QuickSamError("give the prompts either with --point/--box or in a --prompts file, not both")
+    if not (args.prompts or args.point or args.box):
+        raise QuickSamError("give the object's prompts: one or more --point X,Y[,LABEL], a --box, or a --prompts "
+                            "file")
+    if args.box and len(args.box) > 1:
+        raise QuickSamError("--box was given more than once, but --point/--box prompts form one object with one "
+                            "box; put several objects in a --prompts file")
+    if (args.group_field or args.label_field) and not args.prompts:
+        raise QuickSamError("--group-field and --label-field apply to a --prompts file only")
+    if args.prompts and not args.prompts.is_file():
+        raise QuickSamError(f"the prompts file '{args.prompts}' does not exist")
+
+
+@contextlib.contextmanager
+def _captured_process_output() -> Iterator[None]:
+    """Send whatever GDAL, PROJ, Qt and QGIS print (file descriptors 1 and 2) to the debug log, so that bad
+    input still ends in exactly one error line. QUICKSAM_DEBUG=1 leaves the output alone."""
+    if os.environ.get("QUICKSAM_DEBUG"):
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile() as sink:
+        try:
+            for fd in saved:
+                os.dup2(sink.fileno(), fd)
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, original in saved.items():
+                os.dup2(original, fd)
+                os.close(original)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                LOG.debug("qgis: %s", line)
+
+
+@contextlib.contextmanager
+def _headless_qgis() -> Iterator[None]:
+    """A QGIS application (offscreen) with Processing and the QuickSAM provider, for this process.
+
+    Reuses a running QgsApplication (e.g. inside QGIS or pytest-qgis) and then leaves it running.
+    """
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from qgis.core import QgsApplication
+    from qgis.PyQt.QtCore import qInstallMessageHandler
+
+    own_app = QgsApplication.instance() is None
+    if own_app:
+        qInstallMessageHandler(lambda _mode, _context, message: LOG.debug("qt: %s", message))
+        app = QgsApplication([], False)
+        app.initQgis()
+    try:
+        if QGIS_PROCESSING_PLUGINS not in sys.path:
+            sys.path.append(QGIS_PROCESSING_PLUGINS)
+        from processing.core.Processing import Processing
+
+        Processing.initialize()
+        registry = QgsApplication.processingRegistry()
+        if registry.providerById("quicksam") is None:
+            from .encoder.provider import QuickSamProvider
+
+            registry.addProvider(QuickSamProvider())
+        yield
+    finally:
+        if own_app:
+            gc.collect()  # QGIS objects held in reference cycles (tracebacks) must go before QGIS exits
+            app.exitQgis()
+            qInstallMessageHandler(None)  # no Python callback may outlive the interpreter
+
+
+def _one_line(message: str) -> str:
+    """A Processing error as one line, without Processing's "Unable to execute algorithm" preamble."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].lower().startswith("unable to execute algorithm"):
+        lines = lines[1:]
+    text = " ".join(lines) or "the segmentation failed"
+    return text[0].lower() + text[1:] if text[:2].istitle() else text
+
+
+def _command_line_prompt_layer(args, crs):
+    """An OGR layer (an in-memory GeoJSON, which may mix points and a polygon) holding the --point and --box
+    prompts of one object: fields `object` (all 1) and `label`; coordinates in `crs`."""
+    from osgeo import gdal
+    from qgis.core import QgsVectorLayer
+
+    features = [{"type": "Feature", "properties": {"object": 1, "label": label},
+                 "geometry": {"type": "Point", "coordinates": [x, y]}} for x, y, label in args.point or []]
+    for xmin, ymin, xmax, ymax in args.box or []:
+        ring = [[xmin, ymin], [xmax, ymin], [xmax, ymax], [xmin, ymax], [xmin, ymin]]
+        features.append({"type": "Feature", "properties": {"object": 1, "label": 1},
+                         "geometry": {"type": "Polygon", "coordinates": [ring]}})
+    path = f"/vsimem/quicksam-prompts-{os.getpid()}-{id(args)}.geojson"
+    gdal.FileFromMemBuffer(path, json.dumps({"type": "FeatureCollection", "features": features}).encode())
+    layer = QgsVectorLayer(path, "prompts", "ogr")
+    layer.setCrs(crs)
+    return layer, path
+
+
+def _open_prompt_layer(args, crs):
+    """The prompt layer: the --prompts file, or the --point/--box prompts as one object (fields `object`
+    and `label`). Returns (layer, group field, label field, /vsimem path to unlink or None)."""
+    from qgis.core import QgsVectorLayer
+
+    if not args.prompts:
+        layer, vsimem = _command_line_prompt_layer(args, crs)
+        return layer, "object", "label", vsimem
+    layer = QgsVectorLayer(str(args.prompts), "prompts", "ogr")
+    if not layer.isValid():
+        raise QuickSamError(f"'{args.prompts}' cannot be opened as a vector layer of points or polygons")
+    if args.prompts_crs:
+        layer.setCrs(crs)
+    return layer, args.group_field or "", args.label_field or "", None
+
+
+def _run_segment_algorithm(args, partial: Path) -> Tuple[Dict[str, object], List[str]]:
+    """Run quicksam:segmentprompts into `partial`; (results, skipped-object messages).
+
+    The prompt layer belongs to a private project and goes with it before this returns: a QGIS layer
+    still alive when QGIS exits crashes the interpreter's shutdown, and Processing keeps a reference to
+    the parameters of a failed run, so the layer is passed by id, never as an object.
+    """
+    import processing
+    from osgeo import gdal
+    from qgis.core import (
+        QgsCoordinateReferenceSystem,
+        QgsProcessingContext,
+        QgsProcessingException,
+        QgsProcessingFeedback,
+        QgsProcessingOutputLayerDefinition,
+        QgsProject,
+    )
+
+    from .interactive.output import raster_crs
+    from .interactive.segment_algorithm import SegmentPromptsAlgorithm, open_store
+
+    class CollectingFeedback(QgsProcessingFeedback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.errors: List[str] = []
+
+        def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N803 - Qt's name
+            self.errors.append(error)
+
+    try:
+        store = open_store(str(args.store))
+    except QgsProcessingException as exc:
+        raise QuickSamError(_one_line(str(exc))) from None
+    crs = raster_crs(store)
+    if args.prompts_crs:
+        crs = QgsCoordinateReferenceSystem(args.prompts_crs)
+        if not crs.isValid():
+            raise QuickSamError(f"--prompts-crs '{args.prompts_crs}' is not a CRS QGIS knows; use an authority "
+                                "code such as EPSG:4326 (or a WKT or PROJ string)")
+    project = QgsProject()
+    layer, group_field, label_field, vsimem = _open_prompt_layer(args, crs)
+    layer_id = layer.id()
+    project.addMapLayer(layer, False)  # the project owns it now
+    del layer
+    destination = QgsProcessingOutputLayerDefinition(str(partial))
+    destination.createOptions = {"layerName": SEGMENT_LAYER}
+    algorithm = SegmentPromptsAlgorithm
+    parameters = {
+        algorithm.STORE: str(args.store), algorithm.PROMPTS: layer_id, algorithm.GROUP_FIELD: group_field,
+        algorithm.LABEL_FIELD: label_field, algorithm.MASK_MODE: MASK_MODES.index(args.mask_mode),
+        algorithm.SIMPLIFY: args.simplify, algorithm.MIN_AREA: args.min_area,
+        algorithm.KEEP_HOLES: not args.fill_holes, algorithm.OUTPUT: destination,
+    }
+    feedback = CollectingFeedback()
+    context = QgsProcessingContext()
+    context.setProject(project)
+    context.setFeedback(feedback)
+    results, failure = {}, None
+    try:
+        results = processing.run("quicksam:segmentprompts", parameters, feedback=feedback, context=context,
+                                 onFinish=lambda *_: None)
+    except QgsProcessingException as exc:
+        failure = _one_line(str(exc))
+    finally:
+        project.removeAllMapLayers()
+        if vsimem:
+            gdal.Unlink(vsimem)
+    if failure is not None:
+        raise QuickSamError(failure)
+    summary = {key: results.get(key) for key in (algorithm.SEGMENTED, algorithm.SKIPPED)}
+    return summary, [message for message in feedback.errors if " skipped: " in message]
+
+
+def _remove_partial(partial: Path) -> None:
+    for path in (partial, *(partial.with_name(partial.name + end) for end in ("-wal", "-shm", "-journal"))):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _cmd_segment(args, events: EventWriter) -> int:
+    _check_segment_prompts(args)
+    output = _check_segment_output(args.output, args.overwrite)
+    # Written next to the output (same file system) and renamed into place only on success.
+    partial = output.with_name(f".{output.stem}.partial-{os.getpid()}{output.suffix}")
+    error: Optional[str] = None
+    try:
+        with _captured_process_output(), warnings.catch_warnings(), _headless_qgis():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            try:
+                summary, skipped = _run_segment_algorithm(args, partial)
+            except QuickSamError as exc:
+                # Kept as text: the traceback's frames hold QGIS objects, which must go before QGIS exits.
+                error = str(exc)
+        if error is None:
+            os.replace(partial, output)
+    finally:
+        _remove_partial(partial)
+    if error is not None:
+        raise QuickSamError(error)
+    for message in skipped:
+        sys.stderr.write(f"quicksam: warning: {message}\n")
+    sys.stdout.write(json.dumps({"output": str(output), "layer": SEGMENT_LAYER if output.suffix.lower() == ".gpkg"
+                                 else None, "objects_segmented": summary["SEGMENTED"],
+                                 "objects_skipped": summary["SKIPPED"]}) + "\n")
     return 0
 
 

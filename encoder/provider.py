@@ -8,6 +8,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
+from ..interactive.segment_algorithm import SegmentPromptsAlgorithm
 from .encode_algorithm import EncodeRasterAlgorithm
 
 ICON_PATH = Path(__file__).resolve().parent.parent / "icons" / "quicksam.svg"
@@ -34,3 +35,4 @@ class QuickSamProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:
         self.addAlgorithm(EncodeRasterAlgorithm())
+        self.addAlgorithm(SegmentPromptsAlgorithm())

@@ -136,7 +136,7 @@ class SegmentEngine:
         grid = self.store.grid
         for col, row in self.prompt_pixels(prompts):
             if not (0 <= col <= grid.raster_width and 0 <= row <= grid.raster_height):
-                raise PromptError("the prompt is outside the raster; click inside the raster's extent")
+                raise PromptError("the prompt is outside the raster; place prompts inside the raster's extent")
             window = grid.window
             if not (window.col_off <= col <= window.col_end and window.row_off <= row <= window.row_end):
                 raise PromptError("the prompt is outside the encoded area of this store; encode that "

@@ -46,7 +46,7 @@ def mask_to_polygons(mask: np.ndarray, geotransform: Sequence[float], simplify_t
         return MultiPolygon()
     row0, row1, col0, col1 = window
     crop = np.ascontiguousarray(mask[row0:row1, col0:col1], dtype=np.uint8)
-    transform = Affine.from_gdal(*geotransform) * Affine.translation(col0, row0)
+    transform = Affine.from_gdal(*geotransform) @ Affine.translation(col0, row0)
     pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
     min_area = min_area_pixels * pixel_area
     parts = []

@@ -1,0 +1,520 @@
+"""quicksam:segmentprompts through the real Processing framework, checked against SegmentEngine directly.
+
+One feature store per module: a synthetic 320 x 300 scene in EPSG:32633 (two bright squares), encoded with
+the seeded random tiny model in 256 px tiles (4 tiles). Random weights make the masks meaningless but
+deterministic, so every test compares the algorithm's output with `SegmentEngine.segment` on the same
+prompts: the algorithm must add grouping, CRS handling and attributes, and change no polygon.
+
+Prompt grouping rules themselves are also tested without QGIS (`prompt_input.group_records`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pytest
+import shapely
+import shapely.wkb
+from qgis.core import (
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeature,
+    QgsField,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProject,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import QVariant
+from synthetic import CRS, encode, pixel_to_map_default, write_raster
+
+from quicksam.encoder.store import FeatureStore
+from quicksam.interactive.engine import MASK_MODES, MapPrompts, SegmentEngine
+from quicksam.interactive.output import FIELD_SPECS
+from quicksam.interactive.prompt_input import (
+    PromptRecord,
+    group_key,
+    group_records,
+    parse_label,
+)
+
+ALGORITHM_ID = "quicksam:segmentprompts"
+WIDTH, HEIGHT = 320, 300
+#: (col_off, row_off, size) of the two bright squares, in pixels.
+SQUARES = ((40, 40, 70), (200, 170, 80))
+
+
+def scene() -> np.ndarray:
+    data = np.full((3, HEIGHT, WIDTH), 40, dtype=np.uint8)
+    for col, row, size in SQUARES:
+        data[:, row:row + size, col:col + size] = 210
+    data[1, 120:140, 150:190] = 120  # a third, darker patch, so the scene is not symmetric
+    return data
+
+
+def at(col: float, row: float) -> Tuple[float, float]:
+    """Map coordinates (EPSG:32633) of a pixel position."""
+    return pixel_to_map_default(col, row)
+
+
+def box_at(col0: float, row0: float, col1: float, row1: float) -> Tuple[float, float, float, float]:
+    (x0, y0), (x1, y1) = at(col0, row0), at(col1, row1)
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("segment-store")
+    raster = write_raster(folder / "scene.tif", scene())
+    store, _ = encode(raster, folder / "store", overlap=64)
+    assert store.summary()["tiles_done"] == 4
+    return store.root
+
+
+@pytest.fixture(scope="module")
+def engine(store_path) -> SegmentEngine:
+    return SegmentEngine(FeatureStore.open(store_path))
+
+
+@pytest.fixture
+def registered(qgis_processing, plugin):
+    """Processing initialised and the real plugin's provider registered (as QGIS does it)."""
+    assert QgsApplication.processingRegistry().algorithmById(ALGORITHM_ID) is not None
+    return plugin
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+
+
+class RecordingFeedback(QgsProcessingFeedback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: List[str] = []
+        self.warnings: List[str] = []
+
+    def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N803 - Qt's name
+        self.errors.append(error)
+
+    def pushWarning(self, warning: str) -> None:
+        self.warnings.append(warning)
+
+
+def memory_layer(kind: str, crs: str, rows: Sequence[Tuple[object, Dict[str, object]]],
+                 fields: Sequence[Tuple[str, QVariant.Type]] = ()) -> QgsVectorLayer:
+    """A memory layer of `kind` ('Point' or 'Polygon') with features (geometry, attributes)."""
+    layer = QgsVectorLayer(f"{kind}?crs={crs}", "prompts", "memory")
+    layer.dataProvider().addAttributes([QgsField(name, kind_) for name, kind_ in fields])
+    layer.updateFields()
+    features = []
+    for geometry, attributes in rows:
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(geometry)
+        for name, value in attributes.items():
+            feature.setAttribute(name, value)
+        features.append(feature)
+    assert layer.dataProvider().addFeatures(features)
+    return layer
+
+
+def point(x: float, y: float) -> QgsGeometry:
+    return QgsGeometry.fromPointXY(QgsPointXY(x, y))
+
+
+def rectangle(box: Sequence[float]) -> QgsGeometry:
+    xmin, ymin, xmax, ymax = box
+    return QgsGeometry.fromPolygonXY([[QgsPointXY(xmin, ymin), QgsPointXY(xmax, ymin), QgsPointXY(xmax, ymax),
+                                       QgsPointXY(xmin, ymax), QgsPointXY(xmin, ymin)]])
+
+
+def to_crs(geometry: QgsGeometry, source: str, target: str) -> QgsGeometry:
+    geometry = QgsGeometry(geometry)
+    geometry.transform(QgsCoordinateTransform(QgsCoordinateReferenceSystem(source),
+                                              QgsCoordinateReferenceSystem(target), QgsProject.instance()))
+    return geometry
+
+
+def run(store_path: Path, prompts, feedback: Optional[QgsProcessingFeedback] = None, **parameters) -> dict:
+    import processing
+
+    parameters = {"STORE": str(store_path), "PROMPTS": prompts, "OUTPUT": "TEMPORARY_OUTPUT", **parameters}
+    return processing.run(ALGORITHM_ID, parameters, feedback=feedback or QgsProcessingFeedback())
+
+
+def features_of(layer: QgsVectorLayer) -> List[QgsFeature]:
+    return sorted(layer.getFeatures(), key=lambda f: (f["id"], -f["score"]))
+
+
+def as_shapely(geometry: QgsGeometry):
+    return shapely.wkb.loads(bytes(geometry.asWkb()))
+
+
+def assert_same_geometry(actual, expected, tolerance: float = 1e-6) -> None:
+    """Vertex by vertex within `tolerance` (map units), after putting both in normal form."""
+    assert not expected.is_empty
+    assert shapely.equals_exact(shapely.normalize(actual), shapely.normalize(expected), tolerance=tolerance)
+
+
+def assert_matches_engine(feature: QgsFeature, segment, prompts: MapPrompts, store_path: Path,
+                          object_id: int, label: str = "") -> None:
+    """The output feature is the engine's segment with the documented attributes."""
+    store = FeatureStore.open(store_path)
+    geometry = as_shapely(feature.geometry())
+    assert_same_geometry(geometry, segment.geometry)
+    assert feature["id"] == object_id
+    assert feature["label"] == label
+    assert feature["score"] == pytest.approx(segment.score, abs=1e-6)
+    assert feature["fg_points"] == prompts.foreground_count
+    assert feature["bg_points"] == prompts.background_count
+    assert feature["model"] == store.model_name
+    assert feature["checkpoint"] == store.checkpoint_sha256
+    assert feature["tile_id"] == segment.tile_id
+    assert feature["area_m2"] == pytest.approx(geometry.area, rel=1e-9)  # EPSG:32633: planar metres
+    if prompts.box is None:
+        assert feature["box"] == ""
+    else:
+        assert [float(v) for v in feature["box"].split(",")] == pytest.approx(prompts.box, abs=1e-5)
+    assert feature["created"].endswith("+00:00")
+
+
+# -- metadata -----------------------------------------------------------------------------------------------
+
+
+def test_registered_by_the_plugin_with_its_parameters(registered):
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
+    assert algorithm.name() == "segmentprompts"
+    assert algorithm.groupId() == "segmentation"
+    assert "prompt" in algorithm.shortHelpString().lower()
+    names = [p.name() for p in algorithm.parameterDefinitions()]
+    assert names == ["STORE", "PROMPTS", "GROUP_FIELD", "LABEL_FIELD", "MASK_MODE", "SIMPLIFY", "MIN_AREA",
+                     "KEEP_HOLES", "OUTPUT"]
+    param = algorithm.parameterDefinition
+    assert isinstance(param("STORE"), QgsProcessingParameterFile)
+    assert param("STORE").behavior() == QgsProcessingParameterFile.Folder
+    assert isinstance(param("PROMPTS"), QgsProcessingParameterFeatureSource)
+    assert set(param("PROMPTS").dataTypes()) == {QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon}
+    for name in ("GROUP_FIELD", "LABEL_FIELD"):
+        assert isinstance(param(name), QgsProcessingParameterField)
+        assert param(name).parentLayerParameterName() == "PROMPTS"
+        assert param(name).flags() & QgsProcessingParameterDefinition.FlagOptional
+    assert isinstance(param("MASK_MODE"), QgsProcessingParameterEnum)
+    assert param("MASK_MODE").options() == list(MASK_MODES) == ["single", "best", "largest", "smallest", "all"]
+    assert param("MASK_MODE").defaultValue() == 0
+    assert isinstance(param("SIMPLIFY"), QgsProcessingParameterNumber)
+    assert (param("SIMPLIFY").defaultValue(), param("MIN_AREA").defaultValue()) == (0.0, 0.0)
+    assert isinstance(param("KEEP_HOLES"), QgsProcessingParameterBoolean)
+    assert param("KEEP_HOLES").defaultValue() is True
+    assert isinstance(param("OUTPUT"), QgsProcessingParameterFeatureSink)
+    assert param("OUTPUT").dataType() == QgsProcessing.TypeVectorPolygon
+    assert all(param(n).help() for n in names), "every parameter has help"
+    assert {o.name() for o in algorithm.outputDefinitions()} == {"OUTPUT", "SEGMENTED", "SKIPPED"}
+
+
+# -- one object per point / per polygon ------------------------------------------------------------------------
+
+
+def test_points_are_one_object_each_and_equal_the_engine(registered, store_path, engine):
+    clicks = [at(75, 75), at(240, 210), at(170, 130)]
+    layer = memory_layer("Point", CRS, [(point(*xy), {}) for xy in clicks])
+    results = run(store_path, layer)
+    output = results["OUTPUT"]
+    assert output.crs() == QgsCoordinateReferenceSystem(CRS)
+    assert output.fields().names() == [name for name, _ in FIELD_SPECS]
+    features = features_of(output)
+    assert [f["id"] for f in features] == [1, 2, 3]
+    assert (results["SEGMENTED"], results["SKIPPED"]) == (3, 0)
+    for object_id, (feature, xy) in enumerate(zip(features, clicks), start=1):
+        prompts = MapPrompts(points=(xy,), labels=(1,))
+        (segment,) = engine.segment(prompts)
+        assert_matches_engine(feature, segment, prompts, store_path, object_id)
+    # the objects differ: a test that passed the same prompts three times would fail here
+    assert len({round(f.geometry().area()) for f in features}) == 3
+
+
+def test_polygons_become_box_prompts(registered, store_path, engine):
+    boxes = [box_at(30, 30, 120, 120), box_at(190, 160, 290, 260)]
+    layer = memory_layer("Polygon", CRS, [(rectangle(b), {}) for b in boxes])
+    features = features_of(run(store_path, layer)["OUTPUT"])
+    assert len(features) == 2
+    for object_id, (feature, box) in enumerate(zip(features, boxes), start=1):
+        prompts = MapPrompts(box=box)
+        (segment,) = engine.segment(prompts)
+        assert_matches_engine(feature, segment, prompts, store_path, object_id)
+
+
+def test_a_self_intersecting_polygon_still_gives_its_box(registered, store_path, engine):
+    """Only the extent is used, so Processing's invalid-geometry check must not drop or refuse the feature."""
+    import processing
+    from qgis.core import QgsFeatureRequest, QgsProcessingContext
+
+    xmin, ymin, xmax, ymax = box_at(30, 30, 120, 120)
+    bow_tie = QgsGeometry.fromWkt(f"POLYGON(({xmin} {ymin}, {xmax} {ymax}, {xmax} {ymin}, {xmin} {ymax}, "
+                                  f"{xmin} {ymin}))")
+    assert not bow_tie.isGeosValid()
+    context = QgsProcessingContext()
+    context.setInvalidGeometryCheck(QgsFeatureRequest.GeometryAbortOnInvalid)
+    results = processing.run(ALGORITHM_ID, {"STORE": str(store_path), "OUTPUT": "TEMPORARY_OUTPUT",
+                                            "PROMPTS": memory_layer("Polygon", CRS, [(bow_tie, {})])},
+                             context=context, feedback=QgsProcessingFeedback())
+    (feature,) = features_of(results["OUTPUT"])
+    (segment,) = engine.segment(MapPrompts(box=(xmin, ymin, xmax, ymax)))
+    assert_same_geometry(as_shapely(feature.geometry()), segment.geometry)
+
+
+def test_prompts_in_another_crs_give_the_same_polygons(registered, store_path, engine):
+    clicks = [at(75, 75), at(240, 210)]
+    box = box_at(30, 30, 120, 120)
+    native_points = memory_layer("Point", CRS, [(point(*xy), {}) for xy in clicks])
+    wgs84_points = memory_layer("Point", "EPSG:4326",
+                                [(to_crs(point(*xy), CRS, "EPSG:4326"), {}) for xy in clicks])
+    wgs84_box = memory_layer("Polygon", "EPSG:4326", [(to_crs(rectangle(box), CRS, "EPSG:4326"), {})])
+    assert wgs84_points.getFeature(1).geometry().asPoint().x() < 20  # really degrees
+    native = features_of(run(store_path, native_points)["OUTPUT"])
+    projected = features_of(run(store_path, wgs84_points)["OUTPUT"])
+    assert len(native) == len(projected) == 2
+    for a, b, xy in zip(native, projected, clicks):
+        assert_same_geometry(as_shapely(b.geometry()), as_shapely(a.geometry()))
+        assert b["score"] == pytest.approx(a["score"], abs=1e-6)
+        (segment,) = engine.segment(MapPrompts(points=(xy,), labels=(1,)))
+        assert_same_geometry(as_shapely(b.geometry()), segment.geometry)
+    (boxed,) = features_of(run(store_path, wgs84_box)["OUTPUT"])
+    (segment,) = engine.segment(MapPrompts(box=box))
+    assert_same_geometry(as_shapely(boxed.geometry()), segment.geometry)
+    assert [float(v) for v in boxed["box"].split(",")] == pytest.approx(box, abs=1e-5)
+
+
+# -- grouping and labels -----------------------------------------------------------------------------------------
+
+
+def write_grouped_geojson(path: Path) -> Path:
+    """Mixed points and a polygon in EPSG:32633: group 'a' = fg + bg point, group 'b' = a polygon's box plus a
+    fg point, and a point with no group (its own object)."""
+    def feature(geometry: dict, **properties) -> dict:
+        return {"type": "Feature", "properties": properties, "geometry": geometry}
+
+    def pt(col: float, row: float) -> dict:
+        return {"type": "Point", "coordinates": list(at(col, row))}
+
+    xmin, ymin, xmax, ymax = box_at(190, 160, 290, 260)
+    ring = [[xmin, ymin], [xmax, ymin], [xmax, ymax], [xmin, ymax], [xmin, ymin]]
+    collection = {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}},
+        "features": [
+            feature(pt(75, 75), obj="a", lab=1),
+            feature({"type": "Polygon", "coordinates": [ring]}, obj="b", lab=None),
+            feature(pt(170, 130), obj=None, lab=1),
+            feature(pt(20, 20), obj="a", lab=0),
+            feature(pt(240, 210), obj="b", lab=1),
+        ],
+    }
+    path.write_text(json.dumps(collection))
+    return path
+
+
+GROUPED_PROMPTS = [
+    (1, "a", MapPrompts(points=(at(75, 75), at(20, 20)), labels=(1, 0))),
+    (2, "b", MapPrompts(points=(at(240, 210),), labels=(1,), box=box_at(190, 160, 290, 260))),
+    (3, "", MapPrompts(points=(at(170, 130),), labels=(1,))),
+]
+
+
+def test_group_field_joins_points_and_a_polygon_box_with_labels(registered, store_path, engine, tmp_path):
+    path = write_grouped_geojson(tmp_path / "prompts.geojson")
+    results = run(store_path, str(path), GROUP_FIELD="obj", LABEL_FIELD="lab")
+    features = features_of(results["OUTPUT"])
+    assert len(features) == 3
+    for feature, (object_id, label, prompts) in zip(features, GROUPED_PROMPTS):
+        (segment,) = engine.segment(prompts)
+        assert_matches_engine(feature, segment, prompts, store_path, object_id, label)
+    assert [(f["fg_points"], f["bg_points"]) for f in features] == [(1, 1), (1, 0), (1, 0)]
+    # without the group field the five features are five objects; the lone background point is skipped
+    assert len(features_of(run(store_path, str(path), LABEL_FIELD="lab")["OUTPUT"])) == 4  # bg-only one skipped
+
+
+def test_background_label_changes_the_mask(registered, store_path, engine):
+    """A label field is read: the fg + bg object differs from the same two points both foreground."""
+    rows = [(point(*at(75, 75)), {"g": 1, "l": 1}), (point(*at(20, 20)), {"g": 1, "l": 0})]
+    layer = memory_layer("Point", CRS, rows, [("g", QVariant.Int), ("l", QVariant.Int)])
+    (labelled,) = features_of(run(store_path, layer, GROUP_FIELD="g", LABEL_FIELD="l")["OUTPUT"])
+    (unlabelled,) = features_of(run(store_path, layer, GROUP_FIELD="g")["OUTPUT"])
+    assert (labelled["fg_points"], labelled["bg_points"]) == (1, 1)
+    assert (unlabelled["fg_points"], unlabelled["bg_points"]) == (2, 0)
+    (both_fg,) = engine.segment(MapPrompts(points=(at(75, 75), at(20, 20)), labels=(1, 1)))
+    assert_same_geometry(as_shapely(unlabelled.geometry()), both_fg.geometry)
+    assert labelled["score"] != pytest.approx(unlabelled["score"], abs=1e-6)
+
+
+# -- mask modes and vectorising options --------------------------------------------------------------------------
+
+
+def test_mask_mode_all_gives_three_features_per_object(registered, store_path, engine):
+    clicks = [at(75, 75), at(240, 210)]
+    layer = memory_layer("Point", CRS, [(point(*xy), {}) for xy in clicks])
+    features = features_of(run(store_path, layer, MASK_MODE=MASK_MODES.index("all"))["OUTPUT"])
+    for object_id, xy in enumerate(clicks, start=1):
+        expected = engine.segment(MapPrompts(points=(xy,), labels=(1,)), mode="all")
+        assert len(expected) == 3, "the chosen prompts give three non-empty masks"
+        mine = [f for f in features if f["id"] == object_id]
+        assert len(mine) == 3
+        for segment in expected:
+            match = [f for f in mine if f["score"] == pytest.approx(segment.score, abs=1e-6)]
+            assert len(match) == 1
+            assert_same_geometry(as_shapely(match[0].geometry()), segment.geometry)
+
+
+def test_largest_is_at_least_smallest_and_both_equal_the_engine(registered, store_path, engine):
+    xy = at(75, 75)
+    layer = memory_layer("Point", CRS, [(point(*xy), {})])
+    areas = {}
+    for mode in ("largest", "smallest", "best"):
+        (feature,) = features_of(run(store_path, layer, MASK_MODE=MASK_MODES.index(mode))["OUTPUT"])
+        (segment,) = engine.segment(MapPrompts(points=(xy,), labels=(1,)), mode=mode)
+        assert_same_geometry(as_shapely(feature.geometry()), segment.geometry)
+        areas[mode] = feature["area_m2"]
+    assert areas["largest"] >= areas["smallest"]
+    assert areas["largest"] > areas["smallest"], "random masks of different sizes, so the modes are told apart"
+
+
+def test_simplify_min_area_and_holes_are_passed_to_the_engine(registered, store_path, engine):
+    xy = at(240, 210)
+    layer = memory_layer("Point", CRS, [(point(*xy), {})])
+    (exact,) = features_of(run(store_path, layer)["OUTPUT"])
+    options = dict(simplify_tolerance=25.0, min_area_pixels=4.0, keep_holes=False)
+    (simplified,) = features_of(run(store_path, layer, SIMPLIFY=25.0, MIN_AREA=4.0, KEEP_HOLES=False)["OUTPUT"])
+    (segment,) = engine.segment(MapPrompts(points=(xy,), labels=(1,)), **options)
+    assert_same_geometry(as_shapely(simplified.geometry()), segment.geometry)
+    assert simplified.geometry().constGet().nCoordinates() < exact.geometry().constGet().nCoordinates()
+
+
+# -- prompts that cannot be segmented ----------------------------------------------------------------------------
+
+
+def test_objects_outside_the_raster_are_reported_and_skipped(registered, store_path, engine):
+    outside = (at(-50, 10), at(100, HEIGHT + 40))
+    rows = [(point(*outside[0]), {}), (point(*at(75, 75)), {}), (point(*outside[1]), {})]
+    feedback = RecordingFeedback()
+    results = run(store_path, memory_layer("Point", CRS, rows), feedback)
+    features = features_of(results["OUTPUT"])
+    assert [f["id"] for f in features] == [2]
+    assert (results["SEGMENTED"], results["SKIPPED"]) == (1, 2)
+    skipped = [e for e in feedback.errors if "skipped" in e]
+    assert len(skipped) == 2
+    assert skipped[0].startswith("object 1 (feature 1) skipped:") and "outside the raster" in skipped[0]
+    assert skipped[1].startswith("object 3 (feature 3) skipped:")
+
+
+def test_the_run_fails_and_writes_nothing_when_no_object_can_be_segmented(registered, store_path, tmp_path):
+    import processing
+
+    layer = memory_layer("Point", CRS, [(point(*at(-50, 10)), {}), (point(*at(-80, 10)), {})])
+    output = tmp_path / "out.gpkg"
+    with pytest.raises(QgsProcessingException) as raised:
+        processing.run(ALGORITHM_ID, {"STORE": str(store_path), "PROMPTS": layer, "OUTPUT": str(output)},
+                       feedback=QgsProcessingFeedback())
+    assert "None of the 2 objects could be segmented" in str(raised.value)
+    assert "outside the raster" in str(raised.value)
+    assert not output.exists()
+
+
+def test_unusable_groups_are_skipped_with_their_reason(registered, store_path):
+    rows = [(rectangle(box_at(30, 30, 120, 120)), {"g": "two"}), (rectangle(box_at(40, 40, 90, 90)), {"g": "two"}),
+            (rectangle(box_at(190, 160, 290, 260)), {"g": "one"})]
+    feedback = RecordingFeedback()
+    layer = memory_layer("Polygon", CRS, rows, [("g", QVariant.String)])
+    features = features_of(run(store_path, layer, feedback, GROUP_FIELD="g")["OUTPUT"])
+    assert [(f["id"], f["label"]) for f in features] == [(2, "one")]
+    assert any(e.startswith("object 1 (group 'two') skipped:") and "2 polygons" in e for e in feedback.errors)
+
+
+@pytest.mark.parametrize("store_kind, expected", [
+    ("raster", "is a file, not a QuickSAM feature store"),
+    ("missing", "does not exist"),
+    ("no_decoder", "has no decoder.onnx"),
+])
+def test_bad_stores_are_refused_with_a_helpful_message(registered, store_path, tmp_path, store_kind, expected):
+    import shutil
+
+    if store_kind == "raster":
+        store = write_raster(tmp_path / "scene.tif", scene())
+    elif store_kind == "missing":
+        store = tmp_path / "no-such-store"
+    else:
+        store = Path(shutil.copytree(store_path, tmp_path / "store"))
+        (store / "decoder.onnx").unlink()
+    layer = memory_layer("Point", CRS, [(point(*at(75, 75)), {})])
+    with pytest.raises(QgsProcessingException) as raised:
+        run(store, layer)
+    assert expected in str(raised.value)
+
+
+def test_cancel_stops_the_run(registered, store_path):
+    feedback = QgsProcessingFeedback()
+    feedback.cancel()
+    with pytest.raises(QgsProcessingException, match="cancelled"):
+        run(store_path, memory_layer("Point", CRS, [(point(*at(75, 75)), {})]), feedback)
+
+
+def test_unknown_field_is_refused(registered, store_path):
+    layer = memory_layer("Point", CRS, [(point(*at(75, 75)), {})], [("g", QVariant.Int)])
+    with pytest.raises(QgsProcessingException):
+        run(store_path, layer, GROUP_FIELD="nope")
+
+
+# -- grouping rules without QGIS ---------------------------------------------------------------------------------
+
+
+def test_group_records_rules():
+    records = [
+        PromptRecord(1, points=((1.0, 1.0),), group="a"),
+        PromptRecord(2, points=((2.0, 2.0),)),
+        PromptRecord(3, points=((3.0, 3.0),), label=0, group="a"),
+        PromptRecord(4, box=(0.0, 0.0, 5.0, 5.0), group=7),
+        PromptRecord(5, points=((4.0, 4.0),), label=0),
+        PromptRecord(6, box=(0.0, 0.0, 1.0, 1.0), group=7.0),  # 7 and 7.0 are one group
+        PromptRecord(7, points=((5.0, 5.0),), group="bad", problem="feature 7: label 2 is neither"),
+        PromptRecord(8, box=(1.0, 1.0, 2.0, 2.0), label=1, group="c"),
+        PromptRecord(9, points=((6.0, 6.0),), label=0, group="c"),
+    ]
+    objects, skipped = group_records(records)
+    assert [(o.object_id, o.name, o.label) for o in objects] == [(1, "group 'a'", "a"), (2, "feature 2", ""),
+                                                                   (6, "group 'c'", "c")]
+    assert objects[0].prompts == MapPrompts(points=((1.0, 1.0), (3.0, 3.0)), labels=(1, 0))
+    assert objects[2].prompts == MapPrompts(points=((6.0, 6.0),), labels=(0,), box=(1.0, 1.0, 2.0, 2.0))
+    reasons = {s.object_id: s.reason for s in skipped}
+    assert set(reasons) == {3, 4, 5}
+    assert "2 polygons" in reasons[3]
+    assert "only background points" in reasons[4]
+    assert reasons[5].startswith("feature 7: label 2")
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, 1), (1, 1), (0, 0), (1.0, 1), (True, 1), (False, 0), ("1", 1), (" 0 ", 0), ("", 1), (QVariant(), 1),
+])
+def test_parse_label_accepts(value, expected):
+    assert parse_label(value) == expected
+
+
+@pytest.mark.parametrize("value", [2, -1, 0.5, "yes", "fg"])
+def test_parse_label_refuses(value):
+    with pytest.raises(ValueError, match="neither 1"):
+        parse_label(value)
+
+
+def test_group_key_normalises_empty_values():
+    assert group_key(None) is None and group_key("  ") is None and group_key(QVariant()) is None
+    assert group_key(3) == 3 and group_key("x") == "x"
