@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -72,10 +73,13 @@ def tile_geotransform(geotransform: Sequence[float], tile: Tile) -> Tuple[float,
 
 def _open(path: str):
     import rasterio
-    from rasterio.errors import RasterioIOError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     try:
-        return rasterio.open(path)
+        with warnings.catch_warnings():
+            # describe_raster reports a missing georeference itself, as one line that says what to do.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
     except RasterioIOError as exc:
         raise RasterError(f"cannot open raster '{path}': {str(exc).splitlines()[0]}. "
                           "Check the path and that GDAL can read the file.") from exc
@@ -146,13 +150,18 @@ def choose_bands(info: RasterInfo, requested: Optional[Sequence[int]]) -> List[i
 def extent_to_window(info: RasterInfo, extent: Tuple[float, float, float, float]) -> PixelWindow:
     """Pixel window covering an (xmin, ymin, xmax, ymax) extent given in the raster's CRS."""
     xmin, ymin, xmax, ymax = extent
+    if not all(math.isfinite(v) for v in extent):
+        raise RasterError(f"extent {extent} is not a set of finite numbers: give it as xmin,ymin,xmax,ymax "
+                          f"in the raster's CRS ({info.crs_name})")
     if not (xmin < xmax and ymin < ymax):
         raise RasterError(f"extent {extent} is empty: give it as xmin,ymin,xmax,ymax with xmin < xmax "
                           "and ymin < ymax")
     corners = [map_to_pixel(info.geotransform, x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
     cols, rows = zip(*corners)
-    col0, col1 = max(0, math.floor(min(cols))), min(info.width, math.ceil(max(cols)))
-    row0, row1 = max(0, math.floor(min(rows))), min(info.height, math.ceil(max(rows)))
+    # Coordinates so far away that their pixel position overflows cannot overlap the raster.
+    finite = all(math.isfinite(v) for v in cols + rows)
+    col0, col1 = (max(0, math.floor(min(cols))), min(info.width, math.ceil(max(cols)))) if finite else (0, 0)
+    row0, row1 = (max(0, math.floor(min(rows))), min(info.height, math.ceil(max(rows)))) if finite else (0, 0)
     if col0 >= col1 or row0 >= row1:
         bx = ", ".join(f"{v:.6g}" for v in info.bounds)
         raise RasterError(f"extent {extent} does not overlap the raster, whose bounds are ({bx}) in "

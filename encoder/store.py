@@ -23,6 +23,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from tokenize import TokenError
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -185,9 +186,25 @@ class FeatureStore:
         self.__init__(self.root, manifest)
 
     def discard_partial_writes(self) -> None:
-        """Remove temporary files left by a killed run (only inside this store)."""
-        for tmp in list((self.root / TILE_DIR).glob("*.tmp")) + list(self.root.glob("*.tmp")):
+        """Remove temporary files and a torn last log line left by a killed run (only inside this store)."""
+        leftovers = [*(self.root / TILE_DIR).glob("*.tmp"), *self.root.glob("*.tmp"),
+                     *self.root.glob("tile_index.tmp.*.gpkg*")]
+        for tmp in leftovers:
             tmp.unlink()
+        self._truncate_torn_log_line()
+
+    def _truncate_torn_log_line(self) -> None:
+        # A line cut short by a kill would swallow the next appended record; drop the fragment.
+        log = self.root / TILE_LOG
+        if not log.is_file():
+            return
+        data = log.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(log, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._records = None
 
     # -- identity ----------------------------------------------------------------------------------
     @property
@@ -281,7 +298,7 @@ class FeatureStore:
         expected = sum(item.size for item in self.layout)
         try:
             flat = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SyntaxError, TokenError) as exc:  # numpy tokenizes a damaged header
             raise StoreError(f"tile {tile_id} of store '{self.root}' is missing or unreadable ({exc}); "
                              "delete that tile's line from tiles.jsonl or re-encode into a new folder") from exc
         if flat.dtype != self.dtype or flat.shape != (expected,):

@@ -1,0 +1,151 @@
+"""Synthetic rasters with known content at known coordinates, and a cached tiny random model.
+
+Plain helper functions (no fixtures), so any test module can use them. Rasters are written with
+rasterio as GeoTIFFs. Unless told otherwise a raster is in EPSG:32633 (UTM 33N) with 10 m square pixels
+and its top-left corner at (500000, 4200000): pixel (col, row) covers
+x in [500000 + 10 col, 500000 + 10 (col + 1)] and y in [4200000 - 10 (row + 1), 4200000 - 10 row].
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from rasterio.transform import Affine
+
+ORIGIN = (500000.0, 4200000.0)
+PIXEL_SIZE = 10.0
+CRS = "EPSG:32633"
+#: Small model inputs only: 256 px tiles take ~0.15 s with the random tiny SAM2.1 model.
+TILE_SIZE = 256
+MODEL = "sam2.1_hiera_t"
+
+
+def default_transform(pixel_width: float = PIXEL_SIZE, pixel_height: float = PIXEL_SIZE,
+                      origin: Tuple[float, float] = ORIGIN) -> Affine:
+    """North-up geotransform with the top-left corner at `origin` (map units, the raster's CRS)."""
+    return Affine(pixel_width, 0.0, origin[0], 0.0, -pixel_height, origin[1])
+
+
+def write_raster(path: Path, data: np.ndarray, crs: Optional[str] = CRS,
+                 transform: Optional[Affine] = None, nodata: Optional[float] = None,
+                 dtype: Optional[str] = None, colorinterp: Optional[Sequence[str]] = None,
+                 mask: Optional[np.ndarray] = None, georeferenced: bool = True) -> Path:
+    """Write `data` ((bands, rows, cols) or (rows, cols)) as a GeoTIFF and return its path.
+
+    `transform` defaults to `default_transform()`; `georeferenced=False` writes neither CRS nor
+    geotransform. `colorinterp` names ColorInterp members per band ('red', 'alpha', 'undefined', ...).
+    `mask` (rows, cols; True = valid) is written as the dataset's internal GDAL mask band.
+    """
+    import rasterio
+    from rasterio.enums import ColorInterp
+    from rasterio.errors import NotGeoreferencedWarning
+
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[np.newaxis]
+    dtype = dtype or str(data.dtype)
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                   dtype=dtype, nodata=nodata)
+    if colorinterp is not None and colorinterp[-1] == "alpha":
+        profile["alpha"] = "YES"  # GTiff only keeps an alpha band declared at creation (EXTRASAMPLES)
+    if georeferenced:
+        profile.update(crs=crs, transform=transform if transform is not None else default_transform())
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data.astype(dtype))
+            if colorinterp is not None:
+                dst.colorinterp = [ColorInterp[name] for name in colorinterp]
+            if mask is not None:
+                dst.write_mask(np.where(mask, 255, 0).astype(np.uint8))
+    return path
+
+
+def gradient(width: int, height: int, bands: int = 3, dtype: str = "uint8") -> np.ndarray:
+    """(bands, height, width) where band b at (col, row) holds (col + 2 row + 7 b) mod 251: every
+    pixel of a band differs from its right and lower neighbours, so a shifted read shows."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    return np.stack([(cols + 2 * rows + 7 * b) % 251 for b in range(bands)]).astype(dtype)
+
+
+def square_scene(width: int, height: int, square: Tuple[int, int, int],
+                 background: int = 40, foreground: int = 200) -> np.ndarray:
+    """(3, height, width) uint8: a bright square on a dark background.
+
+    `square` is (col_off, row_off, size) in pixels; with the default transform its map corners are
+    `pixel_to_map_default(col_off, row_off)` and `pixel_to_map_default(col_off + size, row_off + size)`.
+    """
+    col_off, row_off, size = square
+    data = np.full((3, height, width), background, dtype=np.uint8)
+    data[:, row_off:row_off + size, col_off:col_off + size] = foreground
+    return data
+
+
+def pixel_to_map_default(col: float, row: float) -> Tuple[float, float]:
+    """Map coordinates (EPSG:32633) of a continuous pixel position under `default_transform()`."""
+    return ORIGIN[0] + col * PIXEL_SIZE, ORIGIN[1] - row * PIXEL_SIZE
+
+
+def file_states(folder: Path) -> Dict[str, Tuple[bytes, int]]:
+    """{relative path: (bytes, mtime_ns)} of every file under `folder`: equal before and after means
+    nothing was written, replaced or deleted."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m quicksam.cli ARGS` in a fresh process; text output captured."""
+    return subprocess.run([sys.executable, "-m", "quicksam.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def encode_args(raster: Path, store: Path, *extra: str, overlap: int = 32) -> List[str]:
+    """`quicksam encode` arguments with the small test model (random weights, 256 px tiles)."""
+    return ["encode", str(raster), str(store), "--random-weights", "--tile-size", str(TILE_SIZE),
+            "--overlap", str(overlap), *extra]
+
+
+class RecordingModel:
+    """A model wrapper that keeps a copy of every (S, S, 3) uint8 tile the pipeline feeds it, in order;
+    everything else is the wrapped model's."""
+
+    def __init__(self, model: object):
+        self.model = model
+        self.inputs: List[np.ndarray] = []
+
+    def encode(self, tiles: np.ndarray) -> List[Dict[str, np.ndarray]]:
+        self.inputs.extend(np.array(tile) for tile in tiles)
+        return self.model.encode(tiles)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
+@functools.lru_cache(maxsize=2)
+def random_model(tile_size: int = TILE_SIZE, seed: int = 0) -> Any:
+    """The seeded random tiny SAM2.1 model, built once per test process (about 2 s)."""
+    from quicksam.encoder.models import build_model
+
+    return build_model(MODEL, checkpoint=None, seed=seed, device="cpu", image_size=tile_size)
+
+
+def encode(raster: Path, store: Path, progress: Optional[Callable[[Any], None]] = None,
+           cancelled: Optional[Callable[[], bool]] = None, model: Optional[object] = None,
+           **request_fields: Any) -> Tuple[Any, Any]:
+    """`encode_raster` with the cached random model and 256 px tiles; returns (FeatureStore, EncodeStats).
+
+    `request_fields` are EncodeRequest fields (overlap defaults to 32 px here)."""
+    from quicksam.encoder.pipeline import EncodeRequest, encode_raster
+
+    fields = dict(model=MODEL, tile_size=TILE_SIZE, overlap=32, device="cpu")
+    fields.update(request_fields)
+    request = EncodeRequest(raster=str(raster), store=Path(store), **fields)
+    model = model if model is not None else random_model(fields["tile_size"], fields.get("seed", 0))
+    return encode_raster(request, progress=progress, cancelled=cancelled, model=model)
