@@ -1,7 +1,9 @@
-"""`make demo`: encode a real raster end to end and print where the store is and its summary.
+"""`make demo`: encode a real raster end to end, segment a few prompts on it, and print the paths.
 
 Uses the official SAM 2.1 tiny checkpoint when it is cached or can be downloaded; otherwise seeded
-random weights, and says so loudly (the store records it too).
+random weights, and says so loudly (the store records it too). Segmenting goes through
+`quicksam segment` (the Processing algorithm in a headless QGIS); the PNG is a QGIS map render of the
+raster with the polygons and the prompts.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from .encoder.errors import QuickSamError
 LOG = logging.getLogger("quicksam")
 DEMO_RASTER = Path(__file__).resolve().parent.parent / "shared" / "data" / "L7_ETMs.tif"
 DEMO_BANDS = [3, 2, 1]  # Landsat 7 red, green, blue
+#: Demo prompts as fractions of the raster's width and height: (x, y, label); one object each.
+DEMO_POINTS = [(0.30, 0.35, 1), (0.62, 0.55, 1), (0.45, 0.80, 1)]
 
 
 def find_demo_raster(explicit: Optional[str]) -> Path:
@@ -46,6 +50,83 @@ def real_checkpoint_or_none(model: str, events: EventWriter):
         return None
 
 
+def write_demo_prompts(store, path: Path) -> Path:
+    """A GeoJSON of DEMO_POINTS in the raster's CRS (named in the file)."""
+    from .encoder.raster import pixel_to_map
+
+    raster = store.manifest["raster"]
+    features = []
+    for i, (fx, fy, label) in enumerate(DEMO_POINTS, start=1):
+        x, y = pixel_to_map(store.geotransform, fx * raster["width"], fy * raster["height"])
+        features.append({"type": "Feature", "properties": {"object": i, "label": label},
+                         "geometry": {"type": "Point", "coordinates": [x, y]}})
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def segment_demo_prompts(store, output_dir: Path) -> Path:
+    """Run `quicksam segment` on the demo prompts; returns the GeoPackage."""
+    import subprocess
+
+    prompts = write_demo_prompts(store, output_dir / "demo_prompts.geojson")
+    gpkg = output_dir / "demo_segments.gpkg"
+    result = subprocess.run([sys.executable, "-m", "quicksam.cli", "segment", str(store.root), "--prompts",
+                             str(prompts), "--prompts-crs", store.manifest["raster"]["crs_name"],
+                             "--group-field", "object", "--label-field", "label", "--output", str(gpkg),
+                             "--overwrite"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise QuickSamError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "segment failed")
+    return gpkg
+
+
+def _render(raster: Path, bands, gpkg: Path, prompts: Path, png: Path) -> None:
+    from qgis.core import (
+        QgsMapRendererSequentialJob,
+        QgsMapSettings,
+        QgsMultiBandColorRenderer,
+        QgsRasterLayer,
+        QgsVectorLayer,
+    )
+    from qgis.PyQt.QtCore import QSize
+    from qgis.PyQt.QtGui import QColor
+
+    raster_layer = QgsRasterLayer(str(raster), "raster")
+    renderer = QgsMultiBandColorRenderer(raster_layer.dataProvider(), *bands)
+    raster_layer.setRenderer(renderer)
+    polygons = QgsVectorLayer(f"{gpkg}|layername=segments", "segments", "ogr")
+    polygons.renderer().symbol().setColor(QColor(255, 140, 0, 110))
+    points = QgsVectorLayer(str(prompts), "prompts", "ogr")
+    points.setCrs(raster_layer.crs())
+    points.renderer().symbol().setColor(QColor(0, 200, 0))
+    points.renderer().symbol().setSize(3)
+    settings = QgsMapSettings()
+    settings.setLayers([points, polygons, raster_layer])
+    settings.setDestinationCrs(raster_layer.crs())
+    settings.setExtent(raster_layer.extent())
+    settings.setOutputSize(QSize(800, 800))
+    settings.setBackgroundColor(QColor(255, 255, 255))
+    job = QgsMapRendererSequentialJob(settings)
+    job.start()
+    job.waitForFinished()
+    job.renderedImage().save(str(png))
+
+
+def render_png(raster: Path, bands, gpkg: Path, prompts: Path, png: Path) -> Path:
+    """A QGIS map render (headless) of the raster with the polygons and the prompt points on top."""
+    import os
+
+    from qgis.core import QgsApplication
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    app = QgsApplication([], True)
+    app.initQgis()
+    try:
+        _render(raster, bands, gpkg, prompts, png)  # its layers are gone before QGIS exits
+    finally:
+        app.exitQgis()
+    return png
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="quicksam.demo")
     parser.add_argument("--output", type=Path, default=Path.home() / "quicksam-demo")
@@ -68,6 +149,9 @@ def main(argv=None) -> int:
                                 bands=DEMO_BANDS)
         store, stats = encode_raster(request, progress=lambda e: events.emit(
             "progress", done=e.done, total=e.total, percent=e.percent))
+        gpkg = segment_demo_prompts(store, args.output)
+        png = render_png(raster, DEMO_BANDS, gpkg, args.output / "demo_prompts.geojson",
+                         args.output / "demo_segments.png")
     except QuickSamError as exc:
         sys.stderr.write(f"quicksam demo: error: {exc}\n")
         return 1
@@ -75,7 +159,9 @@ def main(argv=None) -> int:
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     sys.stdout.write(f"\nFeature store: {store.root}\nTile index (open in QGIS): {store.root / 'tile_index.gpkg'}\n"
                      f"Encoded {stats.tiles_encoded} tile(s) in {stats.total_seconds:.1f} s "
-                     f"({'RANDOM weights' if checkpoint is None else checkpoint.name}).\n")
+                     f"({'RANDOM weights' if checkpoint is None else checkpoint.name}).\n"
+                     f"Segmented {len(DEMO_POINTS)} prompts: {gpkg} (layer 'segments')\n"
+                     f"Picture of the polygons over the raster: {png}\n")
     return 0
 
 
