@@ -1,17 +1,18 @@
 """The QuickSAM plugin shell: toolbar, Raster menu entry, Processing provider, log forwarding.
 
 `unload()` undoes exactly what `initGui()` did, in reverse order, so that reloading the plugin leaves
-nothing behind. Nothing here imports torch: the encoder runs in a separate Python process.
+nothing behind. Nothing here imports torch: the encoder runs in a separate Python process. The Segment
+dock (and with it ONNX Runtime) is created on first use only.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from qgis.core import QgsApplication
-from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtCore import QCoreApplication, Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QToolBar
 
@@ -21,6 +22,7 @@ from .qgis_logging import QgsMessageLogHandler, install_log_handler, remove_log_
 ICONS_DIR = Path(__file__).resolve().parent / "icons"
 TOOLBAR_OBJECT_NAME = "QuickSamToolbar"
 ENCODE_ACTION_OBJECT_NAME = "QuickSamEncodeRasterAction"
+SEGMENT_ACTION_OBJECT_NAME = "QuickSamSegmentAction"
 ENCODE_ALGORITHM_ID = "quicksam:encoderaster"
 
 LOGGER = logging.getLogger("quicksam.plugin")
@@ -40,6 +42,9 @@ class QuickSamPlugin:
         self.toolbar: Optional[QToolBar] = None
         self.actions: List[QAction] = []
         self.log_handler: Optional[QgsMessageLogHandler] = None
+        self.segment_action: Optional[QAction] = None
+        self.dock = None  # SegmentDock, created when first opened
+        self._connections: List[Tuple[object, Callable]] = []
 
     @staticmethod
     def tr(message: str) -> str:
@@ -80,9 +85,21 @@ class QuickSamPlugin:
                          self.iface.mainWindow())
         encode.setObjectName(ENCODE_ACTION_OBJECT_NAME)
         encode.setToolTip(self.tr("Encode a raster for Segment Anything (Processing algorithm)"))
-        encode.triggered.connect(self.open_encode_dialog)
+        self._connect(encode.triggered, self.open_encode_dialog)
         self._add_action(encode)
+
+        segment = QAction(QIcon(icon_path("segment.svg")), self.tr("Segment…"), self.iface.mainWindow())
+        segment.setObjectName(SEGMENT_ACTION_OBJECT_NAME)
+        segment.setToolTip(self.tr("Segment objects on an encoded raster with clicks and boxes (dock)"))
+        segment.setCheckable(True)
+        self._connect(segment.toggled, self.toggle_segment_dock)
+        self._add_action(segment)
+        self.segment_action = segment
         LOGGER.debug("QuickSAM GUI loaded")
+
+    def _connect(self, signal, slot: Callable) -> None:
+        signal.connect(slot)
+        self._connections.append((signal, slot))
 
     def _add_action(self, action: QAction) -> None:
         self.toolbar.addAction(action)
@@ -90,9 +107,14 @@ class QuickSamPlugin:
         self.actions.append(action)
 
     def unload(self) -> None:
-        """Mirror of `initGui()`: remove actions, menu entries, toolbar, provider and log handler."""
+        """Mirror of `initGui()`: remove the dock (and its map tool), actions, menu entries, toolbar, provider
+        and log handler."""
+        self._remove_segment_dock()
+        for signal, slot in reversed(self._connections):
+            signal.disconnect(slot)
+        self._connections = []
+        self.segment_action = None
         for action in reversed(self.actions):
-            action.triggered.disconnect()
             self.iface.removePluginRasterMenu(self.menu_name, action)
             if self.toolbar is not None:
                 self.toolbar.removeAction(action)
@@ -110,6 +132,31 @@ class QuickSamPlugin:
         self.log_handler = None
 
     # -- actions ------------------------------------------------------------------------------------
+
+    def toggle_segment_dock(self, visible: bool) -> None:
+        """Show (creating it on first use) or hide the Segment dock."""
+        if visible:
+            self._segment_dock().setUserVisible(True)
+        elif self.dock is not None:
+            self.dock.setUserVisible(False)
+
+    def _segment_dock(self):
+        if self.dock is None:
+            from .interactive.dock import SegmentDock  # ONNX Runtime and the dock load on first use
+
+            self.dock = SegmentDock(self.iface, self.iface.mainWindow())
+            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+            self.dock.openedStateChanged.connect(self.segment_action.setChecked)
+        return self.dock
+
+    def _remove_segment_dock(self) -> None:
+        if self.dock is None:
+            return
+        self.dock.openedStateChanged.disconnect(self.segment_action.setChecked)
+        self.dock.release()  # map tool unset and removed, decoding stopped, signals disconnected
+        self.iface.removeDockWidget(self.dock)
+        self.dock.deleteLater()
+        self.dock = None
 
     def open_encode_dialog(self) -> None:
         """Open the Processing dialog of quicksam:encoderaster."""

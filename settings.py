@@ -5,12 +5,13 @@ QGIS layer only: the QGIS-free core never imports this module; it gets what it n
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Optional, Type, TypeVar
+from typing import Generic, List, Optional, Type, TypeVar
 
 from qgis.core import QgsSettings
 
@@ -71,7 +72,46 @@ OVERLAP: Setting[int] = Setting(
 BATCH_SIZE: Setting[int] = Setting(
     "batch_size", int, 1, "Tiles encoded together (more needs more memory)")
 
-ALL_SETTINGS = (PYTHON_EXECUTABLE, DEFAULT_MODEL, DEVICE, OVERLAP, BATCH_SIZE)
+# -- the Segment dock (options are remembered between sessions) --------------------------------------
+KNOWN_STORES: Setting[str] = Setting(
+    "stores", str, "[]", "Feature stores the Segment dock has used (JSON list of folders), searched for rasters")
+MASK_MODE: Setting[str] = Setting(
+    "segment/mask_mode", str, "single", "Mask output: single, or of three candidates best, largest, smallest, all")
+MIN_AREA_PIXELS: Setting[int] = Setting(
+    "segment/min_area_pixels", int, 0, "Parts and holes smaller than this many raster pixels are dropped")
+SIMPLIFY_TOLERANCE: Setting[float] = Setting(
+    "segment/simplify_tolerance", float, 0.0, "Polygon simplification tolerance, in the raster CRS's map units")
+KEEP_HOLES: Setting[bool] = Setting(
+    "segment/keep_holes", bool, True, "Keep holes in polygons")
+KEEP_PROMPTS: Setting[bool] = Setting(
+    "segment/keep_prompts", bool, False, "Save each object's prompts in a point layer (prompts.gpkg in the store)")
+RANDOM_COLOURS: Setting[bool] = Setting(
+    "segment/random_colours", bool, True, "Colour each object of the output layer differently (from its id)")
+HOVER_PREVIEW: Setting[bool] = Setting(
+    "segment/hover_preview", bool, True, "Preview the mask under the cursor while the Segment tool is active")
+HOVER_DELAY_MS: Setting[int] = Setting(
+    "segment/hover_delay_ms", int, 200, "Rest of the cursor before the hover preview is decoded, in milliseconds")
+
+ALL_SETTINGS = (PYTHON_EXECUTABLE, DEFAULT_MODEL, DEVICE, OVERLAP, BATCH_SIZE, KNOWN_STORES, MASK_MODE,
+                MIN_AREA_PIXELS, SIMPLIFY_TOLERANCE, KEEP_HOLES, KEEP_PROMPTS, RANDOM_COLOURS, HOVER_PREVIEW,
+                HOVER_DELAY_MS)
+#: How many stores the store list remembers (most recent first).
+KNOWN_STORES_LIMIT = 50
+
+
+def known_stores() -> List[str]:
+    """The store folders of KNOWN_STORES, most recently used first (a damaged entry reads as empty)."""
+    try:
+        value = json.loads(KNOWN_STORES.value())
+    except ValueError:
+        return []
+    return [str(item) for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+def remember_store(path: str) -> None:
+    """Put a store folder first in KNOWN_STORES."""
+    stores = [path] + [item for item in known_stores() if item != path]
+    KNOWN_STORES.set_value(json.dumps(stores[:KNOWN_STORES_LIMIT]))
 
 
 def plugin_venv_python(plugin_dir: Path) -> Path:

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from shapely.geometry import MultiPolygon
 
 from ..encoder.errors import QuickSamError
 from ..encoder.raster import map_to_pixel, tile_geotransform
 from ..encoder.store import DECODER_ONNX, STATUS_DONE, FeatureStore
 from ..encoder.tiling import Tile
 from .decoding import DecoderSettings, OnnxDecoder, Prompts
-from .vectorise import mask_to_polygons
+from .vectorise import Polygons, mask_to_polygons
 
 MASK_MODES = ("single", "best", "largest", "smallest", "all")
 DEFAULT_CACHE_TILES = 6
@@ -64,7 +63,7 @@ class MapPrompts:
 class Segment:
     """One candidate object: polygons in the raster CRS, the model's IoU score, and where it came from."""
 
-    geometry: MultiPolygon
+    geometry: Polygons
     score: float
     tile_id: str
     mask_pixels: int

@@ -75,7 +75,8 @@ class FeatureBuilder:
 
     def geometry(self, segment: Segment) -> QgsGeometry:
         """The segment's polygons in the target CRS."""
-        geometry = QgsGeometry.fromWkt(segment.geometry.wkt)
+        geometry = QgsGeometry()
+        geometry.fromWkb(segment.geometry.wkb)
         if self.source_crs != self.target_crs:
             geometry.transform(self._transform)
         return geometry

@@ -1,4 +1,4 @@
-"""The plugin shell: load, unload, reload, the encode action, log forwarding, settings, no torch."""
+"""The plugin shell: load, unload, reload, the encode and segment actions, log forwarding, settings, no torch."""
 
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-import quicksam
 from qgis.core import Qgis, QgsApplication
+from qgis.gui import QgsDockWidget
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
 from qgis.PyQt.QtWidgets import QToolBar
+
+import quicksam
 from quicksam import settings
+from quicksam.interactive.dock import DOCK_OBJECT_NAME
 from quicksam.plugin import ENCODE_ACTION_OBJECT_NAME, ENCODE_ALGORITHM_ID, TOOLBAR_OBJECT_NAME
 from quicksam.qgis_logging import HANDLER_NAME, LOGGER_NAME, MESSAGE_LOG_TAG
 
@@ -105,22 +108,50 @@ def test_log_records_reach_qgis_message_log(plugin):
 # -- unload and reload --------------------------------------------------------------------------------
 
 
-def test_unload_leaves_nothing_behind(qgis_app, qgis_iface, menu_spy):
+def test_unload_leaves_nothing_behind(qgis_app, qgis_iface, qgis_canvas, menu_spy):
     add, remove = menu_spy
     logger_level = logging.getLogger(LOGGER_NAME).level
+    scene_items = len(qgis_canvas.scene().items())
     instance = quicksam.classFactory(qgis_iface)
     instance.initGui()
-    [action] = instance.actions
+    actions = list(instance.actions)
+    instance.segment_action.trigger()  # the dock, created on first use
+    dock = instance.dock
+    qgis_canvas.setMapTool(dock.controller.tool)  # its map tool active, rubber bands on the canvas
+    tool = dock.controller.tool
+    assert len(qgis_canvas.scene().items()) > scene_items
     instance.unload()
 
     assert registry().providerById("quicksam") is None
     assert registry().algorithmById(ENCODE_ALGORITHM_ID) is None
     assert toolbars(qgis_iface) == []
-    assert sip.isdeleted(action)
-    assert [call.args for call in remove.call_args_list] == [call.args for call in add.call_args_list]
+    assert all(sip.isdeleted(action) for action in actions)
+    # removed in reverse order: unload mirrors initGui
+    assert [call.args for call in remove.call_args_list] == [call.args for call in reversed(add.call_args_list)]
     assert quicksam_log_handlers() == []
     assert logging.getLogger(LOGGER_NAME).level == logger_level
     assert instance.actions == [] and instance.toolbar is None and instance.provider is None
+    # the dock and its map tool
+    assert instance.dock is None and sip.isdeleted(dock) and sip.isdeleted(tool)
+    assert qgis_iface.mainWindow().findChildren(QgsDockWidget, DOCK_OBJECT_NAME) == []
+    assert qgis_canvas.mapTool() is None
+    assert len(qgis_canvas.scene().items()) == scene_items
+
+
+def test_segment_action_toggles_the_dock(plugin, qgis_iface):
+    action = plugin.segment_action
+    assert action.isCheckable() and action.text() == "Segment…" and not action.icon().isNull()
+    assert plugin.dock is None  # nothing is built (nor ONNX Runtime loaded) before first use
+    qgis_iface.mainWindow().show()  # as in QGIS: docks are visible only in a visible main window
+    action.trigger()
+    dock = plugin.dock
+    assert dock.objectName() == DOCK_OBJECT_NAME and dock.isUserVisible()
+    dock.close()  # the dock's own close button
+    assert not action.isChecked()
+    action.trigger()
+    assert plugin.dock is dock and dock.isUserVisible() and action.isChecked()
+    action.trigger()
+    assert not dock.isUserVisible()
 
 
 def test_reload_works(qgis_app, qgis_iface):
@@ -187,7 +218,9 @@ NO_TORCH_SCRIPT = textwrap.dedent("""
     plugin = quicksam.classFactory(StubIface())
     plugin.initGui()
     algorithm = QgsApplication.processingRegistry().createAlgorithmById("quicksam:encoderaster")
-    heavy = sorted(name for name in ("torch", "torchvision", "sam2", "segment_anything")
+    # torch is never needed in QGIS; rasterio and shapely bundle their own GDAL/GEOS, which clash with
+    # QGIS's inside its executables, so the QGIS side uses GDAL's own bindings instead.
+    heavy = sorted(name for name in ("torch", "torchvision", "sam2", "segment_anything", "rasterio", "shapely")
                    if name in sys.modules)
     plugin.unload()
     print(json.dumps({"algorithm": algorithm is not None, "heavy": heavy}))

@@ -1,0 +1,270 @@
+"""The Segment dock: shows the store, the object and the options, and forwards what the user asks for.
+
+Layout in ui/segment_dock.ui (Qt Designer, loaded at run time). Everything it does goes through the
+SegmentController; options are remembered in settings.py.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Optional
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsMapLayerProxyModel,
+    QgsProject,
+    QgsRasterLayer,
+    QgsUnitTypes,
+    QgsVectorLayer,
+)
+from qgis.gui import QgsDockWidget
+from qgis.PyQt import uic
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtWidgets import QFileDialog, QWidget
+
+from .. import settings
+from ..encoder.store import STATUS_DONE
+from .controller import SegmentController
+from .engine import MASK_MODES
+from .output import OUTPUT_FILE, raster_crs
+from .session import SegmentOptions
+from .store_lookup import FOUND_BY_PROPERTY, FOUND_CHOSEN, FOUND_IN_STORE_LIST, FOUND_NEXT_TO_RASTER
+
+UI_PATH = Path(__file__).resolve().parent.parent / "ui" / "segment_dock.ui"
+FORM_CLASS, _ = uic.loadUiType(str(UI_PATH))
+DOCK_OBJECT_NAME = "QuickSamSegmentDock"
+
+_LEVEL_COLOURS = {Qgis.Info: "", Qgis.Success: "#1a7f37", Qgis.Warning: "#b35900", Qgis.Critical: "#c62828"}
+
+
+def _tr(message: str) -> str:
+    return QCoreApplication.translate("QuickSAM", message)
+
+
+def mask_mode_labels() -> dict:
+    return {"single": _tr("Single mask"), "best": _tr("Best score of 3"), "largest": _tr("Largest of 3"),
+            "smallest": _tr("Smallest of 3"), "all": _tr("All 3 candidates")}
+
+
+def found_by_text(found_by: str) -> str:
+    return {FOUND_BY_PROPERTY: _tr("saved with the layer"), FOUND_NEXT_TO_RASTER: _tr("found next to the raster"),
+            FOUND_IN_STORE_LIST: _tr("from your store list"), FOUND_CHOSEN: _tr("chosen")}.get(found_by, found_by)
+
+
+class SegmentDock(QgsDockWidget, FORM_CLASS):
+    """Store line, Segment tool, Undo / Clear / Accept, options, output layer and a status line."""
+
+    def __init__(self, iface, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.setupUi(self)
+        self.setObjectName(DOCK_OBJECT_NAME)
+        self.iface = iface
+        self.controller = SegmentController(iface.mapCanvas(), QgsProject.instance(), self)
+        self._setup_widgets()
+        self._load_settings()
+        self._connections = []
+        self._connect_all()
+        self.show_store()
+        self.show_object()
+
+    # -- set-up --------------------------------------------------------------------------------------
+    def _setup_widgets(self) -> None:
+        self.toolButton.setIcon(QgsApplication.getThemeIcon("/mActionAddBasicShape.svg"))
+        self.undoButton.setIcon(QgsApplication.getThemeIcon("/mActionUndo.svg"))
+        self.clearButton.setIcon(QgsApplication.getThemeIcon("/mActionDeleteSelected.svg"))
+        self.acceptButton.setIcon(QgsApplication.getThemeIcon("/mActionSaveEdits.svg"))
+        self.browseButton.setIcon(QgsApplication.getThemeIcon("/mActionFileOpen.svg"))
+        labels = mask_mode_labels()
+        for mode in MASK_MODES:
+            self.maskModeCombo.addItem(labels[mode], mode)
+        self.outputLayerCombo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.outputLayerCombo.setAllowEmptyLayer(True, _tr("Store's {}").format(OUTPUT_FILE))
+        self.outputLayerCombo.setLayer(None)
+        self.encodeButton.setVisible(False)
+
+    def _load_settings(self) -> None:
+        index = self.maskModeCombo.findData(settings.MASK_MODE.value())
+        self.maskModeCombo.setCurrentIndex(max(index, 0))
+        self.minAreaSpin.setValue(settings.MIN_AREA_PIXELS.value())
+        self.simplifySpin.setValue(settings.SIMPLIFY_TOLERANCE.value())
+        self.keepHolesCheck.setChecked(settings.KEEP_HOLES.value())
+        self.keepPromptsCheck.setChecked(settings.KEEP_PROMPTS.value())
+        self.randomColoursCheck.setChecked(settings.RANDOM_COLOURS.value())
+        self.hoverCheck.setChecked(settings.HOVER_PREVIEW.value())
+        self.controller.set_options(self.options())
+        self.controller.set_hover_enabled(self.hoverCheck.isChecked())
+        self.controller.keep_prompts = self.keepPromptsCheck.isChecked()
+        self.controller.random_colours = self.randomColoursCheck.isChecked()
+
+    def _connect(self, signal, slot) -> None:
+        signal.connect(slot)
+        self._connections.append((signal, slot))
+
+    def _connect_all(self) -> None:
+        controller = self.controller
+        self._connect(self.browseButton.clicked, self._browse_store)
+        self._connect(self.storeEdit.editingFinished, self._store_edited)
+        self._connect(self.showTilesButton.clicked, controller.show_tile_index)
+        self._connect(self.encodeButton.clicked, controller.encode_raster)
+        self._connect(self.toolButton.toggled, self._tool_toggled)
+        self._connect(self.undoButton.clicked, controller.undo)
+        self._connect(self.clearButton.clicked, controller.clear)
+        self._connect(self.acceptButton.clicked, controller.accept)
+        self._connect(self.hoverCheck.toggled, self._hover_toggled)
+        self._connect(self.maskModeCombo.currentIndexChanged, self._options_changed)
+        self._connect(self.minAreaSpin.valueChanged, self._options_changed)
+        self._connect(self.simplifySpin.valueChanged, self._options_changed)
+        self._connect(self.keepHolesCheck.toggled, self._options_changed)
+        self._connect(self.labelEdit.textChanged, self._label_changed)
+        self._connect(self.keepPromptsCheck.toggled, self._keep_prompts_toggled)
+        self._connect(self.randomColoursCheck.toggled, self._random_colours_toggled)
+        self._connect(self.outputLayerCombo.layerChanged, self._output_changed)
+        self._connect(controller.statusChanged, self.show_status)
+        self._connect(controller.storeChanged, self.show_store)
+        self._connect(controller.objectChanged, self.show_object)
+        self._connect(controller.tool.activated, self._tool_activated)
+        self._connect(controller.tool.deactivated, self._tool_deactivated)
+        self._connect(self.opened, self._on_opened)
+        self._connect(self.closed, controller.deactivate_tool)
+        if hasattr(self.iface, "currentLayerChanged"):
+            self._connect(self.iface.currentLayerChanged, self._current_layer_changed)
+
+    def release(self) -> None:
+        """Disconnect everything and release the controller (tool, worker) before the dock is deleted."""
+        for signal, slot in self._connections:
+            try:
+                signal.disconnect(slot)
+            except TypeError:
+                continue  # already disconnected (or never connected by the stub iface of tests)
+        self._connections = []
+        self.controller.release()
+
+    # -- following the map --------------------------------------------------------------------------
+    def follow_active_layer(self) -> None:
+        """Segment on the active raster layer (or the first raster on the map when none is active)."""
+        layer = self.iface.activeLayer()
+        if not isinstance(layer, QgsRasterLayer):
+            layer = next((candidate for candidate in self.iface.mapCanvas().layers()
+                          if isinstance(candidate, QgsRasterLayer)), None)
+        if layer is not None and layer is not self.controller.raster_layer:
+            self.controller.set_raster_layer(layer)
+
+    def _current_layer_changed(self, layer) -> None:
+        if isinstance(layer, QgsRasterLayer) and layer is not self.controller.raster_layer and self.isUserVisible():
+            self.controller.set_raster_layer(layer)
+
+    def _on_opened(self) -> None:
+        self.follow_active_layer()
+        if self.controller.store is not None:
+            self.controller.activate_tool()
+
+    # -- store --------------------------------------------------------------------------------------
+    def _browse_store(self) -> None:
+        start = self.storeEdit.text() or str(Path.home())
+        folder = QFileDialog.getExistingDirectory(self, _tr("Feature store folder"), start)
+        if folder:
+            self.storeEdit.setText(folder)
+            self.controller.choose_store(folder)
+
+    def _store_edited(self) -> None:
+        if not self.storeEdit.isModified():
+            return  # focus left the line without an edit by the user
+        text = self.storeEdit.text().strip()
+        current = str(self.controller.store.root) if self.controller.store is not None else ""
+        if text and text != current:
+            self.controller.choose_store(text)
+        self.storeEdit.setModified(False)
+
+    def show_store(self) -> None:
+        controller, store = self.controller, self.controller.store
+        if store is not None:
+            self.storeEdit.setText(str(store.root))
+            done = sum(1 for tile in store.grid if store.status(tile) == STATUS_DONE)
+            lines = [_tr("{model} · {done} of {tiles} tiles encoded · {crs}").format(
+                model=store.model_name, done=done, tiles=len(store.grid),
+                crs=store.manifest["raster"].get("crs_name") or ""), found_by_text(controller.found_by)]
+            lines = [html.escape(line, quote=False) for line in lines]
+            if store.manifest["model"].get("random_weights"):
+                warning = _tr("Random weights (a test model): the masks mean nothing.")
+                lines.append(f'<span style="color:#c62828"><b>{html.escape(warning, quote=False)}</b></span>')
+            self.storeInfoLabel.setText("<br>".join(lines))
+            units = QgsUnitTypes.toAbbreviatedString(raster_crs(store).mapUnits())
+            self.simplifySpin.setSuffix(f" {units}" if units else "")
+        else:
+            if not self.storeEdit.isModified():
+                self.storeEdit.clear()  # no stale path of another raster's store; what the user typed stays
+            if controller.raster_layer is None:
+                text = _tr("Select a raster layer in the Layers panel.")
+            else:
+                text = controller.problem or _tr("no feature store")
+            self.storeInfoLabel.setText(f'<span style="color:#b35900">{html.escape(text, quote=False)}</span>')
+        self.encodeButton.setVisible(store is None and controller.raster_layer is not None)
+        self.showTilesButton.setEnabled(store is not None)
+        self.toolButton.setEnabled(store is not None)
+        self.show_object()
+
+    # -- object and tool --------------------------------------------------------------------------------
+    def show_object(self) -> None:
+        session = self.controller.session
+        has_prompts = session is not None and not session.prompts.is_empty()
+        self.undoButton.setEnabled(session is not None and session.undo_depth > 0)
+        self.clearButton.setEnabled(has_prompts)
+        self.acceptButton.setEnabled(has_prompts)
+
+    def show_status(self, message: str, level: int) -> None:
+        colour = _LEVEL_COLOURS.get(level, "")
+        self.statusLabel.setStyleSheet(f"color: {colour}" if colour else "")
+        self.statusLabel.setText(message)
+
+    def _tool_toggled(self, checked: bool) -> None:
+        if checked:
+            self.controller.activate_tool()
+        else:
+            self.controller.deactivate_tool()
+
+    def _tool_activated(self) -> None:
+        self._show_tool_state(True)
+
+    def _tool_deactivated(self) -> None:
+        # Emitted while the canvas still holds the tool: follow the signal, not canvas.mapTool().
+        self._show_tool_state(False)
+
+    def _show_tool_state(self, active: bool) -> None:
+        self.toolButton.blockSignals(True)
+        self.toolButton.setChecked(active)
+        self.toolButton.blockSignals(False)
+
+    # -- options ----------------------------------------------------------------------------------------
+    def options(self) -> SegmentOptions:
+        return SegmentOptions(mode=self.maskModeCombo.currentData() or "single",
+                              min_area_pixels=float(self.minAreaSpin.value()),
+                              simplify_tolerance=float(self.simplifySpin.value()),
+                              keep_holes=self.keepHolesCheck.isChecked())
+
+    def _options_changed(self, *_) -> None:
+        options = self.options()
+        settings.MASK_MODE.set_value(options.mode)
+        settings.MIN_AREA_PIXELS.set_value(int(options.min_area_pixels))
+        settings.SIMPLIFY_TOLERANCE.set_value(options.simplify_tolerance)
+        settings.KEEP_HOLES.set_value(options.keep_holes)
+        self.controller.set_options(options)
+
+    def _hover_toggled(self, checked: bool) -> None:
+        settings.HOVER_PREVIEW.set_value(checked)
+        self.controller.set_hover_enabled(checked)
+
+    def _label_changed(self, text: str) -> None:
+        self.controller.label = text.strip()
+
+    def _keep_prompts_toggled(self, checked: bool) -> None:
+        settings.KEEP_PROMPTS.set_value(checked)
+        self.controller.keep_prompts = checked
+
+    def _random_colours_toggled(self, checked: bool) -> None:
+        settings.RANDOM_COLOURS.set_value(checked)
+        self.controller.set_random_colours(checked)
+
+    def _output_changed(self, layer) -> None:
+        self.controller.set_output_layer(layer if isinstance(layer, QgsVectorLayer) else None)

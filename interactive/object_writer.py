@@ -1,0 +1,202 @@
+"""Accepted objects into their layers: on disk at once, through QGIS's edit commands (QGIS layer).
+
+An object is added inside one edit command ("QuickSAM object"), so QGIS's layer signals, defaults and
+the edit history see an ordinary edit. Then:
+  - a layer that was not being edited is committed at once and left as it was: the object is on disk,
+    a crash afterwards loses nothing (committing closes that edit session, so QGIS's undo stack is
+    emptied, as after any save);
+  - a layer the user is editing keeps the object in their edit session (undoable with QGIS's Undo); it
+    is not committed, because that would also save the user's own unsaved edits behind their back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransformContext,
+    QgsFeature,
+    QgsField,
+    QgsFields,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProject,
+    QgsProperty,
+    QgsProviderRegistry,
+    QgsSingleSymbolRenderer,
+    QgsSymbolLayer,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+    QgsVectorLayerUtils,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QVariant
+
+from ..encoder.store import FeatureStore
+from .output import FeatureBuilder
+from .session import AcceptedObject
+
+EDIT_COMMAND = "QuickSAM object"
+PROMPTS_FILE = "prompts.gpkg"
+PROMPTS_LAYER = "prompts"
+PROMPTS_LAYER_NAME = "QuickSAM prompts"
+#: Hue from the object id by the golden angle: consecutive objects get clearly different colours.
+_HUE = '(coalesce("id", 0) * 137.508) % 360'
+FILL_COLOUR_EXPRESSION = f"color_hsva({_HUE}, 70, 95, 110)"
+STROKE_COLOUR_EXPRESSION = f"color_hsv({_HUE}, 85, 65)"
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """Where an object went: its ids (attribute `id`, or none if the layer has no such field) and whether
+    it is on disk (False: left in the user's edit session)."""
+
+    layer_name: str
+    object_ids: List[int]
+    saved: bool
+
+
+def next_object_id(layer: QgsVectorLayer) -> int:
+    """One more than the largest `id` in the layer (edits included); 1 for an empty layer."""
+    index = layer.fields().indexOf("id")
+    if index < 0:
+        return 1
+    largest = layer.maximumValue(index)
+    try:
+        return int(largest) + 1
+    except (TypeError, ValueError):
+        return 1  # NULL: empty layer
+
+
+def add_features(layer: QgsVectorLayer, features: Sequence[QgsFeature], command: str = EDIT_COMMAND) -> bool:
+    """Add `features` in one edit command; commit unless the user is editing the layer. Returns whether the
+    features are on disk; OSError (the layer left as it was) when the layer refuses them."""
+    user_editing = layer.isEditable()
+    if not user_editing and not layer.startEditing():
+        raise OSError(f"the layer '{layer.name()}' cannot be edited (read-only file or provider)")
+    layer.beginEditCommand(command)
+    if not layer.addFeatures(list(features)):
+        layer.destroyEditCommand()
+        if not user_editing:
+            layer.rollBack()
+        raise OSError(f"the layer '{layer.name()}' refused the new features")
+    layer.endEditCommand()
+    if user_editing:
+        return False
+    if not layer.commitChanges():
+        errors = "; ".join(layer.commitErrors())
+        layer.rollBack()
+        raise OSError(f"cannot save to '{layer.name()}': {errors}")
+    return True
+
+
+def commit_object(layer: QgsVectorLayer, accepted: AcceptedObject, builder: FeatureBuilder,
+                  label: str = "") -> CommitResult:
+    """Write an accepted object (one feature per segment, each with its own id) to `layer`, whose CRS
+    must be `builder.target_crs`."""
+    first_id = next_object_id(layer)
+    features: List[QgsFeature] = []
+    for offset, segment in enumerate(accepted.segments):
+        feature = builder.feature(segment, accepted.prompts, first_id + offset, label, fields=layer.fields())
+        features.extend(QgsVectorLayerUtils.makeFeatureCompatible(feature, layer))
+    saved = add_features(layer, features)
+    has_ids = layer.fields().indexOf("id") >= 0
+    ids = [first_id + offset for offset in range(len(accepted.segments))] if has_ids else []
+    return CommitResult(layer.name(), ids, saved)
+
+
+# -- layers in the project ----------------------------------------------------------------------------
+
+def _uri_key(layer_source: str) -> tuple:
+    parts = QgsProviderRegistry.instance().decodeUri("ogr", layer_source)
+    path = parts.get("path") or layer_source
+    with contextlib.suppress(OSError):
+        path = str(Path(path).resolve())
+    return path, parts.get("layerName") or ""
+
+
+def project_layer_with_source(project: QgsProject, layer: QgsVectorLayer) -> Optional[QgsVectorLayer]:
+    """A vector layer of the project reading the same file and table as `layer`, if any."""
+    wanted = _uri_key(layer.source())
+    for candidate in project.mapLayers().values():
+        if isinstance(candidate, QgsVectorLayer) and candidate.providerType() == "ogr" \
+                and _uri_key(candidate.source()) == wanted:
+            return candidate
+    return None
+
+
+def add_to_project_once(project: QgsProject, layer: QgsVectorLayer) -> QgsVectorLayer:
+    """The project's layer on the same data as `layer`, adding `layer` only if there is none."""
+    existing = project_layer_with_source(project, layer)
+    if existing is not None:
+        return existing
+    project.addMapLayer(layer)
+    return layer
+
+
+def set_object_colours(layer: QgsVectorLayer, enabled: bool) -> bool:
+    """Colour each feature from its `id` (or stop doing so). Only single-symbol styles are touched, so a
+    user's own categorised style is left alone; returns whether the style was changed."""
+    renderer = layer.renderer()
+    if not isinstance(renderer, QgsSingleSymbolRenderer) or layer.fields().indexOf("id") < 0:
+        return False
+    symbol_layer = renderer.symbol().symbolLayer(0)
+    if symbol_layer is None:
+        return False
+    fill = QgsProperty.fromExpression(FILL_COLOUR_EXPRESSION) if enabled else QgsProperty()
+    stroke = QgsProperty.fromExpression(STROKE_COLOUR_EXPRESSION) if enabled else QgsProperty()
+    symbol_layer.setDataDefinedProperty(QgsSymbolLayer.PropertyFillColor, fill)
+    symbol_layer.setDataDefinedProperty(QgsSymbolLayer.PropertyStrokeColor, stroke)
+    layer.triggerRepaint()
+    return True
+
+
+# -- prompts ------------------------------------------------------------------------------------------
+
+def prompt_fields() -> QgsFields:
+    fields = QgsFields()
+    for name, kind in (("object_id", QVariant.LongLong), ("label", QVariant.String),
+                       ("prompt", QVariant.String), ("output", QVariant.String)):
+        fields.append(QgsField(name, kind))
+    return fields
+
+
+def open_or_create_prompts_layer(store: FeatureStore, crs: QgsCoordinateReferenceSystem,
+                                 context: QgsCoordinateTransformContext) -> QgsVectorLayer:
+    """The point layer STORE/prompts.gpkg (raster CRS), created on first use."""
+    path = store.root / PROMPTS_FILE
+    if not path.exists():
+        options = QgsVectorFileWriter.SaveVectorOptions()
+        options.driverName = "GPKG"
+        options.layerName = PROMPTS_LAYER
+        writer = QgsVectorFileWriter.create(str(path), prompt_fields(), QgsWkbTypes.Point, crs, context, options)
+        if writer.hasError() != QgsVectorFileWriter.NoError:
+            raise OSError(f"cannot create '{path}': {writer.errorMessage()}")
+        del writer  # closes the file
+    layer = QgsVectorLayer(f"{path}|layername={PROMPTS_LAYER}", PROMPTS_LAYER_NAME, "ogr")
+    if not layer.isValid():
+        raise OSError(f"cannot open '{path}' as a point layer")
+    return layer
+
+
+def prompt_features(accepted: AcceptedObject, object_id: int, label: str, output: str,
+                    fields: QgsFields) -> List[QgsFeature]:
+    """One point per prompt (raster CRS): foreground and background points, and the box's two corners."""
+    points = [(QgsPointXY(x, y), "foreground" if kind == 1 else "background")
+              for (x, y), kind in zip(accepted.prompts.points, accepted.prompts.labels)]
+    if accepted.prompts.box is not None:
+        xmin, ymin, xmax, ymax = accepted.prompts.box
+        points += [(QgsPointXY(xmin, ymin), "box corner"), (QgsPointXY(xmax, ymax), "box corner")]
+    features = []
+    for point, kind in points:
+        feature = QgsFeature(fields)
+        feature.setGeometry(QgsGeometry.fromPointXY(point))
+        for name, value in (("object_id", object_id), ("label", label), ("prompt", kind), ("output", output)):
+            if fields.indexOf(name) >= 0:
+                feature.setAttribute(name, value)
+        features.append(feature)
+    return features
