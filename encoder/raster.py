@@ -169,16 +169,16 @@ def extent_to_window(info: RasterInfo, extent: Tuple[float, float, float, float]
     return PixelWindow(col0, row0, col1 - col0, row1 - row0)
 
 
-def raster_fingerprint(path: str, info: RasterInfo) -> str:
+def fingerprint_of(path: str, width: int, height: int, count: int, geotransform: Sequence[float]) -> str:
     """A content fingerprint that changes when the pixels or the georeference change.
 
-    Hashes the file size, the structure (size, bands, types, CRS, geotransform) and evenly spaced
-    64 KiB samples of the bytes (not the whole file: rasters can be hundreds of GB). Copying or
-    renaming the file keeps it; rewriting pixels almost always changes it.
+    Hashes the structure (size, band count, geotransform), the file size and evenly spaced 64 KiB
+    samples of the bytes (not the whole file: rasters can be hundreds of GB); a new CRS or new pixels
+    rewrite some of those bytes. Copying or renaming the file keeps it. Only plain values go in, so
+    the encoder (rasterio) and QGIS's side (GDAL's own bindings) compute the same fingerprint.
     """
     digest = hashlib.sha256()
-    structure = (info.width, info.height, info.count, info.dtypes, info.nodata, info.crs_wkt,
-                 info.geotransform)
+    structure = (int(width), int(height), int(count), tuple(float(v) for v in geotransform))
     digest.update(repr(structure).encode())
     file_path = Path(path)
     if file_path.is_file():
@@ -189,6 +189,35 @@ def raster_fingerprint(path: str, info: RasterInfo) -> str:
                 handle.seek(max(0, (size - _FINGERPRINT_CHUNK) * i // (_FINGERPRINT_SAMPLES - 1)))
                 digest.update(handle.read(_FINGERPRINT_CHUNK))
     return digest.hexdigest()
+
+
+def raster_fingerprint(path: str, info: RasterInfo) -> str:
+    """`fingerprint_of` a raster described by rasterio (the encoder's side)."""
+    return fingerprint_of(path, info.width, info.height, info.count, info.geotransform)
+
+
+def gdal_open_quietly(path: str):
+    """A GDAL dataset or None, without printing GDAL errors or changing GDAL's global exception mode
+    (QGIS and other plugins in the same process rely on it)."""
+    from osgeo import gdal
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        return gdal.Open(str(path))
+    except RuntimeError:
+        return None
+    finally:
+        gdal.PopErrorHandler()
+
+
+def raster_fingerprint_gdal(path: str) -> str:
+    """`fingerprint_of` a raster opened with GDAL's own Python bindings: safe inside QGIS, whose
+    process already holds GDAL (pip wheels bundling another GDAL must not be loaded there)."""
+    dataset = gdal_open_quietly(path)
+    if dataset is None:
+        raise RasterError(f"cannot open raster '{path}'; check the path and that GDAL can read the file")
+    return fingerprint_of(path, dataset.RasterXSize, dataset.RasterYSize, dataset.RasterCount,
+                          dataset.GetGeoTransform())
 
 
 class WindowReader:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 import pytest
+
 from quicksam.encoder import catalogue, checkpoints
 from quicksam.encoder.catalogue import CheckpointSpec
 from quicksam.encoder.errors import Cancelled, CheckpointError
@@ -561,17 +562,17 @@ def test_served_checkpoint_downloads_verifies_and_loads_into_the_encoder(
 
     import numpy as np
     import torch
+    from synthetic import write_raster
 
     from quicksam.encoder.models import build_model
     from quicksam.encoder.store import FeatureStore
-    from synthetic import write_raster
 
     source = build_model("sam2.1_hiera_t", seed=11, image_size=128)
     state = {name: tensor.half() for name, tensor in source.net.state_dict().items()}  # half: a smaller file
     buffer = io.BytesIO()
     torch.save({"model": state}, buffer)
     sha = file_server.add("tuned.pt", buffer.getvalue())
-    register_checkpoint("my-tune", "sam2.1_hiera_t", url=file_server.url("tuned.pt"), sha256=sha)
+    checkpoints.register_checkpoint("my-tune", "sam2.1_hiera_t", url=file_server.url("tuned.pt"), sha256=sha)
 
     image = np.random.default_rng(0).integers(0, 255, (3, 128, 128), dtype=np.uint8)
     raster = write_raster(tmp_path / "rgb.tif", image)

@@ -29,6 +29,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsRasterLayer,
 )
+
 from quicksam.encoder import subprocess_runner
 from quicksam.encoder.catalogue import DEFAULT_MODEL, MODELS
 from quicksam.encoder.encode_algorithm import (

@@ -16,12 +16,12 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is needed for the model tests (make install)")
 
+from synthetic import write_raster  # noqa: E402
+
 from quicksam.encoder.models import build_model, select_device  # noqa: E402
 from quicksam.encoder.pipeline import EncodeRequest, encode_raster  # noqa: E402
 from quicksam.encoder.store import FeatureStore  # noqa: E402
 from quicksam.interactive.decoding import OnnxDecoder, Prompts, upsample_logits  # noqa: E402
-
-from synthetic import write_raster  # noqa: E402
 
 FLOAT16_LOGIT_TOL = 0.05
 ONNX_TOL = 1e-4
