@@ -78,6 +78,7 @@ class SegmentModel:
     net: nn.Module
     device: str = "cpu"
     decoder_settings: DecoderSettings = field(default_factory=DecoderSettings)
+    weights_sha256: Optional[str] = None
 
     # -- interface -------------------------------------------------------------------------
     def feature_specs(self) -> List[FeatureSpec]:

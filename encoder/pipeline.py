@@ -102,12 +102,17 @@ def sample_stretch(path: str, bands: Sequence[int], area: PixelWindow, mode: str
 
 
 def random_weights_identity(model: object) -> str:
-    """SHA-256 of a random model's weights: the identity of 'checkpoint' when there is none."""
+    """SHA-256 of a random model's weights: the identity of 'checkpoint' when there is none
+    (computed once per model object)."""
+    cached = getattr(model, "weights_sha256", None)
+    if cached:
+        return cached
     digest = hashlib.sha256()
     for name, tensor in sorted(model.net.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    model.weights_sha256 = digest.hexdigest()
+    return model.weights_sha256
 
 
 def build_manifest(request: EncodeRequest, info: RasterInfo, bands: List[int], grid: TileGrid,
