@@ -169,7 +169,8 @@ def main() -> None:
                                   "ratio": round(rss_large / rss_small, 3)}
         result["targets"] = {
             "ours_within_5pct_of_model_forward": result["ratios"]["ours_over_model_forward"] <= 1.05,
-            "ours_tile_loop_within_5pct_of_model_forward": result["ratios"]["ours_tile_loop_over_model_forward"] <= 1.05,
+            "ours_tile_loop_within_5pct_of_model_forward":
+                result["ratios"]["ours_tile_loop_over_model_forward"] <= 1.05,
             "bytes_per_tile_at_most_half_baseline": result["bytes_per_tile"]["ours_over_baseline"] <= 0.5,
             "peak_rss_flat_within_10pct": result["peak_rss_mib"]["ratio"] <= 1.10,
         }
