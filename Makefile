@@ -8,7 +8,7 @@ APT_PACKAGES := python3-qgis qgis-providers qgis xvfb xauth imagemagick python3-
 DEMO_DIR ?= $(HOME)/quicksam-demo
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: all install demo test lint bench clean-venv
+.PHONY: all install demo test lint bench screenshot clean-venv
 
 all: test
 
@@ -45,6 +45,10 @@ test: install
 
 bench: install
 	$(PY) bench/encode.py
+	$(PY) bench/decode.py
 
 clean-venv:
 	rm -rf $(VENV) $(STAMPS)
+
+screenshot: install
+	bash docs/screenshot/make_screenshot.sh
