@@ -103,8 +103,9 @@ def _add_encode_parser(commands) -> None:
                          help="seeded random weights: for tests and offline demos; the store says so")
     encode.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default 0)")
     encode.add_argument("--bands", type=_parse_ints, help="1 to 3 band numbers fed as R,G,B, e.g. 3,2,1")
-    encode.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
-                        help="overlap of neighbouring tiles in pixels (default %(default)s)")
+    encode.add_argument("--overlap", type=int, default=None,
+                        help=f"overlap of neighbouring tiles in pixels (default {DEFAULT_OVERLAP}, a quarter of the "
+                             "tile size)")
     encode.add_argument("--extent", type=_parse_extent, help="xmin,ymin,xmax,ymax in the raster's CRS")
     encode.add_argument("--batch-size", type=int, default=1, help="tiles per model call (default 1)")
     encode.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
@@ -231,13 +232,18 @@ def _resolve_weights(args, events: EventWriter):
     return resolve_checkpoint(name, model=args.model, progress=_download_progress(events))
 
 
+def default_overlap(args) -> int:
+    """--overlap, else a quarter of the tile: 256 px for the models' native 1024 px tiles."""
+    return args.tile_size // 4 if args.overlap is None else args.overlap
+
+
 def _cmd_encode(args, events: EventWriter) -> int:
     from .encoder.pipeline import EncodeRequest, encode_raster
 
     checkpoint = _resolve_weights(args, events)
     request = EncodeRequest(
         raster=args.raster, store=args.store, model=args.model, checkpoint=checkpoint, seed=args.seed,
-        bands=args.bands, overlap=args.overlap, extent=args.extent, batch_size=args.batch_size,
+        bands=args.bands, overlap=default_overlap(args), extent=args.extent, batch_size=args.batch_size,
         device=args.device, tile_size=args.tile_size, stretch=args.stretch, feature_dtype=args.feature_dtype)
 
     def on_progress(event) -> None:
