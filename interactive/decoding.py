@@ -123,48 +123,54 @@ DECODER_EXTRA_INPUTS = ("point_coords", "point_labels", "mask_input", "has_mask_
 
 
 @lru_cache(maxsize=8)
-def _bilinear_matrix(source: int, target: int) -> np.ndarray:
-    """(target, source) weights of bilinear resampling with align_corners=False (as torch's)."""
-    matrix = np.zeros((target, source), np.float32)
-    scale = source / target
-    for dst in range(target):
-        src = max((dst + 0.5) * scale - 0.5, 0.0)
-        i0 = min(int(np.floor(src)), source - 1)
-        i1 = min(i0 + 1, source - 1)
-        w1 = src - i0
-        matrix[dst, i0] += 1.0 - w1
-        matrix[dst, i1] += w1
-    return matrix
+def _bilinear_taps(source: int, target: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For each target index: the two source indices and their weights of bilinear resampling with
+    align_corners=False (torch's F.interpolate)."""
+    position = np.maximum((np.arange(target) + 0.5) * (source / target) - 0.5, 0.0)
+    first = np.minimum(np.floor(position).astype(np.int64), source - 1)
+    second = np.minimum(first + 1, source - 1)
+    weight = (position - first).astype(np.float32)
+    return first, second, (1.0 - weight).astype(np.float32), weight
+
+
+def _interpolate(block: np.ndarray, taps, targets: slice, axis: int) -> np.ndarray:
+    first, second, w_first, w_second = (t[targets] for t in taps)
+    if axis == 0:
+        return block[first] * w_first[:, None] + block[second] * w_second[:, None]
+    return block[:, first] * w_first[None, :] + block[:, second] * w_second[None, :]
 
 
 def upsample_logits(logits: np.ndarray, size: int) -> np.ndarray:
-    """(K, L, L) -> (K, size, size) bilinear, as two small matrix products per mask."""
-    matrix = _bilinear_matrix(logits.shape[-1], size)
-    return matrix @ logits.astype(np.float32) @ matrix.T
+    """(K, L, L) -> (K, size, size) bilinear, separably, two taps per output row and column."""
+    taps = _bilinear_taps(logits.shape[-1], size)
+    whole = slice(0, size)
+    return np.stack([_interpolate(_interpolate(low_res, taps, whole, 1), taps, whole, 0)
+                     for low_res in logits.astype(np.float32)])
 
 
-def _support(matrix: np.ndarray, low: int, high: int) -> Tuple[np.ndarray, int, int]:
-    """High-res indices whose interpolation touches low-res [low, high], and the low-res span they read."""
-    targets = np.flatnonzero(matrix[:, low:high + 1].any(axis=1))
-    sources = np.flatnonzero(matrix[targets].any(axis=0))
-    return targets, int(sources[0]), int(sources[-1]) + 1
+def _touching(taps, low: int, high: int) -> slice:
+    """The (contiguous) target indices whose taps read any source index in [low, high]."""
+    first, second = taps[0], taps[1]
+    hits = np.flatnonzero((second >= low) & (first <= high))
+    return slice(int(hits[0]), int(hits[-1]) + 1)
 
 
 def upsample_masks(logits: np.ndarray, size: int, threshold: float) -> np.ndarray:
-    """(K, L, L) logits -> (K, size, size) bool of bilinear(logits) > threshold, computed only around
-    the low-res pixels above the threshold (a bilinear value is a convex mix of its neighbours, so
-    elsewhere it cannot exceed the threshold). Exact; fast for the compact masks SAM makes."""
-    matrix = _bilinear_matrix(logits.shape[-1], size)
+    """(K, L, L) logits -> (K, size, size) bool of bilinear(logits) > threshold, computed only where
+    a low-res pixel above the threshold is read (a bilinear value is a convex mix of the pixels it
+    reads, so elsewhere it cannot exceed the threshold). Exact; fast for the compact masks SAM makes."""
+    taps = _bilinear_taps(logits.shape[-1], size)
     masks = np.zeros((len(logits), size, size), dtype=bool)
     for k, low_res in enumerate(logits.astype(np.float32)):
         above = low_res > threshold
         if not above.any():
             continue
         rows, cols = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
-        hi_rows, r0, r1 = _support(matrix, int(rows[0]), int(rows[-1]))
-        hi_cols, c0, c1 = _support(matrix, int(cols[0]), int(cols[-1]))
-        block = matrix[hi_rows, r0:r1] @ low_res[r0:r1, c0:c1] @ matrix[hi_cols, c0:c1].T
-        masks[k, hi_rows[0]:hi_rows[-1] + 1, hi_cols[0]:hi_cols[-1] + 1] = block > threshold
+        row_range = _touching(taps, int(rows[0]), int(rows[-1]))
+        col_range = _touching(taps, int(cols[0]), int(cols[-1]))
+        # columns first on the small low-res rows, then whole-row gathers (contiguous, fast)
+        block = _interpolate(_interpolate(low_res, taps, col_range, 1), taps, row_range, 0)
+        masks[k, row_range, col_range] = block > threshold
     return masks
 
 
