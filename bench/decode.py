@@ -81,7 +81,7 @@ def run_ours(store_dir: Path, points, work: Path, warm_repeats: int):
 
     engine = SegmentEngine.open(store_dir)
     committer = Committer(work / "ours.gpkg", engine.store)
-    cold, warm = [], []
+    cold, warm, stages, mask_pixels = [], [], {}, []
     for _, (x, y) in points:
         engine.cache = FeatureCache(engine.store)  # forget every tile: this click is cold
         engine.store._verified.clear()  # noqa: SLF001 - and re-check its CRC like a fresh session
@@ -89,9 +89,14 @@ def run_ours(store_dir: Path, points, work: Path, warm_repeats: int):
             prompts = MapPrompts().with_point(x + attempt, y - attempt, 1)
             started = time.perf_counter()
             segments = engine.segment(prompts)
+            committed = time.perf_counter()
+            mask_pixels.append(segments[0].mask_pixels)
             committer.commit(segments[0], prompts)
             (cold if attempt == 0 else warm).append(time.perf_counter() - started)
-    return cold, warm, engine
+            if attempt:
+                for name, seconds in {**engine.last_timings, "commit": time.perf_counter() - committed}.items():
+                    stages.setdefault(name, []).append(seconds)
+    return cold, warm, engine, stages, mask_pixels
 
 
 def run_hover(engine, points, seconds: float = 5.0) -> float:
@@ -177,13 +182,16 @@ def main() -> None:
         store, _ = encode_raster(EncodeRequest(raster=str(raster), store=work / "store", overlap=0,
                                                stretch="none"), model=model)
         points = click_points(store, args.clicks)
-        cold, warm, engine = run_ours(store.root, points, work, args.warm_repeats)
+        cold, warm, engine, stages, mask_pixels = run_ours(store.root, points, work, args.warm_repeats)
         baseline = run_baseline(model, raster, store, points, work, args.warm_repeats)
         hover = run_hover(engine, points)
         ours_warm, ours_cold, base = summary(warm), summary(cold), summary(baseline)
         result = {
             "model": MODEL, "weights": "random (seeded)", "tile_px": TILE, "torch_threads": torch.get_num_threads(),
             "click_to_polygon_ms": {"ours_warm": ours_warm, "ours_cold": ours_cold, "baseline": base},
+            "ours_warm_p50_ms_by_step": {name: percentile(values, 50) for name, values in stages.items()},
+            "mask_pixels_p50": int(np.median(mask_pixels)),
+            "mask_fraction_of_tile_p50": round(float(np.median(mask_pixels)) / TILE ** 2, 3),
             "hover_previews_per_second": hover,
             "ratios": {"baseline_p50_over_ours_warm_p50": round(base["p50_ms"] / ours_warm["p50_ms"], 2),
                        "baseline_p50_over_ours_cold_p50": round(base["p50_ms"] / ours_cold["p50_ms"], 2),

@@ -8,6 +8,7 @@ layer CRS); inside, continuous raster pixel coordinates (col, row).
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,8 @@ class SegmentEngine:
         self.decoder = OnnxDecoder(store.root / DECODER_ONNX, store.family, store.feature_names,
                                    store.image_size, settings, threads=threads)
         self._geotransform = store.geotransform
+        #: Seconds spent in each step of the last `segment` call (for benchmarks).
+        self.last_timings: Dict[str, float] = {}
 
     @classmethod
     def open(cls, path: Path, **kwargs) -> SegmentEngine:
@@ -177,10 +180,13 @@ class SegmentEngine:
         give no candidate."""
         if mode not in MASK_MODES:
             raise PromptError(f"mask mode must be one of {', '.join(MASK_MODES)}, not '{mode}'")
+        started = time.perf_counter()
         tile = self.choose_tile(prompts)
         features = self.cache.get(tile.tile_id)
+        loaded = time.perf_counter()
         result = self.decoder.decode(features, self.tile_prompts(prompts, tile, mask_input),
                                      multimask=mode != "single")
+        decoded = time.perf_counter()
         picks = self._pick(result.masks, result.scores, mode)
         transform = tile_geotransform(self._geotransform, tile)
         segments = []
@@ -191,6 +197,8 @@ class SegmentEngine:
                 continue
             segments.append(Segment(geometry, float(result.scores[index]), tile.tile_id, int(mask.sum()),
                                     result.low_res_logits[index]))
+        self.last_timings = {"tile_and_features": loaded - started, "decode_and_upsample": decoded - loaded,
+                             "vectorise": time.perf_counter() - decoded}
         return segments
 
     @staticmethod
