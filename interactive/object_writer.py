@@ -29,7 +29,6 @@ from qgis.core import (
     QgsProviderRegistry,
     QgsSingleSymbolRenderer,
     QgsSymbolLayer,
-    QgsVectorFileWriter,
     QgsVectorLayer,
     QgsVectorLayerUtils,
     QgsWkbTypes,
@@ -37,7 +36,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from ..encoder.store import FeatureStore
-from .output import FeatureBuilder
+from .output import FeatureBuilder, open_or_create_gpkg_layer
 from .session import AcceptedObject
 
 EDIT_COMMAND = "QuickSAM object"
@@ -168,19 +167,8 @@ def prompt_fields() -> QgsFields:
 def open_or_create_prompts_layer(store: FeatureStore, crs: QgsCoordinateReferenceSystem,
                                  context: QgsCoordinateTransformContext) -> QgsVectorLayer:
     """The point layer STORE/prompts.gpkg (raster CRS), created on first use."""
-    path = store.root / PROMPTS_FILE
-    if not path.exists():
-        options = QgsVectorFileWriter.SaveVectorOptions()
-        options.driverName = "GPKG"
-        options.layerName = PROMPTS_LAYER
-        writer = QgsVectorFileWriter.create(str(path), prompt_fields(), QgsWkbTypes.Point, crs, context, options)
-        if writer.hasError() != QgsVectorFileWriter.NoError:
-            raise OSError(f"cannot create '{path}': {writer.errorMessage()}")
-        del writer  # closes the file
-    layer = QgsVectorLayer(f"{path}|layername={PROMPTS_LAYER}", PROMPTS_LAYER_NAME, "ogr")
-    if not layer.isValid():
-        raise OSError(f"cannot open '{path}' as a point layer")
-    return layer
+    return open_or_create_gpkg_layer(store.root / PROMPTS_FILE, PROMPTS_LAYER, prompt_fields(), QgsWkbTypes.Point,
+                                     crs, context, PROMPTS_LAYER_NAME)
 
 
 def prompt_features(accepted: AcceptedObject, object_id: int, label: str, output: str,

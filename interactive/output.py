@@ -106,20 +106,27 @@ def store_output_path(store: FeatureStore) -> Path:
     return store.root / OUTPUT_FILE
 
 
+def open_or_create_gpkg_layer(path: Path, layer_name: str, fields: QgsFields, geometry_type: int,
+                              crs: QgsCoordinateReferenceSystem, context: QgsCoordinateTransformContext,
+                              display_name: str) -> QgsVectorLayer:
+    """The GeoPackage layer `layer_name` at `path`, created with `fields` if the file is missing."""
+    if not path.exists():
+        options = QgsVectorFileWriter.SaveVectorOptions()
+        options.driverName = "GPKG"
+        options.layerName = layer_name
+        writer = QgsVectorFileWriter.create(str(path), fields, geometry_type, crs, context, options)
+        if writer.hasError() != QgsVectorFileWriter.NoError:
+            raise OSError(f"cannot create '{path}': {writer.errorMessage()}")
+        del writer  # closes the file
+    layer = QgsVectorLayer(f"{path}|layername={layer_name}", display_name, "ogr")
+    if not layer.isValid():
+        raise OSError(f"cannot open layer '{layer_name}' of '{path}'")
+    return layer
+
+
 def open_or_create_output_layer(path: Path, crs: QgsCoordinateReferenceSystem,
                                 context: QgsCoordinateTransformContext, name: str = "QuickSAM segments"
                                 ) -> QgsVectorLayer:
     """The polygon layer at `path` (layer `segments`), created with the output schema if missing."""
-    if not path.exists():
-        options = QgsVectorFileWriter.SaveVectorOptions()
-        options.driverName = "GPKG"
-        options.layerName = OUTPUT_LAYER
-        writer = QgsVectorFileWriter.create(str(path), output_fields(), QgsWkbTypes.MultiPolygon, crs, context,
-                                            options)
-        if writer.hasError() != QgsVectorFileWriter.NoError:
-            raise OSError(f"cannot create '{path}': {writer.errorMessage()}")
-        del writer  # closes the file
-    layer = QgsVectorLayer(f"{path}|layername={OUTPUT_LAYER}", name, "ogr")
-    if not layer.isValid():
-        raise OSError(f"cannot open '{path}' as a polygon layer")
-    return layer
+    return open_or_create_gpkg_layer(path, OUTPUT_LAYER, output_fields(), QgsWkbTypes.MultiPolygon, crs, context,
+                                     name)
