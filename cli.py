@@ -23,7 +23,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, TypeVar
 
 from .encoder.catalogue import CHECKPOINTS, DEFAULT_MODEL, MODELS, default_checkpoint_for
 from .encoder.errors import Cancelled, QuickSamError
@@ -39,6 +39,7 @@ QGIS_PROCESSING_PLUGINS = "/usr/share/qgis/python/plugins"
 #: Single-file formats `segment` writes: renaming one file publishes the whole result.
 SEGMENT_FORMATS = {".gpkg": "GeoPackage", ".geojson": "GeoJSON"}
 SEGMENT_LAYER = "segments"
+T = TypeVar("T")
 
 
 class EventWriter:
@@ -176,6 +177,44 @@ def _add_segment_parser(commands) -> None:
     segment.set_defaults(handler=_cmd_segment)
 
 
+def _add_segment_all_parser(commands) -> None:
+    from .interactive.automatic import AutoMaskSettings
+
+    defaults = AutoMaskSettings()
+    command = commands.add_parser(
+        "segment-all", help="segment everything on an encoded raster (automatic masks, merged across tiles)",
+        description="Find every object on a feature store with SAM's automatic mask generator, tile by tile from "
+                    "the cached features, objects across tile borders merged into one polygon "
+                    "(docs/segment-everything.md). A stopped run resumes when the same command is run again. "
+                    "Runs the Processing algorithm quicksam:segmentall in a headless QGIS.")
+    command.add_argument("store", type=Path, help="feature store folder written by 'quicksam encode'")
+    command.add_argument("--output", type=Path, required=True, metavar="OUT.gpkg",
+                         help="new GeoPackage (layer 'segments', the raster's CRS)")
+    command.add_argument("--aoi", type=Path, metavar="FILE", help="polygon file: only tiles meeting it (any CRS)")
+    command.add_argument("--extent", type=_parse_box, metavar="XMIN,YMIN,XMAX,YMAX",
+                         help="only tiles meeting this extent (the raster's CRS)")
+    for name, kind, text in (
+            ("points-per-side", int, "grid of N x N point prompts per tile"),
+            ("points-per-batch", int, "prompts decoded before filtering"),
+            ("pred-iou-thresh", float, "minimum predicted IoU"),
+            ("stability-score-thresh", float, "minimum stability score"),
+            ("stability-score-offset", float, "logit offset of the stability score"),
+            ("box-nms-thresh", float, "box IoU above which the lower-scored mask of a tile is dropped"),
+            ("min-mask-region-area", int, "remove islands and holes smaller than this many pixels"),
+            ("min-object-area", float, "drop objects smaller than this (map units², 0 = no limit)"),
+            ("max-object-area", float, "drop objects larger than this (map units², 0 = no limit)"),
+            ("simplify", float, "simplification tolerance in map units (0 = pixel edges)")):
+        key = name.replace("-", "_")
+        default = getattr(defaults, "simplify_tolerance" if key == "simplify" else key)
+        command.add_argument(f"--{name}", type=kind, default=default, help=f"{text} (default {default})")
+    command.add_argument("--mask-mode", default=defaults.mask_mode, choices=MASK_MODES,
+                         help="all (default: SAM's three candidates per point), single, best, largest, smallest")
+    command.add_argument("--overwrite", action="store_true",
+                         help="replace --output if it exists and restart an unfinished run with other settings")
+    command.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout")
+    command.set_defaults(handler=_cmd_segment_all)
+
+
 def _add_other_parsers(commands) -> None:
     info = commands.add_parser("info", help="print a JSON summary of a feature store")
     info.add_argument("store", type=Path)
@@ -208,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_encode_parser(commands)
     _add_segment_parser(commands)
+    _add_segment_all_parser(commands)
     _add_other_parsers(commands)
     return parser
 
@@ -507,32 +547,102 @@ def _remove_partial(partial: Path) -> None:
             path.unlink()
 
 
+def _in_headless_qgis(work: Callable[[], T]) -> T:
+    """Run `work()` in a headless QGIS (see `_headless_qgis`) with QGIS's own output captured; a QuickSamError
+    it raises is re-raised as plain text once QGIS is gone (its traceback's frames hold QGIS objects)."""
+    error: Optional[str] = None
+    result = None
+    with _captured_process_output(), warnings.catch_warnings(), _headless_qgis():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        try:
+            result = work()
+        except QuickSamError as exc:
+            error = str(exc)
+    if error is not None:
+        raise QuickSamError(error)
+    return result
+
+
 def _cmd_segment(args, events: EventWriter) -> int:
     _check_segment_prompts(args)
     output = _check_segment_output(args.output, args.overwrite)
     # Written next to the output (same file system) and renamed into place only on success.
     partial = output.with_name(f".{output.stem}.partial-{os.getpid()}{output.suffix}")
-    error: Optional[str] = None
     try:
-        with _captured_process_output(), warnings.catch_warnings(), _headless_qgis():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", PendingDeprecationWarning)
-            try:
-                summary, skipped = _run_segment_algorithm(args, partial)
-            except QuickSamError as exc:
-                # Kept as text: the traceback's frames hold QGIS objects, which must go before QGIS exits.
-                error = str(exc)
-        if error is None:
-            os.replace(partial, output)
+        summary, skipped = _in_headless_qgis(lambda: _run_segment_algorithm(args, partial))
+        os.replace(partial, output)
     finally:
         _remove_partial(partial)
-    if error is not None:
-        raise QuickSamError(error)
     for message in skipped:
         sys.stderr.write(f"quicksam: warning: {message}\n")
     sys.stdout.write(json.dumps({"output": str(output), "layer": SEGMENT_LAYER if output.suffix.lower() == ".gpkg"
                                  else None, "objects_segmented": summary["SEGMENTED"],
                                  "objects_skipped": summary["SKIPPED"]}) + "\n")
+    return 0
+
+
+def _run_segment_all_algorithm(args, events: EventWriter) -> Dict[str, object]:
+    """Run quicksam:segmentall on args; its results. Cancellation (Ctrl+C) keeps finished tiles."""
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback, QgsProject
+
+    from .interactive.segment_all_algorithm import SegmentAllAlgorithm as Algorithm
+
+    project = QgsProject()
+    aoi_id = ""
+    if args.aoi:
+        from qgis.core import QgsVectorLayer
+
+        if not args.aoi.is_file():
+            raise QuickSamError(f"the area of interest file '{args.aoi}' does not exist")
+        layer = QgsVectorLayer(str(args.aoi), "aoi", "ogr")
+        if not layer.isValid():
+            raise QuickSamError(f"'{args.aoi}' cannot be opened as a polygon layer")
+        aoi_id = layer.id()
+        project.addMapLayer(layer, False)
+        del layer
+    parameters = {
+        Algorithm.STORE: str(args.store), Algorithm.AOI: aoi_id or None,
+        Algorithm.EXTENT: ",".join(repr(v) for v in (args.extent[0], args.extent[2], args.extent[1],
+                                                      args.extent[3])) if args.extent else None,
+        Algorithm.POINTS_PER_SIDE: args.points_per_side, Algorithm.POINTS_PER_BATCH: args.points_per_batch,
+        Algorithm.PRED_IOU_THRESH: args.pred_iou_thresh, Algorithm.STABILITY_SCORE_THRESH: args.stability_score_thresh,
+        Algorithm.STABILITY_SCORE_OFFSET: args.stability_score_offset, Algorithm.BOX_NMS_THRESH: args.box_nms_thresh,
+        Algorithm.MIN_MASK_REGION_AREA: args.min_mask_region_area,
+        Algorithm.MASK_MODE: MASK_MODES.index(args.mask_mode), Algorithm.MIN_OBJECT_AREA: args.min_object_area,
+        Algorithm.MAX_OBJECT_AREA: args.max_object_area, Algorithm.SIMPLIFY: args.simplify,
+        Algorithm.OVERWRITE: args.overwrite, Algorithm.OUTPUT: str(args.output),
+    }
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda percent: events.emit("progress", done=round(percent), total=100,
+                                                                 percent=round(percent, 2)))
+    context = QgsProcessingContext()
+    context.setProject(project)
+    context.setFeedback(feedback)
+    failure = None
+    try:
+        results = processing.run("quicksam:segmentall", parameters, feedback=feedback, context=context,
+                                 onFinish=lambda *_: None)
+    except QgsProcessingException as exc:
+        failure = _one_line(str(exc))
+    finally:
+        project.removeAllMapLayers()
+    if failure is not None:
+        raise QuickSamError(failure)
+    return {"output": results[Algorithm.OUTPUT], "layer": "segments", "objects": results[Algorithm.OBJECTS],
+            "tiles": results[Algorithm.TILES]}
+
+
+def _cmd_segment_all(args, events: EventWriter) -> int:
+    from .interactive.automatic import check_output
+
+    args.output = check_output(args.output, args.overwrite)
+    if not args.store.exists():
+        raise QuickSamError(f"the feature store '{args.store}' does not exist; encode the raster first "
+                            "(quicksam encode RASTER STORE)")
+    summary = _in_headless_qgis(lambda: _run_segment_all_algorithm(args, events))
+    sys.stdout.write(json.dumps(summary) + "\n")
     return 0
 
 

@@ -9,6 +9,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from ..interactive.segment_algorithm import SegmentPromptsAlgorithm
+from ..interactive.segment_all_algorithm import SegmentAllAlgorithm
 from .encode_algorithm import EncodeRasterAlgorithm
 
 ICON_PATH = Path(__file__).resolve().parent.parent / "icons" / "quicksam.svg"
@@ -36,3 +37,4 @@ class QuickSamProvider(QgsProcessingProvider):
     def loadAlgorithms(self) -> None:
         self.addAlgorithm(EncodeRasterAlgorithm())
         self.addAlgorithm(SegmentPromptsAlgorithm())
+        self.addAlgorithm(SegmentAllAlgorithm())

@@ -1,0 +1,270 @@
+"""Processing algorithm quicksam:segmentall: automatic masks for a whole encoded raster.
+
+A thin layer over `automatic.segment_everything` (which `quicksam segment-all` also reaches through this
+algorithm): parameters in, an area of interest transformed to the raster's CRS, progress and cancel
+forwarded. The output is a GeoPackage file (not a feature sink) because the run keeps its progress in it
+to resume after a stop, and builds it under a temporary name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from qgis.core import (
+    QgsCoordinateTransform,
+    QgsGeometry,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..encoder.errors import Cancelled, QuickSamError
+from .automatic import AutoMaskSettings, segment_everything
+from .engine import MASK_MODES
+from .output import raster_crs
+from .segment_algorithm import open_store
+
+ICON_PATH = Path(__file__).resolve().parent.parent / "icons" / "quicksam.svg"
+DEFAULTS = AutoMaskSettings()
+
+
+def _tr(message: str) -> str:
+    return QCoreApplication.translate("SegmentAllAlgorithm", message)
+
+
+class SegmentAllAlgorithm(QgsProcessingAlgorithm):
+    """Segment everything on a feature store, merged across tile borders."""
+
+    STORE = "STORE"
+    AOI = "AOI"
+    EXTENT = "EXTENT"
+    POINTS_PER_SIDE = "POINTS_PER_SIDE"
+    POINTS_PER_BATCH = "POINTS_PER_BATCH"
+    PRED_IOU_THRESH = "PRED_IOU_THRESH"
+    STABILITY_SCORE_THRESH = "STABILITY_SCORE_THRESH"
+    STABILITY_SCORE_OFFSET = "STABILITY_SCORE_OFFSET"
+    BOX_NMS_THRESH = "BOX_NMS_THRESH"
+    MIN_MASK_REGION_AREA = "MIN_MASK_REGION_AREA"
+    MASK_MODE = "MASK_MODE"
+    MIN_OBJECT_AREA = "MIN_OBJECT_AREA"
+    MAX_OBJECT_AREA = "MAX_OBJECT_AREA"
+    SIMPLIFY = "SIMPLIFY"
+    OVERWRITE = "OVERWRITE"
+    OUTPUT = "OUTPUT"
+    OBJECTS = "OBJECTS"
+    TILES = "TILES"
+
+    def name(self) -> str:
+        return "segmentall"
+
+    def displayName(self) -> str:
+        return _tr("Segment everything (automatic masks)")
+
+    def group(self) -> str:
+        return _tr("Segmentation")
+
+    def groupId(self) -> str:
+        return "segmentation"
+
+    def icon(self) -> QIcon:
+        return QIcon(str(ICON_PATH))
+
+    def svgIconPath(self) -> str:
+        return str(ICON_PATH)
+
+    def shortHelpString(self) -> str:
+        return _tr(
+            "<p>Finds every object on an encoded raster (a <b>feature store</b>) with SAM's automatic mask "
+            "generator, tile by tile from the cached features (nothing is encoded again), and writes one "
+            "polygon layer in the raster's CRS. Objects cut by a tile edge or seen by two overlapping tiles "
+            "come out once (docs/segment-everything.md).</p>"
+            "<p>Optionally limited to tiles meeting an <b>area of interest</b> layer and/or an <b>extent</b> "
+            "(any CRS; transformed to the raster's).</p>"
+            "<p>Parameters as in SAM: points per side (grid per tile), predicted IoU and stability "
+            "thresholds, stability offset, box NMS threshold, minimum region area (pixels), mask mode. "
+            "Object areas and simplification are in the raster CRS's map units.</p>"
+            "<p>A stopped run resumes when started again with the same settings and output; an existing "
+            "output is replaced only with <b>Overwrite</b>.</p>"
+            "<p>Attributes: id, score (predicted IoU), stability, area (map units²), tile_ids, model, "
+            "checkpoint (SHA-256).</p>")
+
+    def createInstance(self) -> SegmentAllAlgorithm:
+        return SegmentAllAlgorithm()
+
+    def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:
+        self._add(QgsProcessingParameterFile(self.STORE, _tr("Feature store"),
+                                             behavior=QgsProcessingParameterFile.Folder),
+                  _tr("The folder written by 'Encode raster for SAM' (or 'quicksam encode')."))
+        self._add(QgsProcessingParameterFeatureSource(self.AOI, _tr("Area of interest (polygons)"),
+                                                      [QgsProcessing.TypeVectorPolygon], optional=True),
+                  _tr("Only tiles meeting these polygons are segmented. Any CRS."))
+        self._add(QgsProcessingParameterExtent(self.EXTENT, _tr("Extent"), optional=True),
+                  _tr("Only tiles meeting this extent are segmented."))
+        numbers = (
+            (self.POINTS_PER_SIDE, _tr("Points per side (per tile)"), QgsProcessingParameterNumber.Integer,
+             DEFAULTS.points_per_side, 1, None, False,
+             _tr("A grid of this many × this many point prompts over each tile.")),
+            (self.PRED_IOU_THRESH, _tr("Predicted IoU threshold"), QgsProcessingParameterNumber.Double,
+             DEFAULTS.pred_iou_thresh, 0.0, 1.0, False, _tr("Masks the model scores lower are dropped.")),
+            (self.STABILITY_SCORE_THRESH, _tr("Stability score threshold"), QgsProcessingParameterNumber.Double,
+             DEFAULTS.stability_score_thresh, 0.0, 1.0, False,
+             _tr("Masks whose shape changes more than this when the logit threshold moves are dropped.")),
+            (self.MIN_OBJECT_AREA, _tr("Minimum object area (map units²)"), QgsProcessingParameterNumber.Double,
+             DEFAULTS.min_object_area, 0.0, None, False, _tr("Smaller objects are dropped; 0 = no limit.")),
+            (self.MAX_OBJECT_AREA, _tr("Maximum object area (map units²)"), QgsProcessingParameterNumber.Double,
+             DEFAULTS.max_object_area, 0.0, None, False, _tr("Larger objects are dropped; 0 = no limit.")),
+            (self.POINTS_PER_BATCH, _tr("Points per batch"), QgsProcessingParameterNumber.Integer,
+             DEFAULTS.points_per_batch, 1, None, True, _tr("Prompts decoded before filtering (memory).")),
+            (self.STABILITY_SCORE_OFFSET, _tr("Stability score offset (logits)"),
+             QgsProcessingParameterNumber.Double, DEFAULTS.stability_score_offset, 0.0, None, True,
+             _tr("The logit shift used to measure stability.")),
+            (self.BOX_NMS_THRESH, _tr("Box NMS threshold"), QgsProcessingParameterNumber.Double,
+             DEFAULTS.box_nms_thresh, 0.01, 1.0, True,
+             _tr("Of two masks of a tile whose boxes overlap more than this (IoU), the lower scored is dropped.")),
+            (self.MIN_MASK_REGION_AREA, _tr("Minimum mask region area (pixels)"),
+             QgsProcessingParameterNumber.Integer, DEFAULTS.min_mask_region_area, 0, None, True,
+             _tr("Islands and holes smaller than this are removed from each mask.")),
+            (self.SIMPLIFY, _tr("Simplify tolerance (map units)"), QgsProcessingParameterNumber.Double,
+             DEFAULTS.simplify_tolerance, 0.0, None, True, _tr("0 keeps the exact pixel edges.")),
+        )
+        for name, label, kind, default, low, high, advanced, help_text in numbers[:5]:
+            self._number(name, label, kind, default, low, high, advanced, help_text)
+        self._add(QgsProcessingParameterEnum(self.MASK_MODE, _tr("Mask mode"), options=list(MASK_MODES),
+                                             defaultValue=MASK_MODES.index(DEFAULTS.mask_mode)),
+                  _tr("all: SAM's three candidates per point (as SAM's generator); single, best, largest, smallest "
+                      "as in the interactive stage."), advanced=True)
+        for name, label, kind, default, low, high, advanced, help_text in numbers[5:]:
+            self._number(name, label, kind, default, low, high, advanced, help_text)
+        self._add(QgsProcessingParameterBoolean(self.OVERWRITE, _tr("Overwrite an existing output"),
+                                                defaultValue=False),
+                  _tr("Replace the output file if it exists, and restart an unfinished run with other settings."))
+        self._add(QgsProcessingParameterFileDestination(self.OUTPUT, _tr("Objects"), _tr("GeoPackage (*.gpkg)")),
+                  _tr("A new GeoPackage (layer 'segments', the raster's CRS)."))
+        self.addOutput(QgsProcessingOutputNumber(self.OBJECTS, _tr("Objects written")))
+        self.addOutput(QgsProcessingOutputNumber(self.TILES, _tr("Tiles segmented")))
+
+    def _number(self, name, label, kind, default, low, high, advanced, help_text) -> None:
+        parameter = QgsProcessingParameterNumber(name, label, kind, defaultValue=default, minValue=low)
+        if high is not None:
+            parameter.setMaximum(high)
+        self._add(parameter, help_text, advanced)
+
+    def _add(self, parameter: QgsProcessingParameterDefinition, help_text: str, advanced: bool = False) -> None:
+        parameter.setHelp(help_text)
+        if advanced:
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(parameter)
+
+    def checkParameterValues(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> Tuple[bool, str]:
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        try:
+            open_store(self.parameterAsFile(parameters, self.STORE, context))
+        except QgsProcessingException as exc:
+            return False, str(exc)
+        return True, ""
+
+    def settings(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> AutoMaskSettings:
+        def number(name: str) -> float:
+            return self.parameterAsDouble(parameters, name, context)
+
+        return AutoMaskSettings(
+            points_per_side=self.parameterAsInt(parameters, self.POINTS_PER_SIDE, context),
+            points_per_batch=self.parameterAsInt(parameters, self.POINTS_PER_BATCH, context),
+            pred_iou_thresh=number(self.PRED_IOU_THRESH),
+            stability_score_thresh=number(self.STABILITY_SCORE_THRESH),
+            stability_score_offset=number(self.STABILITY_SCORE_OFFSET),
+            box_nms_thresh=number(self.BOX_NMS_THRESH),
+            min_mask_region_area=self.parameterAsInt(parameters, self.MIN_MASK_REGION_AREA, context),
+            mask_mode=MASK_MODES[self.parameterAsEnum(parameters, self.MASK_MODE, context)],
+            min_object_area=number(self.MIN_OBJECT_AREA), max_object_area=number(self.MAX_OBJECT_AREA),
+            simplify_tolerance=number(self.SIMPLIFY))
+
+    def _area_wkbs(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                   feedback: QgsProcessingFeedback, store) -> Optional[List[bytes]]:
+        """AOI polygons and the extent as WKB in the raster's CRS, or None for the whole store."""
+        crs = raster_crs(store)
+        areas: Optional[List[bytes]] = None
+        if parameters.get(self.AOI):
+            source = self.parameterAsSource(parameters, self.AOI, context)
+            if source is None:
+                raise QgsProcessingException(self.invalidSourceError(parameters, self.AOI))
+            source_crs = source.sourceCrs()
+            transform = None
+            if not source_crs.isValid():
+                feedback.pushWarning(_tr("The area of interest has no CRS; it is taken to be in the raster's CRS."))
+            elif source_crs != crs:
+                feedback.pushInfo(_tr("The area of interest ({source}) is transformed to the raster's CRS ({crs})."
+                                      ).format(source=source_crs.authid(), crs=crs.authid()))
+                transform = QgsCoordinateTransform(source_crs, crs, context.transformContext())
+            areas = []
+            for feature in source.getFeatures():
+                geometry = QgsGeometry(feature.geometry())
+                if geometry.isEmpty():
+                    continue
+                if transform is not None:
+                    try:
+                        geometry.transform(transform)
+                    except Exception as exc:  # noqa: BLE001 - QgsCsException, reported plainly
+                        raise QgsProcessingException(_tr(
+                            "The area of interest cannot be transformed from {source} to the raster's CRS "
+                            "({crs}): {error}").format(source=source_crs.authid(), crs=crs.authid(),
+                                                       error=exc)) from None
+                areas.append(bytes(geometry.asWkb()))
+            if not areas:
+                raise QgsProcessingException(_tr("The area of interest layer has no polygon."))
+        if parameters.get(self.EXTENT):
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
+            box = bytes(QgsGeometry.fromRect(extent).asWkb())
+            if areas is None:
+                areas = [box]
+            else:  # both given: the polygons inside the extent
+                clip = QgsGeometry.fromRect(extent)
+                areas = [bytes(_from_wkb(a).intersection(clip).asWkb()) for a in areas]
+        return areas
+
+    def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> Dict[str, Any]:
+        store = open_store(self.parameterAsFile(parameters, self.STORE, context))
+        output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
+        settings = self.settings(parameters, context)
+        areas = self._area_wkbs(parameters, context, feedback, store)
+
+        def on_progress(event) -> None:
+            feedback.setProgress(100.0 * event.done / max(event.total, 1))
+            feedback.setProgressText(_tr("tile {tile}: {objects} objects so far").format(tile=event.tile_id,
+                                                                                        objects=event.objects))
+
+        try:
+            result = segment_everything(store, Path(output), settings, areas,
+                                        overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context),
+                                        progress=on_progress, cancelled=feedback.isCanceled)
+        except Cancelled as exc:
+            raise QgsProcessingException(_tr("Cancelled: {reason}").format(reason=exc)) from None
+        except QuickSamError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        feedback.pushInfo(_tr("{objects} objects from {tiles} tiles ({merged} joined across tile borders; "
+                              "{resumed} tiles from an earlier run).").format(
+            objects=result.objects, tiles=result.tiles, merged=result.merged_objects, resumed=result.tiles_resumed))
+        return {self.OUTPUT: str(result.output), self.OBJECTS: result.objects, self.TILES: result.tiles}
+
+
+def _from_wkb(wkb: bytes) -> QgsGeometry:
+    geometry = QgsGeometry()
+    geometry.fromWkb(wkb)
+    return geometry

@@ -1,0 +1,293 @@
+"""Segment everything (interactive/automatic.py, quicksam:segmentall, `quicksam segment-all`).
+
+1. The merge rule on synthetic masks whose right answer is known: each object is drawn on a raster-sized
+   canvas, every tile "sees" the part inside its window (as a model would), and the ownership rule and the
+   merge must give back exactly the drawn objects, once each.
+2. Plumbing with the seeded random tiny model on a two-tile store (masks are meaningless; counts,
+   attributes, resume after a kill, cancel and bad input are not).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import pytest
+import shapely
+import shapely.wkb
+from osgeo import ogr
+from synthetic import encode, run_cli, square_scene, write_raster
+
+from quicksam.encoder.errors import Cancelled, QuickSamError
+from quicksam.encoder.store import FeatureStore
+from quicksam.encoder.tiling import TileGrid
+from quicksam.interactive.automatic import (
+    AutoMaskSettings,
+    TileMask,
+    assign_masks,
+    box_nms,
+    merge_staged,
+    partial_path,
+    point_grid,
+    segment_everything,
+    tile_regions,
+    trimmed,
+)
+
+# -- 1. the merge rule ------------------------------------------------------------------------------------
+
+# 400 x 256 px, 256 px tiles, 64 px overlap: tiles at columns 0..256 and 144..400; they split their
+# overlap at column 200.
+ONE_ROW = TileGrid.build(400, 256, tile_size=256, overlap=64)
+# 400 x 400: a 2 x 2 grid, split at column 200 and row 200.
+TWO_BY_TWO = TileGrid.build(400, 400, tile_size=256, overlap=64)
+
+
+def rect(grid: TileGrid, col0: int, row0: int, col1: int, row1: int) -> np.ndarray:
+    canvas = np.zeros((grid.raster_height, grid.raster_width), dtype=bool)
+    canvas[row0:row1, col0:col1] = True
+    return canvas
+
+
+def run_rule(grid: TileGrid, objects: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """The objects as the rule writes them (complete + merged), each as a raster-sized mask."""
+    regions = tile_regions(list(grid))
+    complete, pieces, spills = [], [], []
+    for tile in grid:
+        seen = []
+        for canvas in objects:
+            window = canvas[tile.row_off:tile.row_off + tile.valid_height, tile.col_off:tile.col_off + tile.valid_width]
+            mask = trimmed(TileMask(tile.tile_id, tile.col_off, tile.row_off, window.copy()))
+            if mask is not None:
+                seen.append(mask)
+        assignment = assign_masks(regions[tile.tile_id], seen)
+        complete += assignment.complete
+        pieces += assignment.pieces
+        spills += assignment.spills
+    result = complete + [item.mask for item in merge_staged(pieces, spills, regions)]
+    canvases = []
+    for mask in result:
+        canvas = np.zeros((grid.raster_height, grid.raster_width), dtype=bool)
+        canvas[mask.row0:mask.row1, mask.col0:mask.col1] = mask.crop
+        canvases.append(canvas)
+    return canvases
+
+
+def assert_same_objects(actual: List[np.ndarray], expected: Sequence[np.ndarray]) -> None:
+    assert len(actual) == len(expected)
+    remaining = list(actual)
+    for want in expected:
+        match = [i for i, got in enumerate(remaining) if np.array_equal(got, want)]
+        assert match, "an expected object is missing or cut"
+        remaining.pop(match[0])
+
+
+def test_regions_split_the_overlap_in_the_middle():
+    regions = tile_regions(list(ONE_ROW))
+    assert [r.owned for r in regions.values()] == [(0, 0, 200, 256), (200, 0, 400, 256)]
+    assert [r.inner for r in regions.values()] == [(False, False, True, False), (True, False, False, False)]
+
+
+@pytest.mark.parametrize("box", [(100, 50, 300, 120),  # wider than the overlap: cut in both tiles
+                                 (160, 60, 240, 90),  # inside the overlap: whole in both tiles
+                                 (150, 10, 256, 40),  # ends on the first tile's edge
+                                 (0, 0, 400, 256)])  # the whole raster
+def test_one_object_comes_out_once_and_whole(box):
+    expected = [rect(ONE_ROW, *box)]
+    assert_same_objects(run_rule(ONE_ROW, expected), expected)
+
+
+def test_two_touching_objects_stay_two():
+    side_by_side = [rect(ONE_ROW, 150, 50, 200, 100), rect(ONE_ROW, 200, 50, 250, 100)]  # touch on the split line
+    stacked = [rect(ONE_ROW, 100, 150, 300, 180), rect(ONE_ROW, 100, 180, 300, 210)]  # both cut, touching
+    for objects in (side_by_side, stacked):
+        assert_same_objects(run_rule(ONE_ROW, objects), objects)
+
+
+def test_an_object_inside_another_is_not_joined_to_it():
+    objects = [rect(ONE_ROW, 100, 50, 300, 150), rect(ONE_ROW, 170, 60, 260, 80)]
+    assert_same_objects(run_rule(ONE_ROW, objects), objects)
+
+
+def test_an_object_whose_centroid_lies_past_the_split_keeps_its_tail():
+    shape = rect(ONE_ROW, 150, 100, 152, 102) | rect(ONE_ROW, 150, 101, 250, 102) | rect(ONE_ROW, 230, 80, 250, 140)
+    assert_same_objects(run_rule(ONE_ROW, [shape]), [shape])
+
+
+def test_an_object_over_a_four_tile_corner_is_one():
+    objects = [rect(TWO_BY_TWO, 120, 130, 290, 280), rect(TWO_BY_TWO, 10, 10, 60, 60),
+               rect(TWO_BY_TWO, 180, 300, 230, 330)]
+    assert_same_objects(run_rule(TWO_BY_TWO, objects), objects)
+
+
+def test_point_grid_and_nms():
+    tile = ONE_ROW.tiles[0]
+    points = point_grid(tile, 4)
+    assert points.shape == (16, 2) and points[0].tolist() == [32.0, 32.0] and points[-1].tolist() == [224.0, 224.0]
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 10, 10], [20, 20, 30, 30]], float)
+    assert box_nms(boxes, np.array([0.5, 0.9, 0.1]), 0.7) == [1, 2]
+
+
+# -- 2. plumbing with the random model ------------------------------------------------------------------------
+
+#: Thresholds the random model's masks pass; 4 x 4 points per tile keep the test fast.
+LOOSE = AutoMaskSettings(points_per_side=4, points_per_batch=5, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                         box_nms_thresh=0.9, min_mask_region_area=4)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> FeatureStore:
+    folder = tmp_path_factory.mktemp("segment-all-store")
+    raster = write_raster(folder / "scene.tif", square_scene(400, 256, (170, 90, 60)))
+    store, _ = encode(raster, folder / "store", overlap=64)
+    assert len(store.grid) == 2
+    return store
+
+
+def read_rows(path: Path) -> List[dict]:
+    dataset = ogr.Open(str(path))
+    assert [dataset.GetLayer(i).GetName() for i in range(dataset.GetLayerCount())] == ["segments"]
+    rows = []
+    for feature in dataset.GetLayerByName("segments"):
+        row = {key: feature[key] for key in ("id", "score", "stability", "area", "tile_ids", "model", "checkpoint")}
+        row["geometry"] = shapely.wkb.loads(bytes(feature.GetGeometryRef().ExportToIsoWkb()))
+        rows.append(row)
+    return rows
+
+
+def signature(rows: List[dict]) -> List[Tuple]:
+    return sorted((r["id"], round(r["score"], 5), r["tile_ids"], shapely.normalize(r["geometry"]).wkt) for r in rows)
+
+
+@pytest.fixture(scope="module")
+def reference(store, tmp_path_factory) -> List[dict]:
+    output = tmp_path_factory.mktemp("reference") / "all.gpkg"
+    result = segment_everything(store, output, LOOSE)
+    assert (result.tiles, result.tiles_resumed) == (2, 0)
+    rows = read_rows(output)
+    assert len(rows) == result.objects > 0
+    assert not partial_path(output).exists()
+    return rows
+
+
+def test_attributes_and_no_overlapping_copies(store, reference):
+    assert sorted(r["id"] for r in reference) == list(range(1, len(reference) + 1))
+    for row in reference:
+        assert row["model"] == store.model_name and row["checkpoint"] == store.checkpoint_sha256
+        assert set(row["tile_ids"].split(",")) <= {"r0000c0000", "r0000c0001"}
+        assert 0 <= row["stability"] <= 1
+        assert row["area"] == pytest.approx(row["geometry"].area)
+        assert row["geometry"].is_valid
+    geometries = [r["geometry"] for r in reference]
+    for i, a in enumerate(geometries):  # no object written twice (identical geometry)
+        assert not any(a.equals(b) for b in geometries[i + 1:])
+
+
+def test_area_filters(store, tmp_path, reference):
+    areas = sorted(r["area"] for r in reference)
+    limit = areas[len(areas) // 2]
+    settings = AutoMaskSettings(**{**LOOSE.to_dict(), "max_object_area": limit})
+    segment_everything(store, tmp_path / "small.gpkg", settings)
+    assert all(r["area"] <= limit for r in read_rows(tmp_path / "small.gpkg"))
+
+
+def test_cancel_then_resume_gives_the_same_output(store, tmp_path, reference):
+    output = tmp_path / "out.gpkg"
+    calls = []
+    with pytest.raises(Cancelled, match="resume"):
+        segment_everything(store, output, LOOSE, cancelled=lambda: calls.append(1) or len(calls) > 1)
+    assert not output.exists() and partial_path(output).exists()
+    result = segment_everything(store, output, LOOSE)
+    assert result.tiles_resumed == 1
+    assert signature(read_rows(output)) == signature(reference)
+
+
+def test_a_killed_run_resumes_without_duplicates(store, tmp_path, reference):
+    output = tmp_path / "killed.gpkg"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from quicksam.encoder.store import FeatureStore
+        from quicksam.interactive.automatic import AutoMaskSettings, segment_everything
+        settings = AutoMaskSettings(**{json.dumps(LOOSE.to_dict())})
+        segment_everything(FeatureStore.open(Path({str(store.root)!r})), Path({str(output)!r}), settings,
+                           progress=lambda event: os.kill(os.getpid(), signal.SIGKILL))
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not output.exists() and partial_path(output).exists()
+    result = segment_everything(store, output, LOOSE)
+    assert result.tiles_resumed == 1
+    assert signature(read_rows(output)) == signature(reference)
+
+
+def test_bad_input_is_refused_plainly(store, tmp_path):
+    existing = tmp_path / "exists.gpkg"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(QuickSamError, match="exists"):
+        segment_everything(store, existing, LOOSE)
+    assert existing.read_bytes() == b"keep me"
+    with pytest.raises(QuickSamError, match="GeoPackage"):
+        segment_everything(store, tmp_path / "out.shp", LOOSE)
+    with pytest.raises(QuickSamError, match="does not exist"):
+        segment_everything(store, tmp_path / "missing" / "out.gpkg", LOOSE)
+    with pytest.raises(QuickSamError, match="points per side"):
+        segment_everything(store, tmp_path / "out.gpkg", AutoMaskSettings(points_per_side=0))
+    far_away = ogr.CreateGeometryFromWkt("POLYGON ((0 0, 1 0, 1 1, 0 0))").ExportToIsoWkb()
+    with pytest.raises(QuickSamError, match="does not overlap"):
+        segment_everything(store, tmp_path / "out.gpkg", LOOSE, area_wkbs=[bytes(far_away)])
+    # an unfinished run with other settings is not mixed with this one
+    output = tmp_path / "mixed.gpkg"
+    with pytest.raises(Cancelled):
+        segment_everything(store, output, LOOSE, cancelled=lambda: True)
+    other = AutoMaskSettings(**{**LOOSE.to_dict(), "points_per_side": 3})
+    with pytest.raises(QuickSamError, match="other settings"):
+        segment_everything(store, output, other)
+    segment_everything(store, output, other, overwrite=True)
+    assert output.is_file()
+
+
+def test_processing_algorithm_with_an_aoi_in_another_crs(store, tmp_path, qgis_app, plugin):
+    import processing
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+
+    aoi = QgsVectorLayer("Polygon?crs=EPSG:4326", "aoi", "memory")
+    feature = QgsFeature()
+    # around raster pixel (50, 50) of the first tile only (EPSG:32633 -> lon/lat near 15°E, 37.9°N)
+    feature.setGeometry(QgsGeometry.fromWkt("POLYGON ((15.0 37.946, 15.001 37.946, 15.001 37.945, 15.0 37.945, "
+                                            "15.0 37.946))"))
+    aoi.dataProvider().addFeatures([feature])
+    output = tmp_path / "aoi.gpkg"
+    params = {"STORE": str(store.root), "AOI": aoi, "POINTS_PER_SIDE": 4, "PRED_IOU_THRESH": 0.0,
+              "STABILITY_SCORE_THRESH": 0.0, "OUTPUT": str(output)}
+    results = processing.run("quicksam:segmentall", params)
+    assert results["TILES"] == 1 and results["OUTPUT"] == str(output)
+    assert {r["tile_ids"] for r in read_rows(output)} == {"r0000c0000"}
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match="exists"):
+        processing.run("quicksam:segmentall", params)
+
+
+@pytest.mark.slow
+def test_cli_segment_all(store, tmp_path, reference):
+    output = tmp_path / "cli.gpkg"
+    loose = ["--points-per-side", "4", "--points-per-batch", "5", "--pred-iou-thresh", "0",
+             "--stability-score-thresh", "0", "--box-nms-thresh", "0.9", "--min-mask-region-area", "4"]
+    result = run_cli("segment-all", store.root, "--output", output, *loose)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["output"] == str(output) and summary["tiles"] == 2
+    assert signature(read_rows(output)) == signature(reference)
+    again = run_cli("segment-all", store.root, "--output", output, *loose)
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "exists" in again.stderr
+    missing = run_cli("segment-all", tmp_path / "nothing", "--output", tmp_path / "x.gpkg")
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    assert os.listdir(tmp_path) == ["cli.gpkg"]
