@@ -7,11 +7,13 @@ memory depends on the batch size, never on the raster size.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import queue
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -144,6 +146,16 @@ def build_manifest(request: EncodeRequest, info: RasterInfo, bands: List[int], g
     }
 
 
+def yield_to_model() -> None:
+    """Lower this helper thread's scheduling priority (Linux), so that reading and writing take the CPU
+    the model leaves free instead of stalling its parallel kernels; elsewhere a no-op."""
+    native_id = getattr(threading, "get_native_id", None)
+    if native_id is None or not hasattr(os, "setpriority") or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, native_id(), 10)
+
+
 class TilePipeline:
     """Runs reader -> model -> writer for the pending tiles of one store."""
 
@@ -202,6 +214,7 @@ class TilePipeline:
         return False
 
     def _read(self, tiles: List[Tile]) -> None:
+        yield_to_model()
         try:
             with WindowReader(self.raster, self.store.manifest["preprocessing"]["bands"]) as reader:
                 for tile in tiles:
@@ -248,6 +261,7 @@ class TilePipeline:
                 self._outputs.put(("done", tile, tile_features, valid_fraction))
 
     def _write(self) -> None:
+        yield_to_model()
         while True:
             item = self._outputs.get()
             if item is _END:
