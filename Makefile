@@ -46,6 +46,7 @@ test: install
 bench: install
 	$(PY) bench/encode.py
 	$(PY) bench/decode.py
+	$(PY) bench/segment_all.py
 
 clean-venv:
 	rm -rf $(VENV) $(STAMPS)
