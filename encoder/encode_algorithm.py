@@ -16,7 +16,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -34,14 +33,13 @@ from qgis.core import (
     QgsRasterLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication
-from qgis.PyQt.QtGui import QIcon
 
 from ..settings import encoder_python
+from .algorithm_base import QuickSamAlgorithm
 from .catalogue import DEFAULT_MODEL, MODELS
 from .errors import Cancelled, QuickSamError
 from .subprocess_runner import DEFAULT_MODULE, encoder_command, run_encoder_process
 
-ICON_PATH = Path(__file__).resolve().parent.parent / "icons" / "encode.svg"
 MODEL_NAMES: List[str] = list(MODELS)
 DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 #: The tile size the models are trained at; TILE_SIZE = 0 means this.
@@ -201,8 +199,11 @@ class EncoderEventReporter:
                 summary=json.dumps(event["summary"], default=str)))
 
 
-class EncodeRasterAlgorithm(QgsProcessingAlgorithm):
+class EncodeRasterAlgorithm(QuickSamAlgorithm):
     """Encode a raster with a SAM image encoder into a resumable feature store."""
+
+    GROUP_ID = "encoding"
+    ICON = "encode.svg"
 
     INPUT = "INPUT"
     BANDS = "BANDS"
@@ -229,17 +230,9 @@ class EncodeRasterAlgorithm(QgsProcessingAlgorithm):
     def displayName(self) -> str:
         return _tr("Encode raster for SAM")
 
-    def group(self) -> str:
-        return _tr("Encoding")
 
-    def groupId(self) -> str:
-        return "encoding"
 
-    def icon(self) -> QIcon:
-        return QIcon(str(ICON_PATH))
 
-    def svgIconPath(self) -> str:
-        return str(ICON_PATH)
 
     def shortHelpString(self) -> str:
         return _tr(
@@ -266,8 +259,6 @@ class EncodeRasterAlgorithm(QgsProcessingAlgorithm):
             "<p>Outputs: the feature store folder and its tile index (a GeoPackage of tile "
             "footprints).</p>")
 
-    def createInstance(self) -> EncodeRasterAlgorithm:
-        return EncodeRasterAlgorithm()
 
     # -- parameters -------------------------------------------------------------------------------
 

@@ -19,7 +19,6 @@ from qgis.core import (
     QgsFeatureRequest,
     QgsFeatureSink,
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeatureSource,
@@ -36,15 +35,13 @@ from qgis.core import (
     QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QCoreApplication
-from qgis.PyQt.QtGui import QIcon
 
+from ..encoder.algorithm_base import QuickSamAlgorithm
 from ..encoder.errors import QuickSamError
 from ..encoder.store import DECODER_ONNX, FeatureStore
 from .engine import MASK_MODES, SegmentEngine
 from .output import FeatureBuilder, output_fields, raster_crs
 from .prompt_input import PromptObject, SkippedObject, group_records, read_prompt_records
-
-ICON_PATH = Path(__file__).resolve().parent.parent / "icons" / "quicksam.svg"
 
 
 def _tr(message: str) -> str:
@@ -70,8 +67,11 @@ def open_store(path: str) -> FeatureStore:
     return store
 
 
-class SegmentPromptsAlgorithm(QgsProcessingAlgorithm):
+class SegmentPromptsAlgorithm(QuickSamAlgorithm):
     """Segment one object per prompt point, per polygon's box, or per group of prompts."""
+
+    GROUP_ID = "segmentation"
+    ICON = "quicksam.svg"
 
     STORE = "STORE"
     PROMPTS = "PROMPTS"
@@ -93,17 +93,9 @@ class SegmentPromptsAlgorithm(QgsProcessingAlgorithm):
     def displayName(self) -> str:
         return _tr("Segment objects from prompts")
 
-    def group(self) -> str:
-        return _tr("Segmentation")
 
-    def groupId(self) -> str:
-        return "segmentation"
 
-    def icon(self) -> QIcon:
-        return QIcon(str(ICON_PATH))
 
-    def svgIconPath(self) -> str:
-        return str(ICON_PATH)
 
     def shortHelpString(self) -> str:
         return _tr(
@@ -127,8 +119,6 @@ class SegmentPromptsAlgorithm(QgsProcessingAlgorithm):
             "model's IoU estimate), area_m2 (planar for projected CRSs, ellipsoidal otherwise), fg_points, "
             "bg_points, box, model, checkpoint (SHA-256), tile_id, created (UTC).</p>")
 
-    def createInstance(self) -> SegmentPromptsAlgorithm:
-        return SegmentPromptsAlgorithm()
 
     # -- parameters -------------------------------------------------------------------------------
 

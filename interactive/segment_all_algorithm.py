@@ -15,7 +15,6 @@ from qgis.core import (
     QgsCoordinateTransform,
     QgsGeometry,
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -30,15 +29,14 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 from qgis.PyQt.QtCore import QCoreApplication
-from qgis.PyQt.QtGui import QIcon
 
+from ..encoder.algorithm_base import QuickSamAlgorithm
 from ..encoder.errors import Cancelled, QuickSamError
 from .automatic import AutoMaskSettings, segment_everything
 from .engine import MASK_MODES
 from .output import raster_crs
 from .segment_algorithm import open_store
 
-ICON_PATH = Path(__file__).resolve().parent.parent / "icons" / "quicksam.svg"
 DEFAULTS = AutoMaskSettings()
 
 
@@ -46,8 +44,11 @@ def _tr(message: str) -> str:
     return QCoreApplication.translate("SegmentAllAlgorithm", message)
 
 
-class SegmentAllAlgorithm(QgsProcessingAlgorithm):
+class SegmentAllAlgorithm(QuickSamAlgorithm):
     """Segment everything on a feature store, merged across tile borders."""
+
+    GROUP_ID = "segmentation"
+    ICON = "quicksam.svg"
 
     STORE = "STORE"
     AOI = "AOI"
@@ -74,17 +75,9 @@ class SegmentAllAlgorithm(QgsProcessingAlgorithm):
     def displayName(self) -> str:
         return _tr("Segment everything (automatic masks)")
 
-    def group(self) -> str:
-        return _tr("Segmentation")
 
-    def groupId(self) -> str:
-        return "segmentation"
 
-    def icon(self) -> QIcon:
-        return QIcon(str(ICON_PATH))
 
-    def svgIconPath(self) -> str:
-        return str(ICON_PATH)
 
     def shortHelpString(self) -> str:
         return _tr(
@@ -102,8 +95,6 @@ class SegmentAllAlgorithm(QgsProcessingAlgorithm):
             "<p>Attributes: id, score (predicted IoU), stability, area (map units²), tile_ids, model, "
             "checkpoint (SHA-256).</p>")
 
-    def createInstance(self) -> SegmentAllAlgorithm:
-        return SegmentAllAlgorithm()
 
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:
         self._add(QgsProcessingParameterFile(self.STORE, _tr("Feature store"),

@@ -1,0 +1,34 @@
+"""What every QuickSAM Processing algorithm shares: its group, its icon, how it is copied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import QgsProcessingAlgorithm
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+ICONS = Path(__file__).resolve().parent.parent / "icons"
+GROUP_NAMES = {"encoding": "Encoding", "segmentation": "Segmentation"}
+
+
+class QuickSamAlgorithm(QgsProcessingAlgorithm):
+    """Base of the provider's algorithms: subclasses set GROUP_ID and ICON (a file in icons/)."""
+
+    GROUP_ID = "segmentation"
+    ICON = "quicksam.svg"
+
+    def group(self) -> str:
+        return QCoreApplication.translate("QuickSAM", GROUP_NAMES[self.GROUP_ID])
+
+    def groupId(self) -> str:
+        return self.GROUP_ID
+
+    def icon(self) -> QIcon:
+        return QIcon(self.svgIconPath())
+
+    def svgIconPath(self) -> str:
+        return str(ICONS / self.ICON)
+
+    def createInstance(self) -> QgsProcessingAlgorithm:
+        return type(self)()
