@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..encoder.errors import QuickSamError
+
 LOW_RES_LOGIT_CLAMP = 32.0
 
 
@@ -214,7 +216,12 @@ class OnnxDecoder:
 
     def __init__(self, onnx_path: Path, family: str, feature_names: Sequence[str], image_size: int,
                  settings: DecoderSettings, threads: Optional[int] = None):
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise QuickSamError(
+                "the decoder needs onnxruntime, which this Python (QGIS's) cannot import; install it for "
+                "the Python QGIS uses (README, 'Installing into QGIS') and restart QGIS") from exc
 
         options = ort.SessionOptions()
         if threads:

@@ -222,3 +222,21 @@ def test_cropped_mask_upsampling_equals_full_upsampling():
     expected = upsample_logits(logits, 256) > 0
     np.testing.assert_array_equal(upsample_masks(logits, 256, 0.0), expected)
     assert expected[0].any() and expected[1].any() and not expected[2].any()
+
+
+def test_missing_onnxruntime_is_a_clear_message(monkeypatch, tmp_path):
+    import builtins
+
+    from quicksam.encoder.errors import QuickSamError
+    from quicksam.interactive.decoding import DecoderSettings
+
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    with pytest.raises(QuickSamError, match="needs onnxruntime"):
+        OnnxDecoder(tmp_path / "decoder.onnx", "sam2", ["image_embed"], 256, DecoderSettings())
