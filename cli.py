@@ -468,6 +468,24 @@ def _open_prompt_layer(args, crs):
     return layer, args.group_field or "", args.label_field or "", None
 
 
+def _run_algorithm(algorithm_id: str, parameters: dict, project, feedback) -> Dict[str, object]:
+    """processing.run of one of our algorithms on a private project; its layers are released before
+    QGIS exits. QuickSamError (one line) when the algorithm refuses or fails."""
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingException
+
+    context = QgsProcessingContext()
+    context.setProject(project)
+    context.setFeedback(feedback)
+    try:
+        return processing.run(algorithm_id, parameters, feedback=feedback, context=context,
+                              onFinish=lambda *_: None)
+    except QgsProcessingException as exc:
+        raise QuickSamError(_one_line(str(exc))) from None
+    finally:
+        project.removeAllMapLayers()
+
+
 def _run_segment_algorithm(args, partial: Path) -> Tuple[Dict[str, object], List[str]]:
     """Run quicksam:segmentprompts into `partial`; (results, skipped-object messages).
 
@@ -475,11 +493,9 @@ def _run_segment_algorithm(args, partial: Path) -> Tuple[Dict[str, object], List
     still alive when QGIS exits crashes the interpreter's shutdown, and Processing keeps a reference to
     the parameters of a failed run, so the layer is passed by id, never as an object.
     """
-    import processing
     from osgeo import gdal
     from qgis.core import (
         QgsCoordinateReferenceSystem,
-        QgsProcessingContext,
         QgsProcessingException,
         QgsProcessingFeedback,
         QgsProcessingOutputLayerDefinition,
@@ -522,21 +538,11 @@ def _run_segment_algorithm(args, partial: Path) -> Tuple[Dict[str, object], List
         algorithm.KEEP_HOLES: not args.fill_holes, algorithm.OUTPUT: destination,
     }
     feedback = CollectingFeedback()
-    context = QgsProcessingContext()
-    context.setProject(project)
-    context.setFeedback(feedback)
-    results, failure = {}, None
     try:
-        results = processing.run("quicksam:segmentprompts", parameters, feedback=feedback, context=context,
-                                 onFinish=lambda *_: None)
-    except QgsProcessingException as exc:
-        failure = _one_line(str(exc))
+        results = _run_algorithm("quicksam:segmentprompts", parameters, project, feedback)
     finally:
-        project.removeAllMapLayers()
         if vsimem:
             gdal.Unlink(vsimem)
-    if failure is not None:
-        raise QuickSamError(failure)
     summary = {key: results.get(key) for key in (algorithm.SEGMENTED, algorithm.SKIPPED)}
     return summary, [message for message in feedback.errors if " skipped: " in message]
 
@@ -584,8 +590,7 @@ def _cmd_segment(args, events: EventWriter) -> int:
 
 def _run_segment_all_algorithm(args, events: EventWriter) -> Dict[str, object]:
     """Run quicksam:segmentall on args; its results. Cancellation (Ctrl+C) keeps finished tiles."""
-    import processing
-    from qgis.core import QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback, QgsProject
+    from qgis.core import QgsProcessingFeedback, QgsProject
 
     from .interactive.segment_all_algorithm import SegmentAllAlgorithm as Algorithm
 
@@ -617,19 +622,7 @@ def _run_segment_all_algorithm(args, events: EventWriter) -> Dict[str, object]:
     feedback = QgsProcessingFeedback()
     feedback.progressChanged.connect(lambda percent: events.emit("progress", done=round(percent), total=100,
                                                                  percent=round(percent, 2)))
-    context = QgsProcessingContext()
-    context.setProject(project)
-    context.setFeedback(feedback)
-    failure = None
-    try:
-        results = processing.run("quicksam:segmentall", parameters, feedback=feedback, context=context,
-                                 onFinish=lambda *_: None)
-    except QgsProcessingException as exc:
-        failure = _one_line(str(exc))
-    finally:
-        project.removeAllMapLayers()
-    if failure is not None:
-        raise QuickSamError(failure)
+    results = _run_algorithm("quicksam:segmentall", parameters, project, feedback)
     return {"output": results[Algorithm.OUTPUT], "layer": "segments", "objects": results[Algorithm.OBJECTS],
             "tiles": results[Algorithm.TILES]}
 

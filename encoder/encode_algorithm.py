@@ -230,10 +230,6 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
     def displayName(self) -> str:
         return _tr("Encode raster for SAM")
 
-
-
-
-
     def shortHelpString(self) -> str:
         return _tr(
             "<p>Runs a Segment Anything image encoder (SAM 2.1, SAM 2 or SAM) once over a raster and "

@@ -93,10 +93,6 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
     def displayName(self) -> str:
         return _tr("Segment objects from prompts")
 
-
-
-
-
     def shortHelpString(self) -> str:
         return _tr(
             "<p>Segments objects on an encoded raster (a <b>feature store</b>) from prompts in a point or "

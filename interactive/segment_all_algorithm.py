@@ -75,10 +75,6 @@ class SegmentAllAlgorithm(QuickSamAlgorithm):
     def displayName(self) -> str:
         return _tr("Segment everything (automatic masks)")
 
-
-
-
-
     def shortHelpString(self) -> str:
         return _tr(
             "<p>Finds every object on an encoded raster (a <b>feature store</b>) with SAM's automatic mask "
