@@ -121,13 +121,17 @@ class FeatureStore:
 
     def __init__(self, root: Path, manifest: dict):
         self.root = Path(root)
+        self._use_manifest(manifest)
+        self._records: Optional[Dict[str, TileRecord]] = None
+        self._verified: set = set()
+
+    def _use_manifest(self, manifest: dict) -> None:
+        """What the rest of the class reads from the manifest."""
         self.manifest = manifest
         self.grid = TileGrid.from_dict(manifest["grid"])
         self.layout = [ArrayLayout(a["name"], tuple(a["shape"]), a["offset"])
                        for a in manifest["features"]["arrays"]]
         self.dtype = np.dtype(manifest["features"]["dtype"])
-        self._records: Optional[Dict[str, TileRecord]] = None
-        self._verified: set = set()
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -183,7 +187,7 @@ class FeatureStore:
     def update_manifest(self, manifest: dict) -> None:
         """Replace the manifest (atomically) once the model has filled in the feature layout."""
         atomic_write_json(self.root / MANIFEST, manifest)
-        self.__init__(self.root, manifest)
+        self._use_manifest(manifest)
 
     def discard_partial_writes(self) -> None:
         """Remove temporary files and a torn last log line left by a killed run (only inside this store)."""
