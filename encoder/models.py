@@ -117,7 +117,8 @@ class SegmentModel:
         return self.feature_names() + list(DECODER_EXTRA_INPUTS)
 
     def export_decoder_onnx(self, path: Path) -> None:
-        """Write the prompt encoder + mask decoder as ONNX (opset 17, any number of points)."""
+        """Write the prompt encoder + mask decoder as ONNX (opset 17): any number of objects per call (the
+        batch axis of the prompts and outputs; the tile's features are shared), any number of points."""
         graph = self.decoder_graph().cpu()
         dummy = Prompts(points=np.array([[10.0, 10.0]]), labels=np.array([1]))
         features = {spec.name: np.zeros(spec.shape, dtype=np.float32)
@@ -129,7 +130,9 @@ class SegmentModel:
             warnings.simplefilter("ignore")  # tracer notes about shape asserts in the packages' code
             torch.onnx.export(
                 graph, inputs, str(tmp), input_names=names, output_names=["mask_logits", "scores"],
-                dynamic_axes={"point_coords": {1: "points"}, "point_labels": {1: "points"}},
+                dynamic_axes={"point_coords": {0: "objects", 1: "points"}, "point_labels": {0: "objects", 1: "points"},
+                              "mask_input": {0: "objects"}, "has_mask_input": {0: "objects"},
+                              "mask_logits": {0: "objects"}, "scores": {0: "objects"}},
                 opset_version=17, do_constant_folding=True, dynamo=False,
             )
         tmp.replace(path)
@@ -178,6 +181,8 @@ class _Sam2DecoderGraph(nn.Module):
                 has_mask_input):
         sparse = _embed_points(self.prompt_encoder, point_coords, point_labels, self.image_size)
         dense = _dense_embedding(self.prompt_encoder, mask_input, has_mask_input)
+        # one tile, many objects: the image features are shared by every prompt of the batch
+        image_embed = image_embed.expand(point_coords.shape[0], -1, -1, -1)
         masks, scores, _, _ = self.mask_decoder.predict_masks(
             image_embeddings=image_embed, image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, repeat_image=False,

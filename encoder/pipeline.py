@@ -33,6 +33,9 @@ from .tiling import DEFAULT_OVERLAP, PixelWindow, Tile, TileGrid
 
 LOG = logging.getLogger("quicksam")
 _END = object()
+#: Bumped when the decoder export changes, so cached exports of an older form are not reused
+#: (2: a batch axis for objects).
+DECODER_EXPORT_VERSION = 2
 
 
 @dataclass
@@ -352,7 +355,8 @@ def install_decoder(store: FeatureStore, model: object) -> None:
     size into the user cache (an export takes seconds; a copy takes milliseconds)."""
     from .checkpoints import cache_dir
 
-    cached = cache_dir() / "decoders" / f"{store.model_name}-{store.checkpoint_sha256}-{store.image_size}.onnx"
+    name = f"{store.model_name}-{store.checkpoint_sha256}-{store.image_size}-v{DECODER_EXPORT_VERSION}.onnx"
+    cached = cache_dir() / "decoders" / name
     if not cached.is_file():
         cached.parent.mkdir(parents=True, exist_ok=True)
         model.export_decoder_onnx(cached)

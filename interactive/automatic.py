@@ -2,47 +2,42 @@
 no QGIS, no torch, no rasterio, no shapely: this runs inside QGIS's process).
 
 Per encoded tile: a grid of point prompts over the tile's valid area is decoded by the store's ONNX
-decoder (the same `OnnxDecoder` as the dock), masks are filtered by predicted IoU and stability, small
-regions removed, duplicates suppressed (NMS on boxes), and every surviving mask is handed to the
-ownership rule (`assign_masks`), which decides whether the tile writes it now (`complete`), or stages
-the part of it that lies in the tile's owned region (`piece`) for the cross-tile merge
-(`merge_staged`). docs/segment-everything.md states the rule; tests feed it synthetic masks.
-
-Coordinates: `TileMask` and `TileRegion` are in raster pixels (col, row), half-open; polygons out are
-in the raster's CRS.
+decoder (the same `OnnxDecoder` as the dock, `points_per_batch` prompts per call), masks are filtered
+by predicted IoU and stability, small regions removed and duplicates suppressed (NMS on boxes); then
+the ownership rule and the streamed cross-tile merge (`tile_merge`) decide what the tile writes now and
+what waits for its neighbours. docs/segment-everything.md states the rule; tests feed it synthetic masks.
 
 Run file: the output GeoPackage is built under OUT.partial.gpkg, which also holds the run's parameters,
-the finished tiles and the staged pieces; each tile is committed in one transaction, so a killed run
-resumes where it stopped without duplicates. When every tile is done, pieces are merged, staging tables
-dropped and the file renamed to OUT.
+the finished tiles and the staged pieces. A tile's objects, its staged pieces and the merge step it
+allows are committed in one transaction, so a killed run resumes where it stopped without duplicates.
+When every tile is done, the bookkeeping tables are dropped and the file is renamed to OUT.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from ..encoder.errors import Cancelled, QuickSamError
 from ..encoder.store import STATUS_DONE, FeatureStore
 from ..encoder.tiling import Tile
-from .decoding import OnnxDecoder, Prompts, choose_outputs, stability_scores, upsample_masks
+from .decoding import OnnxDecoder, choose_outputs, stability_scores, upsample_masks
 from .engine import MASK_MODES, SegmentEngine
+from .tile_merge import BorderMerge, TileMask, assign_masks, tile_regions, trimmed
 from .vectorise import Polygons, mask_to_polygons
 
 OUTPUT_LAYER = "segments"
 RUN_TABLE = "quicksam_run"
 TILE_TABLE = "quicksam_tiles"
 STAGED_TABLE = "quicksam_staged"
-MERGED_MARKER = "__merged__"
-#: A staged piece covered this much by a mask another tile kept whole is a copy of it, not an object.
-COVERED_FRACTION = 0.5
-#: Pieces on two sides of a border are one object when their footprints on the border overlap this much.
-BORDER_MATCH_IOU = 0.5
+#: Part of a run's identity: a run file staged under another rule is not resumed with this one.
+MERGE_RULE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -50,7 +45,7 @@ class AutoMaskSettings:
     """SAM's automatic mask generator parameters, plus QuickSAM's object filters.
 
     points_per_side: grid points per tile side (points_per_side² prompts per tile);
-    points_per_batch: prompts decoded before filtering (bounds memory; the graph decodes one at a time);
+    points_per_batch: prompts decoded in one call of the decoder (memory grows with it);
     pred_iou_thresh: minimum predicted IoU; stability_score_thresh / stability_score_offset: minimum IoU of
     the mask thresholded at ±offset (logits); box_nms_thresh: box IoU above which the lower-scored mask of
     a tile is dropped; min_mask_region_area: islands and holes smaller than this many pixels are removed;
@@ -93,242 +88,6 @@ class AutoMaskSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-# -- records -------------------------------------------------------------------------------------------
-
-@dataclass
-class TileMask:
-    """One mask: `crop` (H, W) bool whose pixel (0, 0) is raster pixel (col0, row0); where it came from."""
-
-    tile_id: str
-    col0: int
-    row0: int
-    crop: np.ndarray = field(repr=False)
-    score: float = 1.0
-    stability: float = 1.0
-
-    @property
-    def col1(self) -> int:
-        return self.col0 + self.crop.shape[1]
-
-    @property
-    def row1(self) -> int:
-        return self.row0 + self.crop.shape[0]
-
-    @property
-    def pixels(self) -> int:
-        return int(self.crop.sum())
-
-    def centroid(self) -> Tuple[float, float]:
-        """Mean (col, row) of the mask's pixel centres, raster pixels."""
-        rows, cols = np.nonzero(self.crop)
-        return self.col0 + float(cols.mean()) + 0.5, self.row0 + float(rows.mean()) + 0.5
-
-
-@dataclass(frozen=True)
-class TileRegion:
-    """A tile's valid window and owned region (raster pixels, half-open col0..col1, row0..row1), and which
-    of its sides (left, top, right, bottom) face a processed neighbour ("inner" sides)."""
-
-    tile_id: str
-    window: Tuple[int, int, int, int]
-    owned: Tuple[int, int, int, int]
-    inner: Tuple[bool, bool, bool, bool]
-
-
-@dataclass
-class Assignment:
-    """What one tile does with its masks: writes `complete` ones now; stages `pieces` (its owned part of
-    masks it cannot vouch for) and `spills` (complete masks reaching past its owned region)."""
-
-    complete: List[TileMask] = field(default_factory=list)
-    pieces: List[TileMask] = field(default_factory=list)
-    spills: List[TileMask] = field(default_factory=list)
-
-
-@dataclass
-class MergedObject:
-    """An object put together from staged pieces of one or more tiles."""
-
-    mask: TileMask
-    tile_ids: Tuple[str, ...]
-
-
-# -- ownership (pure) -------------------------------------------------------------------------------------
-
-def _midpoint(end_of_first: int, start_of_second: int) -> int:
-    """Where two overlapping tiles split their overlap [start_of_second, end_of_first)."""
-    return (start_of_second + end_of_first) // 2
-
-
-def tile_regions(tiles: Sequence[Tile]) -> Dict[str, TileRegion]:
-    """Owned regions of the processed `tiles`: each tile owns its window up to the middle of its overlap
-    with each processed neighbour (same grid row/column, next index). Owned regions of a full grid
-    partition its area."""
-    by_position = {(tile.row, tile.col): tile for tile in tiles}
-    regions = {}
-    for tile in tiles:
-        c0, r0 = tile.col_off, tile.row_off
-        c1, r1 = c0 + tile.valid_width, r0 + tile.valid_height
-        left, top = by_position.get((tile.row, tile.col - 1)), by_position.get((tile.row - 1, tile.col))
-        right, bottom = by_position.get((tile.row, tile.col + 1)), by_position.get((tile.row + 1, tile.col))
-        owned = (
-            _midpoint(left.col_off + left.valid_width, c0) if left else c0,
-            _midpoint(top.row_off + top.valid_height, r0) if top else r0,
-            _midpoint(c1, right.col_off) if right else c1,
-            _midpoint(r1, bottom.row_off) if bottom else r1,
-        )
-        regions[tile.tile_id] = TileRegion(tile.tile_id, (c0, r0, c1, r1), owned,
-                                           (left is not None, top is not None, right is not None,
-                                            bottom is not None))
-    return regions
-
-
-def touches_inner_edge(mask: TileMask, region: TileRegion) -> bool:
-    """Whether the mask reaches a side of its tile beyond which a processed neighbour sees more."""
-    c0, r0, c1, r1 = region.window
-    left, top, right, bottom = region.inner
-    return ((left and mask.col0 <= c0) or (top and mask.row0 <= r0) or (right and mask.col1 >= c1)
-            or (bottom and mask.row1 >= r1))
-
-
-def _inside(point: Tuple[float, float], box: Tuple[int, int, int, int]) -> bool:
-    return box[0] <= point[0] < box[2] and box[1] <= point[1] < box[3]
-
-
-def clip_mask(mask: TileMask, box: Tuple[int, int, int, int]) -> Optional[TileMask]:
-    """The part of `mask` inside `box` (raster pixels, half-open), trimmed to its bounds, or None."""
-    c0, r0 = max(mask.col0, box[0]), max(mask.row0, box[1])
-    c1, r1 = min(mask.col1, box[2]), min(mask.row1, box[3])
-    if c0 >= c1 or r0 >= r1:
-        return None
-    crop = mask.crop[r0 - mask.row0:r1 - mask.row0, c0 - mask.col0:c1 - mask.col0]
-    return trimmed(TileMask(mask.tile_id, c0, r0, crop, mask.score, mask.stability))
-
-
-def trimmed(mask: TileMask) -> Optional[TileMask]:
-    """The mask with its crop cut to the bounding box of its pixels, or None if it has none."""
-    rows, cols = np.flatnonzero(mask.crop.any(axis=1)), np.flatnonzero(mask.crop.any(axis=0))
-    if rows.size == 0:
-        return None
-    crop = mask.crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    return TileMask(mask.tile_id, mask.col0 + int(cols[0]), mask.row0 + int(rows[0]), np.ascontiguousarray(crop),
-                    mask.score, mask.stability)
-
-
-def assign_masks(region: TileRegion, masks: Iterable[TileMask]) -> Assignment:
-    """The ownership rule for one tile's masks (docs/segment-everything.md):
-
-    - complete (touches no inner side) and centroid in the owned region: written whole by this tile; if
-      it reaches past the owned region it is also staged as a spill, to cancel other tiles' pieces of it;
-    - otherwise its part inside the owned region, if any, is staged as a piece for the merge.
-    """
-    result = Assignment()
-    for mask in masks:
-        if not touches_inner_edge(mask, region) and _inside(mask.centroid(), region.owned):
-            result.complete.append(mask)
-            c0, r0, c1, r1 = region.owned
-            if mask.col0 < c0 or mask.row0 < r0 or mask.col1 > c1 or mask.row1 > r1:
-                result.spills.append(mask)
-            continue
-        piece = clip_mask(mask, region.owned)
-        if piece is not None:
-            result.pieces.append(piece)
-    return result
-
-
-# -- merging (pure) ----------------------------------------------------------------------------------------
-
-def _overlap_pixels(a: TileMask, b: TileMask) -> int:
-    c0, r0, c1, r1 = max(a.col0, b.col0), max(a.row0, b.row0), min(a.col1, b.col1), min(a.row1, b.row1)
-    if c0 >= c1 or r0 >= r1:
-        return 0
-    return int((a.crop[r0 - a.row0:r1 - a.row0, c0 - a.col0:c1 - a.col0]
-                & b.crop[r0 - b.row0:r1 - b.row0, c0 - b.col0:c1 - b.col0]).sum())
-
-
-def _covered(piece: TileMask, spills: Sequence[TileMask]) -> bool:
-    others = [s for s in spills if s.tile_id != piece.tile_id]
-    if not others:
-        return False
-    union = np.zeros_like(piece.crop)
-    for spill in others:
-        c0, r0 = max(piece.col0, spill.col0), max(piece.row0, spill.row0)
-        c1, r1 = min(piece.col1, spill.col1), min(piece.row1, spill.row1)
-        if c0 < c1 and r0 < r1:
-            union[r0 - piece.row0:r1 - piece.row0, c0 - piece.col0:c1 - piece.col0] |= \
-                spill.crop[r0 - spill.row0:r1 - spill.row0, c0 - spill.col0:c1 - spill.col0]
-    return int((union & piece.crop).sum()) >= COVERED_FRACTION * piece.pixels
-
-
-def _footprints(piece: TileMask, region: TileRegion) -> Iterator[Tuple[Tuple[str, int], str, np.ndarray]]:
-    """(border key, side, positions along the border) for each inner owned side the piece reaches."""
-    c0, r0, c1, r1 = region.owned
-    left, top, right, bottom = region.inner
-    if left and piece.col0 == c0:
-        yield ("v", c0), "after", piece.row0 + np.flatnonzero(piece.crop[:, 0])
-    if right and piece.col1 == c1:
-        yield ("v", c1), "before", piece.row0 + np.flatnonzero(piece.crop[:, -1])
-    if top and piece.row0 == r0:
-        yield ("h", r0), "after", piece.col0 + np.flatnonzero(piece.crop[0, :])
-    if bottom and piece.row1 == r1:
-        yield ("h", r1), "before", piece.col0 + np.flatnonzero(piece.crop[-1, :])
-
-
-def _find(parent: List[int], i: int) -> int:
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
-
-
-def merge_staged(pieces: Sequence[TileMask], spills: Sequence[TileMask],
-                 regions: Dict[str, TileRegion]) -> List[MergedObject]:
-    """Objects from staged pieces: drop pieces mostly covered by another tile's complete mask (a copy of
-    an object that tile wrote), then join pieces of different tiles across each owned-region border when
-    their footprints on the border overlap (1-D IoU >= BORDER_MATCH_IOU; best pairs first, one partner
-    per piece and border), and union each joined group into one mask."""
-    kept = [p for p in pieces if not _covered(p, spills)]
-    borders: Dict[Tuple[str, int], Dict[str, List[Tuple[int, set]]]] = {}
-    for index, piece in enumerate(kept):
-        for key, side, positions in _footprints(piece, regions[piece.tile_id]):
-            if positions.size:
-                borders.setdefault(key, {"before": [], "after": []})[side].append((index, set(positions.tolist())))
-    parent = list(range(len(kept)))
-    for sides in borders.values():
-        pairs = []
-        for i, before in sides["before"]:
-            for j, after in sides["after"]:
-                if kept[i].tile_id == kept[j].tile_id:
-                    continue
-                iou = len(before & after) / len(before | after)
-                if iou >= BORDER_MATCH_IOU:
-                    pairs.append((iou, i, j))
-        used_before, used_after = set(), set()
-        for _, i, j in sorted(pairs, reverse=True):
-            if i in used_before or j in used_after:
-                continue
-            used_before.add(i)
-            used_after.add(j)
-            parent[_find(parent, i)] = _find(parent, j)
-    groups: Dict[int, List[int]] = {}
-    for index in range(len(kept)):
-        groups.setdefault(_find(parent, index), []).append(index)
-    return [_union([kept[i] for i in members]) for members in groups.values()]
-
-
-def _union(parts: Sequence[TileMask]) -> MergedObject:
-    c0, r0 = min(p.col0 for p in parts), min(p.row0 for p in parts)
-    c1, r1 = max(p.col1 for p in parts), max(p.row1 for p in parts)
-    canvas = np.zeros((r1 - r0, c1 - c0), dtype=bool)
-    for part in parts:
-        canvas[part.row0 - r0:part.row1 - r0, part.col0 - c0:part.col1 - c0] |= part.crop
-    weights = np.array([p.pixels for p in parts], dtype=float)
-    score = float(np.average([p.score for p in parts], weights=weights))
-    stability = float(np.average([p.stability for p in parts], weights=weights))
-    tile_ids = tuple(sorted({p.tile_id for p in parts}))
-    return MergedObject(TileMask(",".join(tile_ids), c0, r0, canvas, score, stability), tile_ids)
 
 
 # -- masks of one tile ---------------------------------------------------------------------------------------
@@ -394,9 +153,9 @@ def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile
     found: List[TileMask] = []
     points = point_grid(tile, settings.points_per_side)
     for start in range(0, len(points), settings.points_per_batch):
+        batch_logits, batch_scores = decoder.raw_points(features, points[start:start + settings.points_per_batch])
         logits, scores = [], []
-        for x, y in points[start:start + settings.points_per_batch]:
-            all_logits, all_scores = decoder.raw(features, Prompts(points=[[x, y]], labels=[1]))
+        for all_logits, all_scores in zip(batch_logits, batch_scores):
             chosen = choose_outputs(all_logits, all_scores, settings.mask_mode != "single", decoder.settings)
             chosen = _pick(chosen, all_logits, all_scores, settings.mask_mode)
             logits.append(all_logits[chosen])
@@ -497,7 +256,7 @@ class RunFile:
         self.dataset = dataset
         self.segments = dataset.GetLayerByName(OUTPUT_LAYER)
         self.tiles = dataset.GetLayerByName(TILE_TABLE)
-        self.staged = dataset.GetLayerByName(STAGED_TABLE)
+        self.staged_layer = dataset.GetLayerByName(STAGED_TABLE)
 
     @classmethod
     def create(cls, path: Path, crs_wkt: str, identity: dict) -> RunFile:
@@ -542,6 +301,13 @@ class RunFile:
                                 "again")
         return cls(path, dataset)
 
+    def object_count(self, joined: bool = False) -> int:
+        """Objects written so far (`joined`: only those put together from pieces of several tiles)."""
+        self.segments.SetAttributeFilter("tile_ids LIKE '%,%'" if joined else None)
+        count = self.segments.GetFeatureCount()
+        self.segments.SetAttributeFilter(None)
+        return count
+
     def finished_tiles(self) -> set:
         return {feature["tile_id"] for feature in self.tiles}
 
@@ -551,45 +317,81 @@ class RunFile:
         self.dataset.ReleaseResultSet(result)
         return int(value or 0) + 1
 
-    def commit_tile(self, tile_id: str, objects: Sequence[Tuple[Polygons, dict]],
-                    staged: Sequence[Tuple[str, TileMask]]) -> None:
-        """One transaction: a tile's objects, its staged masks, and its line in the finished tiles."""
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything inside is committed together, or not at all."""
+        self.dataset.StartTransaction()
+        try:
+            yield
+        except BaseException:
+            self.dataset.RollbackTransaction()
+            raise
+        self.dataset.CommitTransaction()
+
+    def write_objects(self, objects: Sequence[Tuple[Polygons, dict]]) -> None:
         from osgeo import ogr
 
-        self.dataset.StartTransaction()
         for polygons, attributes in objects:
             feature = ogr.Feature(self.segments.GetLayerDefn())
             feature.SetGeometry(ogr.CreateGeometryFromWkb(polygons.wkb))
             for name, value in attributes.items():
                 feature[name] = value
             self.segments.CreateFeature(feature)
-        for kind, mask in staged:
-            feature = ogr.Feature(self.staged.GetLayerDefn())
+
+    def mark_done(self, tile_id: str) -> None:
+        from osgeo import ogr
+
+        marker = ogr.Feature(self.tiles.GetLayerDefn())
+        marker["tile_id"] = tile_id
+        self.tiles.CreateFeature(marker)
+
+    # -- tile_merge.Staging: staged masks wait in a table, packed to bits --------------------------------
+    def stage(self, kind: str, masks: Iterable[TileMask]) -> None:
+        from osgeo import ogr
+
+        for mask in masks:
+            feature = ogr.Feature(self.staged_layer.GetLayerDefn())
             for name, value in (("tile_id", mask.tile_id), ("kind", kind), ("col0", mask.col0), ("row0", mask.row0),
                                 ("width", mask.crop.shape[1]), ("height", mask.crop.shape[0]),
                                 ("score", mask.score), ("stability", mask.stability)):
                 feature[name] = value
             feature.SetFieldBinaryFromHexString("bits", np.packbits(mask.crop).tobytes().hex())
-            self.staged.CreateFeature(feature)
-        marker = ogr.Feature(self.tiles.GetLayerDefn())
-        marker["tile_id"] = tile_id
-        self.tiles.CreateFeature(marker)
-        self.dataset.CommitTransaction()
+            self.staged_layer.CreateFeature(feature)
 
-    def staged_masks(self) -> Tuple[List[TileMask], List[TileMask]]:
-        pieces, spills = [], []
-        for feature in self.staged:
-            height, width = feature["height"], feature["width"]
-            bits = np.frombuffer(bytes.fromhex(feature.GetFieldAsBinary("bits").hex()), np.uint8)
-            crop = np.unpackbits(bits)[:height * width].reshape(height, width).astype(bool)
-            mask = TileMask(feature["tile_id"], feature["col0"], feature["row0"], crop, feature["score"],
-                            feature["stability"])
-            (pieces if feature["kind"] == "piece" else spills).append(mask)
-        return pieces, spills
+    def staged(self, kind: str, tile_ids: Collection[str]) -> Dict[int, TileMask]:
+        found: Dict[int, TileMask] = {}
+        ids = sorted(tile_ids)
+        for start in range(0, len(ids), 500):
+            chunk = _sql_list(ids[start:start + 500])
+            self.staged_layer.SetAttributeFilter(f"kind = '{kind}' AND tile_id IN ({chunk})")
+            for feature in self.staged_layer:
+                found[feature.GetFID()] = _staged_mask(feature)
+        self.staged_layer.SetAttributeFilter(None)
+        return found
+
+    def tiles_with(self, kind: str) -> Set[str]:
+        result = self.dataset.ExecuteSQL(f"SELECT DISTINCT tile_id FROM {STAGED_TABLE} WHERE kind = '{kind}'")
+        tiles = {feature.GetField(0) for feature in result}
+        self.dataset.ReleaseResultSet(result)
+        return tiles
+
+    def unstage(self, keys: Iterable[int]) -> None:
+        for key in keys:
+            self.staged_layer.DeleteFeature(int(key))
+
+    def unstage_tiles(self, kind: str, tile_ids: Collection[str]) -> None:
+        ids = sorted(tile_ids)
+        for start in range(0, len(ids), 500):
+            self.dataset.ExecuteSQL(f"DELETE FROM {STAGED_TABLE} WHERE kind = '{kind}' AND "
+                                    f"tile_id IN ({_sql_list(ids[start:start + 500])})")
+
+    def staged_count(self) -> int:
+        self.staged_layer.ResetReading()
+        return self.staged_layer.GetFeatureCount()
 
     def finish(self) -> None:
         """Drop the bookkeeping tables and close (the caller renames the file)."""
-        self.segments = self.tiles = self.staged = None
+        self.segments = self.tiles = self.staged_layer = None
         for name in (STAGED_TABLE, TILE_TABLE, RUN_TABLE):
             names = [self.dataset.GetLayerByIndex(i).GetName() for i in range(self.dataset.GetLayerCount())]
             if name in names and self.dataset.DeleteLayer(names.index(name)) != 0:
@@ -597,8 +399,19 @@ class RunFile:
         self.close()
 
     def close(self) -> None:
-        self.segments = self.tiles = self.staged = None
+        self.segments = self.tiles = self.staged_layer = None
         self.dataset = None
+
+
+def _sql_list(values: Sequence[str]) -> str:
+    return ", ".join("'" + value.replace("'", "''") + "'" for value in values)
+
+
+def _staged_mask(feature) -> TileMask:
+    height, width = feature["height"], feature["width"]
+    bits = np.frombuffer(feature.GetFieldAsBinary("bits"), np.uint8)
+    crop = np.unpackbits(bits)[:height * width].reshape(height, width).astype(bool)
+    return TileMask(feature["tile_id"], feature["col0"], feature["row0"], crop, feature["score"], feature["stability"])
 
 
 # -- the whole run -----------------------------------------------------------------------------------------
@@ -624,7 +437,8 @@ def run_identity(store: FeatureStore, settings: AutoMaskSettings, tiles: Sequenc
     """What must be equal for a run to resume: the store's content, the settings and the tiles."""
     return {"store_fingerprint": store.manifest["raster"].get("fingerprint"), "model": store.model_name,
             "checkpoint": store.checkpoint_sha256, "grid": [store.grid.tile_size, store.grid.overlap],
-            "settings": settings.to_dict(), "tiles": sorted(tile.tile_id for tile in tiles)}
+            "settings": settings.to_dict(), "tiles": sorted(tile.tile_id for tile in tiles),
+            "merge_rule": MERGE_RULE_VERSION}
 
 
 class ObjectWriter:
@@ -678,40 +492,36 @@ def segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSett
         _remove_gpkg(work)
     run = RunFile.open(work, identity) if work.exists() else RunFile.create(work, store.crs_wkt, identity)
     try:
-        finished = run.finished_tiles()
-        resumed = len(finished - {MERGED_MARKER})
-        regions = tile_regions(tiles)
+        done = run.finished_tiles()
+        resumed = len(done)
+        merge = BorderMerge(tile_regions(list(store.grid), {tile.tile_id for tile in tiles}))
         writer = ObjectWriter(store, settings, run.next_id())
-        objects = run.segments.GetFeatureCount()
-        for done, tile in enumerate(tiles, start=1):
-            if tile.tile_id in finished:
+        for tile in tiles:
+            if tile.tile_id in done:
                 continue
             if cancelled is not None and cancelled():
-                raise Cancelled(f"stopped after {len(run.finished_tiles())} of {len(tiles)} tiles; run the same "
-                                "command again to resume")
+                raise Cancelled(f"stopped after {len(done)} of {len(tiles)} tiles; run the same command again "
+                                "to resume")
             masks = tile_masks(engine.decoder, engine.cache.get(tile.tile_id), tile, settings)
-            assignment = assign_masks(regions[tile.tile_id], masks)
-            written = writer.objects((mask, (tile.tile_id,)) for mask in assignment.complete)
-            staged = [("piece", m) for m in assignment.pieces] + [("spill", m) for m in assignment.spills]
-            run.commit_tile(tile.tile_id, written, staged)
-            objects += len(written)
+            assignment = assign_masks(merge.regions[tile.tile_id], masks)
+            with run.transaction():
+                run.write_objects(writer.objects((mask, (tile.tile_id,)) for mask in assignment.complete))
+                merged = merge.tile_done(run, done | {tile.tile_id}, tile.tile_id, assignment)
+                run.write_objects(writer.objects((item.mask, item.tile_ids) for item in merged))
+                run.mark_done(tile.tile_id)
+            done.add(tile.tile_id)
             if progress is not None:
-                progress(SegmentAllProgress(done, len(tiles), tile.tile_id, objects))
-        merged = 0
-        if MERGED_MARKER not in finished:
-            pieces, spills = run.staged_masks()
-            merged_objects = writer.objects((item.mask, item.tile_ids)
-                                            for item in merge_staged(pieces, spills, regions))
-            run.commit_tile(MERGED_MARKER, merged_objects, [])
-            merged = len(merged_objects)
-            objects += merged
+                progress(SegmentAllProgress(len(done), len(tiles), tile.tile_id, run.object_count()))
+        if run.staged_count():
+            raise QuickSamError(f"'{work}' still holds staged pieces after the last tile; delete it and run again")
+        objects, merged_objects = run.object_count(), run.object_count(joined=True)
         run.finish()
     finally:
         run.close()
     if output.exists():
         _remove_gpkg(output)
     os.replace(work, output)
-    return SegmentAllResult(output, len(tiles), resumed, objects, merged)
+    return SegmentAllResult(output, len(tiles), resumed, objects, merged_objects)
 
 
 def _remove_gpkg(path: Path) -> None:

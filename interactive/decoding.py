@@ -245,6 +245,27 @@ class OnnxDecoder:
         logits, scores = self._session.run(None, dict(zip(self._input_names, inputs)))
         return logits[0], scores[0]
 
+    @property
+    def batched(self) -> bool:
+        """Whether the graph takes several objects per call (older exports took one)."""
+        objects = self._session.get_inputs()[len(self.feature_names)].shape[0]
+        return not isinstance(objects, int)
+
+    def raw_points(self, features: Dict[str, np.ndarray], points: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """All model outputs for many single-foreground-point objects on one tile: (B, M, L, L) logits and
+        (B, M) scores, in one call when the graph is batched, else one call per point."""
+        prompts = [Prompts(points=[point], labels=[1]) for point in np.asarray(points, np.float64).reshape(-1, 2)]
+        if not self.batched:
+            outputs = [self.raw(features, prompt) for prompt in prompts]
+            return np.stack([o[0] for o in outputs]), np.stack([o[1] for o in outputs])
+        per_object = [decoder_inputs(self.family, self.feature_names, features, p, self.image_size)
+                      for p in prompts]
+        count = len(self.feature_names)
+        inputs = per_object[0][:count] + [np.concatenate([o[i] for o in per_object])
+                                          for i in range(count, count + len(DECODER_EXTRA_INPUTS))]
+        logits, scores = self._session.run(None, dict(zip(self._input_names, inputs)))
+        return logits, scores
+
     def decode(self, features: Dict[str, np.ndarray], prompts: Prompts,
                multimask: bool = True) -> DecodeResult:
         logits, scores = self.raw(features, prompts)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -28,18 +28,8 @@ from synthetic import encode, run_cli, square_scene, write_raster
 from quicksam.encoder.errors import Cancelled, QuickSamError
 from quicksam.encoder.store import FeatureStore
 from quicksam.encoder.tiling import TileGrid
-from quicksam.interactive.automatic import (
-    AutoMaskSettings,
-    TileMask,
-    assign_masks,
-    box_nms,
-    merge_staged,
-    partial_path,
-    point_grid,
-    segment_everything,
-    tile_regions,
-    trimmed,
-)
+from quicksam.interactive.automatic import AutoMaskSettings, box_nms, partial_path, point_grid, segment_everything
+from quicksam.interactive.tile_merge import BorderMerge, MemoryStaging, TileMask, assign_masks, tile_regions, trimmed
 
 # -- 1. the merge rule ------------------------------------------------------------------------------------
 
@@ -56,24 +46,29 @@ def rect(grid: TileGrid, col0: int, row0: int, col1: int, row1: int) -> np.ndarr
     return canvas
 
 
-def run_rule(grid: TileGrid, objects: Sequence[np.ndarray]) -> List[np.ndarray]:
-    """The objects as the rule writes them (complete + merged), each as a raster-sized mask."""
-    regions = tile_regions(list(grid))
-    complete, pieces, spills = [], [], []
+def run_rule(grid: TileGrid, objects: Sequence[np.ndarray], processed: Optional[Sequence[str]] = None,
+             staging: Optional[MemoryStaging] = None) -> List[np.ndarray]:
+    """The objects as the rule writes them, tile by tile in grid order as a run does (complete masks at
+    once, merged ones when the streamed merge releases them), each as a raster-sized mask."""
+    merge = BorderMerge(tile_regions(list(grid), processed))
+    staging = staging if staging is not None else MemoryStaging()
+    written, done = [], set()
     for tile in grid:
+        if tile.tile_id not in merge.regions:
+            continue
         seen = []
         for canvas in objects:
             window = canvas[tile.row_off:tile.row_off + tile.valid_height, tile.col_off:tile.col_off + tile.valid_width]
             mask = trimmed(TileMask(tile.tile_id, tile.col_off, tile.row_off, window.copy()))
             if mask is not None:
                 seen.append(mask)
-        assignment = assign_masks(regions[tile.tile_id], seen)
-        complete += assignment.complete
-        pieces += assignment.pieces
-        spills += assignment.spills
-    result = complete + [item.mask for item in merge_staged(pieces, spills, regions)]
+        assignment = assign_masks(merge.regions[tile.tile_id], seen)
+        done.add(tile.tile_id)
+        written += assignment.complete
+        written += [item.mask for item in merge.tile_done(staging, done, tile.tile_id, assignment)]
+    assert len(staging) == 0, "masks left staged after the last tile"
     canvases = []
-    for mask in result:
+    for mask in written:
         canvas = np.zeros((grid.raster_height, grid.raster_width), dtype=bool)
         canvas[mask.row0:mask.row1, mask.col0:mask.col1] = mask.crop
         canvases.append(canvas)
@@ -91,7 +86,7 @@ def assert_same_objects(actual: List[np.ndarray], expected: Sequence[np.ndarray]
 
 def test_regions_split_the_overlap_in_the_middle():
     regions = tile_regions(list(ONE_ROW))
-    assert [r.owned for r in regions.values()] == [(0, 0, 200, 256), (200, 0, 400, 256)]
+    assert [r.cell for r in regions.values()] == [(0, 0, 200, 256), (200, 0, 400, 256)]
     assert [r.inner for r in regions.values()] == [(False, False, True, False), (True, False, False, False)]
 
 
@@ -125,6 +120,39 @@ def test_an_object_over_a_four_tile_corner_is_one():
     objects = [rect(TWO_BY_TWO, 120, 130, 290, 280), rect(TWO_BY_TWO, 10, 10, 60, 60),
                rect(TWO_BY_TWO, 180, 300, 230, 330)]
     assert_same_objects(run_rule(TWO_BY_TWO, objects), objects)
+
+
+def test_an_l_shaped_selection_writes_each_object_once_and_leaves_the_missing_cell_alone():
+    # an area of interest that takes three tiles of the 2 x 2 grid, not the bottom-right one (D): the
+    # windows of all three overlap at the concave corner; cells still partition the raster
+    processed = ["r0000c0000", "r0000c0001", "r0001c0000"]
+    regions = tile_regions(list(TWO_BY_TWO), processed)
+    assert regions["r0000c0001"].cell == (200, 0, 400, 200) and regions["r0001c0000"].cell == (0, 200, 200, 400)
+    kept = [rect(TWO_BY_TWO, 150, 150, 190, 190),  # seen whole by all three, centred in A's cell
+            rect(TWO_BY_TWO, 150, 50, 250, 100),  # cut in A and B, joined
+            rect(TWO_BY_TWO, 50, 150, 100, 250),  # cut in A and C, joined
+            rect(TWO_BY_TWO, 300, 150, 350, 230)]  # whole in B, reaching into D's cell
+    in_missing_cell = [rect(TWO_BY_TWO, 210, 210, 250, 250),  # seen whole by B and C: D's object, not theirs
+                       rect(TWO_BY_TWO, 300, 220, 350, 300)]  # cut by B's bottom edge, centred in D's cell
+    assert_same_objects(run_rule(TWO_BY_TWO, kept + in_missing_cell, processed), kept)
+
+
+def _border_objects(grid: TileGrid) -> List[np.ndarray]:
+    """One object across each vertical cell border of a one-row grid, cut by both tiles' edges."""
+    regions = tile_regions(list(grid))
+    splits = [region.cell[2] for region in regions.values()][:-1]
+    return [rect(grid, split - 60, 100, split + 60, 140) for split in splits]
+
+
+def test_the_merge_holds_as_few_pieces_for_a_long_raster_as_for_a_short_one():
+    peaks = []
+    for tiles in (4, 12):
+        grid = TileGrid.build(192 * (tiles - 1) + 256, 256, tile_size=256, overlap=64)
+        assert len(grid) == tiles
+        objects, staging = _border_objects(grid), MemoryStaging()
+        assert_same_objects(run_rule(grid, objects, staging=staging), objects)
+        peaks.append(staging.most_loaded)
+    assert 0 < peaks[0] == peaks[1] <= 6  # two pieces per tile, about three tiles waiting
 
 
 def test_point_grid_and_nms():
@@ -188,6 +216,24 @@ def test_attributes_and_no_overlapping_copies(store, reference):
     geometries = [r["geometry"] for r in reference]
     for i, a in enumerate(geometries):  # no object written twice (identical geometry)
         assert not any(a.equals(b) for b in geometries[i + 1:])
+
+
+def test_points_per_batch_changes_speed_and_memory_not_the_result(store, tmp_path, reference, monkeypatch):
+    from quicksam.interactive.engine import SegmentEngine
+
+    decoder, tile = SegmentEngine(store).decoder, store.grid.tiles[0]
+    features = SegmentEngine(store).cache.get(tile.tile_id)
+    assert decoder.batched  # the store's decoder takes many prompts per call
+    batched = decoder.raw_points(features, point_grid(tile, 3))
+    monkeypatch.setattr(type(decoder), "batched", property(lambda self: False))  # as an older store's decoder
+    one_by_one = decoder.raw_points(features, point_grid(tile, 3))
+    assert batched[0].shape == one_by_one[0].shape == (9, 4, 64, 64)
+    np.testing.assert_allclose(batched[0], one_by_one[0], atol=1e-4)
+    np.testing.assert_allclose(batched[1], one_by_one[1], atol=1e-5)
+    monkeypatch.undo()
+    settings = AutoMaskSettings(**{**LOOSE.to_dict(), "points_per_batch": 16})
+    segment_everything(store, tmp_path / "batched.gpkg", settings)
+    assert signature(read_rows(tmp_path / "batched.gpkg")) == signature(reference)
 
 
 def test_area_filters(store, tmp_path, reference):
@@ -291,3 +337,25 @@ def test_cli_segment_all(store, tmp_path, reference):
     missing = run_cli("segment-all", tmp_path / "nothing", "--output", tmp_path / "x.gpkg")
     assert missing.returncode == 1 and "does not exist" in missing.stderr
     assert os.listdir(tmp_path) == ["cli.gpkg"]
+
+
+@pytest.mark.slow
+def test_cli_segment_all_with_an_aoi_file_and_an_extent(store, tmp_path):
+    loose = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+    aoi = tmp_path / "aoi.geojson"  # lon/lat around raster pixel (50, 50): the first tile only
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},
+                   "geometry": {"type": "Polygon", "coordinates": [[[15.0, 37.946], [15.001, 37.946],
+                                                                    [15.001, 37.945], [15.0, 37.945],
+                                                                    [15.0, 37.946]]]}}]}))
+    by_aoi = run_cli("segment-all", store.root, "--output", tmp_path / "aoi.gpkg", "--aoi", aoi, *loose)
+    assert by_aoi.returncode == 0, by_aoi.stderr
+    assert json.loads(by_aoi.stdout.splitlines()[-1])["tiles"] == 1
+    assert {r["tile_ids"] for r in read_rows(tmp_path / "aoi.gpkg")} == {"r0000c0000"}
+    # raster pixels 300..390 x 10..50, in the raster's CRS: the second tile only
+    extent = "503000,4199500,503900,4199900"
+    by_extent = run_cli("segment-all", store.root, "--output", tmp_path / "extent.gpkg", "--extent", extent, *loose)
+    assert by_extent.returncode == 0, by_extent.stderr
+    assert {r["tile_ids"] for r in read_rows(tmp_path / "extent.gpkg")} == {"r0000c0001"}
+    apart = run_cli("segment-all", store.root, "--output", tmp_path / "none.gpkg", "--aoi", aoi, "--extent", extent)
+    assert apart.returncode == 1 and "does not overlap" in apart.stderr and apart.stderr.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["aoi.geojson", "aoi.gpkg", "extent.gpkg"]
