@@ -32,7 +32,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 
 from ..encoder.algorithm_base import QuickSamAlgorithm
 from ..encoder.errors import Cancelled, QuickSamError
-from .automatic import AutoMaskSettings, segment_everything
+from .automatic import OUTPUT_LAYER, AutoMaskSettings, segment_everything
 from .engine import MASK_MODES
 from .output import raster_crs
 from .segment_algorithm import open_store
@@ -248,6 +248,9 @@ class SegmentAllAlgorithm(QuickSamAlgorithm):
         feedback.pushInfo(_tr("{objects} objects from {tiles} tiles ({merged} joined across tile borders; "
                               "{resumed} tiles from an earlier run).").format(
             objects=result.objects, tiles=result.tiles, merged=result.merged_objects, resumed=result.tiles_resumed))
+        if context.project() is not None:  # the toolbox: show the result as the sink outputs of QGIS are
+            details = QgsProcessingContext.LayerDetails(_tr("Segments"), context.project(), self.OUTPUT)
+            context.addLayerToLoadOnCompletion(f"{result.output}|layername={OUTPUT_LAYER}", details)
         return {self.OUTPUT: str(result.output), self.OBJECTS: result.objects, self.TILES: result.tiles}
 
 

@@ -313,9 +313,15 @@ def test_processing_algorithm_with_an_aoi_in_another_crs(store, tmp_path, qgis_a
     output = tmp_path / "aoi.gpkg"
     params = {"STORE": str(store.root), "AOI": aoi, "POINTS_PER_SIDE": 4, "PRED_IOU_THRESH": 0.0,
               "STABILITY_SCORE_THRESH": 0.0, "OUTPUT": str(output)}
-    results = processing.run("quicksam:segmentall", params)
+    results = processing.runAndLoadResults("quicksam:segmentall", params)  # as the toolbox runs it
     assert results["TILES"] == 1 and results["OUTPUT"] == str(output)
     assert {r["tile_ids"] for r in read_rows(output)} == {"r0000c0000"}
+    from qgis.core import QgsProject
+
+    loaded = QgsProject.instance().mapLayersByName("Segments")
+    assert len(loaded) == 1 and loaded[0].featureCount() == results["OBJECTS"] > 0
+    assert loaded[0].crs().authid() == "EPSG:32633"
+    QgsProject.instance().removeMapLayer(loaded[0].id())
     from qgis.core import QgsProcessingException
 
     with pytest.raises(QgsProcessingException, match="exists"):
