@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from baseline import baseline_encode  # noqa: E402
+from peak_memory import peak_rss_mib  # noqa: E402
 from qgisproc import qgis_process_env, run_qgis_process  # noqa: E402
 
 from quicksam.encoder.models import build_model  # noqa: E402
@@ -122,13 +122,14 @@ def time_qgis_process(raster: Path, work: Path, repeats: int, tiles: int):
     return median(ours), median(baseline)
 
 
-def peak_rss_mib(raster: Path, store: Path) -> float:
+def encoder_peak_rss_mib(raster: Path, store: Path) -> float:
     """Peak RSS of a fresh encoder process (the CLI) encoding `raster`."""
-    code = ("import resource, sys; from quicksam.cli import main; rc = main(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from peak_memory import peak_rss_mib; "
+            "from quicksam.cli import main; rc = main(sys.argv[1:]); print(peak_rss_mib(), file=sys.stderr); "
+            "sys.exit(rc)")
     result = subprocess.run([sys.executable, "-c", code, "encode", str(raster), str(store), "--random-weights",
                              "--overlap", "0", "--progress-json"], capture_output=True, text=True, check=True)
-    return round(int(result.stderr.strip().splitlines()[-1]) / 1024, 1)
+    return float(result.stderr.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -163,8 +164,8 @@ def main() -> None:
             qp_ours, qp_baseline = time_qgis_process(raster, work, args.repeats, tiles)
             result["seconds_per_tile"].update(qgis_process_ours=qp_ours, qgis_process_baseline=qp_baseline)
             result["ratios"]["qgis_process_baseline_over_ours"] = round(qp_baseline / qp_ours, 3)
-        rss_small = peak_rss_mib(small, work / "rss_small")
-        rss_large = peak_rss_mib(raster if args.tiles_per_side >= 2 else small, work / "rss_large")
+        rss_small = encoder_peak_rss_mib(small, work / "rss_small")
+        rss_large = encoder_peak_rss_mib(raster if args.tiles_per_side >= 2 else small, work / "rss_large")
         result["peak_rss_mib"] = {"raster_1x": rss_small, f"raster_{args.tiles_per_side ** 2}x": rss_large,
                                   "ratio": round(rss_large / rss_small, 3)}
         result["targets"] = {
@@ -177,7 +178,7 @@ def main() -> None:
         if not args.skip_qgis:
             result["targets"]["qgis_process_1_5x_faster_than_baseline"] = (
                 result["ratios"]["qgis_process_baseline_over_ours"] >= 1.5)
-        result["self_max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        result["self_max_rss_mib"] = peak_rss_mib()
         print(json.dumps(result, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
