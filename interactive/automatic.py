@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Collection, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
@@ -146,36 +146,80 @@ def _pick(candidates: np.ndarray, logits: np.ndarray, scores: np.ndarray, mode: 
     return candidates[[int(np.argmax(areas) if mode == "largest" else np.argmin(areas))]]
 
 
+@dataclass
+class _Candidate:
+    """A mask that passed the score filters, waiting for NMS: its box in tile pixels (x0, y0, x1, y1,
+    half-open) and its crop packed to bits (a tile can have thousands of candidates)."""
+
+    box: Tuple[int, int, int, int]
+    score: float
+    stability: float
+    bits: np.ndarray = field(repr=False)
+
+    @classmethod
+    def of(cls, mask: np.ndarray, score: float, stability: float) -> Optional[_Candidate]:
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size == 0:
+            return None
+        box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+        return cls(box, score, stability, np.packbits(mask[box[1]:box[3], box[0]:box[2]]))
+
+    def mask(self, height: int, width: int) -> np.ndarray:
+        """The candidate on a (height, width) canvas of the tile."""
+        x0, y0, x1, y1 = self.box
+        canvas = np.zeros((height, width), dtype=bool)
+        size = (y1 - y0) * (x1 - x0)
+        canvas[y0:y1, x0:x1] = np.unpackbits(self.bits, count=size).reshape(y1 - y0, x1 - x0).astype(bool)
+        return canvas
+
+
 def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile,
                settings: AutoMaskSettings) -> List[TileMask]:
-    """The filtered, de-duplicated masks of one tile (raster pixel coordinates)."""
-    threshold = decoder.settings.mask_threshold
-    found: List[TileMask] = []
-    points = point_grid(tile, settings.points_per_side)
-    for start in range(0, len(points), settings.points_per_batch):
-        batch_logits, batch_scores = decoder.raw_points(features, points[start:start + settings.points_per_batch])
-        logits, scores = [], []
-        for all_logits, all_scores in zip(batch_logits, batch_scores):
-            chosen = choose_outputs(all_logits, all_scores, settings.mask_mode != "single", decoder.settings)
-            chosen = _pick(chosen, all_logits, all_scores, settings.mask_mode)
-            logits.append(all_logits[chosen])
-            scores.append(all_scores[chosen])
-        logits, scores = np.concatenate(logits), np.concatenate(scores)
-        stable = stability_scores(logits - threshold, settings.stability_score_offset)
-        good = np.flatnonzero((scores >= settings.pred_iou_thresh) & (stable >= settings.stability_score_thresh))
-        if good.size == 0:
-            continue
-        masks = upsample_masks(logits[good], decoder.image_size, threshold)
-        for index, mask in zip(good, masks):
-            mask = remove_small_regions(mask[:tile.valid_height, :tile.valid_width], settings.min_mask_region_area)
-            item = trimmed(TileMask(tile.tile_id, tile.col_off, tile.row_off, mask, float(scores[index]),
-                                    float(stable[index])))
-            if item is not None:
-                found.append(item)
-    if not found:
+    """The filtered, de-duplicated masks of one tile (raster pixel coordinates). As in SAM's generator:
+    score filters per batch, NMS on the boxes of all candidates, then small regions removed from the
+    survivors only."""
+    candidates = [c for start in range(0, settings.points_per_side ** 2, settings.points_per_batch)
+                  for c in _batch_candidates(decoder, features, tile, settings, start)]
+    if not candidates:
         return []
-    boxes = np.array([[m.col0, m.row0, m.col1, m.row1] for m in found], dtype=float)
-    return [found[i] for i in box_nms(boxes, np.array([m.score for m in found]), settings.box_nms_thresh)]
+    boxes = np.array([c.box for c in candidates], dtype=float)
+    kept = box_nms(boxes, np.array([c.score for c in candidates]), settings.box_nms_thresh)
+    found = []
+    for index in kept:
+        candidate = candidates[index]
+        mask = remove_small_regions(candidate.mask(tile.valid_height, tile.valid_width),
+                                    settings.min_mask_region_area)
+        item = trimmed(TileMask(tile.tile_id, tile.col_off, tile.row_off, mask, candidate.score,
+                                candidate.stability))
+        if item is not None:
+            found.append(item)
+    return found
+
+
+def _batch_candidates(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile,
+                      settings: AutoMaskSettings, start: int) -> List[_Candidate]:
+    """Decode one batch of grid points; the masks that pass the predicted-IoU and stability filters."""
+    threshold = decoder.settings.mask_threshold
+    points = point_grid(tile, settings.points_per_side)[start:start + settings.points_per_batch]
+    batch_logits, batch_scores = decoder.raw_points(features, points)
+    logits, scores = [], []
+    for all_logits, all_scores in zip(batch_logits, batch_scores):
+        chosen = choose_outputs(all_logits, all_scores, settings.mask_mode != "single", decoder.settings)
+        chosen = _pick(chosen, all_logits, all_scores, settings.mask_mode)
+        logits.append(all_logits[chosen])
+        scores.append(all_scores[chosen])
+    logits, scores = np.concatenate(logits), np.concatenate(scores)
+    stable = stability_scores(logits - threshold, settings.stability_score_offset)
+    good = np.flatnonzero((scores >= settings.pred_iou_thresh) & (stable >= settings.stability_score_thresh))
+    if good.size == 0:
+        return []
+    found = []
+    for i in good:  # one at a time: a batch of 1024 px masks would take ~200 MB at once
+        mask = upsample_masks(logits[i:i + 1], decoder.image_size, threshold)[0]
+        candidate = _Candidate.of(mask[:tile.valid_height, :tile.valid_width], float(scores[i]), float(stable[i]))
+        if candidate is not None:
+            found.append(candidate)
+    return found
 
 
 # -- area of interest -------------------------------------------------------------------------------------
