@@ -1,12 +1,19 @@
 """Segment-everything benchmark: tiles per second and peak RSS for 1 and for 16 tiles; prints one JSON object.
 
-    .venv/bin/python bench/segment_all.py [--tile-size 256] [--points-per-side 16]
+    .venv/bin/python bench/segment_all.py [--tile-size 256] [--points-per-side 16] [--runs 3]
 
-A synthetic RGB raster of 1x1 and 4x4 tiles (no overlap, so the tile count is exact) is encoded with the
-seeded random SAM 2.1 tiny model, then `segment_everything` runs on it in a fresh process per case, so each
-peak RSS (ru_maxrss of that process) is its own. Random weights make masks meaningless, so the thresholds
-are set to keep everything (the most work per tile the merge and writer can get); the decoding cost per
-point is the real one.
+Synthetic RGB rasters of 1 x 1 and 4 x 4 tiles (the encoder's overlap of a quarter tile, so the merge has
+borders to work on) are encoded with the seeded random SAM 2.1 tiny model. Each case then runs in a fresh
+process: `segment_everything` `--runs` times (median seconds), then the peak RSS of that process
+(VmHWM, bench/peak_memory.py) is read, so the two cases' memory can be compared.
+
+In the 1-tile process, after that, two comparisons on the same tile:
+- `points_per_batch` 1 against the default 64 (one decoder call per point against one per batch);
+- the baseline: the sam2 package's `SAM2AutomaticMaskGenerator` on the tile's pixels, as the SAM2 GeoTIFF
+  tutorials run it (it encodes the tile again each time; QuickSAM decodes from the store).
+
+Random weights make masks meaningless, so thresholds are set to keep everything (the most work for the
+filters, the merge and the writer); the decoding cost per point is the real one.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,14 +30,21 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from peak_memory import peak_rss_mib  # noqa: E402
+
 MODEL = "sam2.1_hiera_t"
 
 
-def write_raster(path: Path, tiles_per_side: int, tile: int) -> Path:
+def raster_size(tiles_per_side: int, tile: int) -> int:
+    stride = tile - tile // 4
+    return stride * (tiles_per_side - 1) + tile
+
+
+def write_raster(path: Path, size: int) -> Path:
     import rasterio
     from rasterio.transform import from_origin
 
-    size = tiles_per_side * tile
     rng = np.random.default_rng(0)
     rows, cols = np.mgrid[0:size, 0:size]
     data = np.stack([((rows // 37 + cols // 53) % 2) * 120 + 60 + rng.integers(0, 30, (size, size))
@@ -41,53 +56,115 @@ def write_raster(path: Path, tiles_per_side: int, tile: int) -> Path:
     return path
 
 
-def encode(raster: Path, store: Path, tile: int) -> None:
+def encode(raster: Path, store: Path, tile: int) -> int:
     from quicksam.encoder.models import build_model
     from quicksam.encoder.pipeline import EncodeRequest, encode_raster
 
     model = build_model(MODEL, checkpoint=None, seed=0, device="cpu", image_size=tile)
-    request = EncodeRequest(raster=str(raster), store=store, model=MODEL, tile_size=tile, overlap=0, device="cpu")
-    encode_raster(request, model=model)
+    request = EncodeRequest(raster=str(raster), store=store, model=MODEL, tile_size=tile, overlap=tile // 4,
+                            device="cpu")
+    stored, _ = encode_raster(request, model=model)
+    return len(stored.grid)
 
 
-def run_case(store: Path, output: Path, points_per_side: int) -> dict:
-    """In this process: segment everything, return timings and peak RSS."""
-    import resource
+def _settings(points_per_side: int, points_per_batch: int = 64):
+    from quicksam.interactive.automatic import AutoMaskSettings
 
+    return AutoMaskSettings(points_per_side=points_per_side, points_per_batch=points_per_batch,
+                            pred_iou_thresh=0.0, stability_score_thresh=0.0)
+
+
+def _median_seconds(store: Path, work: Path, settings, runs: int, label: str) -> tuple:
     from quicksam.encoder.store import FeatureStore
-    from quicksam.interactive.automatic import AutoMaskSettings, segment_everything
+    from quicksam.interactive.automatic import segment_everything
 
-    settings = AutoMaskSettings(points_per_side=points_per_side, pred_iou_thresh=0.0, stability_score_thresh=0.0)
-    started = time.perf_counter()
-    result = segment_everything(FeatureStore.open(store), output, settings)
-    seconds = time.perf_counter() - started
-    return {"tiles": result.tiles, "objects": result.objects, "seconds": round(seconds, 3),
-            "tiles_per_second": round(result.tiles / seconds, 3),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    seconds, result = [], None
+    for run in range(runs):
+        started = time.perf_counter()
+        result = segment_everything(FeatureStore.open(store), work / f"{label}-{run}.gpkg", settings)
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds), result
+
+
+def baseline_seconds(raster: Path, tile: int, points_per_side: int, runs: int) -> float:
+    """Median seconds of SAM2AutomaticMaskGenerator.generate on the raster's first tile (same thresholds)."""
+    import rasterio
+    import torch
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    from quicksam.encoder.models import build_model
+
+    torch.set_num_threads(2)
+    with rasterio.open(raster) as src:
+        image = np.moveaxis(src.read([1, 2, 3], window=((0, tile), (0, tile))), 0, -1)
+    model = build_model(MODEL, checkpoint=None, seed=0, device="cpu", image_size=tile)
+    generator = SAM2AutomaticMaskGenerator(model.net, points_per_side=points_per_side, points_per_batch=64,
+                                           pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    # the predictor's feature sizes are written for 1024 px images
+    generator.predictor._bb_feat_sizes = [(tile // 4, tile // 4), (tile // 8, tile // 8), (tile // 16, tile // 16)]
+    seconds = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        with torch.inference_mode():
+            generator.generate(image)
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
+
+
+def run_case(store: Path, work: Path, raster: Path, tile: int, points_per_side: int, runs: int,
+             compare: bool) -> dict:
+    """In this (fresh) process: segment everything `runs` times; with `compare`, also the batch-size and
+    baseline comparisons, after the peak RSS is read."""
+    median, result = _median_seconds(store, work, _settings(points_per_side), runs, "ours")
+    figures = {"tiles": result.tiles, "objects": result.objects, "joined_objects": result.merged_objects,
+               "median_seconds": round(median, 3), "tiles_per_second": round(result.tiles / median, 3),
+               "peak_rss_mib": peak_rss_mib()}
+    if compare:
+        one_by_one, _ = _median_seconds(store, work, _settings(points_per_side, 1), runs, "batch1")
+        baseline = baseline_seconds(raster, tile, points_per_side, runs)
+        figures.update({
+            "points_per_batch_1_median_seconds": round(one_by_one, 3),
+            "batch_64_vs_1_speedup": round(one_by_one / median, 3),
+            "baseline_sam2_generator_median_seconds": round(baseline, 3),
+            "ours_vs_baseline_speedup": round(baseline / median, 3)})
+    return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tile-size", type=int, default=256)
     parser.add_argument("--points-per-side", type=int, default=16)
-    parser.add_argument("--case", nargs=2, metavar=("STORE", "OUTPUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--case", nargs=3, metavar=("STORE", "WORK", "RASTER"), help=argparse.SUPPRESS)
+    parser.add_argument("--compare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(Path(args.case[0]), Path(args.case[1]), args.points_per_side)))
+        store, work, raster = map(Path, args.case)
+        print(json.dumps(run_case(store, work, raster, args.tile_size, args.points_per_side, args.runs,
+                                  args.compare)))
         return
     work = Path(tempfile.mkdtemp(prefix="quicksam-bench-segment-all-"))
     try:
         cases = {}
         for per_side in (1, 4):
-            raster = write_raster(work / f"r{per_side}.tif", per_side, args.tile_size)
+            raster = write_raster(work / f"r{per_side}.tif", raster_size(per_side, args.tile_size))
             store = work / f"store{per_side}"
-            encode(raster, store, args.tile_size)
-            child = subprocess.run([sys.executable, __file__, "--points-per-side", str(args.points_per_side),
-                                    "--case", str(store), str(work / f"out{per_side}.gpkg")],
-                                   capture_output=True, text=True, check=True)
-            cases[f"{per_side * per_side}_tiles"] = json.loads(child.stdout.splitlines()[-1])
+            tiles = encode(raster, store, args.tile_size)
+            assert tiles == per_side * per_side, tiles
+            case_dir = work / f"case{per_side}"
+            case_dir.mkdir()
+            command = [sys.executable, __file__, "--tile-size", str(args.tile_size), "--points-per-side",
+                       str(args.points_per_side), "--runs", str(args.runs),
+                       "--case", str(store), str(case_dir), str(raster)] + (["--compare"] if per_side == 1 else [])
+            child = subprocess.run(command, capture_output=True, text=True)
+            if child.returncode:
+                sys.exit(f"the {tiles}-tile case failed:\n{child.stderr}")
+            cases[f"{tiles}_tiles"] = json.loads(child.stdout.splitlines()[-1])
+        rss_ratio = cases["16_tiles"]["peak_rss_mib"] / cases["1_tiles"]["peak_rss_mib"]
         print(json.dumps({"model": MODEL, "random_weights": True, "tile_size": args.tile_size,
-                          "points_per_side": args.points_per_side, **cases}))
+                          "overlap": args.tile_size // 4, "points_per_side": args.points_per_side,
+                          "points_per_batch": 64, "runs": args.runs, **cases,
+                          "peak_rss_16_vs_1": round(rss_ratio, 3)}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
