@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -298,6 +299,23 @@ def test_bad_input_is_refused_plainly(store, tmp_path):
         segment_everything(store, output, other)
     segment_everything(store, output, other, overwrite=True)
     assert output.is_file()
+
+
+def test_a_corrupt_tile_stops_the_run_plainly_and_keeps_the_finished_tiles(store, tmp_path, reference):
+    damaged = FeatureStore.open(Path(shutil.copytree(store.root, tmp_path / "store")))
+    second = damaged.grid.tiles[1].tile_id
+    path = damaged.tile_path(second)
+    data = bytearray(path.read_bytes())
+    data[-100:] = bytes(100)  # a damaged disk block at the end of the second tile
+    path.write_bytes(bytes(data))
+    output = tmp_path / "out.gpkg"
+    with pytest.raises(QuickSamError, match=f"tile {second} .* corrupt.*re-encode"):
+        segment_everything(damaged, output, LOOSE)
+    assert not output.exists() and partial_path(output).exists()
+    # re-encoded (here: the good copy put back), the same command resumes after the finished tile
+    path.write_bytes((store.root / path.relative_to(damaged.root)).read_bytes())
+    result = segment_everything(FeatureStore.open(damaged.root), output, LOOSE)
+    assert result.tiles_resumed == 1 and signature(read_rows(output)) == signature(reference)
 
 
 def test_processing_algorithm_with_an_aoi_in_another_crs(store, tmp_path, qgis_app, plugin):
