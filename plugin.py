@@ -1,4 +1,4 @@
-"""The QuickSAM plugin shell: toolbar, Raster menu entry, Processing provider, log forwarding.
+"""The QuickSAM plugin shell: toolbar, Raster menu entries, Processing provider, log forwarding.
 
 `unload()` undoes exactly what `initGui()` did, in reverse order, so that reloading the plugin leaves
 nothing behind. Nothing here imports torch: the encoder runs in a separate Python process. The Segment
@@ -23,7 +23,9 @@ ICONS_DIR = Path(__file__).resolve().parent / "icons"
 TOOLBAR_OBJECT_NAME = "QuickSamToolbar"
 ENCODE_ACTION_OBJECT_NAME = "QuickSamEncodeRasterAction"
 SEGMENT_ACTION_OBJECT_NAME = "QuickSamSegmentAction"
+SEGMENT_ALL_ACTION_OBJECT_NAME = "QuickSamSegmentAllAction"
 ENCODE_ALGORITHM_ID = "quicksam:encoderaster"
+SEGMENT_ALL_ALGORITHM_ID = "quicksam:segmentall"
 
 LOGGER = logging.getLogger("quicksam.plugin")
 
@@ -95,6 +97,13 @@ class QuickSamPlugin:
         self._connect(segment.toggled, self.toggle_segment_dock)
         self._add_action(segment)
         self.segment_action = segment
+
+        segment_all = QAction(QIcon(icon_path("quicksam.svg")), self.tr("Segment everything…"),
+                              self.iface.mainWindow())
+        segment_all.setObjectName(SEGMENT_ALL_ACTION_OBJECT_NAME)
+        segment_all.setToolTip(self.tr("Find every object on an encoded raster (Processing algorithm)"))
+        self._connect(segment_all.triggered, self.open_segment_all_dialog)
+        self._add_action(segment_all)
         LOGGER.debug("QuickSAM GUI loaded")
 
     def _connect(self, signal, slot: Callable) -> None:
@@ -160,6 +169,14 @@ class QuickSamPlugin:
 
     def open_encode_dialog(self) -> None:
         """Open the Processing dialog of quicksam:encoderaster."""
+        self._open_algorithm_dialog(ENCODE_ALGORITHM_ID)
+
+    def open_segment_all_dialog(self) -> None:
+        """Open the Processing dialog of quicksam:segmentall."""
+        self._open_algorithm_dialog(SEGMENT_ALL_ALGORITHM_ID)
+
+    @staticmethod
+    def _open_algorithm_dialog(algorithm_id: str) -> None:
         import processing  # QGIS's Processing plugin; imported on use, it is not needed to load
 
-        processing.execAlgorithmDialog(ENCODE_ALGORITHM_ID, {})
+        processing.execAlgorithmDialog(algorithm_id, {})

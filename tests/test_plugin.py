@@ -88,6 +88,20 @@ def test_encode_action_opens_processing_dialog(plugin, qgis_iface):
     dialog.assert_called_once_with(ENCODE_ALGORITHM_ID, {})
 
 
+def test_segment_everything_action_opens_its_processing_dialog(plugin, qgis_iface):
+    import processing
+
+    from quicksam.plugin import SEGMENT_ALL_ACTION_OBJECT_NAME
+
+    [action] = [a for a in toolbars(qgis_iface)[0].actions()
+                if a.objectName() == SEGMENT_ALL_ACTION_OBJECT_NAME]
+    assert action.text() == "Segment everything…"
+    with mock.patch.object(processing, "execAlgorithmDialog") as dialog:
+        action.trigger()
+    dialog.assert_called_once_with("quicksam:segmentall", {})
+    assert registry().algorithmById("quicksam:segmentall") is not None
+
+
 def test_log_records_reach_qgis_message_log(plugin):
     received = []
 
