@@ -383,3 +383,26 @@ def test_cli_segment_all_with_an_aoi_file_and_an_extent(store, tmp_path):
     apart = run_cli("segment-all", store.root, "--output", tmp_path / "none.gpkg", "--aoi", aoi, "--extent", extent)
     assert apart.returncode == 1 and "does not overlap" in apart.stderr and apart.stderr.count("\n") == 1
     assert sorted(os.listdir(tmp_path)) == ["aoi.geojson", "aoi.gpkg", "extent.gpkg"]
+
+
+L7 = Path(__file__).resolve().parents[2] / "shared" / "data" / "L7_ETMs.tif"
+
+
+def test_the_real_landsat_raster_comes_out_in_its_crs_without_copies(tmp_path):
+    if not L7.is_file():
+        pytest.skip(f"test raster {L7} is missing (see ../shared/data/README.md)")
+    store, _ = encode(L7, tmp_path / "store", overlap=64, bands=[3, 2, 1])
+    assert len(store.grid) == 4  # 349 x 352 px in 256 px tiles: a 2 x 2 grid with 163 px overlaps
+    settings = AutoMaskSettings(**{**LOOSE.to_dict(), "points_per_side": 8, "mask_mode": "best"})
+    result = segment_everything(store, tmp_path / "olinda.gpkg", settings)
+    dataset = ogr.Open(str(tmp_path / "olinda.gpkg"))
+    assert dataset.GetLayerByName("segments").GetSpatialRef().GetAuthorityCode(None) == "31985"
+    rows = read_rows(tmp_path / "olinda.gpkg")
+    assert len(rows) == result.objects > 0 and result.tiles == 4
+    a, b, _, d, _, f = store.geotransform
+    bounds = shapely.box(a, d + 352 * f, a + 349 * b, d)
+    for i, row in enumerate(rows):
+        assert row["geometry"].is_valid and bounds.buffer(1e-6).contains(row["geometry"])
+        for other in rows[i + 1:]:  # no object written twice by two overlapping tiles (nested ones may be)
+            union = row["geometry"].union(other["geometry"]).area
+            assert row["geometry"].intersection(other["geometry"]).area < 0.9 * union
