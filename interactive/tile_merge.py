@@ -30,6 +30,10 @@ Box = Tuple[int, int, int, int]
 COVERED_FRACTION = 0.5
 #: Pieces on two sides of a border are one object when their footprints on the border overlap this much.
 BORDER_MATCH_IOU = 0.5
+#: Masks of two neighbouring tiles that overlap this much (mask IoU) are one object seen twice.
+DUPLICATE_IOU = 0.7
+#: A complete mask within this many pixels of a border with a processed tile waits for that tile's view.
+BORDER_MARGIN = 8
 PIECE = "piece"
 SPILL = "spill"
 
@@ -86,7 +90,8 @@ class TileRegion:
 @dataclass
 class Assignment:
     """What one tile does with its masks: writes `complete` ones now; stages `pieces` (its cell's part of
-    masks it cannot vouch for) and `spills` (complete masks reaching past its cell)."""
+    masks it cannot vouch for) and `spills` (its complete masks reaching past or near a border with a
+    processed tile, written when the tile settles)."""
 
     complete: List[TileMask] = field(default_factory=list)
     pieces: List[TileMask] = field(default_factory=list)
@@ -192,11 +197,21 @@ def clip_mask(mask: TileMask, box: Box) -> Optional[TileMask]:
     return trimmed(TileMask(mask.tile_id, c0, r0, crop, mask.score, mask.stability))
 
 
+def _near_inner_border(mask: TileMask, region: TileRegion) -> bool:
+    c0, r0, c1, r1 = region.cell
+    left, top, right, bottom = region.inner
+    return ((left and mask.col0 < c0 + BORDER_MARGIN) or (top and mask.row0 < r0 + BORDER_MARGIN)
+            or (right and mask.col1 > c1 - BORDER_MARGIN) or (bottom and mask.row1 > r1 - BORDER_MARGIN))
+
+
 def assign_masks(region: TileRegion, masks: Iterable[TileMask]) -> Assignment:
     """The ownership rule for one tile's masks (docs/segment-everything.md):
 
-    - seen whole (touches no inner side) with its centroid in the cell: written whole by this tile, and
-      also staged as a spill if it reaches past the cell (to cancel other tiles' pieces of it);
+    - seen whole (touches no inner side) with its centroid in the cell: written whole by this tile; at
+      once, or, if it reaches past or near a border with a processed tile, as a spill: it then cancels
+      other tiles' pieces of it and is written when the tile settles, unless a neighbour's view of the
+      same object ranks higher (two tiles' masks of one object differ a little, so both centroids can
+      fall on their own side of the split);
     - seen whole with its centroid in an unprocessed tile's cell: left to a run that processes that tile;
     - otherwise its part inside the cell, if any, is staged as a piece for the merge.
     """
@@ -205,10 +220,7 @@ def assign_masks(region: TileRegion, masks: Iterable[TileMask]) -> Assignment:
         whole = not touches_inner_edge(mask, region)
         centroid = mask.centroid() if whole else None
         if whole and _inside(centroid, region.cell):
-            result.complete.append(mask)
-            c0, r0, c1, r1 = region.cell
-            if mask.col0 < c0 or mask.row0 < r0 or mask.col1 > c1 or mask.row1 > r1:
-                result.spills.append(mask)
+            (result.spills if _near_inner_border(mask, region) else result.complete).append(mask)
             continue
         if whole and any(_inside(centroid, cell) for cell in region.unprocessed_cells):
             continue
@@ -293,9 +305,11 @@ class BorderMerge:
         staging.stage(PIECE, assignment.pieces)
         staging.stage(SPILL, assignment.spills)
         nearby = (tile_id, *self.regions[tile_id].neighbours)
+        released = []
         for other in nearby:  # tiles that this one's completion settles
             if self.settled(done, other):
                 self._drop_copies(staging, other)
+                released += self._release_spills(staging, other)
         before = done - {tile_id}
         spent = [t for t in staging.tiles_with(SPILL)
                  if all(self.settled(done, n) for n in (t, *self.regions[t].neighbours))]
@@ -303,8 +317,8 @@ class BorderMerge:
         newly_closed = {t for n in nearby for t in (n, *self.regions[n].neighbours)
                         if self.closed(done, t) and not self.closed(before, t)}
         if not newly_closed:
-            return []
-        return self._complete_groups(staging, done)
+            return released
+        return released + self._complete_groups(staging, done)
 
     def _drop_copies(self, staging: Staging, tile_id: str) -> None:
         """Unstage the tile's pieces that are mostly covered by other tiles' spills."""
@@ -314,6 +328,17 @@ class BorderMerge:
         spills = list(staging.staged(SPILL, self.regions[tile_id].neighbours).values())
         staging.unstage([key for key, piece in pieces.items() if _covered(piece, spills)])
 
+    def _release_spills(self, staging: Staging, tile_id: str) -> List[MergedObject]:
+        """The tile's spills to write: those no neighbour saw as a higher-ranked copy. (They stay staged
+        to cancel pieces until every tile they could cover is settled.)"""
+        own = staging.staged(SPILL, [tile_id]).values()
+        if not own:
+            return []
+        others = list(staging.staged(SPILL, self.regions[tile_id].neighbours).values())
+        return [MergedObject(spill, (tile_id,)) for spill in own
+                if not any(_rank(other) > _rank(spill) and _mask_iou(spill, other) >= DUPLICATE_IOU
+                           for other in others)]
+
     def _complete_groups(self, staging: Staging, done: Collection[str]) -> List[MergedObject]:
         settled = [t for t in staging.tiles_with(PIECE) if self.settled(done, t)]
         pieces = staging.staged(PIECE, settled)
@@ -321,6 +346,20 @@ class BorderMerge:
         complete = [keys for keys in groups if all(self.closed(done, pieces[k].tile_id) for k in keys)]
         staging.unstage(key for keys in complete for key in keys)
         return [union_of([pieces[k] for k in keys]) for keys in complete]
+
+
+def _rank(mask: TileMask) -> Tuple[float, int, str]:
+    """Which of two views of one object is written: higher score, then more pixels, then tile id."""
+    return mask.score, mask.pixels, mask.tile_id
+
+
+def _mask_iou(a: TileMask, b: TileMask) -> float:
+    c0, r0, c1, r1 = max(a.col0, b.col0), max(a.row0, b.row0), min(a.col1, b.col1), min(a.row1, b.row1)
+    if c0 >= c1 or r0 >= r1:
+        return 0.0
+    inter = int((a.crop[r0 - a.row0:r1 - a.row0, c0 - a.col0:c1 - a.col0]
+                 & b.crop[r0 - b.row0:r1 - b.row0, c0 - b.col0:c1 - b.col0]).sum())
+    return inter / (a.pixels + b.pixels - inter)
 
 
 def _covered(piece: TileMask, spills: Sequence[TileMask]) -> bool:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pytest
@@ -47,8 +47,8 @@ def rect(grid: TileGrid, col0: int, row0: int, col1: int, row1: int) -> np.ndarr
     return canvas
 
 
-def run_rule(grid: TileGrid, objects: Sequence[np.ndarray], processed: Optional[Sequence[str]] = None,
-             staging: Optional[MemoryStaging] = None) -> List[np.ndarray]:
+def run_rule(grid: TileGrid, objects: Sequence[Union[np.ndarray, Dict[str, np.ndarray]]],
+             processed: Optional[Sequence[str]] = None, staging: Optional[MemoryStaging] = None) -> List[np.ndarray]:
     """The objects as the rule writes them, tile by tile in grid order as a run does (complete masks at
     once, merged ones when the streamed merge releases them), each as a raster-sized mask."""
     merge = BorderMerge(tile_regions(list(grid), processed))
@@ -58,7 +58,10 @@ def run_rule(grid: TileGrid, objects: Sequence[np.ndarray], processed: Optional[
         if tile.tile_id not in merge.regions:
             continue
         seen = []
-        for canvas in objects:
+        for drawn in objects:  # one canvas for all tiles, or {tile_id: that tile's view of the object}
+            canvas = drawn.get(tile.tile_id) if isinstance(drawn, dict) else drawn
+            if canvas is None:
+                continue
             window = canvas[tile.row_off:tile.row_off + tile.valid_height, tile.col_off:tile.col_off + tile.valid_width]
             mask = trimmed(TileMask(tile.tile_id, tile.col_off, tile.row_off, window.copy()))
             if mask is not None:
@@ -98,6 +101,17 @@ def test_regions_split_the_overlap_in_the_middle():
 def test_one_object_comes_out_once_and_whole(box):
     expected = [rect(ONE_ROW, *box)]
     assert_same_objects(run_rule(ONE_ROW, expected), expected)
+
+
+def test_two_slightly_different_views_of_one_object_at_the_split_give_one_object():
+    # a model sees an object a little differently from each tile: here each view's centroid falls on its
+    # own tile's side of the split (column 200), so both tiles would claim it
+    left_view, right_view = rect(ONE_ROW, 183, 50, 213, 80), rect(ONE_ROW, 187, 50, 217, 80)
+    written = run_rule(ONE_ROW, [{"r0000c0000": left_view, "r0000c0001": right_view}])
+    assert len(written) == 1 and (np.array_equal(written[0], left_view) or np.array_equal(written[0], right_view))
+    # two distinct objects side by side near the split are not mistaken for one
+    apart = [rect(ONE_ROW, 170, 50, 198, 80), rect(ONE_ROW, 202, 50, 230, 80)]
+    assert_same_objects(run_rule(ONE_ROW, apart), apart)
 
 
 def test_two_touching_objects_stay_two():
