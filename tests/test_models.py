@@ -155,6 +155,14 @@ def test_sam1_onnx_export_matches_torch(tmp_path: Path):
         small = _ours(_scaled(prompt, 0.25))
         np.testing.assert_allclose(decoder.decode(features, small).low_res_logits,
                                    model.decode(features, small).low_res_logits, atol=ONNX_TOL)
+    # many single-point objects in one call (segment everything) decode as they do one by one
+    points = np.array([[40.0, 60.0], [128.0, 128.0], [250.0, 3.0]])
+    batched_logits, batched_scores = decoder.raw_points(features, points)
+    assert decoder.batched and batched_logits.shape[0] == 3
+    for point, logits, scores in zip(points, batched_logits, batched_scores):
+        alone_logits, alone_scores = decoder.raw(features, Prompts(points=[point], labels=[1]))
+        np.testing.assert_allclose(logits, alone_logits, atol=ONNX_TOL)
+        np.testing.assert_allclose(scores, alone_scores, atol=ONNX_TOL)
 
 
 def test_random_weights_are_seeded():
