@@ -195,7 +195,7 @@ def _add_segment_all_parser(commands) -> None:
                          help="only tiles meeting this extent (the raster's CRS)")
     for name, kind, text in (
             ("points-per-side", int, "grid of N x N point prompts per tile"),
-            ("points-per-batch", int, "prompts decoded before filtering"),
+            ("points-per-batch", int, "prompts per decoder call (0 = automatic: 4 on the CPU, 64 on a GPU)"),
             ("pred-iou-thresh", float, "minimum predicted IoU"),
             ("stability-score-thresh", float, "minimum stability score"),
             ("stability-score-offset", float, "logit offset of the stability score"),

@@ -25,7 +25,7 @@ from typing import Callable, Collection, Dict, Iterable, Iterator, List, Optiona
 import numpy as np
 
 from ..encoder.errors import Cancelled, QuickSamError
-from ..encoder.store import STATUS_DONE, FeatureStore
+from ..encoder.store import STATUS_DONE, STATUS_PENDING, FeatureStore
 from ..encoder.tiling import Tile
 from .decoding import OnnxDecoder, choose_outputs, stability_scores, upsample_masks
 from .engine import MASK_MODES, SegmentEngine
@@ -45,7 +45,8 @@ class AutoMaskSettings:
     """SAM's automatic mask generator parameters, plus QuickSAM's object filters.
 
     points_per_side: grid points per tile side (points_per_side² prompts per tile);
-    points_per_batch: prompts decoded in one call of the decoder (memory grows with it);
+    points_per_batch: prompts decoded in one call of the decoder (memory grows with it); 0 = automatic:
+    the decoder's preferred batch (4 on the CPU, 64 on a GPU; see OnnxDecoder.preferred_batch);
     pred_iou_thresh: minimum predicted IoU; stability_score_thresh / stability_score_offset: minimum IoU of
     the mask thresholded at ±offset (logits); box_nms_thresh: box IoU above which the lower-scored mask of
     a tile is dropped; min_mask_region_area: islands and holes smaller than this many pixels are removed;
@@ -55,7 +56,7 @@ class AutoMaskSettings:
     """
 
     points_per_side: int = 32
-    points_per_batch: int = 64
+    points_per_batch: int = 0
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
     stability_score_offset: float = 1.0
@@ -70,7 +71,7 @@ class AutoMaskSettings:
         """QuickSamError naming the first unusable value."""
         problems = [
             (self.points_per_side < 1, "points per side must be at least 1"),
-            (self.points_per_batch < 1, "points per batch must be at least 1"),
+            (self.points_per_batch < 0, "points per batch must be 0 (automatic) or more"),
             (not 0 <= self.pred_iou_thresh <= 1, "the predicted IoU threshold must be between 0 and 1"),
             (not 0 <= self.stability_score_thresh <= 1, "the stability threshold must be between 0 and 1"),
             (self.stability_score_offset < 0, "the stability offset must not be negative"),
@@ -178,8 +179,9 @@ def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile
     """The filtered, de-duplicated masks of one tile (raster pixel coordinates). As in SAM's generator:
     score filters per batch, NMS on the boxes of all candidates, then small regions removed from the
     survivors only."""
-    candidates = [c for start in range(0, settings.points_per_side ** 2, settings.points_per_batch)
-                  for c in _batch_candidates(decoder, features, tile, settings, start)]
+    batch = settings.points_per_batch or decoder.preferred_batch
+    candidates = [c for start in range(0, settings.points_per_side ** 2, batch)
+                  for c in _batch_candidates(decoder, features, tile, settings, start, batch)]
     if not candidates:
         return []
     boxes = np.array([c.box for c in candidates], dtype=float)
@@ -197,10 +199,10 @@ def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile
 
 
 def _batch_candidates(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile,
-                      settings: AutoMaskSettings, start: int) -> List[_Candidate]:
+                      settings: AutoMaskSettings, start: int, batch: int) -> List[_Candidate]:
     """Decode one batch of grid points; the masks that pass the predicted-IoU and stability filters."""
     threshold = decoder.settings.mask_threshold
-    points = point_grid(tile, settings.points_per_side)[start:start + settings.points_per_batch]
+    points = point_grid(tile, settings.points_per_side)[start:start + batch]
     batch_logits, batch_scores = decoder.raw_points(features, points)
     logits, scores = [], []
     for all_logits, all_scores in zip(batch_logits, batch_scores):
@@ -225,22 +227,29 @@ def _batch_candidates(decoder: OnnxDecoder, features: Dict[str, np.ndarray], til
 # -- area of interest -------------------------------------------------------------------------------------
 
 def tiles_to_process(store: FeatureStore, area_wkbs: Optional[Sequence[bytes]] = None) -> List[Tile]:
-    """Encoded tiles, or those whose valid window intersects any of `area_wkbs` (polygons as WKB in the
-    raster CRS). QuickSamError when there is none."""
+    """The encoded tiles, or those whose valid window meets any of `area_wkbs` (polygons as WKB in the
+    raster CRS). QuickSamError when the area misses the raster, when a tile to segment is not encoded yet
+    (objects there would silently be missing), or when there is nothing to segment."""
     from osgeo import ogr
 
-    done = [tile for tile in store.grid if store.status(tile) == STATUS_DONE]
+    meeting = list(store.grid)
+    if area_wkbs is not None:
+        areas = [ogr.CreateGeometryFromWkb(bytes(wkb)) for wkb in area_wkbs]
+        areas = [a for a in areas if a is not None and not a.IsEmpty()]
+        meeting = [tile for tile in meeting if any(area.Intersects(_tile_footprint(store, tile)) for area in areas)]
+        if not meeting:
+            raise QuickSamError("the area of interest does not overlap the encoded part of the raster; check "
+                                "that it covers the raster (its CRS is transformed to the raster's)")
+    pending = [tile for tile in meeting if store.status(tile) == STATUS_PENDING]
+    if pending:
+        raise QuickSamError(
+            f"the store '{store.root}' is unfinished: {len(pending)} of the {len(meeting)} tiles to segment are "
+            "not encoded yet; finish it with the same 'quicksam encode' command (it resumes where it stopped), "
+            "or choose an area of interest inside the encoded part")
+    done = [tile for tile in meeting if store.status(tile) == STATUS_DONE]
     if not done:
-        raise QuickSamError(f"the store '{store.root}' has no encoded tile; finish the encoding first")
-    if area_wkbs is None:
-        return done
-    areas = [ogr.CreateGeometryFromWkb(bytes(wkb)) for wkb in area_wkbs]
-    areas = [a for a in areas if a is not None and not a.IsEmpty()]
-    chosen = [tile for tile in done if any(area.Intersects(_tile_footprint(store, tile)) for area in areas)]
-    if not chosen:
-        raise QuickSamError("the area of interest does not overlap the encoded part of the raster; check that "
-                            "it covers the raster (its CRS is transformed to the raster's)")
-    return chosen
+        raise QuickSamError(f"the store '{store.root}' has no features there: every tile to segment is nodata")
+    return done
 
 
 def _tile_footprint(store: FeatureStore, tile: Tile):

@@ -238,10 +238,11 @@ def test_points_per_batch_changes_speed_and_memory_not_the_result(store, tmp_pat
 
     decoder, tile = SegmentEngine(store).decoder, store.grid.tiles[0]
     features = SegmentEngine(store).cache.get(tile.tile_id)
-    assert decoder.batched  # the store's decoder takes many prompts per call
+    assert decoder.batched and decoder.preferred_batch == 4  # many prompts per call; 4 is fastest on a CPU
     batched = decoder.raw_points(features, point_grid(tile, 3))
     monkeypatch.setattr(type(decoder), "batched", property(lambda self: False))  # as an older store's decoder
     one_by_one = decoder.raw_points(features, point_grid(tile, 3))
+    assert decoder.preferred_batch == 1
     assert batched[0].shape == one_by_one[0].shape == (9, 4, 64, 64)
     np.testing.assert_allclose(batched[0], one_by_one[0], atol=1e-4)
     np.testing.assert_allclose(batched[1], one_by_one[1], atol=1e-5)
@@ -330,6 +331,22 @@ def test_a_corrupt_tile_stops_the_run_plainly_and_keeps_the_finished_tiles(store
     path.write_bytes((store.root / path.relative_to(damaged.root)).read_bytes())
     result = segment_everything(FeatureStore.open(damaged.root), output, LOOSE)
     assert result.tiles_resumed == 1 and signature(read_rows(output)) == signature(reference)
+
+
+def test_an_unfinished_store_is_refused_unless_the_area_is_encoded(store, tmp_path):
+    partial = Path(shutil.copytree(store.root, tmp_path / "store"))
+    lines = (partial / "tiles.jsonl").read_text().splitlines()
+    (partial / "tiles.jsonl").write_text(lines[0] + "\n")  # as if the encoder stopped after the first tile
+    unfinished = FeatureStore.open(partial)
+    with pytest.raises(QuickSamError, match="unfinished: 1 of the 2 tiles .* 'quicksam encode'"):
+        segment_everything(unfinished, tmp_path / "all.gpkg", LOOSE)
+    assert not (tmp_path / "all.gpkg").exists() and not partial_path(tmp_path / "all.gpkg").exists()
+    a, b, _, d, _, f = unfinished.geotransform  # raster pixels 10..60 x 10..60: inside the first tile only
+    inside_first = ogr.CreateGeometryFromWkt(
+        f"POLYGON (({a + 10 * b} {d + 10 * f}, {a + 60 * b} {d + 10 * f}, {a + 60 * b} {d + 60 * f}, "
+        f"{a + 10 * b} {d + 10 * f}))").ExportToIsoWkb()
+    result = segment_everything(unfinished, tmp_path / "first.gpkg", LOOSE, area_wkbs=[bytes(inside_first)])
+    assert result.tiles == 1
 
 
 def test_processing_algorithm_with_an_aoi_in_another_crs(store, tmp_path, qgis_app, plugin):
