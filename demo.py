@@ -1,9 +1,11 @@
-"""`make demo`: encode a real raster end to end, segment a few prompts on it, and print the paths.
+"""`make demo`: encode a real raster end to end, segment a few prompts on it, segment everything on it,
+and print the paths.
 
 Uses the official SAM 2.1 tiny checkpoint when it is cached or can be downloaded; otherwise seeded
 random weights, and says so loudly (the store records it too). Segmenting goes through
 `quicksam segment` (the Processing algorithm in a headless QGIS); the PNG is a QGIS map render of the
-raster with the polygons and the prompts.
+raster with the polygons and the prompts. Segment everything goes through `quicksam segment-all`
+(16 x 16 points per tile, to keep the demo short).
 """
 
 from __future__ import annotations
@@ -79,6 +81,18 @@ def segment_demo_prompts(store, output_dir: Path) -> Path:
     return gpkg
 
 
+def segment_everything_demo(store, output_dir: Path) -> dict:
+    """Run `quicksam segment-all` on the whole store; returns its JSON summary."""
+    import subprocess
+
+    gpkg = output_dir / "demo_everything.gpkg"
+    result = subprocess.run([sys.executable, "-m", "quicksam.cli", "segment-all", str(store.root), "--output",
+                             str(gpkg), "--points-per-side", "16", "--overwrite"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise QuickSamError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "segment-all failed")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def _render(raster: Path, bands, gpkg: Path, prompts: Path, png: Path) -> None:
     from qgis.core import (
         QgsMapRendererSequentialJob,
@@ -152,6 +166,7 @@ def main(argv=None) -> int:
         gpkg = segment_demo_prompts(store, args.output)
         png = render_png(raster, DEMO_BANDS, gpkg, args.output / "demo_prompts.geojson",
                          args.output / "demo_segments.png")
+        everything = segment_everything_demo(store, args.output)
     except QuickSamError as exc:
         sys.stderr.write(f"quicksam demo: error: {exc}\n")
         return 1
@@ -161,7 +176,9 @@ def main(argv=None) -> int:
                      f"Encoded {stats.tiles_encoded} tile(s) in {stats.total_seconds:.1f} s "
                      f"({'RANDOM weights' if checkpoint is None else checkpoint.name}).\n"
                      f"Segmented {len(DEMO_POINTS)} prompts: {gpkg} (layer 'segments')\n"
-                     f"Picture of the polygons over the raster: {png}\n")
+                     f"Picture of the polygons over the raster: {png}\n"
+                     f"Segment everything: {everything['objects']} objects from {everything['tiles']} tile(s): "
+                     f"{everything['output']} (layer 'segments')\n")
     return 0
 
 
