@@ -83,37 +83,34 @@ class QuickSamPlugin:
         self.toolbar.setObjectName(TOOLBAR_OBJECT_NAME)
         self.toolbar.setToolTip(self.tr("QuickSAM"))
 
-        encode = QAction(QIcon(icon_path("encode.svg")), self.tr("Encode raster…"),
-                         self.iface.mainWindow())
-        encode.setObjectName(ENCODE_ACTION_OBJECT_NAME)
-        encode.setToolTip(self.tr("Encode a raster for Segment Anything (Processing algorithm)"))
+        encode = self._add_action(ENCODE_ACTION_OBJECT_NAME, "encode.svg", self.tr("Encode raster…"),
+                                  self.tr("Encode a raster for Segment Anything (Processing algorithm)"))
         self._connect(encode.triggered, self.open_encode_dialog)
-        self._add_action(encode)
 
-        segment = QAction(QIcon(icon_path("segment.svg")), self.tr("Segment…"), self.iface.mainWindow())
-        segment.setObjectName(SEGMENT_ACTION_OBJECT_NAME)
-        segment.setToolTip(self.tr("Segment objects on an encoded raster with clicks and boxes (dock)"))
+        segment = self._add_action(SEGMENT_ACTION_OBJECT_NAME, "segment.svg", self.tr("Segment…"),
+                                   self.tr("Segment objects on an encoded raster with clicks and boxes (dock)"))
         segment.setCheckable(True)
         self._connect(segment.toggled, self.toggle_segment_dock)
-        self._add_action(segment)
         self.segment_action = segment
 
-        segment_all = QAction(QIcon(icon_path("quicksam.svg")), self.tr("Segment everything…"),
-                              self.iface.mainWindow())
-        segment_all.setObjectName(SEGMENT_ALL_ACTION_OBJECT_NAME)
-        segment_all.setToolTip(self.tr("Find every object on an encoded raster (Processing algorithm)"))
+        segment_all = self._add_action(SEGMENT_ALL_ACTION_OBJECT_NAME, "quicksam.svg", self.tr("Segment everything…"),
+                                       self.tr("Find every object on an encoded raster (Processing algorithm)"))
         self._connect(segment_all.triggered, self.open_segment_all_dialog)
-        self._add_action(segment_all)
         LOGGER.debug("QuickSAM GUI loaded")
 
     def _connect(self, signal, slot: Callable) -> None:
         signal.connect(slot)
         self._connections.append((signal, slot))
 
-    def _add_action(self, action: QAction) -> None:
+    def _add_action(self, object_name: str, icon: str, text: str, tooltip: str) -> QAction:
+        """A new action on the toolbar and in the Raster menu (removed again by `unload`)."""
+        action = QAction(QIcon(icon_path(icon)), text, self.iface.mainWindow())
+        action.setObjectName(object_name)
+        action.setToolTip(tooltip)
         self.toolbar.addAction(action)
         self.iface.addPluginToRasterMenu(self.menu_name, action)
         self.actions.append(action)
+        return action
 
     def unload(self) -> None:
         """Mirror of `initGui()`: remove the dock (and its map tool), actions, menu entries, toolbar, provider
