@@ -26,6 +26,8 @@ DEMO_RASTER = Path(__file__).resolve().parent.parent / "shared" / "data" / "L7_E
 DEMO_BANDS = [3, 2, 1]  # Landsat 7 red, green, blue
 #: Demo prompts as fractions of the raster's width and height: (x, y, label); one object each.
 DEMO_POINTS = [(0.30, 0.35, 1), (0.62, 0.55, 1), (0.45, 0.80, 1)]
+RANDOM_EVERYTHING_NOTE = ("\n  (random weights: their masks seldom pass SAM's default score thresholds, so few or no "
+                          "objects; with the real checkpoint this finds the raster's objects)")
 
 
 def find_demo_raster(explicit: Optional[str]) -> Path:
@@ -178,7 +180,8 @@ def main(argv=None) -> int:
                      f"Segmented {len(DEMO_POINTS)} prompts: {gpkg} (layer 'segments')\n"
                      f"Picture of the polygons over the raster: {png}\n"
                      f"Segment everything: {everything['objects']} objects from {everything['tiles']} tile(s): "
-                     f"{everything['output']} (layer 'segments')\n")
+                     f"{everything['output']} (layer 'segments')"
+                     f"{RANDOM_EVERYTHING_NOTE if checkpoint is None else ''}\n")
     return 0
 
 
