@@ -271,23 +271,48 @@ def test_cancel_then_resume_gives_the_same_output(store, tmp_path, reference):
     assert signature(read_rows(output)) == signature(reference)
 
 
-def test_a_killed_run_resumes_without_duplicates(store, tmp_path, reference):
-    output = tmp_path / "killed.gpkg"
+def kill_after_tiles(store: FeatureStore, output: Path, tiles: int) -> None:
+    """Run segment everything in another process and SIGKILL it right after `tiles` tiles are committed."""
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
         from quicksam.encoder.store import FeatureStore
         from quicksam.interactive.automatic import AutoMaskSettings, segment_everything
         settings = AutoMaskSettings(**{json.dumps(LOOSE.to_dict())})
+        def on_progress(event):
+            if event.done == {tiles}:
+                os.kill(os.getpid(), signal.SIGKILL)
         segment_everything(FeatureStore.open(Path({str(store.root)!r})), Path({str(output)!r}), settings,
-                           progress=lambda event: os.kill(os.getpid(), signal.SIGKILL))
+                           progress=on_progress)
     """)
-    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not output.exists() and partial_path(output).exists()
+
+
+def test_a_killed_run_resumes_without_duplicates(store, tmp_path, reference):
+    output = tmp_path / "killed.gpkg"
+    kill_after_tiles(store, output, 1)
     result = segment_everything(store, output, LOOSE)
     assert result.tiles_resumed == 1
     assert signature(read_rows(output)) == signature(reference)
+
+
+def test_a_run_killed_with_border_pieces_waiting_resumes_to_the_same_objects(tmp_path):
+    # a 3 x 3 grid: killed after 5 tiles, the merge still holds pieces of tiles not yet closed
+    raster = write_raster(tmp_path / "grid.tif", square_scene(640, 640, (150, 150, 300)))
+    grid_store, _ = encode(raster, tmp_path / "store", overlap=64)
+    assert len(grid_store.grid) == 9
+    uninterrupted = segment_everything(grid_store, tmp_path / "whole.gpkg", LOOSE)
+    assert uninterrupted.merged_objects > 0  # objects joined across borders: the case under test
+    output = tmp_path / "killed.gpkg"
+    kill_after_tiles(grid_store, output, 5)
+    run_file = ogr.Open(str(partial_path(output)))  # kept: its layers die with it
+    assert run_file.GetLayerByName("quicksam_staged").GetFeatureCount() > 0
+    run_file = None
+    resumed = segment_everything(grid_store, output, LOOSE)
+    assert resumed.tiles_resumed == 5
+    assert signature(read_rows(output)) == signature(read_rows(tmp_path / "whole.gpkg"))
 
 
 def test_bad_input_is_refused_plainly(store, tmp_path):
