@@ -1,10 +1,11 @@
-"""What every QuickSAM Processing algorithm shares: its group, its icon, how it is copied."""
+"""What every QuickSAM Processing algorithm shares: its group, its icon, how it is copied, how it adds a
+parameter with its help text."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from qgis.core import QgsProcessingAlgorithm
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingParameterDefinition
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
@@ -32,3 +33,10 @@ class QuickSamAlgorithm(QgsProcessingAlgorithm):
 
     def createInstance(self) -> QgsProcessingAlgorithm:
         return type(self)()
+
+    def _add(self, parameter: QgsProcessingParameterDefinition, help_text: str, advanced: bool = False) -> None:
+        """Add `parameter` with its help text (the dialog's tooltip), under "Advanced" if asked."""
+        parameter.setHelp(help_text)
+        if advanced:
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(parameter)

@@ -22,7 +22,6 @@ from qgis.core import (
     QgsProcessingOutputVectorLayer,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFolderDestination,
@@ -255,7 +254,6 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             "<p>Outputs: the feature store folder and its tile index (a GeoPackage of tile "
             "footprints).</p>")
 
-
     # -- parameters -------------------------------------------------------------------------------
 
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:
@@ -308,13 +306,6 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
                       "is resumed; one of anything else is refused."))
         self.addOutput(QgsProcessingOutputVectorLayer(
             self.TILE_INDEX, _tr("Tile index"), QgsProcessing.TypeVectorPolygon))
-
-    def _add(self, parameter: QgsProcessingParameterDefinition, help_text: str,
-             advanced: bool = False) -> None:
-        parameter.setHelp(help_text)
-        if advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(parameter)
 
     # -- running ----------------------------------------------------------------------------------
 

@@ -25,7 +25,6 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
@@ -115,7 +114,6 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
             "model's IoU estimate), area_m2 (planar for projected CRSs, ellipsoidal otherwise), fg_points, "
             "bg_points, box, model, checkpoint (SHA-256), tile_id, created (UTC).</p>")
 
-
     # -- parameters -------------------------------------------------------------------------------
 
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:
@@ -157,13 +155,6 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
             _tr("Polygons in the raster's CRS, one per object (up to three with mask mode 'all')."))
         self.addOutput(QgsProcessingOutputNumber(self.SEGMENTED, _tr("Objects segmented")))
         self.addOutput(QgsProcessingOutputNumber(self.SKIPPED, _tr("Objects skipped")))
-
-    def _add(self, parameter: QgsProcessingParameterDefinition, help_text: str,
-             advanced: bool = False) -> None:
-        parameter.setHelp(help_text)
-        if advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(parameter)
 
     # -- checks -----------------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
@@ -91,7 +90,6 @@ class SegmentAllAlgorithm(QuickSamAlgorithm):
             "<p>Attributes: id, score (predicted IoU), stability, area (map units²), tile_ids, model, "
             "checkpoint (SHA-256).</p>")
 
-
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:
         self._add(QgsProcessingParameterFile(self.STORE, _tr("Feature store"),
                                              behavior=QgsProcessingParameterFile.Folder),
@@ -150,12 +148,6 @@ class SegmentAllAlgorithm(QuickSamAlgorithm):
         if high is not None:
             parameter.setMaximum(high)
         self._add(parameter, help_text, advanced)
-
-    def _add(self, parameter: QgsProcessingParameterDefinition, help_text: str, advanced: bool = False) -> None:
-        parameter.setHelp(help_text)
-        if advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(parameter)
 
     def checkParameterValues(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> Tuple[bool, str]:
         ok, message = super().checkParameterValues(parameters, context)
