@@ -9,6 +9,7 @@ x in [500000 + 10 col, 500000 + 10 (col + 1)] and y in [4200000 - 10 (row + 1), 
 from __future__ import annotations
 
 import functools
+import re
 import subprocess
 import sys
 import warnings
@@ -91,6 +92,24 @@ def square_scene(width: int, height: int, square: Tuple[int, int, int],
 def pixel_to_map_default(col: float, row: float) -> Tuple[float, float]:
     """Map coordinates (EPSG:32633) of a continuous pixel position under `default_transform()`."""
     return ORIGIN[0] + col * PIXEL_SIZE, ORIGIN[1] - row * PIXEL_SIZE
+
+
+def box_at(col0: float, row0: float, col1: float, row1: float) -> Tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) map box of a pixel rectangle under `default_transform()`."""
+    (x0, y0), (x1, y1) = pixel_to_map_default(col0, row0), pixel_to_map_default(col1, row1)
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, hint: str) -> None:
+    """Exit 1, exactly one stderr line, starting 'quicksam: error:', matching `hint` (what to do); no
+    traceback and nothing on stdout."""
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("quicksam: error: ")
+    assert re.search(hint, lines[0]), f"{hint!r} not in {lines[0]!r}"
+    assert result.stdout == ""
 
 
 def file_states(folder: Path) -> Dict[str, Tuple[bytes, int]]:

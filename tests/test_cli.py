@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -20,20 +19,11 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import pytest
-from synthetic import encode, encode_args, file_states, gradient, run_cli, write_raster
+from synthetic import assert_one_line_error, encode, encode_args, file_states, gradient, run_cli, write_raster
 
 Case = Callable[[Path], Tuple[List[str], str]]
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, hint: str) -> None:
-    """Exit 1, exactly one stderr line, starting 'quicksam: error:', matching `hint` (what to do)."""
-    assert result.returncode == 1, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("quicksam: error: ")
-    assert re.search(hint, lines[0]), f"{hint!r} not in {lines[0]!r}"
-    assert result.stdout == ""
 
 
 def _rgb(tmp_path: Path, name: str = "scene.tif", **kwargs) -> Path:

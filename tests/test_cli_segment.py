@@ -10,7 +10,6 @@ One feature store per module: the synthetic two-squares scene of test_segment_al
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import textwrap
@@ -22,7 +21,7 @@ import pytest
 import shapely
 import shapely.wkb
 from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsPointXY, QgsProject, QgsVectorLayer
-from synthetic import CRS, encode, file_states, pixel_to_map_default, write_raster
+from synthetic import CRS, assert_one_line_error, box_at, encode, file_states, pixel_to_map_default, write_raster
 
 from quicksam.encoder.store import FeatureStore
 from quicksam.interactive.engine import MapPrompts, SegmentEngine
@@ -42,9 +41,6 @@ def at(col: float, row: float) -> Tuple[float, float]:
     return pixel_to_map_default(col, row)
 
 
-def box_at(col0: float, row0: float, col1: float, row1: float) -> Tuple[float, float, float, float]:
-    (x0, y0), (x1, y1) = at(col0, row0), at(col1, row1)
-    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
 
 def csv(*values: float) -> str:
@@ -109,13 +105,6 @@ def assert_ok(result: subprocess.CompletedProcess, output: Path) -> dict:
     return summary
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, hint: str) -> None:
-    assert result.returncode == 1, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("quicksam: error: ")
-    assert re.search(hint, lines[0]), f"{hint!r} not in {lines[0]!r}"
 
 
 # -- prompts on the command line: one object ----------------------------------------------------------------

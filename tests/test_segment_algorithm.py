@@ -41,7 +41,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QVariant
-from synthetic import CRS, encode, pixel_to_map_default, write_raster
+from synthetic import CRS, box_at, encode, pixel_to_map_default, write_raster
 
 from quicksam.encoder.store import FeatureStore
 from quicksam.interactive.engine import MASK_MODES, MapPrompts, SegmentEngine
@@ -72,9 +72,6 @@ def at(col: float, row: float) -> Tuple[float, float]:
     return pixel_to_map_default(col, row)
 
 
-def box_at(col0: float, row0: float, col1: float, row1: float) -> Tuple[float, float, float, float]:
-    (x0, y0), (x1, y1) = at(col0, row0), at(col1, row1)
-    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
 
 @pytest.fixture(scope="module")
