@@ -238,12 +238,19 @@ class OnnxDecoder:
         self.image_size = image_size
         self.settings = settings
         self._input_names = self.feature_names + list(DECODER_EXTRA_INPUTS)
+        #: Whether the graph takes several objects per call (older exports took one).
+        self.batched = self._takes_batches()
+        self._on_cpu = self._session.get_providers()[0] == "CPUExecutionProvider"
 
     def raw(self, features: Dict[str, np.ndarray], prompts: Prompts) -> Tuple[np.ndarray, np.ndarray]:
         """All model outputs: (M, L, L) logits and (M,) scores."""
         inputs = decoder_inputs(self.family, self.feature_names, features, prompts, self.image_size)
         logits, scores = self._session.run(None, dict(zip(self._input_names, inputs)))
         return logits[0], scores[0]
+
+    def _takes_batches(self) -> bool:
+        objects = self._session.get_inputs()[len(self.feature_names)].shape[0]
+        return not isinstance(objects, int)
 
     @property
     def preferred_batch(self) -> int:
@@ -252,13 +259,7 @@ class OnnxDecoder:
         needs ~3.8 GB; a GPU wants large batches, as in SAM's generator."""
         if not self.batched:
             return 1
-        return 4 if self._session.get_providers()[0] == "CPUExecutionProvider" else 64
-
-    @property
-    def batched(self) -> bool:
-        """Whether the graph takes several objects per call (older exports took one)."""
-        objects = self._session.get_inputs()[len(self.feature_names)].shape[0]
-        return not isinstance(objects, int)
+        return 4 if self._on_cpu else 64
 
     def raw_points(self, features: Dict[str, np.ndarray], points: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """All model outputs for many single-foreground-point objects on one tile: (B, M, L, L) logits and
