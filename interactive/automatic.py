@@ -29,7 +29,7 @@ from ..encoder.store import STATUS_DONE, STATUS_PENDING, FeatureStore
 from ..encoder.tiling import Tile
 from .decoding import OnnxDecoder, choose_outputs, stability_scores, upsample_masks
 from .engine import MASK_MODES, SegmentEngine
-from .tile_merge import BorderMerge, TileMask, assign_masks, tile_regions, trimmed
+from .tile_merge import BorderMerge, TileMask, assign_masks, pixel_bounds, tile_regions, trimmed
 from .vectorise import Polygons, mask_to_polygons
 
 OUTPUT_LAYER = "segments"
@@ -130,12 +130,15 @@ def remove_small_regions(mask: np.ndarray, min_pixels: int) -> np.ndarray:
         return mask
     from osgeo import gdal
 
-    padded = np.pad(mask, 1).astype(np.uint8)  # the padding joins the outside into one background region
+    # The padding joins the outside into one background region, at least `min_pixels` large so that the
+    # sieve never takes the outside itself for a small hole (a mask's crop may be small).
+    pad = max(1, int(np.ceil(np.sqrt(min_pixels) / 2)))
+    padded = np.pad(mask, pad).astype(np.uint8)
     raster = gdal.GetDriverByName("MEM").Create("", padded.shape[1], padded.shape[0], 1, gdal.GDT_Byte)
     band = raster.GetRasterBand(1)
     band.WriteArray(padded)
     gdal.SieveFilter(band, None, band, int(min_pixels), 8)
-    return band.ReadAsArray()[1:-1, 1:-1].astype(bool)
+    return band.ReadAsArray()[pad:-pad, pad:-pad].astype(bool)
 
 
 def _pick(candidates: np.ndarray, logits: np.ndarray, scores: np.ndarray, mode: str) -> np.ndarray:
@@ -159,19 +162,15 @@ class _Candidate:
 
     @classmethod
     def of(cls, mask: np.ndarray, score: float, stability: float) -> Optional[_Candidate]:
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        if rows.size == 0:
+        box = pixel_bounds(mask)
+        if box is None:
             return None
-        box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
         return cls(box, score, stability, np.packbits(mask[box[1]:box[3], box[0]:box[2]]))
 
-    def mask(self, height: int, width: int) -> np.ndarray:
-        """The candidate on a (height, width) canvas of the tile."""
+    def crop(self) -> np.ndarray:
+        """The mask inside its box."""
         x0, y0, x1, y1 = self.box
-        canvas = np.zeros((height, width), dtype=bool)
-        size = (y1 - y0) * (x1 - x0)
-        canvas[y0:y1, x0:x1] = np.unpackbits(self.bits, count=size).reshape(y1 - y0, x1 - x0).astype(bool)
-        return canvas
+        return np.unpackbits(self.bits, count=(y1 - y0) * (x1 - x0)).reshape(y1 - y0, x1 - x0).astype(bool)
 
 
 def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile,
@@ -180,8 +179,9 @@ def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile
     score filters per batch, NMS on the boxes of all candidates, then small regions removed from the
     survivors only."""
     batch = settings.points_per_batch or decoder.preferred_batch
-    candidates = [c for start in range(0, settings.points_per_side ** 2, batch)
-                  for c in _batch_candidates(decoder, features, tile, settings, start, batch)]
+    points = point_grid(tile, settings.points_per_side)
+    candidates = [c for start in range(0, len(points), batch)
+                  for c in _batch_candidates(decoder, features, tile, settings, points[start:start + batch])]
     if not candidates:
         return []
     boxes = np.array([c.box for c in candidates], dtype=float)
@@ -189,20 +189,19 @@ def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile
     found = []
     for index in kept:
         candidate = candidates[index]
-        mask = remove_small_regions(candidate.mask(tile.valid_height, tile.valid_width),
-                                    settings.min_mask_region_area)
-        item = trimmed(TileMask(tile.tile_id, tile.col_off, tile.row_off, mask, candidate.score,
-                                candidate.stability))
+        # on the box alone: outside it there is only background, which the sieve's padding stands for
+        mask = remove_small_regions(candidate.crop(), settings.min_mask_region_area)
+        item = trimmed(TileMask(tile.tile_id, tile.col_off + candidate.box[0], tile.row_off + candidate.box[1], mask,
+                                candidate.score, candidate.stability))
         if item is not None:
             found.append(item)
     return found
 
 
 def _batch_candidates(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile,
-                      settings: AutoMaskSettings, start: int, batch: int) -> List[_Candidate]:
+                      settings: AutoMaskSettings, points: np.ndarray) -> List[_Candidate]:
     """Decode one batch of grid points; the masks that pass the predicted-IoU and stability filters."""
     threshold = decoder.settings.mask_threshold
-    points = point_grid(tile, settings.points_per_side)[start:start + batch]
     batch_logits, batch_scores = decoder.raw_points(features, points)
     logits, scores = [], []
     for all_logits, all_scores in zip(batch_logits, batch_scores):

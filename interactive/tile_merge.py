@@ -177,13 +177,21 @@ def _inside(point: Tuple[float, float], box: Box) -> bool:
     return box[0] <= point[0] < box[2] and box[1] <= point[1] < box[3]
 
 
-def trimmed(mask: TileMask) -> Optional[TileMask]:
-    """The mask with its crop cut to the bounding box of its pixels, or None if it has none."""
-    rows, cols = np.flatnonzero(mask.crop.any(axis=1)), np.flatnonzero(mask.crop.any(axis=0))
+def pixel_bounds(crop: np.ndarray) -> Optional[Box]:
+    """The half-open box (col0, row0, col1, row1) of a bool array's true pixels, or None if it has none."""
+    rows, cols = np.flatnonzero(crop.any(axis=1)), np.flatnonzero(crop.any(axis=0))
     if rows.size == 0:
         return None
-    crop = mask.crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    return TileMask(mask.tile_id, mask.col0 + int(cols[0]), mask.row0 + int(rows[0]), np.ascontiguousarray(crop),
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def trimmed(mask: TileMask) -> Optional[TileMask]:
+    """The mask with its crop cut to the bounding box of its pixels, or None if it has none."""
+    bounds = pixel_bounds(mask.crop)
+    if bounds is None:
+        return None
+    c0, r0, c1, r1 = bounds
+    return TileMask(mask.tile_id, mask.col0 + c0, mask.row0 + r0, np.ascontiguousarray(mask.crop[r0:r1, c0:c1]),
                     mask.score, mask.stability)
 
 

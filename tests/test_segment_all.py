@@ -178,6 +178,27 @@ def test_point_grid_and_nms():
     assert box_nms(boxes, np.array([0.5, 0.9, 0.1]), 0.7) == [1, 2]
 
 
+def test_removing_small_regions_on_a_masks_box_equals_doing_it_on_the_whole_tile():
+    # segment everything sieves each mask on its bounding box only; the background around must behave
+    # as the whole tile's does, also for boxes smaller than the minimum region
+    from quicksam.interactive.automatic import remove_small_regions
+    from quicksam.interactive.tile_merge import pixel_bounds
+
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        tile = np.zeros((128, 128), dtype=bool)
+        for _ in range(rng.integers(1, 6)):
+            row, col = rng.integers(0, 120, 2)
+            height, width = rng.integers(1, 40, 2)
+            tile[row:row + height, col:col + width] = True
+        tile &= rng.random(tile.shape) > 0.05  # speckle holes
+        x0, y0, x1, y1 = pixel_bounds(tile)
+        for min_pixels in (4, 30, 100):
+            on_box = np.zeros_like(tile)
+            on_box[y0:y1, x0:x1] = remove_small_regions(tile[y0:y1, x0:x1], min_pixels)
+            np.testing.assert_array_equal(on_box, remove_small_regions(tile, min_pixels))
+
+
 # -- 2. plumbing with the random model ------------------------------------------------------------------------
 
 #: Thresholds the random model's masks pass; 4 x 4 points per tile keep the test fast.
@@ -236,11 +257,11 @@ def test_attributes_and_no_overlapping_copies(store, reference):
 def test_points_per_batch_changes_speed_and_memory_not_the_result(store, tmp_path, reference, monkeypatch):
     from quicksam.interactive.engine import SegmentEngine
 
-    decoder, tile = SegmentEngine(store).decoder, store.grid.tiles[0]
-    features = SegmentEngine(store).cache.get(tile.tile_id)
+    engine, tile = SegmentEngine(store), store.grid.tiles[0]
+    decoder, features = engine.decoder, engine.cache.get(tile.tile_id)
     assert decoder.batched and decoder.preferred_batch == 4  # many prompts per call; 4 is fastest on a CPU
     batched = decoder.raw_points(features, point_grid(tile, 3))
-    monkeypatch.setattr(type(decoder), "batched", property(lambda self: False))  # as an older store's decoder
+    monkeypatch.setattr(decoder, "batched", False)  # as an older store's decoder
     one_by_one = decoder.raw_points(features, point_grid(tile, 3))
     assert decoder.preferred_batch == 1
     assert batched[0].shape == one_by_one[0].shape == (9, 4, 64, 64)
