@@ -316,8 +316,7 @@ class BorderMerge:
         released = []
         for other in nearby:  # tiles that this one's completion settles
             if self.settled(done, other):
-                self._drop_copies(staging, other)
-                released += self._release_spills(staging, other)
+                released += self._settle(staging, other)
         before = done - {tile_id}
         spent = [t for t in staging.tiles_with(SPILL)
                  if all(self.settled(done, n) for n in (t, *self.regions[t].neighbours))]
@@ -328,21 +327,17 @@ class BorderMerge:
             return released
         return released + self._complete_groups(staging, done)
 
-    def _drop_copies(self, staging: Staging, tile_id: str) -> None:
-        """Unstage the tile's pieces that are mostly covered by other tiles' spills."""
+    def _settle(self, staging: Staging, tile_id: str) -> List[MergedObject]:
+        """For a tile that just settled: unstage its pieces mostly covered by other tiles' spills (copies of
+        objects those tiles write), and return its spills to write: those no neighbour saw as a
+        higher-ranked copy. (Spills stay staged to cancel pieces until every tile they could cover is
+        settled.)"""
         pieces = staging.staged(PIECE, [tile_id])
-        if not pieces:
-            return
-        spills = list(staging.staged(SPILL, self.regions[tile_id].neighbours).values())
-        staging.unstage([key for key, piece in pieces.items() if _covered(piece, spills)])
-
-    def _release_spills(self, staging: Staging, tile_id: str) -> List[MergedObject]:
-        """The tile's spills to write: those no neighbour saw as a higher-ranked copy. (They stay staged
-        to cancel pieces until every tile they could cover is settled.)"""
         own = staging.staged(SPILL, [tile_id]).values()
-        if not own:
+        if not pieces and not own:
             return []
         others = list(staging.staged(SPILL, self.regions[tile_id].neighbours).values())
+        staging.unstage([key for key, piece in pieces.items() if _covered(piece, others)])
         return [MergedObject(spill, (tile_id,)) for spill in own
                 if not any(_rank(other) > _rank(spill) and _mask_iou(spill, other) >= DUPLICATE_IOU
                            for other in others)]
