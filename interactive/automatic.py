@@ -334,6 +334,7 @@ class RunFile:
         for name, kind in (("tile_id", "str"), ("kind", "str"), ("col0", "int"), ("row0", "int"), ("width", "int"),
                            ("height", "int"), ("score", "real"), ("stability", "real"), ("bits", "bin")):
             staged.CreateField(ogr.FieldDefn(name, _ogr_type(kind)))
+        dataset.ExecuteSQL(f"CREATE INDEX {STAGED_TABLE}_by_tile ON {STAGED_TABLE} (kind, tile_id)")
         dataset.FlushCache()
         return cls(path, dataset)
 
