@@ -47,6 +47,7 @@ bench: install
 	$(PY) bench/encode.py
 	$(PY) bench/decode.py
 	$(PY) bench/segment_all.py
+	$(PY) bench/decoder_batch.py
 
 clean-venv:
 	rm -rf $(VENV) $(STAMPS)

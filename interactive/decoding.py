@@ -255,8 +255,8 @@ class OnnxDecoder:
     @property
     def preferred_batch(self) -> int:
         """Objects per call that decode fastest here. Measured with SAM 2.1 tiny at 1024 px on a 2-core CPU
-        (docs/segment-everything.md): 4 per call is the fastest and 64 is about 30 % slower per object and
-        needs ~3.8 GB; a GPU wants large batches, as in SAM's generator."""
+        (docs/segment-everything.md): 4 per call is the fastest and 64 is about 25 % slower per object and
+        needs ~3.9 GB (bench/decoder_batch.py); a GPU wants large batches, as in SAM's generator."""
         if not self.batched:
             return 1
         return 4 if self._on_cpu else 64
