@@ -20,7 +20,6 @@ from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransformContext,
     QgsFeature,
-    QgsField,
     QgsFields,
     QgsGeometry,
     QgsPointXY,
@@ -33,10 +32,9 @@ from qgis.core import (
     QgsVectorLayerUtils,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from ..encoder.store import FeatureStore
-from .output import FeatureBuilder, open_or_create_gpkg_layer
+from .output import FeatureBuilder, fields_of, open_or_create_gpkg_layer
 from .session import AcceptedObject
 
 EDIT_COMMAND = "QuickSAM object"
@@ -157,11 +155,7 @@ def set_object_colours(layer: QgsVectorLayer, enabled: bool) -> bool:
 # -- prompts ------------------------------------------------------------------------------------------
 
 def prompt_fields() -> QgsFields:
-    fields = QgsFields()
-    for name, kind in (("object_id", QVariant.LongLong), ("label", QVariant.String),
-                       ("prompt", QVariant.String), ("output", QVariant.String)):
-        fields.append(QgsField(name, kind))
-    return fields
+    return fields_of((("object_id", "int64"), ("label", "string"), ("prompt", "string"), ("output", "string")))
 
 
 def open_or_create_prompts_layer(store: FeatureStore, crs: QgsCoordinateReferenceSystem,

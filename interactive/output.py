@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from qgis.core import (
+    Qgis,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsCoordinateTransformContext,
@@ -24,7 +25,7 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
+from qgis.PyQt.QtCore import QMetaType, QVariant
 
 from ..encoder.store import FeatureStore
 from .engine import MapPrompts, Segment
@@ -32,18 +33,35 @@ from .engine import MapPrompts, Segment
 OUTPUT_FILE = "segments.gpkg"
 OUTPUT_LAYER = "segments"
 FIELD_SPECS = (
-    ("id", QVariant.LongLong), ("label", QVariant.String), ("score", QVariant.Double),
-    ("area_m2", QVariant.Double), ("fg_points", QVariant.Int), ("bg_points", QVariant.Int),
-    ("box", QVariant.String), ("model", QVariant.String), ("checkpoint", QVariant.String),
-    ("tile_id", QVariant.String), ("created", QVariant.String),
+    ("id", "int64"), ("label", "string"), ("score", "double"), ("area_m2", "double"), ("fg_points", "int"),
+    ("bg_points", "int"), ("box", "string"), ("model", "string"), ("checkpoint", "string"),
+    ("tile_id", "string"), ("created", "string"),
 )
+#: QGIS 3.38 takes field types as QMetaType (QVariant.Type is deprecated there and gone in QGIS 4).
+_METATYPE_FIELDS = Qgis.QGIS_VERSION_INT >= 33800
+
+
+def qgis_field(name: str, kind: str) -> QgsField:
+    """A QgsField of `kind` ("int", "int64", "double" or "string") built the way this QGIS wants it."""
+    if _METATYPE_FIELDS:
+        types = {"int": QMetaType.Type.Int, "int64": QMetaType.Type.LongLong, "double": QMetaType.Type.Double,
+                 "string": QMetaType.Type.QString}
+    else:
+        types = {"int": QVariant.Int, "int64": QVariant.LongLong, "double": QVariant.Double,
+                 "string": QVariant.String}
+    return QgsField(name, types[kind])
+
+
+def fields_of(specs) -> QgsFields:
+    """QgsFields from (name, kind) pairs; see `qgis_field`."""
+    fields = QgsFields()
+    for name, kind in specs:
+        fields.append(qgis_field(name, kind))
+    return fields
 
 
 def output_fields() -> QgsFields:
-    fields = QgsFields()
-    for name, kind in FIELD_SPECS:
-        fields.append(QgsField(name, kind))
-    return fields
+    return fields_of(FIELD_SPECS)
 
 
 def raster_crs(store: FeatureStore) -> QgsCoordinateReferenceSystem:

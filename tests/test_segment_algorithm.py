@@ -23,7 +23,6 @@ from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsFeature,
-    QgsField,
     QgsGeometry,
     QgsPointXY,
     QgsProcessing,
@@ -45,7 +44,7 @@ from synthetic import CRS, box_at, encode, pixel_to_map_default, write_raster
 
 from quicksam.encoder.store import FeatureStore
 from quicksam.interactive.engine import MASK_MODES, MapPrompts, SegmentEngine
-from quicksam.interactive.output import FIELD_SPECS
+from quicksam.interactive.output import FIELD_SPECS, qgis_field
 from quicksam.interactive.prompt_input import (
     PromptRecord,
     group_key,
@@ -112,10 +111,10 @@ class RecordingFeedback(QgsProcessingFeedback):
 
 
 def memory_layer(kind: str, crs: str, rows: Sequence[Tuple[object, Dict[str, object]]],
-                 fields: Sequence[Tuple[str, QVariant.Type]] = ()) -> QgsVectorLayer:
+                 fields: Sequence[Tuple[str, str]] = ()) -> QgsVectorLayer:
     """A memory layer of `kind` ('Point' or 'Polygon') with features (geometry, attributes)."""
     layer = QgsVectorLayer(f"{kind}?crs={crs}", "prompts", "memory")
-    layer.dataProvider().addAttributes([QgsField(name, kind_) for name, kind_ in fields])
+    layer.dataProvider().addAttributes([qgis_field(name, kind_) for name, kind_ in fields])
     layer.updateFields()
     features = []
     for geometry, attributes in rows:
@@ -348,7 +347,7 @@ def test_group_field_joins_points_and_a_polygon_box_with_labels(registered, stor
 def test_background_label_changes_the_mask(registered, store_path, engine):
     """A label field is read: the fg + bg object differs from the same two points both foreground."""
     rows = [(point(*at(75, 75)), {"g": 1, "l": 1}), (point(*at(20, 20)), {"g": 1, "l": 0})]
-    layer = memory_layer("Point", CRS, rows, [("g", QVariant.Int), ("l", QVariant.Int)])
+    layer = memory_layer("Point", CRS, rows, [("g", "int"), ("l", "int")])
     (labelled,) = features_of(run(store_path, layer, GROUP_FIELD="g", LABEL_FIELD="l")["OUTPUT"])
     (unlabelled,) = features_of(run(store_path, layer, GROUP_FIELD="g")["OUTPUT"])
     assert (labelled["fg_points"], labelled["bg_points"]) == (1, 1)
@@ -434,7 +433,7 @@ def test_unusable_groups_are_skipped_with_their_reason(registered, store_path):
     rows = [(rectangle(box_at(30, 30, 120, 120)), {"g": "two"}), (rectangle(box_at(40, 40, 90, 90)), {"g": "two"}),
             (rectangle(box_at(190, 160, 290, 260)), {"g": "one"})]
     feedback = RecordingFeedback()
-    layer = memory_layer("Polygon", CRS, rows, [("g", QVariant.String)])
+    layer = memory_layer("Polygon", CRS, rows, [("g", "string")])
     features = features_of(run(store_path, layer, feedback, GROUP_FIELD="g")["OUTPUT"])
     assert [(f["id"], f["label"]) for f in features] == [(2, "one")]
     assert any(e.startswith("object 1 (group 'two') skipped:") and "2 polygons" in e for e in feedback.errors)
@@ -469,7 +468,7 @@ def test_cancel_stops_the_run(registered, store_path):
 
 
 def test_unknown_field_is_refused(registered, store_path):
-    layer = memory_layer("Point", CRS, [(point(*at(75, 75)), {})], [("g", QVariant.Int)])
+    layer = memory_layer("Point", CRS, [(point(*at(75, 75)), {})], [("g", "int")])
     with pytest.raises(QgsProcessingException):
         run(store_path, layer, GROUP_FIELD="nope")
 
