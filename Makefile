@@ -1,5 +1,6 @@
 # QuickSAM: `make demo` and `make test` install whatever is missing, then run.
-# Debian 12 (bookworm): QGIS 3.22 from Debian, a venv on Debian's python3 with --system-site-packages.
+# Debian 12 (bookworm, QGIS 3.22) or Debian 13 (trixie, QGIS 3.40 LTR): QGIS from Debian, a venv on Debian's
+# python3 with --system-site-packages.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ APT_PACKAGES := python3-qgis qgis-providers qgis xvfb xauth imagemagick python3-
 DEMO_DIR ?= $(HOME)/quicksam-demo
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: all install demo test lint bench screenshot clean-venv
+.PHONY: all install demo test test-other-release lint bench screenshot clean-venv
 
 all: test
 
@@ -24,12 +25,21 @@ $(STAMPS)/apt:
 	fi
 	@touch $@
 
+# --- numpy: the ABI the distribution's GDAL and QGIS were built with --------------------------------
+# Debian 12's bindings need numpy 1.x, Debian 13's numpy 2.x: the venv may upgrade numpy within the
+# system's major version (sam2 needs a newer 1.x than Debian 12 has), never across it.
+$(STAMPS)/numpy-abi.txt: $(STAMPS)/apt
+	@mkdir -p $(STAMPS)
+	/usr/bin/python3 -c "import numpy; v = numpy.__version__; print(f'numpy>={v},<{int(v.split(\".\")[0]) + 1}')" > $@
+	@echo "numpy for this system: $$(cat $@)"
+
 # --- the venv: torch first (sam2 builds against it without isolation), then the rest -----------
-$(STAMPS)/venv: $(STAMPS)/apt requirements.txt requirements-torch.txt pyproject.toml
+$(STAMPS)/venv: $(STAMPS)/apt $(STAMPS)/numpy-abi.txt requirements.txt requirements-torch.txt pyproject.toml
 	@mkdir -p $(STAMPS)
 	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-torch.txt
-	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-torch.txt "$$(cat $(STAMPS)/numpy-abi.txt)"
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -r requirements.txt \
+	  "$$(cat $(STAMPS)/numpy-abi.txt)"
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(PY) -c "import qgis.core, torch, sam2, segment_anything, rasterio, onnxruntime, quicksam"
 	@touch $@
@@ -42,6 +52,11 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The same suite on the other supported Debian release (12 <-> 13), in a debootstrap chroot that is built
+# once and reused; it tests a fresh clone of the committed HEAD. Needs root. See .ci/other_release.sh.
+test-other-release:
+	bash .ci/other_release.sh
 
 bench: install
 	$(PY) bench/encode.py

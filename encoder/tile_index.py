@@ -1,4 +1,4 @@
-"""The store's tile index: tile footprints as a GeoPackage polygon layer (GDAL/OGR; no QGIS).
+"""The store's tile index: tile footprints as a GeoPackage polygon layer (pyogrio; no QGIS, no osgeo).
 
 Footprints are the valid part of each tile, in the raster's CRS, computed from the raster's
 geotransform, so a user sees exactly where each tile lies and whether it is done.
@@ -7,6 +7,7 @@ geotransform, so a user sees exactly where each tile lies and whether it is done
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
@@ -27,45 +28,36 @@ def tile_footprint(geotransform: Sequence[float], tile: Tile) -> List[Tuple[floa
 
 
 def write_tile_index(store: FeatureStore) -> Path:
-    """(Re)write STORE/tile_index.gpkg from the manifest and the tile log; returns its path."""
-    from osgeo import ogr, osr
+    """(Re)write STORE/tile_index.gpkg from the manifest and the tile log; returns its path.
 
-    ogr.UseExceptions()
-    osr.UseExceptions()
+    Written with pyogrio (a declared dependency; the headless encoder has no `osgeo`) to a temporary
+    name and renamed into place. Polygons are in the raster's CRS (`store.crs_wkt`).
+    """
+    import numpy as np
+    import shapely
+
+    with warnings.catch_warnings():
+        # pyogrio tries pyproj if installed; Debian's pyproj seen from a venv warns that it has no PROJ
+        # data. We never use pyproj: the CRS goes to GDAL as WKT.
+        warnings.simplefilter("ignore", UserWarning)
+        import pyogrio.raw
+
     path = store.root / TILE_INDEX
     tmp = store.root / f"tile_index.tmp.{os.getpid()}.gpkg"
     if tmp.exists():
         tmp.unlink()
-    srs = osr.SpatialReference()
-    srs.ImportFromWkt(store.crs_wkt)
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    driver = ogr.GetDriverByName("GPKG")
-    dataset = driver.CreateDataSource(str(tmp))
-    layer = dataset.CreateLayer(LAYER_NAME, srs, ogr.wkbPolygon)
-    for name, kind in (("tile_id", ogr.OFTString), ("row", ogr.OFTInteger), ("col", ogr.OFTInteger),
-                       ("status", ogr.OFTString), ("padded", ogr.OFTInteger),
-                       ("valid_fraction", ogr.OFTReal)):
-        layer.CreateField(ogr.FieldDefn(name, kind))
+    tiles = list(store.grid)
     records = store.records()
-    dataset.StartTransaction()
-    for tile in store.grid:
-        feature = ogr.Feature(layer.GetLayerDefn())
-        record = records.get(tile.tile_id)
-        feature.SetField("tile_id", tile.tile_id)
-        feature.SetField("row", tile.row)
-        feature.SetField("col", tile.col)
-        feature.SetField("status", store.status(tile))
-        feature.SetField("padded", int(tile.is_padded))
-        if record is not None:
-            feature.SetField("valid_fraction", record.valid_fraction)
-        ring = ogr.Geometry(ogr.wkbLinearRing)
-        for x, y in tile_footprint(store.geotransform, tile):
-            ring.AddPoint_2D(x, y)
-        polygon = ogr.Geometry(ogr.wkbPolygon)
-        polygon.AddGeometry(ring)
-        feature.SetGeometry(polygon)
-        layer.CreateFeature(feature)
-    dataset.CommitTransaction()
-    dataset = None  # closes the file
+    valid_fraction = [records[t.tile_id].valid_fraction if t.tile_id in records else np.nan for t in tiles]
+    geometry = shapely.to_wkb([shapely.Polygon(tile_footprint(store.geotransform, t)) for t in tiles])
+    fields = ["tile_id", "row", "col", "status", "padded", "valid_fraction"]
+    field_data = [np.array([t.tile_id for t in tiles], dtype=object),
+                  np.array([t.row for t in tiles], dtype=np.int32),
+                  np.array([t.col for t in tiles], dtype=np.int32),
+                  np.array([store.status(t) for t in tiles], dtype=object),
+                  np.array([int(t.is_padded) for t in tiles], dtype=np.int32),
+                  np.array(valid_fraction, dtype=np.float64)]
+    pyogrio.raw.write(str(tmp), geometry, field_data, fields, layer=LAYER_NAME, driver="GPKG",
+                      geometry_type="Polygon", crs=store.crs_wkt)
     os.replace(tmp, path)
     return path
