@@ -268,7 +268,7 @@ def test_encoder_events_reach_the_feedback(qgis_app):
     reporter({"event": "log", "message": "reading bands 1,2,3"})
     reporter({"event": "log", "level": "warning", "message": "random weights"})
     reporter({"event": "something-new"})
-    assert feedback.progress() == 50.0
+    assert feedback.progress() == pytest.approx(50.0)
     assert ("info", "reading bands 1,2,3") in feedback.messages
     assert ("warning", "random weights") in feedback.messages
     assert reporter.finished is None

@@ -89,8 +89,10 @@ def test_sam2_stored_features_decode_like_set_image(sam2_full):
     tile_id = store32.grid.tiles[0].tile_id
     stored32, stored16 = store32.load_tile(tile_id), store16.load_tile(tile_id)
     assert stored16["image_embed"].dtype == np.float16
+    # The store runs the same encoder again, in another batch and memory layout: float32 results agree to
+    # rounding, not bitwise (BLAS kernels and SIMD paths differ by CPU). 1e-5 relative is ~80 ulps.
     for name, array in memory_features.items():
-        np.testing.assert_array_equal(stored32[name], array)
+        np.testing.assert_allclose(stored32[name], array, rtol=1e-5, atol=1e-6)
     onnx32 = OnnxDecoder(store32.root / "decoder.onnx", "sam2", store32.feature_names, 1024, model.decoder_settings)
     for prompt in PROMPT_SETS:
         for multimask in (True, False):
@@ -98,7 +100,9 @@ def test_sam2_stored_features_decode_like_set_image(sam2_full):
                                                                   multimask_output=multimask)
             ours_memory = model.decode(memory_features, _ours(prompt), multimask)
             ours_stored = model.decode(stored32, _ours(prompt), multimask)
-            np.testing.assert_array_equal(ours_stored.low_res_logits, ours_memory.low_res_logits)
+            # decoding from the stored float32 features is decoding from the encoder's own output: the same up
+            # to float32 rounding (seen here: 2.7e-7 on another CPU); logits are O(10)
+            np.testing.assert_allclose(ours_stored.low_res_logits, ours_memory.low_res_logits, rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(ours_stored.low_res_logits, ref_logits, atol=1e-5)
             np.testing.assert_allclose(ours_stored.scores, ref_scores, atol=1e-5)
             assert (ours_stored.masks != ref_masks.astype(bool)).mean() < 1e-4
@@ -170,8 +174,10 @@ def test_random_weights_are_seeded():
     first = build_model("sam2.1_hiera_t", seed=5, image_size=128).encode(image)[0]["image_embed"]
     again = build_model("sam2.1_hiera_t", seed=5, image_size=128).encode(image)[0]["image_embed"]
     other = build_model("sam2.1_hiera_t", seed=6, image_size=128).encode(image)[0]["image_embed"]
-    np.testing.assert_array_equal(first, again)
-    assert not np.allclose(first, other)
+    # the same seed gives the same weights, so the same features up to float rounding; another seed gives
+    # other features (differences of order 1, far beyond the tolerance)
+    np.testing.assert_allclose(first, again, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(first, other, rtol=1e-2, atol=1e-2)
 
 
 def test_batched_encode_equals_one_by_one():
@@ -227,8 +233,12 @@ def test_cropped_mask_upsampling_equals_full_upsampling():
     logits[0, 10:20, 30:45] += 9  # a compact object
     logits[1, 0:3, 60:64] += 9  # touching the top-right edge
     logits[2] = -3  # nothing
-    expected = upsample_logits(logits, 256) > 0
-    np.testing.assert_array_equal(upsample_masks(logits, 256, 0.0), expected)
+    full = upsample_logits(logits, 256)
+    expected = full > 0
+    # The cropped path evaluates the same bilinear weights in another order: a pixel may flip only where
+    # the logit is within float32 rounding of the threshold (|logit| < 1e-5 for logits of order 10).
+    differ = upsample_masks(logits, 256, 0.0) != expected
+    assert not differ.any() or np.abs(full[differ]).max() < 1e-5
     assert expected[0].any() and expected[1].any() and not expected[2].any()
 
 

@@ -290,7 +290,7 @@ def test_batch_runs_one_algorithm_on_two_inputs(encoder_provider, tmp_path):
         assert store_summary(store)["complete"]
         assert read_manifest(store)["raster"]["path"] == str(raster.resolve())
     geotransforms = [read_manifest(store)["raster"]["geotransform"] for store in stores]
-    assert geotransforms[0][0] == 500000.0 and geotransforms[1][0] == 600000.0
+    assert geotransforms[0][0] == pytest.approx(500000.0) and geotransforms[1][0] == pytest.approx(600000.0)
     # One tile per row: each row's 100 % is half of the batch.
     assert feedback.progress_values == [50, 100]
 

@@ -196,6 +196,8 @@ def test_overlapping_tiles_see_identical_pixels(tmp_path: Path) -> None:
     assert len(store.grid) == 6
     inputs = dict(zip(done, model.inputs))
     stretch = _stored_stretch(tmp_path / "store")
+    # Exact comparisons of uint8 results are right here: the stretch is elementwise float32 subtraction and
+    # multiplication (each correctly rounded by IEEE 754 on every CPU, numpy fuses nothing), then rint.
     with WindowReader(str(raster), [1, 2, 3]) as reader:
         for tile in store.grid:      # what the model got is the one stored stretch applied to the tile
             pixels, valid = reader.read_tile(tile)
