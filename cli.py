@@ -34,8 +34,6 @@ LOG = logging.getLogger("quicksam")
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 2
 EXIT_CANCELLED = 130
-#: Where Debian/Ubuntu QGIS keeps the `processing` plugin (not on sys.path outside QGIS).
-QGIS_PROCESSING_PLUGINS = "/usr/share/qgis/python/plugins"
 #: Single-file formats `segment` writes: renaming one file publishes the whole result.
 SEGMENT_FORMATS = {".gpkg": "GeoPackage", ".geojson": "GeoJSON"}
 SEGMENT_LAYER = "segments"
@@ -390,6 +388,28 @@ def _captured_process_output() -> Iterator[None]:
                 LOG.debug("qgis: %s", line)
 
 
+def qgis_python_plugins_dir() -> str:
+    """The folder of QGIS's bundled Python plugins (`processing` among them), found the way QGIS finds it:
+    `<pkgDataPath>/python/plugins` (Debian: /usr/share/qgis, OSGeo4W: <root>/apps/qgis[-ltr], macOS:
+    QGIS.app/Contents/Resources, conda: <env>/share/qgis). Needs an initialised QgsApplication."""
+    from qgis.core import QgsApplication
+
+    return os.path.join(QgsApplication.pkgDataPath(), "python", "plugins")
+
+
+def _make_processing_importable() -> None:
+    """Outside a QGIS executable the `processing` plugin is not on sys.path: add QGIS's plugin folder."""
+    try:
+        import processing  # noqa: F401
+    except ImportError:
+        folder = qgis_python_plugins_dir()
+        if not os.path.isdir(os.path.join(folder, "processing")):
+            raise QuickSamError(f"QGIS's Processing plugin was not found in '{folder}'; install QGIS with its "
+                                "Python plugins (Debian: apt install python3-qgis qgis-providers)") from None
+        if folder not in sys.path:
+            sys.path.append(folder)
+
+
 @contextlib.contextmanager
 def _headless_qgis() -> Iterator[None]:
     """A QGIS application (offscreen) with Processing and the QuickSAM provider, for this process.
@@ -406,8 +426,7 @@ def _headless_qgis() -> Iterator[None]:
         app = QgsApplication([], False)
         app.initQgis()
     try:
-        if QGIS_PROCESSING_PLUGINS not in sys.path:
-            sys.path.append(QGIS_PROCESSING_PLUGINS)
+        _make_processing_importable()
         from processing.core.Processing import Processing
 
         Processing.initialize()
