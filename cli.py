@@ -397,6 +397,32 @@ def qgis_python_plugins_dir() -> str:
     return os.path.join(QgsApplication.pkgDataPath(), "python", "plugins")
 
 
+#: Projects made by `_private_project`, destroyed before QGIS exits.
+_PRIVATE_PROJECTS: list = []
+
+
+def _private_project():
+    """A QgsProject for one headless run, destroyed by `_headless_qgis` before QGIS exits, whoever still
+    refers to it: a project that outlives `exitQgis` (a failed Processing run's traceback keeps it and its
+    context alive) crashes the interpreter's shutdown on QGIS 3.40 (its style settings reach into the
+    application's style model, gone by then)."""
+    from qgis.core import QgsProject
+
+    project = QgsProject()
+    _PRIVATE_PROJECTS.append(project)
+    return project
+
+
+def _destroy_private_projects() -> None:
+    from qgis.PyQt import sip
+
+    while _PRIVATE_PROJECTS:
+        project = _PRIVATE_PROJECTS.pop()
+        if not sip.isdeleted(project):
+            project.removeAllMapLayers()
+            sip.delete(project)
+
+
 def _make_processing_importable() -> None:
     """Outside a QGIS executable the `processing` plugin is not on sys.path: add QGIS's plugin folder."""
     try:
@@ -439,6 +465,7 @@ def _headless_qgis() -> Iterator[None]:
     finally:
         if own_app:
             gc.collect()  # QGIS objects held in reference cycles (tracebacks) must go before QGIS exits
+            _destroy_private_projects()
             app.exitQgis()
             qInstallMessageHandler(None)  # no Python callback may outlive the interpreter
 
@@ -518,7 +545,6 @@ def _run_segment_algorithm(args, partial: Path) -> Tuple[Dict[str, object], List
         QgsProcessingException,
         QgsProcessingFeedback,
         QgsProcessingOutputLayerDefinition,
-        QgsProject,
     )
 
     from .interactive.output import raster_crs
@@ -542,7 +568,7 @@ def _run_segment_algorithm(args, partial: Path) -> Tuple[Dict[str, object], List
         if not crs.isValid():
             raise QuickSamError(f"--prompts-crs '{args.prompts_crs}' is not a CRS QGIS knows; use an authority "
                                 "code such as EPSG:4326 (or a WKT or PROJ string)")
-    project = QgsProject()
+    project = _private_project()
     layer, group_field, label_field, vsimem = _open_prompt_layer(args, crs)
     layer_id = layer.id()
     project.addMapLayer(layer, False)  # the project owns it now
@@ -609,11 +635,11 @@ def _cmd_segment(args, events: EventWriter) -> int:
 
 def _run_segment_all_algorithm(args, events: EventWriter) -> Dict[str, object]:
     """Run quicksam:segmentall on args; its results. Cancellation (Ctrl+C) keeps finished tiles."""
-    from qgis.core import QgsProcessingFeedback, QgsProject
+    from qgis.core import QgsProcessingFeedback
 
     from .interactive.segment_all_algorithm import SegmentAllAlgorithm as Algorithm
 
-    project = QgsProject()
+    project = _private_project()
     aoi_id = ""
     if args.aoi:
         from qgis.core import QgsVectorLayer

@@ -205,6 +205,9 @@ NO_TORCH_SCRIPT = textwrap.dedent("""
 
     app = QgsApplication([], True)
     app.initQgis()
+    # QGIS itself may load some (QGIS 3.40's qgis.core imports shapely when it is installed, for
+    # QgsGeometry.as_shapely): only what loading the plugin adds counts
+    loaded_by_qgis = set(sys.modules)
 
 
     class StubIface:
@@ -234,8 +237,8 @@ NO_TORCH_SCRIPT = textwrap.dedent("""
     algorithm = QgsApplication.processingRegistry().createAlgorithmById("quicksam:encoderaster")
     # torch is never needed in QGIS; rasterio and shapely bundle their own GDAL/GEOS, which clash with
     # QGIS's inside its executables, so the QGIS side uses GDAL's own bindings instead.
-    heavy = sorted(name for name in ("torch", "torchvision", "sam2", "segment_anything", "rasterio", "shapely")
-                   if name in sys.modules)
+    heavy = sorted(name for name in ("torch", "torchvision", "sam2", "segment_anything", "rasterio", "shapely",
+                                     "pyogrio") if name in sys.modules and name not in loaded_by_qgis)
     plugin.unload()
     print(json.dumps({"algorithm": algorithm is not None, "heavy": heavy}))
     app.exitQgis()
