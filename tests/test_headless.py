@@ -110,3 +110,15 @@ def test_every_package_the_encoder_imports_is_declared():
             if not dists & declared:
                 undeclared.setdefault(module, []).append(path.name)
     assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+
+
+def test_the_cli_finds_qgis_processing_from_qgis_own_data_path(qgis_app):
+    """`segment`/`segment-all` import QGIS's Processing plugin from where this QGIS keeps it (its
+    pkgDataPath), not from a Debian path: the same code finds it under OSGeo4W, macOS bundles and conda."""
+    from qgis.core import QgsApplication
+
+    from quicksam.cli import qgis_python_plugins_dir
+
+    folder = Path(qgis_python_plugins_dir())
+    assert folder == Path(QgsApplication.pkgDataPath()) / "python" / "plugins"
+    assert (folder / "processing" / "core" / "Processing.py").is_file()
