@@ -16,10 +16,11 @@ expected pixels come from an oracle on the pixels alone (no GDAL, no GEOS):
 Then the geometry written through QGIS (`quicksam:segmentprompts`, one output layer) stays valid.
 
 Areas are compared with a relative tolerance of 1e-9, not bitwise: vertices are float64 map
-coordinates (x0 + col * a + row * b, ...), each rounded to about 2^-53 of its magnitude (1e-9 m at
-y = 4.2e6 m), and GEOS sums area terms in floating point; for the small masks here (pixels of 1 to
-10 map units) that changes the area by less than 1e-11 of it, far from the one pixel (>= 1/256 of
-the area) that a wrong polygon would change.
+coordinates (x0 + col * a + row * b, ...), each within half an ulp of its magnitude (4.7e-10 m at
+y = 4.2e6 m), and GEOS sums the area in floating point, so the area is off by about that rounding over
+the pixel's side relative to it: 5e-11 for the 10 m pixels at UTM magnitudes here, less for the other
+transforms (with these, all coordinates are exact binary fractions and the areas come out exact). A
+wrong polygon is off by at least one pixel, 1/256 of a 16 x 16 mask.
 """
 
 from __future__ import annotations
