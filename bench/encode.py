@@ -86,7 +86,7 @@ def time_ours(model, raster: Path, work: Path, repeats: int):
         tiles = stats.tiles_encoded
         runs.append((time.perf_counter() - started) / tiles)
         loops.append(stats.total_seconds / tiles)
-    tile_file = next((store.root / "tiles").glob("*.npy"))
+    tile_file = store.tile_path(next(t for t, record in store.records().items() if record.status == "done"))
     return median(runs), median(loops), tile_file.stat().st_size, tiles
 
 

@@ -224,25 +224,26 @@ class TilePipeline:
                     if self._stop.is_set() or self.cancelled():
                         break
                     data, valid = reader.read_tile(tile)
-                    valid_fraction = float(valid.mean())
-                    image = self.stretch.apply(data, valid) if valid_fraction > 0 else None
-                    if not self._put(self._inputs, (tile, image, valid_fraction)):
+                    image = self.stretch.apply(data, valid) if valid.any() else None
+                    if not self._put(self._inputs, (tile, image, valid)):
                         break
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
             self._errors.append(exc)
         finally:
             self._put(self._inputs, _END)
 
-    def _next_batch(self) -> Tuple[List[Tuple[Tile, np.ndarray, float]], bool]:
+    def _next_batch(self) -> Tuple[List[Tuple[Tile, np.ndarray, np.ndarray]], bool]:
+        """Up to batch_size (tile, (S, S, 3) uint8 image, (S, S) bool valid mask) items; nodata tiles go
+        straight to the writer."""
         batch, finished = [], False
         while len(batch) < self.batch_size:
             item = self._inputs.get()
             if item is _END:
                 finished = True
                 break
-            tile, image, valid_fraction = item
+            tile, image, _ = item
             if image is None:
-                self._outputs.put(("nodata", tile, None, 0.0))
+                self._outputs.put(("nodata", tile, None, None))
                 continue
             batch.append(item)
         return batch, finished
@@ -260,8 +261,8 @@ class TilePipeline:
             elapsed = time.perf_counter() - started
             self.stats.model_seconds += elapsed
             self.stats.batch_model_seconds.append(elapsed)
-            for (tile, _, valid_fraction), tile_features in zip(batch, features):
-                self._outputs.put(("done", tile, tile_features, valid_fraction))
+            for (tile, _, valid), tile_features in zip(batch, features):
+                self._outputs.put(("done", tile, tile_features, valid))
 
     def _write(self) -> None:
         yield_to_model()
@@ -271,13 +272,14 @@ class TilePipeline:
                 return
             if self._errors:
                 continue
-            status, tile, features, valid_fraction = item
+            status, tile, features, valid = item
             try:
                 if status == "nodata":
                     self.store.mark_nodata(tile)
                     self.stats.tiles_nodata += 1
                 else:
-                    self.store.write_tile(tile, features, valid_fraction)
+                    valid_crc32 = self.store.write_valid_mask(tile, valid)
+                    self.store.write_tile(tile, features, float(valid.mean()), valid_crc32)
                     self.stats.tiles_encoded += 1
                 self._done += 1
                 self.progress(ProgressEvent(self._done, len(self.store.grid), tile.tile_id, status))

@@ -8,6 +8,8 @@ Layout (format version 1, see docs/store-format.md):
       tiles.jsonl        append-only log, one line per finished tile: id, status, CRC-32
       tiles/<id>.npy     one flat float16 (or float32) array per tile, all feature maps back to back
                          (offsets in the manifest); plain .npy, memory-mapped, never pickled
+      tiles/<id>.valid.npy  the tile's valid-pixel mask packed to bits (np.packbits), only for tiles
+                         with nodata inside the raster; its CRC-32 is the log line's `valid_crc32`
       decoder.onnx       prompt encoder + mask decoder for these features
       tile_index.gpkg    tile footprints (id, row, col, status) for QGIS
 
@@ -18,6 +20,7 @@ outside the store folder is ever written or deleted. No QGIS, no torch.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 import zlib
@@ -41,6 +44,8 @@ TILE_INDEX = "tile_index.gpkg"
 STATUS_DONE = "done"
 STATUS_NODATA = "nodata"
 STATUS_PENDING = "pending"
+#: A tile's valid-pixel mask file: tiles/<id>.valid.npy (only for tiles with nodata inside the raster).
+VALID_MASK_SUFFIX = ".valid.npy"
 #: Manifest fields that must be equal for a run to resume into an existing store.
 RESUME_KEYS = (
     ("model", "name"), ("model", "image_size"), ("model", "random_weights"), ("model", "seed"),
@@ -92,6 +97,9 @@ class TileRecord:
     status: str
     crc32: Optional[int] = None
     valid_fraction: float = 1.0
+    #: CRC-32 of the tile's packed valid-pixel mask file; None when the store keeps no mask for the tile
+    #: (every pixel inside the raster is valid, or the store was written before masks were kept).
+    valid_crc32: Optional[int] = None
 
 
 def _value_at(data: dict, keys: Tuple[str, ...]):
@@ -272,8 +280,10 @@ class FeatureStore:
     def tile_path(self, tile_id: str) -> Path:
         return self.root / TILE_DIR / f"{tile_id}.npy"
 
-    def write_tile(self, tile: Tile, features: Dict[str, np.ndarray], valid_fraction: float) -> None:
-        """Store one tile's feature maps (atomic: temp file + rename, then a log line)."""
+    def write_tile(self, tile: Tile, features: Dict[str, np.ndarray], valid_fraction: float,
+                   valid_crc32: Optional[int] = None) -> None:
+        """Store one tile's feature maps (atomic: temp file + rename, then a log line). `valid_crc32` is
+        what `write_valid_mask` returned for the tile (written before, so the log line comes last)."""
         flat = np.concatenate([np.asarray(features[item.name], dtype=self.dtype).reshape(-1)
                                for item in self.layout])
         path = self.tile_path(tile.tile_id)
@@ -284,7 +294,7 @@ class FeatureStore:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         self._append_record(TileRecord(tile.tile_id, STATUS_DONE, zlib.crc32(flat.view(np.uint8)),
-                                       round(float(valid_fraction), 6)))
+                                       round(float(valid_fraction), 6), valid_crc32))
 
     def mark_nodata(self, tile: Tile) -> None:
         """Record a tile with no valid pixel: it is skipped, no features are stored."""
@@ -315,6 +325,71 @@ class FeatureStore:
             self._verified.add(tile_id)
         return {item.name: flat[item.offset:item.offset + item.size].reshape(item.shape)
                 for item in self.layout}
+
+    # -- valid-pixel masks -----------------------------------------------------------------------------
+    def valid_mask_path(self, tile_id: str) -> Path:
+        return self.root / TILE_DIR / f"{tile_id}{VALID_MASK_SUFFIX}"
+
+    def write_valid_mask(self, tile: Tile, valid: np.ndarray) -> Optional[int]:
+        """Keep a tile's valid-pixel mask ((size, size) bool, True = data; pixel (col, row) of the tile is
+        valid[row, col]) as `tiles/<id>.valid.npy`: np.packbits of the mask in row-major order, a flat uint8
+        .npy of ceil(size² / 8) bytes, written atomically. Call before `write_tile`.
+
+        Returns the CRC-32 of the packed bytes, for `write_tile(..., valid_crc32=...)`, or None when every
+        pixel inside the raster is valid: then nothing is written (padding is invalid by the grid alone).
+        ValueError if the mask is not (size, size).
+        """
+        valid = np.array(valid, dtype=bool)
+        if valid.shape != (tile.size, tile.size):
+            raise ValueError(f"a valid mask of tile {tile.tile_id} must be {tile.size} x {tile.size}, "
+                             f"not {valid.shape}")
+        valid[tile.valid_height:, :] = False  # padding beyond the raster's edge never holds data
+        valid[:, tile.valid_width:] = False
+        if valid[:tile.valid_height, :tile.valid_width].all():
+            return None
+        packed = np.packbits(valid.reshape(-1))
+        buffer = io.BytesIO()
+        np.save(buffer, packed, allow_pickle=False)
+        _atomic_write_bytes(self.valid_mask_path(tile.tile_id), buffer.getvalue())
+        return zlib.crc32(packed.tobytes())
+
+    def load_valid_mask(self, tile: Tile) -> np.ndarray:
+        """(size, size) bool, True where the tile has data (raster pixel (tile.col_off + col,
+        tile.row_off + row) at [row, col]); padding beyond the raster's edge is False.
+
+        A nodata tile is all False. A done tile without a recorded mask (every pixel inside the raster
+        valid, or a store written before masks were kept) is True inside the raster. StoreError naming
+        the tile when it is not encoded or its mask file is missing, the wrong size or corrupt.
+        """
+        record = self.records().get(tile.tile_id)
+        if record is None or record.status not in (STATUS_DONE, STATUS_NODATA):
+            raise StoreError(f"tile {tile.tile_id} of store '{self.root}' was not encoded; re-run the same "
+                             "'quicksam encode' command to finish the store")
+        inside = np.zeros((tile.size, tile.size), dtype=bool)
+        if record.status == STATUS_NODATA:
+            return inside
+        inside[:tile.valid_height, :tile.valid_width] = True
+        if record.valid_crc32 is None:
+            return inside
+        packed = self._read_packed_mask(tile, record.valid_crc32)
+        return np.unpackbits(packed, count=tile.size * tile.size).reshape(tile.size, tile.size).astype(bool) & inside
+
+    def _read_packed_mask(self, tile: Tile, crc32: int) -> np.ndarray:
+        """The packed mask bytes of a tile, checked for size, type and CRC (StoreError naming the tile)."""
+        path = self.valid_mask_path(tile.tile_id)
+        try:
+            packed = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, SyntaxError, TokenError) as exc:
+            raise StoreError(f"the valid-pixel mask of tile {tile.tile_id} of store '{self.root}' is missing or "
+                             f"unreadable ({exc}); delete that tile's line from tiles.jsonl and re-run the same "
+                             "'quicksam encode' command, or re-encode into a new folder") from exc
+        if packed.dtype != np.uint8 or packed.shape != ((tile.size * tile.size + 7) // 8,):
+            raise StoreError(f"the valid-pixel mask of tile {tile.tile_id} of store '{self.root}' has the wrong "
+                             "size or type; the store is corrupt: re-encode into a new folder")
+        if zlib.crc32(packed.tobytes()) != crc32:
+            raise StoreError(f"the valid-pixel mask of tile {tile.tile_id} of store '{self.root}' is corrupt "
+                             "(checksum mismatch); re-encode into a new folder")
+        return packed
 
     # -- summary -----------------------------------------------------------------------------------
     def bytes_on_disk(self) -> int:

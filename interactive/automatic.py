@@ -1,8 +1,9 @@
 """Segment everything: automatic masks for a whole raster from its feature store (numpy + GDAL/OGR;
 no QGIS, no torch, no rasterio, no shapely: this runs inside QGIS's process).
 
-Per encoded tile: a grid of point prompts over the tile's valid area is decoded by the store's ONNX
-decoder (the same `OnnxDecoder` as the dock, `points_per_batch` prompts per call), masks are filtered
+Per encoded tile: a grid of point prompts over the tile's valid area (grid points on nodata pixels are
+left out) is decoded by the store's ONNX decoder (the same `OnnxDecoder` as the dock, `points_per_batch`
+prompts per call), masks are clipped to the tile's valid pixels (the store's mask), filtered
 by predicted IoU and stability, small regions removed and duplicates suppressed (NMS on boxes); then
 the ownership rule and the streamed cross-tile merge (`tile_merge`) decide what the tile writes now and
 what waits for its neighbours. docs/segment-everything.md states the rule; tests feed it synthetic masks.
@@ -36,8 +37,9 @@ OUTPUT_LAYER = "segments"
 RUN_TABLE = "quicksam_run"
 TILE_TABLE = "quicksam_tiles"
 STAGED_TABLE = "quicksam_staged"
-#: Part of a run's identity: a run file staged under another rule is not resumed with this one.
-MERGE_RULE_VERSION = 2
+#: Part of a run's identity: a run file staged under another rule is not resumed with this one
+#: (3: masks clipped to valid pixels, so a run staged before nodata was clipped starts again).
+MERGE_RULE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,13 @@ def point_grid(tile: Tile, points_per_side: int) -> np.ndarray:
     xs, ys = fractions * tile.valid_width, fractions * tile.valid_height
     grid_x, grid_y = np.meshgrid(xs, ys)
     return np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
+
+
+def points_with_data(points: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The (n, 2) tile-pixel points (x = col, y = row) that lie on a valid pixel of the (S, S) bool mask."""
+    cols = np.clip(np.floor(points[:, 0]).astype(int), 0, valid.shape[1] - 1)
+    rows = np.clip(np.floor(points[:, 1]).astype(int), 0, valid.shape[0] - 1)
+    return points[valid[rows, cols]]
 
 
 def box_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> List[int]:
@@ -174,14 +183,17 @@ class _Candidate:
 
 
 def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile,
-               settings: AutoMaskSettings) -> List[TileMask]:
+               settings: AutoMaskSettings, valid: Optional[np.ndarray] = None) -> List[TileMask]:
     """The filtered, de-duplicated masks of one tile (raster pixel coordinates). As in SAM's generator:
     score filters per batch, NMS on the boxes of all candidates, then small regions removed from the
-    survivors only."""
+    survivors only. `valid` ((S, S) bool, True = data; None = all valid) drops grid points on nodata and
+    clips every mask before it is scored against others."""
     batch = settings.points_per_batch or decoder.preferred_batch
     points = point_grid(tile, settings.points_per_side)
+    if valid is not None:
+        points = points_with_data(points, valid)
     candidates = [c for start in range(0, len(points), batch)
-                  for c in _batch_candidates(decoder, features, tile, settings, points[start:start + batch])]
+                  for c in _batch_candidates(decoder, features, tile, settings, points[start:start + batch], valid)]
     if not candidates:
         return []
     boxes = np.array([c.box for c in candidates], dtype=float)
@@ -199,7 +211,8 @@ def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile
 
 
 def _batch_candidates(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile,
-                      settings: AutoMaskSettings, points: np.ndarray) -> List[_Candidate]:
+                      settings: AutoMaskSettings, points: np.ndarray,
+                      valid: Optional[np.ndarray] = None) -> List[_Candidate]:
     """Decode one batch of grid points; the masks that pass the predicted-IoU and stability filters."""
     threshold = decoder.settings.mask_threshold
     batch_logits, batch_scores = decoder.raw_points(features, points)
@@ -217,6 +230,8 @@ def _batch_candidates(decoder: OnnxDecoder, features: Dict[str, np.ndarray], til
     found = []
     for i in good:  # one at a time: a batch of 1024 px masks would take ~200 MB at once
         mask = upsample_masks(logits[i:i + 1], decoder.image_size, threshold)[0]
+        if valid is not None:
+            mask &= valid  # nodata is never part of an object
         candidate = _Candidate.of(mask[:tile.valid_height, :tile.valid_width], float(scores[i]), float(stable[i]))
         if candidate is not None:
             found.append(candidate)
@@ -555,7 +570,8 @@ def segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSett
             if cancelled is not None and cancelled():
                 raise Cancelled(f"stopped after {len(done)} of {len(tiles)} tiles; run the same command again "
                                 "to resume")
-            masks = tile_masks(engine.decoder, engine.cache.get(tile.tile_id), tile, settings)
+            masks = tile_masks(engine.decoder, engine.cache.get(tile.tile_id), tile, settings,
+                               engine.valid_masks.get(tile))
             assignment = assign_masks(merge.regions[tile.tile_id], masks)
             with run.transaction():
                 run.write_objects(writer.objects((mask, (tile.tile_id,)) for mask in assignment.complete))

@@ -3,6 +3,9 @@
 One engine serves the dock, the `quicksam:segmentprompts` algorithm and `quicksam segment`.
 Coordinates: prompts and polygons are in the raster's CRS (callers transform from/to the canvas or
 layer CRS); inside, continuous raster pixel coordinates (col, row).
+
+Nodata never becomes part of an object: masks are ANDed with the tile's valid-pixel mask from the store
+(no raster read) before they are vectorised, and a point on a nodata pixel is refused.
 """
 
 from __future__ import annotations
@@ -18,13 +21,21 @@ import numpy as np
 
 from ..encoder.errors import QuickSamError
 from ..encoder.raster import map_to_pixel, tile_geotransform
-from ..encoder.store import DECODER_ONNX, STATUS_DONE, FeatureStore
+from ..encoder.store import DECODER_ONNX, STATUS_DONE, STATUS_NODATA, FeatureStore
 from ..encoder.tiling import Tile
 from .decoding import DecoderSettings, OnnxDecoder, Prompts
 from .vectorise import Polygons, mask_to_polygons
 
 MASK_MODES = ("single", "best", "largest", "smallest", "all")
 DEFAULT_CACHE_TILES = 6
+#: Valid-pixel masks kept in memory (1 MiB each for 1024 px tiles): more than feature tiles, because
+#: every click and hover rest looks one up.
+DEFAULT_MASK_CACHE_TILES = 16
+NO_DATA_HERE = ("no data here: the store records this part of the raster as nodata, so there is nothing to "
+                "segment; click where the raster has data")
+NO_DATA_AT_POINT = ("no data at this point (the raster's nodata value, NaN, alpha or mask band marks the pixel "
+                    "empty); place points on pixels with data (a box may reach over nodata)")
+NO_DATA_IN_BOX = "no data inside this box (every pixel in it is nodata); draw the box over pixels with data"
 
 
 class PromptError(QuickSamError):
@@ -96,6 +107,31 @@ class FeatureCache:
         return features
 
 
+class ValidMaskCache:
+    """Recently used tiles' valid-pixel masks, (size, size) bool, True = data (thread-safe LRU). Read from
+    the store (`FeatureStore.load_valid_mask`), never from the raster."""
+
+    def __init__(self, store: FeatureStore, capacity: int = DEFAULT_MASK_CACHE_TILES):
+        self.store = store
+        self.capacity = capacity
+        self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, tile: Tile) -> np.ndarray:
+        """The tile's mask; StoreError when the tile is not encoded or its mask file is damaged."""
+        with self._lock:
+            if tile.tile_id in self._masks:
+                self._masks.move_to_end(tile.tile_id)
+                return self._masks[tile.tile_id]
+        mask = self.store.load_valid_mask(tile)
+        mask.setflags(write=False)  # shared between threads
+        with self._lock:
+            self._masks[tile.tile_id] = mask
+            while len(self._masks) > self.capacity:
+                self._masks.popitem(last=False)
+        return mask
+
+
 def _mask_area_order(masks: np.ndarray) -> np.ndarray:
     return np.argsort(masks.reshape(len(masks), -1).sum(axis=1))
 
@@ -110,6 +146,7 @@ class SegmentEngine:
                                 "'quicksam encode' command to finish it")
         self.store = store
         self.cache = FeatureCache(store, cache_tiles)
+        self.valid_masks = ValidMaskCache(store)
         settings = DecoderSettings(**store.manifest["decoder"].get("settings", {}))
         self.decoder = OnnxDecoder(store.root / DECODER_ONNX, store.family, store.feature_names,
                                    store.image_size, settings, threads=threads)
@@ -133,6 +170,13 @@ class SegmentEngine:
             pixels += [self.to_pixels(xmin, ymin), self.to_pixels(xmax, ymax)]
         return pixels
 
+    def pixel_at(self, col: float, row: float) -> Tuple[int, int]:
+        """The raster pixel (col, row) holding a continuous pixel position inside the raster (on a pixel
+        edge: the pixel right of / below it; on the raster's right or bottom edge: the last pixel)."""
+        grid = self.store.grid
+        return (min(max(int(np.floor(col)), 0), grid.raster_width - 1),
+                min(max(int(np.floor(row)), 0), grid.raster_height - 1))
+
     def check_inside(self, prompts: MapPrompts) -> None:
         """PromptError if any prompt lies outside the raster or outside the encoded area."""
         grid = self.store.grid
@@ -145,19 +189,54 @@ class SegmentEngine:
                                   "area (or the whole raster) first")
 
     def choose_tile(self, prompts: MapPrompts) -> Tile:
-        """Of the encoded tiles holding every prompt, the one where they sit farthest from its edges."""
+        """Of the encoded tiles holding every prompt, the one where they sit farthest from its edges.
+
+        PromptError when there is none, when a point lies on a nodata pixel (or in a nodata tile), or
+        when a box holds no pixel with data.
+        """
         if prompts.is_empty():
             raise PromptError("add a point or a box first")
         self.check_inside(prompts)
+        for x, y in prompts.points:
+            self.check_point_has_data(*self.to_pixels(x, y))
         candidates = self.store.grid.tiles_containing(self.prompt_pixels(prompts))
-        encoded = [tile for tile, _ in candidates if self.store.status(tile) == STATUS_DONE]
+        statuses = [self.store.status(tile) for tile, _ in candidates]
+        encoded = [tile for (tile, _), status in zip(candidates, statuses) if status == STATUS_DONE]
         if encoded:
+            self.check_box_has_data(prompts, encoded[0])
             return encoded[0]
+        if STATUS_NODATA in statuses:
+            raise PromptError(NO_DATA_HERE)
         if candidates:
-            raise PromptError("the tile under these prompts was not encoded (no data there, or the "
-                              "encoding did not finish; re-run the same encode command to finish it)")
+            raise PromptError("the tile under these prompts was not encoded: the encoding did not finish; "
+                              "re-run the same encode command to finish it")
         raise PromptError("these prompts are farther apart than one tile covers; segment the object in "
                           "parts, or encode with a larger overlap")
+
+    def check_point_has_data(self, col: float, row: float) -> None:
+        """PromptError when the raster pixel at (col, row) (continuous raster pixels) is nodata: in a tile
+        the store records as nodata (NO_DATA_HERE), or invalid in an encoded tile's mask (NO_DATA_AT_POINT).
+        A pixel only in tiles not encoded yet passes (the tile choice says so)."""
+        pixel_col, pixel_row = self.pixel_at(col, row)
+        holding = [tile for tile, _ in self.store.grid.tiles_containing([(pixel_col + 0.5, pixel_row + 0.5)])]
+        encoded = [tile for tile in holding if self.store.status(tile) == STATUS_DONE]
+        if encoded:
+            tile = encoded[0]  # every tile's mask is a window of the same raster mask
+            if not self.valid_masks.get(tile)[pixel_row - tile.row_off, pixel_col - tile.col_off]:
+                raise PromptError(NO_DATA_AT_POINT)
+        elif any(self.store.status(tile) == STATUS_NODATA for tile in holding):
+            raise PromptError(NO_DATA_HERE)
+
+    def check_box_has_data(self, prompts: MapPrompts, tile: Tile) -> None:
+        """PromptError when the prompts' box (if any) holds no pixel with data in `tile`."""
+        if prompts.box is None:
+            return
+        x0, y0, x1, y1 = self.tile_prompts(prompts, tile).box
+        valid = self.valid_masks.get(tile)
+        col0, row0 = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
+        col1, row1 = max(int(np.ceil(x1)), col0 + 1), max(int(np.ceil(y1)), row0 + 1)
+        if not valid[row0:row1, col0:col1].any():
+            raise PromptError(NO_DATA_IN_BOX)
 
     def tile_prompts(self, prompts: MapPrompts, tile: Tile,
                      mask_input: Optional[np.ndarray] = None) -> Prompts:
@@ -176,8 +255,8 @@ class SegmentEngine:
     def segment(self, prompts: MapPrompts, mode: str = "single", simplify_tolerance: float = 0.0,
                 min_area_pixels: float = 0.0, keep_holes: bool = True,
                 mask_input: Optional[np.ndarray] = None) -> List[Segment]:
-        """Candidate objects for one object's prompts: one, or three with mode 'all'. Empty masks
-        give no candidate."""
+        """Candidate objects for one object's prompts: one, or three with mode 'all', each clipped to the
+        tile's valid pixels. Empty masks give no candidate."""
         if mode not in MASK_MODES:
             raise PromptError(f"mask mode must be one of {', '.join(MASK_MODES)}, not '{mode}'")
         started = time.perf_counter()
@@ -187,11 +266,12 @@ class SegmentEngine:
         result = self.decoder.decode(features, self.tile_prompts(prompts, tile, mask_input),
                                      multimask=mode != "single")
         decoded = time.perf_counter()
-        picks = self._pick(result.masks, result.scores, mode)
+        masks = result.masks & self.valid_masks.get(tile)  # nodata is never part of an object
+        picks = self._pick(masks, result.scores, mode)
         transform = tile_geotransform(self._geotransform, tile)
         segments = []
         for index in picks:
-            mask = result.masks[index][:tile.valid_height, :tile.valid_width]
+            mask = masks[index][:tile.valid_height, :tile.valid_width]
             geometry = mask_to_polygons(mask, transform, simplify_tolerance, min_area_pixels, keep_holes)
             if geometry.is_empty:
                 continue
