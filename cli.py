@@ -649,9 +649,9 @@ def _run_segment_all_algorithm(args, events: EventWriter) -> Dict[str, object]:
 
 
 def _cmd_segment_all(args, events: EventWriter) -> int:
-    from .interactive.automatic import check_output
+    from .interactive.automatic import COMMAND_LINE_OVERWRITE, check_output
 
-    args.output = check_output(args.output, args.overwrite)
+    args.output = check_output(args.output, args.overwrite, COMMAND_LINE_OVERWRITE)
     if not args.store.exists():
         raise QuickSamError(f"the feature store '{args.store}' does not exist; encode the raster first "
                             "(quicksam encode RASTER STORE)")

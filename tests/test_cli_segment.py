@@ -30,6 +30,7 @@ from synthetic import (
     encode,
     file_states,
     pixel_to_map_default,
+    run_cli,
     write_raster,
 )
 
@@ -377,6 +378,15 @@ def test_a_box_over_the_raster_edge_is_clipped_to_the_raster(store_path, engine,
     within_box = shapely.box(*box).buffer(0.5 * PIXEL_SIZE + 1e-6, join_style="mitre")
     assert row["geometry"].within(within_box.intersection(raster.buffer(1e-6, join_style="mitre")))
     assert row["geometry"].area > 0
+
+
+def test_segment_and_segment_all_word_overwrite_alike(store_path, tmp_path):
+    output = tmp_path / "out.gpkg"
+    output.write_bytes(b"precious")
+    says = re.escape(f"quicksam: error: '{output}' exists; choose another name or delete it (or pass --overwrite)")
+    for command in (["segment", store_path, "--point", csv(*at(75, 75))], ["segment-all", store_path]):
+        assert_one_line_error(run_cli(*command, "--output", output), f"^{says}$")
+    assert output.read_bytes() == b"precious"
 
 
 # -- QGIS only where needed ----------------------------------------------------------------------------------
