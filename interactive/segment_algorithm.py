@@ -249,12 +249,14 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
         if feedback.isCanceled():
             raise QgsProcessingException(_tr("Segmentation cancelled while reading the prompts."))
         objects, skipped = group_records(records)
-        return objects, skipped, self._lonlat_advice(context, source_crs)
+        return objects, skipped, self._lonlat_advice(context, source_crs, transform is not None)
 
     @staticmethod
-    def _lonlat_advice(context: QgsProcessingContext, source_crs) -> str:
+    def _lonlat_advice(context: QgsProcessingContext, source_crs, transformed: bool) -> str:
         """What to do when prompts outside the raster look like longitude/latitude: say which CRS they are
         in, as the caller can (the `quicksam` command's --prompts-crs, or the prompt layer's CRS)."""
+        if transformed:  # they were not taken as they are: the layer's CRS is what to check
+            return _tr("check the prompts' CRS ({crs})").format(crs=source_crs.authid() or source_crs.description())
         if started_by_command_line(context):
             if not source_crs.isValid():
                 return _tr("the prompts file has no CRS: if they are longitude/latitude, pass --prompts-crs "

@@ -464,9 +464,12 @@ def test_an_empty_mask_names_the_prompt(registered, store_path):
     (CRS, "if they are, the prompt layer's CRS (EPSG:32633) is wrong: set it to EPSG:4326"),
     ("", "the prompt layer has no CRS, so they were read in the raster's CRS: if they are longitude/latitude, set "
          "the layer's CRS to EPSG:4326"),
-], ids=["layer-crs-is-the-rasters", "layer-without-crs"])
+    ("EPSG:32632", "check the prompts' CRS (EPSG:32632)"),  # transformed: their own CRS is what to check
+], ids=["layer-crs-is-the-rasters", "layer-without-crs", "layer-in-another-crs"])
 def test_prompts_in_degrees_on_a_projected_raster_say_so(registered, store_path, crs, advice):
-    layer = memory_layer("Point", crs, [(point(15.2, 37.9), {}), (point(*at(75, 75)), {})])
+    positions = [(15.2, 37.9), at(75, 75)]  # in the raster's CRS once read (and transformed)
+    rows = [(point(x, y) if crs in (CRS, "") else to_crs(point(x, y), CRS, crs), {}) for x, y in positions]
+    layer = memory_layer("Point", crs, rows)
     assert layer.crs().isValid() == bool(crs)
     feedback = RecordingFeedback()
     results = run(store_path, layer, feedback)
