@@ -153,7 +153,8 @@ def _add_segment_parser(commands) -> None:
                          help="a point prompt; LABEL 1 = foreground (default), 0 = background. Repeat for more "
                               "points of the same object. Negative X: write --point=X,Y")
     segment.add_argument("--box", type=_parse_box, action="append", metavar="XMIN,YMIN,XMAX,YMAX",
-                         help="a box prompt around the object (at most one)")
+                         help="a box prompt around the object (at most one); clipped to the raster where it "
+                              "reaches past its edge")
     segment.add_argument("--prompts", type=Path, metavar="FILE",
                          help="a vector file (GeoJSON, GeoPackage, ...) of prompt points and/or polygons")
     segment.add_argument("--prompts-crs", metavar="CRS",
@@ -520,9 +521,12 @@ def _run_algorithm(algorithm_id: str, parameters: dict, project, feedback) -> Di
     import processing
     from qgis.core import QgsProcessingContext, QgsProcessingException
 
+    from .encoder.algorithm_base import mark_command_line
+
     context = QgsProcessingContext()
     context.setProject(project)
     context.setFeedback(feedback)
+    mark_command_line(context)  # the algorithm's advice then names our options (--overwrite, --prompts-crs)
     try:
         return processing.run(algorithm_id, parameters, feedback=feedback, context=context,
                               onFinish=lambda *_: None)
@@ -585,11 +589,28 @@ def _run_segment_algorithm(args, partial: Path) -> Tuple[Dict[str, object], List
     feedback = CollectingFeedback()
     try:
         results = _run_algorithm("quicksam:segmentprompts", parameters, project, feedback)
+    except QuickSamError:
+        reason = None if args.prompts else _command_line_object_problem(feedback.errors)
+        if reason is None:
+            raise
+        raise QuickSamError(f"nothing was segmented: {reason}") from None
     finally:
         if vsimem:
             gdal.Unlink(vsimem)
     summary = {key: results.get(key) for key in (algorithm.SEGMENTED, algorithm.SKIPPED)}
     return summary, [message for message in feedback.errors if " skipped: " in message]
+
+
+def _command_line_object_problem(errors: Sequence[str]) -> Optional[str]:
+    """Why the one object of --point/--box could not be segmented, from the algorithm's reports; None if
+    none says. The object is ours, not the user's (they gave no layer), so only its reason is told."""
+    from .interactive.prompt_input import SkippedObject
+
+    for message in errors:
+        skipped = SkippedObject.from_message(message)
+        if skipped is not None:
+            return skipped.reason
+    return None
 
 
 def _remove_partial(partial: Path) -> None:
@@ -673,9 +694,9 @@ def _run_segment_all_algorithm(args, events: EventWriter) -> Dict[str, object]:
 
 
 def _cmd_segment_all(args, events: EventWriter) -> int:
-    from .interactive.automatic import check_output
+    from .interactive.automatic import COMMAND_LINE_OVERWRITE, check_output
 
-    args.output = check_output(args.output, args.overwrite)
+    args.output = check_output(args.output, args.overwrite, COMMAND_LINE_OVERWRITE)
     if not args.store.exists():
         raise QuickSamError(f"the feature store '{args.store}' does not exist; encode the raster first "
                             "(quicksam encode RASTER STORE)")

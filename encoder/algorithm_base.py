@@ -1,16 +1,38 @@
 """What every QuickSAM Processing algorithm shares: its group, its icon, how it is copied, how it adds a
-parameter with its help text."""
+parameter with its help text, and whether the `quicksam` command started it (to word advice as its options)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingParameterDefinition
+from qgis.core import (
+    QgsExpressionContextScope,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingParameterDefinition,
+)
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 ICONS = Path(__file__).resolve().parent.parent / "icons"
 GROUP_NAMES = {"encoding": "Encoding", "segmentation": "Segmentation"}
+#: Expression-context variable set by the `quicksam` command on the algorithm runs it starts: messages then
+#: name the command's options ("pass --overwrite") instead of the algorithm's parameters.
+COMMAND_LINE_VARIABLE = "quicksam_command_line"
+
+
+def mark_command_line(context: QgsProcessingContext) -> None:
+    """Say in `context` that the `quicksam` command runs the algorithm (see `started_by_command_line`)."""
+    scope = QgsExpressionContextScope("quicksam")
+    scope.setVariable(COMMAND_LINE_VARIABLE, True)
+    expression_context = context.expressionContext()
+    expression_context.appendScope(scope)
+    context.setExpressionContext(expression_context)
+
+
+def started_by_command_line(context: QgsProcessingContext) -> bool:
+    """True when the `quicksam` command runs the algorithm in `context` (it words advice as its options)."""
+    return bool(context.expressionContext().variable(COMMAND_LINE_VARIABLE))
 
 
 class QuickSamAlgorithm(QgsProcessingAlgorithm):

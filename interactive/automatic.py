@@ -287,8 +287,16 @@ def partial_path(output: Path) -> Path:
     return output.with_name(output.stem + ".partial.gpkg")
 
 
-def check_output(output: Path, overwrite: bool) -> Path:
-    """The absolute output path; QuickSamError before any work if it cannot be written."""
+#: How a caller of the Python functions asks to overwrite; the CLI and the Processing algorithm pass their own
+#: wording ("pass --overwrite", "tick 'Overwrite an existing output' (OVERWRITE)") as `how_to_overwrite`.
+PYTHON_OVERWRITE = "pass overwrite=True"
+#: The `quicksam` commands' wording (`segment` and `segment-all` alike: one wording for one option).
+COMMAND_LINE_OVERWRITE = "pass --overwrite"
+
+
+def check_output(output: Path, overwrite: bool, how_to_overwrite: str = PYTHON_OVERWRITE) -> Path:
+    """The absolute output path; QuickSamError before any work if it cannot be written (an existing output
+    without `overwrite`: the message ends "(or {how_to_overwrite})")."""
     output = Path(output).expanduser().absolute()
     if output.suffix.lower() != ".gpkg":
         raise QuickSamError(f"the output '{output}' must be a GeoPackage (.gpkg): it also records progress so "
@@ -296,7 +304,7 @@ def check_output(output: Path, overwrite: bool) -> Path:
     if output.is_dir():
         raise QuickSamError(f"the output '{output}' is a folder; give a file name ending in .gpkg")
     if output.exists() and not overwrite:
-        raise QuickSamError(f"'{output}' exists; choose another name or delete it (or ask to overwrite it)")
+        raise QuickSamError(f"'{output}' exists; choose another name or delete it (or {how_to_overwrite})")
     if not output.parent.is_dir():
         raise QuickSamError(f"the folder of the output '{output.parent}' does not exist; create it first")
     if not os.access(output.parent, os.W_OK):
@@ -354,7 +362,7 @@ class RunFile:
         return cls(path, dataset)
 
     @classmethod
-    def open(cls, path: Path, identity: dict) -> RunFile:
+    def open(cls, path: Path, identity: dict, how_to_overwrite: str = PYTHON_OVERWRITE) -> RunFile:
         from osgeo import gdal
 
         dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR | gdal.OF_UPDATE)
@@ -365,7 +373,7 @@ class RunFile:
         if stored != json.loads(json.dumps(identity, sort_keys=True)):
             differing = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
             raise QuickSamError(f"'{path}' holds an unfinished run with other settings ({', '.join(differing)}); "
-                                "run again with the same settings to resume it, or ask to overwrite to start "
+                                f"run again with the same settings to resume it, or {how_to_overwrite} to start "
                                 "again")
         return cls(path, dataset)
 
@@ -546,19 +554,22 @@ def segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSett
                        area_wkbs: Optional[Sequence[bytes]] = None, overwrite: bool = False,
                        progress: Optional[Callable[[SegmentAllProgress], None]] = None,
                        cancelled: Optional[Callable[[], bool]] = None,
-                       engine: Optional[SegmentEngine] = None) -> SegmentAllResult:
+                       engine: Optional[SegmentEngine] = None,
+                       how_to_overwrite: str = PYTHON_OVERWRITE) -> SegmentAllResult:
     """Automatic masks for every encoded tile (or those meeting `area_wkbs`), merged across tile borders,
     written to the GeoPackage `output` (layer `segments`, raster CRS). Resumes an unfinished run with the
-    same settings; Cancelled (keeping finished tiles) when `cancelled()` turns true."""
+    same settings; Cancelled (keeping finished tiles) when `cancelled()` turns true. Messages that call for
+    `overwrite` say `how_to_overwrite` (the caller's own wording of it)."""
     settings.check()
-    output = check_output(output, overwrite)
+    output = check_output(output, overwrite, how_to_overwrite)
     tiles = tiles_to_process(store, area_wkbs)
     engine = engine or SegmentEngine(store, cache_tiles=1)
     identity = run_identity(store, settings, tiles)
     work = partial_path(output)
     if work.exists() and overwrite:
         _remove_gpkg(work)
-    run = RunFile.open(work, identity) if work.exists() else RunFile.create(work, store.crs_wkt, identity)
+    run = (RunFile.open(work, identity, how_to_overwrite) if work.exists()
+           else RunFile.create(work, store.crs_wkt, identity))
     try:
         done = run.finished_tiles()
         resumed = len(done)

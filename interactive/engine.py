@@ -6,6 +6,11 @@ layer CRS); inside, continuous raster pixel coordinates (col, row).
 
 Nodata never becomes part of an object: masks are ANDed with the tile's valid-pixel mask from the store
 (no raster read) before they are vectorised, and a point on a nodata pixel is refused.
+
+Boxes: a box reaching past the raster's edge is clipped to the raster here, once, for every caller (a
+box dragged over the edge means "the object, as far as the raster goes"); a box wholly outside is
+refused. A box also bounds its object: mask pixels whose centre lies outside the box are dropped, so
+the polygon lies within box ∩ raster (up to half a pixel where a box edge cuts a pixel).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..encoder.errors import QuickSamError
-from ..encoder.raster import map_to_pixel, tile_geotransform
+from ..encoder.raster import map_to_pixel, pixel_to_map, tile_geotransform
 from ..encoder.store import DECODER_ONNX, STATUS_DONE, STATUS_NODATA, FeatureStore
 from ..encoder.tiling import Tile
 from .decoding import DecoderSettings, OnnxDecoder, Prompts
@@ -39,7 +44,31 @@ NO_DATA_IN_BOX = "no data inside this box (every pixel in it is nodata); draw th
 
 
 class PromptError(QuickSamError):
-    """Prompts that cannot be segmented as given (outside the raster, across tiles, not encoded)."""
+    """Prompts that cannot be segmented as given (outside the raster, across tiles, not encoded).
+
+    `looks_like_lonlat` is True when the prompts are outside the raster and their numbers look like
+    longitude/latitude degrees: the caller knows how its user says which CRS the prompts are in, and
+    adds that (e.g. `--prompts-crs EPSG:4326`) to the message.
+    """
+
+    def __init__(self, message: str, looks_like_lonlat: bool = False):
+        super().__init__(message)
+        self.looks_like_lonlat = looks_like_lonlat
+
+
+def format_xy(x: float, y: float) -> str:
+    """'x,y' for messages, as --point takes it: up to 10 significant digits (0.1 mm in UTM, 1e-8 degrees)."""
+    return f"{x:.10g},{y:.10g}"
+
+
+def looks_like_lonlat(points: Sequence[Tuple[float, float]], raster_bounds: Tuple[float, float, float, float]
+                      ) -> bool:
+    """True when every (x, y) could be longitude/latitude degrees (|x| <= 180, |y| <= 90) while the raster's
+    extent (xmin, ymin, xmax, ymax in its own CRS) lies wholly outside those numbers: then the prompts were
+    most likely given in degrees to a raster in a projected CRS."""
+    xmin, ymin, xmax, ymax = raster_bounds
+    far = xmin > 180 or xmax < -180 or ymin > 90 or ymax < -90
+    return far and bool(points) and all(abs(x) <= 180 and abs(y) <= 90 for x, y in points)
 
 
 @dataclass(frozen=True)
@@ -69,6 +98,21 @@ class MapPrompts:
     @property
     def background_count(self) -> int:
         return sum(1 for label in self.labels if label == 0)
+
+    def describe(self) -> str:
+        """The prompts in words with their coordinates (raster CRS), for messages: 'the point at x,y',
+        'the box xmin,ymin,xmax,ymax and the 2 points at x,y and x,y'."""
+        parts = []
+        if self.box is not None:
+            parts.append("the box " + ",".join(f"{v:.10g}" for v in self.box))
+        if len(self.points) == 1:
+            parts.append(f"the point at {format_xy(*self.points[0])}")
+        elif 1 < len(self.points) <= 3:
+            listed = [format_xy(x, y) for x, y in self.points]
+            parts.append(f"the {len(listed)} points at {', '.join(listed[:-1])} and {listed[-1]}")
+        elif self.points:
+            parts.append(f"the {len(self.points)} points (the first at {format_xy(*self.points[0])})")
+        return " and ".join(parts) or "no prompt"
 
 
 @dataclass
@@ -163,11 +207,43 @@ class SegmentEngine:
         """Continuous raster pixel position of a point in the raster CRS."""
         return map_to_pixel(self._geotransform, x, y)
 
+    def raster_bounds(self) -> Tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) of the whole raster, in its CRS."""
+        grid = self.store.grid
+        corners = [pixel_to_map(self._geotransform, col, row)
+                   for col in (0, grid.raster_width) for row in (0, grid.raster_height)]
+        xs, ys = [x for x, _ in corners], [y for _, y in corners]
+        return min(xs), min(ys), max(xs), max(ys)
+
+    def _outside_raster(self, what: str, coordinates: Sequence[Tuple[float, float]]) -> PromptError:
+        """The PromptError for prompts (`what`, at `coordinates` in the raster CRS) outside the raster."""
+        bounds = self.raster_bounds()
+        name = self.store.manifest.get("raster", {}).get("crs_name") or ""
+        crs = name if 0 < len(name) <= 40 else "the raster's CRS"  # "EPSG:32633", not a whole WKT
+        where = (f"{what} is outside the raster (x {bounds[0]:.10g} to {bounds[2]:.10g}, y {bounds[1]:.10g} to "
+                 f"{bounds[3]:.10g} in {crs})")
+        if looks_like_lonlat(coordinates, bounds):
+            return PromptError(f"{where}; its numbers look like longitude/latitude degrees, not {crs} "
+                               "coordinates", looks_like_lonlat=True)
+        return PromptError(f"{where}; place prompts inside the raster")
+
+    def box_pixels(self, box: Tuple[float, float, float, float]) -> Tuple[float, float, float, float]:
+        """The box (xmin, ymin, xmax, ymax, raster CRS) as raster pixels (col0, row0, col1, row1), clipped
+        to the raster. PromptError when no part of it (of positive area) is inside the raster."""
+        grid = self.store.grid
+        (c0, r0), (c1, r1) = self.to_pixels(box[0], box[1]), self.to_pixels(box[2], box[3])
+        col0, row0 = max(min(c0, c1), 0.0), max(min(r0, r1), 0.0)
+        col1, row1 = min(max(c0, c1), float(grid.raster_width)), min(max(r0, r1), float(grid.raster_height))
+        if col0 >= col1 or row0 >= row1:
+            raise self._outside_raster(MapPrompts(box=box).describe(), [(box[0], box[1]), (box[2], box[3])])
+        return col0, row0, col1, row1
+
     def prompt_pixels(self, prompts: MapPrompts) -> List[Tuple[float, float]]:
+        """Raster pixel positions of the points and of the box's corners (the box clipped to the raster)."""
         pixels = [self.to_pixels(x, y) for x, y in prompts.points]
         if prompts.box is not None:
-            xmin, ymin, xmax, ymax = prompts.box
-            pixels += [self.to_pixels(xmin, ymin), self.to_pixels(xmax, ymax)]
+            col0, row0, col1, row1 = self.box_pixels(prompts.box)
+            pixels += [(col0, row0), (col1, row1)]
         return pixels
 
     def pixel_at(self, col: float, row: float) -> Tuple[int, int]:
@@ -178,15 +254,26 @@ class SegmentEngine:
                 min(max(int(np.floor(row)), 0), grid.raster_height - 1))
 
     def check_inside(self, prompts: MapPrompts) -> None:
-        """PromptError if any prompt lies outside the raster or outside the encoded area."""
+        """PromptError, naming the prompt and its coordinates, if a point or the whole box lies outside the
+        raster, or a point or the (clipped) box outside the encoded area."""
         grid = self.store.grid
-        for col, row in self.prompt_pixels(prompts):
+        window = grid.window
+
+        def encoded(col: float, row: float) -> bool:
+            return window.col_off <= col <= window.col_end and window.row_off <= row <= window.row_end
+
+        for x, y in prompts.points:
+            col, row = self.to_pixels(x, y)
             if not (0 <= col <= grid.raster_width and 0 <= row <= grid.raster_height):
-                raise PromptError("the prompt is outside the raster; place prompts inside the raster's extent")
-            window = grid.window
-            if not (window.col_off <= col <= window.col_end and window.row_off <= row <= window.row_end):
-                raise PromptError("the prompt is outside the encoded area of this store; encode that "
-                                  "area (or the whole raster) first")
+                raise self._outside_raster(f"the point at {format_xy(x, y)}", [(x, y)])
+            if not encoded(col, row):
+                raise PromptError(f"the point at {format_xy(x, y)} is outside the area this store encoded; "
+                                  "encode that area (or the whole raster) first")
+        if prompts.box is not None:
+            col0, row0, col1, row1 = self.box_pixels(prompts.box)
+            if not (encoded(col0, row0) and encoded(col1, row1)):
+                raise PromptError(f"{MapPrompts(box=prompts.box).describe()} reaches outside the area this store "
+                                  "encoded; encode that area (or the whole raster) first")
 
     def choose_tile(self, prompts: MapPrompts) -> Tile:
         """Of the encoded tiles holding every prompt, the one where they sit farthest from its edges.
@@ -208,10 +295,10 @@ class SegmentEngine:
         if STATUS_NODATA in statuses:
             raise PromptError(NO_DATA_HERE)
         if candidates:
-            raise PromptError("the tile under these prompts was not encoded: the encoding did not finish; "
+            raise PromptError(f"the tile under {prompts.describe()} was not encoded: the encoding did not finish; "
                               "re-run the same encode command to finish it")
-        raise PromptError("these prompts are farther apart than one tile covers; segment the object in "
-                          "parts, or encode with a larger overlap")
+        raise PromptError(f"no single tile holds {prompts.describe()}: these prompts are farther apart than one "
+                          "tile covers; segment the object in parts, or encode with a larger overlap")
 
     def check_point_has_data(self, col: float, row: float) -> None:
         """PromptError when the raster pixel at (col, row) (continuous raster pixels) is nodata: in a tile
@@ -240,14 +327,12 @@ class SegmentEngine:
 
     def tile_prompts(self, prompts: MapPrompts, tile: Tile,
                      mask_input: Optional[np.ndarray] = None) -> Prompts:
-        """Prompts in the tile's own pixel coordinates."""
+        """Prompts in the tile's own pixel coordinates (the box clipped to the raster)."""
         points = [(c - tile.col_off, r - tile.row_off) for c, r in (self.to_pixels(x, y) for x, y in prompts.points)]
         box = None
         if prompts.box is not None:
-            (c0, r0), (c1, r1) = (self.to_pixels(prompts.box[0], prompts.box[1]),
-                                  self.to_pixels(prompts.box[2], prompts.box[3]))
-            box = (min(c0, c1) - tile.col_off, min(r0, r1) - tile.row_off,
-                   max(c0, c1) - tile.col_off, max(r0, r1) - tile.row_off)
+            col0, row0, col1, row1 = self.box_pixels(prompts.box)
+            box = (col0 - tile.col_off, row0 - tile.row_off, col1 - tile.col_off, row1 - tile.row_off)
         return Prompts(points=np.asarray(points, float).reshape(-1, 2), labels=list(prompts.labels), box=box,
                        mask_input=mask_input)
 
@@ -256,7 +341,8 @@ class SegmentEngine:
                 min_area_pixels: float = 0.0, keep_holes: bool = True,
                 mask_input: Optional[np.ndarray] = None) -> List[Segment]:
         """Candidate objects for one object's prompts: one, or three with mode 'all', each clipped to the
-        tile's valid pixels. Empty masks give no candidate."""
+        tile's valid pixels. Empty masks give no candidate. With a box, only mask pixels whose centre lies
+        in box ∩ raster are kept."""
         if mode not in MASK_MODES:
             raise PromptError(f"mask mode must be one of {', '.join(MASK_MODES)}, not '{mode}'")
         started = time.perf_counter()
@@ -269,9 +355,12 @@ class SegmentEngine:
         masks = result.masks & self.valid_masks.get(tile)  # nodata is never part of an object
         picks = self._pick(masks, result.scores, mode)
         transform = tile_geotransform(self._geotransform, tile)
+        inside_box = self._inside_box(prompts, tile)
         segments = []
         for index in picks:
             mask = masks[index][:tile.valid_height, :tile.valid_width]
+            if inside_box is not None:
+                mask = mask & inside_box
             geometry = mask_to_polygons(mask, transform, simplify_tolerance, min_area_pixels, keep_holes)
             if geometry.is_empty:
                 continue
@@ -280,6 +369,17 @@ class SegmentEngine:
         self.last_timings = {"tile_and_features": loaded - started, "decode_and_upsample": decoded - loaded,
                              "vectorise": time.perf_counter() - decoded}
         return segments
+
+    def _inside_box(self, prompts: MapPrompts, tile: Tile) -> Optional[np.ndarray]:
+        """(valid_height, valid_width) bool: the tile's pixels whose centre lies in the object's box (clipped
+        to the raster); None without a box. SAM may spill a mask past its box; the box is the user's bound."""
+        if prompts.box is None:
+            return None
+        col0, row0, col1, row1 = self.box_pixels(prompts.box)
+        centres_col = tile.col_off + np.arange(tile.valid_width) + 0.5
+        centres_row = tile.row_off + np.arange(tile.valid_height) + 0.5
+        return (((centres_row >= row0) & (centres_row <= row1))[:, None]
+                & ((centres_col >= col0) & (centres_col <= col1))[None, :])
 
     @staticmethod
     def _pick(masks: np.ndarray, scores: np.ndarray, mode: str) -> Sequence[int]:

@@ -23,6 +23,7 @@ QGIS-dependent part, `read_prompt_records`, transforms each feature from the pro
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Tuple
 
@@ -70,6 +71,16 @@ class SkippedObject:
 
     def message(self) -> str:
         return f"object {self.object_id} ({self.name}) skipped: {self.reason}"
+
+    @classmethod
+    def from_message(cls, message: str) -> Optional[SkippedObject]:
+        """The SkippedObject that `message()` wrote `message` from, or None for any other text (a caller
+        that gets the messages as text, like `quicksam segment`, reads them back with this)."""
+        match = _SKIPPED_MESSAGE.match(message)
+        return cls(int(match.group(1)), match.group(2), match.group(3)) if match else None
+
+
+_SKIPPED_MESSAGE = re.compile(r"^object (\d+) \((.*?)\) skipped: (.*)$", re.DOTALL)
 
 
 # -- values ------------------------------------------------------------------------------------------

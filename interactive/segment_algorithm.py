@@ -35,10 +35,10 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
-from ..encoder.algorithm_base import QuickSamAlgorithm
+from ..encoder.algorithm_base import QuickSamAlgorithm, started_by_command_line
 from ..encoder.errors import QuickSamError
 from ..encoder.store import DECODER_ONNX, FeatureStore
-from .engine import MASK_MODES, SegmentEngine
+from .engine import MASK_MODES, PromptError, SegmentEngine
 from .output import FeatureBuilder, output_fields, raster_crs
 from .prompt_input import PromptObject, SkippedObject, group_records, read_prompt_records
 
@@ -98,7 +98,8 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
             "polygon layer, like clicks in the QuickSAM dock, and writes one polygon feature per object "
             "(in the raster's CRS).</p>"
             "<p><b>Prompts</b>: each point is one object; each polygon's bounding box is a box prompt for "
-            "one object. The layer may be in any CRS; it is transformed to the raster's CRS.<br>"
+            "one object (clipped to the raster where it reaches past its edge; the polygon stays inside the "
+            "box). The layer may be in any CRS; it is transformed to the raster's CRS.<br>"
             "<b>Group field</b>: features with the same value form one object (its points and the box of "
             "its one polygon); features with an empty value stay objects of their own.<br>"
             "<b>Label field</b>: 1 = foreground, 0 = background point; empty or no field = foreground. A "
@@ -108,8 +109,8 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
             "<b>Simplify</b>: tolerance in the raster CRS's map units (0 = exact pixel edges). <b>Minimum "
             "area</b>: parts and holes smaller than this many pixels are dropped.</p>"
             "<p>Objects whose prompts lie outside the raster or its encoded area, or whose labels are "
-            "unusable, are reported by id in the log and skipped; the run fails only if no object could be "
-            "segmented.</p>"
+            "unusable, are reported in the log by id, feature or group, and the prompt at fault, and skipped; "
+            "the run fails only if no object could be segmented.</p>"
             "<p>Attributes: id (object number, in reading order), label (the group value), score (the "
             "model's IoU estimate), area_m2 (planar for projected CRSs, ellipsoidal otherwise), fg_points, "
             "bg_points, box, model, checkpoint (SHA-256), tile_id, created (UTC).</p>")
@@ -175,7 +176,7 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         store = open_store(self.parameterAsFile(parameters, self.STORE, context))
-        objects, skipped = self._read_objects(parameters, context, feedback, store)
+        objects, skipped, crs_advice = self._read_objects(parameters, context, feedback, store)
         for item in skipped:
             feedback.reportError(item.message(), fatalError=False)
         mode = MASK_MODES[self.parameterAsEnum(parameters, self.MASK_MODE, context)]
@@ -196,7 +197,7 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
             if feedback.isCanceled():
                 raise QgsProcessingException(_tr("Segmentation cancelled after {done} of {total} objects.")
                                              .format(done=done - 1, total=len(objects)))
-            features, problem = self._segment(engine, builder, item, options)
+            features, problem = self._segment(engine, builder, item, options, crs_advice)
             if problem is not None:
                 skipped.append(problem)
                 feedback.reportError(problem.message(), fatalError=False)
@@ -219,7 +220,8 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
 
     def _read_objects(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                       feedback: QgsProcessingFeedback, store: FeatureStore
-                      ) -> Tuple[List[PromptObject], List[SkippedObject]]:
+                      ) -> Tuple[List[PromptObject], List[SkippedObject], str]:
+        """The prompt objects (raster CRS), those refused, and what to do if prompts look like lon/lat."""
         source = self.parameterAsSource(parameters, self.PROMPTS, context)
         if source is None:
             raise QgsProcessingException(self.invalidSourceError(parameters, self.PROMPTS))
@@ -246,19 +248,41 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
         records = read_prompt_records(features, transform, group_field, label_field, feedback.isCanceled)
         if feedback.isCanceled():
             raise QgsProcessingException(_tr("Segmentation cancelled while reading the prompts."))
-        return group_records(records)
+        objects, skipped = group_records(records)
+        return objects, skipped, self._lonlat_advice(context, source_crs, transform is not None)
+
+    @staticmethod
+    def _lonlat_advice(context: QgsProcessingContext, source_crs, transformed: bool) -> str:
+        """What to do when prompts outside the raster look like longitude/latitude: say which CRS they are
+        in, as the caller can (the `quicksam` command's --prompts-crs, or the prompt layer's CRS)."""
+        if transformed:  # they were not taken as they are: the layer's CRS is what to check
+            return _tr("check the prompts' CRS ({crs})").format(crs=source_crs.authid() or source_crs.description())
+        if started_by_command_line(context):
+            if not source_crs.isValid():
+                return _tr("the prompts file has no CRS: if they are longitude/latitude, pass --prompts-crs "
+                           "EPSG:4326")
+            return _tr("if they are, pass --prompts-crs EPSG:4326")
+        if not source_crs.isValid():
+            return _tr("the prompt layer has no CRS, so they were read in the raster's CRS: if they are "
+                       "longitude/latitude, set the layer's CRS to EPSG:4326")
+        return _tr("if they are, the prompt layer's CRS ({crs}) is wrong: set it to EPSG:4326").format(
+            crs=source_crs.authid() or source_crs.description())
 
     @staticmethod
     def _segment(engine: SegmentEngine, builder: FeatureBuilder, item: PromptObject,
-                 options: Dict[str, Any]) -> Tuple[list, Optional[SkippedObject]]:
-        """The output features of one object, or why it was skipped."""
+                 options: Dict[str, Any], crs_advice: str) -> Tuple[list, Optional[SkippedObject]]:
+        """The output features of one object, or why it was skipped (naming its prompts)."""
         try:
             segments = engine.segment(item.prompts, **options)
+        except PromptError as exc:
+            reason = f"{exc}; {crs_advice}" if exc.looks_like_lonlat else str(exc)
+            return [], SkippedObject(item.object_id, item.name, reason)
         except QuickSamError as exc:
             return [], SkippedObject(item.object_id, item.name, str(exc))
         if not segments:
-            return [], SkippedObject(item.object_id, item.name, _tr("the model found no object there (empty mask); "
-                                                                    "move or add prompts"))
+            return [], SkippedObject(item.object_id, item.name, _tr(
+                "no object found under {prompts} (the mask was empty, or smaller than the minimum area); move "
+                "or add prompts").format(prompts=item.prompts.describe()))
         return [builder.feature(segment, item.prompts, item.object_id, item.label) for segment in segments], None
 
     @staticmethod

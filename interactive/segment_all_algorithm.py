@@ -29,9 +29,9 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
-from ..encoder.algorithm_base import QuickSamAlgorithm
+from ..encoder.algorithm_base import QuickSamAlgorithm, started_by_command_line
 from ..encoder.errors import Cancelled, QuickSamError
-from .automatic import OUTPUT_LAYER, AutoMaskSettings, segment_everything
+from .automatic import COMMAND_LINE_OVERWRITE, OUTPUT_LAYER, AutoMaskSettings, segment_everything
 from .engine import MASK_MODES
 from .output import raster_crs
 from .segment_algorithm import open_store
@@ -143,6 +143,14 @@ class SegmentAllAlgorithm(QuickSamAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.OBJECTS, _tr("Objects written")))
         self.addOutput(QgsProcessingOutputNumber(self.TILES, _tr("Tiles segmented")))
 
+    @staticmethod
+    def how_to_overwrite(context: QgsProcessingContext) -> str:
+        """How the user asks to overwrite: this algorithm's parameter, or the option of `quicksam segment-all`
+        when that command runs it."""
+        if started_by_command_line(context):
+            return COMMAND_LINE_OVERWRITE
+        return _tr("tick 'Overwrite an existing output' (OVERWRITE)")
+
     def _number(self, name, label, kind, default, low, high, advanced, help_text) -> None:
         parameter = QgsProcessingParameterNumber(name, label, kind, defaultValue=default, minValue=low)
         if high is not None:
@@ -233,7 +241,8 @@ class SegmentAllAlgorithm(QuickSamAlgorithm):
         try:
             result = segment_everything(store, Path(output), settings, areas,
                                         overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context),
-                                        progress=on_progress, cancelled=feedback.isCanceled)
+                                        progress=on_progress, cancelled=feedback.isCanceled,
+                                        how_to_overwrite=self.how_to_overwrite(context))
         except Cancelled as exc:
             raise QgsProcessingException(_tr("Cancelled: {reason}").format(reason=exc)) from None
         except QuickSamError as exc:

@@ -10,6 +10,7 @@ One feature store per module: the synthetic two-squares scene of test_segment_al
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,17 @@ import pytest
 import shapely
 import shapely.wkb
 from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsPointXY, QgsProject, QgsVectorLayer
-from synthetic import CRS, assert_one_line_error, box_at, encode, file_states, pixel_to_map_default, write_raster
+from synthetic import (
+    CRS,
+    PIXEL_SIZE,
+    assert_one_line_error,
+    box_at,
+    encode,
+    file_states,
+    pixel_to_map_default,
+    run_cli,
+    write_raster,
+)
 
 from quicksam.encoder.store import FeatureStore
 from quicksam.interactive.engine import MapPrompts, SegmentEngine
@@ -301,6 +312,81 @@ def test_failed_overwrite_keeps_the_old_output(store_path, tmp_path):
     result = segment(store_path, "--point", csv(*at(-60, 10)), "--output", output, "--overwrite")
     assert_one_line_error(result, r"outside the raster")
     assert file_states(tmp_path) == before
+
+
+# -- messages that point at the fix ---------------------------------------------------------------------------
+
+#: The raster's extent as every "outside the raster" message gives it (320 x 300 px of 10 m from 500000,4200000).
+EXTENT_TEXT = "(x 500000 to 503200, y 4197000 to 4200000 in EPSG:32633)"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--point", csv(*at(-60, 10))],
+     f"the point at 499400,4199900 is outside the raster {EXTENT_TEXT}; place prompts inside the raster"),
+    (["--box", csv(*box_at(-100, 10, -50, 60))],
+     f"the box 499000,4199400,499500,4199900 is outside the raster {EXTENT_TEXT}; place prompts inside the raster"),
+    (["--point", "15.2,37.9"],
+     f"the point at 15.2,37.9 is outside the raster {EXTENT_TEXT}; its numbers look like longitude/latitude "
+     "degrees, not EPSG:32633 coordinates; if they are, pass --prompts-crs EPSG:4326"),
+    (["--box", "15.1,37.8,15.2,37.9"],
+     f"the box 15.1,37.8,15.2,37.9 is outside the raster {EXTENT_TEXT}; its numbers look like longitude/latitude "
+     "degrees, not EPSG:32633 coordinates; if they are, pass --prompts-crs EPSG:4326"),
+    (["--point", csv(*at(75, 75)), "--min-area", "1e9"],
+     "no object found under the point at 500750,4199250 (the mask was empty, or smaller than the minimum area); "
+     "move or add prompts"),
+], ids=["point-outside", "box-outside", "lonlat-point", "lonlat-box", "empty-mask"])
+def test_a_command_line_object_that_fails_says_what_happened_to_its_prompt(store_path, tmp_path, args, says):
+    """--point/--box make one object of the command's own: the message names the prompt and its coordinates,
+    not "object 1 (group 1)", which the user never made."""
+    result = segment(store_path, *args, "--output", tmp_path / "out.gpkg")
+    assert_one_line_error(result, "^quicksam: error: nothing was segmented: " + re.escape(says) + "$")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_prompts_file_without_crs_in_degrees_says_so_and_names_the_feature(store_path, tmp_path, qgis_app):
+    from osgeo import ogr
+
+    path = tmp_path / "clicks.shp"  # a shapefile without .prj: no CRS, read in the raster's CRS
+    dataset = ogr.GetDriverByName("ESRI Shapefile").CreateDataSource(str(path))
+    layer = dataset.CreateLayer("clicks", None, ogr.wkbPoint)
+    for x, y in (at(75, 75), (15.2, 37.9)):
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POINT ({x!r} {y!r})"))
+        layer.CreateFeature(feature)
+    dataset = None
+    output = tmp_path / "out.gpkg"
+    result = segment(store_path, "--prompts", path, "--output", output)
+    summary = assert_ok(result, output)
+    assert (summary["objects_segmented"], summary["objects_skipped"]) == (1, 1)
+    assert result.stderr.splitlines() == [
+        f"quicksam: warning: object 2 (feature 1) skipped: the point at 15.2,37.9 is outside the raster {EXTENT_TEXT}; "
+        "its numbers look like longitude/latitude degrees, not EPSG:32633 coordinates; the prompts file has no CRS: "
+        "if they are longitude/latitude, pass --prompts-crs EPSG:4326"]
+
+
+def test_a_box_over_the_raster_edge_is_clipped_to_the_raster(store_path, engine, tmp_path, qgis_app):
+    box = box_at(-40.3, 150.4, 60.6, 330.2)  # past the left and bottom edges of the 320 x 300 px raster
+    output = tmp_path / "edge.gpkg"
+    assert_ok(segment(store_path, "--box", csv(*box), "--output", output), output)
+    (row,) = read_output(output, qgis_app)
+    assert_equals_engine(row, engine, MapPrompts(box=box))
+    assert [float(v) for v in row["box"].split(",")] == pytest.approx(box, abs=1e-5)  # the box as given
+    raster = shapely.box(*box_at(0, 0, WIDTH, HEIGHT))
+    # Mask pixels are kept when their centre lies in the box, so where a box edge cuts a pixel (col 60.6,
+    # row 150.4) the polygon may reach up to half a pixel past it; the raster's edges are pixel edges, so
+    # only float noise (1e-6 m) is allowed past them.
+    within_box = shapely.box(*box).buffer(0.5 * PIXEL_SIZE + 1e-6, join_style="mitre")
+    assert row["geometry"].within(within_box.intersection(raster.buffer(1e-6, join_style="mitre")))
+    assert row["geometry"].area > 0
+
+
+def test_segment_and_segment_all_word_overwrite_alike(store_path, tmp_path):
+    output = tmp_path / "out.gpkg"
+    output.write_bytes(b"precious")
+    says = re.escape(f"quicksam: error: '{output}' exists; choose another name or delete it (or pass --overwrite)")
+    for command in (["segment", store_path, "--point", csv(*at(75, 75))], ["segment-all", store_path]):
+        assert_one_line_error(run_cli(*command, "--output", output), f"^{says}$")
+    assert output.read_bytes() == b"precious"
 
 
 # -- QGIS only where needed ----------------------------------------------------------------------------------

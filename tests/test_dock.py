@@ -412,6 +412,42 @@ def test_a_click_outside_the_raster_is_refused_with_a_message(dock):
     assert dock.controller.worker.stats.by_kind.get("object", 0) == 0
 
 
+def test_a_box_dragged_over_the_raster_edge_is_clipped_to_the_raster(dock, engine):
+    import shapely
+    import shapely.wkb
+
+    canvas = dock.controller.canvas
+    canvas.setExtent(QgsRectangle(497000, 4194000, 506000, 4203000))  # the raster and a margin around it
+    canvas.refresh()
+    # from outside the top-left corner to inside the raster (300 x 300 px of 10 m from 500000,4200000)
+    box = drag(dock, to_screen(canvas, 499300, 4200600), to_screen(canvas, 500800, 4199150))
+    assert dock.controller.wait_idle()
+    prompts = dock.controller.session.prompts
+    assert prompts.box == pytest.approx((box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()))
+    assert box.xMinimum() < 500000 and box.yMaximum() > 4200000  # really over the edge
+    (segment,) = dock.controller.session.segments
+    assert segment.geometry.wkb == engine.segment(prompts)[0].geometry.wkb
+    geometry = shapely.wkb.loads(segment.geometry.wkb)
+    raster = shapely.box(500000, 4197000, 503000, 4200000).buffer(1e-6, join_style="mitre")
+    # Pixels count when their centre is in the box, so the polygon may pass a box edge that cuts pixels by
+    # up to half a pixel (5 m); the raster's edges are pixel edges: only float noise past them.
+    within = shapely.box(box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()).buffer(
+        5.0 + 1e-6, join_style="mitre").intersection(raster)
+    assert geometry.area > 0 and geometry.within(within)
+    assert_same_area(dock.controller.tool.object_band.asGeometry(), expected_geometry(engine, prompts))
+
+
+def test_a_box_dragged_wholly_outside_the_raster_is_refused_in_one_line(dock):
+    canvas = dock.controller.canvas
+    canvas.setExtent(QgsRectangle(497000, 4194000, 506000, 4203000))
+    canvas.refresh()
+    drag(dock, to_screen(canvas, 497500, 4199500), to_screen(canvas, 499500, 4198000))
+    status = dock.statusLabel.text()
+    assert "the box " in status and "is outside the raster (x 500000 to 503000" in status and "\n" not in status
+    assert dock.controller.session.prompts.is_empty()
+    assert dock.controller.worker.stats.by_kind.get("object", 0) == 0
+
+
 # -- accepting --------------------------------------------------------------------------------------------
 
 

@@ -40,7 +40,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QVariant
-from synthetic import CRS, box_at, encode, pixel_to_map_default, write_raster
+from synthetic import CRS, PIXEL_SIZE, box_at, encode, pixel_to_map_default, write_raster
 
 from quicksam.encoder.store import FeatureStore
 from quicksam.interactive.engine import MASK_MODES, MapPrompts, SegmentEngine
@@ -427,6 +427,89 @@ def test_the_run_fails_and_writes_nothing_when_no_object_can_be_segmented(regist
     assert "None of the 2 objects could be segmented" in str(raised.value)
     assert "outside the raster" in str(raised.value)
     assert not output.exists()
+
+
+#: The raster's extent as every "outside the raster" message gives it (320 x 300 px of 10 m from 500000,4200000).
+EXTENT_TEXT = "(x 500000 to 503200, y 4197000 to 4200000 in EPSG:32633)"
+
+
+def one_line(text: str) -> str:
+    assert "\n" not in text, text
+    return text
+
+
+def test_a_skipped_object_says_which_prompt_and_where(registered, store_path):
+    feedback = RecordingFeedback()
+    run(store_path, memory_layer("Point", CRS, [(point(*at(-50, 10)), {}), (point(*at(75, 75)), {})]), feedback)
+    assert [one_line(e) for e in feedback.errors] == [
+        f"object 1 (feature 1) skipped: the point at 499500,4199900 is outside the raster {EXTENT_TEXT}; place "
+        "prompts inside the raster"]
+    with pytest.raises(QgsProcessingException) as raised:
+        run(store_path, memory_layer("Polygon", CRS, [(rectangle(box_at(-100, 10, -50, 60)), {})]))
+    assert one_line(str(raised.value)) == (
+        f"Nothing was segmented: object 1 (feature 1) skipped: the box 499000,4199400,499500,4199900 is outside the "
+        f"raster {EXTENT_TEXT}; place prompts inside the raster")
+
+
+def test_an_empty_mask_names_the_prompt(registered, store_path):
+    layer = memory_layer("Point", CRS, [(point(*at(75, 75)), {})])
+    with pytest.raises(QgsProcessingException) as raised:
+        run(store_path, layer, MIN_AREA=1e9)  # every part is smaller: nothing is left of the mask
+    assert one_line(str(raised.value)) == (
+        "Nothing was segmented: object 1 (feature 1) skipped: no object found under the point at 500750,4199250 "
+        "(the mask was empty, or smaller than the minimum area); move or add prompts")
+
+
+@pytest.mark.parametrize("crs, advice", [
+    (CRS, "if they are, the prompt layer's CRS (EPSG:32633) is wrong: set it to EPSG:4326"),
+    ("", "the prompt layer has no CRS, so they were read in the raster's CRS: if they are longitude/latitude, set "
+         "the layer's CRS to EPSG:4326"),
+    ("EPSG:32632", "check the prompts' CRS (EPSG:32632)"),  # transformed: their own CRS is what to check
+], ids=["layer-crs-is-the-rasters", "layer-without-crs", "layer-in-another-crs"])
+def test_prompts_in_degrees_on_a_projected_raster_say_so(registered, store_path, crs, advice):
+    positions = [(15.2, 37.9), at(75, 75)]  # in the raster's CRS once read (and transformed)
+    rows = [(point(x, y) if crs in (CRS, "") else to_crs(point(x, y), CRS, crs), {}) for x, y in positions]
+    layer = memory_layer("Point", crs, rows)
+    assert layer.crs().isValid() == bool(crs)
+    feedback = RecordingFeedback()
+    results = run(store_path, layer, feedback)
+    assert (results["SEGMENTED"], results["SKIPPED"]) == (1, 1)
+    assert [one_line(e) for e in feedback.errors] == [
+        f"object 1 (feature 1) skipped: the point at 15.2,37.9 is outside the raster {EXTENT_TEXT}; its numbers look "
+        f"like longitude/latitude degrees, not EPSG:32633 coordinates; {advice}"]
+
+
+def test_a_polygon_over_the_raster_edge_gives_its_box_clipped_to_the_raster(registered, store_path, engine):
+    box = box_at(250.2, -30.7, 400.1, 90.3)  # past the top and right edges of the 320 x 300 px raster
+    features = features_of(run(store_path, memory_layer("Polygon", CRS, [(rectangle(box), {})]))["OUTPUT"])
+    (feature,) = features
+    (segment,) = engine.segment(MapPrompts(box=box))
+    assert_matches_engine(feature, segment, MapPrompts(box=box), store_path, 1)
+    geometry = as_shapely(feature.geometry())
+    # Pixels count when their centre is in the box: up to half a pixel past a box edge that cuts pixels
+    # (col 250.2, row 90.3); the raster's edges are pixel edges, so only float noise past them.
+    raster = shapely.box(*box_at(0, 0, WIDTH, HEIGHT)).buffer(1e-6, join_style="mitre")
+    assert geometry.area > 0
+    assert geometry.within(shapely.box(*box).buffer(0.5 * PIXEL_SIZE + 1e-6, join_style="mitre").intersection(raster))
+
+
+def test_lonlat_and_prompt_wording_without_qgis():
+    from quicksam.interactive.engine import looks_like_lonlat
+    from quicksam.interactive.prompt_input import SkippedObject
+
+    utm = (500000.0, 4197000.0, 503200.0, 4200000.0)
+    assert looks_like_lonlat([(15.2, 37.9)], utm)
+    assert looks_like_lonlat([(-180.0, -90.0), (180.0, 90.0)], utm)
+    assert not looks_like_lonlat([(15.2, 37.9), (500100.0, 4199000.0)], utm)  # one real coordinate: no
+    assert not looks_like_lonlat([(181.0, 37.9)], utm)
+    assert not looks_like_lonlat([(15.2, 37.9)], (14.0, 37.0, 16.0, 39.0))  # a raster in degrees itself
+    assert not looks_like_lonlat([(15.2, 37.9)], (-1000.0, -1000.0, 1000.0, 1000.0))  # near 0 in metres: unsure
+    assert MapPrompts(points=((1.5, 2.0),), labels=(1,)).describe() == "the point at 1.5,2"
+    assert MapPrompts(points=((1.0, 2.0), (3.0, 4.0)), labels=(1, 0), box=(0.0, 0.0, 5.0, 5.0)).describe() == (
+        "the box 0,0,5,5 and the 2 points at 1,2 and 3,4")
+    skipped = SkippedObject(3, "group 'a) b'", "the point at 1,2 is outside the raster; place prompts inside it")
+    assert SkippedObject.from_message(skipped.message()) == skipped
+    assert SkippedObject.from_message("Nothing was segmented") is None
 
 
 def test_unusable_groups_are_skipped_with_their_reason(registered, store_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,7 @@ import pytest
 import shapely
 import shapely.wkb
 from osgeo import ogr
-from synthetic import encode, run_cli, square_scene, write_raster
+from synthetic import assert_one_line_error, encode, run_cli, square_scene, write_raster
 
 from quicksam.encoder.errors import Cancelled, QuickSamError
 from quicksam.encoder.store import FeatureStore
@@ -383,6 +384,35 @@ def test_bad_input_is_refused_plainly(store, tmp_path):
         segment_everything(store, output, other)
     segment_everything(store, output, other, overwrite=True)
     assert output.is_file()
+
+
+def test_overwrite_is_worded_as_each_caller_asks_for_it(store, tmp_path, qgis_app, plugin):
+    """One wording for one option: Processing names its parameter, the `quicksam` commands --overwrite (also
+    where segment-all reaches the run file through the algorithm), Python callers the argument."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    existing = tmp_path / "exists.gpkg"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(QuickSamError, match=re.escape("delete it (or pass overwrite=True)")):
+        segment_everything(store, existing, LOOSE)
+    with pytest.raises(QgsProcessingException) as raised:
+        processing.run("quicksam:segmentall", {"STORE": str(store.root), "OUTPUT": str(existing)})
+    assert str(raised.value).endswith("delete it (or tick 'Overwrite an existing output' (OVERWRITE))")
+    assert existing.read_bytes() == b"keep me"
+
+    unfinished = tmp_path / "unfinished.gpkg"
+    with pytest.raises(Cancelled):
+        segment_everything(store, unfinished, LOOSE, cancelled=lambda: True)
+    parameters = {"STORE": str(store.root), "POINTS_PER_SIDE": 3, "OUTPUT": str(unfinished)}
+    with pytest.raises(QgsProcessingException) as raised:
+        processing.run("quicksam:segmentall", parameters)
+    assert str(raised.value).endswith(
+        "or tick 'Overwrite an existing output' (OVERWRITE) to start again")
+    result = run_cli("segment-all", store.root, "--output", unfinished, "--points-per-side", "3")
+    assert_one_line_error(result, r"holds an unfinished run with other settings .*, or pass --overwrite to start "
+                                  r"again$")
+    assert not unfinished.exists() and partial_path(unfinished).exists()
 
 
 def test_a_corrupt_tile_stops_the_run_plainly_and_keeps_the_finished_tiles(store, tmp_path, reference):
