@@ -39,7 +39,7 @@ from ..encoder.algorithm_base import QuickSamAlgorithm
 from ..encoder.errors import QuickSamError
 from ..encoder.store import DECODER_ONNX, FeatureStore
 from .engine import MASK_MODES, SegmentEngine
-from .output import FeatureBuilder, output_fields, raster_crs
+from .output import FeatureBuilder, output_fields, raster_crs, sink_keeping_other_layers
 from .prompt_input import PromptObject, SkippedObject, group_records, read_prompt_records
 
 
@@ -189,6 +189,7 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
             raise QgsProcessingException(str(exc)) from exc
         crs = raster_crs(store)
         builder = FeatureBuilder(store, crs, context.transformContext())
+        parameters, output_note = sink_keeping_other_layers(self, parameters, self.OUTPUT, context)
         sink, dest_id = None, None
         segmented = 0
         total = len(objects) + len(skipped)
@@ -206,6 +207,8 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
                                                          QgsWkbTypes.MultiPolygon, crs)
                     if sink is None:
                         raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
+                    if output_note:
+                        feedback.pushInfo(output_note)
                 for feature in features:
                     if not sink.addFeature(feature, QgsFeatureSink.FastInsert):
                         raise QgsProcessingException(self.writeFeatureError(sink, parameters, self.OUTPUT))
