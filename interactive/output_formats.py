@@ -9,7 +9,8 @@ Formats (`FORMATS`), each with its limits handled:
   one transaction; every other layer of the file is kept.
 - Shapefile `.shp`: field names of at most 10 characters (`short_field_names`; QuickSAM's own names all
   fit, the longest, `checkpoint`, has exactly 10), one geometry type per file (QuickSAM writes
-  MultiPolygon only), the CRS in the `.prj`, text in UTF-8 (the `.cpg`), string fields up to 254 bytes.
+  MultiPolygon only), the CRS in the `.prj`, text in UTF-8 (the `.cpg`) of at most 254 bytes, and an
+  empty text reads back as NULL (dBASE cannot tell them apart).
 - GeoJSON `.geojson` / `.json`: in the raster's CRS, stated by a `crs` member naming its EPSG code
   (GeoJSON 2008), not reprojected to EPSG:4326 as RFC 7946 asks: the polygons keep their exact pixel
   edges and every QuickSAM output is in the raster's CRS. GDAL and QGIS read that member; web tools that
@@ -39,8 +40,6 @@ from ..encoder.errors import QuickSamError
 DEFAULT_LAYER = "segments"
 #: Table name prefixes the GeoPackage and SQLite specifications reserve.
 _RESERVED_PREFIXES = ("gpkg_", "rtree_", "sqlite_")
-#: Shapefile (dBASE) text fields hold at most 254 bytes; RESIZE=YES shrinks them to what is used.
-_DBF_STRING_WIDTH = 254
 
 
 @dataclass(frozen=True)
@@ -322,6 +321,9 @@ def check_crs(fmt: VectorFormat, crs_wkt: str, path: Path) -> None:
 
 
 def _create_fields(target, source_defn, fmt: VectorFormat) -> None:
+    """The fields of `source_defn` in `target`, renamed for `fmt` (`short_field_names`). Shapefile columns
+    have a fixed width: OGR widens a text column for a longer value (up to dBASE's 254 bytes) and drops
+    decimals of a number that would not fit its 24 characters with 15 decimals."""
     from osgeo import ogr
 
     names = [source_defn.GetFieldDefn(i).GetName() for i in range(source_defn.GetFieldCount())]
@@ -330,8 +332,6 @@ def _create_fields(target, source_defn, fmt: VectorFormat) -> None:
         field = ogr.FieldDefn(name, source_field.GetType())
         field.SetWidth(source_field.GetWidth())
         field.SetPrecision(source_field.GetPrecision())
-        if fmt.driver == "ESRI Shapefile" and source_field.GetType() == ogr.OFTString:
-            field.SetWidth(_DBF_STRING_WIDTH)
         if target.CreateField(field) != 0:
             raise _gdal_error(f"cannot create the field '{name}' in the {fmt.name} output")
 
