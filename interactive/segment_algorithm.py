@@ -112,7 +112,10 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
             "segmented.</p>"
             "<p>Attributes: id (object number, in reading order), label (the group value), score (the "
             "model's IoU estimate), area_m2 (planar for projected CRSs, ellipsoidal otherwise), fg_points, "
-            "bg_points, box, model, checkpoint (SHA-256), tile_id, created (UTC).</p>")
+            "bg_points, box, model, checkpoint (SHA-256), tile_id, created (UTC).</p>"
+            "<p>An existing GeoPackage as output keeps its other layers: only the layer 'segments' (or the "
+            "table of an ogr:dbname= destination) is added or replaced. GeoJSON is written in the raster's "
+            "CRS, named by its EPSG code.</p>")
 
     # -- parameters -------------------------------------------------------------------------------
 
