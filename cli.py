@@ -34,9 +34,14 @@ LOG = logging.getLogger("quicksam")
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 2
 EXIT_CANCELLED = 130
-#: Single-file formats `segment` writes: renaming one file publishes the whole result.
-SEGMENT_FORMATS = {".gpkg": "GeoPackage", ".geojson": "GeoJSON"}
+#: The layer the Processing run writes into its private GeoPackage (the output's own layer is --layer).
 SEGMENT_LAYER = "segments"
+#: --output help: the format comes from the extension (interactive/output_formats.py).
+OUTPUT_HELP = ("vector file for the polygons (raster CRS), its format by its extension: .gpkg (GeoPackage: the "
+               "layer --layer is added, its other layers are kept), .shp, .geojson/.json (GeoJSON in the raster's "
+               "CRS, stated by its EPSG code, not reprojected to EPSG:4326), .fgb, .parquet (where GDAL has "
+               "GeoParquet) or another vector format GDAL writes")
+LAYER_HELP = "layer name in a GeoPackage (default %(default)s); the file's other layers are kept"
 T = TypeVar("T")
 
 
@@ -170,9 +175,10 @@ def _add_segment_parser(commands) -> None:
     segment.add_argument("--min-area", type=float, default=0.0,
                          help="drop parts and holes smaller than this many pixels (default 0)")
     segment.add_argument("--fill-holes", action="store_true", help="fill the holes of the polygons")
-    segment.add_argument("--output", type=Path, required=True, metavar="OUT.gpkg",
-                         help="new GeoPackage (layer 'segments') or GeoJSON file for the polygons")
-    segment.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    segment.add_argument("--output", type=Path, required=True, metavar="OUT.gpkg", help=OUTPUT_HELP)
+    segment.add_argument("--layer", default=SEGMENT_LAYER, help=LAYER_HELP)
+    segment.add_argument("--overwrite", action="store_true",
+                         help="replace --output if it exists (in a GeoPackage: only its layer --layer)")
     segment.set_defaults(handler=_cmd_segment)
 
 
@@ -188,7 +194,8 @@ def _add_segment_all_parser(commands) -> None:
                     "Runs the Processing algorithm quicksam:segmentall in a headless QGIS.")
     command.add_argument("store", type=Path, help="feature store folder written by 'quicksam encode'")
     command.add_argument("--output", type=Path, required=True, metavar="OUT.gpkg",
-                         help="new GeoPackage (layer 'segments', the raster's CRS)")
+                         help=OUTPUT_HELP + "; a stopped run is kept in OUT.partial.gpkg beside it")
+    command.add_argument("--layer", default=SEGMENT_LAYER, help=LAYER_HELP)
     command.add_argument("--aoi", type=Path, metavar="FILE", help="polygon file: only tiles meeting it (any CRS)")
     command.add_argument("--extent", type=_parse_box, metavar="XMIN,YMIN,XMAX,YMAX",
                          help="only tiles meeting this extent (the raster's CRS)")
@@ -209,7 +216,8 @@ def _add_segment_all_parser(commands) -> None:
     command.add_argument("--mask-mode", default=defaults.mask_mode, choices=MASK_MODES,
                          help="all (default: SAM's three candidates per point), single, best, largest, smallest")
     command.add_argument("--overwrite", action="store_true",
-                         help="replace --output if it exists and restart an unfinished run with other settings")
+                         help="replace --output (in a GeoPackage: only its layer --layer) if it exists and restart "
+                              "an unfinished run with other settings")
     command.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout")
     command.set_defaults(handler=_cmd_segment_all)
 
@@ -333,19 +341,12 @@ def _cmd_checkpoints(args, events: EventWriter) -> int:
     return 0
 
 
-def _check_segment_output(output: Path, overwrite: bool) -> Path:
-    """The absolute --output path, refused (QuickSamError) before any work if it cannot be written."""
-    output = output.expanduser().absolute()
-    if output.suffix.lower() not in SEGMENT_FORMATS:
-        raise QuickSamError(f"--output '{output}' must end in " + " or ".join(SEGMENT_FORMATS)
-                            + " (a " + " or ".join(SEGMENT_FORMATS.values()) + " file)")
-    if output.is_dir():
-        raise QuickSamError(f"--output '{output}' is a folder; give a file name ending in .gpkg")
-    if output.exists() and not overwrite:
-        raise QuickSamError(f"'{output}' exists; choose another name or delete it (or pass --overwrite)")
-    if not output.parent.is_dir():
-        raise QuickSamError(f"the folder of --output '{output.parent}' does not exist; create it first")
-    return output
+def _check_segment_output(output: Path, overwrite: bool, layer: str = SEGMENT_LAYER):
+    """The --output destination (absolute path, format, layer), refused (QuickSamError) before any work if
+    it cannot be written; see `output_formats.check_destination`."""
+    from .interactive.output_formats import check_destination
+
+    return check_destination(output, layer, overwrite)
 
 
 def _check_segment_prompts(args) -> None:
@@ -637,20 +638,30 @@ def _in_headless_qgis(work: Callable[[], T]) -> T:
 
 
 def _cmd_segment(args, events: EventWriter) -> int:
+    from .interactive.output_formats import write_layer
+
     _check_segment_prompts(args)
-    output = _check_segment_output(args.output, args.overwrite)
-    # Written next to the output (same file system) and renamed into place only on success.
-    partial = output.with_name(f".{output.stem}.partial-{os.getpid()}{output.suffix}")
+    destination = _check_segment_output(args.output, args.overwrite, args.layer)
+    output = destination.path
+    # The run writes a GeoPackage beside the output (same file system); only a finished run is written to
+    # the output, in its format, without touching the output's other layers.
+    partial = output.with_name(f".{output.name}.partial-{os.getpid()}.gpkg")
+
+    def segment_and_write():  # in QGIS's lifetime: exitQgis unloads GDAL's drivers
+        summary, skipped = _run_segment_algorithm(args, partial)
+        return summary, skipped, write_layer(partial, SEGMENT_LAYER, destination, args.overwrite)
+
     try:
-        summary, skipped = _in_headless_qgis(lambda: _run_segment_algorithm(args, partial))
-        os.replace(partial, output)
+        summary, skipped, written = _in_headless_qgis(segment_and_write)
     finally:
         _remove_partial(partial)
     for message in skipped:
         sys.stderr.write(f"quicksam: warning: {message}\n")
-    sys.stdout.write(json.dumps({"output": str(output), "layer": SEGMENT_LAYER if output.suffix.lower() == ".gpkg"
-                                 else None, "objects_segmented": summary["SEGMENTED"],
-                                 "objects_skipped": summary["SKIPPED"]}) + "\n")
+    if written.kept_layers:
+        events.emit("log", level="info", message=written.message())
+    sys.stdout.write(json.dumps({"output": str(output), "layer": written.layer,
+                                 "objects_segmented": summary["SEGMENTED"], "objects_skipped": summary["SKIPPED"]})
+                     + "\n")
     return 0
 
 
@@ -683,24 +694,45 @@ def _run_segment_all_algorithm(args, events: EventWriter) -> Dict[str, object]:
         Algorithm.MIN_MASK_REGION_AREA: args.min_mask_region_area,
         Algorithm.MASK_MODE: MASK_MODES.index(args.mask_mode), Algorithm.MIN_OBJECT_AREA: args.min_object_area,
         Algorithm.MAX_OBJECT_AREA: args.max_object_area, Algorithm.SIMPLIFY: args.simplify,
-        Algorithm.OVERWRITE: args.overwrite, Algorithm.OUTPUT: str(args.output),
+        Algorithm.OVERWRITE: args.overwrite, Algorithm.LAYER_NAME: args.layer, Algorithm.OUTPUT: str(args.output),
     }
     feedback = QgsProcessingFeedback()
     feedback.progressChanged.connect(lambda percent: events.emit("progress", done=round(percent), total=100,
                                                                  percent=round(percent, 2)))
     results = _run_algorithm("quicksam:segmentall", parameters, project, feedback)
-    return {"output": results[Algorithm.OUTPUT], "layer": "segments", "objects": results[Algorithm.OBJECTS],
-            "tiles": results[Algorithm.TILES]}
+    output = Path(results[Algorithm.OUTPUT])
+    layer = _layer_written(output, args.layer)
+    return {"output": str(output), "layer": layer, "objects": results[Algorithm.OBJECTS],
+            "tiles": results[Algorithm.TILES], "message": _other_layers_message(output, layer)}
+
+
+def _layer_written(output: Path, layer: str) -> Optional[str]:
+    """`layer` if `output` is a multi-layer file (a GeoPackage), else None: the file is the layer."""
+    from .interactive.output_formats import format_for
+
+    return layer if format_for(output).multi_layer else None
+
+
+def _other_layers_message(output: Path, layer: Optional[str]) -> Optional[str]:
+    """'wrote layer L into OUT; its other layers (...) are kept' when OUT holds other layers, else None."""
+    from .interactive.output_formats import WrittenLayer, layer_names
+
+    others = tuple(name for name in (layer_names(output) or []) if name != layer) if layer else ()
+    return WrittenLayer(output, layer, others).message() if others else None
 
 
 def _cmd_segment_all(args, events: EventWriter) -> int:
     from .interactive.automatic import COMMAND_LINE_OVERWRITE, check_output
 
-    args.output = check_output(args.output, args.overwrite, COMMAND_LINE_OVERWRITE)
+    args.output = check_output(args.output, args.overwrite, args.layer, layer_hint="choose another --layer",
+                               how_to_overwrite=COMMAND_LINE_OVERWRITE)
     if not args.store.exists():
         raise QuickSamError(f"the feature store '{args.store}' does not exist; encode the raster first "
                             "(quicksam encode RASTER STORE)")
     summary = _in_headless_qgis(lambda: _run_segment_all_algorithm(args, events))
+    message = summary.pop("message")
+    if message:
+        events.emit("log", level="info", message=message)
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0
 

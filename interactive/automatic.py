@@ -8,17 +8,18 @@ by predicted IoU and stability, small regions removed and duplicates suppressed 
 the ownership rule and the streamed cross-tile merge (`tile_merge`) decide what the tile writes now and
 what waits for its neighbours. docs/segment-everything.md states the rule; tests feed it synthetic masks.
 
-Run file: the output GeoPackage is built under OUT.partial.gpkg, which also holds the run's parameters,
-the finished tiles and the staged pieces. A tile's objects, its staged pieces and the merge step it
-allows are committed in one transaction, so a killed run resumes where it stopped without duplicates.
-When every tile is done, the bookkeeping tables are dropped and the file is renamed to OUT.
+Run file: the objects are collected in the GeoPackage OUT.partial.gpkg beside the output (OUT without its
+extension), which also holds the run's parameters, the finished tiles and the staged pieces. A tile's
+objects, its staged pieces and the merge step it allows are committed in one transaction, so a killed run
+resumes where it stopped without duplicates. When every tile is done, the objects are written to the
+output in its format (`output_formats.write_layer`: into an existing GeoPackage as one layer, keeping the
+others) and the run file is deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Collection, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
@@ -30,6 +31,7 @@ from ..encoder.store import STATUS_DONE, STATUS_PENDING, FeatureStore
 from ..encoder.tiling import Tile
 from .decoding import OnnxDecoder, choose_outputs, stability_scores, upsample_masks
 from .engine import MASK_MODES, SegmentEngine
+from .output_formats import check_crs, check_destination, layer_names, write_layer
 from .tile_merge import BorderMerge, TileMask, assign_masks, pixel_bounds, tile_regions, trimmed
 from .vectorise import Polygons, mask_to_polygons
 
@@ -294,22 +296,15 @@ PYTHON_OVERWRITE = "pass overwrite=True"
 COMMAND_LINE_OVERWRITE = "pass --overwrite"
 
 
-def check_output(output: Path, overwrite: bool, how_to_overwrite: str = PYTHON_OVERWRITE) -> Path:
-    """The absolute output path; QuickSamError before any work if it cannot be written (an existing output
-    without `overwrite`: the message ends "(or {how_to_overwrite})")."""
-    output = Path(output).expanduser().absolute()
-    if output.suffix.lower() != ".gpkg":
-        raise QuickSamError(f"the output '{output}' must be a GeoPackage (.gpkg): it also records progress so "
-                            "that a stopped run can resume")
-    if output.is_dir():
-        raise QuickSamError(f"the output '{output}' is a folder; give a file name ending in .gpkg")
-    if output.exists() and not overwrite:
-        raise QuickSamError(f"'{output}' exists; choose another name or delete it (or {how_to_overwrite})")
-    if not output.parent.is_dir():
-        raise QuickSamError(f"the folder of the output '{output.parent}' does not exist; create it first")
-    if not os.access(output.parent, os.W_OK):
-        raise QuickSamError(f"the folder '{output.parent}' is not writable; choose another output location")
-    return output
+
+def check_output(output: Path, overwrite: bool, layer: str = OUTPUT_LAYER,
+                 layer_hint: str = "choose another layer name", how_to_overwrite: str = PYTHON_OVERWRITE) -> Path:
+    """The absolute output path; QuickSamError before any work if it cannot be written (see
+    `output_formats.check_destination`: any vector format by its extension; an existing GeoPackage keeps
+    its other layers, only an existing layer `layer` needs overwrite; that message ends
+    "(or {how_to_overwrite})")."""
+    return check_destination(output, layer, overwrite, what="the output", overwrite_hint=f"(or {how_to_overwrite})",
+                             layer_hint=layer_hint).path
 
 
 FIELDS = (("id", "int64"), ("score", "real"), ("stability", "real"), ("area", "real"), ("tile_ids", "str"),
@@ -368,7 +363,7 @@ class RunFile:
         dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR | gdal.OF_UPDATE)
         run = dataset.GetLayerByName(RUN_TABLE) if dataset is not None else None
         if run is None or dataset.GetLayerByName(TILE_TABLE) is None:
-            raise QuickSamError(f"'{path}' is not a QuickSAM run in progress; delete it to start again")
+            raise QuickSamError(_not_a_run_file(path))
         stored = json.loads([feature["identity"] for feature in run][0])  # read to the end: no open statement
         if stored != json.loads(json.dumps(identity, sort_keys=True)):
             differing = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
@@ -465,15 +460,6 @@ class RunFile:
         self.staged_layer.ResetReading()
         return self.staged_layer.GetFeatureCount()
 
-    def finish(self) -> None:
-        """Drop the bookkeeping tables and close (the caller renames the file)."""
-        self.segments = self.tiles = self.staged_layer = None
-        for name in (STAGED_TABLE, TILE_TABLE, RUN_TABLE):
-            names = [self.dataset.GetLayerByIndex(i).GetName() for i in range(self.dataset.GetLayerCount())]
-            if name in names and self.dataset.DeleteLayer(names.index(name)) != 0:
-                raise QuickSamError(f"cannot remove the table {name} from '{self.path}'")
-        self.close()
-
     def close(self) -> None:
         self.segments = self.tiles = self.staged_layer = None
         self.dataset = None
@@ -502,11 +488,16 @@ class SegmentAllProgress:
 
 @dataclass
 class SegmentAllResult:
+    """`layer`: the layer written in a multi-layer file (None: the file is the layer); `kept_layers`: the
+    file's other layers, kept as they were."""
+
     output: Path
     tiles: int
     tiles_resumed: int
     objects: int
     merged_objects: int
+    layer: Optional[str] = None
+    kept_layers: Tuple[str, ...] = ()
 
 
 def run_identity(store: FeatureStore, settings: AutoMaskSettings, tiles: Sequence[Tile]) -> dict:
@@ -554,20 +545,25 @@ def segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSett
                        area_wkbs: Optional[Sequence[bytes]] = None, overwrite: bool = False,
                        progress: Optional[Callable[[SegmentAllProgress], None]] = None,
                        cancelled: Optional[Callable[[], bool]] = None,
-                       engine: Optional[SegmentEngine] = None,
+                       engine: Optional[SegmentEngine] = None, layer: str = OUTPUT_LAYER,
                        how_to_overwrite: str = PYTHON_OVERWRITE) -> SegmentAllResult:
     """Automatic masks for every encoded tile (or those meeting `area_wkbs`), merged across tile borders,
-    written to the GeoPackage `output` (layer `segments`, raster CRS). Resumes an unfinished run with the
-    same settings; Cancelled (keeping finished tiles) when `cancelled()` turns true. Messages that call for
+    written to `output` (any vector format by its extension, raster CRS; in a GeoPackage the layer
+    `layer`, next to the file's other layers, which are kept). Resumes an unfinished run with the same
+    settings; Cancelled (keeping finished tiles) when `cancelled()` turns true. Messages that call for
     `overwrite` say `how_to_overwrite` (the caller's own wording of it)."""
     settings.check()
-    output = check_output(output, overwrite, how_to_overwrite)
+    destination = check_destination(output, layer, overwrite, what="the output",
+                                     overwrite_hint=f"(or {how_to_overwrite})",
+                                     layer_hint="choose another layer name")
+    output = destination.path
+    check_crs(destination.format, store.crs_wkt, output)
     tiles = tiles_to_process(store, area_wkbs)
     engine = engine or SegmentEngine(store, cache_tiles=1)
     identity = run_identity(store, settings, tiles)
     work = partial_path(output)
     if work.exists() and overwrite:
-        _remove_gpkg(work)
+        _remove_run_file(work)
     run = (RunFile.open(work, identity, how_to_overwrite) if work.exists()
            else RunFile.create(work, store.crs_wkt, identity))
     try:
@@ -595,13 +591,27 @@ def segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSett
         if run.staged_count():
             raise QuickSamError(f"'{work}' still holds staged pieces after the last tile; delete it and run again")
         objects, merged_objects = run.object_count(), run.object_count(joined=True)
-        run.finish()
     finally:
         run.close()
-    if output.exists():
-        _remove_gpkg(output)
-    os.replace(work, output)
-    return SegmentAllResult(output, len(tiles), resumed, objects, merged_objects)
+    # The run file stays until the output is written: a failed write is resumed (at once) by the same command.
+    written = write_layer(work, OUTPUT_LAYER, destination, overwrite)
+    _remove_gpkg(work)
+    return SegmentAllResult(output, len(tiles), resumed, objects, merged_objects, written.layer, written.kept_layers)
+
+
+def _not_a_run_file(path: Path) -> str:
+    return (f"'{path}' is not a QuickSAM run in progress, but a stopped run would be kept under that name; move or "
+            "rename that file, or choose another output name")
+
+
+def _remove_run_file(path: Path) -> None:
+    """Delete the run file `path` to start again; QuickSamError, deleting nothing, when it holds anything
+    but a run's own tables (a user's file that happens to have the name)."""
+    names = layer_names(path)
+    if names is None or not set(names) <= {OUTPUT_LAYER, RUN_TABLE, TILE_TABLE, STAGED_TABLE} \
+            or RUN_TABLE not in names:
+        raise QuickSamError(_not_a_run_file(path))
+    _remove_gpkg(path)
 
 
 def _remove_gpkg(path: Path) -> None:

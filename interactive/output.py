@@ -7,28 +7,36 @@ in square metres for projected CRSs and ellipsoidal (the CRS's ellipsoid) for ge
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 from qgis.core import (
     Qgis,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsCoordinateTransformContext,
+    QgsDataSourceUri,
     QgsDistanceArea,
     QgsFeature,
     QgsField,
     QgsFields,
     QgsGeometry,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingOutputLayerDefinition,
+    QgsProperty,
     QgsUnitTypes,
     QgsVectorFileWriter,
     QgsVectorLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QMetaType, QVariant
+from qgis.PyQt.QtCore import QCoreApplication, QMetaType, QVariant
 
+from ..encoder.errors import QuickSamError
 from ..encoder.store import FeatureStore
 from .engine import MapPrompts, Segment
+from .output_formats import format_for, layer_names
 
 OUTPUT_FILE = "segments.gpkg"
 OUTPUT_LAYER = "segments"
@@ -127,19 +135,33 @@ def store_output_path(store: FeatureStore) -> Path:
 def open_or_create_gpkg_layer(path: Path, layer_name: str, fields: QgsFields, geometry_type: int,
                               crs: QgsCoordinateReferenceSystem, context: QgsCoordinateTransformContext,
                               display_name: str) -> QgsVectorLayer:
-    """The GeoPackage layer `layer_name` at `path`, created with `fields` if the file is missing."""
-    if not path.exists():
+    """The GeoPackage layer `layer_name` at `path`, created with `fields` if the file or the layer is
+    missing. A layer is added to an existing file next to its other layers, which are kept; OSError when
+    the file cannot be opened or written."""
+    if not path.exists() or not _has_layer(path, layer_name):
         options = QgsVectorFileWriter.SaveVectorOptions()
         options.driverName = "GPKG"
         options.layerName = layer_name
+        if path.exists():  # never CreateOrOverwriteFile on an existing file: it would drop the other layers
+            options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer
         writer = QgsVectorFileWriter.create(str(path), fields, geometry_type, crs, context, options)
         if writer.hasError() != QgsVectorFileWriter.NoError:
-            raise OSError(f"cannot create '{path}': {writer.errorMessage()}")
+            raise OSError(f"cannot create the layer '{layer_name}' in '{path}': {writer.errorMessage()}")
         del writer  # closes the file
     layer = QgsVectorLayer(f"{path}|layername={layer_name}", display_name, "ogr")
     if not layer.isValid():
         raise OSError(f"cannot open layer '{layer_name}' of '{path}'")
     return layer
+
+
+def _has_layer(path: Path, layer_name: str) -> bool:
+    """Whether the GeoPackage `path` has the layer; OSError when GDAL cannot open it as a GeoPackage (then
+    it is not replaced: it may be anything the user keeps there)."""
+    names = layer_names(path)
+    if names is None:
+        raise OSError(f"'{path}' exists but is not a GeoPackage QuickSAM can open; move it away or choose "
+                      "another output layer")
+    return layer_name in names
 
 
 def open_or_create_output_layer(path: Path, crs: QgsCoordinateReferenceSystem,
@@ -148,3 +170,58 @@ def open_or_create_output_layer(path: Path, crs: QgsCoordinateReferenceSystem,
     """The polygon layer at `path` (layer `segments`), created with the output schema if missing."""
     return open_or_create_gpkg_layer(path, OUTPUT_LAYER, output_fields(), QgsWkbTypes.MultiPolygon, crs, context,
                                      name)
+
+
+# -- Processing sinks: a container file keeps its other layers ------------------------------------------------
+
+#: A destination that names a provider ("ogr:", "memory:", "postgres:"); a Windows drive letter has one letter.
+_PROVIDER_URI = re.compile(r"^[A-Za-z_]{3,}:")
+
+
+def sink_keeping_other_layers(algorithm: QgsProcessingAlgorithm, parameters: Dict[str, Any], name: str,
+                              context: QgsProcessingContext, default_layer: str = OUTPUT_LAYER
+                              ) -> Tuple[Dict[str, Any], Optional[str]]:
+    """`parameters` with the feature sink `name` aimed so that QGIS adds or replaces only its layer when the
+    destination is an existing multi-layer file (GeoPackage, ...), and a message saying so (else None).
+
+    QGIS writes a plain file path with "create or overwrite file", which drops every other layer of an
+    existing GeoPackage; its own `ogr:dbname='PATH' table="LAYER" (geom)` destination creates or
+    overwrites only that layer. So a plain path to such a file becomes that destination; the layer is the
+    sink's `layerName` create option, else `default_layer` (also given to a new file, so that the layer
+    has the same name either way). Provider destinations are left as they are.
+    """
+    destination = algorithm.parameterAsOutputLayer(parameters, name, context)
+    if not destination or _PROVIDER_URI.match(destination):
+        return parameters, None
+    try:
+        multi_layer = format_for(Path(destination)).multi_layer
+    except QuickSamError:
+        return parameters, None  # QGIS's own writer decides
+    if not multi_layer:
+        return parameters, None
+    value = parameters.get(name)
+    definition = QgsProcessingOutputLayerDefinition(value) if isinstance(value, QgsProcessingOutputLayerDefinition) \
+        else QgsProcessingOutputLayerDefinition(destination)
+    layer = definition.createOptions.get("layerName") or default_layer
+    names = layer_names(Path(destination)) if Path(destination).is_file() else None
+    if names is None:  # a new file (or one that is no dataset): written as a whole, with the layer named
+        definition.createOptions = {**definition.createOptions, "layerName": layer}
+        return {**parameters, name: definition}, None
+    uri = QgsDataSourceUri()
+    uri.setDatabase(destination)
+    uri.setDataSource("", layer, "geom")
+    definition.sink = QgsProperty.fromValue(f"ogr:{uri.uri()}")
+    others = [other for other in names if other.lower() != layer.lower()]
+    replaced = len(others) < len(names)
+    if others and replaced:
+        text = _tr("{path} exists: its layer '{layer}' is replaced; its other layers ({others}) are kept.")
+    elif others:
+        text = _tr("{path} exists: the layer '{layer}' is added; its other layers ({others}) are kept.")
+    else:
+        text = _tr("{path} exists: its layer '{layer}' is replaced.") if replaced \
+            else _tr("{path} exists: the layer '{layer}' is added.")
+    return {**parameters, name: definition}, text.format(path=destination, layer=layer, others=", ".join(others))
+
+
+def _tr(message: str) -> str:
+    return QCoreApplication.translate("QuickSAM", message)

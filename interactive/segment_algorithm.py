@@ -39,7 +39,7 @@ from ..encoder.algorithm_base import QuickSamAlgorithm, started_by_command_line
 from ..encoder.errors import QuickSamError
 from ..encoder.store import DECODER_ONNX, FeatureStore
 from .engine import MASK_MODES, PromptError, SegmentEngine
-from .output import FeatureBuilder, output_fields, raster_crs
+from .output import FeatureBuilder, output_fields, raster_crs, sink_keeping_other_layers
 from .prompt_input import PromptObject, SkippedObject, group_records, read_prompt_records
 
 
@@ -113,7 +113,10 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
             "the run fails only if no object could be segmented.</p>"
             "<p>Attributes: id (object number, in reading order), label (the group value), score (the "
             "model's IoU estimate), area_m2 (planar for projected CRSs, ellipsoidal otherwise), fg_points, "
-            "bg_points, box, model, checkpoint (SHA-256), tile_id, created (UTC).</p>")
+            "bg_points, box, model, checkpoint (SHA-256), tile_id, created (UTC).</p>"
+            "<p>An existing GeoPackage as output keeps its other layers: only the layer 'segments' (or the "
+            "table of an ogr:dbname= destination) is added or replaced. GeoJSON is written in the raster's "
+            "CRS, named by its EPSG code.</p>")
 
     # -- parameters -------------------------------------------------------------------------------
 
@@ -190,6 +193,7 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
             raise QgsProcessingException(str(exc)) from exc
         crs = raster_crs(store)
         builder = FeatureBuilder(store, crs, context.transformContext())
+        parameters, output_note = sink_keeping_other_layers(self, parameters, self.OUTPUT, context)
         sink, dest_id = None, None
         segmented = 0
         total = len(objects) + len(skipped)
@@ -207,6 +211,8 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
                                                          QgsWkbTypes.MultiPolygon, crs)
                     if sink is None:
                         raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
+                    if output_note:
+                        feedback.pushInfo(output_note)
                 for feature in features:
                     if not sink.addFeature(feature, QgsFeatureSink.FastInsert):
                         raise QgsProcessingException(self.writeFeatureError(sink, parameters, self.OUTPUT))

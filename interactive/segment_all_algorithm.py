@@ -2,8 +2,9 @@
 
 A thin layer over `automatic.segment_everything` (which `quicksam segment-all` also reaches through this
 algorithm): parameters in, an area of interest transformed to the raster's CRS, progress and cancel
-forwarded. The output is a GeoPackage file (not a feature sink) because the run keeps its progress in it
-to resume after a stop, and builds it under a temporary name.
+forwarded. The output is a file (not a feature sink) because the run keeps its progress in a GeoPackage
+beside it to resume after a stop, and writes the output's format (by its extension) when it finishes; an
+existing GeoPackage gets the layer LAYER_NAME added (or replaced with OVERWRITE) and keeps its other layers.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from qgis.core import (
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
@@ -34,6 +36,7 @@ from ..encoder.errors import Cancelled, QuickSamError
 from .automatic import COMMAND_LINE_OVERWRITE, OUTPUT_LAYER, AutoMaskSettings, segment_everything
 from .engine import MASK_MODES
 from .output import raster_crs
+from .output_formats import FORMATS
 from .segment_algorithm import open_store
 
 DEFAULTS = AutoMaskSettings()
@@ -64,6 +67,7 @@ class SegmentAllAlgorithm(QuickSamAlgorithm):
     MAX_OBJECT_AREA = "MAX_OBJECT_AREA"
     SIMPLIFY = "SIMPLIFY"
     OVERWRITE = "OVERWRITE"
+    LAYER_NAME = "LAYER_NAME"
     OUTPUT = "OUTPUT"
     OBJECTS = "OBJECTS"
     TILES = "TILES"
@@ -85,8 +89,13 @@ class SegmentAllAlgorithm(QuickSamAlgorithm):
             "<p>Parameters as in SAM: points per side (grid per tile), predicted IoU and stability "
             "thresholds, stability offset, box NMS threshold, minimum region area (pixels), mask mode. "
             "Object areas and simplification are in the raster CRS's map units.</p>"
+            "<p><b>Objects</b>: any vector format by the file's extension: GeoPackage (.gpkg), Shapefile "
+            "(.shp), GeoJSON (.geojson, .json: in the raster's CRS, named by its EPSG code, not reprojected "
+            "to EPSG:4326), FlatGeobuf (.fgb), GeoParquet (.parquet, where GDAL has it), or another format "
+            "GDAL writes. An existing GeoPackage keeps its other layers: the layer <b>Layer name</b> is added, "
+            "or replaced with <b>Overwrite</b>.</p>"
             "<p>A stopped run resumes when started again with the same settings and output; an existing "
-            "output is replaced only with <b>Overwrite</b>.</p>"
+            "output (or layer) is replaced only with <b>Overwrite</b>.</p>"
             "<p>Attributes: id, score (predicted IoU), stability, area (map units²), tile_ids, model, "
             "checkpoint (SHA-256).</p>")
 
@@ -137,9 +146,14 @@ class SegmentAllAlgorithm(QuickSamAlgorithm):
             self._number(name, label, kind, default, low, high, advanced, help_text)
         self._add(QgsProcessingParameterBoolean(self.OVERWRITE, _tr("Overwrite an existing output"),
                                                 defaultValue=False),
-                  _tr("Replace the output file if it exists, and restart an unfinished run with other settings."))
-        self._add(QgsProcessingParameterFileDestination(self.OUTPUT, _tr("Objects"), _tr("GeoPackage (*.gpkg)")),
-                  _tr("A new GeoPackage (layer 'segments', the raster's CRS)."))
+                  _tr("Replace the output file (or, in a GeoPackage, its layer of that name) if it exists, and "
+                      "restart an unfinished run with other settings."))
+        self._add(QgsProcessingParameterString(self.LAYER_NAME, _tr("Layer name (GeoPackage)"),
+                                               defaultValue=OUTPUT_LAYER),
+                  _tr("The layer written into a GeoPackage; the file's other layers are kept."), advanced=True)
+        self._add(QgsProcessingParameterFileDestination(self.OUTPUT, _tr("Objects"), _file_filter()),
+                  _tr("A vector file in the raster's CRS, its format chosen by its extension (GeoPackage: "
+                      "layer 'segments' unless named otherwise)."))
         self.addOutput(QgsProcessingOutputNumber(self.OBJECTS, _tr("Objects written")))
         self.addOutput(QgsProcessingOutputNumber(self.TILES, _tr("Tiles segmented")))
 
@@ -242,7 +256,9 @@ class SegmentAllAlgorithm(QuickSamAlgorithm):
             result = segment_everything(store, Path(output), settings, areas,
                                         overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context),
                                         progress=on_progress, cancelled=feedback.isCanceled,
-                                        how_to_overwrite=self.how_to_overwrite(context))
+                                        how_to_overwrite=self.how_to_overwrite(context),
+                                        layer=self.parameterAsString(parameters, self.LAYER_NAME, context)
+                                        or OUTPUT_LAYER)
         except Cancelled as exc:
             raise QgsProcessingException(_tr("Cancelled: {reason}").format(reason=exc)) from None
         except QuickSamError as exc:
@@ -250,10 +266,27 @@ class SegmentAllAlgorithm(QuickSamAlgorithm):
         feedback.pushInfo(_tr("{objects} objects from {tiles} tiles ({merged} joined across tile borders; "
                               "{resumed} tiles from an earlier run).").format(
             objects=result.objects, tiles=result.tiles, merged=result.merged_objects, resumed=result.tiles_resumed))
+        feedback.pushInfo(_written_message(result))
         if context.project() is not None:  # the toolbox: show the result as the sink outputs of QGIS are
             details = QgsProcessingContext.LayerDetails(_tr("Segments"), context.project(), self.OUTPUT)
-            context.addLayerToLoadOnCompletion(f"{result.output}|layername={OUTPUT_LAYER}", details)
+            source = f"{result.output}|layername={result.layer}" if result.layer else str(result.output)
+            context.addLayerToLoadOnCompletion(source, details)
         return {self.OUTPUT: str(result.output), self.OBJECTS: result.objects, self.TILES: result.tiles}
+
+
+def _file_filter() -> str:
+    """The file dialog's formats: those this GDAL writes, GeoPackage first."""
+    names = [f"{fmt.name} ({' '.join('*' + end for end in fmt.extensions)})" for fmt in FORMATS if fmt.available()]
+    return ";;".join(names + [_tr("Other GDAL vector format (*.*)")])
+
+
+def _written_message(result) -> str:
+    if result.layer is None:
+        return _tr("Wrote {path}.").format(path=result.output)
+    if result.kept_layers:
+        return _tr("Wrote layer '{layer}' into {path}; its other layers ({kept}) are kept.").format(
+            layer=result.layer, path=result.output, kept=", ".join(result.kept_layers))
+    return _tr("Wrote layer '{layer}' into {path}.").format(layer=result.layer, path=result.output)
 
 
 def _from_wkb(wkb: bytes) -> QgsGeometry:

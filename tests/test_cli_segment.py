@@ -277,13 +277,14 @@ def _unknown_group_field(store_path: Path, tmp_path: Path):
     return [store_path, "--prompts", prompts, "--group-field", "nope"], r"no field 'nope'"
 
 
-def _shapefile_output(store_path: Path, tmp_path: Path):
-    return [store_path, "--point", csv(*at(75, 75)), "--output", tmp_path / "out.shp"], r"must end in \.gpkg"
+def _unknown_output_format(store_path: Path, tmp_path: Path):
+    return [store_path, "--point", csv(*at(75, 75)), "--output", tmp_path / "out.xyz"], \
+        r"unknown extension '\.xyz'; end it in one of \.gpkg \(GeoPackage\), \.shp \(Shapefile\)"
 
 
 @pytest.mark.parametrize("case", [
     _store_is_a_raster, _store_missing, _point_outside, _malformed_point, _bad_label, _unknown_crs, _two_boxes,
-    _no_prompts, _prompts_and_points, _unreadable_prompts, _unknown_group_field, _shapefile_output,
+    _no_prompts, _prompts_and_points, _unreadable_prompts, _unknown_group_field, _unknown_output_format,
 ], ids=lambda case: case.__name__.strip("_"))
 def test_bad_input_is_one_line_and_writes_nothing(store_path, tmp_path, case):
     args, hint = case(store_path, tmp_path)

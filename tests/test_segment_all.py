@@ -366,8 +366,8 @@ def test_bad_input_is_refused_plainly(store, tmp_path):
     with pytest.raises(QuickSamError, match="exists"):
         segment_everything(store, existing, LOOSE)
     assert existing.read_bytes() == b"keep me"
-    with pytest.raises(QuickSamError, match="GeoPackage"):
-        segment_everything(store, tmp_path / "out.shp", LOOSE)
+    with pytest.raises(QuickSamError, match=r"unknown extension '\.xyz'; end it in one of \.gpkg \(GeoPackage\)"):
+        segment_everything(store, tmp_path / "out.xyz", LOOSE)
     with pytest.raises(QuickSamError, match="does not exist"):
         segment_everything(store, tmp_path / "missing" / "out.gpkg", LOOSE)
     with pytest.raises(QuickSamError, match="points per side"):
@@ -472,7 +472,7 @@ def test_processing_algorithm_with_an_aoi_in_another_crs(store, tmp_path, qgis_a
     QgsProject.instance().removeMapLayer(loaded[0].id())
     from qgis.core import QgsProcessingException
 
-    with pytest.raises(QgsProcessingException, match="exists"):
+    with pytest.raises(QgsProcessingException, match="aoi.gpkg' already has a layer 'segments'"):
         processing.run("quicksam:segmentall", params)
 
 
@@ -487,7 +487,8 @@ def test_cli_segment_all(store, tmp_path, reference):
     assert summary["output"] == str(output) and summary["tiles"] == 2
     assert signature(read_rows(output)) == signature(reference)
     again = run_cli("segment-all", store.root, "--output", output, *loose)
-    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "exists" in again.stderr
+    assert again.returncode == 1 and again.stderr.count("\n") == 1
+    assert "cli.gpkg' already has a layer 'segments'; choose another --layer" in again.stderr
     missing = run_cli("segment-all", tmp_path / "nothing", "--output", tmp_path / "x.gpkg")
     assert missing.returncode == 1 and "does not exist" in missing.stderr
     assert os.listdir(tmp_path) == ["cli.gpkg"]
