@@ -527,9 +527,7 @@ def _no_polygons(tmp_path: Path) -> Tuple[Path, str]:
                                   _no_polygons], ids=lambda case: case.__name__.strip("_"))
 @pytest.mark.parametrize("command", ["segment", "segment-all"])
 def test_refusals_are_one_line_and_write_nothing(store, tmp_path, case, command):
-    output, hint = case(tmp_path)
-    if command == "segment-all":
-        hint = hint.replace(r"\(or pass --overwrite\)", r"\(or ask to overwrite it\)")
+    output, hint = case(tmp_path)  # both commands word the overwrite option alike: "(or pass --overwrite)"
     before = file_states(tmp_path)
     result = (segment_cli(store, output) if command == "segment"
               else run_cli("segment-all", store.root, "--output", output, *LOOSE_ARGS))
