@@ -570,9 +570,19 @@ def _in_headless_qgis(work: Callable[[], T]) -> T:
     return result
 
 
+def _open_store_before_qgis(store: Path) -> None:
+    """Open an existing store (its manifest and tile log are checked) before QGIS starts, so that a damaged one
+    is refused in a moment rather than after seconds; the algorithm opens it again (and words a missing one)."""
+    if store.exists():
+        from .encoder.store import FeatureStore
+
+        FeatureStore.open(store)
+
+
 def _cmd_segment(args, events: EventWriter) -> int:
     _check_segment_prompts(args)
     output = _check_segment_output(args.output, args.overwrite)
+    _open_store_before_qgis(args.store)
     # Written next to the output (same file system) and renamed into place only on success.
     partial = output.with_name(f".{output.stem}.partial-{os.getpid()}{output.suffix}")
     try:
@@ -634,6 +644,7 @@ def _cmd_segment_all(args, events: EventWriter) -> int:
     if not args.store.exists():
         raise QuickSamError(f"the feature store '{args.store}' does not exist; encode the raster first "
                             "(quicksam encode RASTER STORE)")
+    _open_store_before_qgis(args.store)
     summary = _in_headless_qgis(lambda: _run_segment_all_algorithm(args, events))
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0
