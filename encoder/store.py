@@ -5,7 +5,8 @@ Layout (format version 1, see docs/store-format.md):
     STORE/
       manifest.json      what produced the features: model, checkpoint SHA-256, preprocessing and
                          stretch, raster path + fingerprint, CRS (WKT), geotransform, tile grid
-      tiles.jsonl        append-only log, one line per finished tile: id, status, CRC-32
+      tiles.jsonl        append-only log, one line per finished tile: id, status, CRC-32 (the last line
+                         of a tile wins: a tile encoded again appends one)
       tiles/<id>.npy     one flat float16 (or float32) array per tile, all feature maps back to back
                          (offsets in the manifest); plain .npy, memory-mapped, never pickled
       decoder.onnx       prompt encoder + mask decoder for these features
@@ -20,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import logging
 import math
 import os
 import re
@@ -34,8 +34,6 @@ import numpy as np
 
 from .errors import StoreError
 from .tiling import PixelWindow, Tile, TileGrid
-
-LOG = logging.getLogger("quicksam")
 
 FORMAT_NAME = "quicksam-feature-store"
 FORMAT_VERSION = 1
@@ -207,8 +205,9 @@ def _finite(value: Any, key: str) -> float:
 
 
 def _text(value: Any, key: str, optional: bool = False) -> Optional[str]:
-    if value is None and optional:
-        return None
+    """A non-empty string; with `optional`, also null or empty (names shown to people, never parsed)."""
+    if optional and (value is None or value == ""):
+        return value
     if not isinstance(value, str) or not value:
         raise ManifestProblem(key, f"must be a non-empty string{' or null' if optional else ''}, found "
                                    f"{_shown(value)}")
