@@ -637,12 +637,22 @@ def _in_headless_qgis(work: Callable[[], T]) -> T:
     return result
 
 
+def _open_store_before_qgis(store: Path) -> None:
+    """Open an existing store (its manifest and tile log are checked) before QGIS starts, so that a damaged one
+    is refused in a moment rather than after seconds; the algorithm opens it again (and words a missing one)."""
+    if store.exists():
+        from .encoder.store import FeatureStore
+
+        FeatureStore.open(store)
+
+
 def _cmd_segment(args, events: EventWriter) -> int:
     from .interactive.output_formats import write_layer
 
     _check_segment_prompts(args)
     destination = _check_segment_output(args.output, args.overwrite, args.layer)
     output = destination.path
+    _open_store_before_qgis(args.store)
     # The run writes a GeoPackage beside the output (same file system); only a finished run is written to
     # the output, in its format, without touching the output's other layers.
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}.gpkg")
@@ -729,6 +739,7 @@ def _cmd_segment_all(args, events: EventWriter) -> int:
     if not args.store.exists():
         raise QuickSamError(f"the feature store '{args.store}' does not exist; encode the raster first "
                             "(quicksam encode RASTER STORE)")
+    _open_store_before_qgis(args.store)
     summary = _in_headless_qgis(lambda: _run_segment_all_algorithm(args, events))
     message = summary.pop("message")
     if message:

@@ -325,11 +325,11 @@ def encode_raster(request: EncodeRequest, progress: Optional[ProgressCallback] =
     progress = progress or (lambda event: None)
     cancelled = cancelled or _never
     store, stretch = prepare_store(request)
+    needs_decoder = verify_kept_work(store)
     pending = store.pending_tiles()
     if started is not None:
         started(store, len(pending))
     stats = EncodeStats()
-    needs_decoder = not (store.root / DECODER_ONNX).is_file()
     if pending or needs_decoder or not store.manifest["features"]["arrays"]:
         if model is None:
             started = time.perf_counter()
@@ -352,14 +352,29 @@ def encode_raster(request: EncodeRequest, progress: Optional[ProgressCallback] =
     return store, stats
 
 
+def verify_kept_work(store: FeatureStore) -> bool:
+    """Before a resume: check every tile logged done (file, size, type and CRC-32, `verify_tiles`) and
+    decoder.onnx (loads, fits the tiles). Damaged tiles are pending again and are encoded again (their new
+    log line supersedes the old); each is named in a warning. Returns whether the decoder must be
+    (re)installed: missing, or damaged (also warned)."""
+    for tile_id, problem in store.verify_tiles().items():
+        LOG.warning("tile %s of store %s is damaged (%s); encoding it again", tile_id, store.root, problem)
+    problem = store.decoder_problem()
+    if problem is not None and (store.root / DECODER_ONNX).exists():
+        LOG.warning("%s of store %s %s; exporting it again", DECODER_ONNX, store.root, problem)
+    return problem is not None
+
+
 def install_decoder(store: FeatureStore, model: object) -> None:
     """Put the ONNX decoder of these weights into the store, exporting it once per checkpoint and tile
-    size into the user cache (an export takes seconds; a copy takes milliseconds)."""
+    size into the user cache (an export takes seconds; a copy takes milliseconds). A cached export that
+    does not load or fit is exported again."""
+    from ..interactive.decoding import decoder_file_problem
     from .checkpoints import cache_dir
 
     name = f"{store.model_name}-{store.checkpoint_sha256}-{store.image_size}-v{DECODER_EXPORT_VERSION}.onnx"
     cached = cache_dir() / "decoders" / name
-    if not cached.is_file():
+    if not cached.is_file() or decoder_file_problem(cached, store.feature_shapes, store.image_size) is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         model.export_decoder_onnx(cached)
     tmp = store.root / (DECODER_ONNX + ".tmp")

@@ -265,6 +265,12 @@ def tiles_to_process(store: FeatureStore, area_wkbs: Optional[Sequence[bytes]] =
     done = [tile for tile in meeting if store.status(tile) == STATUS_DONE]
     if not done:
         raise QuickSamError(f"the store '{store.root}' has no features there: every tile to segment is nodata")
+    damaged = store.verify_tiles(done)   # checked before any work, not found at tile 80 of 90
+    if damaged:
+        tile_id, problem = next(iter(damaged.items()))
+        raise QuickSamError(
+            f"the store '{store.root}' has {len(damaged)} damaged tile(s) of the {len(done)} to segment (tile "
+            f"{tile_id}: {problem}); re-run the same 'quicksam encode' command: it encodes them again")
     return done
 
 

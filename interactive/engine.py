@@ -193,7 +193,7 @@ class SegmentEngine:
         self.valid_masks = ValidMaskCache(store)
         settings = DecoderSettings(**store.manifest["decoder"].get("settings", {}))
         self.decoder = OnnxDecoder(store.root / DECODER_ONNX, store.family, store.feature_names,
-                                   store.image_size, settings, threads=threads)
+                                   store.image_size, settings, threads=threads, feature_shapes=store.feature_shapes)
         self._geotransform = store.geotransform
         #: Seconds spent in each step of the last `segment` call (for benchmarks).
         self.last_timings: Dict[str, float] = {}

@@ -417,14 +417,17 @@ def test_overwrite_is_worded_as_each_caller_asks_for_it(store, tmp_path, qgis_ap
 
 def test_a_corrupt_tile_stops_the_run_plainly_and_keeps_the_finished_tiles(store, tmp_path, reference):
     damaged = FeatureStore.open(Path(shutil.copytree(store.root, tmp_path / "store")))
+    output = tmp_path / "out.gpkg"
+    finished: list = []
+    with pytest.raises(Cancelled):   # a first run, stopped after its first tile
+        segment_everything(damaged, output, LOOSE, progress=finished.append, cancelled=lambda: len(finished) >= 1)
     second = damaged.grid.tiles[1].tile_id
     path = damaged.tile_path(second)
     data = bytearray(path.read_bytes())
     data[-100:] = bytes(100)  # a damaged disk block at the end of the second tile
     path.write_bytes(bytes(data))
-    output = tmp_path / "out.gpkg"
-    with pytest.raises(QuickSamError, match=f"tile {second} .* corrupt.*re-encode"):
-        segment_everything(damaged, output, LOOSE)
+    with pytest.raises(QuickSamError, match=f"1 damaged tile.*tile {second}: .* corrupt.*'quicksam encode'"):
+        segment_everything(FeatureStore.open(damaged.root), output, LOOSE)   # checked before any tile
     assert not output.exists() and partial_path(output).exists()
     # re-encoded (here: the good copy put back), the same command resumes after the finished tile
     path.write_bytes((store.root / path.relative_to(damaged.root)).read_bytes())
