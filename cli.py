@@ -1,8 +1,10 @@
 """The `quicksam` command: encode rasters, segment objects from prompts, inspect stores, manage checkpoints.
 
 Bad input exits with status 1 and one line on stderr ("quicksam: error: ..."), never a traceback;
-an interrupted or cancelled run exits with 130 and keeps every finished tile. With --progress-json,
-progress goes to stdout as one JSON object per line (the Processing algorithm reads it).
+an interrupted or cancelled run exits with 130 and keeps every finished tile; a closed stdout (a pipe
+whose reader has gone) ends a command quietly with 141. With --progress-json, every command writes its
+events to stdout as JSON lines, one format for all (docs/cli-events.md; the Processing algorithm reads
+encode's).
 
 `segment` starts a headless QGIS and runs the Processing algorithm `quicksam:segmentprompts`, so the
 command, the algorithm and the dock share one implementation. QGIS is imported only there: `encode`,
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import gc
 import json
 import logging
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, TypeVar
 
 from .encoder.catalogue import CHECKPOINTS, DEFAULT_MODEL, MODELS, default_checkpoint_for
+from .encoder.diskspace import is_disk_full, mount_point
 from .encoder.errors import Cancelled, QuickSamError
 from .encoder.tiling import DEFAULT_OVERLAP
 from .interactive.engine import MASK_MODES
@@ -35,6 +39,8 @@ EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 2
 EXIT_CANCELLED = 130
 #: The layer the Processing run writes into its private GeoPackage (the output's own layer is --layer).
+#: The reader of stdout has gone (a closed pipe): 128 + SIGPIPE, what a shell shows for `yes | head -1`.
+EXIT_OUTPUT_CLOSED = 141
 SEGMENT_LAYER = "segments"
 #: --output help: the format comes from the extension (interactive/output_formats.py).
 OUTPUT_HELP = ("vector file for the polygons (raster CRS), its format by its extension: .gpkg (GeoPackage: the "
@@ -45,34 +51,162 @@ LAYER_HELP = "layer name in a GeoPackage (default %(default)s); the file's other
 T = TypeVar("T")
 
 
-class EventWriter:
-    """Writes progress either as JSON lines (for programs) or as short human lines (to stderr)."""
+class OutputClosed(Exception):
+    """Whoever read the command's output has closed it (`quicksam ... | head -3`): the command stops."""
 
-    def __init__(self, as_json: bool, stream: Optional[TextIO] = None):
+
+class EventWriter:
+    """What a command says while it runs: JSON lines for programs (--progress-json), or lines for people.
+
+    JSON lines (docs/cli-events.md): every stdout line is one event `{"event": NAME, "command": COMMAND,
+    ...}`: `start`, `progress` (done, total, unit, percent), `info` and `warning` (message), `finished`
+    (summary: what the command prints without --progress-json) and `error` (message, exit_status; the
+    one-line error is on stderr as well). For people: progress as a counter and messages on stderr, the
+    summary as JSON on stdout.
+
+    Events are written to a private duplicate of the process's stdout (stderr for people's lines) taken
+    when the writer is made: QGIS's output capture (`_captured_process_output`) redirects the file
+    descriptors themselves and would swallow them. When the reader has gone (a closed pipe) `closed` turns
+    true, nothing more is written, and the command ends quietly (see `main`).
+    """
+
+    def __init__(self, as_json: bool, command: str = "", stream: Optional[TextIO] = None):
         self.as_json = as_json
-        self.stream = stream or (sys.stdout if as_json else sys.stderr)
+        self.command = command
+        self.closed = False
+        self._owned: List[TextIO] = []
+        self.stream = stream or self._duplicate(sys.stdout if as_json else sys.stderr)
+        self.result_stream = stream or sys.stdout
         self._lock = threading.Lock()
+        self._line_open = False  # a "\r3/9 tiles" counter not yet ended by a newline
+
+    def _duplicate(self, original: Optional[TextIO]) -> Optional[TextIO]:
+        """A text stream on a duplicate of `original`'s file descriptor, or `original` itself when it has
+        none (pytest's capture, a GUI console)."""
+        try:
+            fd = os.dup(original.fileno())
+        except (AttributeError, OSError, ValueError):
+            return original
+        duplicate = os.fdopen(fd, "w", encoding=getattr(original, "encoding", None) or "utf-8",
+                              errors="backslashreplace", buffering=1)
+        self._owned.append(duplicate)
+        return duplicate
+
+    def close(self) -> None:
+        """Close the duplicated streams (main does, when the command has ended)."""
+        for stream in self._owned:
+            with contextlib.suppress(OSError):
+                stream.close()
+        self._owned = []
+
+    # -- the events ------------------------------------------------------------------------------------
+    def start(self, **fields) -> None:
+        self.emit("start", **fields)
+
+    def progress(self, done: float, total: Optional[float], unit: str, **fields) -> None:
+        percent = round(100.0 * done / total, 2) if total else None
+        self.emit("progress", done=done, total=total, unit=unit, percent=percent, **fields)
+
+    def info(self, message: str) -> None:
+        self.emit("info", message=message)
+
+    def warning(self, message: str) -> None:
+        self.emit("warning", message=message)
+
+    def finished(self, summary: object, indent: Optional[int] = None, **fields) -> None:
+        """The command's result: a `finished` event, or for people `summary` as JSON on stdout."""
+        if self.as_json:
+            self.emit("finished", summary=summary, **fields)
+        else:
+            self._write(self.result_stream, json.dumps(summary, indent=indent) + "\n")
+
+    def error(self, message: str, exit_status: int, kind: str = "error") -> None:
+        """The one stderr line "quicksam: KIND: MESSAGE", and with --progress-json an `error` event too."""
+        if self.as_json:
+            self.emit("error", message=message, exit_status=exit_status)
+        line = f"quicksam: {kind}: {message}\n" if kind else f"quicksam: {message}\n"
+        if not self.as_json:
+            self._end_counter()
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(line)
+            sys.stderr.flush()
 
     def emit(self, event: str, **fields) -> None:
+        """One event: a JSON line, or for people the counter or message it stands for."""
         with self._lock:
             if self.as_json:
-                self.stream.write(json.dumps({"event": event, **fields}) + "\n")
+                self._write(self.stream, json.dumps({"event": event, "command": self.command, **fields}) + "\n")
             elif event == "progress":
-                self.stream.write(f"\r{fields['done']}/{fields['total']} tiles ({fields['percent']:.0f}%)")
-                if fields["done"] == fields["total"]:
-                    self.stream.write("\n")
-            elif event == "log":
-                self.stream.write(fields["message"] + "\n")
-            self.stream.flush()
+                self._write_counter(fields)
+            elif event in ("info", "warning"):
+                self._end_counter()
+                prefix = "quicksam: warning: " if event == "warning" else ""
+                self._write(self.stream, prefix + fields["message"] + "\n")
+
+    # -- for people ------------------------------------------------------------------------------------
+    def _write_counter(self, fields: dict) -> None:
+        done, total, unit = fields["done"], fields["total"], fields["unit"]
+        if unit == "bytes":
+            text = f"downloading: {done / 1e6:.0f}" + (f"/{total / 1e6:.0f} MB" if total else " MB")
+        else:
+            text = f"{done}/{total} {unit}"
+        if fields.get("percent") is not None:
+            text += f" ({fields['percent']:.0f}%)"
+        finished = total is not None and done >= total
+        self._write(self.stream, "\r" + text + ("\n" if finished else ""))
+        self._line_open = not finished
+
+    def _end_counter(self) -> None:
+        if self._line_open:
+            self._line_open = False
+            self._write(self.stream, "\n")
+
+    def _write(self, stream: Optional[TextIO], text: str) -> None:
+        if self.closed or stream is None:
+            return
+        try:
+            stream.write(text)
+            stream.flush()
+        except (BrokenPipeError, ConnectionResetError, ValueError):
+            self._reader_gone(stream)
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.EINVAL):  # EINVAL: a closed pipe on Windows
+                raise
+            self._reader_gone(stream)
+
+    def _reader_gone(self, stream: TextIO) -> None:
+        """Nothing more is written; the stream's descriptor now leads nowhere, so that the data still in
+        its buffer cannot fail again when Python flushes it at exit."""
+        self.closed = True
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+
+    def check_open(self) -> None:
+        """OutputClosed once the reader has gone: long work stops instead of running for no one."""
+        if self.closed:
+            raise OutputClosed("the output was closed")
 
 
 class _EventLogHandler(logging.Handler):
+    """The `quicksam` logger's records as `info` and `warning` events."""
+
     def __init__(self, events: EventWriter):
         super().__init__(logging.INFO)
         self.events = events
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.events.emit("log", level=record.levelname.lower(), message=record.getMessage())
+        if record.levelno >= logging.WARNING:
+            self.events.warning(record.getMessage())
+        else:
+            self.events.info(record.getMessage())
+
+
+def _add_events_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress-json", action="store_true",
+                        help="write events as JSON lines on stdout: start, progress, info, warning, finished (the "
+                             "result), error (docs/cli-events.md)")
 
 
 def _parse_ints(text: str) -> List[int]:
@@ -120,7 +254,7 @@ def _add_encode_parser(commands) -> None:
                         help="percentile: 2-98 %% of the whole raster per band (default); none: values as 0-255")
     encode.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"],
                         help="stored feature precision (default float16: half the disk, ~1e-4 logit change)")
-    encode.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout")
+    _add_events_option(encode)
     encode.set_defaults(handler=_cmd_encode)
 
 
@@ -179,6 +313,7 @@ def _add_segment_parser(commands) -> None:
     segment.add_argument("--layer", default=SEGMENT_LAYER, help=LAYER_HELP)
     segment.add_argument("--overwrite", action="store_true",
                          help="replace --output if it exists (in a GeoPackage: only its layer --layer)")
+    _add_events_option(segment)
     segment.set_defaults(handler=_cmd_segment)
 
 
@@ -218,20 +353,23 @@ def _add_segment_all_parser(commands) -> None:
     command.add_argument("--overwrite", action="store_true",
                          help="replace --output (in a GeoPackage: only its layer --layer) if it exists and restart "
                               "an unfinished run with other settings")
-    command.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout")
+    _add_events_option(command)
     command.set_defaults(handler=_cmd_segment_all)
 
 
 def _add_other_parsers(commands) -> None:
     info = commands.add_parser("info", help="print a JSON summary of a feature store")
     info.add_argument("store", type=Path)
+    _add_events_option(info)
     info.set_defaults(handler=_cmd_info)
 
     checkpoints = commands.add_parser("checkpoints", help="list, download or register checkpoints")
     actions = checkpoints.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="official and registered checkpoints, and which are cached")
+    listing = actions.add_parser("list", help="official and registered checkpoints, and which are cached")
+    _add_events_option(listing)
     download = actions.add_parser("download", help="download a checkpoint into the user cache")
     download.add_argument("name")
+    _add_events_option(download)
     register = actions.add_parser("register", help="register a custom checkpoint (e.g. a micro-sam fine-tune)")
     register.add_argument("name")
     register.add_argument("--model", required=True, choices=sorted(MODELS))
@@ -239,6 +377,7 @@ def _add_other_parsers(commands) -> None:
     source.add_argument("--path")
     source.add_argument("--url")
     register.add_argument("--sha256", help="expected SHA-256 of a --url checkpoint")
+    _add_events_option(register)
     checkpoints.set_defaults(handler=_cmd_checkpoints)
 
 
@@ -259,14 +398,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _download_progress(events: EventWriter) -> Callable[[int, Optional[int]], None]:
+def _download_progress(events: EventWriter, name: str) -> Callable[[int, Optional[int]], None]:
+    """`progress` events in bytes (unit "bytes", stage "download") at most once per percent (per MB when the
+    size is unknown)."""
     state = {"last": -1}
 
     def report(done: int, total: Optional[int]) -> None:
-        percent = int(100 * done / total) if total else -1
-        if percent != state["last"]:
-            state["last"] = percent
-            events.emit("download", done=done, total=total, percent=percent)
+        step = int(100 * done / total) if total else done // 1_000_000
+        if step != state["last"]:
+            state["last"] = step
+            events.progress(done, total, "bytes", stage="download", checkpoint=name)
+            events.check_open()
     return report
 
 
@@ -276,7 +418,7 @@ def _resolve_weights(args, events: EventWriter):
     if args.random_weights:
         return None
     name = args.checkpoint or default_checkpoint_for(args.model).name
-    return resolve_checkpoint(name, model=args.model, progress=_download_progress(events))
+    return resolve_checkpoint(name, model=args.model, progress=_download_progress(events, name))
 
 
 def default_overlap(args) -> int:
@@ -294,50 +436,47 @@ def _cmd_encode(args, events: EventWriter) -> int:
         device=args.device, tile_size=args.tile_size, stretch=args.stretch, feature_dtype=args.feature_dtype)
 
     def on_progress(event) -> None:
-        events.emit("progress", done=event.done, total=event.total, percent=round(event.percent, 2),
-                    tile=event.tile_id, status=event.status)
+        events.progress(event.done, event.total, "tiles", tile=event.tile_id, status=event.status)
+        events.check_open()  # in the writer thread: the encoding stops, its tiles kept
 
     def on_start(store, todo: int) -> None:
         # Warned only once the inputs are checked, so bad input still gets its single error line.
+        events.start(store=str(store.root), raster=args.raster, tiles=len(store.grid), todo=todo)
         if args.random_weights:
-            events.emit("log", level="warning", message="using seeded random weights: the masks will be "
-                        "meaningless; the store records this")
-        events.emit("start", store=str(store.root), raster=args.raster, tiles=len(store.grid), todo=todo)
+            events.warning("using seeded random weights: the masks will be meaningless; the store records this")
 
     store, stats = encode_raster(request, progress=on_progress, started=on_start)
-    summary = store.summary()
-    events.emit("finished", store=str(store.root), tile_index=str(store.root / "tile_index.gpkg"),
-                summary=summary, seconds=round(stats.total_seconds, 3))
-    if not events.as_json:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    events.finished(store.summary(), indent=2, store=str(store.root),
+                    tile_index=str(store.root / "tile_index.gpkg"), seconds=round(stats.total_seconds, 3))
     return 0
 
 
 def _cmd_info(args, events: EventWriter) -> int:
     from .encoder.store import FeatureStore
 
-    sys.stdout.write(json.dumps(FeatureStore.open(args.store).summary(), indent=2) + "\n")
+    events.start(store=str(args.store))
+    events.finished(FeatureStore.open(args.store).summary(), indent=2)
     return 0
 
 
 def _cmd_checkpoints(args, events: EventWriter) -> int:
     from .encoder import checkpoints
 
+    events.start(**({"name": args.name} if args.action != "list" else {}))
     if args.action == "list":
         rows = []
         for name, spec in checkpoints.all_checkpoints().items():
             cached = checkpoints.cached_checkpoint(spec.model) if name in CHECKPOINTS else None
             rows.append({"name": name, "model": spec.model, "url": spec.url, "sha256": spec.sha256,
                          "official": name in CHECKPOINTS, "cached": str(cached.path) if cached else None})
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        events.finished(rows, indent=2)
     elif args.action == "download":
-        resolved = checkpoints.resolve_checkpoint(args.name, progress=_download_progress(events))
-        sys.stdout.write(json.dumps({"name": resolved.name, "path": str(resolved.path),
-                                     "sha256": resolved.sha256}) + "\n")
+        resolved = checkpoints.resolve_checkpoint(args.name, progress=_download_progress(events, args.name))
+        events.finished({"name": resolved.name, "path": str(resolved.path), "sha256": resolved.sha256})
     else:
         spec = checkpoints.register_checkpoint(args.name, args.model, path=args.path, url=args.url,
                                                sha256=args.sha256)
-        sys.stdout.write(json.dumps({"registered": spec.name, "model": spec.model, "url": spec.url}) + "\n")
+        events.finished({"registered": spec.name, "model": spec.model, "url": spec.url})
     return 0
 
 
@@ -537,8 +676,9 @@ def _run_algorithm(algorithm_id: str, parameters: dict, project, feedback) -> Di
         project.removeAllMapLayers()
 
 
-def _run_segment_algorithm(args, partial: Path) -> Tuple[Dict[str, object], List[str]]:
-    """Run quicksam:segmentprompts into `partial`; (results, skipped-object messages).
+def _run_segment_algorithm(args, partial: Path, events: EventWriter) -> Tuple[Dict[str, object], List[str]]:
+    """Run quicksam:segmentprompts into `partial`; (results, skipped-object messages). With --progress-json,
+    Processing's progress becomes `progress` events in percent.
 
     The prompt layer belongs to a private project and goes with it before this returns: a QGIS layer
     still alive when QGIS exits crashes the interpreter's shutdown, and Processing keeps a reference to
@@ -588,6 +728,8 @@ def _run_segment_algorithm(args, partial: Path) -> Tuple[Dict[str, object], List
         algorithm.KEEP_HOLES: not args.fill_holes, algorithm.OUTPUT: destination,
     }
     feedback = CollectingFeedback()
+    if events.as_json:
+        feedback.progressChanged.connect(lambda percent: _forward_percent(events, feedback, percent))
     try:
         results = _run_algorithm("quicksam:segmentprompts", parameters, project, feedback)
     except QuickSamError:
@@ -612,6 +754,13 @@ def _command_line_object_problem(errors: Sequence[str]) -> Optional[str]:
         if skipped is not None:
             return skipped.reason
     return None
+
+
+def _forward_percent(events: EventWriter, feedback, percent: float) -> None:
+    """A Processing progress (percent) as a `progress` event; a closed output cancels the algorithm."""
+    events.progress(round(percent, 2), 100, "percent")
+    if events.closed:
+        feedback.cancel()
 
 
 def _remove_partial(partial: Path) -> None:
@@ -646,19 +795,31 @@ def _open_store_before_qgis(store: Path) -> None:
         FeatureStore.open(store)
 
 
+def _check_output_folder_writable(output: Path, option: str = "--output") -> None:
+    """QuickSamError before any work when no file can be created beside `output` (a read-only store, a
+    folder of someone else's)."""
+    from .encoder.diskspace import folder_unwritable_reason
+
+    reason = folder_unwritable_reason(output.parent)
+    if reason is not None:
+        raise QuickSamError(f"cannot write '{output}' ({reason}); choose another {option}")
+
+
 def _cmd_segment(args, events: EventWriter) -> int:
     from .interactive.output_formats import write_layer
 
     _check_segment_prompts(args)
     destination = _check_segment_output(args.output, args.overwrite, args.layer)
     output = destination.path
+    _check_output_folder_writable(output)
     _open_store_before_qgis(args.store)
+    events.start(store=str(args.store), output=str(output))
     # The run writes a GeoPackage beside the output (same file system); only a finished run is written to
     # the output, in its format, without touching the output's other layers.
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}.gpkg")
 
     def segment_and_write():  # in QGIS's lifetime: exitQgis unloads GDAL's drivers
-        summary, skipped = _run_segment_algorithm(args, partial)
+        summary, skipped = _run_segment_algorithm(args, partial, events)
         return summary, skipped, write_layer(partial, SEGMENT_LAYER, destination, args.overwrite)
 
     try:
@@ -666,18 +827,16 @@ def _cmd_segment(args, events: EventWriter) -> int:
     finally:
         _remove_partial(partial)
     for message in skipped:
-        sys.stderr.write(f"quicksam: warning: {message}\n")
+        events.warning(message)
     if written.kept_layers:
-        events.emit("log", level="info", message=written.message())
-    sys.stdout.write(json.dumps({"output": str(output), "layer": written.layer,
-                                 "objects_segmented": summary["SEGMENTED"], "objects_skipped": summary["SKIPPED"]})
-                     + "\n")
+        events.info(written.message())
+    events.finished({"output": str(output), "layer": written.layer, "objects_segmented": summary["SEGMENTED"],
+                     "objects_skipped": summary["SKIPPED"]})
     return 0
 
 
 def _run_segment_all_algorithm(args, events: EventWriter) -> Dict[str, object]:
     """Run quicksam:segmentall on args; its results. Cancellation (Ctrl+C) keeps finished tiles."""
-    from qgis.core import QgsProcessingFeedback
 
     from .interactive.segment_all_algorithm import SegmentAllAlgorithm as Algorithm
 
@@ -706,10 +865,7 @@ def _run_segment_all_algorithm(args, events: EventWriter) -> Dict[str, object]:
         Algorithm.MAX_OBJECT_AREA: args.max_object_area, Algorithm.SIMPLIFY: args.simplify,
         Algorithm.OVERWRITE: args.overwrite, Algorithm.LAYER_NAME: args.layer, Algorithm.OUTPUT: str(args.output),
     }
-    feedback = QgsProcessingFeedback()
-    feedback.progressChanged.connect(lambda percent: events.emit("progress", done=round(percent), total=100,
-                                                                 percent=round(percent, 2)))
-    results = _run_algorithm("quicksam:segmentall", parameters, project, feedback)
+    results = _run_algorithm("quicksam:segmentall", parameters, project, _tile_feedback(events))
     output = Path(results[Algorithm.OUTPUT])
     layer = _layer_written(output, args.layer)
     return {"output": str(output), "layer": layer, "objects": results[Algorithm.OBJECTS],
@@ -731,6 +887,20 @@ def _other_layers_message(output: Path, layer: Optional[str]) -> Optional[str]:
     return WrittenLayer(output, layer, others).message() if others else None
 
 
+def _tile_feedback(events: EventWriter):
+    """A Processing feedback that turns each finished tile of quicksam:segmentall into a `progress` event
+    (unit "tiles"); a closed output cancels the run (its finished tiles are kept)."""
+    from .interactive.segment_all_algorithm import TileProgressFeedback
+
+    class EventFeedback(TileProgressFeedback):
+        def tile_finished(self, event) -> None:
+            events.progress(event.done, event.total, "tiles", tile=event.tile_id, objects=event.objects)
+            if events.closed:
+                self.cancel()
+
+    return EventFeedback()
+
+
 def _cmd_segment_all(args, events: EventWriter) -> int:
     from .interactive.automatic import COMMAND_LINE_OVERWRITE, check_output
 
@@ -740,39 +910,80 @@ def _cmd_segment_all(args, events: EventWriter) -> int:
         raise QuickSamError(f"the feature store '{args.store}' does not exist; encode the raster first "
                             "(quicksam encode RASTER STORE)")
     _open_store_before_qgis(args.store)
+    events.start(store=str(args.store), output=str(args.output))
     summary = _in_headless_qgis(lambda: _run_segment_all_algorithm(args, events))
     message = summary.pop("message")
     if message:
-        events.emit("log", level="info", message=message)
-    sys.stdout.write(json.dumps(summary) + "\n")
+        events.info(message)
+    events.finished(summary)
     return 0
+
+
+def _command_of(args) -> str:
+    """The command as events name it: "encode", "segment-all", "checkpoints download", ..."""
+    action = getattr(args, "action", None)
+    return f"{args.command} {action}" if args.command == "checkpoints" and action else args.command
+
+
+def _is_closed_pipe(exc: BaseException) -> bool:
+    return isinstance(exc, (BrokenPipeError, OutputClosed)) or (
+        isinstance(exc, OSError) and exc.errno == errno.EPIPE)
+
+
+def _run_command(args, events: EventWriter) -> int:
+    """Run the command's handler; any failure as one stderr line (and an `error` event) and its exit status."""
+    try:
+        return args.handler(args, events)
+    except KeyboardInterrupt:
+        events.error("interrupted; finished tiles are kept, run the same command to resume", EXIT_CANCELLED, kind="")
+        return EXIT_CANCELLED
+    except Exception as exc:  # noqa: BLE001 - the CLI promises one line, never a traceback
+        if events.closed or _is_closed_pipe(exc):
+            events.closed = True
+            return EXIT_OUTPUT_CLOSED
+        if isinstance(exc, Cancelled):
+            events.error(str(exc), EXIT_CANCELLED, kind="cancelled")
+            return EXIT_CANCELLED
+        if isinstance(exc, (QuickSamError, ValueError)):
+            events.error(str(exc), EXIT_BAD_INPUT)
+            return EXIT_BAD_INPUT
+        if is_disk_full(exc):  # where no stage said more (e.g. a checkpoint download into the cache)
+            where = f" on {mount_point(Path(exc.filename))}" if getattr(exc, "filename", None) else ""
+            events.error(f"no space left{where} ({exc}); free space and run the same command again to resume",
+                         EXIT_BAD_INPUT)
+            return EXIT_BAD_INPUT
+        if os.environ.get("QUICKSAM_DEBUG"):
+            raise
+        events.error(f"unexpected {type(exc).__name__}: {exc} (set QUICKSAM_DEBUG=1 for details and report it)",
+                     EXIT_INTERNAL)
+        return EXIT_INTERNAL
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that Python's final flush into a closed pipe cannot fail."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    events = EventWriter(as_json=getattr(args, "progress_json", False))
+    events = EventWriter(as_json=getattr(args, "progress_json", False), command=_command_of(args))
     handler = _EventLogHandler(events)
     LOG.addHandler(handler)
     LOG.setLevel(logging.INFO)
     try:
-        return args.handler(args, events)
-    except Cancelled as exc:
-        sys.stderr.write(f"quicksam: cancelled: {exc}\n")
-        return EXIT_CANCELLED
-    except KeyboardInterrupt:
-        sys.stderr.write("quicksam: interrupted; finished tiles are kept, run the same command to resume\n")
-        return EXIT_CANCELLED
-    except (QuickSamError, ValueError) as exc:
-        sys.stderr.write(f"quicksam: error: {exc}\n")
-        return EXIT_BAD_INPUT
-    except Exception as exc:  # noqa: BLE001 - the CLI promises one line, never a traceback
-        if os.environ.get("QUICKSAM_DEBUG"):
-            raise
-        sys.stderr.write(f"quicksam: error: unexpected {type(exc).__name__}: {exc} "
-                         "(set QUICKSAM_DEBUG=1 for details and report it)\n")
-        return EXIT_INTERNAL
+        status = _run_command(args, events)
     finally:
         LOG.removeHandler(handler)
+        events.close()
+    if events.closed:
+        # The reader has gone (`quicksam ... | head -3`): stop quietly, as a command killed by SIGPIPE
+        # does; finished tiles are kept and the same command resumes.
+        _silence_stdout()
+        return EXIT_OUTPUT_CLOSED
+    return status
 
 
 if __name__ == "__main__":

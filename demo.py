@@ -50,7 +50,7 @@ def real_checkpoint_or_none(model: str, events: EventWriter):
     try:
         return resolve_checkpoint(name, model=model)
     except QuickSamError as exc:
-        events.emit("log", message=f"NOTE: could not get the real checkpoint '{name}' ({exc}).")
+        events.info(f"NOTE: could not get the real checkpoint '{name}' ({exc}).")
         return None
 
 
@@ -159,12 +159,11 @@ def main(argv=None) -> int:
         suffix = "real" if checkpoint else "random"
         store_dir = args.output / f"{raster.stem}_{args.model}_{suffix}.qsam"
         if checkpoint is None:
-            events.emit("log", message="NOTE: encoding with seeded RANDOM weights: the pipeline is real, the "
-                                       "features are not; the store's manifest says random_weights=true.")
+            events.info("NOTE: encoding with seeded RANDOM weights: the pipeline is real, the features are not; "
+                        "the store's manifest says random_weights=true.")
         request = EncodeRequest(raster=str(raster), store=store_dir, model=args.model, checkpoint=checkpoint,
                                 bands=DEMO_BANDS)
-        store, stats = encode_raster(request, progress=lambda e: events.emit(
-            "progress", done=e.done, total=e.total, percent=e.percent))
+        store, stats = encode_raster(request, progress=lambda e: events.progress(e.done, e.total, "tiles"))
         gpkg = segment_demo_prompts(store, args.output)
         png = render_png(raster, DEMO_BANDS, gpkg, args.output / "demo_prompts.geojson",
                          args.output / "demo_segments.png")

@@ -137,7 +137,8 @@ class EncodeRequest:
 
 
 class EncoderEventReporter:
-    """Shows the encoder process's JSON events (see `quicksam.cli`) in a Processing feedback."""
+    """Shows the encoder process's JSON events (docs/cli-events.md) in a Processing feedback. The events
+    "log" and "download" of earlier versions are understood too."""
 
     def __init__(self, feedback: QgsProcessingFeedback, store: str):
         self.feedback = feedback
@@ -147,8 +148,8 @@ class EncoderEventReporter:
 
     def __call__(self, event: Dict[str, Any]) -> None:
         handler = {
-            "start": self._start, "progress": self._progress, "log": self._log,
-            "download": self._download, "stderr": self._stderr, "finished": self._finished,
+            "start": self._start, "progress": self._progress, "info": self._log, "warning": self._warning,
+            "log": self._log, "download": self._download, "stderr": self._stderr, "finished": self._finished,
         }.get(str(event.get("event")))
         if handler is not None:
             handler(event)
@@ -166,6 +167,9 @@ class EncoderEventReporter:
             store=event.get("store", self.store)))
 
     def _progress(self, event: Dict[str, Any]) -> None:
+        if event.get("unit") == "bytes":  # the checkpoint's download
+            self._download(event)
+            return
         self.feedback.setProgress(float(event.get("percent", 0.0)))
         self.feedback.pushDebugInfo(_tr("Tile {tile}: {status} ({done}/{total})").format(
             tile=event.get("tile", "?"), status=event.get("status", "?"),
@@ -178,8 +182,12 @@ class EncoderEventReporter:
         else:
             self.feedback.pushInfo(message)
 
+    def _warning(self, event: Dict[str, Any]) -> None:
+        self.feedback.pushWarning(str(event.get("message", "")))
+
     def _download(self, event: Dict[str, Any]) -> None:
-        percent = event.get("percent", -1)
+        percent = event.get("percent")
+        percent = -1 if percent is None else percent
         if isinstance(percent, (int, float)) and percent >= 0:
             text = _tr("Downloading the checkpoint: {percent} %").format(percent=percent)
         else:

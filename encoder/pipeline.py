@@ -18,16 +18,28 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import __version__ as quicksam_version
 from .catalogue import model_spec
+from .diskspace import disk_full_error, is_disk_full, is_quota, unwritable_reason
 from .errors import Cancelled, QuickSamError
+from .locking import READ_ONLY_ERRNOS, STORE_LOCK, LockHolder, command_name, exclusive_lock, holder_text
 from .normalise import Stretch, compute_stretch, sample_windows
 from .raster import RasterInfo, WindowReader, choose_bands, describe_raster, extent_to_window, raster_fingerprint
-from .store import DECODER_ONNX, FORMAT_NAME, FORMAT_VERSION, FeatureStore, feature_layout
+from .store import (
+    DECODER_ONNX,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    TILE_INDEX,
+    TILE_LOG,
+    FeatureStore,
+    feature_layout,
+    temporary_path,
+)
 from .tile_index import write_tile_index
 from .tiling import DEFAULT_OVERLAP, PixelWindow, Tile, TileGrid
 
@@ -36,6 +48,12 @@ _END = object()
 #: Bumped when the decoder export changes, so cached exports of an older form are not reused
 #: (2: a batch axis for objects).
 DECODER_EXPORT_VERSION = 2
+#: For "needs about N MB more": the header of a tile's .npy file, a tile index's size (GeoPackage
+#: overhead, then per tile), and the block files take space in (4 KiB on ext4, XFS, NTFS, APFS, tmpfs).
+NPY_HEADER_BYTES = 128
+TILE_INDEX_BYTES = 120_000
+TILE_INDEX_BYTES_PER_TILE = 1_000
+DISK_BLOCK = 4096
 
 
 @dataclass
@@ -288,14 +306,31 @@ class TilePipeline:
                 self._stop.set()
 
 
-def prepare_store(request: EncodeRequest) -> Tuple[FeatureStore, Stretch]:
-    """Check the raster, plan tiles and stretch, and create or resume the store (no model yet)."""
+@dataclass(frozen=True)
+class StorePlan:
+    """What a run will write, known before anything is written: the manifest, the raster and its bands."""
+
+    manifest: dict
+    info: RasterInfo
+    bands: List[int]
+
+
+def plan_store(request: EncodeRequest) -> StorePlan:
+    """Check the raster and plan tiles and stretch (reads the raster, writes nothing)."""
     info = describe_raster(request.raster)
     bands = choose_bands(info, request.bands)
     grid = plan_grid(info, request)
     stretch = sample_stretch(request.raster, bands, grid.window, request.stretch)
     manifest = build_manifest(request, info, bands, grid, stretch, raster_fingerprint(request.raster, info))
-    store = FeatureStore.create_or_resume(request.store, manifest)
+    return StorePlan(manifest, info, bands)
+
+
+def prepare_store(request: EncodeRequest, plan: Optional[StorePlan] = None) -> Tuple[FeatureStore, Stretch]:
+    """Check the raster, plan tiles and stretch, and create or resume the store (no model yet).
+    The caller holds the store's lock (`store_lock`) if another process may write it."""
+    plan = plan or plan_store(request)
+    info, bands = plan.info, plan.bands
+    store = FeatureStore.create_or_resume(request.store, plan.manifest)
     if info.count > 3 and not request.bands:  # said once the input is accepted, not before an error
         LOG.info("%s has %d bands; using bands %s (choose others with --bands)", request.raster,
                  info.count, ",".join(map(str, bands)))
@@ -320,11 +355,21 @@ def encode_raster(request: EncodeRequest, progress: Optional[ProgressCallback] =
     """Encode (or finish encoding) `request.raster` into `request.store`.
 
     `started(store, tiles_to_do)` is called once the store is ready. A model may be passed in
-    (benchmarks, tests); otherwise it is built from the request.
+    (benchmarks, tests); otherwise it is built from the request. The store is locked while this runs:
+    LockBusy (naming the other process) if another run writes it. A full disk raises DiskFull and a
+    store that cannot be written QuickSamError, each one line saying what to do; finished tiles are kept.
     """
+    plan = plan_store(request)  # bad input is refused before anything is written, even a lock
+    with store_lock(Path(request.store)), plain_write_errors(Path(request.store)):
+        return _encode_into_store(request, plan, progress, cancelled, model, started)
+
+
+def _encode_into_store(request: EncodeRequest, plan: StorePlan, progress: Optional[ProgressCallback],
+                       cancelled: Optional[CancelCheck], model: Optional[object],
+                       started: Optional[Callable[[FeatureStore, int], None]]) -> Tuple[FeatureStore, EncodeStats]:
     progress = progress or (lambda event: None)
     cancelled = cancelled or _never
-    store, stretch = prepare_store(request)
+    store, stretch = prepare_store(request, plan)
     needs_decoder = verify_kept_work(store)
     pending = store.pending_tiles()
     if started is not None:
@@ -343,11 +388,13 @@ def encode_raster(request: EncodeRequest, progress: Optional[ProgressCallback] =
         pipeline = TilePipeline(store, model, request.raster, stretch, request.batch_size, progress, cancelled)
         try:
             run_stats = pipeline.run(pending)
-        finally:
-            write_tile_index(store)
+        except BaseException:
+            write_tile_index_if_possible(store)
+            raise
+        write_tile_index(store)
         run_stats.model_build_seconds = stats.model_build_seconds
         stats = run_stats
-    else:
+    elif not tile_index_is_current(store):
         write_tile_index(store)
     return store, stats
 
@@ -365,21 +412,126 @@ def verify_kept_work(store: FeatureStore) -> bool:
     return problem is not None
 
 
+def tile_index_is_current(store: FeatureStore) -> bool:
+    """Whether STORE/tile_index.gpkg was written after the last change of the tile log and the manifest
+    (a finished store resumed again writes nothing: it may be read-only)."""
+    try:
+        index = (store.root / TILE_INDEX).stat().st_mtime_ns
+    except FileNotFoundError:
+        return False
+    sources = [store.root / TILE_LOG, store.root / MANIFEST]
+    return all(index >= path.stat().st_mtime_ns for path in sources if path.exists())
+
+
+def write_tile_index_if_possible(store: FeatureStore) -> None:
+    """The tile index of a run that stopped (cancelled, a full disk, an error): written if it can be, else
+    left to the next run, so that its own failure (kilobytes of GeoPackage SQL on a full disk) never hides
+    why the run stopped."""
+    try:
+        write_tile_index(store)
+    except Exception as exc:  # noqa: BLE001 - the run's own error is the one to report
+        LOG.debug("tile index not written (the next run writes it): %s", exc)
+        for leftover in store.root.glob(f"tile_index.tmp.{os.getpid()}.gpkg*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def _store_busy_message(root: Path) -> Callable[[Optional[LockHolder]], str]:
+    def message(holder: Optional[LockHolder]) -> str:
+        return (f"the feature store '{root}' is being written by another QuickSAM run ({holder_text(holder)}); "
+                "wait for it to finish or stop it, then run the same command again to resume")
+    return message
+
+
+@contextlib.contextmanager
+def store_lock(root: Path) -> Iterator[None]:
+    """Hold the lock of the store at `root` (STORE/.quicksam.lock, see `locking`) for the block, creating
+    the folder if needed. A path that is a file or a folder of other files gets no lock file (the store
+    refuses it); a read-only store gets none either (nothing can write it). LockBusy if another run holds it."""
+    root = Path(root)
+    if root.exists() and not _may_hold_a_store(root):
+        yield
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno not in READ_ONLY_ERRNOS:
+            raise
+        yield  # nothing can be written there; creating the store says so
+        return
+    with exclusive_lock(root / STORE_LOCK, command_name(), _store_busy_message(root)):
+        yield
+
+
+def _may_hold_a_store(root: Path) -> bool:
+    """A folder that is a store, is becoming one (only a lock file), or is empty."""
+    return root.is_dir() and ((root / MANIFEST).is_file() or (root / STORE_LOCK).exists() or not any(root.iterdir()))
+
+
+@contextlib.contextmanager
+def plain_write_errors(root: Path) -> Iterator[None]:
+    """Turn a full disk (DiskFull, with about how much more room the run needs) and a store that cannot be
+    written (QuickSamError) raised in the block into one line that says what to do."""
+    try:
+        yield
+    except QuickSamError:
+        raise
+    except Exception as exc:
+        if is_disk_full(exc):
+            path = Path(exc.filename) if isinstance(exc, OSError) and exc.filename else root
+            raise disk_full_error(path, bytes_to_finish(root), quota=is_quota(exc)) from exc
+        reason = unwritable_reason(exc)
+        if reason is not None:
+            path = exc.filename or root
+            raise QuickSamError(f"cannot write '{path}' ({reason}); make the feature store writable, or encode "
+                                "into another folder") from exc
+        raise
+
+
+def bytes_to_finish(root: Path) -> int:
+    """About how many bytes the store at `root` still needs: its pending tiles, its decoder if missing and
+    its tile index (0 when the store cannot be read)."""
+    try:
+        store = FeatureStore.open(root)
+        pending = len(store.pending_tiles())
+    except (QuickSamError, OSError, ValueError, KeyError, TypeError):
+        return 0
+    tile_bytes = NPY_HEADER_BYTES + store.dtype.itemsize * sum(item.size for item in store.layout)
+    tile_bytes = -(-tile_bytes // DISK_BLOCK) * DISK_BLOCK
+    # the index is rewritten beside the old one, then renamed over it: room for two
+    needed = pending * tile_bytes + 2 * (TILE_INDEX_BYTES + TILE_INDEX_BYTES_PER_TILE * len(store.grid))
+    if not (root / DECODER_ONNX).is_file():
+        cached = _cached_decoder(store)
+        needed += cached.stat().st_size if cached is not None and cached.is_file() else 0
+    return needed
+
+
 def install_decoder(store: FeatureStore, model: object) -> None:
     """Put the ONNX decoder of these weights into the store, exporting it once per checkpoint and tile
     size into the user cache (an export takes seconds; a copy takes milliseconds). A cached export that
     does not load or fit is exported again."""
     from ..interactive.decoding import decoder_file_problem
-    from .checkpoints import cache_dir
 
-    name = f"{store.model_name}-{store.checkpoint_sha256}-{store.image_size}-v{DECODER_EXPORT_VERSION}.onnx"
-    cached = cache_dir() / "decoders" / name
+    cached = _cached_decoder(store)
     if not cached.is_file() or decoder_file_problem(cached, store.feature_shapes, store.image_size) is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         model.export_decoder_onnx(cached)
-    tmp = store.root / (DECODER_ONNX + ".tmp")
-    shutil.copyfile(cached, tmp)
-    os.replace(tmp, store.root / DECODER_ONNX)
+    tmp = temporary_path(store.root / DECODER_ONNX)
+    try:
+        shutil.copyfile(cached, tmp)
+        os.replace(tmp, store.root / DECODER_ONNX)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # a partial copy would hold the space a full disk needs back
+        raise
+
+
+def _cached_decoder(store: FeatureStore) -> Path:
+    """Where the user cache keeps the exported decoder of this store's weights and tile size."""
+    from .checkpoints import cache_dir
+
+    name = f"{store.model_name}-{store.checkpoint_sha256}-{store.image_size}-v{DECODER_EXPORT_VERSION}.onnx"
+    return cache_dir() / "decoders" / name
 
 
 def load_model_for(request: EncodeRequest) -> object:

@@ -13,13 +13,15 @@ Layout (format version 1, see docs/store-format.md):
                          with nodata inside the raster; its CRC-32 is the log line's `valid_crc32`
       decoder.onnx       prompt encoder + mask decoder for these features
       tile_index.gpkg    tile footprints (id, row, col, status) for QGIS
+      .quicksam.lock     only while `quicksam encode` writes the store: its lock, naming the process
 
-Every file is written to a temporary name in the same folder and renamed into place. Nothing
-outside the store folder is ever written or deleted. No QGIS, no torch.
+Every file is written to a temporary name in the same folder (NAME.PID.tmp) and renamed into place.
+Nothing outside the store folder is ever written or deleted. No QGIS, no torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import io
@@ -36,6 +38,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import StoreError
+from .locking import STORE_LOCK
 from .tiling import PixelWindow, Tile, TileGrid
 
 FORMAT_NAME = "quicksam-feature-store"
@@ -62,13 +65,28 @@ RESUME_KEYS = (
 )
 
 
+def temporary_path(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place: NAME.PID.tmp, so that no two processes ever
+    share a temporary (a resume removes every *.tmp, which it may only do while it holds the store's lock)."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)  # a half-written file would only hold space (a full disk) until the next resume
+        raise
 
 
 def atomic_write_json(path: Path, data: dict) -> None:
@@ -589,7 +607,7 @@ class FeatureStore:
                                  "choose another output folder, or delete that store yourself to redo it")
             store.discard_partial_writes()
             return store
-        if root.is_dir() and any(root.iterdir()):
+        if root.is_dir() and any(entry.name != STORE_LOCK for entry in root.iterdir()):
             raise StoreError(f"'{root}' is not empty and is not a QuickSAM store; choose an empty or new "
                              "folder (QuickSAM never overwrites other files)")
         (root / TILE_DIR).mkdir(parents=True, exist_ok=True)
@@ -753,12 +771,16 @@ class FeatureStore:
         flat = np.concatenate([np.asarray(features[item.name], dtype=self.dtype).reshape(-1)
                                for item in self.layout])
         path = self.tile_path(tile.tile_id)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            np.save(handle, flat, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        tmp = temporary_path(path)
+        try:
+            with open(tmp, "wb") as handle:
+                np.save(handle, flat, allow_pickle=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
         self._append_record(TileRecord(tile.tile_id, STATUS_DONE, zlib.crc32(flat.view(np.uint8)),
                                        round(float(valid_fraction), 6), valid_crc32))
         self._damaged.pop(tile.tile_id, None)

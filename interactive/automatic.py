@@ -26,7 +26,9 @@ from typing import Callable, Collection, Dict, Iterable, Iterator, List, Optiona
 
 import numpy as np
 
+from ..encoder.diskspace import DiskFull, disk_full_error, is_disk_full
 from ..encoder.errors import Cancelled, QuickSamError
+from ..encoder.locking import LockHolder, command_name, exclusive_lock, holder_text
 from ..encoder.store import STATUS_DONE, STATUS_PENDING, FeatureStore
 from ..encoder.tiling import Tile
 from .decoding import OnnxDecoder, choose_outputs, stability_scores, upsample_masks
@@ -313,6 +315,42 @@ def check_output(output: Path, overwrite: bool, layer: str = OUTPUT_LAYER,
                              layer_hint=layer_hint).path
 
 
+def lock_path(output: Path) -> Path:
+    """The lock a run holds while it builds `output` (OUT.gpkg.lock; deleted when the run ends)."""
+    return output.with_name(output.name + ".lock")
+
+
+class GdalFailures:
+    """GDAL's failure messages on this thread while active. With GDAL's exceptions off, as QGIS leaves them,
+    an OGR write that fails (a full disk: "database or disk is full") only returns a code and reports
+    through the error handler; unchecked, the run would go on and mark tiles done whose objects were lost."""
+
+    def __init__(self) -> None:
+        self.messages: List[str] = []
+
+    def __call__(self, error_class: int, error_number: int, message: str) -> None:
+        from osgeo import gdal
+
+        if error_class >= gdal.CE_Failure:
+            self.messages.append(str(message))
+
+    def __enter__(self) -> GdalFailures:
+        from osgeo import gdal
+
+        gdal.PushErrorHandler(self)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        from osgeo import gdal
+
+        gdal.PopErrorHandler()
+
+    def raise_if_any(self, path: Path) -> None:
+        """QuickSamError with GDAL's first failure, if there was one."""
+        if self.messages:
+            raise QuickSamError(f"cannot write '{path}': {self.messages[0]}")
+
+
 FIELDS = (("id", "int64"), ("score", "real"), ("stability", "real"), ("area", "real"), ("tile_ids", "str"),
           ("model", "str"), ("checkpoint", "str"))
 
@@ -333,9 +371,29 @@ class RunFile:
         self.segments = dataset.GetLayerByName(OUTPUT_LAYER)
         self.tiles = dataset.GetLayerByName(TILE_TABLE)
         self.staged_layer = dataset.GetLayerByName(STAGED_TABLE)
+        #: GDAL's failures while a transaction is open (see `transaction` and `_check`).
+        self._failures: Optional[GdalFailures] = None
 
     @classmethod
     def create(cls, path: Path, crs_wkt: str, identity: dict) -> RunFile:
+        """A new run file; on failure (a full disk) none is left behind and QuickSamError says why."""
+        with GdalFailures() as failures:
+            run = None
+            try:
+                run = cls._create(path, crs_wkt, identity)
+                failures.raise_if_any(path)
+                return run
+            except Exception as exc:
+                if run is not None:
+                    run.close()
+                with contextlib.suppress(OSError):
+                    _remove_gpkg(path)
+                if failures.messages and not isinstance(exc, QuickSamError):
+                    failures.raise_if_any(path)
+                raise
+
+    @classmethod
+    def _create(cls, path: Path, crs_wkt: str, identity: dict) -> RunFile:
         from osgeo import ogr, osr
 
         dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
@@ -396,36 +454,59 @@ class RunFile:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """Everything inside is committed together, or not at all."""
-        self.dataset.StartTransaction()
-        try:
-            yield
-        except BaseException:
-            self.dataset.RollbackTransaction()
-            raise
-        self.dataset.CommitTransaction()
+        """Everything inside is committed together, or not at all: a write that GDAL reports as failed (a
+        full disk) rolls it back and raises QuickSamError with GDAL's words."""
+        with GdalFailures() as failures:
+            self._failures = failures
+            self.dataset.StartTransaction()
+            try:
+                yield
+                failures.raise_if_any(self.path)
+                committed = self.dataset.CommitTransaction() in (0, None)
+                failures.raise_if_any(self.path)
+                if not committed:
+                    raise QuickSamError(f"cannot write '{self.path}': the transaction was not committed")
+            except BaseException:
+                with contextlib.suppress(RuntimeError):  # SQLite may have rolled back already
+                    self.dataset.RollbackTransaction()
+                raise
+            finally:
+                self._failures = None
+
+    def _check(self) -> None:
+        """Stop at anything GDAL reported as failed since the transaction began; called before and after
+        every write. At once: on a full disk SQLite may roll the whole transaction back by itself (also in
+        statements GDAL runs for its own bookkeeping while a layer is read), and every write after that would
+        be committed on its own: a tile marked done whose pieces were lost."""
+        if self._failures is not None:
+            self._failures.raise_if_any(self.path)
 
     def write_objects(self, objects: Sequence[Tuple[Polygons, dict]]) -> None:
         from osgeo import ogr
 
+        self._check()
         for polygons, attributes in objects:
             feature = ogr.Feature(self.segments.GetLayerDefn())
             feature.SetGeometry(ogr.CreateGeometryFromWkb(polygons.wkb))
             for name, value in attributes.items():
                 feature[name] = value
             self.segments.CreateFeature(feature)
+            self._check()
 
     def mark_done(self, tile_id: str) -> None:
         from osgeo import ogr
 
+        self._check()
         marker = ogr.Feature(self.tiles.GetLayerDefn())
         marker["tile_id"] = tile_id
         self.tiles.CreateFeature(marker)
+        self._check()
 
     # -- tile_merge.Staging: staged masks wait in a table, packed to bits --------------------------------
     def stage(self, kind: str, masks: Iterable[TileMask]) -> None:
         from osgeo import ogr
 
+        self._check()
         for mask in masks:
             feature = ogr.Feature(self.staged_layer.GetLayerDefn())
             for name, value in (("tile_id", mask.tile_id), ("kind", kind), ("col0", mask.col0), ("row0", mask.row0),
@@ -434,6 +515,7 @@ class RunFile:
                 feature[name] = value
             feature.SetFieldBinaryFromHexString("bits", np.packbits(mask.crop).tobytes().hex())
             self.staged_layer.CreateFeature(feature)
+            self._check()
 
     def staged(self, kind: str, tile_ids: Collection[str]) -> Dict[int, TileMask]:
         found: Dict[int, TileMask] = {}
@@ -453,16 +535,22 @@ class RunFile:
         return tiles
 
     def unstage(self, keys: Iterable[int]) -> None:
+        self._check()
         for key in keys:
             self.staged_layer.DeleteFeature(int(key))
+            self._check()
 
     def unstage_tiles(self, kind: str, tile_ids: Collection[str]) -> None:
+        self._check()
         ids = sorted(tile_ids)
         for start in range(0, len(ids), 500):
             self.dataset.ExecuteSQL(f"DELETE FROM {STAGED_TABLE} WHERE kind = '{kind}' AND "
                                     f"tile_id IN ({_sql_list(ids[start:start + 500])})")
+            self._check()
 
     def staged_count(self) -> int:
+        if self.staged_layer is None:  # dropped by a finish that a full disk stopped: every tile was done
+            return 0
         self.staged_layer.ResetReading()
         return self.staged_layer.GetFeatureCount()
 
@@ -557,8 +645,54 @@ def segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSett
     written to `output` (any vector format by its extension, raster CRS; in a GeoPackage the layer
     `layer`, next to the file's other layers, which are kept). Resumes an unfinished run with the same
     settings; Cancelled (keeping finished tiles) when `cancelled()` turns true. Messages that call for
-    `overwrite` say `how_to_overwrite` (the caller's own wording of it)."""
+    `overwrite` say `how_to_overwrite` (the caller's own wording of it).
+
+    One run at a time builds `output`: LockBusy names the other. A full disk stops the run with DiskFull
+    (about how much more room it needs); its finished tiles are kept and the same call resumes."""
     settings.check()
+    output = check_output(output, overwrite, layer, how_to_overwrite=how_to_overwrite)
+    busy = _run_busy_message(output)
+    with exclusive_lock(lock_path(output), command_name(), busy):
+        try:
+            return _segment_everything(store, output, settings, area_wkbs, overwrite, progress, cancelled, engine,
+                                       layer, how_to_overwrite)
+        except Exception as exc:
+            if isinstance(exc, DiskFull) or not is_disk_full(exc):
+                raise
+            work = partial_path(output)
+            raise disk_full_error(work, _bytes_to_finish(work, len(store.grid))) from exc
+
+
+def _run_busy_message(output: Path) -> Callable[[Optional[LockHolder]], str]:
+    def message(holder: Optional[LockHolder]) -> str:
+        return (f"'{output}' is being made by another QuickSAM run ({holder_text(holder)}); wait for it to finish "
+                "or stop it, or choose another output")
+    return message
+
+
+def _bytes_to_finish(work: Path, tiles: int) -> int:
+    """About how much more the run file `work` grows: its size per finished tile times the tiles left, with
+    room for the final step (0 when it cannot be read)."""
+    from osgeo import ogr
+
+    try:
+        size = work.stat().st_size
+        dataset = ogr.Open(str(work))
+        table = dataset.GetLayerByName(TILE_TABLE) if dataset is not None else None
+        done = table.GetFeatureCount() if table is not None else 0
+        dataset = None
+    except (OSError, RuntimeError):
+        return 0
+    return int(1.5 * size / max(done, 1) * max(tiles - done, 1))
+
+
+def _segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSettings,
+                        area_wkbs: Optional[Sequence[bytes]], overwrite: bool,
+                        progress: Optional[Callable[[SegmentAllProgress], None]],
+                        cancelled: Optional[Callable[[], bool]],
+                        engine: Optional[SegmentEngine], layer: str, how_to_overwrite: str) -> SegmentAllResult:
+    """`segment_everything` once its lock is held: the output is checked again (another run may have
+    finished it meanwhile)."""
     destination = check_destination(output, layer, overwrite, what="the output",
                                      overwrite_hint=f"(or {how_to_overwrite})",
                                      layer_hint="choose another layer name")

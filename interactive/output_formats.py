@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+from ..encoder.diskspace import folder_unwritable_reason
 from ..encoder.errors import QuickSamError
 
 DEFAULT_LAYER = "segments"
@@ -225,8 +226,10 @@ def check_destination(path: Path, layer: str, overwrite: bool, what: str = "--ou
         raise QuickSamError(f"{what} '{path}' is a folder; give a file name such as segments.gpkg")
     if not path.parent.is_dir():
         raise QuickSamError(f"the folder of {what} '{path.parent}' does not exist; create it first")
-    if not os.access(path.parent, os.W_OK):
-        raise QuickSamError(f"the folder '{path.parent}' is not writable; choose another output location")
+    reason = folder_unwritable_reason(path.parent)  # tried, not guessed from permission bits (root, ro mounts)
+    if reason is not None:
+        raise QuickSamError(f"the folder '{path.parent}' is not writable ({reason}); choose another output "
+                            "location")
     names = layer_names(path, fmt) if fmt.multi_layer and path.is_file() else None
     if names is not None:
         if not os.access(path, os.W_OK):

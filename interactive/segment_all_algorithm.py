@@ -33,7 +33,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 
 from ..encoder.algorithm_base import QuickSamAlgorithm, started_by_command_line
 from ..encoder.errors import Cancelled, QuickSamError
-from .automatic import COMMAND_LINE_OVERWRITE, OUTPUT_LAYER, AutoMaskSettings, segment_everything
+from .automatic import COMMAND_LINE_OVERWRITE, OUTPUT_LAYER, AutoMaskSettings, SegmentAllProgress, segment_everything
 from .engine import MASK_MODES
 from .output import raster_crs
 from .output_formats import FORMATS
@@ -44,6 +44,14 @@ DEFAULTS = AutoMaskSettings()
 
 def _tr(message: str) -> str:
     return QCoreApplication.translate("SegmentAllAlgorithm", message)
+
+
+class TileProgressFeedback(QgsProcessingFeedback):
+    """A feedback also told of each finished tile: `quicksam segment-all --progress-json` counts tiles with it
+    (Processing's own progress is a percentage)."""
+
+    def tile_finished(self, event: SegmentAllProgress) -> None:
+        """Called once a tile's objects are committed; nothing here."""
 
 
 class SegmentAllAlgorithm(QuickSamAlgorithm):
@@ -251,6 +259,8 @@ class SegmentAllAlgorithm(QuickSamAlgorithm):
             feedback.setProgress(100.0 * event.done / max(event.total, 1))
             feedback.setProgressText(_tr("tile {tile}: {objects} objects so far").format(tile=event.tile_id,
                                                                                         objects=event.objects))
+            if isinstance(feedback, TileProgressFeedback):
+                feedback.tile_finished(event)
 
         try:
             result = segment_everything(store, Path(output), settings, areas,
