@@ -809,9 +809,11 @@ def _cmd_segment(args, events: EventWriter) -> int:
     from .interactive.output_formats import write_layer
 
     _check_segment_prompts(args)
+    wanted = Path(args.output).expanduser().absolute()
+    if wanted.parent.is_dir():  # a missing folder is told by the output check
+        _check_output_folder_writable(wanted)
     destination = _check_segment_output(args.output, args.overwrite, args.layer)
     output = destination.path
-    _check_output_folder_writable(output)
     _open_store_before_qgis(args.store)
     events.start(store=str(args.store), output=str(output))
     # The run writes a GeoPackage beside the output (same file system); only a finished run is written to
