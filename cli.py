@@ -970,6 +970,10 @@ def _silence_stdout() -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # GDAL 3.7+ warns once per process that its exception mode was not chosen; QuickSAM's GDAL code sets
+    # the mode it needs where it calls GDAL (interactive/gdal_errors.py), so the warning is noise here,
+    # and it would break the one-line error promise.
+    warnings.filterwarnings("ignore", message=r"Neither (gdal|ogr|osr)\.UseExceptions\(\) nor", category=FutureWarning)
     args = build_parser().parse_args(argv)
     events = EventWriter(as_json=getattr(args, "progress_json", False), command=_command_of(args))
     handler = _EventLogHandler(events)

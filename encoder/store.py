@@ -256,8 +256,8 @@ def crs_problem(wkt: str) -> Optional[str]:
     """None when the CRS in `wkt` parses, else the parser's complaint.
 
     Parsed with GDAL's own bindings (osgeo.osr) where they import (always inside QGIS, whose process must
-    not load another GDAL), else with rasterio (the headless encoder's declared dependency), else pyproj;
-    with none of them the CRS is not checked here (QGIS checks it when it opens the store).
+    not load another GDAL), else with rasterio (the headless encoder's declared dependency); with neither
+    the CRS is not checked here (QGIS checks it when it opens the store).
     """
     try:
         from osgeo import gdal, osr
@@ -276,14 +276,10 @@ def crs_problem(wkt: str) -> Optional[str]:
 
 def _crs_problem_without_gdal(wkt: str) -> Optional[str]:
     try:
-        from rasterio.crs import CRS
+        from rasterio.crs import CRS  # a declared dependency of the encoder
         from rasterio.errors import CRSError
     except ImportError:
-        try:
-            from pyproj import CRS
-            from pyproj.exceptions import CRSError
-        except ImportError:
-            return None
+        return None
     try:
         CRS.from_wkt(wkt)
     except CRSError as exc:

@@ -33,6 +33,7 @@ from ..encoder.store import STATUS_DONE, STATUS_PENDING, FeatureStore
 from ..encoder.tiling import Tile
 from .decoding import OnnxDecoder, choose_outputs, stability_scores, upsample_masks
 from .engine import MASK_MODES, SegmentEngine
+from .gdal_errors import with_gdal_return_codes
 from .output_formats import check_crs, check_destination, layer_names, write_layer
 from .tile_merge import BorderMerge, TileMask, assign_masks, pixel_bounds, tile_regions, trimmed
 from .vectorise import Polygons, mask_to_polygons
@@ -305,6 +306,7 @@ COMMAND_LINE_OVERWRITE = "pass --overwrite"
 
 
 
+@with_gdal_return_codes
 def check_output(output: Path, overwrite: bool, layer: str = OUTPUT_LAYER,
                  layer_hint: str = "choose another layer name", how_to_overwrite: str = PYTHON_OVERWRITE) -> Path:
     """The absolute output path; QuickSamError before any work if it cannot be written (see
@@ -635,6 +637,7 @@ class ObjectWriter:
         return result
 
 
+@with_gdal_return_codes
 def segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSettings,
                        area_wkbs: Optional[Sequence[bytes]] = None, overwrite: bool = False,
                        progress: Optional[Callable[[SegmentAllProgress], None]] = None,
@@ -744,6 +747,7 @@ def _not_a_run_file(path: Path) -> str:
             "rename that file, or choose another output name")
 
 
+@with_gdal_return_codes
 def _remove_run_file(path: Path) -> None:
     """Delete the run file `path` to start again; QuickSamError, deleting nothing, when it holds anything
     but a run's own tables (a user's file that happens to have the name)."""

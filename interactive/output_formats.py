@@ -37,6 +37,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from ..encoder.diskspace import folder_unwritable_reason
 from ..encoder.errors import QuickSamError
+from .gdal_errors import with_gdal_return_codes
 
 DEFAULT_LAYER = "segments"
 #: Table name prefixes the GeoPackage and SQLite specifications reserve.
@@ -104,6 +105,7 @@ def _other_ogr_format(extension: str) -> Optional[VectorFormat]:
     return None
 
 
+@with_gdal_return_codes
 def format_for(path: Path, what: str = "the output") -> VectorFormat:
     """The format of `path`, by its extension (any case). QuickSamError (one line) for an extension no
     driver of this GDAL writes, listing what is accepted, and for a listed format whose driver is missing."""
@@ -174,6 +176,7 @@ class Destination:
         return self.layer if self.format.multi_layer else None
 
 
+@with_gdal_return_codes
 def layer_names(path: Path, fmt: Optional[VectorFormat] = None) -> Optional[List[str]]:
     """The layers of the vector file `path`, or None if GDAL cannot open it (as `fmt`, if given)."""
     from osgeo import gdal
@@ -211,6 +214,7 @@ def _existing_files(path: Path, fmt: VectorFormat) -> List[Path]:
     return [file for file in unique if file.is_file()]
 
 
+@with_gdal_return_codes
 def check_destination(path: Path, layer: str, overwrite: bool, what: str = "--output",
                       overwrite_hint: str = "(or pass --overwrite)",
                       layer_hint: str = "choose another --layer") -> Destination:
@@ -314,6 +318,7 @@ def epsg_code(srs) -> Optional[int]:
     return None
 
 
+@with_gdal_return_codes
 def check_crs(fmt: VectorFormat, crs_wkt: str, path: Path) -> None:
     """QuickSamError before a run when `fmt` cannot state the CRS `crs_wkt` (GeoJSON: no EPSG code)."""
     from osgeo import osr
@@ -401,6 +406,7 @@ def _open_source(source: Path, source_layer: str):
     return dataset, layer
 
 
+@with_gdal_return_codes
 def write_layer(source: Path, source_layer: str, destination: Destination, overwrite: bool) -> WrittenLayer:
     """Write the polygon layer `source_layer` of the vector file `source` to `destination`.
 
@@ -522,6 +528,7 @@ def _write_new_file(source, destination: Destination) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@with_gdal_return_codes
 def _try_format(fmt: VectorFormat) -> None:
     """Write and read back one polygon with an integer, a real and a text field in `fmt` (an OGR format
     QuickSAM's tests do not cover); QuickSamError naming what it loses, before any work is done."""

@@ -8,6 +8,7 @@ x in [500000 + 10 col, 500000 + 10 (col + 1)] and y in [4200000 - 10 (row + 1), 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import subprocess
@@ -168,3 +169,26 @@ def encode(raster: Path, store: Path, progress: Optional[Callable[[Any], None]] 
     request = EncodeRequest(raster=str(raster), store=Path(store), **fields)
     model = model if model is not None else random_model(fields["tile_size"], fields.get("seed", 0))
     return encode_raster(request, progress=progress, cancelled=cancelled, model=model)
+
+
+@contextlib.contextmanager
+def gdal_exceptions_on():
+    """GDAL, OGR and OSR raising exceptions, as QGIS 3.40's Processing leaves them for the whole process
+    (3.22 leaves them off); the previous modes come back afterwards."""
+    from osgeo import gdal, ogr, osr
+
+    modules = (gdal, ogr, osr)
+    if hasattr(gdal, "ExceptionMgr"):  # GDAL >= 3.7
+        with contextlib.ExitStack() as stack:
+            for module in modules:
+                stack.enter_context(module.ExceptionMgr(useExceptions=True))
+            yield
+        return
+    switched = [module for module in modules if not module.GetUseExceptions()]
+    for module in switched:
+        module.UseExceptions()
+    try:
+        yield
+    finally:
+        for module in reversed(switched):  # GDAL < 3.7 pops them as a stack
+            module.DontUseExceptions()
