@@ -28,6 +28,6 @@ HOME="$work" XDG_RUNTIME_DIR="$work" \
 timeout 120 xvfb-run -a -s "-screen 0 1600x1000x24" \
   qgis --nologo --noversioncheck --profiles-path "$work/profiles" \
   --code "$repo/docs/screenshot/startup.py" >"$work/qgis.log" 2>&1 || true
-cat "$repo/docs/img/dock.png.log" 2>/dev/null; rm -f "$repo/docs/img/dock.png.log"
+cat "$repo/docs/img/dock.png.log" 2>/dev/null || true; rm -f "$repo/docs/img/dock.png.log"
 test -s "$repo/docs/img/dock.png" || { echo "no screenshot; QGIS log:"; tail -30 "$work/qgis.log"; exit 1; }
 echo "$repo/docs/img/dock.png"
