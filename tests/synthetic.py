@@ -192,3 +192,11 @@ def gdal_exceptions_on():
     finally:
         for module in reversed(switched):  # GDAL < 3.7 pops them as a stack
             module.DontUseExceptions()
+
+
+def two_tile_store(folder: Path):
+    """A store of a 400 x 256 px scene of squares in two 256 px tiles with a 64 px overlap (random weights)."""
+    raster = write_raster(folder / "scene.tif", square_scene(400, 256, (170, 90, 60)))
+    store, _ = encode(raster, folder / "store", overlap=64)
+    assert len(store.grid) == 2
+    return store

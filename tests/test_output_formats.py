@@ -26,12 +26,10 @@ import shapely.wkb
 from osgeo import gdal, ogr, osr
 from synthetic import (
     assert_one_line_error,
-    encode,
     file_states,
     pixel_to_map_default,
     run_cli,
-    square_scene,
-    write_raster,
+    two_tile_store,
 )
 
 from quicksam.encoder.errors import QuickSamError
@@ -85,11 +83,7 @@ def skip_without_driver(extension: str) -> None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> FeatureStore:
-    folder = tmp_path_factory.mktemp("formats-store")
-    raster = write_raster(folder / "scene.tif", square_scene(400, 256, (170, 90, 60)))
-    store, _ = encode(raster, folder / "store", overlap=64)
-    assert len(store.grid) == 2
-    return store
+    return two_tile_store(tmp_path_factory.mktemp("formats-store"))
 
 
 @pytest.fixture(scope="module")

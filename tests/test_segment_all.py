@@ -25,7 +25,7 @@ import pytest
 import shapely
 import shapely.wkb
 from osgeo import ogr
-from synthetic import assert_one_line_error, encode, run_cli, square_scene, write_raster
+from synthetic import assert_one_line_error, encode, run_cli, square_scene, two_tile_store, write_raster
 
 from quicksam.encoder.errors import Cancelled, QuickSamError
 from quicksam.encoder.store import FeatureStore
@@ -209,11 +209,7 @@ LOOSE = AutoMaskSettings(points_per_side=4, points_per_batch=5, pred_iou_thresh=
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> FeatureStore:
-    folder = tmp_path_factory.mktemp("segment-all-store")
-    raster = write_raster(folder / "scene.tif", square_scene(400, 256, (170, 90, 60)))
-    store, _ = encode(raster, folder / "store", overlap=64)
-    assert len(store.grid) == 2
-    return store
+    return two_tile_store(tmp_path_factory.mktemp("segment-all-store"))
 
 
 def read_rows(path: Path) -> List[dict]:
