@@ -28,11 +28,11 @@ import warnings
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, TypeVar
 
-from .encoder.catalogue import CHECKPOINTS, DEFAULT_MODEL, MODELS, default_checkpoint_for
-from .encoder.diskspace import is_disk_full, mount_point
-from .encoder.errors import Cancelled, QuickSamError
-from .encoder.tiling import DEFAULT_OVERLAP
-from .interactive.engine import MASK_MODES
+from .core.catalogue import CHECKPOINTS, DEFAULT_MODEL, MODELS, default_checkpoint_for
+from .core.defaults import MASK_MODES
+from .core.diskspace import is_disk_full, mount_point
+from .core.errors import Cancelled, QuickSamError
+from .core.tiling import DEFAULT_OVERLAP
 
 LOG = logging.getLogger("quicksam")
 EXIT_BAD_INPUT = 1
@@ -452,7 +452,7 @@ def _cmd_encode(args, events: EventWriter) -> int:
 
 
 def _cmd_info(args, events: EventWriter) -> int:
-    from .encoder.store import FeatureStore
+    from .core.store import FeatureStore
 
     events.start(store=str(args.store))
     events.finished(FeatureStore.open(args.store).summary(), indent=2)
@@ -599,7 +599,7 @@ def _headless_qgis() -> Iterator[None]:
         Processing.initialize()
         registry = QgsApplication.processingRegistry()
         if registry.providerById("quicksam") is None:
-            from .encoder.provider import QuickSamProvider
+            from .ui.algorithms.provider import QuickSamProvider
 
             registry.addProvider(QuickSamProvider())
         yield
@@ -661,7 +661,7 @@ def _run_algorithm(algorithm_id: str, parameters: dict, project, feedback) -> Di
     import processing
     from qgis.core import QgsProcessingContext, QgsProcessingException
 
-    from .encoder.algorithm_base import mark_command_line
+    from .ui.algorithms.algorithm_base import mark_command_line
 
     context = QgsProcessingContext()
     context.setProject(project)
@@ -692,8 +692,8 @@ def _run_segment_algorithm(args, partial: Path, events: EventWriter) -> Tuple[Di
         QgsProcessingOutputLayerDefinition,
     )
 
-    from .interactive.output import raster_crs
-    from .interactive.segment_algorithm import SegmentPromptsAlgorithm, open_store
+    from .ui.algorithms.segment_algorithm import SegmentPromptsAlgorithm, open_store
+    from .ui.layers import raster_crs
 
     class CollectingFeedback(QgsProcessingFeedback):
         def __init__(self) -> None:
@@ -790,7 +790,7 @@ def _open_store_before_qgis(store: Path) -> None:
     """Open an existing store (its manifest and tile log are checked) before QGIS starts, so that a damaged one
     is refused in a moment rather than after seconds; the algorithm opens it again (and words a missing one)."""
     if store.exists():
-        from .encoder.store import FeatureStore
+        from .core.store import FeatureStore
 
         FeatureStore.open(store)
 
@@ -798,7 +798,7 @@ def _open_store_before_qgis(store: Path) -> None:
 def _check_output_folder_writable(output: Path, option: str = "--output") -> None:
     """QuickSamError before any work when no file can be created beside `output` (a read-only store, a
     folder of someone else's)."""
-    from .encoder.diskspace import folder_unwritable_reason
+    from .core.diskspace import folder_unwritable_reason
 
     reason = folder_unwritable_reason(output.parent)
     if reason is not None:
@@ -840,7 +840,7 @@ def _cmd_segment(args, events: EventWriter) -> int:
 def _run_segment_all_algorithm(args, events: EventWriter) -> Dict[str, object]:
     """Run quicksam:segmentall on args; its results. Cancellation (Ctrl+C) keeps finished tiles."""
 
-    from .interactive.segment_all_algorithm import SegmentAllAlgorithm as Algorithm
+    from .ui.algorithms.segment_all_algorithm import SegmentAllAlgorithm as Algorithm
 
     project = _private_project()
     aoi_id = ""
@@ -892,7 +892,7 @@ def _other_layers_message(output: Path, layer: Optional[str]) -> Optional[str]:
 def _tile_feedback(events: EventWriter):
     """A Processing feedback that turns each finished tile of quicksam:segmentall into a `progress` event
     (unit "tiles"); a closed output cancels the run (its finished tiles are kept)."""
-    from .interactive.segment_all_algorithm import TileProgressFeedback
+    from .ui.algorithms.segment_all_algorithm import TileProgressFeedback
 
     class EventFeedback(TileProgressFeedback):
         def tile_finished(self, event) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Optional
 
 from .cli import EventWriter
-from .encoder.catalogue import DEFAULT_MODEL, default_checkpoint_for
-from .encoder.errors import QuickSamError
+from .core.catalogue import DEFAULT_MODEL, default_checkpoint_for
+from .core.errors import QuickSamError
 
 LOG = logging.getLogger("quicksam")
 DEMO_RASTER = Path(__file__).resolve().parent.parent / "shared" / "data" / "L7_ETMs.tif"
@@ -56,7 +56,7 @@ def real_checkpoint_or_none(model: str, events: EventWriter):
 
 def write_demo_prompts(store, path: Path) -> Path:
     """A GeoJSON of DEMO_POINTS in the raster's CRS (named in the file)."""
-    from .encoder.raster import pixel_to_map
+    from .core.geo import pixel_to_map
 
     raster = store.manifest["raster"]
     features = []

@@ -8,7 +8,6 @@ dock (and with it ONNX Runtime) is created on first use only.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from qgis.core import QgsApplication
@@ -16,10 +15,10 @@ from qgis.PyQt.QtCore import QCoreApplication, Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QToolBar
 
-from .encoder.provider import QuickSamProvider
-from .qgis_logging import QgsMessageLogHandler, install_log_handler, remove_log_handler
+from .ui import ICONS_DIR
+from .ui.algorithms.provider import QuickSamProvider
+from .ui.qgis_logging import QgsMessageLogHandler, install_log_handler, remove_log_handler
 
-ICONS_DIR = Path(__file__).resolve().parent / "icons"
 TOOLBAR_OBJECT_NAME = "QuickSamToolbar"
 ENCODE_ACTION_OBJECT_NAME = "QuickSamEncodeRasterAction"
 SEGMENT_ACTION_OBJECT_NAME = "QuickSamSegmentAction"
@@ -148,7 +147,7 @@ class QuickSamPlugin:
 
     def _segment_dock(self):
         if self.dock is None:
-            from .interactive.dock import SegmentDock  # ONNX Runtime and the dock load on first use
+            from .ui.dock.dock import SegmentDock  # ONNX Runtime and the dock load on first use
 
             self.dock = SegmentDock(self.iface, self.iface.mainWindow())
             self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)

@@ -42,7 +42,7 @@ def summary(values):
 
 def click_points(store, clicks: int, seed: int = 0):
     """Map points spread over the encoded tiles, each well inside its tile, cycling over tiles."""
-    from quicksam.encoder.raster import pixel_to_map
+    from quicksam.core.geo import pixel_to_map
 
     rng = np.random.default_rng(seed)
     tiles = list(store.grid)
@@ -61,7 +61,7 @@ class Committer:
     def __init__(self, path: Path, store):
         from qgis.core import QgsCoordinateTransformContext
 
-        from quicksam.interactive.output import FeatureBuilder, open_or_create_output_layer, raster_crs
+        from quicksam.ui.layers import FeatureBuilder, open_or_create_output_layer, raster_crs
 
         context = QgsCoordinateTransformContext()
         self.layer = open_or_create_output_layer(path, raster_crs(store), context)
@@ -119,7 +119,7 @@ def baseline_click(predictor, feature_dir: Path, tile, geotransform, x, y, promp
     from rasterio.features import shapes
     from shapely.geometry import MultiPolygon, shape
 
-    from quicksam.encoder.raster import map_to_pixel
+    from quicksam.core.geo import map_to_pixel
     from quicksam.interactive.engine import Segment
 
     maps = {}

@@ -39,7 +39,8 @@ def export_decoder(tile: int, folder: Path) -> Path:
 
 def run_case(onnx: Path, tile: int, batch: int, runs: int) -> dict:
     """In this (fresh) process: ms per prompt at `batch` objects per call, and the peak RSS."""
-    from quicksam.interactive.decoding import DecoderSettings, OnnxDecoder
+    from quicksam.core.mask_decoding import DecoderSettings
+    from quicksam.interactive.decoding import OnnxDecoder
 
     names = ["image_embed", "high_res_feats_0", "high_res_feats_1"]
     decoder = OnnxDecoder(onnx, "sam2", names, tile, DecoderSettings())

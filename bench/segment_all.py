@@ -75,7 +75,7 @@ def _settings(points_per_side: int, points_per_batch: int = 0):
 
 
 def _median_seconds(store: Path, work: Path, settings, runs: int, label: str) -> tuple:
-    from quicksam.encoder.store import FeatureStore
+    from quicksam.core.store import FeatureStore
     from quicksam.interactive.automatic import segment_everything
 
     seconds, result = [], None

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, Optional, Tuple
 
-from . import catalogue
-from .catalogue import CheckpointSpec
-from .errors import Cancelled, CheckpointError
+from ..core import catalogue
+from ..core.catalogue import CheckpointSpec
+from ..core.errors import Cancelled, CheckpointError
 
 logger = logging.getLogger("quicksam")
 

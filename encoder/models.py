@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..interactive.decoding import (
+from ..core.catalogue import model_spec
+from ..core.errors import CheckpointError
+from ..core.mask_decoding import (
     DECODER_EXTRA_INPUTS,
     DecodeResult,
     DecoderSettings,
@@ -29,8 +31,6 @@ from ..interactive.decoding import (
     decoder_inputs,
     postprocess,
 )
-from .catalogue import model_spec
-from .errors import CheckpointError
 
 LOG = logging.getLogger("quicksam")
 

@@ -12,7 +12,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from .tiling import PixelWindow
+from ..core.tiling import PixelWindow
 
 STRETCH_MODES = ("percentile", "none")
 DEFAULT_PERCENTILES = (2.0, 98.0)

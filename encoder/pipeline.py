@@ -22,14 +22,11 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import __version__ as quicksam_version
-from .catalogue import model_spec
-from .diskspace import disk_full_error, is_disk_full, is_quota, unwritable_reason
-from .errors import Cancelled, QuickSamError
-from .locking import READ_ONLY_ERRNOS, STORE_LOCK, LockHolder, command_name, exclusive_lock, holder_text
-from .normalise import Stretch, compute_stretch, sample_windows
-from .raster import RasterInfo, WindowReader, choose_bands, describe_raster, extent_to_window, raster_fingerprint
-from .store import (
+from ..core.catalogue import model_spec
+from ..core.diskspace import disk_full_error, is_disk_full, is_quota, unwritable_reason
+from ..core.errors import Cancelled, QuickSamError
+from ..core.locking import READ_ONLY_ERRNOS, STORE_LOCK, LockHolder, command_name, exclusive_lock, holder_text
+from ..core.store import (
     DECODER_ONNX,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -40,8 +37,11 @@ from .store import (
     feature_layout,
     temporary_path,
 )
+from ..core.tiling import DEFAULT_OVERLAP, PixelWindow, Tile, TileGrid
+from . import __version__ as quicksam_version
+from .normalise import Stretch, compute_stretch, sample_windows
+from .raster import RasterInfo, WindowReader, choose_bands, describe_raster, extent_to_window, raster_fingerprint
 from .tile_index import write_tile_index
-from .tiling import DEFAULT_OVERLAP, PixelWindow, Tile, TileGrid
 
 LOG = logging.getLogger("quicksam")
 _END = object()
@@ -510,7 +510,7 @@ def install_decoder(store: FeatureStore, model: object) -> None:
     """Put the ONNX decoder of these weights into the store, exporting it once per checkpoint and tile
     size into the user cache (an export takes seconds; a copy takes milliseconds). A cached export that
     does not load or fit is exported again."""
-    from ..interactive.decoding import decoder_file_problem
+    from ..core.decoder_file import decoder_file_problem
 
     cached = _cached_decoder(store)
     if not cached.is_file() or decoder_file_problem(cached, store.feature_shapes, store.image_size) is not None:

@@ -5,22 +5,19 @@ Coordinates: `extent` values are in the raster's CRS; pixel windows are in raste
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import RasterError
-from .tiling import PixelWindow, Tile
+from ..core.errors import RasterError
+from ..core.geo import fingerprint_of, map_to_pixel, pixel_to_map
+from ..core.tiling import PixelWindow, Tile
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
-_FINGERPRINT_CHUNK = 1 << 16
-_FINGERPRINT_SAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -45,30 +42,6 @@ class RasterInfo:
                        for c, r in ((0, 0), (self.width, 0), (0, self.height),
                                     (self.width, self.height))))
         return min(xs), min(ys), max(xs), max(ys)
-
-
-def pixel_to_map(geotransform: Sequence[float], col: float, row: float) -> Tuple[float, float]:
-    """Map coordinates (raster CRS) of a continuous pixel position (col, row); (0, 0) is the top-left
-    corner of the top-left pixel."""
-    a, b, c, d, e, f = geotransform
-    return a + col * b + row * c, d + col * e + row * f
-
-
-def map_to_pixel(geotransform: Sequence[float], x: float, y: float) -> Tuple[float, float]:
-    """Continuous pixel position (col, row) of a point in the raster CRS."""
-    a, b, c, d, e, f = geotransform
-    det = b * f - c * e
-    if det == 0:
-        raise RasterError("the raster's geotransform is degenerate; fix its georeferencing")
-    dx, dy = x - a, y - d
-    return (f * dx - c * dy) / det, (-e * dx + b * dy) / det
-
-
-def tile_geotransform(geotransform: Sequence[float], tile: Tile) -> Tuple[float, ...]:
-    """GDAL geotransform of a tile's own pixel grid (pixel (0, 0) = the tile's top-left)."""
-    x0, y0 = pixel_to_map(geotransform, tile.col_off, tile.row_off)
-    a, b, c, d, e, f = geotransform
-    return (x0, b, c, y0, e, f)
 
 
 def _open(path: str):
@@ -169,55 +142,9 @@ def extent_to_window(info: RasterInfo, extent: Tuple[float, float, float, float]
     return PixelWindow(col0, row0, col1 - col0, row1 - row0)
 
 
-def fingerprint_of(path: str, width: int, height: int, count: int, geotransform: Sequence[float]) -> str:
-    """A content fingerprint that changes when the pixels or the georeference change.
-
-    Hashes the structure (size, band count, geotransform), the file size and evenly spaced 64 KiB
-    samples of the bytes (not the whole file: rasters can be hundreds of GB); a new CRS or new pixels
-    rewrite some of those bytes. Copying or renaming the file keeps it. Only plain values go in, so
-    the encoder (rasterio) and QGIS's side (GDAL's own bindings) compute the same fingerprint.
-    """
-    digest = hashlib.sha256()
-    structure = (int(width), int(height), int(count), tuple(float(v) for v in geotransform))
-    digest.update(repr(structure).encode())
-    file_path = Path(path)
-    if file_path.is_file():
-        size = file_path.stat().st_size
-        digest.update(str(size).encode())
-        with open(file_path, "rb") as handle:
-            for i in range(_FINGERPRINT_SAMPLES):
-                handle.seek(max(0, (size - _FINGERPRINT_CHUNK) * i // (_FINGERPRINT_SAMPLES - 1)))
-                digest.update(handle.read(_FINGERPRINT_CHUNK))
-    return digest.hexdigest()
-
-
 def raster_fingerprint(path: str, info: RasterInfo) -> str:
     """`fingerprint_of` a raster described by rasterio (the encoder's side)."""
     return fingerprint_of(path, info.width, info.height, info.count, info.geotransform)
-
-
-def gdal_open_quietly(path: str):
-    """A GDAL dataset or None, without printing GDAL errors or changing GDAL's global exception mode
-    (QGIS and other plugins in the same process rely on it)."""
-    from osgeo import gdal
-
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        return gdal.Open(str(path))
-    except RuntimeError:
-        return None
-    finally:
-        gdal.PopErrorHandler()
-
-
-def raster_fingerprint_gdal(path: str) -> str:
-    """`fingerprint_of` a raster opened with GDAL's own Python bindings: safe inside QGIS, whose
-    process already holds GDAL (pip wheels bundling another GDAL must not be loaded there)."""
-    dataset = gdal_open_quietly(path)
-    if dataset is None:
-        raise RasterError(f"cannot open raster '{path}'; check the path and that GDAL can read the file")
-    return fingerprint_of(path, dataset.RasterXSize, dataset.RasterYSize, dataset.RasterCount,
-                          dataset.GetGeoTransform())
 
 
 class WindowReader:

@@ -18,7 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Callable, Deque, Dict, List, Optional, Tuple
 
-from .errors import Cancelled, QuickSamError
+from ..core.errors import Cancelled, QuickSamError
 
 LOGGER = logging.getLogger("quicksam.encoder.subprocess")
 

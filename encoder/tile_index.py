@@ -11,9 +11,9 @@ import warnings
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-from .raster import pixel_to_map
-from .store import TILE_INDEX, FeatureStore
-from .tiling import Tile
+from ..core.geo import pixel_to_map
+from ..core.store import TILE_INDEX, FeatureStore
+from ..core.tiling import Tile
 
 LAYER_NAME = "tiles"
 

@@ -26,13 +26,15 @@ from typing import Callable, Collection, Dict, Iterable, Iterator, List, Optiona
 
 import numpy as np
 
-from ..encoder.diskspace import DiskFull, disk_full_error, is_disk_full
-from ..encoder.errors import Cancelled, QuickSamError
-from ..encoder.locking import LockHolder, command_name, exclusive_lock, holder_text
-from ..encoder.store import STATUS_DONE, STATUS_PENDING, FeatureStore
-from ..encoder.tiling import Tile
-from .decoding import OnnxDecoder, choose_outputs, stability_scores, upsample_masks
-from .engine import MASK_MODES, SegmentEngine
+from ..core.defaults import MASK_MODES
+from ..core.diskspace import DiskFull, disk_full_error, is_disk_full
+from ..core.errors import Cancelled, QuickSamError
+from ..core.locking import LockHolder, command_name, exclusive_lock, holder_text
+from ..core.mask_decoding import choose_outputs, stability_scores, upsample_masks
+from ..core.store import STATUS_DONE, STATUS_PENDING, FeatureStore
+from ..core.tiling import Tile
+from .decoding import OnnxDecoder
+from .engine import SegmentEngine
 from .gdal_errors import with_gdal_return_codes
 from .output_formats import check_crs, check_destination, layer_names, write_layer
 from .tile_merge import BorderMerge, TileMask, assign_masks, pixel_bounds, tile_regions, trimmed

@@ -24,14 +24,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..encoder.errors import QuickSamError
-from ..encoder.raster import map_to_pixel, pixel_to_map, tile_geotransform
-from ..encoder.store import DECODER_ONNX, STATUS_DONE, STATUS_NODATA, FeatureStore
-from ..encoder.tiling import Tile
-from .decoding import DecoderSettings, OnnxDecoder, Prompts
+from ..core.defaults import MASK_MODES
+from ..core.errors import QuickSamError
+from ..core.geo import map_to_pixel, pixel_to_map, tile_geotransform
+from ..core.mask_decoding import DecoderSettings, Prompts
+from ..core.store import DECODER_ONNX, STATUS_DONE, STATUS_NODATA, FeatureStore
+from ..core.tiling import Tile
+from .decoding import OnnxDecoder
 from .vectorise import Polygons, mask_to_polygons
 
-MASK_MODES = ("single", "best", "largest", "smallest", "all")
 DEFAULT_CACHE_TILES = 6
 #: Valid-pixel masks kept in memory (1 MiB each for 1024 px tiles): more than feature tiles, because
 #: every click and hover rest looks one up.

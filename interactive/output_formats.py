@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from ..encoder.diskspace import folder_unwritable_reason
-from ..encoder.errors import QuickSamError
+from ..core.diskspace import folder_unwritable_reason
+from ..core.errors import QuickSamError
 from .gdal_errors import with_gdal_return_codes
 
 DEFAULT_LAYER = "segments"

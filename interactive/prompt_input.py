@@ -16,16 +16,16 @@ Refused objects are returned as `SkippedObject`s with a reason, never raised: a 
 and carries on. Objects are numbered 1, 2, ... in the order their first feature is read; refused ones
 keep their number, so an output id always names the same object in the log.
 
-Coordinates: `PromptRecord`s and the resulting `MapPrompts` are in the raster's CRS. The one
-QGIS-dependent part, `read_prompt_records`, transforms each feature from the prompt layer's CRS
-(importing qgis only when called); everything else is plain Python.
+Coordinates: `PromptRecord`s and the resulting `MapPrompts` are in the raster's CRS. Reading them from
+QGIS features (and the CRS transformation) is the QGIS layer's part: ui/algorithms/prompt_features.py.
+No QGIS here.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Hashable, Iterable, List, Optional, Tuple
 
 from .engine import MapPrompts
 
@@ -86,11 +86,8 @@ _SKIPPED_MESSAGE = re.compile(r"^object (\d+) \((.*?)\) skipped: (.*)$", re.DOTA
 # -- values ------------------------------------------------------------------------------------------
 
 def is_null(value: Any) -> bool:
-    """True for None and for QGIS's NULL (a null QVariant), without importing QGIS."""
-    if value is None:
-        return True
-    is_null_method = getattr(value, "isNull", None)
-    return bool(is_null_method()) if callable(is_null_method) and type(value).__name__ == "QVariant" else False
+    """True for None (the QGIS layer turns QGIS's NULL into None before values reach here)."""
+    return value is None
 
 
 def parse_label(value: Any) -> int:
@@ -169,62 +166,3 @@ def group_records(records: Iterable[PromptRecord]) -> Tuple[List[PromptObject], 
         else:
             objects.append(PromptObject(object_id, name, prompts, label))
     return objects, skipped
-
-
-# -- reading a QGIS feature source -------------------------------------------------------------------
-
-def read_prompt_records(features: Iterable[Any], transform: Any, group_field: Optional[str] = None,
-                        label_field: Optional[str] = None,
-                        is_canceled: Callable[[], bool] = lambda: False) -> List[PromptRecord]:
-    """PromptRecords, in the raster CRS, from QgsFeatures of a point or polygon layer.
-
-    `transform` is a QgsCoordinateTransform from the layer's CRS to the raster's CRS (or None when they
-    are the same). A polygon's box is the extent of its vertices after the transformation. Features
-    that cannot be used (no geometry, a line, a bad label, a failed transformation) come back with a
-    `problem`, so that their object is reported and skipped, not silently changed.
-    """
-    from qgis.core import QgsCsException, QgsWkbTypes
-
-    records = []
-    for feature in features:
-        if is_canceled():
-            break
-        fid = int(feature.id())
-        group = group_key(feature[group_field]) if group_field else None
-        try:
-            label = parse_label(feature[label_field]) if label_field else 1
-        except ValueError as exc:
-            records.append(PromptRecord(fid, group=group, problem=f"feature {fid}: {exc}"))
-            continue
-        geometry = feature.geometry()
-        if geometry is None or geometry.isNull() or geometry.isEmpty():
-            records.append(PromptRecord(fid, group=group, problem=f"feature {fid} has no geometry"))
-            continue
-        kind = geometry.type()
-        if kind not in (QgsWkbTypes.PointGeometry, QgsWkbTypes.PolygonGeometry):
-            records.append(PromptRecord(fid, group=group, problem=(
-                f"feature {fid} is a {QgsWkbTypes.geometryDisplayString(kind).lower()}; prompts are points "
-                "(one click each) or polygons (their extent is a box)")))
-            continue
-        if kind == QgsWkbTypes.PolygonGeometry and label == 0:
-            records.append(PromptRecord(fid, group=group, problem=(
-                f"feature {fid} is a polygon labelled 0 (background), but a box is always foreground; set its "
-                "label to 1 or leave it empty")))
-            continue
-        geometry = type(geometry)(geometry)  # a copy: never transform the caller's feature in place
-        if transform is not None:
-            try:
-                geometry.transform(transform)
-            except QgsCsException as exc:
-                records.append(PromptRecord(fid, group=group, problem=(
-                    f"feature {fid} cannot be transformed to the raster's CRS ({exc}); check the prompt "
-                    "layer's CRS")))
-                continue
-        if kind == QgsWkbTypes.PointGeometry:
-            points = tuple((vertex.x(), vertex.y()) for vertex in geometry.vertices())
-            records.append(PromptRecord(fid, points=points, label=label, group=group))
-        else:
-            rect = geometry.boundingBox()
-            records.append(PromptRecord(fid, box=(rect.xMinimum(), rect.yMinimum(), rect.xMaximum(),
-                                                  rect.yMaximum()), label=label, group=group))
-    return records

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from .engine import MASK_MODES, MapPrompts, PromptError, Segment, SegmentEngine
+from ..core.defaults import MASK_MODES
+from .engine import MapPrompts, PromptError, Segment, SegmentEngine
 
 FOREGROUND = 1
 BACKGROUND = 0

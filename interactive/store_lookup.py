@@ -8,8 +8,7 @@ Where a raster layer's store is looked for, in order:
   2. `<raster stem>*.qsam` folders next to the raster, then any other store folder next to it;
   3. the user's store list (settings.KNOWN_STORES: every store the dock has used).
 
-The path functions are plain Python; only `layer_raster_path`, `find_layer_store` and
-`remember_layer_store` touch QGIS.
+No QGIS here: the layer side (the layer property, the user's store list) is ui/layer_stores.py.
 """
 
 from __future__ import annotations
@@ -17,11 +16,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
-from ..encoder.errors import QuickSamError, StoreError
-from ..encoder.raster import gdal_open_quietly, raster_fingerprint_gdal
-from ..encoder.store import MANIFEST, FeatureStore
+from ..core.errors import QuickSamError, StoreError
+from ..core.store import MANIFEST, FeatureStore
+from .raster_files import gdal_open_quietly, raster_fingerprint_gdal
 
 STORE_PROPERTY = "quicksam/store"
 STORE_SUFFIX = ".qsam"
@@ -151,36 +150,3 @@ def find_store(raster_path: Union[str, Path], property_value: Optional[str] = No
         return StoreLookup(problem=f"this layer's saved store no longer fits: {property_problem}")
     return StoreLookup(problem=f"no feature store found for '{raster_path.name}': encode it (Encode…), or "
                                "choose its store folder")
-
-
-# -- QGIS --------------------------------------------------------------------------------------------
-
-def layer_raster_path(layer) -> Optional[str]:
-    """The file behind a GDAL raster layer, or None (web services, other providers, no file)."""
-    from qgis.core import QgsProviderRegistry
-
-    if layer is None or layer.providerType() != "gdal":
-        return None
-    path = QgsProviderRegistry.instance().decodeUri("gdal", layer.source()).get("path") or ""
-    return path if path and Path(path).is_file() else None
-
-
-def find_layer_store(layer, known_stores: Optional[List[str]] = None) -> StoreLookup:
-    """The store of a raster layer: its `quicksam/store` property, next to its file, or the store list."""
-    from .. import settings
-
-    raster_path = layer_raster_path(layer)
-    if raster_path is None:
-        return StoreLookup(problem="QuickSAM segments rasters stored in files (GeoTIFF and the like); this "
-                                   "layer is not one")
-    value = layer.customProperty(STORE_PROPERTY)
-    known = settings.known_stores() if known_stores is None else known_stores
-    return find_store(raster_path, str(value) if value else None, known)
-
-
-def remember_layer_store(layer, store: FeatureStore) -> None:
-    """Save the store on the layer (in the project) and in the user's store list."""
-    from .. import settings
-
-    layer.setCustomProperty(STORE_PROPERTY, str(store.root))
-    settings.remember_store(str(store.root))

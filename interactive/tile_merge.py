@@ -22,7 +22,7 @@ from typing import Collection, Dict, Iterable, Iterator, List, Optional, Protoco
 
 import numpy as np
 
-from ..encoder.tiling import Tile
+from ..core.tiling import Tile
 
 Box = Tuple[int, int, int, int]
 

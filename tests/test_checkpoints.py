@@ -19,9 +19,10 @@ from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
-from quicksam.encoder import catalogue, checkpoints
-from quicksam.encoder.catalogue import CheckpointSpec
-from quicksam.encoder.errors import Cancelled, CheckpointError
+from quicksam.core.catalogue import CheckpointSpec
+from quicksam.core.errors import Cancelled, CheckpointError
+from quicksam.core import catalogue
+from quicksam.encoder import checkpoints
 
 MIB = checkpoints.CHUNK_SIZE
 FILE_SIZE = 3 * MIB + 12_345  # not a whole number of chunks
@@ -564,8 +565,8 @@ def test_served_checkpoint_downloads_verifies_and_loads_into_the_encoder(
     import torch
     from synthetic import write_raster
 
+    from quicksam.core.store import FeatureStore
     from quicksam.encoder.models import build_model
-    from quicksam.encoder.store import FeatureStore
 
     source = build_model("sam2.1_hiera_t", seed=11, image_size=128)
     state = {name: tensor.half() for name, tensor in source.net.state_dict().items()}  # half: a smaller file

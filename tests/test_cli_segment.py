@@ -34,7 +34,7 @@ from synthetic import (
     write_raster,
 )
 
-from quicksam.encoder.store import FeatureStore
+from quicksam.core.store import FeatureStore
 from quicksam.interactive.engine import MapPrompts, SegmentEngine
 
 WIDTH, HEIGHT = 320, 300

@@ -41,15 +41,15 @@ from qgis.PyQt.QtTest import QTest
 from qgis.PyQt.QtWidgets import QAction, QShortcut
 from synthetic import CRS, encode, pixel_to_map_default, square_scene, write_raster
 
-from quicksam import settings
-from quicksam.interactive import decode_worker
-from quicksam.interactive.controller import segment_geometry
-from quicksam.interactive.dock import DOCK_OBJECT_NAME, SegmentDock
+from quicksam.ui.dock import decode_worker
 from quicksam.interactive.engine import MapPrompts, PromptError, SegmentEngine
-from quicksam.interactive.object_writer import EDIT_COMMAND, PROMPTS_FILE
-from quicksam.interactive.output import OUTPUT_FILE, output_fields
 from quicksam.interactive.session import SegmentOptions, SegmentSession
 from quicksam.interactive.store_lookup import STORE_PROPERTY, check_store_matches_layer, find_store
+from quicksam.ui import settings
+from quicksam.ui.dock.controller import segment_geometry
+from quicksam.ui.dock.dock import DOCK_OBJECT_NAME, SegmentDock
+from quicksam.ui.dock.object_writer import EDIT_COMMAND, PROMPTS_FILE
+from quicksam.ui.layers import OUTPUT_FILE, output_fields
 
 TILE = 128
 SQUARE = (110, 110, 60)
@@ -827,7 +827,7 @@ CRASH_SCRIPT = textwrap.dedent("""
 
     app = QgsApplication([], True)
     app.initQgis()
-    from quicksam.interactive.controller import SegmentController
+    from quicksam.ui.dock.controller import SegmentController
 
     raster, x, y = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
     layer = QgsRasterLayer(raster, "scene")

@@ -30,19 +30,19 @@ from qgis.core import (
     QgsRasterLayer,
 )
 
+from quicksam.core.catalogue import DEFAULT_MODEL, MODELS
+from quicksam.core.errors import Cancelled, QuickSamError
 from quicksam.encoder import subprocess_runner
-from quicksam.encoder.catalogue import DEFAULT_MODEL, MODELS
-from quicksam.encoder.encode_algorithm import (
-    DEVICES,
-    MODEL_NAMES,
-    EncoderEventReporter,
-    build_encode_args,
-)
-from quicksam.encoder.errors import Cancelled, QuickSamError
 from quicksam.encoder.subprocess_runner import (
     encoder_environment,
     parse_event_line,
     run_encoder_process,
+)
+from quicksam.ui.algorithms.encode_algorithm import (
+    DEVICES,
+    MODEL_NAMES,
+    EncoderEventReporter,
+    build_encode_args,
 )
 
 ALGORITHM_ID = "quicksam:encoderaster"

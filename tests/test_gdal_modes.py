@@ -30,7 +30,7 @@ def test_an_existing_layer_is_still_refused_with_gdal_exceptions_on(tmp_path: Pa
     dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
     dataset.CreateLayer("segments", geom_type=ogr.wkbMultiPolygon)
     dataset = None
-    from quicksam.encoder.errors import QuickSamError
+    from quicksam.core.errors import QuickSamError
 
     with gdal_exceptions_on(), pytest.raises(QuickSamError, match="already has a layer 'segments'"):
         check_destination(path, "segments", overwrite=False)

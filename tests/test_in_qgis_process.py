@@ -15,7 +15,7 @@ import pytest
 import shapely.wkb
 from osgeo import ogr
 
-from quicksam.encoder.raster import pixel_to_map
+from quicksam.core.geo import pixel_to_map
 from quicksam.interactive.engine import MapPrompts, SegmentEngine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))

@@ -18,10 +18,11 @@ torch = pytest.importorskip("torch", reason="torch is needed for the model tests
 
 from synthetic import write_raster  # noqa: E402
 
+from quicksam.core.mask_decoding import Prompts, upsample_logits  # noqa: E402
+from quicksam.core.store import FeatureStore  # noqa: E402
 from quicksam.encoder.models import build_model, select_device  # noqa: E402
 from quicksam.encoder.pipeline import EncodeRequest, encode_raster  # noqa: E402
-from quicksam.encoder.store import FeatureStore  # noqa: E402
-from quicksam.interactive.decoding import OnnxDecoder, Prompts, upsample_logits  # noqa: E402
+from quicksam.interactive.decoding import OnnxDecoder  # noqa: E402
 
 FLOAT16_LOGIT_TOL = 0.05
 ONNX_TOL = 1e-4
@@ -226,7 +227,7 @@ def test_store_records_random_weights(sam2_full):
 
 
 def test_cropped_mask_upsampling_equals_full_upsampling():
-    from quicksam.interactive.decoding import upsample_masks
+    from quicksam.core.mask_decoding import upsample_masks
 
     rng = np.random.default_rng(1)
     logits = rng.normal(-5, 1, size=(3, 64, 64)).astype(np.float32)
@@ -245,8 +246,8 @@ def test_cropped_mask_upsampling_equals_full_upsampling():
 def test_missing_onnxruntime_is_a_clear_message(monkeypatch, tmp_path):
     import builtins
 
-    from quicksam.encoder.errors import QuickSamError
-    from quicksam.interactive.decoding import DecoderSettings
+    from quicksam.core.errors import QuickSamError
+    from quicksam.core.mask_decoding import DecoderSettings
 
     real_import = builtins.__import__
 

@@ -42,8 +42,8 @@ from synthetic import (
     write_raster,
 )
 
-from quicksam.encoder.errors import StoreError
-from quicksam.encoder.store import FeatureStore
+from quicksam.core.errors import StoreError
+from quicksam.core.store import FeatureStore
 from quicksam.interactive.automatic import AutoMaskSettings, segment_everything
 from quicksam.interactive.engine import MapPrompts, PromptError, SegmentEngine
 from quicksam.interactive.session import SegmentSession
@@ -358,8 +358,8 @@ def dock(encoded, tmp_path, qgis_app, qgis_canvas, qgis_iface, qgis_new_project)
     """The Segment dock on a fresh copy of the NaN scene, its tool active on an 800 x 600 canvas."""
     from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
 
-    from quicksam import settings
-    from quicksam.interactive.dock import SegmentDock
+    from quicksam.ui import settings
+    from quicksam.ui.dock.dock import SegmentDock
 
     scene = Path(shutil.copytree(encoded("nan"), tmp_path / "scene"))
     for setting in (settings.KNOWN_STORES, settings.HOVER_PREVIEW, settings.HOVER_DELAY_MS):

@@ -32,11 +32,11 @@ from synthetic import (
     two_tile_store,
 )
 
-from quicksam.encoder.errors import QuickSamError
-from quicksam.encoder.store import FeatureStore
+from quicksam.core.defaults import MASK_MODES
+from quicksam.core.errors import QuickSamError
+from quicksam.core.store import FeatureStore
 from quicksam.interactive.automatic import AutoMaskSettings, partial_path, segment_everything
-from quicksam.interactive.engine import MASK_MODES, MapPrompts, SegmentEngine
-from quicksam.interactive.output import FIELD_SPECS
+from quicksam.interactive.engine import MapPrompts, SegmentEngine
 from quicksam.interactive.output_formats import (
     FORMATS,
     check_destination,
@@ -44,6 +44,7 @@ from quicksam.interactive.output_formats import (
     short_field_names,
     write_layer,
 )
+from quicksam.ui.layers import FIELD_SPECS
 
 #: Thresholds the random model's masks pass; 4 x 4 points per tile keep the runs fast. No box NMS and the
 #: smallest of SAM's three masks: the random model's masks are near copies, so this gives some 15 objects (some
@@ -457,9 +458,9 @@ def test_processing_segmentall_into_an_existing_geopackage_keeps_its_layers(stor
 def test_the_docks_layer_is_added_to_an_existing_geopackage_keeping_its_layers(store, tmp_path, qgis_app):
     from qgis.core import QgsCoordinateTransformContext
 
-    from quicksam.interactive.object_writer import commit_object, open_or_create_prompts_layer
-    from quicksam.interactive.output import FeatureBuilder, open_or_create_output_layer, raster_crs
     from quicksam.interactive.session import AcceptedObject
+    from quicksam.ui.dock.object_writer import commit_object, open_or_create_prompts_layer
+    from quicksam.ui.layers import FeatureBuilder, open_or_create_output_layer, raster_crs
 
     output = write_roads(tmp_path / "segments.gpkg")  # e.g. the store's segments.gpkg, where a user put roads
     crs, context = raster_crs(store), QgsCoordinateTransformContext()

@@ -19,10 +19,10 @@ from qgis.PyQt.QtCore import QCoreApplication, QEvent
 from qgis.PyQt.QtWidgets import QToolBar
 
 import quicksam
-from quicksam import settings
-from quicksam.interactive.dock import DOCK_OBJECT_NAME
 from quicksam.plugin import ENCODE_ACTION_OBJECT_NAME, ENCODE_ALGORITHM_ID, TOOLBAR_OBJECT_NAME
-from quicksam.qgis_logging import HANDLER_NAME, LOGGER_NAME, MESSAGE_LOG_TAG
+from quicksam.ui import settings
+from quicksam.ui.dock.dock import DOCK_OBJECT_NAME
+from quicksam.ui.qgis_logging import HANDLER_NAME, LOGGER_NAME, MESSAGE_LOG_TAG
 
 # -- helpers ------------------------------------------------------------------------------------------
 

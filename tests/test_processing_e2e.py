@@ -38,9 +38,9 @@ from qgis.core import (
 )
 from synthetic import CRS, ORIGIN, PIXEL_SIZE, default_transform, file_states, gradient, run_cli, write_raster
 
-from quicksam.encoder.catalogue import DEFAULT_MODEL
-from quicksam.encoder.store import FeatureStore
-from quicksam.encoder.tiling import PixelWindow, TileGrid
+from quicksam.core.catalogue import DEFAULT_MODEL
+from quicksam.core.store import FeatureStore
+from quicksam.core.tiling import PixelWindow, TileGrid
 
 ALGORITHM_ID = "quicksam:encoderaster"
 TILE_SIZE = 256

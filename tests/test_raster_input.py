@@ -23,9 +23,9 @@ from synthetic import (
     write_raster,
 )
 
+from quicksam.core.store import FeatureStore
 from quicksam.encoder.normalise import Stretch
 from quicksam.encoder.raster import WindowReader, choose_bands, describe_raster
-from quicksam.encoder.store import FeatureStore
 
 L7 = Path("/work/shared/data/L7_ETMs.tif")
 

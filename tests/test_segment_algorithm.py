@@ -42,15 +42,16 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 from synthetic import CRS, PIXEL_SIZE, box_at, encode, pixel_to_map_default, write_raster
 
-from quicksam.encoder.store import FeatureStore
-from quicksam.interactive.engine import MASK_MODES, MapPrompts, SegmentEngine
-from quicksam.interactive.output import FIELD_SPECS, qgis_field
+from quicksam.core.defaults import MASK_MODES
+from quicksam.core.store import FeatureStore
+from quicksam.interactive.engine import MapPrompts, SegmentEngine
 from quicksam.interactive.prompt_input import (
     PromptRecord,
     group_key,
     group_records,
     parse_label,
 )
+from quicksam.ui.layers import FIELD_SPECS, qgis_field
 
 ALGORITHM_ID = "quicksam:segmentprompts"
 WIDTH, HEIGHT = 320, 300

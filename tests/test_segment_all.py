@@ -27,9 +27,9 @@ import shapely.wkb
 from osgeo import ogr
 from synthetic import assert_one_line_error, encode, run_cli, square_scene, two_tile_store, write_raster
 
-from quicksam.encoder.errors import Cancelled, QuickSamError
-from quicksam.encoder.store import FeatureStore
-from quicksam.encoder.tiling import TileGrid
+from quicksam.core.errors import Cancelled, QuickSamError
+from quicksam.core.store import FeatureStore
+from quicksam.core.tiling import TileGrid
 from quicksam.interactive.automatic import AutoMaskSettings, box_nms, partial_path, point_grid, segment_everything
 from quicksam.interactive.tile_merge import BorderMerge, MemoryStaging, TileMask, assign_masks, tile_regions, trimmed
 
@@ -317,7 +317,7 @@ def kill_after_tiles(store: FeatureStore, output: Path, tiles: int) -> None:
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from quicksam.encoder.store import FeatureStore
+        from quicksam.core.store import FeatureStore
         from quicksam.interactive.automatic import AutoMaskSettings, segment_everything
         settings = AutoMaskSettings(**{json.dumps(LOOSE.to_dict())})
         def on_progress(event):

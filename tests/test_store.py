@@ -30,10 +30,10 @@ from synthetic import (
     write_raster,
 )
 
-from quicksam.encoder.errors import Cancelled, StoreError
+from quicksam.core.errors import Cancelled, StoreError
+from quicksam.core.store import FeatureStore
 from quicksam.encoder.normalise import Stretch
 from quicksam.encoder.raster import WindowReader
-from quicksam.encoder.store import FeatureStore
 
 ogr.UseExceptions()
 osr.UseExceptions()

@@ -30,9 +30,9 @@ from synthetic import (
     write_raster,
 )
 
-from quicksam.encoder.errors import StoreError
-from quicksam.encoder.store import FeatureStore
-from quicksam.interactive.decoding import DecoderSettings
+from quicksam.core.errors import StoreError
+from quicksam.core.mask_decoding import DecoderSettings
+from quicksam.core.store import FeatureStore
 
 #: A point inside tile r0000c0000 only (cols and rows 0-256 of the 420 x 400 raster), in EPSG:32633.
 POINT_IN_FIRST_TILE = pixel_to_map_default(60, 60)
@@ -216,8 +216,8 @@ def test_every_reader_refuses_a_damaged_manifest(intact: Intact, tmp_path: Path,
     from qgis.core import QgsProcessingException
 
     from quicksam.interactive.engine import SegmentEngine
-    from quicksam.interactive.segment_algorithm import open_store
     from quicksam.interactive.store_lookup import check_store_matches_layer, find_store
+    from quicksam.ui.algorithms.segment_algorithm import open_store
 
     raster = Path(shutil.copy(intact.raster, tmp_path / "scene.tif"))
     store = _copy(intact, tmp_path, "scene.qsam")
@@ -237,7 +237,7 @@ def test_every_reader_refuses_a_damaged_manifest(intact: Intact, tmp_path: Path,
 
 
 def test_decoder_settings_checked_are_the_decoders() -> None:
-    from quicksam.encoder.store import DECODER_SETTING_TYPES
+    from quicksam.core.store import DECODER_SETTING_TYPES
 
     assert {f.name for f in dataclasses.fields(DecoderSettings)} == set(DECODER_SETTING_TYPES)
 

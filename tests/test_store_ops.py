@@ -172,7 +172,7 @@ def reference(tmp_path_factory) -> Tuple[Path, Path]:
 # -- the lock ---------------------------------------------------------------------------------------------------
 
 def test_lock_names_its_holder_and_goes_with_it(tmp_path: Path) -> None:
-    from quicksam.encoder.locking import ExclusiveLock, LockBusy, LockHolder
+    from quicksam.core.locking import ExclusiveLock, LockBusy, LockHolder
 
     path = tmp_path / "x.lock"
 

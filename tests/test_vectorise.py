@@ -10,8 +10,8 @@ import pytest
 import shapely.wkb
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from quicksam.encoder.raster import tile_geotransform
-from quicksam.encoder.tiling import Tile
+from quicksam.core.geo import tile_geotransform
+from quicksam.core.tiling import Tile
 from quicksam.interactive.vectorise import mask_to_polygons
 
 NORTH_UP = (500000.0, 10.0, 0.0, 4200000.0, 0.0, -10.0)

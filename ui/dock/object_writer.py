@@ -33,9 +33,9 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from ..encoder.store import FeatureStore
-from .output import FeatureBuilder, fields_of, open_or_create_gpkg_layer
-from .session import AcceptedObject
+from ...core.store import FeatureStore
+from ...interactive.session import AcceptedObject
+from ..layers import FeatureBuilder, fields_of, open_or_create_gpkg_layer
 
 EDIT_COMMAND = "QuickSAM object"
 PROMPTS_FILE = "prompts.gpkg"

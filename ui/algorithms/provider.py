@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from ..interactive.segment_algorithm import SegmentPromptsAlgorithm
-from ..interactive.segment_all_algorithm import SegmentAllAlgorithm
+from .. import ICONS_DIR
 from .encode_algorithm import EncodeRasterAlgorithm
+from .segment_algorithm import SegmentPromptsAlgorithm
+from .segment_all_algorithm import SegmentAllAlgorithm
 
-ICON_PATH = Path(__file__).resolve().parent.parent / "icons" / "quicksam.svg"
+ICON_PATH = ICONS_DIR / "quicksam.svg"
 
 
 class QuickSamProvider(QgsProcessingProvider):

@@ -31,12 +31,18 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
-from ..encoder.algorithm_base import QuickSamAlgorithm, started_by_command_line
-from ..encoder.errors import Cancelled, QuickSamError
-from .automatic import COMMAND_LINE_OVERWRITE, OUTPUT_LAYER, AutoMaskSettings, SegmentAllProgress, segment_everything
-from .engine import MASK_MODES
-from .output import raster_crs
-from .output_formats import FORMATS
+from ...core.defaults import MASK_MODES
+from ...core.errors import Cancelled, QuickSamError
+from ...interactive.automatic import (
+    COMMAND_LINE_OVERWRITE,
+    OUTPUT_LAYER,
+    AutoMaskSettings,
+    SegmentAllProgress,
+    segment_everything,
+)
+from ...interactive.output_formats import FORMATS
+from ..layers import raster_crs
+from .algorithm_base import QuickSamAlgorithm, started_by_command_line
 from .segment_algorithm import open_store
 
 DEFAULTS = AutoMaskSettings()

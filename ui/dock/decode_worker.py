@@ -20,9 +20,9 @@ from typing import Dict, Optional, Tuple
 
 from qgis.PyQt.QtCore import QCoreApplication, QElapsedTimer, QEventLoop, QObject, QRunnable, QThreadPool, pyqtSignal
 
-from ..encoder.errors import QuickSamError
-from .engine import MapPrompts, Segment, SegmentEngine
-from .session import SegmentOptions, segment_prompts
+from ...core.errors import QuickSamError
+from ...interactive.engine import MapPrompts, Segment, SegmentEngine
+from ...interactive.session import SegmentOptions, segment_prompts
 
 LOGGER = logging.getLogger("quicksam.interactive")
 

@@ -15,9 +15,10 @@ from typing import Generic, List, Optional, Type, TypeVar
 
 from qgis.core import QgsSettings
 
+from . import PLUGIN_DIR
+
 PREFIX = "quicksam/"
 #: The plugin folder (the repository root; installed as the package `quicksam`).
-PLUGIN_DIR = Path(__file__).resolve().parent
 #: Environment variable naming the encoder's Python when the setting is empty.
 PYTHON_ENV_VAR = "QUICKSAM_PYTHON"
 

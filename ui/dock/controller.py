@@ -32,11 +32,15 @@ from qgis.core import (
 from qgis.gui import QgsMapCanvas
 from qgis.PyQt.QtCore import QCoreApplication, QElapsedTimer, QEventLoop, QObject, QTimer, pyqtSignal
 
+from ...core.errors import QuickSamError
+from ...core.store import TILE_INDEX, FeatureStore
+from ...interactive.engine import MapPrompts, PromptError, Segment, SegmentEngine
+from ...interactive.session import AcceptedObject, SegmentOptions, SegmentSession
+from ...interactive.store_lookup import FOUND_CHOSEN, StoreLookup, check_store_matches_layer
 from .. import settings
-from ..encoder.errors import QuickSamError
-from ..encoder.store import TILE_INDEX, FeatureStore
+from ..layer_stores import find_layer_store, layer_raster_path, remember_layer_store
+from ..layers import FeatureBuilder, open_or_create_output_layer, raster_crs, store_output_path
 from .decode_worker import OBJECT, PREVIEW, DecodeOutcome, DecodeWorker
-from .engine import MapPrompts, PromptError, Segment, SegmentEngine
 from .map_tool import SegmentMapTool
 from .object_writer import (
     CommitResult,
@@ -46,16 +50,6 @@ from .object_writer import (
     open_or_create_prompts_layer,
     prompt_features,
     set_object_colours,
-)
-from .output import FeatureBuilder, open_or_create_output_layer, raster_crs, store_output_path
-from .session import AcceptedObject, SegmentOptions, SegmentSession
-from .store_lookup import (
-    FOUND_CHOSEN,
-    StoreLookup,
-    check_store_matches_layer,
-    find_layer_store,
-    layer_raster_path,
-    remember_layer_store,
 )
 
 LOGGER = logging.getLogger("quicksam.interactive")

@@ -33,11 +33,11 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
+from ...core.catalogue import DEFAULT_MODEL, MODELS
+from ...core.errors import Cancelled, QuickSamError
+from ...encoder.subprocess_runner import DEFAULT_MODULE, encoder_command, run_encoder_process
 from ..settings import encoder_python
 from .algorithm_base import QuickSamAlgorithm
-from .catalogue import DEFAULT_MODEL, MODELS
-from .errors import Cancelled, QuickSamError
-from .subprocess_runner import DEFAULT_MODULE, encoder_command, run_encoder_process
 
 MODEL_NAMES: List[str] = list(MODELS)
 DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda", "mps")

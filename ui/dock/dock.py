@@ -24,15 +24,15 @@ from qgis.PyQt import uic
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtWidgets import QFileDialog, QWidget
 
-from .. import settings
-from ..encoder.store import STATUS_DONE
+from ...core.defaults import MASK_MODES
+from ...core.store import STATUS_DONE
+from ...interactive.session import SegmentOptions
+from ...interactive.store_lookup import FOUND_BY_PROPERTY, FOUND_CHOSEN, FOUND_IN_STORE_LIST, FOUND_NEXT_TO_RASTER
+from .. import FORMS_DIR, settings
+from ..layers import OUTPUT_FILE, raster_crs
 from .controller import SegmentController
-from .engine import MASK_MODES
-from .output import OUTPUT_FILE, raster_crs
-from .session import SegmentOptions
-from .store_lookup import FOUND_BY_PROPERTY, FOUND_CHOSEN, FOUND_IN_STORE_LIST, FOUND_NEXT_TO_RASTER
 
-UI_PATH = Path(__file__).resolve().parent.parent / "ui" / "segment_dock.ui"
+UI_PATH = FORMS_DIR / "segment_dock.ui"
 FORM_CLASS, _ = uic.loadUiType(str(UI_PATH))
 DOCK_OBJECT_NAME = "QuickSamSegmentDock"
 

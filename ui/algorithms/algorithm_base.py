@@ -3,8 +3,6 @@ parameter with its help text, and whether the `quicksam` command started it (to 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from qgis.core import (
     QgsExpressionContextScope,
     QgsProcessingAlgorithm,
@@ -14,7 +12,9 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-ICONS = Path(__file__).resolve().parent.parent / "icons"
+from .. import ICONS_DIR
+
+ICONS = ICONS_DIR
 GROUP_NAMES = {"encoding": "Encoding", "segmentation": "Segmentation"}
 #: Expression-context variable set by the `quicksam` command on the algorithm runs it starts: messages then
 #: name the command's options ("pass --overwrite") instead of the algorithm's parameters.

@@ -35,12 +35,14 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
-from ..encoder.algorithm_base import QuickSamAlgorithm, started_by_command_line
-from ..encoder.errors import QuickSamError
-from ..encoder.store import DECODER_ONNX, FeatureStore
-from .engine import MASK_MODES, PromptError, SegmentEngine
-from .output import FeatureBuilder, output_fields, raster_crs, sink_keeping_other_layers
-from .prompt_input import PromptObject, SkippedObject, group_records, read_prompt_records
+from ...core.defaults import MASK_MODES
+from ...core.errors import QuickSamError
+from ...core.store import DECODER_ONNX, FeatureStore
+from ...interactive.engine import PromptError, SegmentEngine
+from ...interactive.prompt_input import PromptObject, SkippedObject, group_records
+from ..layers import FeatureBuilder, output_fields, raster_crs, sink_keeping_other_layers
+from .algorithm_base import QuickSamAlgorithm, started_by_command_line
+from .prompt_features import read_prompt_records
 
 
 def _tr(message: str) -> str:

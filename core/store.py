@@ -164,7 +164,7 @@ MAX_RASTER_SIZE = 2**31 - 1
 MAX_FEATURE_EDGE = 8192
 FEATURE_DTYPES = ("float16", "float32")
 MODEL_FAMILIES = ("sam2", "sam1")
-#: The fields of `decoder.settings` and their types (interactive.decoding.DecoderSettings).
+#: The fields of `decoder.settings` and their types (core.mask_decoding.DecoderSettings).
 DECODER_SETTING_TYPES: Mapping[str, type] = {"dynamic_multimask_via_stability": bool, "stability_delta": float,
                                              "stability_thresh": float, "mask_threshold": float}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -752,7 +752,7 @@ class FeatureStore:
     def decoder_problem(self) -> Optional[str]:
         """None when decoder.onnx loads in ONNX Runtime and its inputs fit this store's tiles, else what is
         wrong ("is missing", ...). QuickSamError when ONNX Runtime is not installed."""
-        from ..interactive.decoding import decoder_file_problem
+        from .decoder_file import decoder_file_problem
 
         return decoder_file_problem(self.root / DECODER_ONNX, self.feature_shapes, self.image_size)
 

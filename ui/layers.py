@@ -33,10 +33,10 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication, QMetaType, QVariant
 
-from ..encoder.errors import QuickSamError
-from ..encoder.store import FeatureStore
-from .engine import MapPrompts, Segment
-from .output_formats import format_for, layer_names
+from ..core.errors import QuickSamError
+from ..core.store import FeatureStore
+from ..interactive.engine import MapPrompts, Segment
+from ..interactive.output_formats import format_for, layer_names
 
 OUTPUT_FILE = "segments.gpkg"
 OUTPUT_LAYER = "segments"

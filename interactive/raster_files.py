@@ -1,0 +1,32 @@
+"""Rasters opened with GDAL's own Python bindings (`osgeo`), as QGIS's process needs: pip wheels that bundle
+another GDAL (rasterio) must not be loaded there. No QGIS.
+"""
+
+from __future__ import annotations
+
+from ..core.errors import RasterError
+from ..core.geo import fingerprint_of
+
+
+def gdal_open_quietly(path: str):
+    """A GDAL dataset or None, without printing GDAL errors or changing GDAL's global exception mode
+    (QGIS and other plugins in the same process rely on it)."""
+    from osgeo import gdal
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        return gdal.Open(str(path))
+    except RuntimeError:
+        return None
+    finally:
+        gdal.PopErrorHandler()
+
+
+def raster_fingerprint_gdal(path: str) -> str:
+    """`fingerprint_of` a raster opened with GDAL's own Python bindings: safe inside QGIS, whose
+    process already holds GDAL (pip wheels bundling another GDAL must not be loaded there)."""
+    dataset = gdal_open_quietly(path)
+    if dataset is None:
+        raise RasterError(f"cannot open raster '{path}'; check the path and that GDAL can read the file")
+    return fingerprint_of(path, dataset.RasterXSize, dataset.RasterYSize, dataset.RasterCount,
+                          dataset.GetGeoTransform())
