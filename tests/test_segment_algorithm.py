@@ -51,6 +51,7 @@ from quicksam.interactive.prompt_input import (
     group_records,
     parse_label,
 )
+from quicksam.ui.algorithms.prompt_features import plain_value
 from quicksam.ui.layers import FIELD_SPECS, qgis_field
 
 ALGORITHM_ID = "quicksam:segmentprompts"
@@ -588,7 +589,8 @@ def test_group_records_rules():
     (None, 1), (1, 1), (0, 0), (1.0, 1), (True, 1), (False, 0), ("1", 1), (" 0 ", 0), ("", 1), (QVariant(), 1),
 ])
 def test_parse_label_accepts(value, expected):
-    assert parse_label(value) == expected
+    """Values as the QGIS layer hands them on: QGIS's NULL (a null QVariant) becomes None first."""
+    assert parse_label(plain_value(value)) == expected
 
 
 @pytest.mark.parametrize("value", [2, -1, 0.5, "yes", "fg"])
@@ -598,5 +600,12 @@ def test_parse_label_refuses(value):
 
 
 def test_group_key_normalises_empty_values():
-    assert group_key(None) is None and group_key("  ") is None and group_key(QVariant()) is None
+    assert group_key(None) is None and group_key("  ") is None and group_key(plain_value(QVariant())) is None
     assert group_key(3) == 3 and group_key("x") == "x"
+
+
+def test_plain_value_turns_qgis_null_into_none():
+    """The QGIS layer's conversion: NULL (null QVariant) -> None; a set QVariant -> its value; others as-is."""
+    assert plain_value(QVariant()) is None
+    assert plain_value(QVariant(5)) == 5
+    assert plain_value("x") == "x" and plain_value(0) == 0
