@@ -9,7 +9,7 @@ APT_PACKAGES := python3-qgis qgis-providers qgis xvfb xauth imagemagick python3-
 DEMO_DIR ?= $(HOME)/quicksam-demo
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: all install demo test test-other-release lint bench screenshot clean-venv
+.PHONY: all install demo test test-other-release lint bench screenshot clean-venv package
 
 all: test
 
@@ -69,3 +69,16 @@ clean-venv:
 
 screenshot: install
 	bash docs/screenshot/make_screenshot.sh
+
+# --- the plugin zip for QGIS's plugin manager (Install from ZIP) and the plugin repository --------------
+# `git archive` of HEAD with one top folder quicksam/: tracked files only, less the development paths
+# marked export-ignore in .gitattributes. The version is metadata.txt's. Installs nothing.
+DIST ?= dist
+PLUGIN_VERSION = $(shell git show HEAD:metadata.txt | sed -n 's/^version=//p')
+
+package:
+	@[ -n "$(PLUGIN_VERSION)" ] || { echo "package: no version= in metadata.txt at HEAD" >&2; exit 1; }
+	@git diff --quiet HEAD || echo "package: uncommitted changes are not in the zip (it is built from HEAD)" >&2
+	@mkdir -p $(DIST)
+	git archive --format=zip --prefix=quicksam/ --output=$(DIST)/quicksam-$(PLUGIN_VERSION).zip HEAD
+	@echo "$(DIST)/quicksam-$(PLUGIN_VERSION).zip: $$(du -k $(DIST)/quicksam-$(PLUGIN_VERSION).zip | cut -f1) KiB"
