@@ -4,10 +4,11 @@ Run as a script in its own process (tests/test_package.py does):
 
     python tests/install_zip_in_qgis.py PLUGIN.zip PROFILES_ROOT
 
-It starts a QGIS application on the profile PROFILES_ROOT/profiles/default (QGIS_CUSTOM_CONFIG_PATH,
-what `qgis --profiles-path` sets: QGIS 3.40 takes the profile from it, not from QgsApplication's
-profileFolder argument; settings as QGIS's own `main` sets them up for a profile), points QGIS's Python plugin paths at PROFILE_FOLDER/python/plugins as QGIS's
-Python start-up does, then calls QGIS's own installer, `pyplugin_installer`'s
+It starts a QGIS application on the profile PROFILES_ROOT/profiles/default: QGIS_CUSTOM_CONFIG_PATH
+names the profiles folder (the variable behind `qgis --profiles-path`; QGIS 3.40 ignores
+QgsApplication's profileFolder argument), and the settings go where QGIS's own `main` puts a
+profile's. It points QGIS's Python plugin paths at the profile's python/plugins as QGIS's Python
+start-up does, then calls QGIS's own installer, `pyplugin_installer`'s
 `QgsPluginInstaller.installFromZipFile`: it unzips into the profile, loads and starts (enables) the
 plugin. The interface is pytest-qgis's stand-in `QgisInterface` (a real map canvas and main window;
 the plugin manager's own widget is a mock that records the installer's message).

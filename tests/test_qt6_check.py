@@ -12,7 +12,6 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
 
 import pytest
 
@@ -87,7 +86,7 @@ MUST_PASS = [
 ]
 
 
-def findings_for(line: str) -> List["qt6_check.Finding"]:
+def findings_for(line: str) -> list:
     source = IMPORTS + line + "\n"
     return [f for f in qt6_check.check_source(source, "case.py") if f.line > IMPORTS.count("\n")]
 
