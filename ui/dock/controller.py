@@ -38,6 +38,7 @@ from ...interactive.engine import MapPrompts, PromptError, Segment, SegmentEngin
 from ...interactive.session import AcceptedObject, SegmentOptions, SegmentSession
 from ...interactive.store_lookup import FOUND_CHOSEN, StoreLookup, check_store_matches_layer
 from .. import settings
+from ..i18n import tr
 from ..layer_stores import find_layer_store, layer_raster_path, remember_layer_store
 from ..layers import FeatureBuilder, open_or_create_output_layer, raster_crs, store_output_path
 from .decode_worker import OBJECT, PREVIEW, DecodeOutcome, DecodeWorker
@@ -56,10 +57,6 @@ LOGGER = logging.getLogger("quicksam.interactive")
 ENCODE_ALGORITHM_ID = "quicksam:encoderaster"
 TILE_INDEX_LAYER_NAME = "QuickSAM tiles"
 _RESULT_MEMO = 32
-
-
-def _tr(message: str) -> str:
-    return QCoreApplication.translate("QuickSAM", message)
 
 
 def segment_geometry(segment: Segment) -> QgsGeometry:
@@ -134,7 +131,7 @@ class SegmentController(QObject):
     def choose_store(self, path: str) -> bool:
         """Use the store folder at `path` for the current raster layer; a plain problem otherwise."""
         if self.raster_layer is None:
-            self._apply_lookup(StoreLookup(problem=_tr("choose a raster layer in the Layers panel first")))
+            self._apply_lookup(StoreLookup(problem=tr("choose a raster layer in the Layers panel first")))
             return False
         raster_path = layer_raster_path(self.raster_layer)
         if raster_path is None:
@@ -168,7 +165,7 @@ class SegmentController(QObject):
                 self.problem = str(exc)
             except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors on a damaged decoder.onnx
                 LOGGER.exception("cannot load the decoder of %s", lookup.store.root)
-                self.problem = _tr("cannot load this store's decoder ({}); encode the raster again into a new "
+                self.problem = tr("cannot load this store's decoder ({}); encode the raster again into a new "
                                    "folder").format(exc)
             else:
                 self.store = lookup.store
@@ -180,7 +177,7 @@ class SegmentController(QObject):
         if self.problem:
             self._say("", Qgis.Info)  # the store line shows the problem (and offers to encode)
         elif self.store is not None:
-            self._say(_tr("ready: click on an object"), Qgis.Info)
+            self._say(tr("ready: click on an object"), Qgis.Info)
 
     def encode_raster(self) -> None:
         """Open the encoder's Processing dialog for the current raster layer; once it is closed, use the
@@ -201,11 +198,11 @@ class SegmentController(QObject):
     def show_tile_index(self) -> Optional[QgsVectorLayer]:
         """Add the store's tile index to the project (once) and return it."""
         if self.store is None or not (self.store.root / TILE_INDEX).is_file():
-            self._say(_tr("this store has no tile index"), Qgis.Warning)
+            self._say(tr("this store has no tile index"), Qgis.Warning)
             return None
         layer = QgsVectorLayer(f"{self.store.root / TILE_INDEX}|layername=tiles", TILE_INDEX_LAYER_NAME, "ogr")
         if not layer.isValid():
-            self._say(_tr("cannot open the tile index of this store"), Qgis.Warning)
+            self._say(tr("cannot open the tile index of this store"), Qgis.Warning)
             return None
         return add_to_project_once(self.project, layer)
 
@@ -254,7 +251,7 @@ class SegmentController(QObject):
 
     def _change_prompts(self, change) -> bool:
         if self.session is None:
-            self._say(self.problem or _tr("choose a feature store first"), Qgis.Warning)
+            self._say(self.problem or tr("choose a feature store first"), Qgis.Warning)
             return False
         try:
             change(self.session)
@@ -262,7 +259,7 @@ class SegmentController(QObject):
             self._say(str(exc), Qgis.Warning)
             return False
         except QgsCsException:
-            self._say(_tr("this position cannot be transformed to the raster's CRS"), Qgis.Warning)
+            self._say(tr("this position cannot be transformed to the raster's CRS"), Qgis.Warning)
             return False
         self._drop_preview()
         self._decode_object()
@@ -271,7 +268,7 @@ class SegmentController(QObject):
     def undo(self) -> bool:
         """Take back the last prompt of the current object."""
         if self.session is None or not self.session.undo():
-            self._say(_tr("no prompt to undo"), Qgis.Info)
+            self._say(tr("no prompt to undo"), Qgis.Info)
             return False
         self._accept_pending = False
         self._drop_preview()
@@ -279,7 +276,7 @@ class SegmentController(QObject):
             self.worker.cancel(OBJECT)
             self._object_pending = False
             self._redraw()
-            self._say(_tr("ready: click on an object"), Qgis.Info)
+            self._say(tr("ready: click on an object"), Qgis.Info)
         else:
             self._decode_object()
         return True
@@ -294,19 +291,19 @@ class SegmentController(QObject):
             self.session.clear()
         self._redraw()
         if self.session is not None:
-            self._say(_tr("cleared: click on an object"), Qgis.Info)
+            self._say(tr("cleared: click on an object"), Qgis.Info)
 
     def accept(self) -> Optional[CommitResult]:
         """Commit the current object to the output layer and start the next one. If it is still being
         decoded, it is committed as soon as its result arrives (returns None then)."""
         if self.session is None:
-            self._say(self.problem or _tr("choose a feature store first"), Qgis.Warning)
+            self._say(self.problem or tr("choose a feature store first"), Qgis.Warning)
             return None
         if not self.session.prompts.is_empty() and not self.session.has_result():
             self._accept_pending = True
             if not self._object_pending:
                 self._decode_object()  # the last decode failed: try again
-            self._say(_tr("accepting as soon as the object is decoded…"), Qgis.Info)
+            self._say(tr("accepting as soon as the object is decoded…"), Qgis.Info)
             return None
         try:
             accepted = self.session.current_object()
@@ -316,7 +313,7 @@ class SegmentController(QObject):
         try:
             result = self._commit(accepted)
         except (OSError, QuickSamError) as exc:
-            self._say(_tr("the object was not saved: {}").format(exc), Qgis.Critical)
+            self._say(tr("the object was not saved: {}").format(exc), Qgis.Critical)
             return None
         self.session.clear()
         self._drop_preview()
@@ -326,12 +323,12 @@ class SegmentController(QObject):
             try:
                 self._keep_prompts(accepted, result)
             except (OSError, QuickSamError) as exc:
-                prompts_problem = _tr(" (its prompts were not kept: {})").format(exc)
+                prompts_problem = tr(" (its prompts were not kept: {})").format(exc)
         ids = ", ".join(str(i) for i in result.object_ids)
-        what = _tr("object {}").format(ids) if ids else _tr("the object")
-        where = (_tr("saved to '{}'") if result.saved else
-                 _tr("added to '{}' (being edited: save the layer's edits to write it)")).format(result.layer_name)
-        self._say(_tr("{} {}{}; click on the next one").format(what, where, prompts_problem),
+        what = tr("object {}").format(ids) if ids else tr("the object")
+        where = (tr("saved to '{}'") if result.saved else
+                 tr("added to '{}' (being edited: save the layer's edits to write it)")).format(result.layer_name)
+        self._say(tr("{} {}{}; click on the next one").format(what, where, prompts_problem),
                   Qgis.Warning if prompts_problem else Qgis.Success if result.saved else Qgis.Info)
         self.objectCommitted.emit(result)
         return result
@@ -449,10 +446,10 @@ class SegmentController(QObject):
             return
         self._redraw()
         if not segments:
-            self._say(_tr("empty mask: move the points, or lower the minimum area"), Qgis.Warning)
+            self._say(tr("empty mask: move the points, or lower the minimum area"), Qgis.Warning)
         else:
             scores = ", ".join(f"{segment.score:.2f}" for segment in segments)
-            self._say(_tr("score {}; Enter or Accept to keep it").format(scores), Qgis.Info)
+            self._say(tr("score {}; Enter or Accept to keep it").format(scores), Qgis.Info)
         if self._accept_pending:
             self._accept_pending = False
             self.accept()
@@ -523,7 +520,7 @@ class SegmentController(QObject):
     def _on_layer_removed(self, layer_id: str) -> None:
         if self.raster_layer is not None and layer_id == self.raster_layer.id():
             self.raster_layer = None
-            self._apply_lookup(StoreLookup(problem=_tr("the raster layer was removed; choose another")))
+            self._apply_lookup(StoreLookup(problem=tr("the raster layer was removed; choose another")))
         if self.output_choice is not None and layer_id == self.output_choice.id():
             self.output_choice = None
 

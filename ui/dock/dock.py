@@ -21,7 +21,6 @@ from qgis.core import (
 )
 from qgis.gui import QgsDockWidget
 from qgis.PyQt import uic
-from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtWidgets import QFileDialog, QWidget
 
 from ...core.defaults import MASK_MODES
@@ -29,6 +28,7 @@ from ...core.store import STATUS_DONE
 from ...interactive.session import SegmentOptions
 from ...interactive.store_lookup import FOUND_BY_PROPERTY, FOUND_CHOSEN, FOUND_IN_STORE_LIST, FOUND_NEXT_TO_RASTER
 from .. import FORMS_DIR, settings
+from ..i18n import tr
 from ..layers import OUTPUT_FILE, raster_crs
 from .controller import SegmentController
 
@@ -39,18 +39,14 @@ DOCK_OBJECT_NAME = "QuickSamSegmentDock"
 _LEVEL_COLOURS = {Qgis.Info: "", Qgis.Success: "#1a7f37", Qgis.Warning: "#b35900", Qgis.Critical: "#c62828"}
 
 
-def _tr(message: str) -> str:
-    return QCoreApplication.translate("QuickSAM", message)
-
-
 def mask_mode_labels() -> dict:
-    return {"single": _tr("Single mask"), "best": _tr("Best score of 3"), "largest": _tr("Largest of 3"),
-            "smallest": _tr("Smallest of 3"), "all": _tr("All 3 candidates")}
+    return {"single": tr("Single mask"), "best": tr("Best score of 3"), "largest": tr("Largest of 3"),
+            "smallest": tr("Smallest of 3"), "all": tr("All 3 candidates")}
 
 
 def found_by_text(found_by: str) -> str:
-    return {FOUND_BY_PROPERTY: _tr("saved with the layer"), FOUND_NEXT_TO_RASTER: _tr("found next to the raster"),
-            FOUND_IN_STORE_LIST: _tr("from your store list"), FOUND_CHOSEN: _tr("chosen")}.get(found_by, found_by)
+    return {FOUND_BY_PROPERTY: tr("saved with the layer"), FOUND_NEXT_TO_RASTER: tr("found next to the raster"),
+            FOUND_IN_STORE_LIST: tr("from your store list"), FOUND_CHOSEN: tr("chosen")}.get(found_by, found_by)
 
 
 class SegmentDock(QgsDockWidget, FORM_CLASS):
@@ -80,7 +76,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         for mode in MASK_MODES:
             self.maskModeCombo.addItem(labels[mode], mode)
         self.outputLayerCombo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
-        self.outputLayerCombo.setAllowEmptyLayer(True, _tr("Store's {}").format(OUTPUT_FILE))
+        self.outputLayerCombo.setAllowEmptyLayer(True, tr("Store's {}").format(OUTPUT_FILE))
         self.outputLayerCombo.setLayer(None)
         self.encodeButton.setVisible(False)
 
@@ -163,7 +159,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
     # -- store --------------------------------------------------------------------------------------
     def _browse_store(self) -> None:
         start = self.storeEdit.text() or str(Path.home())
-        folder = QFileDialog.getExistingDirectory(self, _tr("Feature store folder"), start)
+        folder = QFileDialog.getExistingDirectory(self, tr("Feature store folder"), start)
         if folder:
             self.storeEdit.setText(folder)
             self.controller.choose_store(folder)
@@ -182,12 +178,12 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         if store is not None:
             self.storeEdit.setText(str(store.root))
             done = sum(1 for tile in store.grid if store.status(tile) == STATUS_DONE)
-            lines = [_tr("{model} · {done} of {tiles} tiles encoded · {crs}").format(
+            lines = [tr("{model} · {done} of {tiles} tiles encoded · {crs}").format(
                 model=store.model_name, done=done, tiles=len(store.grid),
                 crs=store.manifest["raster"].get("crs_name") or ""), found_by_text(controller.found_by)]
             lines = [html.escape(line, quote=False) for line in lines]
             if store.manifest["model"].get("random_weights"):
-                warning = _tr("Random weights (a test model): the masks mean nothing.")
+                warning = tr("Random weights (a test model): the masks mean nothing.")
                 lines.append(f'<span style="color:#c62828"><b>{html.escape(warning, quote=False)}</b></span>')
             self.storeInfoLabel.setText("<br>".join(lines))
             units = QgsUnitTypes.toAbbreviatedString(raster_crs(store).mapUnits())
@@ -196,9 +192,9 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
             if not self.storeEdit.isModified():
                 self.storeEdit.clear()  # no stale path of another raster's store; what the user typed stays
             if controller.raster_layer is None:
-                text = _tr("Select a raster layer in the Layers panel.")
+                text = tr("Select a raster layer in the Layers panel.")
             else:
-                text = controller.problem or _tr("no feature store")
+                text = controller.problem or tr("no feature store")
             self.storeInfoLabel.setText(f'<span style="color:#b35900">{html.escape(text, quote=False)}</span>')
         self.encodeButton.setVisible(store is None and controller.raster_layer is not None)
         self.showTilesButton.setEnabled(store is not None)
