@@ -91,8 +91,8 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self.hoverCheck.setChecked(settings.HOVER_PREVIEW.value())
         self.controller.set_options(self.options())
         self.controller.set_hover_enabled(self.hoverCheck.isChecked())
-        self.controller.keep_prompts = self.keepPromptsCheck.isChecked()
-        self.controller.random_colours = self.randomColoursCheck.isChecked()
+        self.controller.output.keep_prompts = self.keepPromptsCheck.isChecked()
+        self.controller.output.random_colours = self.randomColoursCheck.isChecked()
 
     def _connect(self, signal, slot) -> None:
         signal.connect(slot)
@@ -252,15 +252,15 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self.controller.set_hover_enabled(checked)
 
     def _label_changed(self, text: str) -> None:
-        self.controller.label = text.strip()
+        self.controller.output.label = text.strip()
 
     def _keep_prompts_toggled(self, checked: bool) -> None:
         settings.KEEP_PROMPTS.set_value(checked)
-        self.controller.keep_prompts = checked
+        self.controller.output.keep_prompts = checked
 
     def _random_colours_toggled(self, checked: bool) -> None:
         settings.RANDOM_COLOURS.set_value(checked)
-        self.controller.set_random_colours(checked)
+        self.controller.output.set_random_colours(checked)
 
     def _output_changed(self, layer) -> None:
-        self.controller.set_output_layer(layer if isinstance(layer, QgsVectorLayer) else None)
+        self.controller.output.choose(layer if isinstance(layer, QgsVectorLayer) else None)
