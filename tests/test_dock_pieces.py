@@ -377,8 +377,9 @@ def test_output_keeps_prompts_with_the_object_id_and_colours_per_object(output, 
     output.label = "tree"
     prompts = MapPrompts().with_point(*square_centre(), 1).with_point(square_centre()[0] + 500, square_centre()[1], 0)
     accepted = AcceptedObject(prompts, tuple(engine.segment(prompts)))
-    result = output.commit(accepted)
-    output.write_prompts(accepted, result)
+    output.keep_prompts = True
+    result, problem = output.write(accepted)
+    assert problem is None and result.object_ids == [1]
     rows = ogr_rows(scene / "scene.qsam" / PROMPTS_FILE, "prompts")
     assert sorted(row[0]["prompt"] for row in rows) == ["background", "foreground"]
     assert {(row[0]["object_id"], row[0]["label"], row[0]["output"]) for row in rows} == {
@@ -391,6 +392,15 @@ def test_output_keeps_prompts_with_the_object_id_and_colours_per_object(output, 
     assert colour_active()
     output.set_random_colours(False)
     assert not colour_active()
+
+
+def test_output_saves_the_object_even_when_its_prompts_cannot_be_kept(output, engine, scene):
+    (scene / "scene.qsam" / PROMPTS_FILE).write_text("the user's own notes")  # not a GeoPackage: kept as is
+    output.keep_prompts = True
+    result, problem = output.write(accepted_square(engine))
+    assert result.saved and len(ogr_rows(scene / "scene.qsam" / OUTPUT_FILE, "segments")) == 1
+    assert "is not a GeoPackage" in problem and "\n" not in problem
+    assert (scene / "scene.qsam" / PROMPTS_FILE).read_text() == "the user's own notes"
 
 
 def test_output_without_a_store_says_so(project):

@@ -262,19 +262,13 @@ class SegmentController(QObject):
             self._say(str(exc), Qgis.Warning)
             return None
         try:
-            result = self.output.commit(accepted)
+            result, prompts_problem = self.output.write(accepted)
         except (OSError, QuickSamError) as exc:
             self._say(tr("the object was not saved: {}").format(exc), Qgis.Critical)
             return None
         self.session.clear()
         self._drop_preview()
         self._redraw()
-        prompts_problem = None
-        if self.output.keep_prompts:
-            try:
-                self.output.write_prompts(accepted, result)
-            except (OSError, QuickSamError) as exc:
-                prompts_problem = str(exc)
         self._say(*accepted_message(result, prompts_problem))
         self.objectCommitted.emit(result)
         return result

@@ -97,6 +97,18 @@ class ObjectOutput:
         builder = FeatureBuilder(self._store, layer.crs(), self.project.transformContext())
         return commit_object(layer, accepted, builder, self.label)
 
+    def write(self, accepted: AcceptedObject) -> Tuple[CommitResult, Optional[str]]:
+        """Commit `accepted`, then write its prompts if `keep_prompts`; returns where it went and, if its
+        prompts could not be written, why (the object is written anyway). Commit errors as `commit`'s."""
+        result = self.commit(accepted)
+        if not self.keep_prompts:
+            return result, None
+        try:
+            self.write_prompts(accepted, result)
+        except (OSError, QuickSamError) as exc:
+            return result, str(exc)
+        return result, None
+
     def write_prompts(self, accepted: AcceptedObject, result: CommitResult) -> None:
         """Write `accepted`'s prompts (raster CRS) to the store's prompts layer with the object's id, label and
         output layer name; OSError or QuickSamError when they cannot be written."""
