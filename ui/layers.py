@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 from qgis.core import (
     Qgis,
@@ -61,7 +61,7 @@ def qgis_field(name: str, kind: str) -> QgsField:
     return QgsField(name, types[kind])
 
 
-def fields_of(specs) -> QgsFields:
+def fields_of(specs: Iterable[Tuple[str, str]]) -> QgsFields:
     """QgsFields from (name, kind) pairs; see `qgis_field`."""
     fields = QgsFields()
     for name, kind in specs:
@@ -92,7 +92,7 @@ class FeatureBuilder:
     """Turns engine segments into features of the output schema, in a target CRS."""
 
     def __init__(self, store: FeatureStore, target_crs: QgsCoordinateReferenceSystem,
-                 context: QgsCoordinateTransformContext):
+                 context: QgsCoordinateTransformContext) -> None:
         self.store = store
         self.source_crs = raster_crs(store)
         self.target_crs = target_crs

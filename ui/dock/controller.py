@@ -60,7 +60,7 @@ class SegmentController(QObject):
     objectCommitted = pyqtSignal(object)  # noqa: N815 (Qt naming); CommitResult
 
     def __init__(self, canvas: QgsMapCanvas, project: Optional[QgsProject] = None,
-                 parent: Optional[QObject] = None):
+                 parent: Optional[QObject] = None) -> None:
         super().__init__(parent)
         self.canvas = canvas
         self.project = project or QgsProject.instance()

@@ -28,7 +28,7 @@ Segments = Tuple[Segment, ...]
 class ResultMemo:
     """The most recently used decode results, by (prompts, options); the oldest is forgotten first."""
 
-    def __init__(self, size: int = RESULT_MEMO_SIZE):
+    def __init__(self, size: int = RESULT_MEMO_SIZE) -> None:
         self.size = size
         self._results: OrderedDict = OrderedDict()
 
@@ -66,7 +66,7 @@ class DecodeScheduler(QObject):
     objectDecoded = pyqtSignal(object, object, object)  # noqa: N815 (Qt naming)
     objectFailed = pyqtSignal(str)  # noqa: N815 (Qt naming)
 
-    def __init__(self, delay_ms: int, parent: Optional[QObject] = None):
+    def __init__(self, delay_ms: int, parent: Optional[QObject] = None) -> None:
         super().__init__(parent)
         self.worker = DecodeWorker(self)
         self.hover_timer = QTimer(self)

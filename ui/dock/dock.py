@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from qgis.core import (
     Qgis,
     QgsApplication,
+    QgsMapLayer,
     QgsMapLayerProxyModel,
     QgsProject,
     QgsRasterLayer,
     QgsUnitTypes,
     QgsVectorLayer,
 )
-from qgis.gui import QgsDockWidget
+from qgis.gui import QgisInterface, QgsDockWidget
 from qgis.PyQt import uic
+from qgis.PyQt.QtCore import pyqtBoundSignal
 from qgis.PyQt.QtWidgets import QFileDialog, QWidget
 
 from ...core.defaults import MASK_MODES
@@ -52,7 +54,7 @@ def found_by_text(found_by: str) -> str:
 class SegmentDock(QgsDockWidget, FORM_CLASS):
     """Store line, Segment tool, Undo / Clear / Accept, options, output layer and a status line."""
 
-    def __init__(self, iface, parent: Optional[QWidget] = None):
+    def __init__(self, iface: QgisInterface, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.setupUi(self)
         self.setObjectName(DOCK_OBJECT_NAME)
@@ -94,7 +96,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self.controller.output.keep_prompts = self.keepPromptsCheck.isChecked()
         self.controller.output.random_colours = self.randomColoursCheck.isChecked()
 
-    def _connect(self, signal, slot) -> None:
+    def _connect(self, signal: pyqtBoundSignal, slot: Callable) -> None:
         signal.connect(slot)
         self._connections.append((signal, slot))
 
@@ -147,7 +149,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         if layer is not None and layer is not self.controller.raster_layer:
             self.controller.set_raster_layer(layer)
 
-    def _current_layer_changed(self, layer) -> None:
+    def _current_layer_changed(self, layer: Optional[QgsMapLayer]) -> None:
         if isinstance(layer, QgsRasterLayer) and layer is not self.controller.raster_layer and self.isUserVisible():
             self.controller.set_raster_layer(layer)
 
@@ -239,7 +241,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
                               simplify_tolerance=float(self.simplifySpin.value()),
                               keep_holes=self.keepHolesCheck.isChecked())
 
-    def _options_changed(self, *_) -> None:
+    def _options_changed(self, *_: object) -> None:
         options = self.options()
         settings.MASK_MODE.set_value(options.mode)
         settings.MIN_AREA_PIXELS.set_value(int(options.min_area_pixels))
@@ -262,5 +264,5 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         settings.RANDOM_COLOURS.set_value(checked)
         self.controller.output.set_random_colours(checked)
 
-    def _output_changed(self, layer) -> None:
+    def _output_changed(self, layer: Optional[QgsMapLayer]) -> None:
         self.controller.output.choose(layer if isinstance(layer, QgsVectorLayer) else None)

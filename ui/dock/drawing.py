@@ -47,7 +47,7 @@ def prompt_markers(prompts: MapPrompts, to_raster: QgsCoordinateTransform
 class SegmentDrawing:
     """Draws on the rubber bands of a SegmentMapTool (which live on its canvas)."""
 
-    def __init__(self, tool: SegmentMapTool):
+    def __init__(self, tool: SegmentMapTool) -> None:
         self.tool = tool
 
     def show_object(self, prompts: MapPrompts, segments: Iterable[Segment],

@@ -36,7 +36,7 @@ class ObjectOutput:
     first use and added to the project once.
     """
 
-    def __init__(self, project: QgsProject):
+    def __init__(self, project: QgsProject) -> None:
         self.project = project
         #: The user's output layer; None: the store's segments.gpkg.
         self.choice: Optional[QgsVectorLayer] = None

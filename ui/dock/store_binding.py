@@ -47,7 +47,7 @@ class StoreBinding(QObject):
     #: The canvas CRS changed while a store is bound: whatever is drawn from raster-CRS data must be redrawn.
     transformChanged = pyqtSignal()  # noqa: N815 (Qt naming)
 
-    def __init__(self, canvas: QgsMapCanvas, project: QgsProject, parent: Optional[QObject] = None):
+    def __init__(self, canvas: QgsMapCanvas, project: QgsProject, parent: Optional[QObject] = None) -> None:
         super().__init__(parent)
         self.canvas = canvas
         self.project = project
