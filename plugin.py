@@ -11,12 +11,13 @@ import logging
 from typing import Callable, List, Optional, Tuple
 
 from qgis.core import QgsApplication
-from qgis.PyQt.QtCore import QCoreApplication, Qt
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QToolBar
 
 from .ui import ICONS_DIR
 from .ui.algorithms.provider import QuickSamProvider
+from .ui.i18n import tr
 from .ui.qgis_logging import QgsMessageLogHandler, install_log_handler, remove_log_handler
 
 TOOLBAR_OBJECT_NAME = "QuickSamToolbar"
@@ -47,14 +48,10 @@ class QuickSamPlugin:
         self.dock = None  # SegmentDock, created when first opened
         self._connections: List[Tuple[object, Callable]] = []
 
-    @staticmethod
-    def tr(message: str) -> str:
-        return QCoreApplication.translate("QuickSAM", message)
-
     @property
     def menu_name(self) -> str:
         """The submenu of the Raster menu holding the plugin's actions."""
-        return self.tr("&QuickSAM")
+        return tr("&QuickSAM")
 
     # -- Processing (also called alone by qgis_process, which has no GUI) -------------------------
 
@@ -78,22 +75,22 @@ class QuickSamPlugin:
         self.log_handler = install_log_handler()
         self.initProcessing()
 
-        self.toolbar = self.iface.addToolBar(self.tr("QuickSAM"))
+        self.toolbar = self.iface.addToolBar(tr("QuickSAM"))
         self.toolbar.setObjectName(TOOLBAR_OBJECT_NAME)
-        self.toolbar.setToolTip(self.tr("QuickSAM"))
+        self.toolbar.setToolTip(tr("QuickSAM"))
 
-        encode = self._add_action(ENCODE_ACTION_OBJECT_NAME, "encode.svg", self.tr("Encode raster…"),
-                                  self.tr("Encode a raster for Segment Anything (Processing algorithm)"))
+        encode = self._add_action(ENCODE_ACTION_OBJECT_NAME, "encode.svg", tr("Encode raster…"),
+                                  tr("Encode a raster for Segment Anything (Processing algorithm)"))
         self._connect(encode.triggered, self.open_encode_dialog)
 
-        segment = self._add_action(SEGMENT_ACTION_OBJECT_NAME, "segment.svg", self.tr("Segment…"),
-                                   self.tr("Segment objects on an encoded raster with clicks and boxes (dock)"))
+        segment = self._add_action(SEGMENT_ACTION_OBJECT_NAME, "segment.svg", tr("Segment…"),
+                                   tr("Segment objects on an encoded raster with clicks and boxes (dock)"))
         segment.setCheckable(True)
         self._connect(segment.toggled, self.toggle_segment_dock)
         self.segment_action = segment
 
-        segment_all = self._add_action(SEGMENT_ALL_ACTION_OBJECT_NAME, "quicksam.svg", self.tr("Segment everything…"),
-                                       self.tr("Find every object on an encoded raster (Processing algorithm)"))
+        segment_all = self._add_action(SEGMENT_ALL_ACTION_OBJECT_NAME, "quicksam.svg", tr("Segment everything…"),
+                                       tr("Find every object on an encoded raster (Processing algorithm)"))
         self._connect(segment_all.triggered, self.open_segment_all_dialog)
         LOGGER.debug("QuickSAM GUI loaded")
 

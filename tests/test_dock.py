@@ -46,8 +46,8 @@ from quicksam.interactive.session import SegmentOptions, SegmentSession
 from quicksam.interactive.store_lookup import STORE_PROPERTY, check_store_matches_layer, find_store
 from quicksam.ui import settings
 from quicksam.ui.dock import decode_worker
-from quicksam.ui.dock.controller import segment_geometry
 from quicksam.ui.dock.dock import DOCK_OBJECT_NAME, SegmentDock
+from quicksam.ui.dock.drawing import segment_geometry
 from quicksam.ui.dock.object_writer import EDIT_COMMAND, PROMPTS_FILE
 from quicksam.ui.layers import OUTPUT_FILE, output_fields
 

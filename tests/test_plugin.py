@@ -20,7 +20,7 @@ from qgis.PyQt.QtWidgets import QToolBar
 
 import quicksam
 from quicksam.plugin import ENCODE_ACTION_OBJECT_NAME, ENCODE_ALGORITHM_ID, TOOLBAR_OBJECT_NAME
-from quicksam.ui import settings
+from quicksam.ui import PLUGIN_DIR, settings
 from quicksam.ui.dock.dock import DOCK_OBJECT_NAME
 from quicksam.ui.qgis_logging import HANDLER_NAME, LOGGER_NAME, MESSAGE_LOG_TAG
 
@@ -272,20 +272,26 @@ def test_settings_defaults_and_prefix():
         setting.reset()
         assert setting.value() == setting.default
         assert isinstance(setting.value(), setting.kind)
-    assert settings.DEFAULT_MODEL.default == "sam2.1_hiera_t"
-    assert settings.DEVICE.default == "auto"
-    assert settings.OVERLAP.default == 256
-    assert settings.BATCH_SIZE.default == 1
     assert settings.PYTHON_EXECUTABLE.default == ""
+
+
+def test_every_setting_is_read_by_the_plugin():
+    """No dead settings: each one in ALL_SETTINGS is read (`NAME.value()`) somewhere in the plugin's code."""
+    names = [name for name, value in vars(settings).items() if isinstance(value, settings.Setting)]
+    assert {getattr(settings, name) for name in names} == set(settings.ALL_SETTINGS)
+    sources = [path.read_text(encoding="utf-8") for path in PLUGIN_DIR.rglob("*.py")
+               if not {"tests", ".venv", "bench", "docs"} & set(path.relative_to(PLUGIN_DIR).parts)]
+    unread = [name for name in names if not any(f"{name}.value()" in source for source in sources)]
+    assert unread == []
 
 
 def test_setting_round_trip_is_typed():
     try:
-        settings.OVERLAP.set_value(128)
-        assert settings.OVERLAP.value() == 128
+        settings.HOVER_DELAY_MS.set_value(120)
+        assert settings.HOVER_DELAY_MS.value() == 120
     finally:
-        settings.OVERLAP.reset()
-    assert settings.OVERLAP.value() == 256
+        settings.HOVER_DELAY_MS.reset()
+    assert settings.HOVER_DELAY_MS.value() == 200
 
 
 def test_encoder_python_order(clean_python_setting, monkeypatch, tmp_path):

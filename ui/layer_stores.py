@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-from qgis.core import QgsProviderRegistry
+from qgis.core import QgsMapLayer, QgsProviderRegistry
 
 from ..core.store import FeatureStore
 from ..interactive.store_lookup import STORE_PROPERTY, StoreLookup, find_store
 
 
-def layer_raster_path(layer) -> Optional[str]:
+def layer_raster_path(layer: Optional[QgsMapLayer]) -> Optional[str]:
     """The file behind a GDAL raster layer, or None (web services, other providers, no file)."""
     if layer is None or layer.providerType() != "gdal":
         return None
@@ -20,7 +20,7 @@ def layer_raster_path(layer) -> Optional[str]:
     return path if path and Path(path).is_file() else None
 
 
-def find_layer_store(layer, known_stores: Optional[List[str]] = None) -> StoreLookup:
+def find_layer_store(layer: QgsMapLayer, known_stores: Optional[List[str]] = None) -> StoreLookup:
     """The store of a raster layer: its `quicksam/store` property, next to its file, or the store list."""
     from ..ui import settings
 
@@ -33,7 +33,7 @@ def find_layer_store(layer, known_stores: Optional[List[str]] = None) -> StoreLo
     return find_store(raster_path, str(value) if value else None, known)
 
 
-def remember_layer_store(layer, store: FeatureStore) -> None:
+def remember_layer_store(layer: QgsMapLayer, store: FeatureStore) -> None:
     """Save the store on the layer (in the project) and in the user's store list."""
     from ..ui import settings
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 from qgis.core import (
     Qgis,
@@ -31,12 +31,13 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QCoreApplication, QMetaType, QVariant
+from qgis.PyQt.QtCore import QMetaType, QVariant
 
 from ..core.errors import QuickSamError
 from ..core.store import FeatureStore
 from ..interactive.engine import MapPrompts, Segment
 from ..interactive.output_formats import format_for, layer_names
+from .i18n import tr
 
 OUTPUT_FILE = "segments.gpkg"
 OUTPUT_LAYER = "segments"
@@ -60,7 +61,7 @@ def qgis_field(name: str, kind: str) -> QgsField:
     return QgsField(name, types[kind])
 
 
-def fields_of(specs) -> QgsFields:
+def fields_of(specs: Iterable[Tuple[str, str]]) -> QgsFields:
     """QgsFields from (name, kind) pairs; see `qgis_field`."""
     fields = QgsFields()
     for name, kind in specs:
@@ -91,7 +92,7 @@ class FeatureBuilder:
     """Turns engine segments into features of the output schema, in a target CRS."""
 
     def __init__(self, store: FeatureStore, target_crs: QgsCoordinateReferenceSystem,
-                 context: QgsCoordinateTransformContext):
+                 context: QgsCoordinateTransformContext) -> None:
         self.store = store
         self.source_crs = raster_crs(store)
         self.target_crs = target_crs
@@ -214,14 +215,10 @@ def sink_keeping_other_layers(algorithm: QgsProcessingAlgorithm, parameters: Dic
     others = [other for other in names if other.lower() != layer.lower()]
     replaced = len(others) < len(names)
     if others and replaced:
-        text = _tr("{path} exists: its layer '{layer}' is replaced; its other layers ({others}) are kept.")
+        text = tr("{path} exists: its layer '{layer}' is replaced; its other layers ({others}) are kept.")
     elif others:
-        text = _tr("{path} exists: the layer '{layer}' is added; its other layers ({others}) are kept.")
+        text = tr("{path} exists: the layer '{layer}' is added; its other layers ({others}) are kept.")
     else:
-        text = _tr("{path} exists: its layer '{layer}' is replaced.") if replaced \
-            else _tr("{path} exists: the layer '{layer}' is added.")
+        text = tr("{path} exists: its layer '{layer}' is replaced.") if replaced \
+            else tr("{path} exists: the layer '{layer}' is added.")
     return {**parameters, name: definition}, text.format(path=destination, layer=layer, others=", ".join(others))
-
-
-def _tr(message: str) -> str:
-    return QCoreApplication.translate("QuickSAM", message)

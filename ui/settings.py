@@ -18,7 +18,6 @@ from qgis.core import QgsSettings
 from . import PLUGIN_DIR
 
 PREFIX = "quicksam/"
-#: The plugin folder (the repository root; installed as the package `quicksam`).
 #: Environment variable naming the encoder's Python when the setting is empty.
 PYTHON_ENV_VAR = "QUICKSAM_PYTHON"
 
@@ -64,14 +63,6 @@ class Setting(Generic[T]):
 PYTHON_EXECUTABLE: Setting[str] = Setting(
     "python_executable", str, "",
     "Python interpreter that runs the encoder (needs torch and sam2); empty = found automatically")
-DEFAULT_MODEL: Setting[str] = Setting(
-    "default_model", str, "sam2.1_hiera_t", "Model proposed when encoding a raster")
-DEVICE: Setting[str] = Setting(
-    "device", str, "auto", "Device used by the encoder: auto, cpu, cuda or mps")
-OVERLAP: Setting[int] = Setting(
-    "overlap", int, 256, "Overlap between neighbouring tiles, in pixels")
-BATCH_SIZE: Setting[int] = Setting(
-    "batch_size", int, 1, "Tiles encoded together (more needs more memory)")
 
 # -- the Segment dock (options are remembered between sessions) --------------------------------------
 KNOWN_STORES: Setting[str] = Setting(
@@ -93,9 +84,8 @@ HOVER_PREVIEW: Setting[bool] = Setting(
 HOVER_DELAY_MS: Setting[int] = Setting(
     "segment/hover_delay_ms", int, 200, "Rest of the cursor before the hover preview is decoded, in milliseconds")
 
-ALL_SETTINGS = (PYTHON_EXECUTABLE, DEFAULT_MODEL, DEVICE, OVERLAP, BATCH_SIZE, KNOWN_STORES, MASK_MODE,
-                MIN_AREA_PIXELS, SIMPLIFY_TOLERANCE, KEEP_HOLES, KEEP_PROMPTS, RANDOM_COLOURS, HOVER_PREVIEW,
-                HOVER_DELAY_MS)
+ALL_SETTINGS = (PYTHON_EXECUTABLE, KNOWN_STORES, MASK_MODE, MIN_AREA_PIXELS, SIMPLIFY_TOLERANCE, KEEP_HOLES,
+                KEEP_PROMPTS, RANDOM_COLOURS, HOVER_PREVIEW, HOVER_DELAY_MS)
 #: How many stores the store list remembers (most recent first).
 KNOWN_STORES_LIMIT = 50
 

@@ -9,10 +9,10 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingParameterDefinition,
 )
-from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from .. import ICONS_DIR
+from ..i18n import tr
 
 ICONS = ICONS_DIR
 GROUP_NAMES = {"encoding": "Encoding", "segmentation": "Segmentation"}
@@ -42,7 +42,7 @@ class QuickSamAlgorithm(QgsProcessingAlgorithm):
     ICON = "quicksam.svg"
 
     def group(self) -> str:
-        return QCoreApplication.translate("QuickSAM", GROUP_NAMES[self.GROUP_ID])
+        return tr(GROUP_NAMES[self.GROUP_ID])
 
     def groupId(self) -> str:
         return self.GROUP_ID

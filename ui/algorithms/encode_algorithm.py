@@ -31,11 +31,11 @@ from qgis.core import (
     QgsProviderRegistry,
     QgsRasterLayer,
 )
-from qgis.PyQt.QtCore import QCoreApplication
 
 from ...core.catalogue import DEFAULT_MODEL, MODELS
 from ...core.errors import Cancelled, QuickSamError
 from ...encoder.subprocess_runner import DEFAULT_MODULE, encoder_command, run_encoder_process
+from ..i18n import tr as _tr
 from ..settings import encoder_python
 from .algorithm_base import QuickSamAlgorithm
 
@@ -44,10 +44,6 @@ DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 #: The tile size the models are trained at; TILE_SIZE = 0 means this.
 NATIVE_TILE_SIZE = 1024
 MAX_BANDS = 3
-
-
-def _tr(message: str) -> str:
-    return QCoreApplication.translate("EncodeRasterAlgorithm", message)
 
 
 def build_encode_args(raster: str, store: str, *, model: str = DEFAULT_MODEL,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from qgis.core import QgsProcessingProvider
-from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from .. import ICONS_DIR
+from ..i18n import tr
 from .encode_algorithm import EncodeRasterAlgorithm
 from .segment_algorithm import SegmentPromptsAlgorithm
 from .segment_all_algorithm import SegmentAllAlgorithm
@@ -24,8 +24,7 @@ class QuickSamProvider(QgsProcessingProvider):
         return "QuickSAM"
 
     def longName(self) -> str:
-        return QCoreApplication.translate("QuickSamProvider",
-                                          "QuickSAM (Segment Anything for rasters)")
+        return tr("QuickSAM (Segment Anything for rasters)")
 
     def icon(self) -> QIcon:
         return QIcon(str(ICON_PATH))

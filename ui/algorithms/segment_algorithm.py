@@ -33,20 +33,16 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QCoreApplication
 
 from ...core.defaults import MASK_MODES
 from ...core.errors import QuickSamError
 from ...core.store import DECODER_ONNX, FeatureStore
 from ...interactive.engine import PromptError, SegmentEngine
 from ...interactive.prompt_input import PromptObject, SkippedObject, group_records
+from ..i18n import tr as _tr
 from ..layers import FeatureBuilder, output_fields, raster_crs, sink_keeping_other_layers
 from .algorithm_base import QuickSamAlgorithm, started_by_command_line
 from .prompt_features import read_prompt_records
-
-
-def _tr(message: str) -> str:
-    return QCoreApplication.translate("SegmentPromptsAlgorithm", message)
 
 
 def open_store(path: str) -> FeatureStore:

@@ -29,7 +29,6 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
-from qgis.PyQt.QtCore import QCoreApplication
 
 from ...core.defaults import MASK_MODES
 from ...core.errors import Cancelled, QuickSamError
@@ -41,15 +40,12 @@ from ...interactive.automatic import (
     segment_everything,
 )
 from ...interactive.output_formats import FORMATS
+from ..i18n import tr as _tr
 from ..layers import raster_crs
 from .algorithm_base import QuickSamAlgorithm, started_by_command_line
 from .segment_algorithm import open_store
 
 DEFAULTS = AutoMaskSettings()
-
-
-def _tr(message: str) -> str:
-    return QCoreApplication.translate("SegmentAllAlgorithm", message)
 
 
 class TileProgressFeedback(QgsProcessingFeedback):

@@ -70,7 +70,7 @@ class _Relay(QObject):
 
 
 class _DecodeRun(QRunnable):
-    def __init__(self, worker: DecodeWorker, engine: SegmentEngine, outcome: DecodeOutcome):
+    def __init__(self, worker: DecodeWorker, engine: SegmentEngine, outcome: DecodeOutcome) -> None:
         super().__init__()
         self._worker = worker
         self._engine = engine
@@ -96,7 +96,7 @@ class _DecodeRun(QRunnable):
                                        seconds=time.perf_counter() - started))
 
 
-def _replace(outcome: DecodeOutcome, **changes) -> DecodeOutcome:
+def _replace(outcome: DecodeOutcome, **changes: object) -> DecodeOutcome:
     return DecodeOutcome(**{**outcome.__dict__, **changes})
 
 
@@ -105,7 +105,7 @@ class DecodeWorker(QObject):
 
     finished = pyqtSignal(object)
 
-    def __init__(self, parent: Optional[QObject] = None):
+    def __init__(self, parent: Optional[QObject] = None) -> None:
         super().__init__(parent)
         self._pool = QThreadPool(self)
         self._pool.setMaxThreadCount(1)  # decodes run one after the other; ONNX Runtime uses the cores

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from qgis.core import (
     Qgis,
     QgsApplication,
+    QgsMapLayer,
     QgsMapLayerProxyModel,
     QgsProject,
     QgsRasterLayer,
     QgsUnitTypes,
     QgsVectorLayer,
 )
-from qgis.gui import QgsDockWidget
+from qgis.gui import QgisInterface, QgsDockWidget
 from qgis.PyQt import uic
-from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtCore import pyqtBoundSignal
 from qgis.PyQt.QtWidgets import QFileDialog, QWidget
 
 from ...core.defaults import MASK_MODES
@@ -29,6 +30,7 @@ from ...core.store import STATUS_DONE
 from ...interactive.session import SegmentOptions
 from ...interactive.store_lookup import FOUND_BY_PROPERTY, FOUND_CHOSEN, FOUND_IN_STORE_LIST, FOUND_NEXT_TO_RASTER
 from .. import FORMS_DIR, settings
+from ..i18n import tr
 from ..layers import OUTPUT_FILE, raster_crs
 from .controller import SegmentController
 
@@ -39,24 +41,20 @@ DOCK_OBJECT_NAME = "QuickSamSegmentDock"
 _LEVEL_COLOURS = {Qgis.Info: "", Qgis.Success: "#1a7f37", Qgis.Warning: "#b35900", Qgis.Critical: "#c62828"}
 
 
-def _tr(message: str) -> str:
-    return QCoreApplication.translate("QuickSAM", message)
-
-
 def mask_mode_labels() -> dict:
-    return {"single": _tr("Single mask"), "best": _tr("Best score of 3"), "largest": _tr("Largest of 3"),
-            "smallest": _tr("Smallest of 3"), "all": _tr("All 3 candidates")}
+    return {"single": tr("Single mask"), "best": tr("Best score of 3"), "largest": tr("Largest of 3"),
+            "smallest": tr("Smallest of 3"), "all": tr("All 3 candidates")}
 
 
 def found_by_text(found_by: str) -> str:
-    return {FOUND_BY_PROPERTY: _tr("saved with the layer"), FOUND_NEXT_TO_RASTER: _tr("found next to the raster"),
-            FOUND_IN_STORE_LIST: _tr("from your store list"), FOUND_CHOSEN: _tr("chosen")}.get(found_by, found_by)
+    return {FOUND_BY_PROPERTY: tr("saved with the layer"), FOUND_NEXT_TO_RASTER: tr("found next to the raster"),
+            FOUND_IN_STORE_LIST: tr("from your store list"), FOUND_CHOSEN: tr("chosen")}.get(found_by, found_by)
 
 
 class SegmentDock(QgsDockWidget, FORM_CLASS):
     """Store line, Segment tool, Undo / Clear / Accept, options, output layer and a status line."""
 
-    def __init__(self, iface, parent: Optional[QWidget] = None):
+    def __init__(self, iface: QgisInterface, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.setupUi(self)
         self.setObjectName(DOCK_OBJECT_NAME)
@@ -80,7 +78,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         for mode in MASK_MODES:
             self.maskModeCombo.addItem(labels[mode], mode)
         self.outputLayerCombo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
-        self.outputLayerCombo.setAllowEmptyLayer(True, _tr("Store's {}").format(OUTPUT_FILE))
+        self.outputLayerCombo.setAllowEmptyLayer(True, tr("Store's {}").format(OUTPUT_FILE))
         self.outputLayerCombo.setLayer(None)
         self.encodeButton.setVisible(False)
 
@@ -95,10 +93,10 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self.hoverCheck.setChecked(settings.HOVER_PREVIEW.value())
         self.controller.set_options(self.options())
         self.controller.set_hover_enabled(self.hoverCheck.isChecked())
-        self.controller.keep_prompts = self.keepPromptsCheck.isChecked()
-        self.controller.random_colours = self.randomColoursCheck.isChecked()
+        self.controller.output.keep_prompts = self.keepPromptsCheck.isChecked()
+        self.controller.output.random_colours = self.randomColoursCheck.isChecked()
 
-    def _connect(self, signal, slot) -> None:
+    def _connect(self, signal: pyqtBoundSignal, slot: Callable) -> None:
         signal.connect(slot)
         self._connections.append((signal, slot))
 
@@ -151,7 +149,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         if layer is not None and layer is not self.controller.raster_layer:
             self.controller.set_raster_layer(layer)
 
-    def _current_layer_changed(self, layer) -> None:
+    def _current_layer_changed(self, layer: Optional[QgsMapLayer]) -> None:
         if isinstance(layer, QgsRasterLayer) and layer is not self.controller.raster_layer and self.isUserVisible():
             self.controller.set_raster_layer(layer)
 
@@ -163,7 +161,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
     # -- store --------------------------------------------------------------------------------------
     def _browse_store(self) -> None:
         start = self.storeEdit.text() or str(Path.home())
-        folder = QFileDialog.getExistingDirectory(self, _tr("Feature store folder"), start)
+        folder = QFileDialog.getExistingDirectory(self, tr("Feature store folder"), start)
         if folder:
             self.storeEdit.setText(folder)
             self.controller.choose_store(folder)
@@ -182,12 +180,12 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         if store is not None:
             self.storeEdit.setText(str(store.root))
             done = sum(1 for tile in store.grid if store.status(tile) == STATUS_DONE)
-            lines = [_tr("{model} · {done} of {tiles} tiles encoded · {crs}").format(
+            lines = [tr("{model} · {done} of {tiles} tiles encoded · {crs}").format(
                 model=store.model_name, done=done, tiles=len(store.grid),
                 crs=store.manifest["raster"].get("crs_name") or ""), found_by_text(controller.found_by)]
             lines = [html.escape(line, quote=False) for line in lines]
             if store.manifest["model"].get("random_weights"):
-                warning = _tr("Random weights (a test model): the masks mean nothing.")
+                warning = tr("Random weights (a test model): the masks mean nothing.")
                 lines.append(f'<span style="color:#c62828"><b>{html.escape(warning, quote=False)}</b></span>')
             self.storeInfoLabel.setText("<br>".join(lines))
             units = QgsUnitTypes.toAbbreviatedString(raster_crs(store).mapUnits())
@@ -196,9 +194,9 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
             if not self.storeEdit.isModified():
                 self.storeEdit.clear()  # no stale path of another raster's store; what the user typed stays
             if controller.raster_layer is None:
-                text = _tr("Select a raster layer in the Layers panel.")
+                text = tr("Select a raster layer in the Layers panel.")
             else:
-                text = controller.problem or _tr("no feature store")
+                text = controller.problem or tr("no feature store")
             self.storeInfoLabel.setText(f'<span style="color:#b35900">{html.escape(text, quote=False)}</span>')
         self.encodeButton.setVisible(store is None and controller.raster_layer is not None)
         self.showTilesButton.setEnabled(store is not None)
@@ -243,7 +241,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
                               simplify_tolerance=float(self.simplifySpin.value()),
                               keep_holes=self.keepHolesCheck.isChecked())
 
-    def _options_changed(self, *_) -> None:
+    def _options_changed(self, *_: object) -> None:
         options = self.options()
         settings.MASK_MODE.set_value(options.mode)
         settings.MIN_AREA_PIXELS.set_value(int(options.min_area_pixels))
@@ -256,15 +254,15 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self.controller.set_hover_enabled(checked)
 
     def _label_changed(self, text: str) -> None:
-        self.controller.label = text.strip()
+        self.controller.output.label = text.strip()
 
     def _keep_prompts_toggled(self, checked: bool) -> None:
         settings.KEEP_PROMPTS.set_value(checked)
-        self.controller.keep_prompts = checked
+        self.controller.output.keep_prompts = checked
 
     def _random_colours_toggled(self, checked: bool) -> None:
         settings.RANDOM_COLOURS.set_value(checked)
-        self.controller.set_random_colours(checked)
+        self.controller.output.set_random_colours(checked)
 
-    def _output_changed(self, layer) -> None:
-        self.controller.set_output_layer(layer if isinstance(layer, QgsVectorLayer) else None)
+    def _output_changed(self, layer: Optional[QgsMapLayer]) -> None:
+        self.controller.output.choose(layer if isinstance(layer, QgsVectorLayer) else None)

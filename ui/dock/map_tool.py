@@ -67,7 +67,7 @@ class SegmentMapTool(QgsMapTool):
     clearRequested = pyqtSignal()  # noqa: N815 (Qt naming)
     acceptRequested = pyqtSignal()  # noqa: N815 (Qt naming)
 
-    def __init__(self, canvas: QgsMapCanvas):
+    def __init__(self, canvas: QgsMapCanvas) -> None:
         super().__init__(canvas)
         self._canvas = canvas  # a Python reference: tells whether the canvas is still alive
         self._press: Optional[_Press] = None
