@@ -90,6 +90,22 @@ def square_scene(width: int, height: int, square: Tuple[int, int, int],
     return data
 
 
+#: `two_squares_scene()`: its size in pixels and its bright squares as (col_off, row_off, size) in pixels.
+TWO_SQUARES_WIDTH, TWO_SQUARES_HEIGHT = 320, 300
+TWO_SQUARES = ((40, 40, 70), (200, 170, 80))
+
+
+def two_squares_scene() -> np.ndarray:
+    """(3, 300, 320) uint8: two bright squares (`TWO_SQUARES`) on a dark background and a third, darker patch
+    in band 2 (rows 120-139, cols 150-189), so the scene is not symmetric. Encoded in 256 px tiles with a 64 px
+    overlap it makes 2 x 2 tiles (the `store_path` fixture)."""
+    data = np.full((3, TWO_SQUARES_HEIGHT, TWO_SQUARES_WIDTH), 40, dtype=np.uint8)
+    for col, row, size in TWO_SQUARES:
+        data[:, row:row + size, col:col + size] = 210
+    data[1, 120:140, 150:190] = 120
+    return data
+
+
 def pixel_to_map_default(col: float, row: float) -> Tuple[float, float]:
     """Map coordinates (EPSG:32633) of a continuous pixel position under `default_transform()`."""
     return ORIGIN[0] + col * PIXEL_SIZE, ORIGIN[1] - row * PIXEL_SIZE
@@ -99,6 +115,21 @@ def box_at(col0: float, row0: float, col1: float, row1: float) -> Tuple[float, f
     """(xmin, ymin, xmax, ymax) map box of a pixel rectangle under `default_transform()`."""
     (x0, y0), (x1, y1) = pixel_to_map_default(col0, row0), pixel_to_map_default(col1, row1)
     return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+def assert_same_geometry(actual: Any, expected: Any, tolerance: float = 1e-6) -> None:
+    """Two polygons equal vertex by vertex within `tolerance` (map units), after putting both in normal form.
+
+    `actual` is a shapely geometry; `expected` a shapely geometry or anything with a `wkb` attribute (the
+    engine's `Polygons`). The tolerance absorbs float noise (coordinates written to an output
+    file and read back, equivalent arithmetic in another order), far below a 10 m pixel."""
+    import shapely
+    import shapely.wkb
+
+    if not hasattr(expected, "geom_type"):  # the engine's WKB polygons
+        expected = shapely.wkb.loads(expected.wkb)
+    assert not expected.is_empty
+    assert shapely.equals_exact(shapely.normalize(actual), shapely.normalize(expected), tolerance=tolerance)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, hint: str) -> None:
