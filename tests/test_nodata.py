@@ -37,10 +37,10 @@ from synthetic import (
     box_at,
     default_transform,
     encode,
-    pixel_to_map_default,
     run_cli,
     write_raster,
 )
+from synthetic import pixel_to_map_default as at
 
 from quicksam.core.errors import StoreError
 from quicksam.core.store import FeatureStore
@@ -128,10 +128,6 @@ def engine(request, encoded) -> SegmentEngine:
 
 
 # -- geometry checks -------------------------------------------------------------------------------------
-
-
-def at(col: float, row: float) -> Tuple[float, float]:
-    return pixel_to_map_default(col, row)
 
 
 def click(col: float, row: float) -> MapPrompts:
