@@ -26,6 +26,20 @@ CRS = "EPSG:32633"
 #: Small model inputs only: 256 px tiles take ~0.15 s with the random tiny SAM2.1 model.
 TILE_SIZE = 256
 MODEL = "sam2.1_hiera_t"
+#: The real Landsat 7 ETM+ subset (6 bands uint8, 349 x 352 px, EPSG:31985) kept beside the repository, in
+#: ../shared/data (its README.md there says where it comes from); read it through `landsat_path()`.
+LANDSAT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "L7_ETMs.tif"
+
+
+def landsat_path() -> Path:
+    """`LANDSAT`, the real Landsat 7 test raster; skips the calling test, naming the missing file and where it
+    comes from, when it is absent (it lives outside the repository)."""
+    if not LANDSAT.is_file():
+        import pytest
+
+        pytest.skip(f"test raster {LANDSAT} is missing: it is the Landsat 7 subset L7_ETMs.tif of Debian's "
+                    f"r-cran-stars package, expected in {LANDSAT.parent} (see README.md there)")
+    return LANDSAT
 
 
 def default_transform(pixel_width: float = PIXEL_SIZE, pixel_height: float = PIXEL_SIZE,
