@@ -165,10 +165,14 @@ def file_states(folder: Path) -> Dict[str, Tuple[bytes, int]]:
             for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli_command(*args: object) -> List[str]:
+    """The command line `python -m quicksam.cli ARGS` with this test's interpreter, every argument a string."""
+    return [sys.executable, "-m", "quicksam.cli", *map(str, args)]
+
+
+def run_cli(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m quicksam.cli ARGS` in a fresh process; text output captured."""
-    return subprocess.run([sys.executable, "-m", "quicksam.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout)
 
 
 def encode_args(raster: Path, store: Path, *extra: str, overlap: int = 32) -> List[str]:

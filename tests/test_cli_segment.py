@@ -45,8 +45,7 @@ def csv(*values: float) -> str:
 
 
 def segment(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "quicksam.cli", "segment", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+    return run_cli("segment", *args, timeout=timeout)
 
 
 def read_output(path: Path, qgis_app) -> List[dict]:

@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +33,7 @@ from synthetic import (
     square_scene,
     write_raster,
 )
+from synthetic import cli_command as _cli
 
 #: Settings under which the random model's masks pass (as in test_segment_all.py), 4 x 4 points per tile.
 LOOSE = ["--points-per-side", "4", "--points-per-batch", "5", "--pred-iou-thresh", "0", "--stability-score-thresh",
@@ -58,10 +58,6 @@ def _lock_holder_pid(path: Path) -> Optional[int]:
 
 def _raster(folder: Path) -> Path:
     return write_raster(folder / "scene.tif", square_scene(SIZE, SIZE, (200, 220, 180)))
-
-
-def _cli(*args: object) -> List[str]:
-    return [sys.executable, "-m", "quicksam.cli", *map(str, args)]
 
 
 class Background:
