@@ -2,7 +2,7 @@
 
 Sections:
   1. Environment: settings that must be in place before QGIS starts.
-  2. Plugin: the real plugin loaded through the package's `classFactory`.
+  2. Plugin and canvas: the real plugin loaded through the package's `classFactory`; the map canvas.
   3. The two-squares store: `synthetic.two_squares_scene()` encoded once per session, and its engine.
 
 The user cache and config folders point at one temporary folder per session (set at import, so that
@@ -43,6 +43,25 @@ def plugin(qgis_app, qgis_iface):
     instance.initGui()
     yield instance
     instance.unload()
+
+
+@pytest.fixture
+def canvas(qgis_app, qgis_canvas, qgis_new_project):
+    """The pytest-qgis canvas (a new project), shown at 800 x 600 px; its CRS, layers and tool restored
+    afterwards."""
+    from qgis.core import QgsApplication
+
+    window = qgis_canvas.parentWidget()
+    window.resize(800, 600)
+    window.show()
+    qgis_canvas.resize(800, 600)
+    QgsApplication.processEvents()
+    original_crs = qgis_canvas.mapSettings().destinationCrs()
+    yield qgis_canvas
+    if qgis_canvas.mapTool() is not None:
+        qgis_canvas.unsetMapTool(qgis_canvas.mapTool())
+    qgis_canvas.setDestinationCrs(original_crs)
+    qgis_canvas.setLayers([])
 
 
 # -- 3. The two-squares store ------------------------------------------------------------------------------

@@ -350,8 +350,8 @@ def test_a_store_without_masks_still_segments_and_knows_its_nodata_tiles(engine,
 
 
 @pytest.fixture
-def dock(encoded, tmp_path, qgis_app, qgis_canvas, qgis_iface, qgis_new_project):
-    """The Segment dock on a fresh copy of the NaN scene, its tool active on an 800 x 600 canvas."""
+def dock(encoded, tmp_path, canvas, qgis_iface):
+    """The Segment dock on a fresh copy of the NaN scene, its tool active on conftest's 800 x 600 canvas."""
     from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
 
     from quicksam.ui import settings
@@ -361,18 +361,13 @@ def dock(encoded, tmp_path, qgis_app, qgis_canvas, qgis_iface, qgis_new_project)
     for setting in (settings.KNOWN_STORES, settings.HOVER_PREVIEW, settings.HOVER_DELAY_MS):
         setting.reset()
     settings.HOVER_DELAY_MS.set_value(30)
-    window = qgis_canvas.parentWidget()
-    window.resize(800, 600)
-    window.show()
-    qgis_canvas.resize(800, 600)
     layer = QgsRasterLayer(str(scene / "scene.tif"), "scene")
     assert layer.isValid()
     QgsProject.instance().addMapLayer(layer)
     qgis_iface.setActiveLayer(layer)
-    original_crs = qgis_canvas.mapSettings().destinationCrs()
-    qgis_canvas.setDestinationCrs(layer.crs())
-    qgis_canvas.setExtent(layer.extent())
-    qgis_canvas.refresh()
+    canvas.setDestinationCrs(layer.crs())
+    canvas.setExtent(layer.extent())
+    canvas.refresh()
     QgsApplication.processEvents()
     widget = SegmentDock(qgis_iface, qgis_iface.mainWindow())
     widget.setUserVisible(True)
@@ -382,10 +377,6 @@ def dock(encoded, tmp_path, qgis_app, qgis_canvas, qgis_iface, qgis_new_project)
     widget.release()
     widget.deleteLater()
     QgsApplication.processEvents()
-    if qgis_canvas.mapTool() is not None:
-        qgis_canvas.unsetMapTool(qgis_canvas.mapTool())
-    qgis_canvas.setDestinationCrs(original_crs)
-    qgis_canvas.setLayers([])
     for setting in (settings.KNOWN_STORES, settings.HOVER_PREVIEW, settings.HOVER_DELAY_MS):
         setting.reset()
 
