@@ -64,6 +64,26 @@ def canvas(qgis_app, qgis_canvas, qgis_new_project):
     qgis_canvas.setLayers([])
 
 
+@pytest.fixture
+def show_raster(canvas, qgis_iface):
+    """A function (path) -> QgsRasterLayer: the raster file added to the project as the active layer, the
+    canvas in its CRS and showing it whole."""
+    from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+
+    def show(path: Path) -> QgsRasterLayer:
+        layer = QgsRasterLayer(str(path), path.stem)
+        assert layer.isValid(), path
+        QgsProject.instance().addMapLayer(layer)
+        qgis_iface.setActiveLayer(layer)
+        canvas.setDestinationCrs(layer.crs())
+        canvas.setExtent(layer.extent())
+        canvas.refresh()
+        QgsApplication.processEvents()
+        return layer
+
+    return show
+
+
 # -- 3. The two-squares store ------------------------------------------------------------------------------
 
 

@@ -94,16 +94,8 @@ def clean_settings():
 
 
 @pytest.fixture
-def raster_layer(scene, canvas, qgis_iface) -> QgsRasterLayer:
-    layer = QgsRasterLayer(str(scene / "scene.tif"), "scene")
-    assert layer.isValid()
-    QgsProject.instance().addMapLayer(layer)
-    qgis_iface.setActiveLayer(layer)
-    canvas.setDestinationCrs(layer.crs())
-    canvas.setExtent(layer.extent())
-    canvas.refresh()
-    QgsApplication.processEvents()
-    return layer
+def raster_layer(scene, show_raster) -> QgsRasterLayer:
+    return show_raster(scene / "scene.tif")
 
 
 @pytest.fixture

@@ -350,9 +350,9 @@ def test_a_store_without_masks_still_segments_and_knows_its_nodata_tiles(engine,
 
 
 @pytest.fixture
-def dock(encoded, tmp_path, canvas, qgis_iface):
+def dock(encoded, tmp_path, show_raster, qgis_iface):
     """The Segment dock on a fresh copy of the NaN scene, its tool active on conftest's 800 x 600 canvas."""
-    from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+    from qgis.core import QgsApplication
 
     from quicksam.ui import settings
     from quicksam.ui.dock.dock import SegmentDock
@@ -361,14 +361,7 @@ def dock(encoded, tmp_path, canvas, qgis_iface):
     for setting in (settings.KNOWN_STORES, settings.HOVER_PREVIEW, settings.HOVER_DELAY_MS):
         setting.reset()
     settings.HOVER_DELAY_MS.set_value(30)
-    layer = QgsRasterLayer(str(scene / "scene.tif"), "scene")
-    assert layer.isValid()
-    QgsProject.instance().addMapLayer(layer)
-    qgis_iface.setActiveLayer(layer)
-    canvas.setDestinationCrs(layer.crs())
-    canvas.setExtent(layer.extent())
-    canvas.refresh()
-    QgsApplication.processEvents()
+    show_raster(scene / "scene.tif")
     widget = SegmentDock(qgis_iface, qgis_iface.mainWindow())
     widget.setUserVisible(True)
     QgsApplication.processEvents()
