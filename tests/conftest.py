@@ -2,7 +2,8 @@
 
 Sections:
   1. Environment: settings that must be in place before QGIS starts.
-  2. Plugin: the real plugin loaded through the package's `classFactory`.
+  2. Plugin and canvas: the real plugin loaded through the package's `classFactory`; the map canvas.
+  3. The two-squares store: `synthetic.two_squares_scene()` encoded once per session, and its engine.
 
 The user cache and config folders point at one temporary folder per session (set at import, so that
 encoder processes started by tests inherit it): tests never touch the real home, and the ONNX
@@ -12,6 +13,7 @@ decoder exported for a random model is reused across tests.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # -- 1. Environment ---------------------------------------------------------------------------------
 
@@ -41,3 +43,69 @@ def plugin(qgis_app, qgis_iface):
     instance.initGui()
     yield instance
     instance.unload()
+
+
+@pytest.fixture
+def canvas(qgis_app, qgis_canvas, qgis_new_project):
+    """The pytest-qgis canvas (a new project), shown at 800 x 600 px; its CRS, layers and tool restored
+    afterwards."""
+    from qgis.core import QgsApplication
+
+    window = qgis_canvas.parentWidget()
+    window.resize(800, 600)
+    window.show()
+    qgis_canvas.resize(800, 600)
+    QgsApplication.processEvents()
+    original_crs = qgis_canvas.mapSettings().destinationCrs()
+    yield qgis_canvas
+    if qgis_canvas.mapTool() is not None:
+        qgis_canvas.unsetMapTool(qgis_canvas.mapTool())
+    qgis_canvas.setDestinationCrs(original_crs)
+    qgis_canvas.setLayers([])
+
+
+@pytest.fixture
+def show_raster(canvas, qgis_iface):
+    """A function (path) -> QgsRasterLayer: the raster file added to the project as the active layer, the
+    canvas in its CRS and showing it whole."""
+    from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+
+    def show(path: Path) -> QgsRasterLayer:
+        layer = QgsRasterLayer(str(path), path.stem)
+        assert layer.isValid(), path
+        QgsProject.instance().addMapLayer(layer)
+        qgis_iface.setActiveLayer(layer)
+        canvas.setDestinationCrs(layer.crs())
+        canvas.setExtent(layer.extent())
+        canvas.refresh()
+        QgsApplication.processEvents()
+        return layer
+
+    return show
+
+
+# -- 3. The two-squares store ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def store_path(tmp_path_factory) -> Path:
+    """The feature store of `synthetic.two_squares_scene()` (320 x 300 px, EPSG:32633, 10 m pixels), encoded
+    once per session with the seeded random tiny model in 256 px tiles with a 64 px overlap (2 x 2 tiles).
+    Shared by the test modules that segment it: tests read it and never write into it."""
+    from synthetic import encode, two_squares_scene, write_raster
+
+    folder = tmp_path_factory.mktemp("two-squares-store")
+    raster = write_raster(folder / "scene.tif", two_squares_scene())
+    store, _ = encode(raster, folder / "store", overlap=64)
+    assert store.summary()["tiles_done"] == 4
+    return store.root
+
+
+@pytest.fixture(scope="module")
+def engine(store_path: Path):
+    """`SegmentEngine` on the `store_path` store, one per test module (the reference the outputs of the
+    Processing algorithm and the CLI are compared with)."""
+    from quicksam.core.store import FeatureStore
+    from quicksam.interactive.engine import SegmentEngine
+
+    return SegmentEngine(FeatureStore.open(store_path))

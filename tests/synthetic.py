@@ -26,6 +26,20 @@ CRS = "EPSG:32633"
 #: Small model inputs only: 256 px tiles take ~0.15 s with the random tiny SAM2.1 model.
 TILE_SIZE = 256
 MODEL = "sam2.1_hiera_t"
+#: The real Landsat 7 ETM+ subset (6 bands uint8, 349 x 352 px, EPSG:31985) kept beside the repository, in
+#: ../shared/data (its README.md there says where it comes from); read it through `landsat_path()`.
+LANDSAT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "L7_ETMs.tif"
+
+
+def landsat_path() -> Path:
+    """`LANDSAT`, the real Landsat 7 test raster; skips the calling test, naming the missing file and where it
+    comes from, when it is absent (it lives outside the repository)."""
+    if not LANDSAT.is_file():
+        import pytest
+
+        pytest.skip(f"test raster {LANDSAT} is missing: it is the Landsat 7 subset L7_ETMs.tif of Debian's "
+                    f"r-cran-stars package, expected in {LANDSAT.parent} (see README.md there)")
+    return LANDSAT
 
 
 def default_transform(pixel_width: float = PIXEL_SIZE, pixel_height: float = PIXEL_SIZE,
@@ -90,6 +104,22 @@ def square_scene(width: int, height: int, square: Tuple[int, int, int],
     return data
 
 
+#: `two_squares_scene()`: its size in pixels and its bright squares as (col_off, row_off, size) in pixels.
+TWO_SQUARES_WIDTH, TWO_SQUARES_HEIGHT = 320, 300
+TWO_SQUARES = ((40, 40, 70), (200, 170, 80))
+
+
+def two_squares_scene() -> np.ndarray:
+    """(3, 300, 320) uint8: two bright squares (`TWO_SQUARES`) on a dark background and a third, darker patch
+    in band 2 (rows 120-139, cols 150-189), so the scene is not symmetric. Encoded in 256 px tiles with a 64 px
+    overlap it makes 2 x 2 tiles (the `store_path` fixture)."""
+    data = np.full((3, TWO_SQUARES_HEIGHT, TWO_SQUARES_WIDTH), 40, dtype=np.uint8)
+    for col, row, size in TWO_SQUARES:
+        data[:, row:row + size, col:col + size] = 210
+    data[1, 120:140, 150:190] = 120
+    return data
+
+
 def pixel_to_map_default(col: float, row: float) -> Tuple[float, float]:
     """Map coordinates (EPSG:32633) of a continuous pixel position under `default_transform()`."""
     return ORIGIN[0] + col * PIXEL_SIZE, ORIGIN[1] - row * PIXEL_SIZE
@@ -99,6 +129,21 @@ def box_at(col0: float, row0: float, col1: float, row1: float) -> Tuple[float, f
     """(xmin, ymin, xmax, ymax) map box of a pixel rectangle under `default_transform()`."""
     (x0, y0), (x1, y1) = pixel_to_map_default(col0, row0), pixel_to_map_default(col1, row1)
     return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+def assert_same_geometry(actual: Any, expected: Any, tolerance: float = 1e-6) -> None:
+    """Two polygons equal vertex by vertex within `tolerance` (map units), after putting both in normal form.
+
+    `actual` is a shapely geometry; `expected` a shapely geometry or anything with a `wkb` attribute (the
+    engine's `Polygons`). The tolerance absorbs float noise (coordinates written to an output
+    file and read back, equivalent arithmetic in another order), far below a 10 m pixel."""
+    import shapely
+    import shapely.wkb
+
+    if not hasattr(expected, "geom_type"):  # the engine's WKB polygons
+        expected = shapely.wkb.loads(expected.wkb)
+    assert not expected.is_empty
+    assert shapely.equals_exact(shapely.normalize(actual), shapely.normalize(expected), tolerance=tolerance)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, hint: str) -> None:
@@ -120,10 +165,14 @@ def file_states(folder: Path) -> Dict[str, Tuple[bytes, int]]:
             for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli_command(*args: object) -> List[str]:
+    """The command line `python -m quicksam.cli ARGS` with this test's interpreter, every argument a string."""
+    return [sys.executable, "-m", "quicksam.cli", *map(str, args)]
+
+
+def run_cli(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m quicksam.cli ARGS` in a fresh process; text output captured."""
-    return subprocess.run([sys.executable, "-m", "quicksam.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout)
 
 
 def encode_args(raster: Path, store: Path, *extra: str, overlap: int = 32) -> List[str]:

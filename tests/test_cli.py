@@ -12,14 +12,22 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import pytest
-from synthetic import assert_one_line_error, encode, encode_args, file_states, gradient, run_cli, write_raster
+from synthetic import (
+    assert_one_line_error,
+    cli_command,
+    encode,
+    encode_args,
+    file_states,
+    gradient,
+    run_cli,
+    write_raster,
+)
 
 Case = Callable[[Path], Tuple[List[str], str]]
 
@@ -205,8 +213,7 @@ def test_info_summarises_a_store(base_store) -> None:
 
 def _run_until_tiles_done(args: List[str], tiles: int, timeout: float = 180) -> List[Dict]:
     """Start the CLI with --progress-json and SIGKILL it once `tiles` tiles are reported done."""
-    process = subprocess.Popen([sys.executable, "-m", "quicksam.cli", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     watchdog = threading.Timer(timeout, process.kill)   # a hung encoder fails the test, never hangs it
     watchdog.start()
     events: List[Dict] = []

@@ -3,8 +3,9 @@ starts a headless QGIS and runs quicksam:segmentprompts. Its output is checked a
 same prompts; bad input must end with exit status 1, exactly one stderr line "quicksam: error: ...", and no
 output file (nor a half-written one) left behind.
 
-One feature store per module: the synthetic two-squares scene of test_segment_algorithm.py (EPSG:32633,
-10 m pixels), encoded with the seeded random tiny model in 256 px tiles.
+One feature store (conftest's `store_path`, shared with test_segment_algorithm.py): the synthetic two-squares
+scene `synthetic.two_squares_scene()` (EPSG:32633, 10 m pixels), encoded with the seeded random tiny model in
+256 px tiles.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Sequence
 
-import numpy as np
 import pytest
 import shapely
 import shapely.wkb
@@ -26,54 +26,26 @@ from synthetic import (
     CRS,
     PIXEL_SIZE,
     assert_one_line_error,
+    assert_same_geometry,
     box_at,
-    encode,
     file_states,
-    pixel_to_map_default,
     run_cli,
     write_raster,
 )
+from synthetic import TWO_SQUARES_HEIGHT as HEIGHT
+from synthetic import TWO_SQUARES_WIDTH as WIDTH
+from synthetic import pixel_to_map_default as at
+from synthetic import two_squares_scene as scene
 
-from quicksam.core.store import FeatureStore
 from quicksam.interactive.engine import MapPrompts, SegmentEngine
-
-WIDTH, HEIGHT = 320, 300
-SQUARES = ((40, 40, 70), (200, 170, 80))
-
-
-def scene() -> np.ndarray:
-    data = np.full((3, HEIGHT, WIDTH), 40, dtype=np.uint8)
-    for col, row, size in SQUARES:
-        data[:, row:row + size, col:col + size] = 210
-    return data
-
-
-def at(col: float, row: float) -> Tuple[float, float]:
-    return pixel_to_map_default(col, row)
-
-
 
 
 def csv(*values: float) -> str:
     return ",".join(repr(float(v)) for v in values)
 
 
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cli-segment-store")
-    raster = write_raster(folder / "scene.tif", scene())
-    store, _ = encode(raster, folder / "store", overlap=64)
-    return store.root
-
-
-@pytest.fixture(scope="module")
-def engine(store_path) -> SegmentEngine:
-    return SegmentEngine(FeatureStore.open(store_path))
-
-
 def segment(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "quicksam.cli", "segment", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+    return run_cli("segment", *args, timeout=timeout)
 
 
 def read_output(path: Path, qgis_app) -> List[dict]:
@@ -88,13 +60,6 @@ def read_output(path: Path, qgis_app) -> List[dict]:
         row["geometry"] = shapely.wkb.loads(bytes(feature.geometry().asWkb()))
         rows.append(row)
     return sorted(rows, key=lambda r: (r["id"], -r["score"]))
-
-
-def assert_same_geometry(actual, expected, tolerance: float = 1e-6) -> None:
-    if not hasattr(expected, "geom_type"):  # the engine's WKB polygons
-        expected = shapely.wkb.loads(expected.wkb)
-    assert not expected.is_empty
-    assert shapely.equals_exact(shapely.normalize(actual), shapely.normalize(expected), tolerance=tolerance)
 
 
 def assert_equals_engine(row: dict, engine: SegmentEngine, prompts: MapPrompts, mode: str = "single") -> None:

@@ -94,32 +94,8 @@ def clean_settings():
 
 
 @pytest.fixture
-def canvas(qgis_app, qgis_canvas, qgis_new_project):
-    """The pytest-qgis canvas, shown at 800 x 600 px; its CRS, layers and tool restored afterwards."""
-    window = qgis_canvas.parentWidget()
-    window.resize(800, 600)
-    window.show()
-    qgis_canvas.resize(800, 600)
-    QgsApplication.processEvents()
-    original_crs = qgis_canvas.mapSettings().destinationCrs()
-    yield qgis_canvas
-    if qgis_canvas.mapTool() is not None:
-        qgis_canvas.unsetMapTool(qgis_canvas.mapTool())
-    qgis_canvas.setDestinationCrs(original_crs)
-    qgis_canvas.setLayers([])
-
-
-@pytest.fixture
-def raster_layer(scene, canvas, qgis_iface) -> QgsRasterLayer:
-    layer = QgsRasterLayer(str(scene / "scene.tif"), "scene")
-    assert layer.isValid()
-    QgsProject.instance().addMapLayer(layer)
-    qgis_iface.setActiveLayer(layer)
-    canvas.setDestinationCrs(layer.crs())
-    canvas.setExtent(layer.extent())
-    canvas.refresh()
-    QgsApplication.processEvents()
-    return layer
+def raster_layer(scene, show_raster) -> QgsRasterLayer:
+    return show_raster(scene / "scene.tif")
 
 
 @pytest.fixture

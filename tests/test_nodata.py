@@ -37,10 +37,10 @@ from synthetic import (
     box_at,
     default_transform,
     encode,
-    pixel_to_map_default,
     run_cli,
     write_raster,
 )
+from synthetic import pixel_to_map_default as at
 
 from quicksam.core.errors import StoreError
 from quicksam.core.store import FeatureStore
@@ -128,10 +128,6 @@ def engine(request, encoded) -> SegmentEngine:
 
 
 # -- geometry checks -------------------------------------------------------------------------------------
-
-
-def at(col: float, row: float) -> Tuple[float, float]:
-    return pixel_to_map_default(col, row)
 
 
 def click(col: float, row: float) -> MapPrompts:
@@ -354,9 +350,9 @@ def test_a_store_without_masks_still_segments_and_knows_its_nodata_tiles(engine,
 
 
 @pytest.fixture
-def dock(encoded, tmp_path, qgis_app, qgis_canvas, qgis_iface, qgis_new_project):
-    """The Segment dock on a fresh copy of the NaN scene, its tool active on an 800 x 600 canvas."""
-    from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+def dock(encoded, tmp_path, show_raster, qgis_iface):
+    """The Segment dock on a fresh copy of the NaN scene, its tool active on conftest's 800 x 600 canvas."""
+    from qgis.core import QgsApplication
 
     from quicksam.ui import settings
     from quicksam.ui.dock.dock import SegmentDock
@@ -365,19 +361,7 @@ def dock(encoded, tmp_path, qgis_app, qgis_canvas, qgis_iface, qgis_new_project)
     for setting in (settings.KNOWN_STORES, settings.HOVER_PREVIEW, settings.HOVER_DELAY_MS):
         setting.reset()
     settings.HOVER_DELAY_MS.set_value(30)
-    window = qgis_canvas.parentWidget()
-    window.resize(800, 600)
-    window.show()
-    qgis_canvas.resize(800, 600)
-    layer = QgsRasterLayer(str(scene / "scene.tif"), "scene")
-    assert layer.isValid()
-    QgsProject.instance().addMapLayer(layer)
-    qgis_iface.setActiveLayer(layer)
-    original_crs = qgis_canvas.mapSettings().destinationCrs()
-    qgis_canvas.setDestinationCrs(layer.crs())
-    qgis_canvas.setExtent(layer.extent())
-    qgis_canvas.refresh()
-    QgsApplication.processEvents()
+    show_raster(scene / "scene.tif")
     widget = SegmentDock(qgis_iface, qgis_iface.mainWindow())
     widget.setUserVisible(True)
     QgsApplication.processEvents()
@@ -386,10 +370,6 @@ def dock(encoded, tmp_path, qgis_app, qgis_canvas, qgis_iface, qgis_new_project)
     widget.release()
     widget.deleteLater()
     QgsApplication.processEvents()
-    if qgis_canvas.mapTool() is not None:
-        qgis_canvas.unsetMapTool(qgis_canvas.mapTool())
-    qgis_canvas.setDestinationCrs(original_crs)
-    qgis_canvas.setLayers([])
     for setting in (settings.KNOWN_STORES, settings.HOVER_PREVIEW, settings.HOVER_DELAY_MS):
         setting.reset()
 

@@ -26,11 +26,12 @@ import shapely.wkb
 from osgeo import gdal, ogr, osr
 from synthetic import (
     assert_one_line_error,
+    box_at,
     file_states,
-    pixel_to_map_default,
     run_cli,
     two_tile_store,
 )
+from synthetic import pixel_to_map_default as at
 
 from quicksam.core.defaults import MASK_MODES
 from quicksam.core.errors import QuickSamError
@@ -66,15 +67,6 @@ SEGMENT_ALL_FORMATS = [".gpkg", ".shp", ".geojson", ".fgb", ".parquet"]
 OBJECTS = {"Straße": {"points": [(200, 120)], "box": None}, "B": {"points": [(330, 60)], "box": (300, 20, 380, 110)}}
 
 
-def at(col: float, row: float) -> Tuple[float, float]:
-    return pixel_to_map_default(col, row)
-
-
-def map_box(box: Sequence[float]) -> Tuple[float, float, float, float]:
-    (x0, y0), (x1, y1) = at(box[0], box[1]), at(box[2], box[3])
-    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
-
-
 def skip_without_driver(extension: str) -> None:
     fmt = next(f for f in FORMATS if extension in f.extensions)
     if not fmt.available():
@@ -95,7 +87,7 @@ def prompts_file(tmp_path_factory) -> Path:
             features.append({"type": "Feature", "properties": {"obj": group},
                              "geometry": {"type": "Point", "coordinates": list(at(col, row))}})
         if spec["box"] is not None:
-            xmin, ymin, xmax, ymax = map_box(spec["box"])
+            xmin, ymin, xmax, ymax = box_at(*spec["box"])
             features.append({"type": "Feature", "properties": {"obj": group}, "geometry": {
                 "type": "Polygon", "coordinates": [[[xmin, ymin], [xmax, ymin], [xmax, ymax], [xmin, ymax],
                                                     [xmin, ymin]]]}})
@@ -111,7 +103,7 @@ def segment_reference(store) -> Dict[int, dict]:
     engine = SegmentEngine(store)
     rows = {}
     for object_id, (group, spec) in enumerate(OBJECTS.items(), start=1):
-        box = map_box(spec["box"]) if spec["box"] else None
+        box = box_at(*spec["box"]) if spec["box"] else None
         prompts = MapPrompts(points=tuple(at(*p) for p in spec["points"]), labels=(1,) * len(spec["points"]), box=box)
         (segment,) = engine.segment(prompts)
         geometry = shapely.wkb.loads(segment.geometry.wkb)

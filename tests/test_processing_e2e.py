@@ -36,7 +36,17 @@ from qgis.core import (
     QgsRectangle,
     QgsVectorLayer,
 )
-from synthetic import CRS, ORIGIN, PIXEL_SIZE, default_transform, file_states, gradient, run_cli, write_raster
+from synthetic import (
+    CRS,
+    ORIGIN,
+    PIXEL_SIZE,
+    default_transform,
+    file_states,
+    gradient,
+    landsat_path,
+    run_cli,
+    write_raster,
+)
 
 from quicksam.core.catalogue import DEFAULT_MODEL
 from quicksam.core.store import FeatureStore
@@ -48,7 +58,6 @@ OVERLAP = 32
 #: The parameters that keep every encode small and offline.
 SMALL_ENCODE: Dict[str, Any] = {"RANDOM_WEIGHTS": True, "TILE_SIZE": TILE_SIZE, "OVERLAP": OVERLAP}
 REPO = Path(__file__).resolve().parent.parent
-L7_RASTER = REPO.parent / "shared" / "data" / "L7_ETMs.tif"
 L7_CRS = "EPSG:31985"
 QGIS_PROCESS_BIN = Path("/usr/bin/qgis_process.bin")
 CLI_ERROR_PREFIX = "quicksam: error: "
@@ -491,13 +500,12 @@ def test_qgis_process_failure_exits_non_zero_with_the_advice(qgis_process, tmp_p
 
 
 def test_real_landsat_subset(encoder_provider, tmp_path):
-    if not L7_RASTER.is_file():
-        pytest.skip(f"the real test raster {L7_RASTER} is absent (see /work/shared/data/README.md)")
-    layer = QgsRasterLayer(str(L7_RASTER), "L7_ETMs")
+    landsat = landsat_path()
+    layer = QgsRasterLayer(str(landsat), "L7_ETMs")
     assert layer.isValid() and (layer.width(), layer.height(), layer.bandCount()) == (349, 352, 6)
     store = tmp_path / "store"
 
-    results = run_encode({"INPUT": str(L7_RASTER), "BANDS": [3, 2, 1], "OUTPUT": str(store)})
+    results = run_encode({"INPUT": str(landsat), "BANDS": [3, 2, 1], "OUTPUT": str(store)})
 
     expected = TileGrid.build(349, 352, TILE_SIZE, OVERLAP)
     manifest = read_manifest(store)

@@ -18,6 +18,7 @@ from synthetic import (
     encode,
     encode_args,
     gradient,
+    landsat_path,
     random_model,
     run_cli,
     write_raster,
@@ -26,8 +27,6 @@ from synthetic import (
 from quicksam.core.store import FeatureStore
 from quicksam.encoder.normalise import Stretch
 from quicksam.encoder.raster import WindowReader, choose_bands, describe_raster
-
-L7 = Path("/work/shared/data/L7_ETMs.tif")
 
 
 def _encode_recording(raster: Path, store: Path, **fields) -> Tuple[FeatureStore, RecordingModel, List[str]]:
@@ -76,9 +75,7 @@ def test_bands_fed_to_the_model(tmp_path: Path, count: int, colours, requested, 
 
 
 def test_six_band_landsat_defaults_to_its_first_three_bands() -> None:
-    if not L7.is_file():
-        pytest.skip(f"test raster {L7} is missing (see /work/shared/data/README.md)")
-    info = describe_raster(str(L7))
+    info = describe_raster(str(landsat_path()))
     assert info.count == 6
     assert choose_bands(info, None) == [1, 2, 3]
 
@@ -222,10 +219,9 @@ def test_overlapping_tiles_see_identical_pixels(tmp_path: Path) -> None:
 # -- a real raster -----------------------------------------------------------------------------------
 
 def test_landsat_subset_encodes_with_chosen_bands(tmp_path: Path) -> None:
-    if not L7.is_file():
-        pytest.skip(f"test raster {L7} is missing (see /work/shared/data/README.md)")
+    landsat = landsat_path()
     store = tmp_path / "l7"
-    result = run_cli(*encode_args(L7, store, "--bands", "3,2,1", overlap=64))
+    result = run_cli(*encode_args(landsat, store, "--bands", "3,2,1", overlap=64))
     assert result.returncode == 0, result.stderr
     info = _info(store)
     assert info["crs"] == "EPSG:31985"

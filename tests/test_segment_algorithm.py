@@ -1,9 +1,10 @@
 """quicksam:segmentprompts through the real Processing framework, checked against SegmentEngine directly.
 
-One feature store per module: a synthetic 320 x 300 scene in EPSG:32633 (two bright squares), encoded with
-the seeded random tiny model in 256 px tiles (4 tiles). Random weights make the masks meaningless but
-deterministic, so every test compares the algorithm's output with `SegmentEngine.segment` on the same
-prompts: the algorithm must add grouping, CRS handling and attributes, and change no polygon.
+One feature store (conftest's `store_path`, shared with test_cli_segment.py): the synthetic 320 x 300 scene
+`synthetic.two_squares_scene()` in EPSG:32633, encoded with the seeded random tiny model in 256 px tiles
+(4 tiles). Random weights make the masks meaningless but deterministic, so every test compares the algorithm's
+output with `SegmentEngine.segment` on the same prompts: the algorithm must add grouping, CRS handling and
+attributes, and change no polygon.
 
 Prompt grouping rules themselves are also tested without QGIS (`prompt_input.group_records`).
 """
@@ -14,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import pytest
 import shapely
 import shapely.wkb
@@ -40,11 +40,15 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QVariant
-from synthetic import CRS, PIXEL_SIZE, box_at, encode, pixel_to_map_default, write_raster
+from synthetic import CRS, PIXEL_SIZE, assert_same_geometry, box_at, write_raster
+from synthetic import TWO_SQUARES_HEIGHT as HEIGHT
+from synthetic import TWO_SQUARES_WIDTH as WIDTH
+from synthetic import pixel_to_map_default as at
+from synthetic import two_squares_scene as scene
 
 from quicksam.core.defaults import MASK_MODES
 from quicksam.core.store import FeatureStore
-from quicksam.interactive.engine import MapPrompts, SegmentEngine
+from quicksam.interactive.engine import MapPrompts
 from quicksam.interactive.prompt_input import (
     PromptRecord,
     group_key,
@@ -55,38 +59,6 @@ from quicksam.ui.algorithms.prompt_features import plain_value
 from quicksam.ui.layers import FIELD_SPECS, qgis_field
 
 ALGORITHM_ID = "quicksam:segmentprompts"
-WIDTH, HEIGHT = 320, 300
-#: (col_off, row_off, size) of the two bright squares, in pixels.
-SQUARES = ((40, 40, 70), (200, 170, 80))
-
-
-def scene() -> np.ndarray:
-    data = np.full((3, HEIGHT, WIDTH), 40, dtype=np.uint8)
-    for col, row, size in SQUARES:
-        data[:, row:row + size, col:col + size] = 210
-    data[1, 120:140, 150:190] = 120  # a third, darker patch, so the scene is not symmetric
-    return data
-
-
-def at(col: float, row: float) -> Tuple[float, float]:
-    """Map coordinates (EPSG:32633) of a pixel position."""
-    return pixel_to_map_default(col, row)
-
-
-
-
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("segment-store")
-    raster = write_raster(folder / "scene.tif", scene())
-    store, _ = encode(raster, folder / "store", overlap=64)
-    assert store.summary()["tiles_done"] == 4
-    return store.root
-
-
-@pytest.fixture(scope="module")
-def engine(store_path) -> SegmentEngine:
-    return SegmentEngine(FeatureStore.open(store_path))
 
 
 @pytest.fixture
@@ -159,14 +131,6 @@ def features_of(layer: QgsVectorLayer) -> List[QgsFeature]:
 
 def as_shapely(geometry: QgsGeometry):
     return shapely.wkb.loads(bytes(geometry.asWkb()))
-
-
-def assert_same_geometry(actual, expected, tolerance: float = 1e-6) -> None:
-    """Vertex by vertex within `tolerance` (map units), after putting both in normal form."""
-    if not hasattr(expected, "geom_type"):  # the engine's WKB polygons
-        expected = shapely.wkb.loads(expected.wkb)
-    assert not expected.is_empty
-    assert shapely.equals_exact(shapely.normalize(actual), shapely.normalize(expected), tolerance=tolerance)
 
 
 def assert_matches_engine(feature: QgsFeature, segment, prompts: MapPrompts, store_path: Path,

@@ -25,7 +25,7 @@ import pytest
 import shapely
 import shapely.wkb
 from osgeo import ogr
-from synthetic import assert_one_line_error, encode, run_cli, square_scene, two_tile_store, write_raster
+from synthetic import assert_one_line_error, encode, landsat_path, run_cli, square_scene, two_tile_store, write_raster
 
 from quicksam.core.errors import Cancelled, QuickSamError
 from quicksam.core.store import FeatureStore
@@ -515,13 +515,8 @@ def test_cli_segment_all_with_an_aoi_file_and_an_extent(store, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["aoi.geojson", "aoi.gpkg", "extent.gpkg"]
 
 
-L7 = Path(__file__).resolve().parents[2] / "shared" / "data" / "L7_ETMs.tif"
-
-
 def test_the_real_landsat_raster_comes_out_in_its_crs_without_copies(tmp_path):
-    if not L7.is_file():
-        pytest.skip(f"test raster {L7} is missing (see ../shared/data/README.md)")
-    store, _ = encode(L7, tmp_path / "store", overlap=64, bands=[3, 2, 1])
+    store, _ = encode(landsat_path(), tmp_path / "store", overlap=64, bands=[3, 2, 1])
     assert len(store.grid) == 4  # 349 x 352 px in 256 px tiles: a 2 x 2 grid with 163 px overlaps
     settings = AutoMaskSettings(**{**LOOSE.to_dict(), "points_per_side": 8, "mask_mode": "best"})
     result = segment_everything(store, tmp_path / "olinda.gpkg", settings)

@@ -13,7 +13,6 @@ import math
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Sequence
 
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 from synthetic import (
     assert_one_line_error,
+    cli_command,
     encode,
     encode_args,
     file_states,
@@ -68,8 +68,8 @@ def _copy(intact: Intact, folder: Path, name: str = "store") -> Path:
 
 def _run_together(*commands: Sequence[str], timeout: float = 300) -> List[subprocess.CompletedProcess]:
     """Run several `quicksam` commands at once (as `synthetic.run_cli` runs one); their results in order."""
-    processes = [subprocess.Popen([sys.executable, "-m", "quicksam.cli", *map(str, args)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for args in commands]
+    processes = [subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for args in commands]
     results = []
     for args, process in zip(commands, processes):
         try:

@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +33,7 @@ from synthetic import (
     square_scene,
     write_raster,
 )
+from synthetic import cli_command as _cli
 
 #: Settings under which the random model's masks pass (as in test_segment_all.py), 4 x 4 points per tile.
 LOOSE = ["--points-per-side", "4", "--points-per-batch", "5", "--pred-iou-thresh", "0", "--stability-score-thresh",
@@ -58,10 +58,6 @@ def _lock_holder_pid(path: Path) -> Optional[int]:
 
 def _raster(folder: Path) -> Path:
     return write_raster(folder / "scene.tif", square_scene(SIZE, SIZE, (200, 220, 180)))
-
-
-def _cli(*args: object) -> List[str]:
-    return [sys.executable, "-m", "quicksam.cli", *map(str, args)]
 
 
 class Background:
@@ -97,6 +93,19 @@ class Background:
         if self.process.poll() is None:
             self.process.kill()
             self.process.communicate(timeout=60)
+
+
+def _encode_in_background(folder: Path, tiles: int) -> Tuple[Path, Path, Background]:
+    """(raster, store, run): `quicksam encode --progress-json` of `_raster(folder)` into folder/store, running in
+    the background, returned once `tiles` tiles are done (the run closed if it ends before)."""
+    raster, store = _raster(folder), folder / "store"
+    run = Background(encode_args(raster, store, "--progress-json"))
+    try:
+        run.wait_for_progress(tiles)
+    except BaseException:
+        run.close()
+        raise
+    return raster, store, run
 
 
 def _log_tile_ids(store: Path) -> List[str]:
@@ -192,10 +201,8 @@ def test_lock_names_its_holder_and_goes_with_it(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_second_encode_on_a_store_fails_at_once_naming_the_first(tmp_path: Path) -> None:
-    raster, store = _raster(tmp_path), tmp_path / "store"
-    first = Background(encode_args(raster, store, "--progress-json"))
+    raster, store, first = _encode_in_background(tmp_path, tiles=1)
     try:
-        first.wait_for_progress(1)
         os.kill(first.pid, signal.SIGSTOP)  # holds the lock, writes nothing while the second one runs
         try:
             before = file_states(store)
@@ -215,10 +222,8 @@ def test_a_second_encode_on_a_store_fails_at_once_naming_the_first(tmp_path: Pat
 
 @pytest.mark.slow
 def test_an_encode_killed_by_kill_9_leaves_no_lock_that_blocks_the_next(tmp_path: Path) -> None:
-    raster, store = _raster(tmp_path), tmp_path / "store"
-    first = Background(encode_args(raster, store, "--progress-json"))
+    raster, store, first = _encode_in_background(tmp_path, tiles=2)
     try:
-        first.wait_for_progress(2)
         os.kill(first.pid, signal.SIGKILL)
         first.process.wait(timeout=60)
     finally:
