@@ -88,7 +88,7 @@ class FeatureStore:
 
     def _use_manifest(self, manifest: Manifest) -> None:
         """What the rest of the class reads from the manifest."""
-        self.manifest = manifest
+        self.manifest: Manifest = manifest
         self.grid = manifest.grid
         self.layout: List[ArrayLayout] = list(manifest.features.arrays)
         self.dtype = np.dtype(manifest.features.dtype)
