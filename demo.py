@@ -58,10 +58,10 @@ def write_demo_prompts(store, path: Path) -> Path:
     """A GeoJSON of DEMO_POINTS in the raster's CRS (named in the file)."""
     from .core.geo import pixel_to_map
 
-    raster = store.manifest["raster"]
+    raster = store.manifest.raster
     features = []
     for i, (fx, fy, label) in enumerate(DEMO_POINTS, start=1):
-        x, y = pixel_to_map(store.geotransform, fx * raster["width"], fy * raster["height"])
+        x, y = pixel_to_map(store.geotransform, fx * raster.width, fy * raster.height)
         features.append({"type": "Feature", "properties": {"object": i, "label": label},
                          "geometry": {"type": "Point", "coordinates": [x, y]}})
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
@@ -75,7 +75,7 @@ def segment_demo_prompts(store, output_dir: Path) -> Path:
     prompts = write_demo_prompts(store, output_dir / "demo_prompts.geojson")
     gpkg = output_dir / "demo_segments.gpkg"
     result = subprocess.run([sys.executable, "-m", "quicksam.cli", "segment", str(store.root), "--prompts",
-                             str(prompts), "--prompts-crs", store.manifest["raster"]["crs_name"],
+                             str(prompts), "--prompts-crs", store.manifest.raster.crs_name,
                              "--group-field", "object", "--label-field", "label", "--output", str(gpkg),
                              "--overwrite"], capture_output=True, text=True)
     if result.returncode != 0:

@@ -8,6 +8,7 @@ memory depends on the batch size, never on the raster size.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -26,17 +27,18 @@ from ..core.catalogue import model_spec
 from ..core.diskspace import disk_full_error, is_disk_full, is_quota, unwritable_reason
 from ..core.errors import Cancelled, QuickSamError
 from ..core.locking import READ_ONLY_ERRNOS, STORE_LOCK, LockHolder, command_name, exclusive_lock, holder_text
-from ..core.store import (
-    DECODER_ONNX,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    MANIFEST,
-    TILE_INDEX,
-    TILE_LOG,
-    FeatureStore,
+from ..core.manifest import (
+    CheckpointSection,
+    DecoderSection,
+    FeaturesSection,
+    Manifest,
+    ModelSection,
+    PreprocessingSection,
+    RasterSection,
+    StretchSection,
     feature_layout,
-    temporary_path,
 )
+from ..core.store import DECODER_ONNX, MANIFEST, TILE_INDEX, TILE_LOG, FeatureStore, temporary_path
 from ..core.tiling import DEFAULT_OVERLAP, PixelWindow, Tile, TileGrid
 from . import __version__ as quicksam_version
 from .normalise import Stretch, compute_stretch, sample_windows
@@ -139,32 +141,27 @@ def random_weights_identity(model: object) -> str:
 
 
 def build_manifest(request: EncodeRequest, info: RasterInfo, bands: List[int], grid: TileGrid,
-                   stretch: Stretch, fingerprint: str) -> dict:
+                   stretch: Stretch, fingerprint: str) -> Manifest:
     """Manifest of a new store, without the fields known only once the model is built."""
     spec = model_spec(request.model)
     checkpoint = request.checkpoint
-    return {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "quicksam_version": quicksam_version,
-        "model": {"name": spec.name, "family": spec.family, "config": spec.config,
-                  "image_size": request.tile_size, "random_weights": checkpoint is None,
-                  "seed": request.seed if checkpoint is None else None},
-        "checkpoint": ({"sha256": checkpoint.sha256, "name": checkpoint.name, "source": checkpoint.source}
-                       if checkpoint is not None else
-                       {"sha256": None, "name": f"random weights (seed {request.seed}): NOT a trained model",
-                        "source": None}),
-        "preprocessing": {"bands": bands, "stretch_mode": request.stretch, "stretch": stretch.to_dict(),
-                          "nodata_fill": 0},
-        "raster": {"path": str(Path(info.path).resolve()) if Path(info.path).exists() else info.path,
-                   "fingerprint": fingerprint, "width": info.width, "height": info.height,
-                   "count": info.count, "dtypes": list(info.dtypes), "nodata": info.nodata,
-                   "crs_wkt": info.crs_wkt, "crs_name": info.crs_name,
-                   "geotransform": list(info.geotransform)},
-        "grid": grid.to_dict(),
-        "features": {"dtype": request.feature_dtype, "arrays": []},
-        "decoder": {"onnx": DECODER_ONNX},
-    }
+    return Manifest(
+        quicksam_version=quicksam_version,
+        model=ModelSection(name=spec.name, family=spec.family, config=spec.config, image_size=request.tile_size,
+                           random_weights=checkpoint is None, seed=request.seed if checkpoint is None else None),
+        checkpoint=(CheckpointSection(checkpoint.sha256, checkpoint.name, checkpoint.source)
+                    if checkpoint is not None else
+                    CheckpointSection(None, f"random weights (seed {request.seed}): NOT a trained model")),
+        preprocessing=PreprocessingSection(bands=tuple(bands), stretch=StretchSection(**stretch.to_dict()),
+                                           nodata_fill=0),
+        raster=RasterSection(path=str(Path(info.path).resolve()) if Path(info.path).exists() else info.path,
+                             fingerprint=fingerprint, width=info.width, height=info.height, count=info.count,
+                             dtypes=info.dtypes, nodata=info.nodata, crs_wkt=info.crs_wkt,
+                             crs_name=info.crs_name, geotransform=info.geotransform),
+        grid=grid,
+        features=FeaturesSection(dtype=request.feature_dtype),
+        decoder=DecoderSection(onnx=DECODER_ONNX),
+    )
 
 
 def yield_to_model() -> None:
@@ -237,7 +234,7 @@ class TilePipeline:
     def _read(self, tiles: List[Tile]) -> None:
         yield_to_model()
         try:
-            with WindowReader(self.raster, self.store.manifest["preprocessing"]["bands"]) as reader:
+            with WindowReader(self.raster, list(self.store.manifest.preprocessing.bands)) as reader:
                 for tile in tiles:
                     if self._stop.is_set() or self.cancelled():
                         break
@@ -310,7 +307,7 @@ class TilePipeline:
 class StorePlan:
     """What a run will write, known before anything is written: the manifest, the raster and its bands."""
 
-    manifest: dict
+    manifest: Manifest
     info: RasterInfo
     bands: List[int]
 
@@ -334,17 +331,19 @@ def prepare_store(request: EncodeRequest, plan: Optional[StorePlan] = None) -> T
     if info.count > 3 and not request.bands:  # said once the input is accepted, not before an error
         LOG.info("%s has %d bands; using bands %s (choose others with --bands)", request.raster,
                  info.count, ",".join(map(str, bands)))
-    return store, Stretch.from_dict(store.manifest["preprocessing"]["stretch"])
+    return store, Stretch(**dataclasses.asdict(store.manifest.preprocessing.stretch))
 
 
 def _complete_manifest(store: FeatureStore, model: object) -> None:
     """Fill in what only the built model knows (feature layout, decoder settings, random identity)."""
-    manifest = dict(store.manifest)
-    manifest["features"] = dict(manifest["features"], arrays=[
-        item.__dict__ for item in feature_layout((s.name, s.shape) for s in model.feature_specs())])
-    manifest["decoder"] = dict(manifest["decoder"], settings=model.decoder_settings.to_dict())
-    if manifest["model"]["random_weights"] and not manifest["checkpoint"]["sha256"]:
-        manifest["checkpoint"] = dict(manifest["checkpoint"], sha256=random_weights_identity(model))
+    old = store.manifest
+    manifest = dataclasses.replace(
+        old, features=dataclasses.replace(old.features, arrays=feature_layout(
+            (s.name, s.shape) for s in model.feature_specs())),
+        decoder=dataclasses.replace(old.decoder, settings=model.decoder_settings))
+    if old.model.random_weights and not old.checkpoint.sha256:
+        manifest = dataclasses.replace(manifest, checkpoint=dataclasses.replace(
+            old.checkpoint, sha256=random_weights_identity(model)))
     if manifest != store.manifest:
         store.update_manifest(manifest)
 
@@ -375,7 +374,7 @@ def _encode_into_store(request: EncodeRequest, plan: StorePlan, progress: Option
     if started is not None:
         started(store, len(pending))
     stats = EncodeStats()
-    if pending or needs_decoder or not store.manifest["features"]["arrays"]:
+    if pending or needs_decoder or not store.manifest.features.arrays:
         if model is None:
             started = time.perf_counter()
             model = load_model_for(request)

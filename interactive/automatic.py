@@ -600,7 +600,7 @@ class SegmentAllResult:
 
 def run_identity(store: FeatureStore, settings: AutoMaskSettings, tiles: Sequence[Tile]) -> dict:
     """What must be equal for a run to resume: the store's content, the settings and the tiles."""
-    return {"store_fingerprint": store.manifest["raster"].get("fingerprint"), "model": store.model_name,
+    return {"store_fingerprint": store.manifest.raster.fingerprint, "model": store.model_name,
             "checkpoint": store.checkpoint_sha256, "grid": [store.grid.tile_size, store.grid.overlap],
             "settings": settings.to_dict(), "tiles": sorted(tile.tile_id for tile in tiles),
             "merge_rule": MERGE_RULE_VERSION}

@@ -192,7 +192,7 @@ class SegmentEngine:
         self.store = store
         self.cache = FeatureCache(store, cache_tiles)
         self.valid_masks = ValidMaskCache(store)
-        settings = DecoderSettings(**store.manifest["decoder"].get("settings", {}))
+        settings = store.manifest.decoder.settings or DecoderSettings()
         self.decoder = OnnxDecoder(store.root / DECODER_ONNX, store.family, store.feature_names,
                                    store.image_size, settings, threads=threads, feature_shapes=store.feature_shapes)
         self._geotransform = store.geotransform
@@ -219,7 +219,7 @@ class SegmentEngine:
     def _outside_raster(self, what: str, coordinates: Sequence[Tuple[float, float]]) -> PromptError:
         """The PromptError for prompts (`what`, at `coordinates` in the raster CRS) outside the raster."""
         bounds = self.raster_bounds()
-        name = self.store.manifest.get("raster", {}).get("crs_name") or ""
+        name = self.store.manifest.raster.crs_name or ""
         crs = name if 0 < len(name) <= 40 else "the raster's CRS"  # "EPSG:32633", not a whole WKT
         where = (f"{what} is outside the raster (x {bounds[0]:.10g} to {bounds[2]:.10g}, y {bounds[1]:.10g} to "
                  f"{bounds[3]:.10g} in {crs})")

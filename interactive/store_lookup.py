@@ -63,7 +63,7 @@ def _is_raster_file(path: Path) -> bool:
 
 
 def _stored_fingerprint(store: FeatureStore) -> Optional[str]:
-    return store.manifest.get("raster", {}).get("fingerprint")
+    return store.manifest.raster.fingerprint
 
 
 def check_store_matches_layer(store: Union[FeatureStore, str, Path], raster_path: Union[str, Path]
@@ -88,7 +88,7 @@ def check_store_matches_layer(store: Union[FeatureStore, str, Path], raster_path
         return f"cannot read the raster '{raster_path}' to check the store ({exc})"
     if _stored_fingerprint(store) == fingerprint:
         return None
-    source = Path(store.manifest.get("raster", {}).get("path", "another raster")).name
+    source = Path(store.manifest.raster.path).name
     return (f"the store '{store.root.name}' was made from '{source}', not from '{raster_path.name}' (the pixels "
             "or the georeference differ): choose this raster's store, or encode the raster (Encode…)")
 

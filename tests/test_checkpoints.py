@@ -586,7 +586,7 @@ def test_served_checkpoint_downloads_verifies_and_loads_into_the_encoder(
 
     store = FeatureStore.open(store_dir)
     assert store.checkpoint_sha256 == sha
-    assert store.manifest["model"]["random_weights"] is False
+    assert store.manifest.model.random_weights is False
     for name, tensor in source.net.state_dict().items():  # what the file holds, back in float32
         source.net.state_dict()[name].copy_(tensor.half().float())
     expected = source.encode(np.moveaxis(image, 0, -1)[None])[0]

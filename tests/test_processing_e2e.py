@@ -509,7 +509,7 @@ def test_real_landsat_subset(encoder_provider, tmp_path):
 
     expected = TileGrid.build(349, 352, TILE_SIZE, OVERLAP)
     manifest = read_manifest(store)
-    assert manifest["grid"] == expected.to_dict()
+    assert FeatureStore.open(store).grid == expected
     assert manifest["preprocessing"]["bands"] == [3, 2, 1]
     assert QgsCoordinateReferenceSystem.fromWkt(manifest["raster"]["crs_wkt"]).authid() == L7_CRS
     summary = store_summary(store)

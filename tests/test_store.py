@@ -5,6 +5,7 @@ Synthetic rasters in EPSG:32633 (see synthetic.py), seeded random tiny SAM2.1, 2
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -109,8 +110,8 @@ def test_float32_features_on_request_keep_full_precision(store_600x500, tmp_path
     assert np.load(path, allow_pickle=False).dtype == np.float32
     assert 0 < path.stat().st_size - _feature_count(store) * 4 <= NPY_HEADER_MAX
     # The same model here, fed the same tile, gives the stored numbers, not a float16 rounding of them.
-    stretch = Stretch.from_dict(store.manifest["preprocessing"]["stretch"])
-    with WindowReader(str(raster), store.manifest["preprocessing"]["bands"]) as reader:
+    stretch = Stretch(**dataclasses.asdict(store.manifest.preprocessing.stretch))
+    with WindowReader(str(raster), list(store.manifest.preprocessing.bands)) as reader:
         image = stretch.apply(*reader.read_tile(tile))
     (expected,) = random_model().encode(image[np.newaxis])
     for name, stored in store.load_tile(tile.tile_id).items():

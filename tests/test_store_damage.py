@@ -26,6 +26,7 @@ from synthetic import (
     file_states,
     pixel_to_map_default,
     random_model,
+    run_cli,
     square_scene,
     write_raster,
 )
@@ -178,9 +179,20 @@ MANIFEST_DAMAGES = [
                    r"model\.family must be 'sam2' or 'sam1', found \"sam3\""),
     ManifestDamage("decoder setting as a string", _set("decoder.settings.stability_delta", "0.05"),
                    r'decoder\.settings\.stability_delta must be a finite number, found "0\.05"'),
-    ManifestDamage("grid of another raster size", _set("grid.raster_width", 421),
-                   r"grid\.raster_width must equal raster\.width \(420\), found 421"),
 ]
+#: Damage to a version-1 manifest (tests/data/store_v1: a 100 x 90 px raster, 2 x 2 tiles of 64 px), where
+#: the raster size and the stretch mode were also written into the grid and the preprocessing.
+V1_MANIFEST_DAMAGES = [
+    ManifestDamage("grid of another raster size", _set("grid.raster_width", 101),
+                   r"grid\.raster_width must equal raster\.width \(100\), found 101"),
+    ManifestDamage("no grid raster height", _delete("grid.raster_height"), r"grid\.raster_height is missing"),
+    ManifestDamage("no stretch mode", _delete("preprocessing.stretch_mode"), r"preprocessing\.stretch_mode is missing"),
+    ManifestDamage("tile outside the raster", _set("grid.tiles.3.col_off", 10_000),
+                   r"grid\.tiles\[3\]\.col_off must be an integer from 0 to 99, found 10000"),
+    ManifestDamage("garbage CRS", _set("raster.crs_wkt", "GARBAGE"),
+                   r"raster\.crs_wkt is not a CRS GDAL can read .*found \"GARBAGE\""),
+]
+VERSION_1_STORE = Path(__file__).parent / "data" / "store_v1"
 
 
 def _damage_manifest(store: Path, damage: ManifestDamage) -> None:
@@ -204,6 +216,19 @@ def test_damaged_manifest_is_one_line_naming_the_key(intact: Intact, tmp_path: P
                                                     r"choose the folder that 'quicksam encode' wrote)")
     assert [file_states(store) for store in stores] == before
     assert not (tmp_path / "out.gpkg").exists()
+
+
+@pytest.mark.parametrize("damage", V1_MANIFEST_DAMAGES, ids=[d.name for d in V1_MANIFEST_DAMAGES])
+def test_damaged_version_1_manifest_is_one_line_naming_the_key(tmp_path: Path, damage: ManifestDamage) -> None:
+    """A version-1 store is checked as before: `quicksam info` stops with one line naming the key, and the
+    store is left as it was."""
+    store = Path(shutil.copytree(VERSION_1_STORE, tmp_path / "store"))
+    _damage_manifest(store, damage)
+    before = file_states(store)
+    with pytest.raises(StoreError, match=damage.hint):
+        FeatureStore.open(store)
+    assert_one_line_error(run_cli("info", store), damage.hint + r".*encode the raster again into a new folder")
+    assert file_states(store) == before
 
 
 @pytest.mark.parametrize("damage", [d for d in MANIFEST_DAMAGES if d.name in (

@@ -182,9 +182,9 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
             done = sum(1 for tile in store.grid if store.status(tile) == STATUS_DONE)
             lines = [tr("{model} · {done} of {tiles} tiles encoded · {crs}").format(
                 model=store.model_name, done=done, tiles=len(store.grid),
-                crs=store.manifest["raster"].get("crs_name") or ""), found_by_text(controller.found_by)]
+                crs=store.manifest.raster.crs_name or ""), found_by_text(controller.found_by)]
             lines = [html.escape(line, quote=False) for line in lines]
-            if store.manifest["model"].get("random_weights"):
+            if store.manifest.model.random_weights:
                 warning = tr("Random weights (a test model): the masks mean nothing.")
                 lines.append(f'<span style="color:#c62828"><b>{html.escape(warning, quote=False)}</b></span>')
             self.storeInfoLabel.setText("<br>".join(lines))
