@@ -28,11 +28,10 @@ import warnings
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, TypeVar
 
-from .core.catalogue import CHECKPOINTS, DEFAULT_MODEL, MODELS, default_checkpoint_for
-from .core.defaults import MASK_MODES
+from .core.catalogue import CHECKPOINTS, MODELS, default_checkpoint_for
+from .core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, MASK_MODES, default_overlap
 from .core.diskspace import is_disk_full, mount_point
 from .core.errors import Cancelled, QuickSamError
-from .core.tiling import DEFAULT_OVERLAP
 
 LOG = logging.getLogger("quicksam")
 EXIT_BAD_INPUT = 1
@@ -247,8 +246,8 @@ def _add_encode_parser(commands) -> None:
     encode.add_argument("--extent", type=_parse_extent, help="xmin,ymin,xmax,ymax in the raster's CRS")
     encode.add_argument("--batch-size", type=int, default=1, help="tiles per model call (default 1)")
     encode.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    encode.add_argument("--tile-size", type=int, default=1024,
-                        help="model input size in pixels (default 1024, the models' native size; smaller "
+    encode.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE,
+                        help="model input size in pixels (default %(default)s, the models' native size; smaller "
                              "sizes are for tests and quick demos)")
     encode.add_argument("--stretch", default="percentile", choices=["percentile", "none"],
                         help="percentile: 2-98 %% of the whole raster per band (default); none: values as 0-255")
@@ -421,9 +420,9 @@ def _resolve_weights(args, events: EventWriter):
     return resolve_checkpoint(name, model=args.model, progress=_download_progress(events, name))
 
 
-def default_overlap(args) -> int:
-    """--overlap, else a quarter of the tile: 256 px for the models' native 1024 px tiles."""
-    return args.tile_size // 4 if args.overlap is None else args.overlap
+def _overlap(args) -> int:
+    """--overlap, else the default for the tile size (`default_overlap`: a quarter of the tile)."""
+    return default_overlap(args.tile_size) if args.overlap is None else args.overlap
 
 
 def _cmd_encode(args, events: EventWriter) -> int:
@@ -432,7 +431,7 @@ def _cmd_encode(args, events: EventWriter) -> int:
     checkpoint = _resolve_weights(args, events)
     request = EncodeRequest(
         raster=args.raster, store=args.store, model=args.model, checkpoint=checkpoint, seed=args.seed,
-        bands=args.bands, overlap=default_overlap(args), extent=args.extent, batch_size=args.batch_size,
+        bands=args.bands, overlap=_overlap(args), extent=args.extent, batch_size=args.batch_size,
         device=args.device, tile_size=args.tile_size, stretch=args.stretch, feature_dtype=args.feature_dtype)
 
     def on_progress(event) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Optional
 
 from .cli import EventWriter
-from .core.catalogue import DEFAULT_MODEL, default_checkpoint_for
+from .core.catalogue import default_checkpoint_for
+from .core.defaults import DEFAULT_MODEL
 from .core.errors import QuickSamError
 
 LOG = logging.getLogger("quicksam")

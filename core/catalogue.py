@@ -54,8 +54,6 @@ MODELS: Dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("sam_vit_h", "sam1", "vit_h", "SAM ViT-H (641M)"),
 )}
 
-DEFAULT_MODEL = "sam2.1_hiera_t"
-
 CHECKPOINTS: Dict[str, CheckpointSpec] = {spec.name: spec for spec in (
     CheckpointSpec("sam2.1_hiera_tiny", "sam2.1_hiera_t", SAM2_1_BASE + "sam2.1_hiera_tiny.pt",
                    "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69", 156008466),

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..core.catalogue import model_spec
+from ..core.defaults import DEFAULT_TILE_SIZE
 from ..core.errors import CheckpointError
 from ..core.mask_decoding import (
     DECODER_EXTRA_INPUTS,
@@ -34,7 +35,6 @@ from ..core.mask_decoding import (
 
 LOG = logging.getLogger("quicksam")
 
-NATIVE_IMAGE_SIZE = 1024
 #: Hyperparameters of the official SAM v1 image encoders (segment_anything/build_sam.py).
 _SAM1_ENCODERS = {
     "vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=[2, 5, 8, 11]),
@@ -269,7 +269,7 @@ class Sam1Model(SegmentModel):
 def _build_sam2_net(config: str, image_size: int, device: str) -> nn.Module:
     from sam2.build_sam import build_sam2
 
-    overrides = [] if image_size == NATIVE_IMAGE_SIZE else [f"++model.image_size={image_size}"]
+    overrides = [] if image_size == DEFAULT_TILE_SIZE else [f"++model.image_size={image_size}"]
     return build_sam2(config, ckpt_path=None, device=device, mode="eval",
                       hydra_overrides_extra=overrides)
 
@@ -301,10 +301,11 @@ def _build_sam1_net(config: str, image_size: int) -> nn.Module:
 
 
 def build_model(name: str, checkpoint: Optional[Path] = None, seed: Optional[int] = 0,
-                device: str = "cpu", image_size: int = NATIVE_IMAGE_SIZE) -> SegmentModel:
+                device: str = "cpu", image_size: int = DEFAULT_TILE_SIZE) -> SegmentModel:
     """Build a model from its package's config; weights from `checkpoint`, or seeded random weights.
 
-    `image_size` other than 1024 builds the same architecture for smaller tiles (tests, quick demos).
+    `image_size` other than the native DEFAULT_TILE_SIZE (1024) builds the same architecture for smaller tiles
+    (tests, quick demos).
     """
     spec = model_spec(name)
     if image_size % 64:

@@ -23,6 +23,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..core.catalogue import model_spec
+from ..core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 from ..core.diskspace import disk_full_error, is_disk_full, is_quota, unwritable_reason
 from ..core.errors import Cancelled, QuickSamError
 from ..core.locking import READ_ONLY_ERRNOS, STORE_LOCK, LockHolder, command_name, exclusive_lock, holder_text
@@ -37,7 +38,7 @@ from ..core.store import (
     feature_layout,
     temporary_path,
 )
-from ..core.tiling import DEFAULT_OVERLAP, PixelWindow, Tile, TileGrid
+from ..core.tiling import PixelWindow, Tile, TileGrid
 from . import __version__ as quicksam_version
 from .normalise import Stretch, compute_stretch, sample_windows
 from .raster import RasterInfo, WindowReader, choose_bands, describe_raster, extent_to_window, raster_fingerprint
@@ -65,7 +66,7 @@ class EncodeRequest:
 
     raster: str
     store: Path
-    model: str = "sam2.1_hiera_t"
+    model: str = DEFAULT_MODEL
     checkpoint: Optional[object] = None
     seed: int = 0
     bands: Optional[Sequence[int]] = None
@@ -73,7 +74,7 @@ class EncodeRequest:
     extent: Optional[Tuple[float, float, float, float]] = None
     batch_size: int = 1
     device: str = "auto"
-    tile_size: int = 1024
+    tile_size: int = DEFAULT_TILE_SIZE
     stretch: str = "percentile"
     feature_dtype: str = "float16"
 

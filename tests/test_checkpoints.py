@@ -19,9 +19,9 @@ from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
+from quicksam.core import catalogue
 from quicksam.core.catalogue import CheckpointSpec
 from quicksam.core.errors import Cancelled, CheckpointError
-from quicksam.core import catalogue
 from quicksam.encoder import checkpoints
 
 MIB = checkpoints.CHUNK_SIZE

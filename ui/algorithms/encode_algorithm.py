@@ -31,9 +31,10 @@ from qgis.core import (
     QgsProviderRegistry,
     QgsRasterLayer,
 )
-from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtCore import QCoreApplication, QVariant
 
-from ...core.catalogue import DEFAULT_MODEL, MODELS
+from ...core.catalogue import MODELS
+from ...core.defaults import DEFAULT_MODEL, DEFAULT_TILE_SIZE, default_overlap
 from ...core.errors import Cancelled, QuickSamError
 from ...encoder.subprocess_runner import DEFAULT_MODULE, encoder_command, run_encoder_process
 from ..settings import encoder_python
@@ -41,8 +42,6 @@ from .algorithm_base import QuickSamAlgorithm
 
 MODEL_NAMES: List[str] = list(MODELS)
 DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-#: The tile size the models are trained at; TILE_SIZE = 0 means this.
-NATIVE_TILE_SIZE = 1024
 MAX_BANDS = 3
 
 
@@ -53,11 +52,12 @@ def _tr(message: str) -> str:
 def build_encode_args(raster: str, store: str, *, model: str = DEFAULT_MODEL,
                       bands: Sequence[int] = (),
                       extent: Optional[Tuple[float, float, float, float]] = None,
-                      checkpoint: str = "", random_weights: bool = False, overlap: int = 256,
+                      checkpoint: str = "", random_weights: bool = False, overlap: Optional[int] = None,
                       batch_size: int = 1, device: str = "auto", tile_size: int = 0) -> List[str]:
     """Arguments of `quicksam.cli` (after `-m quicksam.cli`) for one encode.
 
-    `extent` is (xmin, ymin, xmax, ymax) in the raster's CRS; `tile_size` 0 = the model's native size.
+    `extent` is (xmin, ymin, xmax, ymax) in the raster's CRS; `tile_size` 0 = the model's native size;
+    `overlap` None = `default_overlap` of the tile size (a quarter of it), as the CLI's own default.
     Options use the `--name=value` form so that values starting with "-" (a negative coordinate, an
     odd file name) are never taken for options.
     """
@@ -68,6 +68,8 @@ def build_encode_args(raster: str, store: str, *, model: str = DEFAULT_MODEL,
         args.append("--random-weights")
     if bands:
         args.append("--bands=" + ",".join(str(int(band)) for band in bands))
+    if overlap is None:
+        overlap = default_overlap(tile_size or DEFAULT_TILE_SIZE)
     args.append(f"--overlap={int(overlap)}")
     if extent is not None:
         args.append("--extent=" + ",".join(repr(float(value)) for value in extent))
@@ -125,6 +127,13 @@ def band_numbers_from_text(value: Any) -> List[int]:
         raise QgsProcessingException(
             _tr("BANDS must be band numbers such as 3;2;1 (or repeat BANDS=3 BANDS=2 BANDS=1 with "
                 "qgis_process); got '{value}'.").format(value=value)) from None
+
+
+def _is_given(value: Any) -> bool:
+    """Whether an optional parameter's value was given: not missing, None, a NULL QVariant or ""."""
+    if isinstance(value, QVariant):
+        return not value.isNull()
+    return value is not None and value != ""
 
 
 @dataclass(frozen=True)
@@ -291,10 +300,11 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             _tr("Build the model with seeded random weights instead of a checkpoint: fast to set up, "
                 "useless for real segmentation. The store records it."), advanced=True)
         self._add(QgsProcessingParameterNumber(
-            self.OVERLAP, _tr("Tile overlap (pixels)"), QgsProcessingParameterNumber.Integer,
-            defaultValue=256, minValue=0, maxValue=1023),
+            self.OVERLAP, _tr("Tile overlap (pixels, empty = a quarter of the tile size)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=None, optional=True, minValue=0, maxValue=1023),
             _tr("Pixels shared by neighbouring tiles; objects up to this size on a tile edge are "
-                "still whole in some tile. Must be smaller than the tile size."))
+                "still whole in some tile. Must be smaller than the tile size. Empty: a quarter of the "
+                "tile size (256 px for the native 1024 px tiles)."))
         self._add(QgsProcessingParameterNumber(
             self.BATCH_SIZE, _tr("Batch size (tiles encoded together)"),
             QgsProcessingParameterNumber.Integer, defaultValue=1, minValue=1),
@@ -360,12 +370,8 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             raise QgsProcessingException(
                 _tr("Choose either a checkpoint or random weights, not both: clear CHECKPOINT or "
                     "untick RANDOM_WEIGHTS."))
-        overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
         tile_size = self.parameterAsInt(parameters, self.TILE_SIZE, context)
-        if overlap >= (tile_size or NATIVE_TILE_SIZE):
-            raise QgsProcessingException(
-                _tr("The overlap ({overlap} px) must be smaller than the tile size ({tile} px).")
-                .format(overlap=overlap, tile=tile_size or NATIVE_TILE_SIZE))
+        overlap = self._overlap(parameters, context, tile_size or DEFAULT_TILE_SIZE)
         store = self.parameterAsString(parameters, self.OUTPUT, context)
         if not store:
             raise QgsProcessingException(_tr("Choose a folder for the feature store (OUTPUT)."))
@@ -378,6 +384,19 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             tile_size=tile_size)
         return EncodeRequest(args=args, python=encoder_python(), store=store)
+
+    def _overlap(self, parameters: Dict[str, Any], context: QgsProcessingContext, tile_size: int) -> int:
+        """OVERLAP in pixels, or when it is not given `default_overlap(tile_size)`; QgsProcessingException
+        when it is not smaller than the tile."""
+        if _is_given(parameters.get(self.OVERLAP)):
+            overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
+        else:
+            overlap = default_overlap(tile_size)
+        if overlap >= tile_size:
+            raise QgsProcessingException(
+                _tr("The overlap ({overlap} px) must be smaller than the tile size ({tile} px).")
+                .format(overlap=overlap, tile=tile_size))
+        return overlap
 
     def _bands(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                layer: QgsRasterLayer) -> List[int]:
