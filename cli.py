@@ -32,8 +32,8 @@ from .core.catalogue import CHECKPOINTS, MODELS, default_checkpoint_for
 from .core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, MASK_MODES, default_overlap
 from .core.diskspace import is_disk_full, mount_point
 from .core.errors import Cancelled, QuickSamError
+from .core.logger import LOGGER
 
-LOG = logging.getLogger("quicksam")
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 2
 EXIT_CANCELLED = 130
@@ -525,7 +525,7 @@ def _captured_process_output() -> Iterator[None]:
                 os.close(original)
             sink.seek(0)
             for line in sink.read().decode(errors="replace").splitlines():
-                LOG.debug("qgis: %s", line)
+                LOGGER.debug("qgis: %s", line)
 
 
 def qgis_python_plugins_dir() -> str:
@@ -588,7 +588,7 @@ def _headless_qgis() -> Iterator[None]:
 
     own_app = QgsApplication.instance() is None
     if own_app:
-        qInstallMessageHandler(lambda _mode, _context, message: LOG.debug("qt: %s", message))
+        qInstallMessageHandler(lambda _mode, _context, message: LOGGER.debug("qt: %s", message))
         app = QgsApplication([], False)
         app.initQgis()
     try:
@@ -976,12 +976,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     events = EventWriter(as_json=getattr(args, "progress_json", False), command=_command_of(args))
     handler = _EventLogHandler(events)
-    LOG.addHandler(handler)
-    LOG.setLevel(logging.INFO)
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
     try:
         status = _run_command(args, events)
     finally:
-        LOG.removeHandler(handler)
+        LOGGER.removeHandler(handler)
         events.close()
     if events.closed:
         # The reader has gone (`quicksam ... | head -3`): stop quietly, as a command killed by SIGPIPE

@@ -22,7 +22,6 @@ from .core.catalogue import default_checkpoint_for
 from .core.defaults import DEFAULT_MODEL
 from .core.errors import QuickSamError
 
-LOG = logging.getLogger("quicksam")
 DEMO_RASTER = Path(__file__).resolve().parent.parent / "shared" / "data" / "L7_ETMs.tif"
 DEMO_BANDS = [3, 2, 1]  # Landsat 7 red, green, blue
 #: Demo prompts as fractions of the raster's width and height: (x, y, label); one object each.

@@ -22,7 +22,6 @@ import hashlib
 import http.client
 import io
 import json
-import logging
 import os
 import pickle
 import re
@@ -39,8 +38,7 @@ from typing import IO, Any, Callable, Dict, Optional, Tuple
 from ..core import catalogue
 from ..core.catalogue import CheckpointSpec
 from ..core.errors import Cancelled, CheckpointError
-
-logger = logging.getLogger("quicksam")
+from ..core.logger import LOGGER
 
 #: Bytes read, written and reported per step of a download or a hash.
 CHUNK_SIZE = 1 << 20
@@ -181,7 +179,7 @@ def _read_hash_memo() -> Dict[str, Dict[str, Any]]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        logger.warning("ignoring unreadable checkpoint hash cache %s: %s", path, exc)
+        LOGGER.warning("ignoring unreadable checkpoint hash cache %s: %s", path, exc)
         return {}
     files = data.get("files") if isinstance(data, dict) else None
     return files if isinstance(files, dict) else {}
@@ -200,7 +198,7 @@ def _remember_sha256(path: Path, sha256: str, stat: Optional[os.stat_result] = N
                 _hash_memo_path(), {"format_version": HASH_MEMO_FORMAT_VERSION, "files": files}
             )
         except OSError as exc:
-            logger.warning("cannot write checkpoint hash cache %s: %s", _hash_memo_path(), exc)
+            LOGGER.warning("cannot write checkpoint hash cache %s: %s", _hash_memo_path(), exc)
 
 
 def checkpoint_sha256(path: Path) -> str:
@@ -215,7 +213,7 @@ def checkpoint_sha256(path: Path) -> str:
         and isinstance(entry.get("sha256"), str)
     ):
         return entry["sha256"]
-    logger.info("computing the SHA-256 of %s (%d bytes)", path, stat.st_size)
+    LOGGER.info("computing the SHA-256 of %s (%d bytes)", path, stat.st_size)
     # The stat taken before hashing is stored: a file modified meanwhile will not match it.
     sha256 = sha256_file(path)
     _remember_sha256(path, sha256, stat)
@@ -321,7 +319,7 @@ def _open_http_url(url: str, offset: int, timeout: float) -> _Stream:
             total = start + length
         return _Stream(response, start, total)
     if offset:
-        logger.info("%s does not support resuming downloads; starting again", url)
+        LOGGER.info("%s does not support resuming downloads; starting again", url)
     return _Stream(response, 0, length)
 
 
@@ -375,12 +373,12 @@ def _open_resumable(url: str, part: Path, timeout: float) -> _Stream:
         if exc.total == offset:
             # A complete .part left by an earlier run that stopped before verifying it.
             return _Stream(io.BytesIO(), offset, offset)
-        logger.info("discarding %s, which does not match %s", part, url)
+        LOGGER.info("discarding %s, which does not match %s", part, url)
         part.unlink()
         return _open_stream(url, 0, timeout)
     if stream.start not in (0, offset):
         stream.body.close()
-        logger.info("the server resumed %s at the wrong byte; starting again", url)
+        LOGGER.info("the server resumed %s at the wrong byte; starting again", url)
         part.unlink()
         return _open_stream(url, 0, timeout)
     return stream
@@ -412,7 +410,7 @@ def download(
     stream = _open_resumable(url, part, timeout)
     try:
         if stream.start:
-            logger.info("resuming the download of %s at byte %d", url, stream.start)
+            LOGGER.info("resuming the download of %s at byte %d", url, stream.start)
         digest = _hash_of(part) if stream.start else hashlib.sha256()
         _copy_stream(url, stream, part, digest, progress, cancel)
     finally:
@@ -425,7 +423,7 @@ def download(
             f"{expected_sha256.lower()}, got {actual}; check the URL, {_BY_HAND}"
         )
     os.replace(part, dest)
-    logger.info("downloaded %s to %s (SHA-256 %s)", url, dest, actual)
+    LOGGER.info("downloaded %s to %s (SHA-256 %s)", url, dest, actual)
     return actual
 
 
@@ -497,7 +495,7 @@ def all_checkpoints() -> Dict[str, CheckpointSpec]:
     merged = dict(catalogue.CHECKPOINTS)
     for name, spec in custom_checkpoints().items():
         if name in merged:
-            logger.warning("custom checkpoint '%s' is hidden by the official one of that name", name)
+            LOGGER.warning("custom checkpoint '%s' is hidden by the official one of that name", name)
         else:
             merged[name] = spec
     return merged
@@ -541,10 +539,10 @@ def register_checkpoint(
         _url_scheme(str(url))
     entries = _read_registry()
     if name in entries:
-        logger.info("replacing custom checkpoint '%s'", name)
+        LOGGER.info("replacing custom checkpoint '%s'", name)
     entries[name] = {"model": model, "url": str(url), "sha256": expected, "size": size}
     _write_registry(entries)
-    logger.info("registered custom checkpoint '%s' (%s) at %s", name, model, url)
+    LOGGER.info("registered custom checkpoint '%s' (%s) at %s", name, model, url)
     return CheckpointSpec(name, model, str(url), expected, size)
 
 
@@ -556,7 +554,7 @@ def unregister_checkpoint(name: str) -> None:
         raise CheckpointError(f"no custom checkpoint called '{name}'; registered: {known}")
     del entries[name]
     _write_registry(entries)
-    logger.info("unregistered custom checkpoint '%s'", name)
+    LOGGER.info("unregistered custom checkpoint '%s'", name)
 
 
 def _adopt_sha256(name: str, sha256: str) -> None:
@@ -565,7 +563,7 @@ def _adopt_sha256(name: str, sha256: str) -> None:
     if name in entries and not entries[name].get("sha256"):
         entries[name]["sha256"] = sha256
         _write_registry(entries)
-        logger.info("custom checkpoint '%s' is now identified by SHA-256 %s", name, sha256)
+        LOGGER.info("custom checkpoint '%s' is now identified by SHA-256 %s", name, sha256)
 
 
 # --- resolving -----------------------------------------------------------------------------------
@@ -626,7 +624,7 @@ def _resolve_file(path: Path, model: Optional[str]) -> ResolvedCheckpoint:
     sha256 = checkpoint_sha256(path)
     known = _identify(path, sha256)
     if known is None:
-        logger.info("%s is not a known checkpoint; its SHA-256 %s identifies it", path, sha256)
+        LOGGER.info("%s is not a known checkpoint; its SHA-256 %s identifies it", path, sha256)
         return ResolvedCheckpoint(path, sha256, path.name, model, str(path))
     _check_spec_model(known, model)
     return ResolvedCheckpoint(path, sha256, known.name, model, str(path))
@@ -668,7 +666,7 @@ def _resolve_spec(
             if spec.sha256 is None:
                 _adopt_sha256(spec.name, sha256)
             return ResolvedCheckpoint(target, sha256, spec.name, spec.model, spec.url)
-        logger.warning(
+        LOGGER.warning(
             "%s has SHA-256 %s, expected %s; it must be downloaded again",
             target, sha256, spec.sha256,
         )
@@ -678,7 +676,7 @@ def _resolve_spec(
             f"checkpoint '{spec.name}' is {state}; download it with "
             f"`quicksam checkpoints download {spec.name}`"
         )
-    logger.info("downloading checkpoint '%s' from %s", spec.name, spec.url)
+    LOGGER.info("downloading checkpoint '%s' from %s", spec.name, spec.url)
     sha256 = download(spec.url, target, spec.sha256, progress=progress, cancel=cancel)
     _remember_sha256(target, sha256)
     if spec.sha256 is None:

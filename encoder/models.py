@@ -11,7 +11,6 @@ corner of the tile's top-left pixel). Only this module touches the packages' mod
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 from ..core.catalogue import model_spec
 from ..core.defaults import DEFAULT_TILE_SIZE
 from ..core.errors import CheckpointError
+from ..core.logger import LOGGER
 from ..core.mask_decoding import (
     DECODER_EXTRA_INPUTS,
     DecodeResult,
@@ -32,8 +32,6 @@ from ..core.mask_decoding import (
     decoder_inputs,
     postprocess,
 )
-
-LOG = logging.getLogger("quicksam")
 
 #: Hyperparameters of the official SAM v1 image encoders (segment_anything/build_sam.py).
 _SAM1_ENCODERS = {
@@ -337,5 +335,5 @@ def _load_weights(net: nn.Module, checkpoint: Path) -> None:
             f"checkpoint '{checkpoint}' does not fit this model ({len(missing)} weights missing, "
             f"e.g. {missing[0]}); choose the model it was trained for with --model")
     if unexpected:
-        LOG.info("checkpoint %s: %d extra weights ignored", checkpoint, len(unexpected))
+        LOGGER.info("checkpoint %s: %d extra weights ignored", checkpoint, len(unexpected))
 

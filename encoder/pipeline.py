@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import queue
 import shutil
@@ -27,6 +26,7 @@ from ..core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 from ..core.diskspace import disk_full_error, is_disk_full, is_quota, unwritable_reason
 from ..core.errors import Cancelled, QuickSamError
 from ..core.locking import READ_ONLY_ERRNOS, STORE_LOCK, LockHolder, command_name, exclusive_lock, holder_text
+from ..core.logger import LOGGER
 from ..core.store import (
     DECODER_ONNX,
     FORMAT_NAME,
@@ -44,7 +44,6 @@ from .normalise import Stretch, compute_stretch, sample_windows
 from .raster import RasterInfo, WindowReader, choose_bands, describe_raster, extent_to_window, raster_fingerprint
 from .tile_index import write_tile_index
 
-LOG = logging.getLogger("quicksam")
 _END = object()
 #: Bumped when the decoder export changes, so cached exports of an older form are not reused
 #: (2: a batch axis for objects).
@@ -333,7 +332,7 @@ def prepare_store(request: EncodeRequest, plan: Optional[StorePlan] = None) -> T
     info, bands = plan.info, plan.bands
     store = FeatureStore.create_or_resume(request.store, plan.manifest)
     if info.count > 3 and not request.bands:  # said once the input is accepted, not before an error
-        LOG.info("%s has %d bands; using bands %s (choose others with --bands)", request.raster,
+        LOGGER.info("%s has %d bands; using bands %s (choose others with --bands)", request.raster,
                  info.count, ",".join(map(str, bands)))
     return store, Stretch.from_dict(store.manifest["preprocessing"]["stretch"])
 
@@ -385,7 +384,7 @@ def _encode_into_store(request: EncodeRequest, plan: StorePlan, progress: Option
         if needs_decoder:
             install_decoder(store, model)
     if pending:
-        LOG.info("encoding %d of %d tiles into %s", len(pending), len(store.grid), store.root)
+        LOGGER.info("encoding %d of %d tiles into %s", len(pending), len(store.grid), store.root)
         pipeline = TilePipeline(store, model, request.raster, stretch, request.batch_size, progress, cancelled)
         try:
             run_stats = pipeline.run(pending)
@@ -406,10 +405,10 @@ def verify_kept_work(store: FeatureStore) -> bool:
     log line supersedes the old); each is named in a warning. Returns whether the decoder must be
     (re)installed: missing, or damaged (also warned)."""
     for tile_id, problem in store.verify_tiles().items():
-        LOG.warning("tile %s of store %s is damaged (%s); encoding it again", tile_id, store.root, problem)
+        LOGGER.warning("tile %s of store %s is damaged (%s); encoding it again", tile_id, store.root, problem)
     problem = store.decoder_problem()
     if problem is not None and (store.root / DECODER_ONNX).exists():
-        LOG.warning("%s of store %s %s; exporting it again", DECODER_ONNX, store.root, problem)
+        LOGGER.warning("%s of store %s %s; exporting it again", DECODER_ONNX, store.root, problem)
     return problem is not None
 
 
@@ -431,7 +430,7 @@ def write_tile_index_if_possible(store: FeatureStore) -> None:
     try:
         write_tile_index(store)
     except Exception as exc:  # noqa: BLE001 - the run's own error is the one to report
-        LOG.debug("tile index not written (the next run writes it): %s", exc)
+        LOGGER.debug("tile index not written (the next run writes it): %s", exc)
         for leftover in store.root.glob(f"tile_index.tmp.{os.getpid()}.gpkg*"):
             with contextlib.suppress(OSError):
                 leftover.unlink()

@@ -9,7 +9,6 @@ bad input, exactly one line "quicksam: error: <what to do>" on stderr.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import queue
 import subprocess
@@ -19,8 +18,7 @@ from pathlib import Path
 from typing import IO, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..core.errors import Cancelled, QuickSamError
-
-LOGGER = logging.getLogger("quicksam.encoder.subprocess")
+from ..core.logger import LOGGER
 
 #: The plugin folder (the repository root), which is the package `quicksam` when installed.
 PLUGIN_DIR = Path(__file__).resolve().parent.parent

@@ -11,7 +11,6 @@ layer's CRS. The project's and the canvas's CRS are never changed.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
@@ -33,6 +32,7 @@ from qgis.gui import QgsMapCanvas
 from qgis.PyQt.QtCore import QCoreApplication, QElapsedTimer, QEventLoop, QObject, QTimer, pyqtSignal
 
 from ...core.errors import QuickSamError
+from ...core.logger import LOGGER
 from ...core.store import TILE_INDEX, FeatureStore
 from ...interactive.engine import MapPrompts, PromptError, Segment, SegmentEngine
 from ...interactive.session import AcceptedObject, SegmentOptions, SegmentSession
@@ -52,7 +52,6 @@ from .object_writer import (
     set_object_colours,
 )
 
-LOGGER = logging.getLogger("quicksam.interactive")
 ENCODE_ALGORITHM_ID = "quicksam:encoderaster"
 TILE_INDEX_LAYER_NAME = "QuickSAM tiles"
 _RESULT_MEMO = 32
