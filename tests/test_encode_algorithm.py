@@ -82,7 +82,7 @@ def request_args(algorithm, parameters: dict) -> list:
     context = QgsProcessingContext()
     ok, message = algorithm.checkParameterValues(parameters, context)
     assert ok, message
-    return algorithm.encode_request(parameters, context).args
+    return algorithm.encoder_job(parameters, context).args
 
 
 # -- metadata -----------------------------------------------------------------------------------------

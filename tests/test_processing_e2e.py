@@ -270,7 +270,7 @@ def test_bands_given_as_text(encoder_provider, tmp_path, text):
     context = project_context()
     ok, message = algorithm.checkParameterValues(parameters, context)
     assert ok, message
-    assert "--bands=3,2,1" in algorithm.encode_request(parameters, context).args
+    assert "--bands=3,2,1" in algorithm.encoder_job(parameters, context).args
 
 
 def test_bands_that_are_not_numbers_are_refused(encoder_provider, tmp_path):

@@ -137,7 +137,7 @@ def _is_given(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class EncodeRequest:
+class EncoderJob:
     """Everything the encoder process needs, copied from the parameters on the main thread."""
 
     args: List[str]
@@ -236,7 +236,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
 
     def __init__(self) -> None:
         super().__init__()
-        self._request: Optional[EncodeRequest] = None
+        self._job: Optional[EncoderJob] = None
 
     # -- identity ---------------------------------------------------------------------------------
 
@@ -339,7 +339,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
         if not ok:
             return ok, message
         try:
-            self.encode_request(parameters, context)
+            self.encoder_job(parameters, context)
         except QgsProcessingException as exc:
             return False, str(exc)
         return True, ""
@@ -347,12 +347,11 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
     def prepareAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> bool:
         """Copy every parameter here, on the main thread, before the background run."""
-        self._request = self.encode_request(parameters, context)
+        self._job = self.encoder_job(parameters, context)
         return True
 
-    def encode_request(self, parameters: Dict[str, Any],
-                      context: QgsProcessingContext) -> EncodeRequest:
-        """The checked parameters as an EncodeRequest; QgsProcessingException on bad input."""
+    def encoder_job(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> EncoderJob:
+        """The checked parameters as an EncoderJob; QgsProcessingException on bad input."""
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None or not layer.isValid():
             raise QgsProcessingException(
@@ -383,7 +382,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             tile_size=tile_size)
-        return EncodeRequest(args=args, python=encoder_python(), store=store)
+        return EncoderJob(args=args, python=encoder_python(), store=store)
 
     def _overlap(self, parameters: Dict[str, Any], context: QgsProcessingContext, tile_size: int) -> int:
         """OVERLAP in pixels, or when it is not given `default_overlap(tile_size)`; QgsProcessingException
@@ -420,24 +419,24 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
 
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
-        request = self._request
-        if request is None:  # prepareAlgorithm always runs first; this guards direct misuse
+        job = self._job
+        if job is None:  # prepareAlgorithm always runs first; this guards direct misuse
             raise QgsProcessingException(_tr("The algorithm was not prepared."))
-        feedback.pushCommandInfo(shlex.join(encoder_command(request.args, request.python,
+        feedback.pushCommandInfo(shlex.join(encoder_command(job.args, job.python,
                                                             DEFAULT_MODULE)))
-        reporter = EncoderEventReporter(feedback, request.store)
+        reporter = EncoderEventReporter(feedback, job.store)
         try:
-            run_encoder_process(request.args, request.python, reporter, feedback.isCanceled)
+            run_encoder_process(job.args, job.python, reporter, feedback.isCanceled)
         except Cancelled as exc:
             raise QgsProcessingException(
                 _tr("Encoding cancelled: the tiles encoded so far are kept in {store}; run the "
                     "algorithm again with the same parameters to resume.").format(
-                    store=request.store)) from exc
+                    store=job.store)) from exc
         except QuickSamError as exc:
             raise QgsProcessingException(str(exc)) from exc
         finished = reporter.finished
         if finished is None or not finished.get("tile_index"):
             raise QgsProcessingException(
                 _tr("The encoder process ended without reporting its result; see the log above."))
-        return {self.OUTPUT: str(finished.get("store") or request.store),
+        return {self.OUTPUT: str(finished.get("store") or job.store),
                 self.TILE_INDEX: str(finished["tile_index"])}
