@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .cli import EventWriter
+from .cli.events import EventWriter
 from .core.catalogue import default_checkpoint_for
 from .core.defaults import DEFAULT_MODEL
 from .core.errors import QuickSamError

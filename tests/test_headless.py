@@ -24,7 +24,7 @@ from synthetic import square_scene, write_raster
 
 REPO = Path(__file__).resolve().parent.parent
 #: The encoder side: what `quicksam encode` and `quicksam info` import (the QGIS layer excluded).
-ENCODER_SIDE = [*sorted((REPO / "encoder").glob("*.py")), REPO / "cli.py"]
+ENCODER_SIDE = [*sorted((REPO / "encoder").rglob("*.py")), *sorted((REPO / "cli").glob("*.py"))]
 QGIS_LAYER = {"provider.py", "algorithm_base.py", "encode_algorithm.py"}
 
 
@@ -117,7 +117,7 @@ def test_the_cli_finds_qgis_processing_from_qgis_own_data_path(qgis_app):
     pkgDataPath), not from a Debian path: the same code finds it under OSGeo4W, macOS bundles and conda."""
     from qgis.core import QgsApplication
 
-    from quicksam.cli import qgis_python_plugins_dir
+    from quicksam.cli.headless import qgis_python_plugins_dir
 
     folder = Path(qgis_python_plugins_dir())
     assert folder == Path(QgsApplication.pkgDataPath()) / "python" / "plugins"
