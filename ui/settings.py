@@ -15,7 +15,6 @@ from typing import Generic, List, Optional, Type, TypeVar
 
 from qgis.core import QgsSettings
 
-from ..core import defaults
 from . import PLUGIN_DIR
 
 PREFIX = "quicksam/"
@@ -66,11 +65,11 @@ PYTHON_EXECUTABLE: Setting[str] = Setting(
     "python_executable", str, "",
     "Python interpreter that runs the encoder (needs torch and sam2); empty = found automatically")
 DEFAULT_MODEL: Setting[str] = Setting(
-    "default_model", str, defaults.DEFAULT_MODEL, "Model proposed when encoding a raster")
+    "default_model", str, "sam2.1_hiera_t", "Model proposed when encoding a raster")
 DEVICE: Setting[str] = Setting(
     "device", str, "auto", "Device used by the encoder: auto, cpu, cuda or mps")
 OVERLAP: Setting[int] = Setting(
-    "overlap", int, defaults.DEFAULT_OVERLAP, "Overlap between neighbouring tiles, in pixels")
+    "overlap", int, 256, "Overlap between neighbouring tiles, in pixels")
 BATCH_SIZE: Setting[int] = Setting(
     "batch_size", int, 1, "Tiles encoded together (more needs more memory)")
 
