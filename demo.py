@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .cli import EventWriter
-from .core.catalogue import DEFAULT_MODEL, default_checkpoint_for
+from .cli.events import EventWriter
+from .core.catalogue import default_checkpoint_for
+from .core.defaults import DEFAULT_MODEL
 from .core.errors import QuickSamError
 
-LOG = logging.getLogger("quicksam")
 DEMO_RASTER = Path(__file__).resolve().parent.parent / "shared" / "data" / "L7_ETMs.tif"
 DEMO_BANDS = [3, 2, 1]  # Landsat 7 red, green, blue
 #: Demo prompts as fractions of the raster's width and height: (x, y, label); one object each.

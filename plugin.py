@@ -7,7 +7,6 @@ dock (and with it ONNX Runtime) is created on first use only.
 
 from __future__ import annotations
 
-import logging
 from typing import Callable, List, Optional, Tuple
 
 from qgis.core import QgsApplication
@@ -15,6 +14,7 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QToolBar
 
+from .core.logger import LOGGER
 from .ui import ICONS_DIR
 from .ui.algorithms.provider import QuickSamProvider
 from .ui.i18n import tr
@@ -27,7 +27,6 @@ SEGMENT_ALL_ACTION_OBJECT_NAME = "QuickSamSegmentAllAction"
 ENCODE_ALGORITHM_ID = "quicksam:encoderaster"
 SEGMENT_ALL_ALGORITHM_ID = "quicksam:segmentall"
 
-LOGGER = logging.getLogger("quicksam.plugin")
 
 
 def icon_path(name: str) -> str:

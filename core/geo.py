@@ -42,7 +42,7 @@ def tile_geotransform(geotransform: Sequence[float], tile: Tile) -> Tuple[float,
     return (x0, b, c, y0, e, f)
 
 
-def fingerprint_of(path: str, width: int, height: int, count: int, geotransform: Sequence[float]) -> str:
+def raster_fingerprint(path: str, width: int, height: int, count: int, geotransform: Sequence[float]) -> str:
     """A content fingerprint that changes when the pixels or the georeference change.
 
     Hashes the structure (size, band count, geotransform), the file size and evenly spaced 64 KiB

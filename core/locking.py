@@ -18,7 +18,6 @@ import contextlib
 import datetime as _dt
 import errno
 import json
-import logging
 import os
 import socket
 import sys
@@ -28,8 +27,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from .errors import QuickSamError
+from .logger import LOGGER
 
-LOG = logging.getLogger("quicksam")
 #: The lock file of a feature store (see docs/store-format.md).
 STORE_LOCK = ".quicksam.lock"
 #: Errors that mean the lock file cannot be created: a folder nobody may write needs no lock.
@@ -150,7 +149,7 @@ class ExclusiveLock:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
             except OSError as exc:
                 if exc.errno in READ_ONLY_ERRNOS:
-                    LOG.debug("no lock on %s (%s): the folder cannot be written", self.path, exc.strerror)
+                    LOGGER.debug("no lock on %s (%s): the folder cannot be written", self.path, exc.strerror)
                     return
                 raise
             if not _try_lock(fd):
@@ -170,7 +169,7 @@ class ExclusiveLock:
             os.lseek(self._fd, 0, os.SEEK_SET)
             os.write(self._fd, text)
         except OSError as exc:  # a full disk: the lock holds all the same, only without details
-            LOG.debug("cannot write the lock holder into %s: %s", self.path, exc)
+            LOGGER.debug("cannot write the lock holder into %s: %s", self.path, exc)
 
     def release(self) -> None:
         """Delete the lock file, then release the lock (in this order: see `_same_file`)."""

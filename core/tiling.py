@@ -9,11 +9,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-DEFAULT_TILE_SIZE = 1024
-#: Default overlap between neighbouring tiles, in pixels. With an overlap of 256 every pixel that is
-#: not near the raster's outer edge lies at least 128 px inside some tile, and any object up to
-#: 256 px across fits entirely in one tile, at 1.78x the tile count of no overlap (docs/encoding.md).
-DEFAULT_OVERLAP = 256
+from .defaults import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""Offline stage: tiling, normalisation, models, checkpoints, the feature store and the encoder.
+"""Encoding stage: reading rasters, normalisation, models, checkpoints, the tile pipeline, the tile index.
 
-Everything here except `provider.py` and `encode_algorithm.py` imports no QGIS, and nothing imports
-torch until a model is built.
+Nothing here imports QGIS (the Processing algorithm that runs an encode is ui/algorithms/encode_algorithm.py)
+or the decoding stage, and nothing imports torch until a model is built.
 """
 
 __version__ = "0.1.0"

@@ -11,7 +11,6 @@ corner of the tile's top-left pixel). Only this module touches the packages' mod
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,9 @@ import torch
 from torch import nn
 
 from ..core.catalogue import model_spec
+from ..core.defaults import DEFAULT_TILE_SIZE
 from ..core.errors import CheckpointError
+from ..core.logger import LOGGER
 from ..core.mask_decoding import (
     DECODER_EXTRA_INPUTS,
     DecodeResult,
@@ -32,9 +33,6 @@ from ..core.mask_decoding import (
     postprocess,
 )
 
-LOG = logging.getLogger("quicksam")
-
-NATIVE_IMAGE_SIZE = 1024
 #: Hyperparameters of the official SAM v1 image encoders (segment_anything/build_sam.py).
 _SAM1_ENCODERS = {
     "vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=[2, 5, 8, 11]),
@@ -79,6 +77,9 @@ class SegmentModel:
     device: str = "cpu"
     decoder_settings: DecoderSettings = field(default_factory=DecoderSettings)
     weights_sha256: Optional[str] = None
+    # Class attributes, not dataclass fields: the family's decoder graph class, and its instance once built.
+    _graph_class = None
+    _graph = None
 
     # -- interface -------------------------------------------------------------------------
     def feature_specs(self) -> List[FeatureSpec]:
@@ -105,7 +106,10 @@ class SegmentModel:
 
     # -- decoder graph shared by torch decoding and the ONNX export ------------------------
     def decoder_graph(self) -> nn.Module:
-        raise NotImplementedError
+        """The family's prompt encoder + mask decoder (`_graph_class`), built once per model."""
+        if self._graph is None:
+            self._graph = self._graph_class(self.net, self.image_size).eval()
+        return self._graph
 
     def feature_names(self) -> List[str]:
         return [spec.name for spec in self.feature_specs()]
@@ -169,18 +173,31 @@ def _dense_embedding(prompt_encoder: nn.Module, mask_input: torch.Tensor,
     return masked * weight + no_mask * (1 - weight)
 
 
-# -- SAM 2 / SAM 2.1 --------------------------------------------------------------------------
-class _Sam2DecoderGraph(nn.Module):
-    def __init__(self, net: nn.Module, image_size: int):
+class _DecoderGraph(nn.Module):
+    """A family's prompt encoder and mask decoder as one module that traces to ONNX; the prompts' sparse and
+    dense embeddings are computed alike for every family (`_prompt_embeddings`)."""
+
+    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, image_size: int):
         super().__init__()
-        self.prompt_encoder = net.sam_prompt_encoder
-        self.mask_decoder = net.sam_mask_decoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
         self.image_size = image_size
+
+    def _prompt_embeddings(self, point_coords: torch.Tensor, point_labels: torch.Tensor, mask_input: torch.Tensor,
+                           has_mask_input: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(sparse, dense) embeddings of a batch of prompts (see `_embed_points`, `_dense_embedding`)."""
+        sparse = _embed_points(self.prompt_encoder, point_coords, point_labels, self.image_size)
+        return sparse, _dense_embedding(self.prompt_encoder, mask_input, has_mask_input)
+
+
+# -- SAM 2 / SAM 2.1 --------------------------------------------------------------------------
+class _Sam2DecoderGraph(_DecoderGraph):
+    def __init__(self, net: nn.Module, image_size: int):
+        super().__init__(net.sam_prompt_encoder, net.sam_mask_decoder, image_size)
 
     def forward(self, image_embed, high_res_0, high_res_1, point_coords, point_labels, mask_input,
                 has_mask_input):
-        sparse = _embed_points(self.prompt_encoder, point_coords, point_labels, self.image_size)
-        dense = _dense_embedding(self.prompt_encoder, mask_input, has_mask_input)
+        sparse, dense = self._prompt_embeddings(point_coords, point_labels, mask_input, has_mask_input)
         # one tile, many objects: the image features are shared by every prompt of the batch
         image_embed = image_embed.expand(point_coords.shape[0], -1, -1, -1)
         masks, scores, _, _ = self.mask_decoder.predict_masks(
@@ -193,7 +210,7 @@ class _Sam2DecoderGraph(nn.Module):
 class Sam2Model(SegmentModel):
     """SAM 2 and SAM 2.1 (sam2 package): features image_embed + two high-resolution maps."""
 
-    _graph: Optional[nn.Module] = None
+    _graph_class = _Sam2DecoderGraph
 
     def feature_specs(self) -> List[FeatureSpec]:
         s = self.image_size
@@ -218,24 +235,14 @@ class Sam2Model(SegmentModel):
                 for feat, size in zip(vision_feats, feat_sizes)]
         return {"image_embed": maps[2], "high_res_feats_0": maps[0], "high_res_feats_1": maps[1]}
 
-    def decoder_graph(self) -> nn.Module:
-        if self._graph is None:
-            self._graph = _Sam2DecoderGraph(self.net, self.image_size).eval()
-        return self._graph
-
-
 
 # -- SAM v1 ---------------------------------------------------------------------------------------
-class _Sam1DecoderGraph(nn.Module):
+class _Sam1DecoderGraph(_DecoderGraph):
     def __init__(self, net: nn.Module, image_size: int):
-        super().__init__()
-        self.prompt_encoder = net.prompt_encoder
-        self.mask_decoder = net.mask_decoder
-        self.image_size = image_size
+        super().__init__(net.prompt_encoder, net.mask_decoder, image_size)
 
     def forward(self, image_embed, point_coords, point_labels, mask_input, has_mask_input):
-        sparse = _embed_points(self.prompt_encoder, point_coords, point_labels, self.image_size)
-        dense = _dense_embedding(self.prompt_encoder, mask_input, has_mask_input)
+        sparse, dense = self._prompt_embeddings(point_coords, point_labels, mask_input, has_mask_input)
         masks, scores = self.mask_decoder.predict_masks(
             image_embeddings=image_embed, image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
@@ -245,7 +252,7 @@ class _Sam1DecoderGraph(nn.Module):
 class Sam1Model(SegmentModel):
     """The original SAM (segment_anything package): one 256-channel feature map."""
 
-    _graph: Optional[nn.Module] = None
+    _graph_class = _Sam1DecoderGraph
 
     def feature_specs(self) -> List[FeatureSpec]:
         s = self.image_size // 16
@@ -258,18 +265,12 @@ class Sam1Model(SegmentModel):
     def _encode_batch(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         return {"image_embed": self.net.image_encoder(images)}
 
-    def decoder_graph(self) -> nn.Module:
-        if self._graph is None:
-            self._graph = _Sam1DecoderGraph(self.net, self.image_size).eval()
-        return self._graph
-
-
 
 # -- building ---------------------------------------------------------------------------------------
 def _build_sam2_net(config: str, image_size: int, device: str) -> nn.Module:
     from sam2.build_sam import build_sam2
 
-    overrides = [] if image_size == NATIVE_IMAGE_SIZE else [f"++model.image_size={image_size}"]
+    overrides = [] if image_size == DEFAULT_TILE_SIZE else [f"++model.image_size={image_size}"]
     return build_sam2(config, ckpt_path=None, device=device, mode="eval",
                       hydra_overrides_extra=overrides)
 
@@ -301,10 +302,11 @@ def _build_sam1_net(config: str, image_size: int) -> nn.Module:
 
 
 def build_model(name: str, checkpoint: Optional[Path] = None, seed: Optional[int] = 0,
-                device: str = "cpu", image_size: int = NATIVE_IMAGE_SIZE) -> SegmentModel:
+                device: str = "cpu", image_size: int = DEFAULT_TILE_SIZE) -> SegmentModel:
     """Build a model from its package's config; weights from `checkpoint`, or seeded random weights.
 
-    `image_size` other than 1024 builds the same architecture for smaller tiles (tests, quick demos).
+    `image_size` other than the native DEFAULT_TILE_SIZE (1024) builds the same architecture for smaller tiles
+    (tests, quick demos).
     """
     spec = model_spec(name)
     if image_size % 64:
@@ -336,5 +338,5 @@ def _load_weights(net: nn.Module, checkpoint: Path) -> None:
             f"checkpoint '{checkpoint}' does not fit this model ({len(missing)} weights missing, "
             f"e.g. {missing[0]}); choose the model it was trained for with --model")
     if unexpected:
-        LOG.info("checkpoint %s: %d extra weights ignored", checkpoint, len(unexpected))
+        LOGGER.info("checkpoint %s: %d extra weights ignored", checkpoint, len(unexpected))
 

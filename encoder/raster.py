@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..core.errors import RasterError
-from ..core.geo import fingerprint_of, map_to_pixel, pixel_to_map
+from ..core.geo import map_to_pixel, pixel_to_map, raster_fingerprint
 from ..core.tiling import PixelWindow, Tile
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -142,9 +142,9 @@ def extent_to_window(info: RasterInfo, extent: Tuple[float, float, float, float]
     return PixelWindow(col0, row0, col1 - col0, row1 - row0)
 
 
-def raster_fingerprint(path: str, info: RasterInfo) -> str:
-    """`fingerprint_of` a raster described by rasterio (the encoder's side)."""
-    return fingerprint_of(path, info.width, info.height, info.count, info.geotransform)
+def raster_fingerprint_rasterio(path: str, info: RasterInfo) -> str:
+    """`core.geo.raster_fingerprint` of a raster described by rasterio (the encoder's side)."""
+    return raster_fingerprint(path, info.width, info.height, info.count, info.geotransform)
 
 
 class WindowReader:

@@ -9,7 +9,6 @@ bad input, exactly one line "quicksam: error: <what to do>" on stderr.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import queue
 import subprocess
@@ -19,8 +18,7 @@ from pathlib import Path
 from typing import IO, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..core.errors import Cancelled, QuickSamError
-
-LOGGER = logging.getLogger("quicksam.encoder.subprocess")
+from ..core.logger import LOGGER
 
 #: The plugin folder (the repository root), which is the package `quicksam` when installed.
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
@@ -136,46 +134,13 @@ def run_encoder_process(args: List[str], python: str, on_event: Callable[[dict],
     """
     if not python:
         raise QuickSamError(f"no Python interpreter found to run the encoder; {SETUP_HINT}")
-    command = encoder_command(args, python, module)
-    LOGGER.debug("starting encoder: %s", command)
-    creationflags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console window on Windows
-    try:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=encoder_environment(), text=True, encoding="utf-8", errors="replace", bufsize=1,
-            creationflags=creationflags)
-    except OSError as exc:
-        raise QuickSamError(f"cannot start the Python '{python}' ({exc.strerror or exc}); "
-                            f"{SETUP_HINT}") from exc
-
+    process = _start_process(encoder_command(args, python, module), python)
     lines: queue.Queue[Tuple[str, object]] = queue.Queue()
-    readers = [threading.Thread(target=_pump, args=(stream, name, lines), daemon=True,
-                                name=f"quicksam-encoder-{name}")
-               for stream, name in ((process.stdout, "stdout"), (process.stderr, "stderr"))]
-    for reader in readers:
-        reader.start()
+    readers = _start_readers(process, lines)
     stderr_lines: Deque[str] = deque(maxlen=_STDERR_LINES_KEPT)
-    open_streams = len(readers)
     try:
-        while open_streams or process.poll() is None:
-            if is_cancelled():
-                _stop(process, terminate_grace)
-                raise Cancelled("encoding cancelled; the tiles encoded so far are kept and the next "
-                                "run resumes from there")
-            try:
-                name, line = lines.get(timeout=poll_interval)
-            except queue.Empty:
-                continue
-            if line is _EOF:
-                open_streams -= 1
-            elif name == "stderr":
-                stderr_lines.append(str(line).rstrip("\r\n"))
-                if str(line).strip():
-                    on_event({"event": "stderr", "message": str(line).rstrip()})
-            else:
-                event = parse_event_line(str(line))
-                if event is not None:
-                    on_event(event)
+        _relay_lines(process, lines, len(readers), on_event, stderr_lines, is_cancelled, poll_interval,
+                     terminate_grace)
         returncode = process.returncode
     finally:
         # On any exception (cancel, a failing callback) the child must not outlive us.
@@ -192,3 +157,54 @@ def run_encoder_process(args: List[str], python: str, on_event: Callable[[dict],
         raise Cancelled("the encoder was interrupted; the tiles encoded so far are kept and the next "
                         "run resumes from there")
     raise QuickSamError(_failure_message(returncode, stderr_lines, python, module))
+
+
+def _start_process(command: List[str], python: str) -> subprocess.Popen:
+    """The encoder process, its stdout and stderr piped as text; QuickSamError with a setup hint when
+    `python` cannot be started."""
+    LOGGER.debug("starting encoder: %s", command)
+    creationflags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console window on Windows
+    try:
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=encoder_environment(), text=True, encoding="utf-8", errors="replace", bufsize=1,
+            creationflags=creationflags)
+    except OSError as exc:
+        raise QuickSamError(f"cannot start the Python '{python}' ({exc.strerror or exc}); "
+                            f"{SETUP_HINT}") from exc
+
+
+def _start_readers(process: subprocess.Popen, lines: queue.Queue[Tuple[str, object]]) -> List[threading.Thread]:
+    """One thread per pipe copying its lines into `lines` (see `_pump`), started."""
+    readers = [threading.Thread(target=_pump, args=(stream, name, lines), daemon=True,
+                                name=f"quicksam-encoder-{name}")
+               for stream, name in ((process.stdout, "stdout"), (process.stderr, "stderr"))]
+    for reader in readers:
+        reader.start()
+    return readers
+
+
+def _relay_lines(process: subprocess.Popen, lines: queue.Queue[Tuple[str, object]], open_streams: int,
+                 on_event: Callable[[dict], None], stderr_lines: Deque[str], is_cancelled: Callable[[], bool],
+                 poll_interval: float, terminate_grace: float) -> None:
+    """Hand the pipes' lines to `on_event` (stderr lines also kept in `stderr_lines`) until both pipes are
+    closed and the process has exited; Cancelled (the process stopped) once `is_cancelled()`."""
+    while open_streams or process.poll() is None:
+        if is_cancelled():
+            _stop(process, terminate_grace)
+            raise Cancelled("encoding cancelled; the tiles encoded so far are kept and the next "
+                            "run resumes from there")
+        try:
+            name, line = lines.get(timeout=poll_interval)
+        except queue.Empty:
+            continue
+        if line is _EOF:
+            open_streams -= 1
+        elif name == "stderr":
+            stderr_lines.append(str(line).rstrip("\r\n"))
+            if str(line).strip():
+                on_event({"event": "stderr", "message": str(line).rstrip()})
+        else:
+            event = parse_event_line(str(line))
+            if event is not None:
+                on_event(event)

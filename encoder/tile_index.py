@@ -6,13 +6,15 @@ geotransform, so a user sees exactly where each tile lies and whether it is done
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
 from ..core.geo import pixel_to_map
-from ..core.store import TILE_INDEX, FeatureStore
+from ..core.logger import LOGGER
+from ..core.store import MANIFEST, TILE_INDEX, TILE_LOG, FeatureStore
 from ..core.tiling import Tile
 
 LAYER_NAME = "tiles"
@@ -61,3 +63,27 @@ def write_tile_index(store: FeatureStore) -> Path:
                       geometry_type="Polygon", crs=store.crs_wkt)
     os.replace(tmp, path)
     return path
+
+
+def tile_index_is_current(store: FeatureStore) -> bool:
+    """Whether STORE/tile_index.gpkg was written after the last change of the tile log and the manifest
+    (a finished store resumed again writes nothing: it may be read-only)."""
+    try:
+        index = (store.root / TILE_INDEX).stat().st_mtime_ns
+    except FileNotFoundError:
+        return False
+    sources = [store.root / TILE_LOG, store.root / MANIFEST]
+    return all(index >= path.stat().st_mtime_ns for path in sources if path.exists())
+
+
+def write_tile_index_if_possible(store: FeatureStore) -> None:
+    """The tile index of a run that stopped (cancelled, a full disk, an error): written if it can be, else
+    left to the next run, so that its own failure (kilobytes of GeoPackage SQL on a full disk) never hides
+    why the run stopped."""
+    try:
+        write_tile_index(store)
+    except Exception as exc:  # noqa: BLE001 - the run's own error is the one to report
+        LOGGER.debug("tile index not written (the next run writes it): %s", exc)
+        for leftover in store.root.glob(f"tile_index.tmp.{os.getpid()}.gpkg*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()

@@ -355,14 +355,14 @@ class SegmentEngine:
         decoded = time.perf_counter()
         masks = result.masks & self.valid_masks.get(tile)  # nodata is never part of an object
         picks = self._pick(masks, result.scores, mode)
-        transform = tile_geotransform(self._geotransform, tile)
+        geotransform = tile_geotransform(self._geotransform, tile)
         inside_box = self._inside_box(prompts, tile)
         segments = []
         for index in picks:
             mask = masks[index][:tile.valid_height, :tile.valid_width]
             if inside_box is not None:
                 mask = mask & inside_box
-            geometry = mask_to_polygons(mask, transform, simplify_tolerance, min_area_pixels, keep_holes)
+            geometry = mask_to_polygons(mask, geotransform, simplify_tolerance, min_area_pixels, keep_holes)
             if geometry.is_empty:
                 continue
             segments.append(Segment(geometry, float(result.scores[index]), tile.tile_id, int(mask.sum()),

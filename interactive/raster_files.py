@@ -5,7 +5,7 @@ another GDAL (rasterio) must not be loaded there. No QGIS.
 from __future__ import annotations
 
 from ..core.errors import RasterError
-from ..core.geo import fingerprint_of
+from ..core.geo import raster_fingerprint
 
 
 def gdal_open_quietly(path: str):
@@ -23,10 +23,10 @@ def gdal_open_quietly(path: str):
 
 
 def raster_fingerprint_gdal(path: str) -> str:
-    """`fingerprint_of` a raster opened with GDAL's own Python bindings: safe inside QGIS, whose
-    process already holds GDAL (pip wheels bundling another GDAL must not be loaded there)."""
+    """`core.geo.raster_fingerprint` of a raster opened with GDAL's own Python bindings: safe inside QGIS,
+    whose process already holds GDAL (pip wheels bundling another GDAL must not be loaded there)."""
     dataset = gdal_open_quietly(path)
     if dataset is None:
         raise RasterError(f"cannot open raster '{path}'; check the path and that GDAL can read the file")
-    return fingerprint_of(path, dataset.RasterXSize, dataset.RasterYSize, dataset.RasterCount,
-                          dataset.GetGeoTransform())
+    return raster_fingerprint(path, dataset.RasterXSize, dataset.RasterYSize, dataset.RasterCount,
+                              dataset.GetGeoTransform())

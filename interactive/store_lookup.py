@@ -43,7 +43,7 @@ class StoreLookup:
     problem: Optional[str] = None
 
 
-def raster_identity(raster_path: Union[str, Path]) -> str:
+def raster_fingerprint_cached(raster_path: Union[str, Path]) -> str:
     """The raster's content fingerprint (as the encoder records it), remembered per file version."""
     path = Path(raster_path)
     stat = path.stat()
@@ -62,7 +62,7 @@ def _is_raster_file(path: Path) -> bool:
     return gdal_open_quietly(str(path)) is not None
 
 
-def _stored_fingerprint(store: FeatureStore) -> Optional[str]:
+def _stored_raster_fingerprint(store: FeatureStore) -> Optional[str]:
     return store.manifest.raster.fingerprint
 
 
@@ -83,10 +83,10 @@ def check_store_matches_layer(store: Union[FeatureStore, str, Path], raster_path
         except StoreError as exc:
             return str(exc)
     try:
-        fingerprint = raster_identity(raster_path)
+        fingerprint = raster_fingerprint_cached(raster_path)
     except (OSError, QuickSamError) as exc:
         return f"cannot read the raster '{raster_path}' to check the store ({exc})"
-    if _stored_fingerprint(store) == fingerprint:
+    if _stored_raster_fingerprint(store) == fingerprint:
         return None
     source = Path(store.manifest.raster.path).name
     return (f"the store '{store.root.name}' was made from '{source}', not from '{raster_path.name}' (the pixels "
@@ -131,7 +131,7 @@ def find_store(raster_path: Union[str, Path], property_value: Optional[str] = No
     """The first store matching the raster (see the module docstring), or a StoreLookup with a problem."""
     raster_path = Path(raster_path)
     try:
-        fingerprint = raster_identity(raster_path)
+        fingerprint = raster_fingerprint_cached(raster_path)
     except (OSError, QuickSamError) as exc:
         return StoreLookup(problem=f"cannot read the raster '{raster_path}' ({exc})")
     property_problem = None
@@ -142,7 +142,7 @@ def find_store(raster_path: Union[str, Path], property_value: Optional[str] = No
             if found_by == FOUND_BY_PROPERTY:
                 property_problem = str(exc)
             continue
-        if _stored_fingerprint(store) == fingerprint:
+        if _stored_raster_fingerprint(store) == fingerprint:
             return StoreLookup(store, found_by)
         if found_by == FOUND_BY_PROPERTY:
             property_problem = check_store_matches_layer(store, raster_path)

@@ -11,13 +11,12 @@ symbols would clash with QGIS's.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-LOGGER = logging.getLogger("quicksam.interactive")
+from ..core.logger import LOGGER
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from quicksam.core import catalogue
 from quicksam.core.catalogue import CheckpointSpec
 from quicksam.core.errors import Cancelled, CheckpointError
 from quicksam.encoder import checkpoints
+from quicksam.encoder.checkpoints import hashes
 
 MIB = checkpoints.CHUNK_SIZE
 FILE_SIZE = 3 * MIB + 12_345  # not a whole number of chunks
@@ -310,9 +311,9 @@ def test_checkpoint_sha256_is_memoised_until_the_file_changes(
     file = tmp_path / "big.pt"
     file.write_bytes(payload)
     hashed: List[Path] = []
-    real_hash_of = checkpoints._hash_of
+    real_hash_of = hashes.hash_of
     monkeypatch.setattr(
-        checkpoints, "_hash_of", lambda path: hashed.append(path) or real_hash_of(path)
+        hashes, "hash_of", lambda path: hashed.append(path) or real_hash_of(path)
     )
     assert checkpoints.checkpoint_sha256(file) == sha256_of(payload)
     assert checkpoints.checkpoint_sha256(file) == sha256_of(payload)
@@ -444,9 +445,9 @@ def test_name_resolved_twice_downloads_once(
 ) -> None:
     url = official_tiny_at(file_server, payload, monkeypatch)
     hashed: List[Path] = []
-    real_hash_of = checkpoints._hash_of
+    real_hash_of = hashes.hash_of
     monkeypatch.setattr(
-        checkpoints, "_hash_of", lambda path: hashed.append(path) or real_hash_of(path)
+        hashes, "hash_of", lambda path: hashed.append(path) or real_hash_of(path)
     )
     first = checkpoints.resolve_checkpoint("sam2.1_hiera_tiny")
     second = checkpoints.resolve_checkpoint("sam2.1_hiera_tiny", model="sam2.1_hiera_t")

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -265,3 +266,31 @@ def test_killed_run_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert sorted(r["tile_id"] for r in records) == sorted(f"r{r:04d}c{c:04d}" for r in range(5) for c in range(5))
     summary = json.loads(run_cli("info", store).stdout)
     assert (summary["tiles_done"], summary["tiles_pending"], summary["complete"]) == (25, 0, True)
+
+
+# -- what `quicksam encode` loads ---------------------------------------------------------------------
+
+#: What an encode must never import: QGIS, the decoding stage (ONNX decoder, engine, vectoriser) and the
+#: QGIS layer; `segment` and `segment-all` import them, lazily, when they run.
+DECODING_SIDE = ("qgis", "processing", "quicksam.interactive", "quicksam.ui")
+
+LOADED_BY_ENCODE = """
+import json, sys
+from quicksam import cli
+status = cli.main(sys.argv[1:])
+print(json.dumps({"status": status, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_encode_imports_neither_qgis_nor_the_decoding_stage(tmp_path: Path) -> None:
+    """A headless encoder box has no QGIS, and an encode has no use for the decoder or the vectoriser:
+    building the parser (including segment-all's options) and encoding load none of them."""
+    raster = write_raster(tmp_path / "scene.tif", gradient(300, 260, 3))
+    run = subprocess.run([sys.executable, "-c", LOADED_BY_ENCODE, *encode_args(raster, tmp_path / "store")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["status"] == 0, run.stderr
+    loaded = [name for name in result["modules"]
+              if any(name == side or name.startswith(side + ".") for side in DECODING_SIDE)]
+    assert loaded == []

@@ -30,7 +30,8 @@ from qgis.core import (
     QgsRasterLayer,
 )
 
-from quicksam.core.catalogue import DEFAULT_MODEL, MODELS
+from quicksam.core.catalogue import MODELS
+from quicksam.core.defaults import DEFAULT_MODEL
 from quicksam.core.errors import Cancelled, QuickSamError
 from quicksam.encoder import subprocess_runner
 from quicksam.encoder.subprocess_runner import (
@@ -81,7 +82,7 @@ def request_args(algorithm, parameters: dict) -> list:
     context = QgsProcessingContext()
     ok, message = algorithm.checkParameterValues(parameters, context)
     assert ok, message
-    return algorithm.encode_request(parameters, context).args
+    return algorithm.encoder_job(parameters, context).args
 
 
 # -- metadata -----------------------------------------------------------------------------------------
@@ -115,7 +116,8 @@ def test_parameters_and_defaults(algorithm):
 
     overlap = param("OVERLAP")
     assert isinstance(overlap, QgsProcessingParameterNumber)
-    assert (overlap.defaultValue(), overlap.minimum(), overlap.maximum()) == (256, 0, 1023)
+    # not given = a quarter of the tile size, as in the CLI (core.defaults.default_overlap)
+    assert (overlap.defaultValue(), overlap.minimum(), overlap.maximum()) == (None, 0, 1023)
     assert overlap.dataType() == QgsProcessingParameterNumber.Integer
     assert (param("BATCH_SIZE").defaultValue(), param("BATCH_SIZE").minimum()) == (1, 1)
     assert param("TILE_SIZE").defaultValue() == 0
@@ -130,7 +132,7 @@ def test_parameters_and_defaults(algorithm):
 
     optional = QgsProcessingParameterDefinition.FlagOptional
     advanced = QgsProcessingParameterDefinition.FlagAdvanced
-    assert {n for n in names if is_set(n, optional)} == {"BANDS", "EXTENT", "CHECKPOINT"}
+    assert {n for n in names if is_set(n, optional)} == {"BANDS", "EXTENT", "CHECKPOINT", "OVERLAP"}
     assert {n for n in names if is_set(n, advanced)} == {"RANDOM_WEIGHTS", "BATCH_SIZE", "DEVICE",
                                                          "TILE_SIZE"}
     assert all(param(n).help() for n in names), "every parameter has help"
@@ -213,6 +215,16 @@ def test_build_encode_args_defaults_and_random_weights():
                     "--overlap=256", "--batch-size=1", "--device=auto"]
     assert not any(a.startswith(("--bands", "--extent", "--checkpoint", "--tile-size"))
                    for a in args)
+
+
+@pytest.mark.parametrize(("tile_size", "overlap"), [(0, 256), (256, 64), (512, 128)])
+def test_overlap_not_given_is_a_quarter_of_the_tile_as_in_the_cli(algorithm, raster_path, tmp_path, tile_size,
+                                                                   overlap):
+    """The CLI's rule (core.defaults.default_overlap); a fixed 256 px refused 256 px tiles."""
+    for not_given in ({}, {"OVERLAP": None}):
+        args = request_args(algorithm, {"INPUT": str(raster_path), "OUTPUT": str(tmp_path / "store"),
+                                        "RANDOM_WEIGHTS": True, "TILE_SIZE": tile_size, **not_given})
+        assert f"--overlap={overlap}" in args
 
 
 def test_algorithm_builds_command_from_parameters(algorithm, raster_path, tmp_path):

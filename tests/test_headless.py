@@ -28,7 +28,7 @@ from quicksam.core.store import FeatureStore
 REPO = Path(__file__).resolve().parent.parent
 #: The encoder side: what `quicksam encode` and `quicksam info` import: the QGIS-free core and encoding stage, and
 #: the command line (cli.py, or a cli/ package).
-ENCODER_SIDE = sorted([*(REPO / "core").glob("*.py"), *(REPO / "encoder").glob("*.py"), *REPO.glob("cli.py"),
+ENCODER_SIDE = sorted([*(REPO / "core").rglob("*.py"), *(REPO / "encoder").rglob("*.py"), *REPO.glob("cli.py"),
                        *(REPO / "cli").glob("*.py")])
 
 
@@ -137,7 +137,7 @@ def test_the_cli_finds_qgis_processing_from_qgis_own_data_path(qgis_app):
     pkgDataPath), not from a Debian path: the same code finds it under OSGeo4W, macOS bundles and conda."""
     from qgis.core import QgsApplication
 
-    from quicksam.cli import qgis_python_plugins_dir
+    from quicksam.cli.headless import qgis_python_plugins_dir
 
     folder = Path(qgis_python_plugins_dir())
     assert folder == Path(QgsApplication.pkgDataPath()) / "python" / "plugins"

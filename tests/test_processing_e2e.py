@@ -48,7 +48,7 @@ from synthetic import (
     write_raster,
 )
 
-from quicksam.core.catalogue import DEFAULT_MODEL
+from quicksam.core.defaults import DEFAULT_MODEL
 from quicksam.core.store import FeatureStore
 from quicksam.core.tiling import PixelWindow, TileGrid
 
@@ -208,6 +208,24 @@ def test_encode_returns_store_and_tile_index(encoder_provider, tmp_path):
         round(100 * done / len(expected), 2) for done in range(1, len(expected) + 1)}
 
 
+def test_default_overlap_with_small_tiles_runs_and_matches_the_cli(encoder_provider, tmp_path):
+    """Without OVERLAP the overlap is a quarter of the tile size, as the CLI's default: 256 px tiles
+    encode with 64 px overlap (a fixed 256 px default refused its own 256 px tiles)."""
+    raster = write_raster(tmp_path / "rgb.tif", gradient(300, 260))
+    store = tmp_path / "store"
+    parameters = {"INPUT": str(raster), "OUTPUT": str(store), "RANDOM_WEIGHTS": True, "TILE_SIZE": TILE_SIZE}
+
+    import processing
+
+    processing.run(ALGORITHM_ID, parameters, context=project_context(), feedback=RecordingFeedback())
+
+    assert read_manifest(store)["grid"]["overlap"] == TILE_SIZE // 4
+    by_cli = tmp_path / "by_cli"
+    result = run_cli("encode", raster, by_cli, "--random-weights", f"--tile-size={TILE_SIZE}")
+    assert result.returncode == 0, result.stderr
+    assert read_manifest(by_cli)["grid"] == read_manifest(store)["grid"]
+
+
 def test_loaded_raster_layer_is_accepted(encoder_provider, tmp_path):
     raster = write_raster(tmp_path / "small.tif", gradient(240, 200))
     layer = QgsRasterLayer(str(raster), "small")
@@ -261,7 +279,7 @@ def test_bands_given_as_text(encoder_provider, tmp_path, text):
     context = project_context()
     ok, message = algorithm.checkParameterValues(parameters, context)
     assert ok, message
-    assert "--bands=3,2,1" in algorithm.encode_request(parameters, context).args
+    assert "--bands=3,2,1" in algorithm.encoder_job(parameters, context).args
 
 
 def test_bands_that_are_not_numbers_are_refused(encoder_provider, tmp_path):

@@ -11,7 +11,8 @@ from typing import List, Tuple
 import numpy as np
 import pytest
 
-from quicksam.core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, PixelWindow, TileGrid
+from quicksam.core.defaults import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
+from quicksam.core.tiling import PixelWindow, TileGrid
 
 SIZES = [1, 50, 255, 256, 257, 300, 511, 512, 700, 1000, 1023, 1024, 1025, 1500, 2047, 2600]
 OVERLAPS = [0, 1, 32, 64, 100, 128, 200]

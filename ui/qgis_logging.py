@@ -1,7 +1,7 @@
 """Forward the "quicksam" logger to the QGIS message log (tab "QuickSAM").
 
-The core logs with `logging.getLogger("quicksam...")` and knows nothing of QGIS; inside QGIS this
-handler makes those records visible in View > Panels > Log Messages.
+The core logs through `core.LOGGER.LOGGER` (the logger "quicksam") and knows nothing of QGIS; inside QGIS
+this handler makes those records visible in View > Panels > Log Messages.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Optional
 
 from qgis.core import Qgis, QgsMessageLog
 
-LOGGER_NAME = "quicksam"
+from ..core.logger import LOGGER, LOGGER_NAME  # noqa: F401 - LOGGER_NAME re-exported for callers
+
 MESSAGE_LOG_TAG = "QuickSAM"
 #: Handlers are found by this name, not by class: reloading the plugin creates a new class object.
 HANDLER_NAME = "quicksam.qgis-message-log"
@@ -46,24 +47,22 @@ class QgsMessageLogHandler(logging.Handler):
 
 def install_log_handler(level: int = logging.INFO) -> QgsMessageLogHandler:
     """Attach a fresh handler to the "quicksam" logger (replacing one left by an earlier load)."""
-    logger = logging.getLogger(LOGGER_NAME)
     remove_log_handler(None)
     handler = QgsMessageLogHandler()
-    logger.addHandler(handler)
-    if logger.level == logging.NOTSET or logger.level > level:
+    LOGGER.addHandler(handler)
+    if LOGGER.level == logging.NOTSET or LOGGER.level > level:
         # Without this the root logger's WARNING threshold would drop the core's progress messages.
-        handler.previous_logger_level = logger.level
-        logger.setLevel(level)
+        handler.previous_logger_level = LOGGER.level
+        LOGGER.setLevel(level)
     return handler
 
 
 def remove_log_handler(handler: Optional[logging.Handler]) -> None:
     """Detach `handler`, and any other QuickSAM message-log handler, from the "quicksam" logger."""
-    logger = logging.getLogger(LOGGER_NAME)
-    for existing in list(logger.handlers):
+    for existing in list(LOGGER.handlers):
         if existing is handler or existing.get_name() == HANDLER_NAME:
-            logger.removeHandler(existing)
+            LOGGER.removeHandler(existing)
             existing.close()
             previous = getattr(existing, "previous_logger_level", None)
             if previous is not None:
-                logger.setLevel(previous)
+                LOGGER.setLevel(previous)

@@ -7,12 +7,8 @@ Python process (QGIS's own Python never imports torch) and maps its JSON progres
 
 from __future__ import annotations
 
-import json
-import re
 import shlex
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from qgis.core import (
     QgsProcessing,
@@ -28,179 +24,28 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
-    QgsProviderRegistry,
     QgsRasterLayer,
 )
 
-from ...core.catalogue import DEFAULT_MODEL, MODELS
+from ...core.catalogue import MODELS
+from ...core.defaults import DEFAULT_MODEL, DEFAULT_TILE_SIZE, default_overlap
 from ...core.errors import Cancelled, QuickSamError
 from ...encoder.subprocess_runner import DEFAULT_MODULE, encoder_command, run_encoder_process
 from ..i18n import tr as _tr
 from ..settings import encoder_python
 from .algorithm_base import QuickSamAlgorithm
+from .encode_job import (
+    EncoderJob,
+    band_numbers_from_text,
+    build_encode_args,
+    is_given,
+    raster_file_path,
+)
+from .encoder_events import EncoderEventReporter
 
 MODEL_NAMES: List[str] = list(MODELS)
 DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-#: The tile size the models are trained at; TILE_SIZE = 0 means this.
-NATIVE_TILE_SIZE = 1024
 MAX_BANDS = 3
-
-
-def build_encode_args(raster: str, store: str, *, model: str = DEFAULT_MODEL,
-                      bands: Sequence[int] = (),
-                      extent: Optional[Tuple[float, float, float, float]] = None,
-                      checkpoint: str = "", random_weights: bool = False, overlap: int = 256,
-                      batch_size: int = 1, device: str = "auto", tile_size: int = 0) -> List[str]:
-    """Arguments of `quicksam.cli` (after `-m quicksam.cli`) for one encode.
-
-    `extent` is (xmin, ymin, xmax, ymax) in the raster's CRS; `tile_size` 0 = the model's native size.
-    Options use the `--name=value` form so that values starting with "-" (a negative coordinate, an
-    odd file name) are never taken for options.
-    """
-    args = ["encode", raster, store, f"--model={model}"]
-    if checkpoint:
-        args.append(f"--checkpoint={checkpoint}")
-    if random_weights:
-        args.append("--random-weights")
-    if bands:
-        args.append("--bands=" + ",".join(str(int(band)) for band in bands))
-    args.append(f"--overlap={int(overlap)}")
-    if extent is not None:
-        args.append("--extent=" + ",".join(repr(float(value)) for value in extent))
-    args.append(f"--batch-size={int(batch_size)}")
-    args.append(f"--device={device}")
-    if tile_size:
-        args.append(f"--tile-size={int(tile_size)}")
-    return args
-
-
-def raster_file_path(layer: QgsRasterLayer) -> str:
-    """The file (or GDAL /vsi path) behind a raster layer, which the encoder process can open.
-
-    Raises QgsProcessingException when the layer is not backed by a readable file.
-    """
-    name = layer.name()
-    save_first = _tr("Save it to a file first (right-click the layer > Export > Save As…, "
-                     "format GeoTIFF) and encode that file.")
-    if layer.providerType() != "gdal":
-        raise QgsProcessingException(
-            _tr("The layer '{name}' is not a file-based raster (its pixels come from the '{provider}' "
-                "provider), so the encoder process cannot read it.").format(
-                name=name, provider=layer.providerType()) + " " + save_first)
-    parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
-    path = str(parts.get("path") or "")
-    if parts.get("layerName"):
-        raise QgsProcessingException(
-            _tr("The layer '{name}' is a table inside a container file ({path}), which the encoder "
-                "cannot open directly.").format(name=name, path=path) + " " + save_first)
-    if parts.get("vsiPrefix"):
-        path = str(parts["vsiPrefix"]) + path + str(parts.get("vsiSuffix") or "")
-    if path.startswith("/vsimem/"):
-        raise QgsProcessingException(
-            _tr("The layer '{name}' exists only in memory ({path}).").format(name=name, path=path)
-            + " " + save_first)
-    if not path.startswith("/vsi") and not Path(path).is_file():
-        raise QgsProcessingException(
-            _tr("The layer '{name}' does not point to an existing file ('{path}').").format(
-                name=name, path=path) + " " + save_first)
-    return path
-
-
-def band_numbers_from_text(value: Any) -> List[int]:
-    """Band numbers from BANDS given as text ("3;2;1", "3,2,1", "3 2 1") or a list of such texts.
-
-    QGIS splits text only on ";" and turns any other text into band 0, which would silently mean "the
-    default bands"; qgis_process and hand-written calls pass text. QgsProcessingException on anything
-    that is not a band number.
-    """
-    texts = [value] if isinstance(value, str) else [str(item) for item in value]
-    tokens = [token for text in texts for token in re.split(r"[\s;,]+", text.strip()) if token]
-    try:
-        return [int(token) for token in tokens]
-    except ValueError:
-        raise QgsProcessingException(
-            _tr("BANDS must be band numbers such as 3;2;1 (or repeat BANDS=3 BANDS=2 BANDS=1 with "
-                "qgis_process); got '{value}'.").format(value=value)) from None
-
-
-@dataclass(frozen=True)
-class EncodeRequest:
-    """Everything the encoder process needs, copied from the parameters on the main thread."""
-
-    args: List[str]
-    python: str
-    store: str
-
-
-class EncoderEventReporter:
-    """Shows the encoder process's JSON events (docs/cli-events.md) in a Processing feedback. The events
-    "log" and "download" of earlier versions are understood too."""
-
-    def __init__(self, feedback: QgsProcessingFeedback, store: str):
-        self.feedback = feedback
-        self.store = store
-        #: The "finished" event, once received.
-        self.finished: Optional[Dict[str, Any]] = None
-
-    def __call__(self, event: Dict[str, Any]) -> None:
-        handler = {
-            "start": self._start, "progress": self._progress, "info": self._log, "warning": self._warning,
-            "log": self._log, "download": self._download, "stderr": self._stderr, "finished": self._finished,
-        }.get(str(event.get("event")))
-        if handler is not None:
-            handler(event)
-
-    def _start(self, event: Dict[str, Any]) -> None:
-        self.feedback.setProgressText(_tr("Encoding tiles…"))
-        tiles, todo = event.get("tiles"), event.get("todo")
-        if isinstance(tiles, int) and isinstance(todo, int) and tiles > 0:
-            # Tiles kept from an earlier run count as done, as in the encoder's progress events. Setting
-            # it also restarts a feedback shared by several runs (batch rows), which ignores a repeated
-            # value: without it a second run's final 100 % would not show.
-            self.feedback.setProgress(100.0 * (tiles - todo) / tiles)
-        self.feedback.pushInfo(_tr("{tiles} tiles, {todo} to encode, into {store}").format(
-            tiles=event.get("tiles", "?"), todo=event.get("todo", "?"),
-            store=event.get("store", self.store)))
-
-    def _progress(self, event: Dict[str, Any]) -> None:
-        if event.get("unit") == "bytes":  # the checkpoint's download
-            self._download(event)
-            return
-        self.feedback.setProgress(float(event.get("percent", 0.0)))
-        self.feedback.pushDebugInfo(_tr("Tile {tile}: {status} ({done}/{total})").format(
-            tile=event.get("tile", "?"), status=event.get("status", "?"),
-            done=event.get("done", "?"), total=event.get("total", "?")))
-
-    def _log(self, event: Dict[str, Any]) -> None:
-        message = str(event.get("message", ""))
-        if event.get("level") in ("warning", "error", "critical"):
-            self.feedback.pushWarning(message)
-        else:
-            self.feedback.pushInfo(message)
-
-    def _warning(self, event: Dict[str, Any]) -> None:
-        self.feedback.pushWarning(str(event.get("message", "")))
-
-    def _download(self, event: Dict[str, Any]) -> None:
-        percent = event.get("percent")
-        percent = -1 if percent is None else percent
-        if isinstance(percent, (int, float)) and percent >= 0:
-            text = _tr("Downloading the checkpoint: {percent} %").format(percent=percent)
-        else:
-            text = _tr("Downloading the checkpoint: {mb:.0f} MB").format(
-                mb=float(event.get("done") or 0) / 1e6)
-        self.feedback.setProgressText(text)
-
-    def _stderr(self, event: Dict[str, Any]) -> None:
-        self.feedback.pushDebugInfo(str(event.get("message", "")))
-
-    def _finished(self, event: Dict[str, Any]) -> None:
-        self.finished = event
-        self.feedback.setProgress(100.0)  # also when no tile was left to encode
-        if event.get("summary"):
-            self.feedback.pushInfo(_tr("Summary: {summary}").format(
-                summary=json.dumps(event["summary"], default=str)))
-
 
 class EncodeRasterAlgorithm(QuickSamAlgorithm):
     """Encode a raster with a SAM image encoder into a resumable feature store."""
@@ -223,7 +68,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
 
     def __init__(self) -> None:
         super().__init__()
-        self._request: Optional[EncodeRequest] = None
+        self._job: Optional[EncoderJob] = None
 
     # -- identity ---------------------------------------------------------------------------------
 
@@ -261,6 +106,16 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
     # -- parameters -------------------------------------------------------------------------------
 
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:
+        self._add_raster_parameters()
+        self._add_model_parameters()
+        self._add_run_parameters()
+        self._add(QgsProcessingParameterFolderDestination(self.OUTPUT, _tr("Feature store")),
+                  _tr("Folder of the feature store. An existing store of the same raster and model "
+                      "is resumed; one of anything else is refused."))
+        self.addOutput(QgsProcessingOutputVectorLayer(
+            self.TILE_INDEX, _tr("Tile index"), QgsProcessing.TypeVectorPolygon))
+
+    def _add_raster_parameters(self) -> None:
         self._add(QgsProcessingParameterRasterLayer(self.INPUT, _tr("Input raster")),
                   _tr("A georeferenced raster stored in a file (GeoTIFF or any GDAL format)."))
         self._add(QgsProcessingParameterBand(
@@ -271,6 +126,8 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
         self._add(QgsProcessingParameterExtent(self.EXTENT, _tr("Extent to encode"), optional=True),
                   _tr("Only tiles covering this area are encoded; it is transformed to the raster's "
                       "CRS. Default: the whole raster."))
+
+    def _add_model_parameters(self) -> None:
         self._add(QgsProcessingParameterEnum(
             self.MODEL, _tr("Model"), options=MODEL_NAMES,
             defaultValue=MODEL_NAMES.index(DEFAULT_MODEL)),
@@ -286,11 +143,14 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             defaultValue=False),
             _tr("Build the model with seeded random weights instead of a checkpoint: fast to set up, "
                 "useless for real segmentation. The store records it."), advanced=True)
+
+    def _add_run_parameters(self) -> None:
         self._add(QgsProcessingParameterNumber(
-            self.OVERLAP, _tr("Tile overlap (pixels)"), QgsProcessingParameterNumber.Integer,
-            defaultValue=256, minValue=0, maxValue=1023),
+            self.OVERLAP, _tr("Tile overlap (pixels, empty = a quarter of the tile size)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=None, optional=True, minValue=0, maxValue=1023),
             _tr("Pixels shared by neighbouring tiles; objects up to this size on a tile edge are "
-                "still whole in some tile. Must be smaller than the tile size."))
+                "still whole in some tile. Must be smaller than the tile size. Empty: a quarter of the "
+                "tile size (256 px for the native 1024 px tiles)."))
         self._add(QgsProcessingParameterNumber(
             self.BATCH_SIZE, _tr("Batch size (tiles encoded together)"),
             QgsProcessingParameterNumber.Integer, defaultValue=1, minValue=1),
@@ -305,11 +165,6 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
             _tr("Side of the square tiles in pixels. 0 uses the model's native 1024 px; smaller "
                 "tiles are only for tests."), advanced=True)
-        self._add(QgsProcessingParameterFolderDestination(self.OUTPUT, _tr("Feature store")),
-                  _tr("Folder of the feature store. An existing store of the same raster and model "
-                      "is resumed; one of anything else is refused."))
-        self.addOutput(QgsProcessingOutputVectorLayer(
-            self.TILE_INDEX, _tr("Tile index"), QgsProcessing.TypeVectorPolygon))
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -325,7 +180,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
         if not ok:
             return ok, message
         try:
-            self.encode_request(parameters, context)
+            self.encoder_job(parameters, context)
         except QgsProcessingException as exc:
             return False, str(exc)
         return True, ""
@@ -333,12 +188,11 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
     def prepareAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> bool:
         """Copy every parameter here, on the main thread, before the background run."""
-        self._request = self.encode_request(parameters, context)
+        self._job = self.encoder_job(parameters, context)
         return True
 
-    def encode_request(self, parameters: Dict[str, Any],
-                      context: QgsProcessingContext) -> EncodeRequest:
-        """The checked parameters as an EncodeRequest; QgsProcessingException on bad input."""
+    def encoder_job(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> EncoderJob:
+        """The checked parameters as an EncoderJob; QgsProcessingException on bad input."""
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None or not layer.isValid():
             raise QgsProcessingException(
@@ -356,12 +210,8 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             raise QgsProcessingException(
                 _tr("Choose either a checkpoint or random weights, not both: clear CHECKPOINT or "
                     "untick RANDOM_WEIGHTS."))
-        overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
         tile_size = self.parameterAsInt(parameters, self.TILE_SIZE, context)
-        if overlap >= (tile_size or NATIVE_TILE_SIZE):
-            raise QgsProcessingException(
-                _tr("The overlap ({overlap} px) must be smaller than the tile size ({tile} px).")
-                .format(overlap=overlap, tile=tile_size or NATIVE_TILE_SIZE))
+        overlap = self._overlap(parameters, context, tile_size or DEFAULT_TILE_SIZE)
         store = self.parameterAsString(parameters, self.OUTPUT, context)
         if not store:
             raise QgsProcessingException(_tr("Choose a folder for the feature store (OUTPUT)."))
@@ -373,7 +223,20 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             tile_size=tile_size)
-        return EncodeRequest(args=args, python=encoder_python(), store=store)
+        return EncoderJob(args=args, python=encoder_python(), store=store)
+
+    def _overlap(self, parameters: Dict[str, Any], context: QgsProcessingContext, tile_size: int) -> int:
+        """OVERLAP in pixels, or when it is not given `default_overlap(tile_size)`; QgsProcessingException
+        when it is not smaller than the tile."""
+        if is_given(parameters.get(self.OVERLAP)):
+            overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
+        else:
+            overlap = default_overlap(tile_size)
+        if overlap >= tile_size:
+            raise QgsProcessingException(
+                _tr("The overlap ({overlap} px) must be smaller than the tile size ({tile} px).")
+                .format(overlap=overlap, tile=tile_size))
+        return overlap
 
     def _bands(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                layer: QgsRasterLayer) -> List[int]:
@@ -397,24 +260,24 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
 
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
-        request = self._request
-        if request is None:  # prepareAlgorithm always runs first; this guards direct misuse
+        job = self._job
+        if job is None:  # prepareAlgorithm always runs first; this guards direct misuse
             raise QgsProcessingException(_tr("The algorithm was not prepared."))
-        feedback.pushCommandInfo(shlex.join(encoder_command(request.args, request.python,
+        feedback.pushCommandInfo(shlex.join(encoder_command(job.args, job.python,
                                                             DEFAULT_MODULE)))
-        reporter = EncoderEventReporter(feedback, request.store)
+        reporter = EncoderEventReporter(feedback, job.store)
         try:
-            run_encoder_process(request.args, request.python, reporter, feedback.isCanceled)
+            run_encoder_process(job.args, job.python, reporter, feedback.isCanceled)
         except Cancelled as exc:
             raise QgsProcessingException(
                 _tr("Encoding cancelled: the tiles encoded so far are kept in {store}; run the "
                     "algorithm again with the same parameters to resume.").format(
-                    store=request.store)) from exc
+                    store=job.store)) from exc
         except QuickSamError as exc:
             raise QgsProcessingException(str(exc)) from exc
         finished = reporter.finished
         if finished is None or not finished.get("tile_index"):
             raise QgsProcessingException(
                 _tr("The encoder process ended without reporting its result; see the log above."))
-        return {self.OUTPUT: str(finished.get("store") or request.store),
+        return {self.OUTPUT: str(finished.get("store") or job.store),
                 self.TILE_INDEX: str(finished["tile_index"])}

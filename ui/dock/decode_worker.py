@@ -12,7 +12,6 @@ layer, the project or a widget.
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,10 +20,9 @@ from typing import Dict, Optional, Tuple
 from qgis.PyQt.QtCore import QCoreApplication, QElapsedTimer, QEventLoop, QObject, QRunnable, QThreadPool, pyqtSignal
 
 from ...core.errors import QuickSamError
+from ...core.logger import LOGGER
 from ...interactive.engine import MapPrompts, Segment, SegmentEngine
 from ...interactive.session import SegmentOptions, segment_prompts
-
-LOGGER = logging.getLogger("quicksam.interactive")
 
 PREVIEW = "preview"
 OBJECT = "object"

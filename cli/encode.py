@@ -1,0 +1,84 @@
+"""`quicksam encode`: encode a raster into a feature store (no QGIS: a headless GPU box runs it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.catalogue import MODELS, default_checkpoint_for
+from ..core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, default_overlap
+from .events import EventWriter, add_events_option, download_progress
+from .options import parse_extent, parse_ints
+
+
+def add_encode_parser(commands) -> None:
+    """`quicksam encode RASTER STORE [options]`."""
+    encode = commands.add_parser("encode", help="encode a raster into a feature store",
+                                 description="Encode a raster once into a feature store for interactive "
+                                             "segmentation. Re-running the same command resumes.")
+    encode.add_argument("raster", help="raster file (any GDAL format)")
+    encode.add_argument("store", type=Path, help="output folder of the feature store (new, empty, or a store "
+                                                  "made by the same command, which is then resumed)")
+    encode.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="model (default %(default)s)")
+    weights = encode.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", help="checkpoint file or checkpoint name (default: the model's "
+                                              "official checkpoint, downloaded into the user cache if missing)")
+    weights.add_argument("--random-weights", action="store_true",
+                         help="seeded random weights: for tests and offline demos; the store says so")
+    encode.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default 0)")
+    encode.add_argument("--bands", type=parse_ints, help="1 to 3 band numbers fed as R,G,B, e.g. 3,2,1")
+    encode.add_argument("--overlap", type=int, default=None,
+                        help=f"overlap of neighbouring tiles in pixels (default {DEFAULT_OVERLAP}, a quarter of the "
+                             "tile size)")
+    encode.add_argument("--extent", type=parse_extent, help="xmin,ymin,xmax,ymax in the raster's CRS")
+    encode.add_argument("--batch-size", type=int, default=1, help="tiles per model call (default 1)")
+    encode.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    encode.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE,
+                        help="model input size in pixels (default %(default)s, the models' native size; smaller "
+                             "sizes are for tests and quick demos)")
+    encode.add_argument("--stretch", default="percentile", choices=["percentile", "none"],
+                        help="percentile: 2-98 %% of the whole raster per band (default); none: values as 0-255")
+    encode.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"],
+                        help="stored feature precision (default float16: half the disk, ~1e-4 logit change)")
+    add_events_option(encode)
+    encode.set_defaults(handler=_cmd_encode)
+
+
+def _resolve_weights(args, events: EventWriter):
+    """The checkpoint of --checkpoint or the model's official one (downloaded if missing); None with
+    --random-weights."""
+    from ..encoder.checkpoints import resolve_checkpoint
+
+    if args.random_weights:
+        return None
+    name = args.checkpoint or default_checkpoint_for(args.model).name
+    return resolve_checkpoint(name, model=args.model, progress=download_progress(events, name))
+
+
+def _overlap(args) -> int:
+    """--overlap, else the default for the tile size (`default_overlap`: a quarter of the tile)."""
+    return default_overlap(args.tile_size) if args.overlap is None else args.overlap
+
+
+def _cmd_encode(args, events: EventWriter) -> int:
+    from ..encoder.pipeline import EncodeRequest, encode_raster
+
+    checkpoint = _resolve_weights(args, events)
+    request = EncodeRequest(
+        raster=args.raster, store=args.store, model=args.model, checkpoint=checkpoint, seed=args.seed,
+        bands=args.bands, overlap=_overlap(args), extent=args.extent, batch_size=args.batch_size,
+        device=args.device, tile_size=args.tile_size, stretch=args.stretch, feature_dtype=args.feature_dtype)
+
+    def on_progress(event) -> None:
+        events.progress(event.done, event.total, "tiles", tile=event.tile_id, status=event.status)
+        events.check_open()  # in the writer thread: the encoding stops, its tiles kept
+
+    def on_start(store, todo: int) -> None:
+        # Warned only once the inputs are checked, so bad input still gets its single error line.
+        events.start(store=str(store.root), raster=args.raster, tiles=len(store.grid), todo=todo)
+        if args.random_weights:
+            events.warning("using seeded random weights: the masks will be meaningless; the store records this")
+
+    store, stats = encode_raster(request, progress=on_progress, started=on_start)
+    events.finished(store.summary(), indent=2, store=str(store.root),
+                    tile_index=str(store.root / "tile_index.gpkg"), seconds=round(stats.total_seconds, 3))
+    return 0

@@ -1,0 +1,143 @@
+"""`quicksam segment-all`: segment everything by running quicksam:segmentall in a headless QGIS."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Dict, Optional
+
+from ..core.defaults import MASK_MODES
+from ..core.errors import QuickSamError
+from .events import EventWriter, add_events_option
+from .headless import in_headless_qgis, open_store_before_qgis, private_project, run_algorithm
+from .options import LAYER_HELP, OUTPUT_HELP, SEGMENT_LAYER, parse_box
+
+
+def add_segment_all_parser(commands) -> None:
+    """`quicksam segment-all STORE --output OUT [options]`. Its options are added when the command is parsed
+    (`OneLineParser`): their defaults are the decoding stage's, which `quicksam encode` never loads."""
+    command = commands.add_parser(
+        "segment-all", help="segment everything on an encoded raster (automatic masks, merged across tiles)",
+        description="Find every object on a feature store with SAM's automatic mask generator, tile by tile from "
+                    "the cached features, objects across tile borders merged into one polygon "
+                    "(docs/segment-everything.md). A stopped run resumes when the same command is run again. "
+                    "Runs the Processing algorithm quicksam:segmentall in a headless QGIS.",
+        add_arguments=_add_arguments)
+    command.set_defaults(handler=_cmd_segment_all)
+
+
+def _add_arguments(command: argparse.ArgumentParser) -> None:
+    from ..interactive.automatic import AutoMaskSettings
+
+    defaults = AutoMaskSettings()
+    command.add_argument("store", type=Path, help="feature store folder written by 'quicksam encode'")
+    command.add_argument("--output", type=Path, required=True, metavar="OUT.gpkg",
+                         help=OUTPUT_HELP + "; a stopped run is kept in OUT.partial.gpkg beside it")
+    command.add_argument("--layer", default=SEGMENT_LAYER, help=LAYER_HELP)
+    command.add_argument("--aoi", type=Path, metavar="FILE", help="polygon file: only tiles meeting it (any CRS)")
+    command.add_argument("--extent", type=parse_box, metavar="XMIN,YMIN,XMAX,YMAX",
+                         help="only tiles meeting this extent (the raster's CRS)")
+    for name, kind, text in (
+            ("points-per-side", int, "grid of N x N point prompts per tile"),
+            ("points-per-batch", int, "prompts per decoder call (0 = automatic: 4 on the CPU, 64 on a GPU)"),
+            ("pred-iou-thresh", float, "minimum predicted IoU"),
+            ("stability-score-thresh", float, "minimum stability score"),
+            ("stability-score-offset", float, "logit offset of the stability score"),
+            ("box-nms-thresh", float, "box IoU above which the lower-scored mask of a tile is dropped"),
+            ("min-mask-region-area", int, "remove islands and holes smaller than this many pixels"),
+            ("min-object-area", float, "drop objects smaller than this (map units², 0 = no limit)"),
+            ("max-object-area", float, "drop objects larger than this (map units², 0 = no limit)"),
+            ("simplify", float, "simplification tolerance in map units (0 = pixel edges)")):
+        key = name.replace("-", "_")
+        default = getattr(defaults, "simplify_tolerance" if key == "simplify" else key)
+        command.add_argument(f"--{name}", type=kind, default=default, help=f"{text} (default {default})")
+    command.add_argument("--mask-mode", default=defaults.mask_mode, choices=MASK_MODES,
+                         help="all (default: SAM's three candidates per point), single, best, largest, smallest")
+    command.add_argument("--overwrite", action="store_true",
+                         help="replace --output (in a GeoPackage: only its layer --layer) if it exists and restart "
+                              "an unfinished run with other settings")
+    add_events_option(command)
+
+
+def _run_segment_all_algorithm(args, events: EventWriter) -> Dict[str, object]:
+    """Run quicksam:segmentall on args; its results. Cancellation (Ctrl+C) keeps finished tiles."""
+    from ..ui.algorithms.segment_all_algorithm import SegmentAllAlgorithm as Algorithm
+
+    project = private_project()
+    aoi_id = ""
+    if args.aoi:
+        from qgis.core import QgsVectorLayer
+
+        if not args.aoi.is_file():
+            raise QuickSamError(f"the area of interest file '{args.aoi}' does not exist")
+        layer = QgsVectorLayer(str(args.aoi), "aoi", "ogr")
+        if not layer.isValid():
+            raise QuickSamError(f"'{args.aoi}' cannot be opened as a polygon layer")
+        aoi_id = layer.id()
+        project.addMapLayer(layer, False)
+        del layer
+    parameters = {
+        Algorithm.STORE: str(args.store), Algorithm.AOI: aoi_id or None,
+        Algorithm.EXTENT: ",".join(repr(v) for v in (args.extent[0], args.extent[2], args.extent[1],
+                                                      args.extent[3])) if args.extent else None,
+        Algorithm.POINTS_PER_SIDE: args.points_per_side, Algorithm.POINTS_PER_BATCH: args.points_per_batch,
+        Algorithm.PRED_IOU_THRESH: args.pred_iou_thresh, Algorithm.STABILITY_SCORE_THRESH: args.stability_score_thresh,
+        Algorithm.STABILITY_SCORE_OFFSET: args.stability_score_offset, Algorithm.BOX_NMS_THRESH: args.box_nms_thresh,
+        Algorithm.MIN_MASK_REGION_AREA: args.min_mask_region_area,
+        Algorithm.MASK_MODE: MASK_MODES.index(args.mask_mode), Algorithm.MIN_OBJECT_AREA: args.min_object_area,
+        Algorithm.MAX_OBJECT_AREA: args.max_object_area, Algorithm.SIMPLIFY: args.simplify,
+        Algorithm.OVERWRITE: args.overwrite, Algorithm.LAYER_NAME: args.layer, Algorithm.OUTPUT: str(args.output),
+    }
+    results = run_algorithm("quicksam:segmentall", parameters, project, _tile_feedback(events))
+    output = Path(results[Algorithm.OUTPUT])
+    layer = _layer_written(output, args.layer)
+    return {"output": str(output), "layer": layer, "objects": results[Algorithm.OBJECTS],
+            "tiles": results[Algorithm.TILES], "message": _other_layers_message(output, layer)}
+
+
+def _layer_written(output: Path, layer: str) -> Optional[str]:
+    """`layer` if `output` is a multi-layer file (a GeoPackage), else None: the file is the layer."""
+    from ..interactive.output_formats import format_for
+
+    return layer if format_for(output).multi_layer else None
+
+
+def _other_layers_message(output: Path, layer: Optional[str]) -> Optional[str]:
+    """'wrote layer L into OUT; its other layers (...) are kept' when OUT holds other layers, else None."""
+    from ..interactive.output_formats import WrittenLayer, layer_names
+
+    others = tuple(name for name in (layer_names(output) or []) if name != layer) if layer else ()
+    return WrittenLayer(output, layer, others).message() if others else None
+
+
+def _tile_feedback(events: EventWriter):
+    """A Processing feedback that turns each finished tile of quicksam:segmentall into a `progress` event
+    (unit "tiles"); a closed output cancels the run (its finished tiles are kept)."""
+    from ..ui.algorithms.segment_all_algorithm import TileProgressFeedback
+
+    class EventFeedback(TileProgressFeedback):
+        def tile_finished(self, event) -> None:
+            events.progress(event.done, event.total, "tiles", tile=event.tile_id, objects=event.objects)
+            if events.closed:
+                self.cancel()
+
+    return EventFeedback()
+
+
+def _cmd_segment_all(args, events: EventWriter) -> int:
+    """Check the output and the store, then segment everything in a headless QGIS."""
+    from ..interactive.automatic import COMMAND_LINE_OVERWRITE, check_output
+
+    args.output = check_output(args.output, args.overwrite, args.layer, layer_hint="choose another --layer",
+                               how_to_overwrite=COMMAND_LINE_OVERWRITE)
+    if not args.store.exists():
+        raise QuickSamError(f"the feature store '{args.store}' does not exist; encode the raster first "
+                            "(quicksam encode RASTER STORE)")
+    open_store_before_qgis(args.store)
+    events.start(store=str(args.store), output=str(args.output))
+    summary = in_headless_qgis(lambda: _run_segment_all_algorithm(args, events))
+    message = summary.pop("message")
+    if message:
+        events.info(message)
+    events.finished(summary)
+    return 0
