@@ -10,7 +10,6 @@ nor the canvas's CRS is ever changed.
 from __future__ import annotations
 
 import contextlib
-import logging
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -26,14 +25,13 @@ from qgis.gui import QgsMapCanvas
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 
 from ...core.errors import QuickSamError
+from ...core.logger import LOGGER
 from ...core.store import FeatureStore
 from ...interactive.engine import SegmentEngine
 from ...interactive.store_lookup import FOUND_CHOSEN, StoreLookup, check_store_matches_layer
 from ..i18n import tr
 from ..layer_stores import find_layer_store, layer_raster_path, remember_layer_store
 from ..layers import raster_crs
-
-LOGGER = logging.getLogger("quicksam.interactive")
 
 
 class StoreBinding(QObject):
