@@ -26,7 +26,7 @@ import numpy as np
 
 from ..core.defaults import MASK_MODES
 from ..core.errors import QuickSamError
-from ..core.geo import map_to_pixel, pixel_to_map, tile_geotransform
+from ..core.geo import map_to_pixel, pixel_to_map, window_geotransform
 from ..core.mask_decoding import DecoderSettings, Prompts
 from ..core.store import DECODER_ONNX, STATUS_DONE, STATUS_NODATA, FeatureStore
 from ..core.tiling import Tile
@@ -355,7 +355,7 @@ class SegmentEngine:
         decoded = time.perf_counter()
         masks = result.masks & self.valid_masks.get(tile)  # nodata is never part of an object
         picks = self._pick(masks, result.scores, mode)
-        transform = tile_geotransform(self._geotransform, tile)
+        transform = window_geotransform(self._geotransform, tile.col_off, tile.row_off)
         inside_box = self._inside_box(prompts, tile)
         segments = []
         for index in picks:
