@@ -763,12 +763,6 @@ def _forward_percent(events: EventWriter, feedback, percent: float) -> None:
         feedback.cancel()
 
 
-def _remove_partial(partial: Path) -> None:
-    for path in (partial, *(partial.with_name(partial.name + end) for end in ("-wal", "-shm", "-journal"))):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
 def _in_headless_qgis(work: Callable[[], T]) -> T:
     """Run `work()` in a headless QGIS (see `_headless_qgis`) with QGIS's own output captured; a QuickSamError
     it raises is re-raised as plain text once QGIS is gone (its traceback's frames hold QGIS objects)."""
@@ -806,7 +800,7 @@ def _check_output_folder_writable(output: Path, option: str = "--output") -> Non
 
 
 def _cmd_segment(args, events: EventWriter) -> int:
-    from .interactive.output_formats import write_layer
+    from .interactive.output_formats import remove_gpkg, write_layer
 
     _check_segment_prompts(args)
     wanted = Path(args.output).expanduser().absolute()
@@ -827,7 +821,7 @@ def _cmd_segment(args, events: EventWriter) -> int:
     try:
         summary, skipped, written = _in_headless_qgis(segment_and_write)
     finally:
-        _remove_partial(partial)
+        remove_gpkg(partial)
     for message in skipped:
         events.warning(message)
     if written.kept_layers:
@@ -904,10 +898,7 @@ def _tile_feedback(events: EventWriter):
 
 
 def _cmd_segment_all(args, events: EventWriter) -> int:
-    from .interactive.automatic import COMMAND_LINE_OVERWRITE, check_output
-
-    args.output = check_output(args.output, args.overwrite, args.layer, layer_hint="choose another --layer",
-                               how_to_overwrite=COMMAND_LINE_OVERWRITE)
+    args.output = _check_segment_output(args.output, args.overwrite, args.layer).path
     if not args.store.exists():
         raise QuickSamError(f"the feature store '{args.store}' does not exist; encode the raster first "
                             "(quicksam encode RASTER STORE)")

@@ -36,9 +36,21 @@ from ..core.tiling import Tile
 from .decoding import OnnxDecoder
 from .engine import SegmentEngine
 from .gdal_errors import with_gdal_return_codes
-from .output_formats import check_crs, check_destination, layer_names, write_layer
+from .output_formats import (
+    COMMAND_LINE_OVERWRITE,
+    PYTHON_OVERWRITE,
+    Destination,
+    check_crs,
+    check_destination,
+    layer_names,
+    remove_gpkg,
+    write_layer,
+)
 from .tile_merge import BorderMerge, TileMask, assign_masks, pixel_bounds, tile_regions, trimmed
 from .vectorise import Polygons, mask_to_polygons
+
+__all__ = ["COMMAND_LINE_OVERWRITE", "OUTPUT_LAYER", "AutoMaskSettings", "SegmentAllProgress", "SegmentAllResult",
+           "lock_path", "partial_path", "run_identity", "segment_everything", "tiles_to_process"]
 
 OUTPUT_LAYER = "segments"
 RUN_TABLE = "quicksam_run"
@@ -300,23 +312,10 @@ def partial_path(output: Path) -> Path:
     return output.with_name(output.stem + ".partial.gpkg")
 
 
-#: How a caller of the Python functions asks to overwrite; the CLI and the Processing algorithm pass their own
-#: wording ("pass --overwrite", "tick 'Overwrite an existing output' (OVERWRITE)") as `how_to_overwrite`.
-PYTHON_OVERWRITE = "pass overwrite=True"
-#: The `quicksam` commands' wording (`segment` and `segment-all` alike: one wording for one option).
-COMMAND_LINE_OVERWRITE = "pass --overwrite"
-
-
-
-@with_gdal_return_codes
-def check_output(output: Path, overwrite: bool, layer: str = OUTPUT_LAYER,
-                 layer_hint: str = "choose another layer name", how_to_overwrite: str = PYTHON_OVERWRITE) -> Path:
-    """The absolute output path; QuickSamError before any work if it cannot be written (see
-    `output_formats.check_destination`: any vector format by its extension; an existing GeoPackage keeps
-    its other layers, only an existing layer `layer` needs overwrite; that message ends
-    "(or {how_to_overwrite})")."""
-    return check_destination(output, layer, overwrite, what="the output", overwrite_hint=f"(or {how_to_overwrite})",
-                             layer_hint=layer_hint).path
+def _checked_output(output: Path, layer: str, overwrite: bool, how_to_overwrite: str) -> Destination:
+    """`output_formats.check_destination` in the words of segment everything's callers."""
+    return check_destination(output, layer, overwrite, what="the output", how_to_overwrite=how_to_overwrite,
+                             layer_hint="choose another layer name")
 
 
 def lock_path(output: Path) -> Path:
@@ -391,7 +390,7 @@ class RunFile:
                 if run is not None:
                     run.close()
                 with contextlib.suppress(OSError):
-                    _remove_gpkg(path)
+                    remove_gpkg(path)
                 if failures.messages and not isinstance(exc, QuickSamError):
                     failures.raise_if_any(path)
                 raise
@@ -655,7 +654,7 @@ def segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSett
     One run at a time builds `output`: LockBusy names the other. A full disk stops the run with DiskFull
     (about how much more room it needs); its finished tiles are kept and the same call resumes."""
     settings.check()
-    output = check_output(output, overwrite, layer, how_to_overwrite=how_to_overwrite)
+    output = _checked_output(output, layer, overwrite, how_to_overwrite).path
     busy = _run_busy_message(output)
     with exclusive_lock(lock_path(output), command_name(), busy):
         try:
@@ -698,9 +697,7 @@ def _segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSet
                         engine: Optional[SegmentEngine], layer: str, how_to_overwrite: str) -> SegmentAllResult:
     """`segment_everything` once its lock is held: the output is checked again (another run may have
     finished it meanwhile)."""
-    destination = check_destination(output, layer, overwrite, what="the output",
-                                     overwrite_hint=f"(or {how_to_overwrite})",
-                                     layer_hint="choose another layer name")
+    destination = _checked_output(output, layer, overwrite, how_to_overwrite)
     output = destination.path
     check_crs(destination.format, store.crs_wkt, output)
     tiles = tiles_to_process(store, area_wkbs)
@@ -740,7 +737,7 @@ def _segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSet
         run.close()
     # The run file stays until the output is written: a failed write is resumed (at once) by the same command.
     written = write_layer(work, OUTPUT_LAYER, destination, overwrite)
-    _remove_gpkg(work)
+    remove_gpkg(work)
     return SegmentAllResult(output, len(tiles), resumed, objects, merged_objects, written.layer, written.kept_layers)
 
 
@@ -757,10 +754,4 @@ def _remove_run_file(path: Path) -> None:
     if names is None or not set(names) <= {OUTPUT_LAYER, RUN_TABLE, TILE_TABLE, STAGED_TABLE} \
             or RUN_TABLE not in names:
         raise QuickSamError(_not_a_run_file(path))
-    _remove_gpkg(path)
-
-
-def _remove_gpkg(path: Path) -> None:
-    for item in (path, *(path.with_name(path.name + end) for end in ("-wal", "-shm", "-journal"))):
-        if item.exists():
-            item.unlink()
+    remove_gpkg(path)
