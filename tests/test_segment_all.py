@@ -30,8 +30,10 @@ from synthetic import assert_one_line_error, encode, run_cli, square_scene, two_
 from quicksam.core.errors import Cancelled, QuickSamError
 from quicksam.core.store import FeatureStore
 from quicksam.core.tiling import TileGrid
-from quicksam.interactive.automatic import AutoMaskSettings, box_nms, partial_path, point_grid, segment_everything
-from quicksam.interactive.tile_merge import BorderMerge, MemoryStaging, TileMask, assign_masks, tile_regions, trimmed
+from quicksam.interactive.automatic import AutoMaskSettings, partial_path, segment_everything
+from quicksam.interactive.border_merge import BorderMerge, MemoryStaging
+from quicksam.interactive.mask_generator import box_nms, point_grid
+from quicksam.interactive.tile_merge import TileMask, assign_masks, tile_regions, trimmed
 
 # -- 1. the merge rule ------------------------------------------------------------------------------------
 
@@ -182,7 +184,7 @@ def test_point_grid_and_nms():
 def test_removing_small_regions_on_a_masks_box_equals_doing_it_on_the_whole_tile():
     # segment everything sieves each mask on its bounding box only; the background around must behave
     # as the whole tile's does, also for boxes smaller than the minimum region
-    from quicksam.interactive.automatic import remove_small_regions
+    from quicksam.interactive.mask_generator import remove_small_regions
     from quicksam.interactive.tile_merge import pixel_bounds
 
     rng = np.random.default_rng(1)
