@@ -53,8 +53,9 @@ __all__ = ["COMMAND_LINE_OVERWRITE", "OUTPUT_LAYER", "AutoMaskSettings", "MaskVe
 #: The layer written into a multi-layer output (a GeoPackage) unless the caller names another.
 OUTPUT_LAYER = DEFAULT_LAYER
 #: Part of a run's identity: a run file staged under another rule is not resumed with this one
-#: (3: masks clipped to valid pixels, so a run staged before nodata was clipped starts again).
-MERGE_RULE_VERSION = 3
+#: (3: masks clipped to valid pixels, so a run staged before nodata was clipped starts again; 4: "largest" and
+#: "smallest" chosen by the area of the mask that becomes the polygon).
+MERGE_RULE_VERSION = 4
 
 
 def lock_path(output: Path) -> Path:

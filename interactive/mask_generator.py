@@ -1,9 +1,10 @@
 """SAM's automatic mask generator on one tile's cached features (numpy + GDAL; no QGIS, no torch, no shapely).
 
 A grid of point prompts over the tile's valid area (grid points on nodata pixels are left out) is decoded by
-the store's ONNX decoder (the same `OnnxDecoder` as the dock, `points_per_batch` prompts per call), masks are
-clipped to the tile's valid pixels (the store's mask), filtered by predicted IoU and stability, small regions
-removed and duplicates suppressed (NMS on boxes). What happens at tile borders is
+the store's ONNX decoder (the same `OnnxDecoder` as the dock, `points_per_batch` prompts per call); each
+point's mask is chosen by the mask mode (`core.mask_decoding.pick_masks`: by area, the area of the mask as it
+becomes the polygon), clipped to the tile's valid pixels (the store's mask), filtered by predicted IoU and
+stability, small regions removed and duplicates suppressed (NMS on boxes). What happens at tile borders is
 tile_merge's job; the run around it is automatic.py's.
 
 Coordinates: tile pixels (x = col, y = row) for prompts; the masks out carry raster pixel offsets.
@@ -18,7 +19,13 @@ import numpy as np
 
 from ..core.defaults import MASK_MODES
 from ..core.errors import QuickSamError
-from ..core.mask_decoding import choose_outputs, stability_scores, upsample_masks
+from ..core.mask_decoding import (
+    AREA_MODES,
+    choose_outputs,
+    pick_masks,
+    stability_scores,
+    upsample_masks,
+)
 from ..core.tiling import Tile
 from .decoding import OnnxDecoder
 from .tile_merge import TileMask, pixel_bounds, trimmed
@@ -132,15 +139,6 @@ def remove_small_regions(mask: np.ndarray, min_pixels: int) -> np.ndarray:
 
 
 
-def _pick(candidates: np.ndarray, logits: np.ndarray, scores: np.ndarray, mode: str) -> np.ndarray:
-    if mode in ("single", "all"):
-        return candidates
-    if mode == "best":
-        return candidates[[int(np.argmax(scores[candidates]))]]
-    areas = (logits[candidates] > 0).reshape(len(candidates), -1).sum(axis=1)  # low-res area decides
-    return candidates[[int(np.argmax(areas) if mode == "largest" else np.argmin(areas))]]
-
-
 @dataclass
 class _Candidate:
     """A mask that passed the score filters, waiting for NMS: its box in tile pixels (x0, y0, x1, y1,
@@ -194,29 +192,40 @@ def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile
 
 
 
+def _object_masks(decoder: OnnxDecoder, logits: np.ndarray, tile: Tile, valid: Optional[np.ndarray]) -> np.ndarray:
+    """(K, valid_height, valid_width) bool: (K, L, L) logits as the masks that become polygons (upsampled to
+    the tile, nodata removed, the padding cut)."""
+    masks = upsample_masks(logits, decoder.image_size, decoder.settings.mask_threshold)
+    if valid is not None:
+        masks &= valid  # nodata is never part of an object
+    return masks[:, :tile.valid_height, :tile.valid_width]
+
+
+def _picked_outputs(decoder: OnnxDecoder, all_logits: np.ndarray, all_scores: np.ndarray, tile: Tile,
+                    settings: AutoMaskSettings, valid: Optional[np.ndarray]) -> np.ndarray:
+    """Indices of one point's (M, L, L) model outputs that its mask mode keeps (by area: of the mask that
+    becomes the polygon, as in the interactive stage)."""
+    chosen = choose_outputs(all_logits, all_scores, settings.mask_mode != "single", decoder.settings)
+    masks = (_object_masks(decoder, all_logits[chosen], tile, valid) if settings.mask_mode in AREA_MODES
+             else None)
+    return chosen[pick_masks(all_scores[chosen], settings.mask_mode, masks)]
+
+
 def _batch_candidates(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile,
                       settings: AutoMaskSettings, points: np.ndarray,
                       valid: Optional[np.ndarray] = None) -> List[_Candidate]:
     """Decode one batch of grid points; the masks that pass the predicted-IoU and stability filters."""
-    threshold = decoder.settings.mask_threshold
     batch_logits, batch_scores = decoder.raw_points(features, points)
-    logits, scores = [], []
-    for all_logits, all_scores in zip(batch_logits, batch_scores):
-        chosen = choose_outputs(all_logits, all_scores, settings.mask_mode != "single", decoder.settings)
-        chosen = _pick(chosen, all_logits, all_scores, settings.mask_mode)
-        logits.append(all_logits[chosen])
-        scores.append(all_scores[chosen])
-    logits, scores = np.concatenate(logits), np.concatenate(scores)
-    stable = stability_scores(logits - threshold, settings.stability_score_offset)
+    picked = [_picked_outputs(decoder, all_logits, all_scores, tile, settings, valid)
+              for all_logits, all_scores in zip(batch_logits, batch_scores)]
+    logits = np.concatenate([all_logits[chosen] for all_logits, chosen in zip(batch_logits, picked)])
+    scores = np.concatenate([all_scores[chosen] for all_scores, chosen in zip(batch_scores, picked)])
+    stable = stability_scores(logits - decoder.settings.mask_threshold, settings.stability_score_offset)
     good = np.flatnonzero((scores >= settings.pred_iou_thresh) & (stable >= settings.stability_score_thresh))
-    if good.size == 0:
-        return []
     found = []
     for i in good:  # one at a time: a batch of 1024 px masks would take ~200 MB at once
-        mask = upsample_masks(logits[i:i + 1], decoder.image_size, threshold)[0]
-        if valid is not None:
-            mask &= valid  # nodata is never part of an object
-        candidate = _Candidate.of(mask[:tile.valid_height, :tile.valid_width], float(scores[i]), float(stable[i]))
+        mask = _object_masks(decoder, logits[i:i + 1], tile, valid)[0]
+        candidate = _Candidate.of(mask, float(scores[i]), float(stable[i]))
         if candidate is not None:
             found.append(candidate)
     return found
