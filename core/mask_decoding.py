@@ -195,6 +195,8 @@ def choose_outputs(all_logits: np.ndarray, all_scores: np.ndarray, multimask: bo
     return np.array([0])
 
 
+#: SAM's `stability_score_offset` (logits): the shift of the threshold that the stability score measures.
+STABILITY_SCORE_OFFSET = 1.0
 #: Mask modes that choose by area (see `pick_masks`).
 AREA_MODES = ("largest", "smallest")
 

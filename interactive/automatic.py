@@ -6,7 +6,7 @@ The run, in one place; each step has its own module:
 - each tile's masks: `mask_generator.tile_masks` (SAM's automatic mask generator on the cached features);
 - tile borders: `tile_merge` (the ownership rule and the streamed cross-tile merge decide what the tile
   writes now and what waits for its neighbours; docs/segment-everything.md states the rule);
-- objects: `MaskVectoriser` (polygons, filters, ids and attributes);
+- objects: `MaskVectoriser` (polygons, filters, ids and the attributes of object_fields);
 - progress: `run_file.RunFile`, the GeoPackage OUT.partial.gpkg beside the output that holds the objects,
   the run's identity, the finished tiles and the staged pieces. A tile's objects, its staged pieces and the
   merge step it allows are committed in one transaction, so a killed run resumes where it stopped without
@@ -31,6 +31,7 @@ from .border_merge import BorderMerge
 from .engine import SegmentEngine
 from .gdal_errors import with_gdal_return_codes
 from .mask_generator import AutoMaskSettings, tile_masks
+from .object_fields import AREA, AREA_M2, PREDICTED_IOU, STABILITY_SCORE, crs_srs, square_metres
 from .output_formats import (
     COMMAND_LINE_OVERWRITE,
     DEFAULT_LAYER,
@@ -54,7 +55,7 @@ __all__ = ["COMMAND_LINE_OVERWRITE", "OUTPUT_LAYER", "AutoMaskSettings", "MaskVe
 OUTPUT_LAYER = DEFAULT_LAYER
 #: Part of a run's identity: a run file staged under another rule is not resumed with this one
 #: (3: masks clipped to valid pixels, so a run staged before nodata was clipped starts again; 4: "largest" and
-#: "smallest" chosen by the area of the mask that becomes the polygon).
+#: "smallest" chosen by the area of the mask that becomes the polygon, and SAM's field names).
 MERGE_RULE_VERSION = 4
 
 
@@ -95,12 +96,13 @@ def run_identity(store: FeatureStore, settings: AutoMaskSettings, tiles: Sequenc
 
 class MaskVectoriser:
     """Turns a run's masks into numbered objects: polygons with the run's simplification and minimum region,
-    the object area filters, and the output's attributes (area in the raster CRS's map units²)."""
+    the object area filters, and the output's attributes (object_fields; areas in the raster CRS)."""
 
     def __init__(self, store: FeatureStore, settings: AutoMaskSettings, first_id: int):
         self.store = store
         self.settings = settings
         self.next_id = first_id
+        self._srs = crs_srs(store.crs_wkt)
 
     def polygons(self, mask: TileMask) -> Optional[Polygons]:
         """The mask's polygons in the raster CRS, or None when empty or outside the object area limits."""
@@ -125,9 +127,12 @@ class MaskVectoriser:
         return result
 
     def _attributes(self, mask: TileMask, polygons: Polygons, tile_ids: Tuple[str, ...]) -> dict:
-        return {"id": self.next_id, "score": round(mask.score, 6), "stability": round(mask.stability, 6),
-                "area": polygons.area, "tile_ids": ",".join(tile_ids), "model": self.store.model_name,
-                "checkpoint": self.store.checkpoint_sha256}
+        from osgeo import ogr
+
+        geometry = ogr.CreateGeometryFromWkb(polygons.wkb)
+        return {"id": self.next_id, PREDICTED_IOU: round(mask.score, 6), STABILITY_SCORE: round(mask.stability, 6),
+                AREA: polygons.area, AREA_M2: square_metres(geometry, self._srs), "tile_ids": ",".join(tile_ids),
+                "model": self.store.model_name, "checkpoint": self.store.checkpoint_sha256}
 
 
 @with_gdal_return_codes

@@ -27,7 +27,7 @@ import numpy as np
 from ..core.defaults import MASK_MODES
 from ..core.errors import QuickSamError
 from ..core.geo import map_to_pixel, pixel_to_map, window_geotransform
-from ..core.mask_decoding import DecoderSettings, Prompts, pick_masks
+from ..core.mask_decoding import STABILITY_SCORE_OFFSET, DecoderSettings, Prompts, pick_masks, stability_scores
 from ..core.store import DECODER_ONNX, STATUS_DONE, STATUS_NODATA, FeatureStore
 from ..core.tiling import Tile
 from .decoding import OnnxDecoder
@@ -118,13 +118,15 @@ class MapPrompts:
 
 @dataclass
 class Segment:
-    """One candidate object: polygons in the raster CRS, the model's IoU score, and where it came from."""
+    """One candidate object: polygons in the raster CRS, the model's IoU score (SAM's predicted IoU), and
+    where it came from; `stability` is SAM's stability score of its mask (None where not computed)."""
 
     geometry: Polygons
     score: float
     tile_id: str
     mask_pixels: int
     low_res_logits: np.ndarray = field(repr=False)
+    stability: Optional[float] = None
 
 
 class FeatureCache:
@@ -354,6 +356,8 @@ class SegmentEngine:
         inside_box = self._inside_box(prompts, tile)
         if inside_box is not None:
             masks = masks & inside_box
+        stability = stability_scores(result.low_res_logits - self.decoder.settings.mask_threshold,
+                                     STABILITY_SCORE_OFFSET)
         transform = window_geotransform(self._geotransform, tile.col_off, tile.row_off)
         segments = []
         for index in pick_masks(result.scores, mode, masks):
@@ -361,7 +365,7 @@ class SegmentEngine:
             if geometry.is_empty:
                 continue
             segments.append(Segment(geometry, float(result.scores[index]), tile.tile_id, int(masks[index].sum()),
-                                    result.low_res_logits[index]))
+                                    result.low_res_logits[index], float(stability[index])))
         self.last_timings = {"tile_and_features": loaded - started, "decode_and_upsample": decoded - loaded,
                              "vectorise": time.perf_counter() - decoded}
         return segments

@@ -9,8 +9,9 @@ the writing in vector_writing.py, both imported from here.
 Formats (`FORMATS`), each with its limits handled:
 - GeoPackage `.gpkg`: a container. Only QuickSAM's layer (default `segments`) is added or replaced, in
   one transaction; every other layer of the file is kept.
-- Shapefile `.shp`: field names of at most 10 characters (`short_field_names`; QuickSAM's own names all
-  fit, the longest, `checkpoint`, has exactly 10), one geometry type per file (QuickSAM writes
+- Shapefile `.shp`: field names of at most 10 characters (`short_field_names`: SAM's names
+  `predicted_iou` and `stability_score` become `predicted_` and `stability_`; the others fit), one
+  geometry type per file (QuickSAM writes
   MultiPolygon only), the CRS in the `.prj`, text in UTF-8 (the `.cpg`) of at most 254 bytes, and an
   empty text reads back as NULL (dBASE cannot tell them apart).
 - GeoJSON `.geojson` / `.json`: in the raster's CRS, stated by a `crs` member naming its EPSG code

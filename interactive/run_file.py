@@ -18,6 +18,7 @@ import numpy as np
 
 from ..core.errors import QuickSamError
 from .gdal_errors import with_gdal_return_codes
+from .object_fields import SEGMENT_ALL_FIELDS, crs_srs
 from .output_formats import PYTHON_OVERWRITE, layer_names, remove_gpkg
 from .tile_merge import TileMask
 from .vectorise import Polygons
@@ -65,10 +66,6 @@ class GdalFailures:
             raise QuickSamError(f"cannot write '{path}': {self.messages[0]}")
 
 
-FIELDS = (("id", "int64"), ("score", "real"), ("stability", "real"), ("area", "real"), ("tile_ids", "str"),
-          ("model", "str"), ("checkpoint", "str"))
-
-
 def _ogr_type(kind: str):
     from osgeo import ogr
 
@@ -108,16 +105,14 @@ class RunFile:
 
     @classmethod
     def _create(cls, path: Path, crs_wkt: str, identity: dict) -> RunFile:
-        from osgeo import ogr, osr
+        from osgeo import ogr
 
         dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
         if dataset is None:
             raise QuickSamError(f"cannot create '{path}'; check that the folder is writable")
-        srs = osr.SpatialReference()
-        srs.ImportFromWkt(crs_wkt)
-        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        layer = dataset.CreateLayer(OBJECTS_LAYER, srs, ogr.wkbMultiPolygon, ["FID=fid", "GEOMETRY_NAME=geom"])
-        for name, kind in FIELDS:
+        layer = dataset.CreateLayer(OBJECTS_LAYER, crs_srs(crs_wkt), ogr.wkbMultiPolygon,
+                                    ["FID=fid", "GEOMETRY_NAME=geom"])
+        for name, kind in SEGMENT_ALL_FIELDS:
             layer.CreateField(ogr.FieldDefn(name, _ogr_type(kind)))
         run = dataset.CreateLayer(RUN_TABLE, None, ogr.wkbNone)
         run.CreateField(ogr.FieldDefn("identity", ogr.OFTString))

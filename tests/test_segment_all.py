@@ -220,7 +220,8 @@ def read_rows(path: Path) -> List[dict]:
     assert [dataset.GetLayer(i).GetName() for i in range(dataset.GetLayerCount())] == ["segments"]
     rows = []
     for feature in dataset.GetLayerByName("segments"):
-        row = {key: feature[key] for key in ("id", "score", "stability", "area", "tile_ids", "model", "checkpoint")}
+        row = {key: feature[key] for key in ("id", "predicted_iou", "stability_score", "area", "area_m2", "tile_ids",
+                                             "model", "checkpoint")}
         row["geometry"] = shapely.wkb.loads(bytes(feature.GetGeometryRef().ExportToIsoWkb()))
         rows.append(row)
     return rows
@@ -229,7 +230,8 @@ def read_rows(path: Path) -> List[dict]:
 def signature(rows: List[dict]) -> List[Tuple]:
     """What must be the same between two runs: ids, tiles and pixel-exact geometries (vertices on pixel
     corners), and scores to within 1e-5 (decoder floats vary in the last bits with batch size and CPU)."""
-    return sorted((r["id"], ScoreTol(r["score"]), r["tile_ids"], shapely.normalize(r["geometry"]).wkt) for r in rows)
+    return sorted((r["id"], ScoreTol(r["predicted_iou"]), r["tile_ids"], shapely.normalize(r["geometry"]).wkt)
+                  for r in rows)
 
 
 class ScoreTol(float):
@@ -269,7 +271,7 @@ def test_attributes_and_no_overlapping_copies(store, reference):
     for row in reference:
         assert row["model"] == store.model_name and row["checkpoint"] == store.checkpoint_sha256
         assert set(row["tile_ids"].split(",")) <= {"r0000c0000", "r0000c0001"}
-        assert 0 <= row["stability"] <= 1
+        assert 0 <= row["stability_score"] <= 1
         assert row["area"] == pytest.approx(row["geometry"].area)
         assert row["geometry"].is_valid
     geometries = [r["geometry"] for r in reference]

@@ -136,9 +136,10 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
             "<p>Objects whose prompts lie outside the raster or its encoded area, or whose labels are "
             "unusable, are reported in the log by id, feature or group, and the prompt at fault, and skipped; "
             "the run fails only if no object could be segmented.</p>"
-            "<p>Attributes: id (object number, in reading order), label (the group value), score (the "
-            "model's IoU estimate), area_m2 (planar for projected CRSs, ellipsoidal otherwise), fg_points, "
-            "bg_points, box, model, checkpoint (SHA-256), tile_id, created (UTC).</p>"
+            "<p>Attributes: id (object number, in reading order), label (the group value), predicted_iou (the "
+            "model's IoU estimate), stability_score, area (map units² of the CRS), area_m2 (square metres: "
+            "planar for projected CRSs, ellipsoidal otherwise), fg_points, bg_points, box, model, checkpoint "
+            "(SHA-256), tile_id, created (UTC).</p>"
             "<p>An existing GeoPackage as output keeps its other layers: only the layer 'segments' (or the "
             "table of an ogr:dbname= destination) is added or replaced. GeoJSON is written in the raster's "
             "CRS, named by its EPSG code.</p>")

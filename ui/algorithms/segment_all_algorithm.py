@@ -108,8 +108,9 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
             "or replaced with <b>Overwrite</b>.</p>"
             "<p>A stopped run resumes when started again with the same settings and output; an existing "
             "output (or layer) is replaced only with <b>Overwrite</b>.</p>"
-            "<p>Attributes: id, score (predicted IoU), stability, area (map units²), tile_ids, model, "
-            "checkpoint (SHA-256).</p>")
+            "<p>Attributes: id, predicted_iou, stability_score, area (map units² of the raster's CRS), area_m2 "
+            "(square metres: planar for projected CRSs, ellipsoidal otherwise), tile_ids, model, checkpoint "
+            "(SHA-256).</p>")
 
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:
         self._add_store_parameter()
