@@ -4,8 +4,9 @@
 The run, in one place; each step has its own module:
 - which tiles: `tile_selection.tiles_to_process` (the encoded tiles meeting an area of interest);
 - each tile's masks: `mask_generator.tile_masks` (SAM's automatic mask generator on the cached features);
-- tile borders: `tile_merge` (the ownership rule and the streamed cross-tile merge decide what the tile
-  writes now and what waits for its neighbours; docs/segment-everything.md states the rule);
+- tile borders: `tile_merge.assign_masks` (the ownership rule) and `border_merge.BorderMerge` (the
+  streamed cross-tile merge) decide what the tile writes now and what waits for its neighbours
+  (docs/segment-everything.md states the rule);
 - objects: `MaskVectoriser` (polygons, filters, ids and the attributes of object_fields);
 - progress: `run_file.RunFile`, the GeoPackage OUT.partial.gpkg beside the output that holds the objects,
   the run's identity, the finished tiles and the staged pieces. A tile's objects, its staged pieces and the

@@ -4,7 +4,7 @@ pieces (GDAL/OGR's own bindings + numpy; no QGIS).
 
 A tile's objects, its staged pieces and the merge step it allows are committed in one transaction
 (`RunFile.transaction`), so a killed run resumes where it stopped without duplicates. The run file is
-also the `tile_merge.Staging` of the streamed merge: staged masks wait in a table, packed to bits.
+also the `border_merge.Staging` of the streamed merge: staged masks wait in a table, packed to bits.
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ class RunFile:
         self.tiles.CreateFeature(marker)
         self._check()
 
-    # -- tile_merge.Staging: staged masks wait in a table, packed to bits --------------------------------
+    # -- border_merge.Staging: staged masks wait in a table, packed to bits ------------------------------
     def stage(self, kind: str, masks: Iterable[TileMask]) -> None:
         from osgeo import ogr
 
