@@ -147,10 +147,15 @@ class RunFile:
 
     def object_count(self, joined: bool = False) -> int:
         """Objects written so far (`joined`: only those put together from pieces of several tiles)."""
-        self.segments.SetAttributeFilter("tile_ids LIKE '%,%'" if joined else None)
-        count = self.segments.GetFeatureCount()
-        self.segments.SetAttributeFilter(None)
-        return count
+        return self._count(OBJECTS_LAYER, "tile_ids LIKE '%,%'" if joined else None)
+
+    def _count(self, table: str, where: Optional[str] = None) -> int:
+        """The rows of `table` (matching `where`), counted by SQLite: not GDAL's cached feature count, which a
+        transaction rolled back on a full disk can leave wrong."""
+        result = self.dataset.ExecuteSQL(f"SELECT COUNT(*) FROM {table}" + (f" WHERE {where}" if where else ""))
+        count = next(iter(result)).GetField(0)
+        self.dataset.ReleaseResultSet(result)
+        return int(count)
 
     def finished_tiles(self) -> set:
         return {feature["tile_id"] for feature in self.tiles}
@@ -260,8 +265,7 @@ class RunFile:
     def staged_count(self) -> int:
         if self.staged_layer is None:  # dropped by a finish that a full disk stopped: every tile was done
             return 0
-        self.staged_layer.ResetReading()
-        return self.staged_layer.GetFeatureCount()
+        return self._count(STAGED_TABLE)
 
     def close(self) -> None:
         self.segments = self.tiles = self.staged_layer = None

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -479,6 +480,29 @@ def test_overwrite_is_worded_as_each_caller_asks_for_it(store, tmp_path, qgis_ap
     assert_one_line_error(result, r"holds an unfinished run with other settings .*, or pass --overwrite to start "
                                   r"again$")
     assert not unfinished.exists() and partial_path(unfinished).exists()
+
+
+def test_the_run_file_counts_its_rows_not_the_cached_feature_counts(tmp_path):
+    """A full disk can leave a GeoPackage's cached feature counts (gpkg_ogr_contents) wrong: the rows were rolled
+    back, the count was not. A resumed run then stopped with "still holds staged pieces" although none was
+    left, and could report a wrong number of objects."""
+    import sqlite3
+
+    from osgeo import osr
+
+    from quicksam.interactive.run_file import RunFile
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    path = tmp_path / "out.partial.gpkg"
+    RunFile.create(path, srs.ExportToWkt(), {"run": 1}).close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE gpkg_ogr_contents SET feature_count = 2 WHERE table_name IN ('quicksam_staged', 'segments')")
+    run = RunFile.open(path, {"run": 1})
+    try:
+        assert (run.staged_count(), run.object_count(), run.object_count(joined=True)) == (0, 0, 0)
+    finally:
+        run.close()
 
 
 def test_a_corrupt_tile_stops_the_run_plainly_and_keeps_the_finished_tiles(store, tmp_path, reference):
