@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -55,7 +54,7 @@ def add_segment_parser(commands) -> None:
     segment.set_defaults(handler=_cmd_segment)
 
 
-def _check_segment_output(output: Path, overwrite: bool, layer: str = SEGMENT_LAYER):
+def check_segment_output(output: Path, overwrite: bool, layer: str = SEGMENT_LAYER):
     """The --output destination (absolute path, format, layer), refused (QuickSamError) before any work if
     it cannot be written; see `output_formats.check_destination`."""
     from ..interactive.output_formats import check_destination
@@ -223,13 +222,6 @@ def _forward_percent(events: EventWriter, feedback, percent: float) -> None:
         feedback.cancel()
 
 
-def _remove_partial(partial: Path) -> None:
-    """Delete the run's GeoPackage and its SQLite side files, where they exist."""
-    for path in (partial, *(partial.with_name(partial.name + end) for end in ("-wal", "-shm", "-journal"))):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
 def _check_output_folder_writable(output: Path, option: str = "--output") -> None:
     """QuickSamError before any work when no file can be created beside `output` (a read-only store, a
     folder of someone else's)."""
@@ -242,13 +234,13 @@ def _check_output_folder_writable(output: Path, option: str = "--output") -> Non
 
 def _cmd_segment(args, events: EventWriter) -> int:
     """Check the output and the prompts, segment in a headless QGIS, write the output (only when done)."""
-    from ..interactive.output_formats import write_layer
+    from ..interactive.output_formats import remove_gpkg, write_layer
 
     _check_segment_prompts(args)
     wanted = Path(args.output).expanduser().absolute()
     if wanted.parent.is_dir():  # a missing folder is told by the output check
         _check_output_folder_writable(wanted)
-    destination = _check_segment_output(args.output, args.overwrite, args.layer)
+    destination = check_segment_output(args.output, args.overwrite, args.layer)
     output = destination.path
     open_store_before_qgis(args.store)
     events.start(store=str(args.store), output=str(output))
@@ -263,7 +255,7 @@ def _cmd_segment(args, events: EventWriter) -> int:
     try:
         summary, skipped, written = in_headless_qgis(segment_and_write)
     finally:
-        _remove_partial(partial)
+        remove_gpkg(partial)
     for message in skipped:
         events.warning(message)
     if written.kept_layers:

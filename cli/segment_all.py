@@ -11,6 +11,7 @@ from ..core.errors import QuickSamError
 from .events import EventWriter, add_events_option
 from .headless import in_headless_qgis, open_store_before_qgis, private_project, run_algorithm
 from .options import LAYER_HELP, OUTPUT_HELP, SEGMENT_LAYER, parse_box
+from .segment import check_segment_output
 
 
 def add_segment_all_parser(commands) -> None:
@@ -126,10 +127,7 @@ def _tile_feedback(events: EventWriter):
 
 def _cmd_segment_all(args, events: EventWriter) -> int:
     """Check the output and the store, then segment everything in a headless QGIS."""
-    from ..interactive.automatic import COMMAND_LINE_OVERWRITE, check_output
-
-    args.output = check_output(args.output, args.overwrite, args.layer, layer_hint="choose another --layer",
-                               how_to_overwrite=COMMAND_LINE_OVERWRITE)
+    args.output = check_segment_output(args.output, args.overwrite, args.layer).path
     if not args.store.exists():
         raise QuickSamError(f"the feature store '{args.store}' does not exist; encode the raster first "
                             "(quicksam encode RASTER STORE)")

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from .errors import RasterError
-from .tiling import Tile
+from .tiling import PixelWindow
 
 _FINGERPRINT_CHUNK = 1 << 16
 _FINGERPRINT_SAMPLES = 16
@@ -35,11 +35,21 @@ def map_to_pixel(geotransform: Sequence[float], x: float, y: float) -> Tuple[flo
     return (f * dx - c * dy) / det, (-e * dx + b * dy) / det
 
 
-def tile_geotransform(geotransform: Sequence[float], tile: Tile) -> Tuple[float, ...]:
-    """GDAL geotransform of a tile's own pixel grid (pixel (0, 0) = the tile's top-left)."""
-    x0, y0 = pixel_to_map(geotransform, tile.col_off, tile.row_off)
-    a, b, c, d, e, f = geotransform
+def window_geotransform(geotransform: Sequence[float], col_off: float, row_off: float) -> Tuple[float, ...]:
+    """GDAL geotransform of a window's own pixel grid: its pixel (0, 0) is raster pixel (col_off, row_off)
+    (a tile, a mask's crop, a PixelWindow's offsets); same pixel size and rotation, same CRS."""
+    x0, y0 = pixel_to_map(geotransform, col_off, row_off)
+    _, b, c, _, e, f = geotransform
     return (x0, b, c, y0, e, f)
+
+
+def window_outline(geotransform: Sequence[float], window: PixelWindow) -> List[Tuple[float, float]]:
+    """Closed ring (5 points, the first repeated) of a pixel window's outline in map coordinates (raster
+    CRS), clockwise on a north-up raster from the top-left corner; e.g. a tile's valid area (`Tile.window`)."""
+    corners = [(window.col_off, window.row_off), (window.col_end, window.row_off),
+               (window.col_end, window.row_end), (window.col_off, window.row_end)]
+    ring = [pixel_to_map(geotransform, col, row) for col, row in corners]
+    return ring + ring[:1]
 
 
 def raster_fingerprint(path: str, width: int, height: int, count: int, geotransform: Sequence[float]) -> str:

@@ -195,6 +195,30 @@ def choose_outputs(all_logits: np.ndarray, all_scores: np.ndarray, multimask: bo
     return np.array([0])
 
 
+#: SAM's `stability_score_offset` (logits): the shift of the threshold that the stability score measures.
+STABILITY_SCORE_OFFSET = 1.0
+#: Mask modes that choose by area (see `pick_masks`).
+AREA_MODES = ("largest", "smallest")
+
+
+def pick_masks(scores: np.ndarray, mode: str, masks: Optional[np.ndarray] = None) -> List[int]:
+    """Which of K candidate masks a mask mode keeps (core/defaults.MASK_MODES), as indices in order.
+
+    "single" and "all" keep every candidate, "best" the highest of the (K,) predicted IoU `scores`,
+    "largest" / "smallest" the one with the most / fewest pixels in `masks`: (K, H, W) bool, each mask as it
+    becomes the polygon (at tile resolution, nodata and anything outside a box prompt removed), so the
+    choice is by the area the user sees. Ties go to the first. ValueError for an area mode without masks.
+    """
+    if mode in AREA_MODES:
+        if masks is None:
+            raise ValueError(f"mask mode '{mode}' chooses by area: pass the masks")
+        areas = np.asarray(masks).reshape(len(masks), -1).sum(axis=1)
+        return [int(np.argmax(areas) if mode == "largest" else np.argmin(areas))]
+    if mode == "best":
+        return [int(np.argmax(scores))]
+    return list(range(len(scores)))
+
+
 def postprocess(all_logits: np.ndarray, all_scores: np.ndarray, multimask: bool,
                 settings: DecoderSettings, image_size: int) -> DecodeResult:
     """From the graph's (M, L, L) logits and (M,) scores to the chosen masks at tile resolution."""

@@ -10,23 +10,12 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
-from typing import List, Sequence, Tuple
 
-from ..core.geo import pixel_to_map
+from ..core.geo import window_outline
 from ..core.logger import LOGGER
 from ..core.store import MANIFEST, TILE_INDEX, TILE_LOG, FeatureStore
-from ..core.tiling import Tile
 
 LAYER_NAME = "tiles"
-
-
-def tile_footprint(geotransform: Sequence[float], tile: Tile) -> List[Tuple[float, float]]:
-    """Closed ring of the tile's valid area in map coordinates (raster CRS), clockwise from top-left."""
-    corners = [(tile.col_off, tile.row_off), (tile.col_off + tile.valid_width, tile.row_off),
-               (tile.col_off + tile.valid_width, tile.row_off + tile.valid_height),
-               (tile.col_off, tile.row_off + tile.valid_height)]
-    ring = [pixel_to_map(geotransform, c, r) for c, r in corners]
-    return ring + ring[:1]
 
 
 def write_tile_index(store: FeatureStore) -> Path:
@@ -51,7 +40,7 @@ def write_tile_index(store: FeatureStore) -> Path:
     tiles = list(store.grid)
     records = store.records()
     valid_fraction = [records[t.tile_id].valid_fraction if t.tile_id in records else np.nan for t in tiles]
-    geometry = shapely.to_wkb([shapely.Polygon(tile_footprint(store.geotransform, t)) for t in tiles])
+    geometry = shapely.to_wkb([shapely.Polygon(window_outline(store.geotransform, t.window)) for t in tiles])
     fields = ["tile_id", "row", "col", "status", "padded", "valid_fraction"]
     field_data = [np.array([t.tile_id for t in tiles], dtype=object),
                   np.array([t.row for t in tiles], dtype=np.int32),

@@ -26,8 +26,8 @@ import numpy as np
 
 from ..core.defaults import MASK_MODES
 from ..core.errors import QuickSamError
-from ..core.geo import map_to_pixel, pixel_to_map, tile_geotransform
-from ..core.mask_decoding import DecoderSettings, Prompts
+from ..core.geo import map_to_pixel, pixel_to_map, window_geotransform
+from ..core.mask_decoding import STABILITY_SCORE_OFFSET, DecoderSettings, Prompts, pick_masks, stability_scores
 from ..core.store import DECODER_ONNX, STATUS_DONE, STATUS_NODATA, FeatureStore
 from ..core.tiling import Tile
 from .decoding import OnnxDecoder
@@ -118,13 +118,15 @@ class MapPrompts:
 
 @dataclass
 class Segment:
-    """One candidate object: polygons in the raster CRS, the model's IoU score, and where it came from."""
+    """One candidate object: polygons in the raster CRS, the model's IoU score (SAM's predicted IoU), and
+    where it came from; `stability` is SAM's stability score of its mask (None where not computed)."""
 
     geometry: Polygons
     score: float
     tile_id: str
     mask_pixels: int
     low_res_logits: np.ndarray = field(repr=False)
+    stability: Optional[float] = None
 
 
 class FeatureCache:
@@ -175,10 +177,6 @@ class ValidMaskCache:
             while len(self._masks) > self.capacity:
                 self._masks.popitem(last=False)
         return mask
-
-
-def _mask_area_order(masks: np.ndarray) -> np.ndarray:
-    return np.argsort(masks.reshape(len(masks), -1).sum(axis=1))
 
 
 class SegmentEngine:
@@ -353,20 +351,21 @@ class SegmentEngine:
         result = self.decoder.decode(features, self.tile_prompts(prompts, tile, mask_input),
                                      multimask=mode != "single")
         decoded = time.perf_counter()
-        masks = result.masks & self.valid_masks.get(tile)  # nodata is never part of an object
-        picks = self._pick(masks, result.scores, mode)
-        geotransform = tile_geotransform(self._geotransform, tile)
+        # each candidate as it becomes the polygon: nodata removed, the padding cut, bounded by the box
+        masks = (result.masks & self.valid_masks.get(tile))[:, :tile.valid_height, :tile.valid_width]
         inside_box = self._inside_box(prompts, tile)
+        if inside_box is not None:
+            masks = masks & inside_box
+        stability = stability_scores(result.low_res_logits - self.decoder.settings.mask_threshold,
+                                     STABILITY_SCORE_OFFSET)
+        geotransform = window_geotransform(self._geotransform, tile.col_off, tile.row_off)
         segments = []
-        for index in picks:
-            mask = masks[index][:tile.valid_height, :tile.valid_width]
-            if inside_box is not None:
-                mask = mask & inside_box
-            geometry = mask_to_polygons(mask, geotransform, simplify_tolerance, min_area_pixels, keep_holes)
+        for index in pick_masks(result.scores, mode, masks):
+            geometry = mask_to_polygons(masks[index], geotransform, simplify_tolerance, min_area_pixels, keep_holes)
             if geometry.is_empty:
                 continue
-            segments.append(Segment(geometry, float(result.scores[index]), tile.tile_id, int(mask.sum()),
-                                    result.low_res_logits[index]))
+            segments.append(Segment(geometry, float(result.scores[index]), tile.tile_id, int(masks[index].sum()),
+                                    result.low_res_logits[index], float(stability[index])))
         self.last_timings = {"tile_and_features": loaded - started, "decode_and_upsample": decoded - loaded,
                              "vectorise": time.perf_counter() - decoded}
         return segments
@@ -381,12 +380,3 @@ class SegmentEngine:
         centres_row = tile.row_off + np.arange(tile.valid_height) + 0.5
         return (((centres_row >= row0) & (centres_row <= row1))[:, None]
                 & ((centres_col >= col0) & (centres_col <= col1))[None, :])
-
-    @staticmethod
-    def _pick(masks: np.ndarray, scores: np.ndarray, mode: str) -> Sequence[int]:
-        if mode in ("single", "all"):
-            return range(len(masks))
-        if mode == "best":
-            return [int(np.argmax(scores))]
-        order = _mask_area_order(masks)
-        return [int(order[-1])] if mode == "largest" else [int(order[0])]

@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..core.geo import window_geotransform
 from ..core.logger import LOGGER
 
 
@@ -270,8 +271,8 @@ def mask_to_polygons(mask: np.ndarray, geotransform: Sequence[float], simplify_t
     if window is None:
         return Polygons(EMPTY_WKB, 0.0, 0)
     row0, row1, col0, col1 = window
-    a, b, c, d, e, f = geotransform
-    shifted = (a + col0 * b + row0 * c, b, c, d + col0 * e + row0 * f, e, f)
+    shifted = window_geotransform(geotransform, col0, row0)
+    _, b, c, _, e, f = geotransform
     pixel_area = abs(b * f - c * e)
     min_area = min_area_pixels * pixel_area
     parts = _exact_parts(np.ascontiguousarray(mask[row0:row1, col0:col1], dtype=np.uint8), shifted, pixel_area,

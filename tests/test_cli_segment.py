@@ -59,13 +59,13 @@ def read_output(path: Path, qgis_app) -> List[dict]:
         row = {name: feature[name] for name in layer.fields().names()}
         row["geometry"] = shapely.wkb.loads(bytes(feature.geometry().asWkb()))
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["id"], -r["score"]))
+    return sorted(rows, key=lambda r: (r["id"], -r["predicted_iou"]))
 
 
 def assert_equals_engine(row: dict, engine: SegmentEngine, prompts: MapPrompts, mode: str = "single") -> None:
     (expected,) = engine.segment(prompts, mode=mode)
     assert_same_geometry(row["geometry"], expected.geometry)
-    assert row["score"] == pytest.approx(expected.score, abs=1e-6)
+    assert row["predicted_iou"] == pytest.approx(expected.score, abs=1e-6)
     assert (row["fg_points"], row["bg_points"]) == (prompts.foreground_count, prompts.background_count)
     assert row["tile_id"] == expected.tile_id
     assert row["model"] == engine.store.model_name
@@ -123,7 +123,7 @@ def test_prompts_crs_gives_the_same_polygon_as_raster_crs(store_path, engine, tm
                       "--output", wgs84), wgs84)
     (a,), (b,) = read_output(native, qgis_app), read_output(wgs84, qgis_app)
     assert_same_geometry(b["geometry"], a["geometry"])
-    assert b["score"] == pytest.approx(a["score"], abs=1e-6)
+    assert b["predicted_iou"] == pytest.approx(a["predicted_iou"], abs=1e-6)
     assert_equals_engine(b, engine, MapPrompts(points=(xy,), labels=(1,)))
 
 

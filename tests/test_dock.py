@@ -445,7 +445,7 @@ def test_accept_writes_the_object_to_the_stores_geopackage_on_disk(dock, engine,
     assert attributes["id"] == 1 and attributes["label"] == "building"
     assert attributes["fg_points"] == 1 and attributes["bg_points"] == 0
     assert attributes["model"] == "sam2.1_hiera_t" and attributes["tile_id"] == segment.tile_id
-    assert attributes["score"] == pytest.approx(segment.score, abs=1e-6)
+    assert attributes["predicted_iou"] == pytest.approx(segment.score, abs=1e-6)
     assert attributes["area_m2"] == pytest.approx(segment.geometry.area)
     assert_same_area(QgsGeometry.fromWkt(wkt), segment_geometry(segment))
     assert dock.controller.session.prompts.is_empty()  # the next object starts
@@ -499,7 +499,7 @@ def test_mode_all_accepts_every_candidate_with_its_own_id(dock, engine, scene):
     rows = ogr_features(scene / "scene.qsam" / OUTPUT_FILE)
     assert [row[0]["id"] for row in rows] == [1, 2, 3]
     for (attributes, wkt), segment in zip(rows, expected):
-        assert attributes["score"] == pytest.approx(segment.score, abs=1e-6)
+        assert attributes["predicted_iou"] == pytest.approx(segment.score, abs=1e-6)
         assert_same_area(QgsGeometry.fromWkt(wkt), segment_geometry(segment))
 
 

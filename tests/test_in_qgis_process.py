@@ -48,4 +48,4 @@ def test_segmentprompts_runs_inside_qgis_process(tmp_path: Path):
     actual = shapely.wkb.loads(bytes(feature.GetGeometryRef().ExportToIsoWkb()))
     assert shapely.equals_exact(shapely.normalize(actual), shapely.normalize(shapely.wkb.loads(expected.geometry.wkb)),
                                 tolerance=1e-6)
-    assert feature.GetField("score") == pytest.approx(expected.score, abs=1e-6)
+    assert feature.GetField("predicted_iou") == pytest.approx(expected.score, abs=1e-6)

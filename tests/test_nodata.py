@@ -291,16 +291,16 @@ def test_a_tile_the_store_records_as_nodata_says_no_data_here(engine, prompts):
 
 
 def test_segment_all_writes_no_polygon_over_nodata_and_no_grid_point_on_it(engine, tmp_path, monkeypatch):
-    from quicksam.interactive import automatic
+    from quicksam.interactive import mask_generator
 
     decoded: List[Tuple[int, np.ndarray]] = []
-    original = automatic._batch_candidates
+    original = mask_generator._batch_candidates
 
     def recording(decoder, features, tile, settings, points, *rest):
         decoded.append((tile.col_off, np.array(points)))
         return original(decoder, features, tile, settings, points, *rest)
 
-    monkeypatch.setattr(automatic, "_batch_candidates", recording)
+    monkeypatch.setattr(mask_generator, "_batch_candidates", recording)
     output = tmp_path / "all.gpkg"
     result = segment_everything(engine.store, output, LOOSE, engine=engine)
     assert result.tiles == 2 and result.objects > 0

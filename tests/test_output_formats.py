@@ -64,6 +64,8 @@ SEGMENT_FORMATS = [".gpkg", ".shp", ".geojson", ".json", ".fgb", ".parquet"]
 SEGMENT_ALL_FORMATS = [".gpkg", ".shp", ".geojson", ".fgb", ".parquet"]
 #: One object per group: a point on the square (a non-ASCII label, for the Shapefile's encoding), and a
 #: point with a box (a text value of 60 characters) on the second tile.
+#: The fields of `quicksam segment-all`'s output, in order.
+SEGMENT_ALL_NAMES = ["id", "predicted_iou", "stability_score", "area", "area_m2", "tile_ids", "model", "checkpoint"]
 OBJECTS = {"Straße": {"points": [(200, 120)], "box": None}, "B": {"points": [(330, 60)], "box": (300, 20, 380, 110)}}
 
 
@@ -107,7 +109,7 @@ def segment_reference(store) -> Dict[int, dict]:
         prompts = MapPrompts(points=tuple(at(*p) for p in spec["points"]), labels=(1,) * len(spec["points"]), box=box)
         (segment,) = engine.segment(prompts)
         geometry = shapely.wkb.loads(segment.geometry.wkb)
-        rows[object_id] = {"id": object_id, "label": group, "score": segment.score, "area_m2": geometry.area,
+        rows[object_id] = {"id": object_id, "label": group, "predicted_iou": segment.score, "area_m2": geometry.area,
                            "fg_points": len(spec["points"]), "bg_points": 0, "box": box, "model": store.model_name,
                            "checkpoint": store.checkpoint_sha256, "tile_id": segment.tile_id,
                            "geometry": shapely.normalize(shapely.MultiPolygon(
@@ -121,8 +123,14 @@ def segment_all_reference(store, tmp_path_factory) -> Dict[int, dict]:
     result = segment_everything(store, output, LOOSE)
     _, names, rows = read_back(output)
     assert len(rows) == result.objects > 5 and result.merged_objects > 0
-    assert names == ["id", "score", "stability", "area", "tile_ids", "model", "checkpoint"]
+    assert names == SEGMENT_ALL_NAMES
     return rows
+
+
+def with_our_names(rows: Dict[int, dict], names: List[str], ours: Sequence[str]) -> Dict[int, dict]:
+    """`rows` read from a file whose fields are `names` (a Shapefile's cut to 10 characters), keyed by `ours`."""
+    renamed = dict(zip(names, ours))
+    return {key: {renamed.get(name, name): value for name, value in row.items()} for key, row in rows.items()}
 
 
 def read_back(path: Path, layer: Optional[str] = None) -> Tuple[osr.SpatialReference, List[str], Dict[int, dict]]:
@@ -183,13 +191,15 @@ def test_segment_writes_each_format_with_the_same_polygons_and_attributes(store,
     assert summary["layer"] == ("segments" if extension == ".gpkg" else None)
     srs, names, rows = read_back(output)
     assert_utm33(srs)  # the raster's CRS, not reprojected (GeoJSON included: see the test below)
-    assert names == [name for name, _ in FIELD_SPECS]  # every name fits a Shapefile's 10 characters: unchanged
+    ours = [name for name, _ in FIELD_SPECS]
+    assert names == short_field_names(ours, format_for(output).max_field_name)  # a Shapefile's are cut to 10
+    rows = with_our_names(rows, names, ours)
     assert sorted(rows) == sorted(segment_reference)
     for object_id, expected in segment_reference.items():
         row = rows[object_id]
         assert_same_polygons(row["geometry"], expected["geometry"])
         assert row["label"] == expected["label"]  # "Straße": UTF-8 in every format (a Shapefile's .cpg)
-        assert row["score"] == pytest.approx(expected["score"], abs=1e-6)  # rounded to 6 decimals when written
+        assert row["predicted_iou"] == pytest.approx(expected["predicted_iou"], abs=1e-6)  # rounded to 6 decimals
         # area_m2 is QGIS's planar measure of the written polygon; formats keep 15+ significant digits
         assert row["area_m2"] == pytest.approx(expected["area_m2"], rel=1e-9)
         assert (row["fg_points"], row["bg_points"], row["model"], row["checkpoint"], row["tile_id"]) == (
@@ -220,12 +230,13 @@ def test_segment_all_writes_each_format_with_the_same_polygons_and_attributes(st
     assert not partial_path(output).exists()  # the run file is gone once the output is written
     srs, names, rows = read_back(output)
     assert_utm33(srs)
-    assert names == ["id", "score", "stability", "area", "tile_ids", "model", "checkpoint"]
+    assert names == short_field_names(SEGMENT_ALL_NAMES, format_for(output).max_field_name)
+    rows = with_our_names(rows, names, SEGMENT_ALL_NAMES)
     assert sorted(rows) == sorted(segment_all_reference)
     for object_id, expected in segment_all_reference.items():
         row = rows[object_id]
         assert_same_polygons(row["geometry"], expected["geometry"])
-        for name in ("score", "stability", "area"):  # a Shapefile writes reals as text with 15 decimals
+        for name in ("predicted_iou", "stability_score", "area", "area_m2"):  # a Shapefile: text, 15 decimals
             assert row[name] == pytest.approx(expected[name], rel=1e-12), name
         for name in ("tile_ids", "model", "checkpoint"):
             assert row[name] == expected[name], name
@@ -258,9 +269,43 @@ def test_geojson_refuses_a_crs_without_an_epsg_code(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["custom.gpkg"]  # nor a half-written file
 
 
+def ogr_fields(path: Path) -> Dict[str, str]:
+    """{name: OGR type name} of the first layer of a vector file, in order."""
+    dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR)
+    defn = dataset.GetLayer(0).GetLayerDefn()
+    return {defn.GetFieldDefn(i).GetName(): defn.GetFieldDefn(i).GetTypeName() for i in range(defn.GetFieldCount())}
+
+
+def test_segment_and_segment_all_write_the_same_measures(store, tmp_path, qgis_app, plugin):
+    """One name per measure in both outputs, SAM's where SAM has one (interactive/object_fields.py), with the
+    same types and units: in EPSG:32633 `area` (map units²) and `area_m2` are the same number."""
+    import processing
+    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorLayer
+
+    prompts = QgsVectorLayer("Point?crs=EPSG:32633", "prompts", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(*at(200, 120))))
+    prompts.dataProvider().addFeatures([feature])
+    processing.run("quicksam:segmentprompts", {"STORE": str(store.root), "PROMPTS": prompts,
+                                               "OUTPUT": str(tmp_path / "segment.gpkg")})
+    segment_everything(store, tmp_path / "all.gpkg", LOOSE)
+    segment, segment_all = ogr_fields(tmp_path / "segment.gpkg"), ogr_fields(tmp_path / "all.gpkg")
+    shared = ["id", "predicted_iou", "stability_score", "area", "area_m2", "model", "checkpoint"]
+    assert [name for name in segment if name in shared] == [name for name in segment_all if name in shared] == shared
+    assert all(segment[name] == segment_all[name] for name in shared)
+    assert set(segment_all) - set(segment) == {"tile_ids"}  # an object of several tiles; segment's is in one
+    for path in (tmp_path / "segment.gpkg", tmp_path / "all.gpkg"):
+        _, _, rows = read_back(path)
+        for row in rows.values():
+            assert row["predicted_iou"] is not None and 0 <= row["stability_score"] <= 1
+            assert row["area"] == pytest.approx(row["geometry"].area, rel=1e-9)  # m² in EPSG:32633
+            assert row["area_m2"] == pytest.approx(row["area"], rel=1e-9)
+
+
 def test_shapefile_field_names_fit_ten_characters_uniquely_and_stably():
-    ours = [name for name, _ in FIELD_SPECS] + ["stability", "tile_ids"]
-    assert short_field_names(ours, 10) == ours  # QuickSAM's own names all fit: a Shapefile has the same
+    ours = [name for name, _ in FIELD_SPECS] + ["tile_ids"]
+    cut = {"predicted_iou": "predicted_", "stability_score": "stability_"}  # SAM's names are longer than 10
+    assert short_field_names(ours, 10) == [cut.get(name, name) for name in ours]  # the others fit as they are
     long = ["stability_score", "stability_offset", "stability_", "predicted_iou", "stability_1"]
     first = short_field_names(long, 10)
     # "stability_" fits and keeps its name; the others are cut and numbered in order

@@ -126,7 +126,7 @@ def run(store_path: Path, prompts, feedback: Optional[QgsProcessingFeedback] = N
 
 
 def features_of(layer: QgsVectorLayer) -> List[QgsFeature]:
-    return sorted(layer.getFeatures(), key=lambda f: (f["id"], -f["score"]))
+    return sorted(layer.getFeatures(), key=lambda f: (f["id"], -f["predicted_iou"]))
 
 
 def as_shapely(geometry: QgsGeometry):
@@ -141,7 +141,7 @@ def assert_matches_engine(feature: QgsFeature, segment, prompts: MapPrompts, sto
     assert_same_geometry(geometry, segment.geometry)
     assert feature["id"] == object_id
     assert feature["label"] == label
-    assert feature["score"] == pytest.approx(segment.score, abs=1e-6)
+    assert feature["predicted_iou"] == pytest.approx(segment.score, abs=1e-6)
     assert feature["fg_points"] == prompts.foreground_count
     assert feature["bg_points"] == prompts.background_count
     assert feature["model"] == store.model_name
@@ -252,7 +252,7 @@ def test_prompts_in_another_crs_give_the_same_polygons(registered, store_path, e
     assert len(native) == len(projected) == 2
     for a, b, xy in zip(native, projected, clicks):
         assert_same_geometry(as_shapely(b.geometry()), as_shapely(a.geometry()))
-        assert b["score"] == pytest.approx(a["score"], abs=1e-6)
+        assert b["predicted_iou"] == pytest.approx(a["predicted_iou"], abs=1e-6)
         (segment,) = engine.segment(MapPrompts(points=(xy,), labels=(1,)))
         assert_same_geometry(as_shapely(b.geometry()), segment.geometry)
     (boxed,) = features_of(run(store_path, wgs84_box)["OUTPUT"])
@@ -320,7 +320,7 @@ def test_background_label_changes_the_mask(registered, store_path, engine):
     assert (unlabelled["fg_points"], unlabelled["bg_points"]) == (2, 0)
     (both_fg,) = engine.segment(MapPrompts(points=(at(75, 75), at(20, 20)), labels=(1, 1)))
     assert_same_geometry(as_shapely(unlabelled.geometry()), both_fg.geometry)
-    assert labelled["score"] != pytest.approx(unlabelled["score"], abs=1e-6)
+    assert labelled["predicted_iou"] != pytest.approx(unlabelled["predicted_iou"], abs=1e-6)
 
 
 # -- mask modes and vectorising options --------------------------------------------------------------------------
@@ -336,7 +336,7 @@ def test_mask_mode_all_gives_three_features_per_object(registered, store_path, e
         mine = [f for f in features if f["id"] == object_id]
         assert len(mine) == 3
         for segment in expected:
-            match = [f for f in mine if f["score"] == pytest.approx(segment.score, abs=1e-6)]
+            match = [f for f in mine if f["predicted_iou"] == pytest.approx(segment.score, abs=1e-6)]
             assert len(match) == 1
             assert_same_geometry(as_shapely(match[0].geometry()), segment.geometry)
 

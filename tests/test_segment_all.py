@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -28,10 +29,13 @@ from osgeo import ogr
 from synthetic import assert_one_line_error, encode, landsat_path, run_cli, square_scene, two_tile_store, write_raster
 
 from quicksam.core.errors import Cancelled, QuickSamError
+from quicksam.core.mask_decoding import DecoderSettings, postprocess, upsample_masks
 from quicksam.core.store import FeatureStore
 from quicksam.core.tiling import TileGrid
-from quicksam.interactive.automatic import AutoMaskSettings, box_nms, partial_path, point_grid, segment_everything
-from quicksam.interactive.tile_merge import BorderMerge, MemoryStaging, TileMask, assign_masks, tile_regions, trimmed
+from quicksam.interactive.automatic import AutoMaskSettings, partial_path, segment_everything
+from quicksam.interactive.border_merge import BorderMerge, MemoryStaging
+from quicksam.interactive.mask_generator import box_nms, point_grid
+from quicksam.interactive.tile_merge import TileMask, assign_masks, tile_regions, trimmed
 
 # -- 1. the merge rule ------------------------------------------------------------------------------------
 
@@ -182,7 +186,7 @@ def test_point_grid_and_nms():
 def test_removing_small_regions_on_a_masks_box_equals_doing_it_on_the_whole_tile():
     # segment everything sieves each mask on its bounding box only; the background around must behave
     # as the whole tile's does, also for boxes smaller than the minimum region
-    from quicksam.interactive.automatic import remove_small_regions
+    from quicksam.interactive.mask_generator import remove_small_regions
     from quicksam.interactive.tile_merge import pixel_bounds
 
     rng = np.random.default_rng(1)
@@ -217,7 +221,8 @@ def read_rows(path: Path) -> List[dict]:
     assert [dataset.GetLayer(i).GetName() for i in range(dataset.GetLayerCount())] == ["segments"]
     rows = []
     for feature in dataset.GetLayerByName("segments"):
-        row = {key: feature[key] for key in ("id", "score", "stability", "area", "tile_ids", "model", "checkpoint")}
+        row = {key: feature[key] for key in ("id", "predicted_iou", "stability_score", "area", "area_m2", "tile_ids",
+                                             "model", "checkpoint")}
         row["geometry"] = shapely.wkb.loads(bytes(feature.GetGeometryRef().ExportToIsoWkb()))
         rows.append(row)
     return rows
@@ -226,7 +231,8 @@ def read_rows(path: Path) -> List[dict]:
 def signature(rows: List[dict]) -> List[Tuple]:
     """What must be the same between two runs: ids, tiles and pixel-exact geometries (vertices on pixel
     corners), and scores to within 1e-5 (decoder floats vary in the last bits with batch size and CPU)."""
-    return sorted((r["id"], ScoreTol(r["score"]), r["tile_ids"], shapely.normalize(r["geometry"]).wkt) for r in rows)
+    return sorted((r["id"], ScoreTol(r["predicted_iou"]), r["tile_ids"], shapely.normalize(r["geometry"]).wkt)
+                  for r in rows)
 
 
 class ScoreTol(float):
@@ -266,12 +272,77 @@ def test_attributes_and_no_overlapping_copies(store, reference):
     for row in reference:
         assert row["model"] == store.model_name and row["checkpoint"] == store.checkpoint_sha256
         assert set(row["tile_ids"].split(",")) <= {"r0000c0000", "r0000c0001"}
-        assert 0 <= row["stability"] <= 1
+        assert 0 <= row["stability_score"] <= 1
         assert row["area"] == pytest.approx(row["geometry"].area)
         assert row["geometry"].is_valid
     geometries = [r["geometry"] for r in reference]
     for i, a in enumerate(geometries):  # no object written twice (identical geometry)
         assert not any(a.equals(b) for b in geometries[i + 1:])
+
+
+class HandDecoder:
+    """A decoder that gives the same hand-made outputs for every prompt: (4, L, L) logits (output 0 = the
+    single mask, 1..3 = SAM's three candidates) and (4,) scores, in OnnxDecoder's interface."""
+
+    def __init__(self, logits: np.ndarray, scores: np.ndarray, image_size: int):
+        self.logits, self.scores, self.image_size = logits, scores, image_size
+        self.settings = DecoderSettings()
+        self.preferred_batch = 4
+
+    def raw_points(self, features, points) -> Tuple[np.ndarray, np.ndarray]:
+        count = len(points)
+        return np.repeat(self.logits[None], count, axis=0), np.repeat(self.scores[None], count, axis=0)
+
+    def decode(self, features, prompts, multimask: bool = True):
+        return postprocess(self.logits, self.scores, multimask, self.settings, self.image_size)
+
+
+def area_test_logits(size: int) -> np.ndarray:
+    """(4, L, L) logits, L = size / 4, whose three candidates rank one way by low-resolution area and
+    another by the area of the upsampled mask (the mask that becomes the polygon):
+    1: a 2 x 2 block plus 100 isolated weak pixels (low-res 104 px; the weak pixels vanish when upsampled,
+       ~8 x 8 px at tile resolution); 2: a 6 x 6 block (36 px; ~24 x 24); 3: a 3 x 3 block (9 px; ~12 x 12)."""
+    low = size // 4
+    logits = np.full((4, low, low), -10.0, dtype=np.float32)
+    logits[1, 4:6, 4:6] = 10.0
+    for i in range(100):  # a bilinear mix of 0.1 with its -10 neighbours never rises above 0
+        logits[1, 20 + 3 * (i // 10), 20 + 3 * (i % 10)] = 0.1
+    logits[2, 40:46, 40:46] = 10.0
+    logits[3, 4:7, 50:53] = 10.0
+    logits[0] = logits[2]
+    return logits
+
+
+def test_largest_and_smallest_are_chosen_by_the_area_of_the_polygons_mask(store):
+    """The interactive stage chose by the upsampled mask's area, segment everything by the low-resolution
+    logits' area; with these logits the two disagree. Both now choose by the area of the mask that becomes
+    the polygon: the same candidate in both stages."""
+    from quicksam.interactive.engine import MapPrompts, SegmentEngine
+    from quicksam.interactive.mask_generator import tile_masks
+
+    size = store.image_size
+    logits = area_test_logits(size)
+    full = upsample_masks(logits[1:], size, 0.0).reshape(3, -1).sum(axis=1)  # candidates 1..3
+    low = (logits[1:] > 0).reshape(3, -1).sum(axis=1)
+    assert (np.argmax(low), np.argmin(low)) == (0, 2) and (np.argmax(full), np.argmin(full)) == (1, 0)
+    decoder = HandDecoder(logits, np.array([0.9, 0.8, 0.7, 0.6], np.float32), size)
+    engine = SegmentEngine(store)
+    engine.decoder = decoder
+    tile = store.grid.tiles[0]
+    prompts = MapPrompts(points=(_tile_centre(store, tile),), labels=(1,))
+    for mode, expected in (("largest", full[1]), ("smallest", full[0])):
+        settings = AutoMaskSettings(points_per_side=1, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                                    min_mask_region_area=0, mask_mode=mode)
+        (mask,) = tile_masks(decoder, {}, tile, settings, engine.valid_masks.get(tile))
+        assert mask.pixels == expected, mode
+        (segment,) = engine.segment(prompts, mode=mode)
+        assert segment.mask_pixels == expected, mode
+
+
+def _tile_centre(store: FeatureStore, tile) -> Tuple[float, float]:
+    from quicksam.core.geo import pixel_to_map
+
+    return pixel_to_map(store.geotransform, tile.col_off + 64.5, tile.row_off + 64.5)
 
 
 def test_points_per_batch_changes_speed_and_memory_not_the_result(store, tmp_path, reference, monkeypatch):
@@ -409,6 +480,29 @@ def test_overwrite_is_worded_as_each_caller_asks_for_it(store, tmp_path, qgis_ap
     assert_one_line_error(result, r"holds an unfinished run with other settings .*, or pass --overwrite to start "
                                   r"again$")
     assert not unfinished.exists() and partial_path(unfinished).exists()
+
+
+def test_the_run_file_counts_its_rows_not_the_cached_feature_counts(tmp_path):
+    """A full disk can leave a GeoPackage's cached feature counts (gpkg_ogr_contents) wrong: the rows were rolled
+    back, the count was not. A resumed run then stopped with "still holds staged pieces" although none was
+    left, and could report a wrong number of objects."""
+    import sqlite3
+
+    from osgeo import osr
+
+    from quicksam.interactive.run_file import RunFile
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    path = tmp_path / "out.partial.gpkg"
+    RunFile.create(path, srs.ExportToWkt(), {"run": 1}).close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE gpkg_ogr_contents SET feature_count = 2 WHERE table_name IN ('quicksam_staged', 'segments')")
+    run = RunFile.open(path, {"run": 1})
+    try:
+        assert (run.staged_count(), run.object_count(), run.object_count(joined=True)) == (0, 0, 0)
+    finally:
+        run.close()
 
 
 def test_a_corrupt_tile_stops_the_run_plainly_and_keeps_the_finished_tiles(store, tmp_path, reference):

@@ -310,7 +310,7 @@ def _rows(path: Path) -> List[Tuple]:
 
     dataset = ogr.Open(str(path))
     layer = dataset.GetLayerByName("segments")
-    rows = sorted((f["id"], round(f["score"], 5), f["tile_ids"],
+    rows = sorted((f["id"], round(f["predicted_iou"], 5), f["tile_ids"],
                    shapely.normalize(shapely.from_wkb(bytes(f.GetGeometryRef().ExportToIsoWkb()))).wkt)
                   for f in layer)
     layer = None

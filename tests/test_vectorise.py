@@ -10,7 +10,7 @@ import pytest
 import shapely.wkb
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from quicksam.core.geo import tile_geotransform
+from quicksam.core.geo import window_geotransform
 from quicksam.core.tiling import Tile
 from quicksam.interactive.vectorise import mask_to_polygons
 
@@ -70,7 +70,7 @@ def test_tile_offset_and_non_square_rotated_pixels():
     tile = Tile(index=0, row=1, col=2, col_off=40, row_off=30, size=64, valid_width=64, valid_height=64)
     mask = np.zeros((64, 64), bool)
     mask[3, 7] = True  # raster pixel (col 47, row 33)
-    geometry = polygons(mask, tile_geotransform(raster, tile))
+    geometry = polygons(mask, window_geotransform(raster, tile.col_off, tile.row_off))
 
     def corner(col, row):
         a, b, c, d, e, f = raster

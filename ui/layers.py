@@ -1,7 +1,9 @@
 """Segments as QGIS features and the output layer they go to (QGIS layer over the core engine).
 
-Geometry arrives in the raster's CRS and is transformed to the output layer's CRS. `area_m2` is planar
-in square metres for projected CRSs and ellipsoidal (the CRS's ellipsoid) for geographic ones.
+Geometry arrives in the raster's CRS and is transformed to the output layer's CRS. The measures are those of
+every QuickSAM output (interactive/object_fields.py): `predicted_iou`, `stability_score`, `area` (planar, in
+the layer CRS's map units²) and `area_m2` (planar in square metres for projected CRSs, ellipsoidal on the
+CRS's ellipsoid for geographic ones).
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ from qgis.PyQt.QtCore import QMetaType, QVariant
 from ..core.errors import QuickSamError
 from ..core.store import FeatureStore
 from ..interactive.engine import MapPrompts, Segment
+from ..interactive.object_fields import AREA, AREA_M2, MEASURE_FIELDS, PREDICTED_IOU, STABILITY_SCORE
 from ..interactive.output_formats import format_for, layer_names
 from .i18n import tr
 
 OUTPUT_FILE = "segments.gpkg"
 OUTPUT_LAYER = "segments"
 FIELD_SPECS = (
-    ("id", "int64"), ("label", "string"), ("score", "double"), ("area_m2", "double"), ("fg_points", "int"),
+    ("id", "int64"), ("label", "string"), *((name, "double") for name in MEASURE_FIELDS), ("fg_points", "int"),
     ("bg_points", "int"), ("box", "string"), ("model", "string"), ("checkpoint", "string"),
     ("tile_id", "string"), ("created", "string"),
 )
@@ -115,8 +118,9 @@ class FeatureBuilder:
         feature.setGeometry(geometry)
         box = "" if prompts.box is None else ",".join(f"{v:.6f}" for v in prompts.box)
         values = {
-            "id": object_id, "label": label, "score": round(segment.score, 6),
-            "area_m2": area_square_metres(geometry, self.target_crs, self.context),
+            "id": object_id, "label": label, PREDICTED_IOU: round(segment.score, 6),
+            STABILITY_SCORE: None if segment.stability is None else round(segment.stability, 6),
+            AREA: geometry.area(), AREA_M2: area_square_metres(geometry, self.target_crs, self.context),
             "fg_points": prompts.foreground_count, "bg_points": prompts.background_count, "box": box,
             "model": self.store.model_name, "checkpoint": self.store.checkpoint_sha256,
             "tile_id": segment.tile_id,

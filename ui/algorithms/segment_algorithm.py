@@ -64,13 +64,36 @@ def open_store(path: str) -> FeatureStore:
     return store
 
 
-class SegmentPromptsAlgorithm(QuickSamAlgorithm):
+class DecodingAlgorithm(QuickSamAlgorithm):
+    """Base of the algorithms that decode on a feature store (parameter STORE): its parameter, and a missing
+    or unfinished store refused before anything runs."""
+
+    STORE = "STORE"
+
+    def _add_store_parameter(self) -> None:
+        self._add(QgsProcessingParameterFile(self.STORE, _tr("Feature store"),
+                                             behavior=QgsProcessingParameterFile.Folder),
+                  _tr("The folder written by 'Encode raster for SAM' (or 'quicksam encode')."))
+
+    def checkParameterValues(self, parameters: Dict[str, Any],
+                             context: QgsProcessingContext) -> Tuple[bool, str]:
+        """Refuse a missing or unfinished store before anything runs (the dialog shows the message)."""
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        try:
+            open_store(self.parameterAsFile(parameters, self.STORE, context))
+        except QgsProcessingException as exc:
+            return False, str(exc)
+        return True, ""
+
+
+class SegmentPromptsAlgorithm(DecodingAlgorithm):
     """Segment one object per prompt point, per polygon's box, or per group of prompts."""
 
     GROUP_ID = "segmentation"
     ICON = "quicksam.svg"
 
-    STORE = "STORE"
     PROMPTS = "PROMPTS"
     GROUP_FIELD = "GROUP_FIELD"
     LABEL_FIELD = "LABEL_FIELD"
@@ -109,9 +132,10 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
             "<p>Objects whose prompts lie outside the raster or its encoded area, or whose labels are "
             "unusable, are reported in the log by id, feature or group, and the prompt at fault, and skipped; "
             "the run fails only if no object could be segmented.</p>"
-            "<p>Attributes: id (object number, in reading order), label (the group value), score (the "
-            "model's IoU estimate), area_m2 (planar for projected CRSs, ellipsoidal otherwise), fg_points, "
-            "bg_points, box, model, checkpoint (SHA-256), tile_id, created (UTC).</p>"
+            "<p>Attributes: id (object number, in reading order), label (the group value), predicted_iou (the "
+            "model's IoU estimate), stability_score, area (map units² of the CRS), area_m2 (square metres: "
+            "planar for projected CRSs, ellipsoidal otherwise), fg_points, bg_points, box, model, checkpoint "
+            "(SHA-256), tile_id, created (UTC).</p>"
             "<p>An existing GeoPackage as output keeps its other layers: only the layer 'segments' (or the "
             "table of an ogr:dbname= destination) is added or replaced. GeoJSON is written in the raster's "
             "CRS, named by its EPSG code.</p>")
@@ -119,9 +143,7 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
     # -- parameters -------------------------------------------------------------------------------
 
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:
-        self._add(QgsProcessingParameterFile(self.STORE, _tr("Feature store"),
-                                             behavior=QgsProcessingParameterFile.Folder),
-                  _tr("The folder written by 'Encode raster for SAM' (or 'quicksam encode')."))
+        self._add_store_parameter()
         self._add(QgsProcessingParameterFeatureSource(
             self.PROMPTS, _tr("Prompts (points and/or polygons)"),
             [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon]),
@@ -157,20 +179,6 @@ class SegmentPromptsAlgorithm(QuickSamAlgorithm):
             _tr("Polygons in the raster's CRS, one per object (up to three with mask mode 'all')."))
         self.addOutput(QgsProcessingOutputNumber(self.SEGMENTED, _tr("Objects segmented")))
         self.addOutput(QgsProcessingOutputNumber(self.SKIPPED, _tr("Objects skipped")))
-
-    # -- checks -----------------------------------------------------------------------------------
-
-    def checkParameterValues(self, parameters: Dict[str, Any],
-                             context: QgsProcessingContext) -> Tuple[bool, str]:
-        """Refuse a missing or unfinished store before anything runs (the dialog shows the message)."""
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        try:
-            open_store(self.parameterAsFile(parameters, self.STORE, context))
-        except QgsProcessingException as exc:
-            return False, str(exc)
-        return True, ""
 
     # -- running ----------------------------------------------------------------------------------
 

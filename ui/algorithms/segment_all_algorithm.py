@@ -24,7 +24,6 @@ from qgis.core import (
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
@@ -42,8 +41,8 @@ from ...interactive.automatic import (
 from ...interactive.output_formats import FORMATS
 from ..i18n import tr as _tr
 from ..layers import raster_crs
-from .algorithm_base import QuickSamAlgorithm, started_by_command_line
-from .segment_algorithm import open_store
+from .algorithm_base import started_by_command_line
+from .segment_algorithm import DecodingAlgorithm, open_store
 
 DEFAULTS = AutoMaskSettings()
 
@@ -56,13 +55,12 @@ class TileProgressFeedback(QgsProcessingFeedback):
         """Called once a tile's objects are committed; nothing here."""
 
 
-class SegmentAllAlgorithm(QuickSamAlgorithm):
+class SegmentAllAlgorithm(DecodingAlgorithm):
     """Segment everything on a feature store, merged across tile borders."""
 
     GROUP_ID = "segmentation"
     ICON = "quicksam.svg"
 
-    STORE = "STORE"
     AOI = "AOI"
     EXTENT = "EXTENT"
     POINTS_PER_SIDE = "POINTS_PER_SIDE"
@@ -106,19 +104,43 @@ class SegmentAllAlgorithm(QuickSamAlgorithm):
             "or replaced with <b>Overwrite</b>.</p>"
             "<p>A stopped run resumes when started again with the same settings and output; an existing "
             "output (or layer) is replaced only with <b>Overwrite</b>.</p>"
-            "<p>Attributes: id, score (predicted IoU), stability, area (map units²), tile_ids, model, "
-            "checkpoint (SHA-256).</p>")
+            "<p>Attributes: id, predicted_iou, stability_score, area (map units² of the raster's CRS), area_m2 "
+            "(square metres: planar for projected CRSs, ellipsoidal otherwise), tile_ids, model, checkpoint "
+            "(SHA-256).</p>")
 
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:
-        self._add(QgsProcessingParameterFile(self.STORE, _tr("Feature store"),
-                                             behavior=QgsProcessingParameterFile.Folder),
-                  _tr("The folder written by 'Encode raster for SAM' (or 'quicksam encode')."))
+        self._add_store_parameter()
         self._add(QgsProcessingParameterFeatureSource(self.AOI, _tr("Area of interest (polygons)"),
                                                       [QgsProcessing.TypeVectorPolygon], optional=True),
                   _tr("Only tiles meeting these polygons are segmented. Any CRS."))
         self._add(QgsProcessingParameterExtent(self.EXTENT, _tr("Extent"), optional=True),
                   _tr("Only tiles meeting this extent are segmented."))
-        numbers = (
+        numbers = self._number_parameters()
+        for name, label, kind, default, low, high, advanced, help_text in numbers[:5]:
+            self._number(name, label, kind, default, low, high, advanced, help_text)
+        self._add(QgsProcessingParameterEnum(self.MASK_MODE, _tr("Mask mode"), options=list(MASK_MODES),
+                                             defaultValue=MASK_MODES.index(DEFAULTS.mask_mode)),
+                  _tr("all: SAM's three candidates per point (as SAM's generator); single, best, largest, smallest "
+                      "as in the interactive stage."), advanced=True)
+        for name, label, kind, default, low, high, advanced, help_text in numbers[5:]:
+            self._number(name, label, kind, default, low, high, advanced, help_text)
+        self._add(QgsProcessingParameterBoolean(self.OVERWRITE, _tr("Overwrite an existing output"),
+                                                defaultValue=False),
+                  _tr("Replace the output file (or, in a GeoPackage, its layer of that name) if it exists, and "
+                      "restart an unfinished run with other settings."))
+        self._add(QgsProcessingParameterString(self.LAYER_NAME, _tr("Layer name (GeoPackage)"),
+                                               defaultValue=OUTPUT_LAYER),
+                  _tr("The layer written into a GeoPackage; the file's other layers are kept."), advanced=True)
+        self._add(QgsProcessingParameterFileDestination(self.OUTPUT, _tr("Objects"), _file_filter()),
+                  _tr("A vector file in the raster's CRS, its format chosen by its extension (GeoPackage: "
+                      "layer 'segments' unless named otherwise)."))
+        self.addOutput(QgsProcessingOutputNumber(self.OBJECTS, _tr("Objects written")))
+        self.addOutput(QgsProcessingOutputNumber(self.TILES, _tr("Tiles segmented")))
+
+    def _number_parameters(self) -> Tuple[tuple, ...]:
+        """(name, label, type, default, minimum, maximum or None, advanced, help text) of the numeric parameters
+        in the dialog's order; the mask mode goes after the first five."""
+        return (
             (self.POINTS_PER_SIDE, _tr("Points per side (per tile)"), QgsProcessingParameterNumber.Integer,
              DEFAULTS.points_per_side, 1, None, False,
              _tr("A grid of this many × this many point prompts over each tile.")),
@@ -146,26 +168,6 @@ class SegmentAllAlgorithm(QuickSamAlgorithm):
             (self.SIMPLIFY, _tr("Simplify tolerance (map units)"), QgsProcessingParameterNumber.Double,
              DEFAULTS.simplify_tolerance, 0.0, None, True, _tr("0 keeps the exact pixel edges.")),
         )
-        for name, label, kind, default, low, high, advanced, help_text in numbers[:5]:
-            self._number(name, label, kind, default, low, high, advanced, help_text)
-        self._add(QgsProcessingParameterEnum(self.MASK_MODE, _tr("Mask mode"), options=list(MASK_MODES),
-                                             defaultValue=MASK_MODES.index(DEFAULTS.mask_mode)),
-                  _tr("all: SAM's three candidates per point (as SAM's generator); single, best, largest, smallest "
-                      "as in the interactive stage."), advanced=True)
-        for name, label, kind, default, low, high, advanced, help_text in numbers[5:]:
-            self._number(name, label, kind, default, low, high, advanced, help_text)
-        self._add(QgsProcessingParameterBoolean(self.OVERWRITE, _tr("Overwrite an existing output"),
-                                                defaultValue=False),
-                  _tr("Replace the output file (or, in a GeoPackage, its layer of that name) if it exists, and "
-                      "restart an unfinished run with other settings."))
-        self._add(QgsProcessingParameterString(self.LAYER_NAME, _tr("Layer name (GeoPackage)"),
-                                               defaultValue=OUTPUT_LAYER),
-                  _tr("The layer written into a GeoPackage; the file's other layers are kept."), advanced=True)
-        self._add(QgsProcessingParameterFileDestination(self.OUTPUT, _tr("Objects"), _file_filter()),
-                  _tr("A vector file in the raster's CRS, its format chosen by its extension (GeoPackage: "
-                      "layer 'segments' unless named otherwise)."))
-        self.addOutput(QgsProcessingOutputNumber(self.OBJECTS, _tr("Objects written")))
-        self.addOutput(QgsProcessingOutputNumber(self.TILES, _tr("Tiles segmented")))
 
     @staticmethod
     def how_to_overwrite(context: QgsProcessingContext) -> str:
@@ -180,16 +182,6 @@ class SegmentAllAlgorithm(QuickSamAlgorithm):
         if high is not None:
             parameter.setMaximum(high)
         self._add(parameter, help_text, advanced)
-
-    def checkParameterValues(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> Tuple[bool, str]:
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        try:
-            open_store(self.parameterAsFile(parameters, self.STORE, context))
-        except QgsProcessingException as exc:
-            return False, str(exc)
-        return True, ""
 
     def settings(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> AutoMaskSettings:
         def number(name: str) -> float:
