@@ -173,3 +173,14 @@ def test_no_module_over_400_lines_and_no_function_over_50():
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{where}:{node.lineno} {node.name}: {length} lines")
     assert too_long == []
+
+
+def test_the_architecture_doc_names_every_module():
+    """docs/architecture.md matches the tree: each module of the layers is named in it."""
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    modules = [path for package in (*CORE_PACKAGES, "ui", "cli") for path in package_modules(package)
+               if path.name not in ("__init__.py", "__main__.py")]
+    assert len(modules) > 40
+    missing = [str(path.relative_to(ROOT)) for path in modules
+               if f"`{path.stem}`" not in doc and f"{path.stem}.py" not in doc and f"{path.stem}/" not in doc]
+    assert missing == []

@@ -1,1 +1,1 @@
-"""algorithms"""
+"""The Processing provider and algorithms (QGIS layer over encoder/ and interactive/)."""

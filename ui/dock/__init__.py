@@ -1,1 +1,1 @@
-"""dock"""
+"""The Segment dock, its map tool and the pieces behind it (QGIS layer over interactive/)."""
