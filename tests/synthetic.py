@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -249,3 +250,16 @@ def two_tile_store(folder: Path):
     store, _ = encode(raster, folder / "store", overlap=64)
     assert len(store.grid) == 2
     return store
+
+
+def encoded_square_scene(folder: Path, square: Tuple[int, int, int], size: int = 300, **encode_options: Any) -> Path:
+    """`folder` with scene.tif (a `square_scene` of size x size px) and its store scene.qsam (random weights)."""
+    raster = write_raster(folder / "scene.tif", square_scene(size, size, square))
+    encode(raster, folder / "scene.qsam", **encode_options)
+    return folder
+
+
+def fresh_copy(folder: Path, tmp_path: Path) -> Path:
+    """A copy of an encoded scene folder for one test (tests write objects into the store)."""
+    shutil.copytree(folder, tmp_path / "scene")
+    return tmp_path / "scene"

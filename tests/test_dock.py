@@ -39,7 +39,7 @@ from qgis.PyQt.QtCore import QEvent, QPoint, Qt
 from qgis.PyQt.QtGui import QKeyEvent, QKeySequence
 from qgis.PyQt.QtTest import QTest
 from qgis.PyQt.QtWidgets import QAction, QShortcut
-from synthetic import CRS, encode, pixel_to_map_default, square_scene, write_raster
+from synthetic import CRS, encoded_square_scene, fresh_copy, pixel_to_map_default
 
 from quicksam.interactive.engine import MapPrompts, PromptError, SegmentEngine
 from quicksam.interactive.session import SegmentOptions, SegmentSession
@@ -64,17 +64,13 @@ DOCK_SETTINGS = (settings.KNOWN_STORES, settings.MASK_MODE, settings.MIN_AREA_PI
 @pytest.fixture(scope="module")
 def encoded(tmp_path_factory) -> Path:
     """A folder with scene.tif and its store scene.qsam (random weights)."""
-    folder = tmp_path_factory.mktemp("encoded")
-    raster = write_raster(folder / "scene.tif", square_scene(300, 300, SQUARE))
-    encode(raster, folder / "scene.qsam", tile_size=TILE, overlap=32)
-    return folder
+    return encoded_square_scene(tmp_path_factory.mktemp("encoded"), SQUARE, tile_size=TILE, overlap=32)
 
 
 @pytest.fixture
 def scene(encoded, tmp_path) -> Path:
     """A fresh copy of the raster and its store for one test (objects are written into the store)."""
-    shutil.copytree(encoded, tmp_path / "scene")
-    return tmp_path / "scene"
+    return fresh_copy(encoded, tmp_path)
 
 
 @pytest.fixture

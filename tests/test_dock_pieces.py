@@ -26,7 +26,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsMapCanvas
-from synthetic import CRS, encode, pixel_to_map_default, square_scene, write_raster
+from synthetic import CRS, encoded_square_scene, fresh_copy, pixel_to_map_default
 
 from quicksam.core.errors import QuickSamError
 from quicksam.interactive.engine import MapPrompts, Segment, SegmentEngine
@@ -53,16 +53,12 @@ UTM = QgsCoordinateReferenceSystem(CRS)
 @pytest.fixture(scope="module")
 def encoded(tmp_path_factory) -> Path:
     """A folder with scene.tif and its store scene.qsam (random weights, 256 px tiles)."""
-    folder = tmp_path_factory.mktemp("pieces")
-    raster = write_raster(folder / "scene.tif", square_scene(300, 300, SQUARE))
-    encode(raster, folder / "scene.qsam")
-    return folder
+    return encoded_square_scene(tmp_path_factory.mktemp("pieces"), SQUARE)
 
 
 @pytest.fixture
 def scene(encoded, tmp_path) -> Path:
-    shutil.copytree(encoded, tmp_path / "scene")
-    return tmp_path / "scene"
+    return fresh_copy(encoded, tmp_path)
 
 
 @pytest.fixture
