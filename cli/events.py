@@ -41,7 +41,7 @@ class EventWriter:
     true, nothing more is written, and the command ends quietly (see `main`).
     """
 
-    def __init__(self, as_json: bool, command: str = "", stream: Optional[TextIO] = None):
+    def __init__(self, as_json: bool, command: str = "", stream: Optional[TextIO] = None) -> None:
         self.as_json = as_json
         self.command = command
         self.closed = False
@@ -163,7 +163,7 @@ class EventWriter:
 class EventLogHandler(logging.Handler):
     """The `quicksam` logger's records as `info` and `warning` events."""
 
-    def __init__(self, events: EventWriter):
+    def __init__(self, events: EventWriter) -> None:
         super().__init__(logging.INFO)
         self.events = events
 

@@ -16,7 +16,7 @@ class DecoderFileError(StoreError):
     """A store's decoder.onnx is missing, does not load, or does not fit the store's tiles; `problem` says
     what, in a few words, and the message also names the file and the fix."""
 
-    def __init__(self, onnx_path: Path, problem: str):
+    def __init__(self, onnx_path: Path, problem: str) -> None:
         super().__init__(f"the decoder '{onnx_path}' {problem}; re-run the same 'quicksam encode' command to "
                          "export it again, or encode the raster again into a new folder")
         self.problem = problem

@@ -177,7 +177,7 @@ class _DecoderGraph(nn.Module):
     """A family's prompt encoder and mask decoder as one module that traces to ONNX; the prompts' sparse and
     dense embeddings are computed alike for every family (`_prompt_embeddings`)."""
 
-    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, image_size: int):
+    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, image_size: int) -> None:
         super().__init__()
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
@@ -192,7 +192,7 @@ class _DecoderGraph(nn.Module):
 
 # -- SAM 2 / SAM 2.1 --------------------------------------------------------------------------
 class _Sam2DecoderGraph(_DecoderGraph):
-    def __init__(self, net: nn.Module, image_size: int):
+    def __init__(self, net: nn.Module, image_size: int) -> None:
         super().__init__(net.sam_prompt_encoder, net.sam_mask_decoder, image_size)
 
     def forward(self, image_embed, high_res_0, high_res_1, point_coords, point_labels, mask_input,
@@ -238,7 +238,7 @@ class Sam2Model(SegmentModel):
 
 # -- SAM v1 ---------------------------------------------------------------------------------------
 class _Sam1DecoderGraph(_DecoderGraph):
-    def __init__(self, net: nn.Module, image_size: int):
+    def __init__(self, net: nn.Module, image_size: int) -> None:
         super().__init__(net.prompt_encoder, net.mask_decoder, image_size)
 
     def forward(self, image_embed, point_coords, point_labels, mask_input, has_mask_input):

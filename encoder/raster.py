@@ -151,7 +151,7 @@ class WindowReader:
     """Reads tiles of selected bands with their validity mask. Keep one per thread (GDAL handles are
     not thread-safe)."""
 
-    def __init__(self, path: str, bands: Sequence[int]):
+    def __init__(self, path: str, bands: Sequence[int]) -> None:
         self._dataset = _open(path)
         self._bands = list(bands)
         self._unique = sorted(set(self._bands))

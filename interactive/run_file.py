@@ -76,7 +76,7 @@ def _ogr_type(kind: str):
 class RunFile:
     """The partial GeoPackage: output layer, run parameters, finished tiles and staged masks."""
 
-    def __init__(self, path: Path, dataset):
+    def __init__(self, path: Path, dataset) -> None:
         self.path = path
         self.dataset = dataset
         self.segments = dataset.GetLayerByName(OBJECTS_LAYER)
