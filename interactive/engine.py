@@ -198,7 +198,7 @@ class SegmentEngine:
         self.last_timings: Dict[str, float] = {}
 
     @classmethod
-    def open(cls, path: Path, **kwargs) -> SegmentEngine:
+    def open(cls, path: Path, **kwargs: Optional[int]) -> SegmentEngine:
         return cls(FeatureStore.open(path), **kwargs)
 
     # -- where ---------------------------------------------------------------------------------------
