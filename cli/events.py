@@ -71,10 +71,10 @@ class EventWriter:
         self._owned = []
 
     # -- the events ------------------------------------------------------------------------------------
-    def start(self, **fields) -> None:
+    def start(self, **fields: object) -> None:
         self.emit("start", **fields)
 
-    def progress(self, done: float, total: Optional[float], unit: str, **fields) -> None:
+    def progress(self, done: float, total: Optional[float], unit: str, **fields: object) -> None:
         percent = round(100.0 * done / total, 2) if total else None
         self.emit("progress", done=done, total=total, unit=unit, percent=percent, **fields)
 
@@ -84,7 +84,7 @@ class EventWriter:
     def warning(self, message: str) -> None:
         self.emit("warning", message=message)
 
-    def finished(self, summary: object, indent: Optional[int] = None, **fields) -> None:
+    def finished(self, summary: object, indent: Optional[int] = None, **fields: object) -> None:
         """The command's result: a `finished` event, or for people `summary` as JSON on stdout."""
         if self.as_json:
             self.emit("finished", summary=summary, **fields)
@@ -102,7 +102,7 @@ class EventWriter:
             sys.stderr.write(line)
             sys.stderr.flush()
 
-    def emit(self, event: str, **fields) -> None:
+    def emit(self, event: str, **fields: object) -> None:
         """One event: a JSON line, or for people the counter or message it stands for."""
         with self._lock:
             if self.as_json:
