@@ -15,12 +15,16 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from .cli.events import EventWriter
 from .core.catalogue import default_checkpoint_for
 from .core.defaults import DEFAULT_MODEL
 from .core.errors import QuickSamError
+
+if TYPE_CHECKING:
+    from .core.store import FeatureStore
+    from .encoder.checkpoints import ResolvedCheckpoint
 
 DEMO_RASTER = Path(__file__).resolve().parent.parent / "shared" / "data" / "L7_ETMs.tif"
 DEMO_BANDS = [3, 2, 1]  # Landsat 7 red, green, blue
@@ -39,7 +43,7 @@ def find_demo_raster(explicit: Optional[str]) -> Path:
                         "pass one with --raster PATH")
 
 
-def real_checkpoint_or_none(model: str, events: EventWriter):
+def real_checkpoint_or_none(model: str, events: EventWriter) -> Optional[ResolvedCheckpoint]:
     """The official checkpoint if cached or downloadable now, else None (random weights)."""
     from .encoder.checkpoints import cached_checkpoint, resolve_checkpoint
 
@@ -54,7 +58,7 @@ def real_checkpoint_or_none(model: str, events: EventWriter):
         return None
 
 
-def write_demo_prompts(store, path: Path) -> Path:
+def write_demo_prompts(store: FeatureStore, path: Path) -> Path:
     """A GeoJSON of DEMO_POINTS in the raster's CRS (named in the file)."""
     from .core.geo import pixel_to_map
 
@@ -68,7 +72,7 @@ def write_demo_prompts(store, path: Path) -> Path:
     return path
 
 
-def segment_demo_prompts(store, output_dir: Path) -> Path:
+def segment_demo_prompts(store: FeatureStore, output_dir: Path) -> Path:
     """Run `quicksam segment` on the demo prompts; returns the GeoPackage."""
     import subprocess
 
@@ -83,7 +87,7 @@ def segment_demo_prompts(store, output_dir: Path) -> Path:
     return gpkg
 
 
-def segment_everything_demo(store, output_dir: Path) -> dict:
+def segment_everything_demo(store: FeatureStore, output_dir: Path) -> dict:
     """Run `quicksam segment-all` on the whole store; returns its JSON summary."""
     import subprocess
 
@@ -95,7 +99,7 @@ def segment_everything_demo(store, output_dir: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _render(raster: Path, bands, gpkg: Path, prompts: Path, png: Path) -> None:
+def _render(raster: Path, bands: Sequence[int], gpkg: Path, prompts: Path, png: Path) -> None:
     from qgis.core import (
         QgsMapRendererSequentialJob,
         QgsMapSettings,
@@ -127,7 +131,7 @@ def _render(raster: Path, bands, gpkg: Path, prompts: Path, png: Path) -> None:
     job.renderedImage().save(str(png))
 
 
-def render_png(raster: Path, bands, gpkg: Path, prompts: Path, png: Path) -> Path:
+def render_png(raster: Path, bands: Sequence[int], gpkg: Path, prompts: Path, png: Path) -> Path:
     """A QGIS map render (headless) of the raster with the polygons and the prompt points on top."""
     import os
 
@@ -143,7 +147,7 @@ def render_png(raster: Path, bands, gpkg: Path, prompts: Path, png: Path) -> Pat
     return png
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="quicksam.demo")
     parser.add_argument("--output", type=Path, default=Path.home() / "quicksam-demo")
     parser.add_argument("--raster")

@@ -7,7 +7,7 @@ dock (and with it ONNX Runtime) is created on first use only.
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import Qt
@@ -19,6 +19,12 @@ from .ui import ICONS_DIR
 from .ui.algorithms.provider import QuickSamProvider
 from .ui.i18n import tr
 from .ui.qgis_logging import QgsMessageLogHandler, install_log_handler, remove_log_handler
+
+if TYPE_CHECKING:
+    from qgis.gui import QgisInterface
+    from qgis.PyQt.QtCore import pyqtBoundSignal
+
+    from .ui.dock.dock import SegmentDock
 
 TOOLBAR_OBJECT_NAME = "QuickSamToolbar"
 ENCODE_ACTION_OBJECT_NAME = "QuickSamEncodeRasterAction"
@@ -37,7 +43,7 @@ def icon_path(name: str) -> str:
 class QuickSamPlugin:
     """The object QGIS creates through `classFactory`; it owns every piece of GUI it adds."""
 
-    def __init__(self, iface) -> None:
+    def __init__(self, iface: QgisInterface) -> None:
         self.iface = iface
         self.provider: Optional[QuickSamProvider] = None
         self.toolbar: Optional[QToolBar] = None
@@ -93,7 +99,7 @@ class QuickSamPlugin:
         self._connect(segment_all.triggered, self.open_segment_all_dialog)
         LOGGER.debug("QuickSAM GUI loaded")
 
-    def _connect(self, signal, slot: Callable) -> None:
+    def _connect(self, signal: pyqtBoundSignal, slot: Callable) -> None:
         signal.connect(slot)
         self._connections.append((signal, slot))
 
@@ -141,7 +147,7 @@ class QuickSamPlugin:
         elif self.dock is not None:
             self.dock.setUserVisible(False)
 
-    def _segment_dock(self):
+    def _segment_dock(self) -> SegmentDock:
         if self.dock is None:
             from .ui.dock.dock import SegmentDock  # ONNX Runtime and the dock load on first use
 

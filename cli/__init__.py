@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command_of(args) -> str:
+def _command_of(args: argparse.Namespace) -> str:
     """The command as events name it: "encode", "segment-all", "checkpoints download", ..."""
     action = getattr(args, "action", None)
     return f"{args.command} {action}" if args.command == "checkpoints" and action else args.command
@@ -68,7 +68,7 @@ def _is_closed_pipe(exc: BaseException) -> bool:
         isinstance(exc, OSError) and exc.errno == errno.EPIPE)
 
 
-def _run_command(args, events: EventWriter) -> int:
+def _run_command(args: argparse.Namespace, events: EventWriter) -> int:
     """Run the command's handler; any failure as one stderr line (and an `error` event) and its exit status."""
     try:
         return args.handler(args, events)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 from ..core.catalogue import MODELS, default_checkpoint_for
 from ..core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, default_overlap
 from .events import EventWriter, add_events_option, download_progress
 from .options import parse_extent, parse_ints
 
+if TYPE_CHECKING:
+    from ..core.store import FeatureStore
+    from ..encoder.checkpoints import ResolvedCheckpoint
+    from ..encoder.tile_pipeline import ProgressEvent
 
-def add_encode_parser(commands) -> None:
+
+def add_encode_parser(commands: argparse._SubParsersAction) -> None:
     """`quicksam encode RASTER STORE [options]`."""
     encode = commands.add_parser("encode", help="encode a raster into a feature store",
                                  description="Encode a raster once into a feature store for interactive "
@@ -43,7 +50,7 @@ def add_encode_parser(commands) -> None:
     encode.set_defaults(handler=_cmd_encode)
 
 
-def _resolve_weights(args, events: EventWriter):
+def _resolve_weights(args: argparse.Namespace, events: EventWriter) -> Optional[ResolvedCheckpoint]:
     """The checkpoint of --checkpoint or the model's official one (downloaded if missing); None with
     --random-weights."""
     from ..encoder.checkpoints import resolve_checkpoint
@@ -54,12 +61,12 @@ def _resolve_weights(args, events: EventWriter):
     return resolve_checkpoint(name, model=args.model, progress=download_progress(events, name))
 
 
-def _overlap(args) -> int:
+def _overlap(args: argparse.Namespace) -> int:
     """--overlap, else the default for the tile size (`default_overlap`: a quarter of the tile)."""
     return default_overlap(args.tile_size) if args.overlap is None else args.overlap
 
 
-def _cmd_encode(args, events: EventWriter) -> int:
+def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
     from ..encoder.pipeline import EncodeRequest, encode_raster
 
     checkpoint = _resolve_weights(args, events)
@@ -68,11 +75,11 @@ def _cmd_encode(args, events: EventWriter) -> int:
         bands=args.bands, overlap=_overlap(args), extent=args.extent, batch_size=args.batch_size,
         device=args.device, tile_size=args.tile_size, stretch=args.stretch, feature_dtype=args.feature_dtype)
 
-    def on_progress(event) -> None:
+    def on_progress(event: ProgressEvent) -> None:
         events.progress(event.done, event.total, "tiles", tile=event.tile_id, status=event.status)
         events.check_open()  # in the writer thread: the encoding stops, its tiles kept
 
-    def on_start(store, todo: int) -> None:
+    def on_start(store: FeatureStore, todo: int) -> None:
         # Warned only once the inputs are checked, so bad input still gets its single error line.
         events.start(store=str(store.root), raster=args.raster, tiles=len(store.grid), todo=todo)
         if args.random_weights:

@@ -41,7 +41,7 @@ class EventWriter:
     true, nothing more is written, and the command ends quietly (see `main`).
     """
 
-    def __init__(self, as_json: bool, command: str = "", stream: Optional[TextIO] = None):
+    def __init__(self, as_json: bool, command: str = "", stream: Optional[TextIO] = None) -> None:
         self.as_json = as_json
         self.command = command
         self.closed = False
@@ -71,10 +71,10 @@ class EventWriter:
         self._owned = []
 
     # -- the events ------------------------------------------------------------------------------------
-    def start(self, **fields) -> None:
+    def start(self, **fields: object) -> None:
         self.emit("start", **fields)
 
-    def progress(self, done: float, total: Optional[float], unit: str, **fields) -> None:
+    def progress(self, done: float, total: Optional[float], unit: str, **fields: object) -> None:
         percent = round(100.0 * done / total, 2) if total else None
         self.emit("progress", done=done, total=total, unit=unit, percent=percent, **fields)
 
@@ -84,7 +84,7 @@ class EventWriter:
     def warning(self, message: str) -> None:
         self.emit("warning", message=message)
 
-    def finished(self, summary: object, indent: Optional[int] = None, **fields) -> None:
+    def finished(self, summary: object, indent: Optional[int] = None, **fields: object) -> None:
         """The command's result: a `finished` event, or for people `summary` as JSON on stdout."""
         if self.as_json:
             self.emit("finished", summary=summary, **fields)
@@ -102,7 +102,7 @@ class EventWriter:
             sys.stderr.write(line)
             sys.stderr.flush()
 
-    def emit(self, event: str, **fields) -> None:
+    def emit(self, event: str, **fields: object) -> None:
         """One event: a JSON line, or for people the counter or message it stands for."""
         with self._lock:
             if self.as_json:
@@ -163,7 +163,7 @@ class EventWriter:
 class EventLogHandler(logging.Handler):
     """The `quicksam` logger's records as `info` and `warning` events."""
 
-    def __init__(self, events: EventWriter):
+    def __init__(self, events: EventWriter) -> None:
         super().__init__(logging.INFO)
         self.events = events
 

@@ -12,10 +12,13 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, TypeVar
 
 from ..core.errors import QuickSamError
 from ..core.logger import LOGGER
+
+if TYPE_CHECKING:
+    from qgis.core import QgsProcessingFeedback, QgsProject
 
 T = TypeVar("T")
 
@@ -59,7 +62,7 @@ def qgis_python_plugins_dir() -> str:
 _PRIVATE_PROJECTS: list = []
 
 
-def private_project():
+def private_project() -> QgsProject:
     """A QgsProject for one headless run, destroyed by `_headless_qgis` before QGIS exits, whoever still
     refers to it: a project that outlives `exitQgis` (a failed Processing run's traceback keeps it and its
     context alive) crashes the interpreter's shutdown on QGIS 3.40 (its style settings reach into the
@@ -137,7 +140,8 @@ def one_line(message: str) -> str:
     return text[0].lower() + text[1:] if text[:2].istitle() else text
 
 
-def run_algorithm(algorithm_id: str, parameters: dict, project, feedback) -> Dict[str, object]:
+def run_algorithm(algorithm_id: str, parameters: dict, project: QgsProject,
+                  feedback: QgsProcessingFeedback) -> Dict[str, object]:
     """processing.run of one of our algorithms on a private project; its layers are released before
     QGIS exits. QuickSamError (one line) when the algorithm refuses or fails."""
     import processing

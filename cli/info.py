@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from ..core.catalogue import CHECKPOINTS, MODELS
 from .events import EventWriter, add_events_option, download_progress
 
 
-def add_info_parsers(commands) -> None:
+def add_info_parsers(commands: argparse._SubParsersAction) -> None:
     """`quicksam info STORE` and `quicksam checkpoints list|download|register`."""
     info = commands.add_parser("info", help="print a JSON summary of a feature store")
     info.add_argument("store", type=Path)
@@ -33,7 +34,7 @@ def add_info_parsers(commands) -> None:
     checkpoints.set_defaults(handler=_cmd_checkpoints)
 
 
-def _cmd_info(args, events: EventWriter) -> int:
+def _cmd_info(args: argparse.Namespace, events: EventWriter) -> int:
     from ..core.store import FeatureStore
 
     events.start(store=str(args.store))
@@ -41,7 +42,7 @@ def _cmd_info(args, events: EventWriter) -> int:
     return 0
 
 
-def _cmd_checkpoints(args, events: EventWriter) -> int:
+def _cmd_checkpoints(args: argparse.Namespace, events: EventWriter) -> int:
     from ..encoder import checkpoints
 
     events.start(**({"name": args.name} if args.action != "list" else {}))

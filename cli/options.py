@@ -75,7 +75,8 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         self.exit(EXIT_BAD_INPUT, f"quicksam: error: {message} (see '{self.prog} --help')\n")
 
-    def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Optional[argparse.Namespace] = None):
+    def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Optional[argparse.Namespace] = None
+                         ) -> Tuple[argparse.Namespace, List[str]]:
         self._complete()
         return super().parse_known_args(args, namespace)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from ..core.defaults import MASK_MODES
 from ..core.errors import QuickSamError
@@ -13,8 +14,13 @@ from .events import EventWriter, add_events_option
 from .headless import in_headless_qgis, one_line, open_store_before_qgis, private_project, run_algorithm
 from .options import LAYER_HELP, OUTPUT_HELP, SEGMENT_LAYER, parse_box, parse_point
 
+if TYPE_CHECKING:
+    from qgis.core import QgsCoordinateReferenceSystem, QgsProcessingFeedback, QgsVectorLayer
 
-def add_segment_parser(commands) -> None:
+    from ..interactive.output_formats import Destination, WrittenLayer
+
+
+def add_segment_parser(commands: argparse._SubParsersAction) -> None:
     """`quicksam segment STORE --point/--box/--prompts ... --output OUT`."""
     segment = commands.add_parser(
         "segment", help="segment objects on an encoded raster from points, a box or a file of prompts",
@@ -54,7 +60,7 @@ def add_segment_parser(commands) -> None:
     segment.set_defaults(handler=_cmd_segment)
 
 
-def check_segment_output(output: Path, overwrite: bool, layer: str = SEGMENT_LAYER):
+def check_segment_output(output: Path, overwrite: bool, layer: str = SEGMENT_LAYER) -> Destination:
     """The --output destination (absolute path, format, layer), refused (QuickSamError) before any work if
     it cannot be written; see `output_formats.check_destination`."""
     from ..interactive.output_formats import check_destination
@@ -62,7 +68,7 @@ def check_segment_output(output: Path, overwrite: bool, layer: str = SEGMENT_LAY
     return check_destination(output, layer, overwrite)
 
 
-def _check_segment_prompts(args) -> None:
+def _check_segment_prompts(args: argparse.Namespace) -> None:
     """QuickSamError when the prompt options do not describe objects (none, both kinds, two boxes...)."""
     if args.prompts and (args.point or args.box):
         raise QuickSamError("give the prompts either with --point/--box or in a --prompts file, not both")
@@ -78,7 +84,8 @@ def _check_segment_prompts(args) -> None:
         raise QuickSamError(f"the prompts file '{args.prompts}' does not exist")
 
 
-def _command_line_prompt_layer(args, crs):
+def _command_line_prompt_layer(args: argparse.Namespace,
+                               crs: QgsCoordinateReferenceSystem) -> Tuple[QgsVectorLayer, str]:
     """An OGR layer (an in-memory GeoJSON, which may mix points and a polygon) holding the --point and --box
     prompts of one object: fields `object` (all 1) and `label`; coordinates in `crs`."""
     from osgeo import gdal
@@ -97,7 +104,8 @@ def _command_line_prompt_layer(args, crs):
     return layer, path
 
 
-def _open_prompt_layer(args, crs):
+def _open_prompt_layer(args: argparse.Namespace, crs: QgsCoordinateReferenceSystem
+                       ) -> Tuple[QgsVectorLayer, str, str, Optional[str]]:
     """The prompt layer: the --prompts file, or the --point/--box prompts as one object (fields `object`
     and `label`). Returns (layer, group field, label field, /vsimem path to unlink or None)."""
     from qgis.core import QgsVectorLayer
@@ -113,7 +121,8 @@ def _open_prompt_layer(args, crs):
     return layer, args.group_field or "", args.label_field or "", None
 
 
-def _run_segment_algorithm(args, partial: Path, events: EventWriter) -> Tuple[Dict[str, object], List[str]]:
+def _run_segment_algorithm(args: argparse.Namespace, partial: Path,
+                           events: EventWriter) -> Tuple[Dict[str, object], List[str]]:
     """Run quicksam:segmentprompts into `partial`; (results, skipped-object messages). With --progress-json,
     Processing's progress becomes `progress` events in percent.
 
@@ -147,7 +156,7 @@ def _run_segment_algorithm(args, partial: Path, events: EventWriter) -> Tuple[Di
     return summary, [message for message in feedback.errors if " skipped: " in message]
 
 
-def _prompts_crs(args):
+def _prompts_crs(args: argparse.Namespace) -> QgsCoordinateReferenceSystem:
     """The QgsCoordinateReferenceSystem of the prompt coordinates: --prompts-crs, else the raster's (the
     store's). QuickSamError for a store that cannot be opened or a CRS QGIS does not know."""
     from qgis.core import QgsCoordinateReferenceSystem, QgsProcessingException
@@ -168,7 +177,8 @@ def _prompts_crs(args):
     return crs
 
 
-def _segment_parameters(args, layer_id: str, group_field: str, label_field: str, partial: Path) -> dict:
+def _segment_parameters(args: argparse.Namespace, layer_id: str, group_field: str, label_field: str,
+                        partial: Path) -> dict:
     """The parameters of quicksam:segmentprompts for `args`, writing layer SEGMENT_LAYER of `partial`."""
     from qgis.core import QgsProcessingOutputLayerDefinition
 
@@ -184,7 +194,7 @@ def _segment_parameters(args, layer_id: str, group_field: str, label_field: str,
     }
 
 
-def _collecting_feedback(events: EventWriter):
+def _collecting_feedback(events: EventWriter) -> QgsProcessingFeedback:
     """A Processing feedback that keeps the errors the algorithm reports (in `errors`) and, with
     --progress-json, forwards its progress as `progress` events."""
     from qgis.core import QgsProcessingFeedback
@@ -215,7 +225,7 @@ def _command_line_object_problem(errors: Sequence[str]) -> Optional[str]:
     return None
 
 
-def _forward_percent(events: EventWriter, feedback, percent: float) -> None:
+def _forward_percent(events: EventWriter, feedback: QgsProcessingFeedback, percent: float) -> None:
     """A Processing progress (percent) as a `progress` event; a closed output cancels the algorithm."""
     events.progress(round(percent, 2), 100, "percent")
     if events.closed:
@@ -232,7 +242,7 @@ def _check_output_folder_writable(output: Path, option: str = "--output") -> Non
         raise QuickSamError(f"cannot write '{output}' ({reason}); choose another {option}")
 
 
-def _cmd_segment(args, events: EventWriter) -> int:
+def _cmd_segment(args: argparse.Namespace, events: EventWriter) -> int:
     """Check the output and the prompts, segment in a headless QGIS, write the output (only when done)."""
     from ..interactive.output_formats import remove_gpkg, write_layer
 
@@ -248,7 +258,8 @@ def _cmd_segment(args, events: EventWriter) -> int:
     # the output, in its format, without touching the output's other layers.
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}.gpkg")
 
-    def segment_and_write():  # in QGIS's lifetime: exitQgis unloads GDAL's drivers
+    # in QGIS's lifetime: exitQgis unloads GDAL's drivers
+    def segment_and_write() -> Tuple[Dict[str, object], List[str], WrittenLayer]:
         summary, skipped = _run_segment_algorithm(args, partial, events)
         return summary, skipped, write_layer(partial, SEGMENT_LAYER, destination, args.overwrite)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 from ..core.defaults import MASK_MODES
 from ..core.errors import QuickSamError
@@ -13,8 +13,12 @@ from .headless import in_headless_qgis, open_store_before_qgis, private_project,
 from .options import LAYER_HELP, OUTPUT_HELP, SEGMENT_LAYER, parse_box
 from .segment import check_segment_output
 
+if TYPE_CHECKING:
+    from ..interactive.automatic import SegmentAllProgress
+    from ..ui.algorithms.segment_all_algorithm import TileProgressFeedback
 
-def add_segment_all_parser(commands) -> None:
+
+def add_segment_all_parser(commands: argparse._SubParsersAction) -> None:
     """`quicksam segment-all STORE --output OUT [options]`. Its options are added when the command is parsed
     (`OneLineParser`): their defaults are the decoding stage's, which `quicksam encode` never loads."""
     command = commands.add_parser(
@@ -60,7 +64,7 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
     add_events_option(command)
 
 
-def _run_segment_all_algorithm(args, events: EventWriter) -> Dict[str, object]:
+def _run_segment_all_algorithm(args: argparse.Namespace, events: EventWriter) -> Dict[str, object]:
     """Run quicksam:segmentall on args; its results. Cancellation (Ctrl+C) keeps finished tiles."""
     from ..ui.algorithms.segment_all_algorithm import SegmentAllAlgorithm as Algorithm
 
@@ -111,13 +115,13 @@ def _other_layers_message(output: Path, layer: Optional[str]) -> Optional[str]:
     return WrittenLayer(output, layer, others).message() if others else None
 
 
-def _tile_feedback(events: EventWriter):
+def _tile_feedback(events: EventWriter) -> TileProgressFeedback:
     """A Processing feedback that turns each finished tile of quicksam:segmentall into a `progress` event
     (unit "tiles"); a closed output cancels the run (its finished tiles are kept)."""
     from ..ui.algorithms.segment_all_algorithm import TileProgressFeedback
 
     class EventFeedback(TileProgressFeedback):
-        def tile_finished(self, event) -> None:
+        def tile_finished(self, event: SegmentAllProgress) -> None:
             events.progress(event.done, event.total, "tiles", tile=event.tile_id, objects=event.objects)
             if events.closed:
                 self.cancel()
@@ -125,7 +129,7 @@ def _tile_feedback(events: EventWriter):
     return EventFeedback()
 
 
-def _cmd_segment_all(args, events: EventWriter) -> int:
+def _cmd_segment_all(args: argparse.Namespace, events: EventWriter) -> int:
     """Check the output and the store, then segment everything in a headless QGIS."""
     args.output = check_segment_output(args.output, args.overwrite, args.layer).path
     if not args.store.exists():

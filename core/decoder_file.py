@@ -6,17 +6,20 @@ and the interactive stage (which runs it). No QGIS, no torch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from .errors import QuickSamError, StoreError
 from .mask_decoding import DECODER_EXTRA_INPUTS
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 
 class DecoderFileError(StoreError):
     """A store's decoder.onnx is missing, does not load, or does not fit the store's tiles; `problem` says
     what, in a few words, and the message also names the file and the fix."""
 
-    def __init__(self, onnx_path: Path, problem: str):
+    def __init__(self, onnx_path: Path, problem: str) -> None:
         super().__init__(f"the decoder '{onnx_path}' {problem}; re-run the same 'quicksam encode' command to "
                          "export it again, or encode the raster again into a new folder")
         self.problem = problem
@@ -28,7 +31,7 @@ def _short(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def open_decoder_session(onnx_path: Path, threads: Optional[int] = None):
+def open_decoder_session(onnx_path: Path, threads: Optional[int] = None) -> InferenceSession:
     """An ONNX Runtime session of `onnx_path` on the best available device. QuickSamError when onnxruntime
     is not installed; DecoderFileError when the file is missing or ONNX Runtime cannot load it (truncated,
     not ONNX, an operator it lacks)."""
@@ -65,7 +68,8 @@ def _differs(declared: Sequence, wanted: Sequence[int]) -> bool:
     return len(declared) != len(wanted) or any(isinstance(d, int) and d != w for d, w in zip(declared, wanted))
 
 
-def session_fit_problem(session, feature_shapes: Mapping[str, Sequence[int]], image_size: int) -> Optional[str]:
+def session_fit_problem(session: InferenceSession, feature_shapes: Mapping[str, Sequence[int]],
+                        image_size: int) -> Optional[str]:
     """None when the decoder graph takes the store's features ((C, H, W) per name, a batch axis added)
     and (1, L, L) mask inputs of `image_size` px tiles (L = image_size / 4) and gives 2 outputs; else what
     does not fit (e.g. a decoder exported for another tile size)."""

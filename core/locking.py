@@ -133,7 +133,7 @@ class ExclusiveLock:
     `held` stays False. Other OSErrors are raised.
     """
 
-    def __init__(self, path: Path, command: str, busy_message: Callable[[Optional[LockHolder]], str]):
+    def __init__(self, path: Path, command: str, busy_message: Callable[[Optional[LockHolder]], str]) -> None:
         self.path = Path(path)
         self.command = command
         self.busy_message = busy_message
@@ -189,7 +189,7 @@ class ExclusiveLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
 

@@ -36,7 +36,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 class ManifestProblem(ValueError):
     """One manifest value that is missing or wrong: `key` is its dotted path (e.g. `grid.tile_size`)."""
 
-    def __init__(self, key: str, problem: str):
+    def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"{key} {problem}")
         self.key = key
         self.problem = problem

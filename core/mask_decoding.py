@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sam2.modeling.sam.mask_decoder import MaskDecoder
 
 LOW_RES_LOGIT_CLAMP = 32.0
 
@@ -62,7 +65,7 @@ class DecoderSettings:
     mask_threshold: float = 0.0
 
     @classmethod
-    def from_sam2(cls, mask_decoder) -> DecoderSettings:
+    def from_sam2(cls, mask_decoder: MaskDecoder) -> DecoderSettings:
         return cls(
             dynamic_multimask_via_stability=bool(mask_decoder.dynamic_multimask_via_stability),
             stability_delta=float(mask_decoder.dynamic_multimask_stability_delta),
@@ -120,10 +123,12 @@ def decoder_inputs(family: str, feature_names: Sequence[str], features: Dict[str
 
 
 DECODER_EXTRA_INPUTS = ("point_coords", "point_labels", "mask_input", "has_mask_input")
+#: Bilinear taps per target index: first and second source index (int64), their weights (float32).
+Taps = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 @lru_cache(maxsize=8)
-def _bilinear_taps(source: int, target: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _bilinear_taps(source: int, target: int) -> Taps:
     """For each target index: the two source indices and their weights of bilinear resampling with
     align_corners=False (torch's F.interpolate)."""
     position = np.maximum((np.arange(target) + 0.5) * (source / target) - 0.5, 0.0)
@@ -133,7 +138,7 @@ def _bilinear_taps(source: int, target: int) -> Tuple[np.ndarray, np.ndarray, np
     return first, second, (1.0 - weight).astype(np.float32), weight
 
 
-def _interpolate(block: np.ndarray, taps, targets: slice, axis: int) -> np.ndarray:
+def _interpolate(block: np.ndarray, taps: Taps, targets: slice, axis: int) -> np.ndarray:
     first, second, w_first, w_second = (t[targets] for t in taps)
     if axis == 0:
         return block[first] * w_first[:, None] + block[second] * w_second[:, None]
@@ -148,7 +153,7 @@ def upsample_logits(logits: np.ndarray, size: int) -> np.ndarray:
                      for low_res in logits.astype(np.float32)])
 
 
-def _touching(taps, low: int, high: int) -> slice:
+def _touching(taps: Taps, low: int, high: int) -> slice:
     """The (contiguous) target indices whose taps read any source index in [low, high]."""
     first, second = taps[0], taps[1]
     hits = np.flatnonzero((second >= low) & (first <= high))

@@ -78,7 +78,7 @@ class FeatureStore:
     feature maps of a tile file and `dtype` their numpy type.
     """
 
-    def __init__(self, root: Path, manifest: Manifest):
+    def __init__(self, root: Path, manifest: Manifest) -> None:
         self.root = Path(root)
         self._use_manifest(manifest)
         self._records: Optional[Dict[str, TileRecord]] = None

@@ -177,7 +177,7 @@ class _DecoderGraph(nn.Module):
     """A family's prompt encoder and mask decoder as one module that traces to ONNX; the prompts' sparse and
     dense embeddings are computed alike for every family (`_prompt_embeddings`)."""
 
-    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, image_size: int):
+    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, image_size: int) -> None:
         super().__init__()
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
@@ -192,11 +192,12 @@ class _DecoderGraph(nn.Module):
 
 # -- SAM 2 / SAM 2.1 --------------------------------------------------------------------------
 class _Sam2DecoderGraph(_DecoderGraph):
-    def __init__(self, net: nn.Module, image_size: int):
+    def __init__(self, net: nn.Module, image_size: int) -> None:
         super().__init__(net.sam_prompt_encoder, net.sam_mask_decoder, image_size)
 
-    def forward(self, image_embed, high_res_0, high_res_1, point_coords, point_labels, mask_input,
-                has_mask_input):
+    def forward(self, image_embed: torch.Tensor, high_res_0: torch.Tensor, high_res_1: torch.Tensor,
+                point_coords: torch.Tensor, point_labels: torch.Tensor, mask_input: torch.Tensor,
+                has_mask_input: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         sparse, dense = self._prompt_embeddings(point_coords, point_labels, mask_input, has_mask_input)
         # one tile, many objects: the image features are shared by every prompt of the batch
         image_embed = image_embed.expand(point_coords.shape[0], -1, -1, -1)
@@ -238,10 +239,11 @@ class Sam2Model(SegmentModel):
 
 # -- SAM v1 ---------------------------------------------------------------------------------------
 class _Sam1DecoderGraph(_DecoderGraph):
-    def __init__(self, net: nn.Module, image_size: int):
+    def __init__(self, net: nn.Module, image_size: int) -> None:
         super().__init__(net.prompt_encoder, net.mask_decoder, image_size)
 
-    def forward(self, image_embed, point_coords, point_labels, mask_input, has_mask_input):
+    def forward(self, image_embed: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
+                mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         sparse, dense = self._prompt_embeddings(point_coords, point_labels, mask_input, has_mask_input)
         masks, scores = self.mask_decoder.predict_masks(
             image_embeddings=image_embed, image_pe=self.prompt_encoder.get_dense_pe(),

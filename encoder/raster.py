@@ -9,13 +9,16 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..core.errors import RasterError
 from ..core.geo import map_to_pixel, pixel_to_map, raster_fingerprint
 from ..core.tiling import PixelWindow, Tile
+
+if TYPE_CHECKING:
+    from rasterio.io import DatasetReader
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
@@ -44,7 +47,7 @@ class RasterInfo:
         return min(xs), min(ys), max(xs), max(ys)
 
 
-def _open(path: str):
+def _open(path: str) -> DatasetReader:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
@@ -151,7 +154,7 @@ class WindowReader:
     """Reads tiles of selected bands with their validity mask. Keep one per thread (GDAL handles are
     not thread-safe)."""
 
-    def __init__(self, path: str, bands: Sequence[int]):
+    def __init__(self, path: str, bands: Sequence[int]) -> None:
         self._dataset = _open(path)
         self._bands = list(bands)
         self._unique = sorted(set(self._bands))
@@ -163,7 +166,7 @@ class WindowReader:
     def __enter__(self) -> WindowReader:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def read(self, window: PixelWindow) -> Tuple[np.ndarray, np.ndarray]:

@@ -79,7 +79,7 @@ class TilePipeline:
     """Runs reader -> model -> writer for the pending tiles of one store."""
 
     def __init__(self, store: FeatureStore, model: SegmentModel, raster: str, stretch: Stretch,
-                 batch_size: int, progress: ProgressCallback, cancelled: CancelCheck):
+                 batch_size: int, progress: ProgressCallback, cancelled: CancelCheck) -> None:
         self.store = store
         self.model = model
         self.raster = raster

@@ -99,7 +99,7 @@ class MaskVectoriser:
     """Turns a run's masks into numbered objects: polygons with the run's simplification and minimum region,
     the object area filters, and the output's attributes (object_fields; areas in the raster CRS)."""
 
-    def __init__(self, store: FeatureStore, settings: AutoMaskSettings, first_id: int):
+    def __init__(self, store: FeatureStore, settings: AutoMaskSettings, first_id: int) -> None:
         self.store = store
         self.settings = settings
         self.next_id = first_id

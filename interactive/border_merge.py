@@ -95,7 +95,7 @@ class BorderMerge:
     pieces is written when all its tiles are closed.
     """
 
-    def __init__(self, regions: Dict[str, TileRegion]):
+    def __init__(self, regions: Dict[str, TileRegion]) -> None:
         self.regions = regions
 
     def settled(self, done: Collection[str], tile_id: str) -> bool:

@@ -33,7 +33,7 @@ class OnnxDecoder:
 
     def __init__(self, onnx_path: Path, family: str, feature_names: Sequence[str], image_size: int,
                  settings: DecoderSettings, threads: Optional[int] = None,
-                 feature_shapes: Optional[Mapping[str, Sequence[int]]] = None):
+                 feature_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> None:
         self._session = open_decoder_session(onnx_path, threads)
         if feature_shapes is not None:
             problem = session_fit_problem(self._session, feature_shapes, image_size)

@@ -52,7 +52,7 @@ class PromptError(QuickSamError):
     adds that (e.g. `--prompts-crs EPSG:4326`) to the message.
     """
 
-    def __init__(self, message: str, looks_like_lonlat: bool = False):
+    def __init__(self, message: str, looks_like_lonlat: bool = False) -> None:
         super().__init__(message)
         self.looks_like_lonlat = looks_like_lonlat
 
@@ -132,7 +132,7 @@ class Segment:
 class FeatureCache:
     """Recently used tiles' features as float32 arrays in memory (thread-safe LRU)."""
 
-    def __init__(self, store: FeatureStore, capacity: int = DEFAULT_CACHE_TILES):
+    def __init__(self, store: FeatureStore, capacity: int = DEFAULT_CACHE_TILES) -> None:
         self.store = store
         self.capacity = capacity
         self._tiles: OrderedDict[str, Dict[str, np.ndarray]] = OrderedDict()
@@ -158,7 +158,7 @@ class ValidMaskCache:
     """Recently used tiles' valid-pixel masks, (size, size) bool, True = data (thread-safe LRU). Read from
     the store (`FeatureStore.load_valid_mask`), never from the raster."""
 
-    def __init__(self, store: FeatureStore, capacity: int = DEFAULT_MASK_CACHE_TILES):
+    def __init__(self, store: FeatureStore, capacity: int = DEFAULT_MASK_CACHE_TILES) -> None:
         self.store = store
         self.capacity = capacity
         self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -183,7 +183,7 @@ class SegmentEngine:
     """Decodes prompts on a feature store and vectorises the masks."""
 
     def __init__(self, store: FeatureStore, cache_tiles: int = DEFAULT_CACHE_TILES,
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None) -> None:
         if not (store.root / DECODER_ONNX).is_file():
             raise QuickSamError(f"store '{store.root}' has no {DECODER_ONNX}; re-run the same "
                                 "'quicksam encode' command to finish it")
@@ -198,7 +198,7 @@ class SegmentEngine:
         self.last_timings: Dict[str, float] = {}
 
     @classmethod
-    def open(cls, path: Path, **kwargs) -> SegmentEngine:
+    def open(cls, path: Path, **kwargs: Optional[int]) -> SegmentEngine:
         return cls(FeatureStore.open(path), **kwargs)
 
     # -- where ---------------------------------------------------------------------------------------

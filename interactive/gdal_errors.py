@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 F = TypeVar("F", bound=Callable)
 
@@ -53,7 +53,7 @@ def gdal_return_codes() -> Iterator[None]:
 def with_gdal_return_codes(function: F) -> F:
     """Decorator: `function` runs inside `gdal_return_codes()`."""
     @functools.wraps(function)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:  # whatever `function` takes and returns
         with gdal_return_codes():
             return function(*args, **kwargs)
     return wrapper  # type: ignore[return-value]

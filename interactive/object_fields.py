@@ -19,7 +19,10 @@ SAM has a name:
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import TYPE_CHECKING, Tuple
+
+if TYPE_CHECKING:
+    from osgeo import ogr, osr
 
 PREDICTED_IOU = "predicted_iou"
 STABILITY_SCORE = "stability_score"
@@ -33,7 +36,7 @@ SEGMENT_ALL_FIELDS: Tuple[Tuple[str, str], ...] = (
     ("checkpoint", "str"))
 
 
-def crs_srs(crs_wkt: str):
+def crs_srs(crs_wkt: str) -> osr.SpatialReference:
     """An osr.SpatialReference of `crs_wkt` with x = easting/longitude, y = northing/latitude (GDAL's
     traditional order, as geotransforms and QuickSAM's geometries have them)."""
     from osgeo import osr
@@ -44,7 +47,7 @@ def crs_srs(crs_wkt: str):
     return srs
 
 
-def square_metres(geometry, srs) -> float:
+def square_metres(geometry: ogr.Geometry, srs: osr.SpatialReference) -> float:
     """The area in m² of the polygonal ogr.Geometry `geometry` whose coordinates are in `srs` (see
     `crs_srs`): planar (map units converted to metres) for a projected CRS, ellipsoidal for a geographic
     one (`ellipsoidal_area`)."""
@@ -53,7 +56,7 @@ def square_metres(geometry, srs) -> float:
     return geometry.GetArea() * srs.GetLinearUnits() ** 2
 
 
-def ellipsoidal_area(geometry, srs) -> float:
+def ellipsoidal_area(geometry: ogr.Geometry, srs: osr.SpatialReference) -> float:
     """The area in m², on the ellipsoid of the geographic CRS `srs`, of the polygonal ogr.Geometry
     `geometry` in longitude/latitude (`srs`'s units, traditional order).
 
@@ -79,7 +82,7 @@ def ellipsoidal_area(geometry, srs) -> float:
     return float(located.GetArea())
 
 
-def _centre_degrees(geometry, srs) -> Tuple[float, float]:
+def _centre_degrees(geometry: ogr.Geometry, srs: osr.SpatialReference) -> Tuple[float, float]:
     """(longitude, latitude) in degrees of the centre of the geometry's envelope (`srs`'s angular units)."""
     xmin, xmax, ymin, ymax = geometry.GetEnvelope()
     degrees = math.degrees(srs.GetAngularUnits())  # degrees per unit of the CRS (1 for degrees)

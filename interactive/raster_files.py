@@ -4,11 +4,16 @@ another GDAL (rasterio) must not be loaded there. No QGIS.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Optional
+
 from ..core.errors import RasterError
 from ..core.geo import raster_fingerprint
 
+if TYPE_CHECKING:
+    from osgeo import gdal
 
-def gdal_open_quietly(path: str):
+
+def gdal_open_quietly(path: str) -> Optional[gdal.Dataset]:
     """A GDAL dataset or None, without printing GDAL errors or changing GDAL's global exception mode
     (QGIS and other plugins in the same process rely on it)."""
     from osgeo import gdal

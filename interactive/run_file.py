@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Collection, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Collection, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from .object_fields import SEGMENT_ALL_FIELDS, crs_srs
 from .output_formats import PYTHON_OVERWRITE, layer_names, remove_gpkg
 from .tile_merge import TileMask
 from .vectorise import Polygons
+
+if TYPE_CHECKING:
+    from osgeo import gdal, ogr
 
 #: The run file's layer of objects (written to the output when the run ends).
 OBJECTS_LAYER = "segments"
@@ -55,7 +58,7 @@ class GdalFailures:
         gdal.PushErrorHandler(self)
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         from osgeo import gdal
 
         gdal.PopErrorHandler()
@@ -66,7 +69,7 @@ class GdalFailures:
             raise QuickSamError(f"cannot write '{path}': {self.messages[0]}")
 
 
-def _ogr_type(kind: str):
+def _ogr_type(kind: str) -> int:
     from osgeo import ogr
 
     return {"int64": ogr.OFTInteger64, "real": ogr.OFTReal, "str": ogr.OFTString, "int": ogr.OFTInteger,
@@ -76,7 +79,7 @@ def _ogr_type(kind: str):
 class RunFile:
     """The partial GeoPackage: output layer, run parameters, finished tiles and staged masks."""
 
-    def __init__(self, path: Path, dataset):
+    def __init__(self, path: Path, dataset: gdal.Dataset) -> None:
         self.path = path
         self.dataset = dataset
         self.segments = dataset.GetLayerByName(OBJECTS_LAYER)
@@ -276,7 +279,7 @@ def _sql_list(values: Sequence[str]) -> str:
     return ", ".join("'" + value.replace("'", "''") + "'" for value in values)
 
 
-def _staged_mask(feature) -> TileMask:
+def _staged_mask(feature: ogr.Feature) -> TileMask:
     height, width = feature["height"], feature["width"]
     bits = np.frombuffer(feature.GetFieldAsBinary("bits"), np.uint8)
     crop = np.unpackbits(bits)[:height * width].reshape(height, width).astype(bool)

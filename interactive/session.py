@@ -57,7 +57,7 @@ class SegmentSession:
     so a prompt that cannot be segmented is refused with the engine's PromptError and never kept.
     """
 
-    def __init__(self, engine: SegmentEngine, options: Optional[SegmentOptions] = None):
+    def __init__(self, engine: SegmentEngine, options: Optional[SegmentOptions] = None) -> None:
         self.engine = engine
         self.options = options or SegmentOptions()
         self._history: List[MapPrompts] = [MapPrompts()]

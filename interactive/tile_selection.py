@@ -3,12 +3,15 @@ work (GDAL/OGR's own bindings for the geometry test; no QGIS)."""
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from ..core.errors import QuickSamError
 from ..core.geo import window_outline
 from ..core.store import STATUS_DONE, STATUS_PENDING, FeatureStore
 from ..core.tiling import Tile
+
+if TYPE_CHECKING:
+    from osgeo import ogr
 
 
 def tiles_to_process(store: FeatureStore, area_wkbs: Optional[Sequence[bytes]] = None) -> List[Tile]:
@@ -43,7 +46,7 @@ def tiles_to_process(store: FeatureStore, area_wkbs: Optional[Sequence[bytes]] =
     return done
 
 
-def _tile_outline(store: FeatureStore, tile: Tile):
+def _tile_outline(store: FeatureStore, tile: Tile) -> ogr.Geometry:
     """The tile's valid area as an OGR polygon in the raster CRS."""
     from osgeo import ogr
 

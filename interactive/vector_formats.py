@@ -7,10 +7,13 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple
 
 from ..core.errors import QuickSamError
 from .gdal_errors import with_gdal_return_codes
+
+if TYPE_CHECKING:
+    from osgeo import osr
 
 DEFAULT_LAYER = "segments"
 #: Table name prefixes the GeoPackage and SQLite specifications reserve.
@@ -197,7 +200,8 @@ def gdal_error(action: str) -> QuickSamError:
     return QuickSamError(f"{action}{': ' + detail if detail else ''}")
 
 
-def target_srs(source_srs, destination: Destination):
+def target_srs(source_srs: Optional[osr.SpatialReference],
+               destination: Destination) -> Optional[osr.SpatialReference]:
     """The CRS to give the written layer: the source's, or for GeoJSON the same CRS by its EPSG code."""
     from osgeo import osr
 
@@ -214,7 +218,7 @@ def target_srs(source_srs, destination: Destination):
     return srs
 
 
-def epsg_code(srs) -> Optional[int]:
+def epsg_code(srs: osr.SpatialReference) -> Optional[int]:
     """The EPSG code of an osr.SpatialReference: its own, or that of an EPSG CRS it matches exactly
     (confidence 100 %, as PROJ judges); None if there is none."""
     if (srs.GetAuthorityName(None) or "").upper() == "EPSG" and srs.GetAuthorityCode(None):

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Tuple
 
 from ..core.errors import QuickSamError
 from .gdal_errors import with_gdal_return_codes
@@ -26,6 +26,9 @@ from .vector_formats import (
     short_field_names,
     target_srs,
 )
+
+if TYPE_CHECKING:
+    from osgeo import gdal, ogr
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class WrittenLayer:
         return f"wrote layer '{self.layer}' into '{self.path}'{kept}"
 
 
-def create_fields(target, source_defn, fmt: VectorFormat) -> None:
+def create_fields(target: ogr.Layer, source_defn: ogr.FeatureDefn, fmt: VectorFormat) -> None:
     """The fields of `source_defn` in `target`, renamed for `fmt` (`short_field_names`). Shapefile columns
     have a fixed width: OGR widens a text column for a longer value (up to dBASE's 254 bytes) and drops
     decimals of a number that would not fit its 24 characters with 15 decimals."""
@@ -61,7 +64,7 @@ def create_fields(target, source_defn, fmt: VectorFormat) -> None:
             raise gdal_error(f"cannot create the field '{name}' in the {fmt.name} output")
 
 
-def copy_features(source, target, fmt: VectorFormat) -> int:
+def copy_features(source: ogr.Layer, target: ogr.Layer, fmt: VectorFormat) -> int:
     """Every feature of `source` into `target` (fields by position, geometry as MultiPolygon); the count."""
     from osgeo import ogr
 
@@ -82,7 +85,7 @@ def copy_features(source, target, fmt: VectorFormat) -> int:
     return count
 
 
-def _create_layer(dataset, name: str, source, destination: Destination):
+def _create_layer(dataset: gdal.Dataset, name: str, source: ogr.Layer, destination: Destination) -> ogr.Layer:
     from osgeo import ogr
 
     fmt = destination.format
@@ -97,7 +100,7 @@ def _create_layer(dataset, name: str, source, destination: Destination):
 
 
 @contextlib.contextmanager
-def _transaction(dataset) -> Iterator[None]:
+def _transaction(dataset: gdal.Dataset) -> Iterator[None]:
     """All inside committed together where the format has transactions (GeoPackage, SQLite), else as is."""
     from osgeo import ogr
 
@@ -113,7 +116,7 @@ def _transaction(dataset) -> Iterator[None]:
         raise gdal_error("cannot commit the output")
 
 
-def _open_source(source: Path, source_layer: str):
+def _open_source(source: Path, source_layer: str) -> Tuple[gdal.Dataset, ogr.Layer]:
     from osgeo import gdal
 
     dataset = gdal.OpenEx(str(source), gdal.OF_VECTOR)
@@ -146,7 +149,7 @@ def write_layer(source: Path, source_layer: str, destination: Destination, overw
             del layer, source_dataset  # closes the source file
 
 
-def _write_into(source, destination: Destination, overwrite: bool) -> WrittenLayer:
+def _write_into(source: ogr.Layer, destination: Destination, overwrite: bool) -> WrittenLayer:
     """Add (or replace) the layer in the existing multi-layer file, keeping its other layers."""
     from osgeo import gdal, ogr
 
@@ -198,7 +201,7 @@ def _free_name(names: Sequence[str], base: str) -> str:
     return candidate
 
 
-def _layer_index(dataset, name: str) -> int:
+def _layer_index(dataset: gdal.Dataset, name: str) -> int:
     return [dataset.GetLayer(i).GetName() for i in range(dataset.GetLayerCount())].index(name)
 
 
@@ -212,7 +215,7 @@ def _drop_layer_if_left(path: Path, fmt: VectorFormat, name: str) -> None:
     dataset = None
 
 
-def _write_new_file(source, destination: Destination) -> None:
+def _write_new_file(source: ogr.Layer, destination: Destination) -> None:
     """Write the whole file in a private folder beside the output, then move its files into place (each
     move replaces a file atomically) and remove what is left of an old dataset of that name."""
     from osgeo import gdal

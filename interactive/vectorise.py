@@ -12,12 +12,15 @@ symbols would clash with QGIS's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..core.geo import window_geotransform
 from ..core.logger import LOGGER
+
+if TYPE_CHECKING:
+    from osgeo import gdal, ogr
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,8 @@ def _bounding_window(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def _polygonize(crop: np.ndarray, geotransform: Sequence[float]):
+def _polygonize(crop: np.ndarray, geotransform: Sequence[float]
+                ) -> Tuple[List[ogr.Geometry], Tuple[gdal.Dataset, ogr.DataSource]]:
     """OGR polygons (with holes) of the 4-connected regions of non-zero pixels of `crop`."""
     from osgeo import gdal, ogr, osr
 
@@ -61,7 +65,7 @@ def _polygonize(crop: np.ndarray, geotransform: Sequence[float]):
     return polygons, (raster, vector)
 
 
-def _filled(polygon, min_area: float, keep_holes: bool) -> Tuple[object, list]:
+def _filled(polygon: ogr.Geometry, min_area: float, keep_holes: bool) -> Tuple[ogr.Geometry, list]:
     """`polygon` with its holes smaller than `min_area` (map units², all when not `keep_holes`) filled,
     and the filled holes as polygons (their rings' whole area, islands included)."""
     if keep_holes and min_area <= 0:
@@ -139,7 +143,7 @@ def _exact_parts(crop: np.ndarray, geotransform: Sequence[float], pixel_area: fl
     return [part for part in cleaned if part.GetArea() >= min_area and part.GetArea() > 0]
 
 
-def _parts(geometry) -> list:
+def _parts(geometry: ogr.Geometry) -> list:
     """The non-empty polygons of a Polygon, MultiPolygon or GeometryCollection (none for other types)."""
     from osgeo import ogr
 
@@ -152,7 +156,7 @@ def _parts(geometry) -> list:
     return []
 
 
-def _multipolygon(parts: Sequence):
+def _multipolygon(parts: Sequence) -> ogr.Geometry:
     from osgeo import ogr
 
     result = ogr.Geometry(ogr.wkbMultiPolygon)
@@ -161,7 +165,7 @@ def _multipolygon(parts: Sequence):
     return result
 
 
-def _is_valid(geometry) -> bool:
+def _is_valid(geometry: ogr.Geometry) -> bool:
     """GEOS's IsValid, without GEOS's reason reaching GDAL's (or QGIS's) message log."""
     from osgeo import gdal
 
@@ -172,7 +176,7 @@ def _is_valid(geometry) -> bool:
         gdal.PopErrorHandler()
 
 
-def _geos(operation, *arguments):
+def _geos(operation: Callable[..., ogr.Geometry], *arguments: object) -> Optional[ogr.Geometry]:
     """`operation(*arguments)` (an OGR method backed by GEOS), or None where GEOS fails (a topology
     exception: raised with ogr.UseExceptions(), None without)."""
     from osgeo import gdal
@@ -186,7 +190,7 @@ def _geos(operation, *arguments):
         gdal.PopErrorHandler()
 
 
-def _union(regions: list):
+def _union(regions: list) -> Optional[ogr.Geometry]:
     """Union of polygonal geometries, pairwise in a balanced tree (GDAL < 3.7 has no UnaryUnion); None
     where GEOS fails."""
     while len(regions) > 1:
@@ -197,7 +201,7 @@ def _union(regions: list):
     return regions[0] if regions else None
 
 
-def _region(piece):
+def _region(piece: ogr.Geometry) -> Optional[ogr.Geometry]:
     """The area a simplified polygon means, valid: its shell's area minus its holes' (a ring that
     crossed itself is made valid first; a hole that moved out of its shell removes nothing). None
     where GEOS fails."""

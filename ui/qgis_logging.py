@@ -29,7 +29,7 @@ def _qgis_level(levelno: int) -> Qgis.MessageLevel:
 class QgsMessageLogHandler(logging.Handler):
     """A logging handler writing each record to `QgsMessageLog` under one tag (thread-safe)."""
 
-    def __init__(self, tag: str = MESSAGE_LOG_TAG, level: int = logging.NOTSET):
+    def __init__(self, tag: str = MESSAGE_LOG_TAG, level: int = logging.NOTSET) -> None:
         super().__init__(level)
         self.tag = tag
         #: The logger's level before `install_log_handler` changed it, restored on removal.

@@ -14,7 +14,7 @@ class EncoderEventReporter:
     """Shows the encoder process's JSON events (docs/cli-events.md) in a Processing feedback. The events
     "log" and "download" of earlier versions are understood too."""
 
-    def __init__(self, feedback: QgsProcessingFeedback, store: str):
+    def __init__(self, feedback: QgsProcessingFeedback, store: str) -> None:
         self.feedback = feedback
         self.store = store
         #: The "finished" event, once received.

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from qgis.core import (
+    QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsFeatureRequest,
     QgsFeatureSink,
@@ -264,7 +265,8 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
         return objects, skipped, self._lonlat_advice(context, source_crs, transform is not None)
 
     @staticmethod
-    def _lonlat_advice(context: QgsProcessingContext, source_crs, transformed: bool) -> str:
+    def _lonlat_advice(context: QgsProcessingContext, source_crs: QgsCoordinateReferenceSystem,
+                       transformed: bool) -> str:
         """What to do when prompts outside the raster look like longitude/latitude: say which CRS they are
         in, as the caller can (the `quicksam` command's --prompts-crs, or the prompt layer's CRS)."""
         if transformed:  # they were not taken as they are: the layer's CRS is what to check

@@ -10,7 +10,7 @@ existing GeoPackage gets the layer LAYER_NAME added (or replaced with OVERWRITE)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from qgis.core import (
     QgsCoordinateTransform,
@@ -43,6 +43,10 @@ from ..i18n import tr as _tr
 from ..layers import raster_crs
 from .algorithm_base import started_by_command_line
 from .segment_algorithm import DecodingAlgorithm, open_store
+
+if TYPE_CHECKING:
+    from ...core.store import FeatureStore
+    from ...interactive.automatic import SegmentAllResult
 
 DEFAULTS = AutoMaskSettings()
 
@@ -177,7 +181,8 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
             return COMMAND_LINE_OVERWRITE
         return _tr("tick 'Overwrite an existing output' (OVERWRITE)")
 
-    def _number(self, name, label, kind, default, low, high, advanced, help_text) -> None:
+    def _number(self, name: str, label: str, kind: QgsProcessingParameterNumber.Type, default: float, low: float,
+                high: Optional[float], advanced: bool, help_text: str) -> None:
         parameter = QgsProcessingParameterNumber(name, label, kind, defaultValue=default, minValue=low)
         if high is not None:
             parameter.setMaximum(high)
@@ -200,7 +205,7 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
             simplify_tolerance=number(self.SIMPLIFY))
 
     def _area_wkbs(self, parameters: Dict[str, Any], context: QgsProcessingContext,
-                   feedback: QgsProcessingFeedback, store) -> Optional[List[bytes]]:
+                   feedback: QgsProcessingFeedback, store: FeatureStore) -> Optional[List[bytes]]:
         """AOI polygons and the extent as WKB in the raster's CRS, or None for the whole store."""
         crs = raster_crs(store)
         areas: Optional[List[bytes]] = None
@@ -249,7 +254,7 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
         settings = self.settings(parameters, context)
         areas = self._area_wkbs(parameters, context, feedback, store)
 
-        def on_progress(event) -> None:
+        def on_progress(event: SegmentAllProgress) -> None:
             feedback.setProgress(100.0 * event.done / max(event.total, 1))
             feedback.setProgressText(_tr("tile {tile}: {objects} objects so far").format(tile=event.tile_id,
                                                                                         objects=event.objects))
@@ -284,7 +289,7 @@ def _file_filter() -> str:
     return ";;".join(names + [_tr("Other GDAL vector format (*.*)")])
 
 
-def _written_message(result) -> str:
+def _written_message(result: SegmentAllResult) -> str:
     if result.layer is None:
         return _tr("Wrote {path}.").format(path=result.output)
     if result.kept_layers:
