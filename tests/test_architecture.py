@@ -1,7 +1,7 @@
 """The tree's layers hold (docs/architecture.md): the QGIS-free core under the thin QGIS layer.
 
-- `core/`, `encoder/`, `interactive/` and `envs/` (the set-up's environments) import no QGIS (`qgis`, `qgis.PyQt`, PyQt itself), not even
-  inside a function: checked on the source, so a lazy import cannot hide.
+- `core/`, `encoder/`, `interactive/` and `envs/` (the set-up's environments) import no QGIS (`qgis`,
+  `qgis.PyQt`, PyQt itself), not even inside a function: checked on the source, so a lazy import cannot hide.
 - Each core module also imports for real in a fresh Python where `qgis` and `PyQt5`/`PyQt6` cannot be
   imported, and, in `core/`, `encoder/` and `envs/` (which do not declare GDAL's bindings), `osgeo` neither.
   There `osgeo` may only be tried: imported inside `try: ... except ImportError:` with a fallback.
