@@ -24,7 +24,7 @@ from typing import Callable, List, Mapping, Optional, Sequence
 from .commands import Runner, tool_environment
 from .failures import FailureKind, SetupError
 from .folders import remove_tree, swap_in
-from .locations import staging_of, venv_python
+from .locations import platform_name, staging_of, venv_python
 from .pins import ENCODER_MODULES, ENCODER_REQUIREMENTS, SAM2_BUILD_ENV, TORCH_REQUIREMENTS
 
 Progress = Callable[[float, str], None]
@@ -34,8 +34,10 @@ TORCH_INDEX_ENV_VAR = "QUICKSAM_TORCH_INDEX_URL"
 PYTORCH_INDEX = "https://download.pytorch.org/whl/"
 #: Newest first: the CUDA build for the newest CUDA version the driver supports.
 CUDA_BUILDS = (((13, 0), "cu130"), ((12, 8), "cu128"), ((12, 6), "cu126"), ((11, 8), "cu118"))
-#: Free space the build needs, in bytes (a CUDA torch with its libraries is about 5 GB, pip's cache aside).
-NEEDED_BYTES = {"cuda": 8_000_000_000, "mps": 2_000_000_000, "cpu": 8_000_000_000}
+#: Free space the build needs, in bytes: a torch with CUDA libraries (any NVIDIA machine, and Linux's
+#: standard wheel) is about 6 GB, pip's cache aside; the others about 1.5 GB.
+NEEDED_BYTES_CUDA = 8_000_000_000
+NEEDED_BYTES_OTHER = 3_000_000_000
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,7 @@ def _check_space(folder: Path, machine: Machine) -> None:
     if probe is None:
         return
     free = shutil.disk_usage(probe).free
-    needed = NEEDED_BYTES.get(machine.accelerator, NEEDED_BYTES["cpu"])
+    needed = NEEDED_BYTES_CUDA if machine.accelerator == "cuda" or platform_name() == "linux" else NEEDED_BYTES_OTHER
     if free < needed:
         raise SetupError(FailureKind.NO_SPACE, (
             f"{WHAT}: only {free / 1e9:.1f} GB free on the disk of {folder}, about {needed / 1e9:.0f} GB are "
@@ -199,7 +201,7 @@ def _install_packages(runner: Runner, python: str, machine: Machine, staging: Pa
     runner.run([*pip, "--upgrade", "pip"], WHAT, staging.parent)
     progress(0.12, f"Installing PyTorch ({machine.accelerator}); this is the long step")
     runner.run([*pip, *torch_index_args(machine), *TORCH_REQUIREMENTS], WHAT, staging.parent)
-    progress(0.65, "Installing SAM 2, Segment Anything, rasterio and ONNX")
+    progress(0.65, "Installing SAM 2, Segment Anything, rasterio, shapely, pyogrio and ONNX")
     runner.run([*pip, "--no-build-isolation", *ENCODER_REQUIREMENTS], WHAT, staging.parent,
                env=tool_environment(extra=SAM2_BUILD_ENV))
 

@@ -7,7 +7,6 @@ callers check which candidate exists and, where the name does not say it, ask it
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -158,8 +157,3 @@ def find_torch_python(preferred: Sequence[str], platform: str,
         f"{'; '.join(tried) or 'nothing'}): install Python 3.12 (python.org, or your package manager's "
         "python3-venv) and run the set-up again, or choose an existing Python"))
 
-
-def version_from_name(path: str) -> Optional[Version]:
-    """The version a path names (`python3.11`, `Python311`, `Versions/3.12`), if any."""
-    match = re.search(r"(?:python|Versions[/\\])(\d)\.?(\d{1,2})", path, re.I)
-    return (int(match.group(1)), int(match.group(2))) if match else None

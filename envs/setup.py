@@ -17,6 +17,7 @@ from .encoder_env import (
     is_up_to_date,
     require_working,
 )
+from .failures import SetupError
 from .locations import Locations, platform_name, venv_python
 from .pythons import PythonInfo, find_qgis_python, find_torch_python, suits_torch
 from .runtime import RuntimeCheck, install_runtime, installed_version, qgis_has_onnxruntime, verify_runtime
@@ -108,7 +109,7 @@ def _qgis_python(request: SetupRequest, runner: Runner) -> Optional[PythonInfo]:
     try:
         info = find_qgis_python(request.qgis_prefix, request.qgis_executable, request.qgis_version,
                                 request.platform)
-    except Exception:
+    except SetupError:
         if request.runtime:
             raise
         return None  # the encoder can be built from another Python

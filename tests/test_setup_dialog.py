@@ -10,6 +10,7 @@ from unittest import mock
 
 import pytest
 from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtWidgets import QPlainTextEdit
 
 import quicksam
 from quicksam.envs.locations import Locations, staging_of
@@ -143,3 +144,15 @@ def test_the_set_up_python_comes_after_the_variable_and_before_the_plugin_venv(c
     assert settings.encoder_python() == str(built)
     monkeypatch.setenv(settings.PYTHON_ENV_VAR, "/from/env/python")
     assert settings.encoder_python() == "/from/env/python"
+
+
+def test_show_log_shows_the_set_up_log(dialog):
+    dialog.show_log()
+    assert "No set-up has run yet." in dialog.log_viewer.findChild(QPlainTextEdit).toPlainText()
+    dialog.start(SetupRequest(dialog.locations, QGIS_PREFIX, QGIS_EXECUTABLE, VERSION, runtime=False,
+                              encoder=True, existing_python=str(dialog.locations.data / "nowhere")))
+    wait_until_done(dialog)
+    dialog.show_log()
+    text = dialog.log_viewer.findChild(QPlainTextEdit).toPlainText()
+    assert "set-up started" in text and "cannot start" in text
+    dialog.log_viewer.close()

@@ -3,6 +3,7 @@ Remove all, Show log. The work runs in a SetupTask; this class only shows state 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Optional
@@ -10,6 +11,7 @@ from typing import Optional
 from qgis.core import QgsApplication
 from qgis.PyQt import uic
 from qgis.PyQt.QtCore import QCoreApplication, QTimer
+from qgis.PyQt.QtGui import QTextCursor
 from qgis.PyQt.QtWidgets import QDialog, QFileDialog, QMessageBox, QPlainTextEdit, QVBoxLayout, QWidget
 
 from ...envs.runtime import Activation
@@ -56,6 +58,9 @@ class SetupDialog(QDialog, FORM_CLASS):
 
     def status_lines(self) -> list:
         lines = describe(collect_status(self.locations))
+        spec = importlib.util.find_spec("onnxruntime")
+        lines.insert(1, tr("ONNX Runtime in this QGIS: {where}").format(
+            where=spec.origin if spec is not None else tr("cannot be imported (segmenting needs it)")))
         python = settings.encoder_python()
         lines.append(tr("The encoder runs with: {python}").format(python=python or tr("no Python found")))
         if settings.PYTHON_EXECUTABLE.value().strip():
@@ -167,7 +172,7 @@ class SetupDialog(QDialog, FORM_CLASS):
         view = QPlainTextEdit(viewer)
         view.setReadOnly(True)
         view.setPlainText(text)
-        view.moveCursor(view.textCursor().MoveOperation.End)
+        view.moveCursor(QTextCursor.MoveOperation.End)
         layout = QVBoxLayout(viewer)
         layout.addWidget(view)
         viewer.show()
