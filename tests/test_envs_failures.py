@@ -4,9 +4,11 @@ pointed at an unreachable index, a read-only folder, a full disk, a missing Pyth
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -77,6 +79,36 @@ def test_unreachable_index_is_no_network_and_leaves_nothing(tmp_path, monkeypatc
     _assert_one_line(caught.value, FailureKind.NO_NETWORK, "cannot reach the package index", "run the set-up again")
     assert not folder.exists() and not staging_of(folder).exists()
     assert "127.0.0.1:9" in (tmp_path / "setup.log").read_text()
+
+
+class _DenyingProxy(http.server.BaseHTTPRequestHandler):
+    """A proxy that wants credentials nobody gave it."""
+
+    def do_CONNECT(self):  # noqa: N802 - http.server's naming
+        self.send_response(407, "Proxy Authentication Required")
+        self.send_header("Proxy-Authenticate", 'Basic realm="office"')
+        self.end_headers()
+
+    do_GET = do_CONNECT  # noqa: N815
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_proxy_asking_for_credentials_is_proxy(tmp_path, monkeypatch):
+    _needs_qgis_python()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DenyingProxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _offline_pip(monkeypatch)
+    monkeypatch.setenv("PIP_INDEX_URL", "https://pypi.org/simple")
+    monkeypatch.setenv("PIP_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        with pytest.raises(SetupError) as caught:
+            install_runtime(Runner(tmp_path / "setup.log"), QGIS_PYTHON, tmp_path / "rt" / "py311",
+                            lambda f, m: None)
+    finally:
+        server.shutdown()
+    _assert_one_line(caught.value, FailureKind.PROXY, "a proxy blocked the download", "global.proxy")
 
 
 @contextlib.contextmanager
