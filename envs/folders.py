@@ -66,7 +66,12 @@ def swap_in(staging: Path, folder: Path) -> None:
             raise SetupError(FailureKind.OTHER, (
                 f"replacing {folder}: it is in use ({exc.strerror or exc}): restart QGIS and run the set-up "
                 "again")) from exc
-    staging.rename(folder)
+    try:
+        staging.rename(folder)
+    except OSError:
+        if old.exists() and not folder.exists():
+            old.rename(folder)  # the previous folder back in use
+        raise
     with contextlib.suppress(OSError):  # still loaded somewhere: removed by the next set-up
         remove_tree(old)
 

@@ -78,9 +78,12 @@ def test_set_up_is_in_the_plugin_menu_and_unload_removes_it(qgis_app, qgis_iface
 
 @pytest.mark.slow
 def test_the_task_installs_the_runtime_and_remove_all_removes_it(dialog):
+    shown = []
+    dialog.progressBar.valueChanged.connect(shown.append)
     task = dialog.start(runtime_request(dialog))
     assert task is not None and not dialog.installButton.isEnabled() and dialog.cancelButton.isEnabled()
     wait_until_done(dialog)
+    assert len(shown) > 2 and shown == sorted(shown) and shown[-1] == 100  # the task's progress, step by step
     message = dialog.messageLabel.text()
     assert "ONNX Runtime" in message and ("segment now" in message or "restart QGIS" in message), message
     folder = dialog.locations.runtime

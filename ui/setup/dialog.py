@@ -105,7 +105,7 @@ class SetupDialog(QDialog, FORM_CLASS):
         self.task.step.connect(self._on_step)
         self.task.done.connect(self._on_done)
         self.progressBar.setValue(0)
-        self.task.progressChanged.connect(lambda value: self.progressBar.setValue(int(value)))
+        self.task.progressChanged.connect(self._on_progress)
         self.messageLabel.setText(tr("Setting up… (you may close this window; the set-up goes on)"))
         self._set_running(True)
         QgsApplication.taskManager().addTask(self.task)
@@ -114,6 +114,9 @@ class SetupDialog(QDialog, FORM_CLASS):
     def cancel(self) -> None:
         if self.task is not None:
             self.task.cancel()
+
+    def _on_progress(self, value: float) -> None:
+        self.progressBar.setValue(int(value))
 
     def _on_step(self, text: str) -> None:
         self.statusView.appendPlainText(text)
