@@ -30,6 +30,7 @@ TOOLBAR_OBJECT_NAME = "QuickSamToolbar"
 ENCODE_ACTION_OBJECT_NAME = "QuickSamEncodeRasterAction"
 SEGMENT_ACTION_OBJECT_NAME = "QuickSamSegmentAction"
 SEGMENT_ALL_ACTION_OBJECT_NAME = "QuickSamSegmentAllAction"
+SETUP_ACTION_OBJECT_NAME = "QuickSamSetupAction"
 ENCODE_ALGORITHM_ID = "quicksam:encoderaster"
 SEGMENT_ALL_ALGORITHM_ID = "quicksam:segmentall"
 
@@ -51,6 +52,8 @@ class QuickSamPlugin:
         self.log_handler: Optional[QgsMessageLogHandler] = None
         self.segment_action: Optional[QAction] = None
         self.dock = None  # SegmentDock, created when first opened
+        self.setup_dialog = None  # SetupDialog, created when first opened
+        self._runtime_activated = False
         self._connections: List[Tuple[object, Callable]] = []
 
     @property
@@ -61,9 +64,10 @@ class QuickSamPlugin:
     # -- Processing (also called alone by qgis_process, which has no GUI) -------------------------
 
     def initProcessing(self) -> None:
-        """Register the Processing provider (once)."""
+        """Make the set-up's ONNX Runtime importable (if installed) and register the Processing provider (once)."""
         if self.provider is not None:
             return
+        self._activate_runtime()
         self.provider = QuickSamProvider()
         QgsApplication.processingRegistry().addProvider(self.provider)
 
@@ -73,6 +77,21 @@ class QuickSamPlugin:
         # The registry owns (and deletes) the provider once removed.
         QgsApplication.processingRegistry().removeProvider(self.provider)
         self.provider = None
+        self._deactivate_runtime()
+
+    def _activate_runtime(self) -> None:
+        """Append the runtime folder the set-up installed to sys.path (nothing is installed here)."""
+        from .envs.runtime import Activation
+        from .ui.setup.context import activate_runtime
+
+        self._runtime_activated = activate_runtime() is not Activation.ABSENT
+
+    def _deactivate_runtime(self) -> None:
+        if self._runtime_activated:
+            from .ui.setup.context import deactivate_runtime
+
+            deactivate_runtime()
+            self._runtime_activated = False
 
     # -- GUI ----------------------------------------------------------------------------------------
 
@@ -97,6 +116,13 @@ class QuickSamPlugin:
         segment_all = self._add_action(SEGMENT_ALL_ACTION_OBJECT_NAME, "quicksam.svg", tr("Segment everything…"),
                                        tr("Find every object on an encoded raster (Processing algorithm)"))
         self._connect(segment_all.triggered, self.open_segment_all_dialog)
+
+        setup = QAction(QIcon(icon_path("quicksam.svg")), self.tr("Set up…"), self.iface.mainWindow())
+        setup.setObjectName(SETUP_ACTION_OBJECT_NAME)
+        setup.setToolTip(self.tr("Install or repair what QuickSAM needs: ONNX Runtime for QGIS, the encoder's Python"))
+        self.iface.addPluginToRasterMenu(self.menu_name, setup)  # menu only, not the toolbar
+        self.actions.append(setup)
+        self._connect(setup.triggered, self.open_setup_dialog)
         LOGGER.debug("QuickSAM GUI loaded")
 
     def _connect(self, signal: pyqtBoundSignal, slot: Callable) -> None:
@@ -117,6 +143,7 @@ class QuickSamPlugin:
         """Mirror of `initGui()`: remove the dock (and its map tool), actions, menu entries, toolbar, provider
         and log handler."""
         self._remove_segment_dock()
+        self._remove_setup_dialog()
         for signal, slot in reversed(self._connections):
             signal.disconnect(slot)
         self._connections = []
@@ -164,6 +191,24 @@ class QuickSamPlugin:
         self.iface.removeDockWidget(self.dock)
         self.dock.deleteLater()
         self.dock = None
+
+    def open_setup_dialog(self) -> None:
+        """Show the Set-up dialog (created on first use; kept so that a running set-up can go on)."""
+        if self.setup_dialog is None:
+            from .ui.setup.dialog import SetupDialog
+
+            self.setup_dialog = SetupDialog(self.iface.mainWindow())
+        self.setup_dialog.refresh_status()
+        self.setup_dialog.show()
+        self.setup_dialog.raise_()
+
+    def _remove_setup_dialog(self) -> None:
+        if self.setup_dialog is None:
+            return
+        self.setup_dialog.cancel()  # a running set-up stops; the previous state is kept
+        self.setup_dialog.close()
+        self.setup_dialog.deleteLater()
+        self.setup_dialog = None
 
     def open_encode_dialog(self) -> None:
         """Open the Processing dialog of quicksam:encoderaster."""

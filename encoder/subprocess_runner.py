@@ -31,9 +31,9 @@ TERMINATE_GRACE = 5.0
 _STDERR_LINES_KEPT = 200
 _EOF = object()
 
-SETUP_HINT = ("set the QuickSAM Python in the settings (quicksam/python_executable, or the environment "
-              "variable QUICKSAM_PYTHON) to an interpreter that has torch and sam2, or run `make` in "
-              "the plugin folder to build its .venv")
+SETUP_HINT = ("run Raster > QuickSAM > Set up… to build the encoder's environment (or choose there an "
+              "existing Python that has torch and sam2; the setting quicksam/python_executable and the "
+              "variable QUICKSAM_PYTHON also name one)")
 
 
 def encoder_command(args: List[str], python: str, module: str = DEFAULT_MODULE) -> List[str]:

@@ -1,9 +1,9 @@
 """The tree's layers hold (docs/architecture.md): the QGIS-free core under the thin QGIS layer.
 
-- `core/`, `encoder/` and `interactive/` import no QGIS (`qgis`, `qgis.PyQt`, PyQt itself), not even
-  inside a function: checked on the source, so a lazy import cannot hide.
+- `core/`, `encoder/`, `interactive/` and `envs/` (the set-up's environments) import no QGIS (`qgis`,
+  `qgis.PyQt`, PyQt itself), not even inside a function: checked on the source, so a lazy import cannot hide.
 - Each core module also imports for real in a fresh Python where `qgis` and `PyQt5`/`PyQt6` cannot be
-  imported, and, in `core/` and `encoder/` (which do not declare GDAL's bindings), `osgeo` neither.
+  imported, and, in `core/`, `encoder/` and `envs/` (which do not declare GDAL's bindings), `osgeo` neither.
   There `osgeo` may only be tried: imported inside `try: ... except ImportError:` with a fallback.
 - Edges point one way: `core/` imports neither stage; the two stages do not import each other; no core
   module imports the QGIS layer (`ui/`), the plugin or the command line.
@@ -22,12 +22,13 @@ from typing import Dict, Iterator, List, Tuple
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE_PACKAGES = ("core", "encoder", "interactive")
+CORE_PACKAGES = ("core", "encoder", "interactive", "envs")
 #: What each core package may import of QuickSAM's own packages.
-ALLOWED = {"core": {"core"}, "encoder": {"core", "encoder"}, "interactive": {"core", "interactive"}}
+ALLOWED = {"core": {"core"}, "encoder": {"core", "encoder"}, "interactive": {"core", "interactive"},
+           "envs": {"core", "envs"}}
 QGIS_MODULES = ("qgis", "PyQt5", "PyQt6", "sip")
 #: Packages whose modules run where GDAL's Python bindings may be missing (the headless encoder).
-WITHOUT_OSGEO = ("core", "encoder")
+WITHOUT_OSGEO = ("core", "encoder", "envs")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 50
 

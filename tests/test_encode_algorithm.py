@@ -392,7 +392,7 @@ def test_runner_missing_interpreter_says_how_to_fix(tmp_path):
     with pytest.raises(QuickSamError) as raised:
         run_encoder_process(["encode"], str(tmp_path / "no" / "python"), print, lambda: False)
     message = str(raised.value)
-    assert "QuickSAM Python" in message and "make" in message
+    assert "QuickSAM > Set up…" in message and "quicksam/python_executable" in message
 
 
 def test_runner_unimportable_package_says_how_to_fix():
@@ -401,7 +401,7 @@ def test_runner_unimportable_package_says_how_to_fix():
                             module="quicksam_not_installed_anywhere.cli")
     message = str(raised.value)
     assert "cannot import QuickSAM" in message
-    assert "QuickSAM Python" in message and "make" in message
+    assert "QuickSAM > Set up…" in message and "quicksam/python_executable" in message
 
 
 def test_runner_no_python_at_all():

@@ -63,6 +63,9 @@ class Setting(Generic[T]):
 PYTHON_EXECUTABLE: Setting[str] = Setting(
     "python_executable", str, "",
     "Python interpreter that runs the encoder (needs torch and sam2); empty = found automatically")
+SETUP_ENCODER_PYTHON: Setting[str] = Setting(
+    "setup/encoder_python", str, "",
+    "The encoder's Python recorded by QuickSAM > Set up… (its environment, or an existing Python it checked)")
 
 # -- the Segment dock (options are remembered between sessions) --------------------------------------
 KNOWN_STORES: Setting[str] = Setting(
@@ -85,7 +88,7 @@ HOVER_DELAY_MS: Setting[int] = Setting(
     "segment/hover_delay_ms", int, 200, "Rest of the cursor before the hover preview is decoded, in milliseconds")
 
 ALL_SETTINGS = (PYTHON_EXECUTABLE, KNOWN_STORES, MASK_MODE, MIN_AREA_PIXELS, SIMPLIFY_TOLERANCE, KEEP_HOLES,
-                KEEP_PROMPTS, RANDOM_COLOURS, HOVER_PREVIEW, HOVER_DELAY_MS)
+                KEEP_PROMPTS, RANDOM_COLOURS, HOVER_PREVIEW, HOVER_DELAY_MS, SETUP_ENCODER_PYTHON)
 #: How many stores the store list remembers (most recent first).
 KNOWN_STORES_LIMIT = 50
 
@@ -116,7 +119,8 @@ def encoder_python() -> str:
     """The Python interpreter that runs the encoder process ("" when none can be found).
 
     In this order: the `python_executable` setting; the QUICKSAM_PYTHON environment variable; the
-    plugin's own `.venv`; the running interpreter when it is a Python (inside QGIS it is the QGIS
+    Python recorded by the set-up (`setup/encoder_python`) when it still exists; the plugin's own
+    `.venv`; the running interpreter when it is a Python (inside QGIS it is the QGIS
     executable, which cannot run `-m`); `python3` on PATH. An explicit choice (setting or variable) is
     returned even if it does not exist, so that the error names it instead of silently using another.
     """
@@ -126,6 +130,9 @@ def encoder_python() -> str:
     from_env = os.environ.get(PYTHON_ENV_VAR, "").strip()
     if from_env:
         return from_env
+    from_setup = SETUP_ENCODER_PYTHON.value().strip()
+    if from_setup and Path(from_setup).exists():
+        return from_setup
     venv_python = plugin_venv_python(PLUGIN_DIR)
     if venv_python.exists():
         return str(venv_python)
