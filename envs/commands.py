@@ -4,7 +4,6 @@ it, and a failure becomes a SetupError with a one-line message (`failures.py`)."
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import queue
 import subprocess
@@ -12,12 +11,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from ..core.errors import Cancelled
+from ..core.logger import LOGGER
 from .failures import FailureKind, classify_output, failure, last_error_line
 
-LOGGER = logging.getLogger("quicksam.envs")
 #: Seconds a cancelled tool gets to stop before it is killed.
 TERMINATE_GRACE = 5.0
 _EOF = object()
@@ -36,7 +35,7 @@ def tool_environment(base: Optional[Mapping[str, str]] = None,
     return env
 
 
-def _pump(stream, out: queue.Queue) -> None:
+def _pump(stream: Iterable[str], out: queue.Queue) -> None:
     try:
         for line in stream:
             out.put(line)

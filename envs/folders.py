@@ -8,7 +8,7 @@ import re
 import shutil
 import stat
 from pathlib import Path
-from typing import Iterable, List
+from typing import Callable, Iterable, List
 
 from .failures import FailureKind, SetupError
 from .locations import old_of
@@ -19,7 +19,7 @@ def normalise_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _make_writable_and_retry(function, path, _info) -> None:
+def _make_writable_and_retry(function: Callable[[str], object], path: str, _info: object) -> None:
     # Read-only files (e.g. copied from a read-only wheel cache) would stop rmtree on Windows.
     try:
         os.chmod(path, stat.S_IWRITE | stat.S_IREAD | stat.S_IEXEC)

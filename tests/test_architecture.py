@@ -185,3 +185,16 @@ def test_the_architecture_doc_names_every_module():
     missing = [str(path.relative_to(ROOT)) for path in modules
                if f"`{path.stem}`" not in doc and f"{path.stem}.py" not in doc and f"{path.stem}/" not in doc]
     assert missing == []
+
+
+def test_one_logger_and_one_translation_helper():
+    """Every module logs through core/logger.py's LOGGER ("quicksam") and translates through ui/i18n.tr."""
+    strays = []
+    for path in code_files():
+        where = str(path.relative_to(ROOT))
+        source = path.read_text(encoding="utf-8")
+        if "getLogger(" in source and where != "core/logger.py" and not where.startswith(("bench/", "tools/")):
+            strays.append(f"{where}: its own logger")
+        if "QCoreApplication.translate(" in source and where != "ui/i18n.py":
+            strays.append(f"{where}: its own translation helper")
+    assert strays == []

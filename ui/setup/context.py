@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Optional
 
 from qgis.core import QgsApplication
 
+from ...core.logger import LOGGER
 from ...envs.locations import Locations
 from ...envs.runtime import Activation, activate, deactivate
 from ...envs.setup import SetupRequest
-
-LOGGER = logging.getLogger("quicksam.setup")
 
 
 def profile_dir() -> Path:

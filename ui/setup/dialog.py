@@ -4,19 +4,21 @@ Remove all, Show log. The work runs in a SetupTask; this class only shows state 
 from __future__ import annotations
 
 import importlib.util
-import logging
 from pathlib import Path
 from typing import Optional
 
 from qgis.core import QgsApplication
 from qgis.PyQt import uic
-from qgis.PyQt.QtCore import QCoreApplication, QTimer
+from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtGui import QTextCursor
 from qgis.PyQt.QtWidgets import QDialog, QFileDialog, QMessageBox, QPlainTextEdit, QVBoxLayout, QWidget
 
+from ...envs.locations import Locations
 from ...envs.runtime import Activation
+from ...envs.setup import SetupRequest, SetupResult
 from ...envs.status import collect_status, describe, log_path, remove_all, start_log
 from .. import settings
+from ..i18n import tr
 from .context import activate_runtime, deactivate_runtime, qgis_locations, setup_request
 from .task import SetupTask
 
@@ -27,17 +29,12 @@ DIALOG_OBJECT_NAME = "QuickSamSetupDialog"
 LINE_REFRESH_MS = 500
 LOG_TAIL_CHARS = 200_000
 
-LOGGER = logging.getLogger("quicksam.setup")
-
-
-def tr(message: str) -> str:
-    return QCoreApplication.translate("QuickSAM", message)
 
 
 class SetupDialog(QDialog, FORM_CLASS):
     """One per plugin; kept while QGIS runs so that a set-up can go on while it is closed."""
 
-    def __init__(self, parent: Optional[QWidget] = None, locations=None) -> None:
+    def __init__(self, parent: Optional[QWidget] = None, locations: Optional[Locations] = None) -> None:
         super().__init__(parent)
         self.setupUi(self)
         self.setObjectName(DIALOG_OBJECT_NAME)
@@ -95,7 +92,7 @@ class SetupDialog(QDialog, FORM_CLASS):
         if path:
             self.start(setup_request(runtime=False, encoder=True, existing_python=path, locations=self.locations))
 
-    def start(self, request) -> Optional[SetupTask]:
+    def start(self, request: SetupRequest) -> Optional[SetupTask]:
         if self.task is not None:
             return None
         if not (request.runtime or request.encoder):
@@ -130,7 +127,7 @@ class SetupDialog(QDialog, FORM_CLASS):
             self.messageLabel.setText(error)
         self.refresh_status()
 
-    def _record(self, result) -> str:
+    def _record(self, result: SetupResult) -> str:
         """Record the encoder's Python, make ONNX Runtime importable; the message to show."""
         parts = []
         if result.encoder_python:

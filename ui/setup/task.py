@@ -6,7 +6,6 @@ stores the result; the dialog reads it in `finished`, on the main thread, throug
 
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
 from typing import Optional
@@ -15,10 +14,9 @@ from qgis.core import QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from ...core.errors import Cancelled, QuickSamError
+from ...core.logger import LOGGER
 from ...envs.commands import Runner
 from ...envs.setup import SetupRequest, SetupResult, run_setup
-
-LOGGER = logging.getLogger("quicksam.setup")
 
 
 class SetupTask(QgsTask):
