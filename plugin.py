@@ -117,9 +117,9 @@ class QuickSamPlugin:
                                        tr("Find every object on an encoded raster (Processing algorithm)"))
         self._connect(segment_all.triggered, self.open_segment_all_dialog)
 
-        setup = QAction(QIcon(icon_path("quicksam.svg")), self.tr("Set up…"), self.iface.mainWindow())
+        setup = QAction(QIcon(icon_path("quicksam.svg")), tr("Set up…"), self.iface.mainWindow())
         setup.setObjectName(SETUP_ACTION_OBJECT_NAME)
-        setup.setToolTip(self.tr("Install or repair what QuickSAM needs: ONNX Runtime for QGIS, the encoder's Python"))
+        setup.setToolTip(tr("Install or repair what QuickSAM needs: ONNX Runtime for QGIS, the encoder's Python"))
         self.iface.addPluginToRasterMenu(self.menu_name, setup)  # menu only, not the toolbar
         self.actions.append(setup)
         self._connect(setup.triggered, self.open_setup_dialog)
