@@ -45,6 +45,9 @@ def run():
         loadPlugin("quicksam")
         startPlugin("quicksam")
     plugin = plugins["quicksam"]
+    missing = {"QuickSamSetupAction", "QuickSamSegmentAction"} - {action.objectName() for action in plugin.actions}
+    if missing:  # initGui stopped half-way (QGIS shows the error in a dialog nobody reads here)
+        raise RuntimeError(f"the plugin did not start completely; missing actions: {sorted(missing)}")
     plugin.segment_action.trigger()
     controller = plugin.dock.controller
     controller.set_raster_layer(layer)
