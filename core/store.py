@@ -185,12 +185,12 @@ class FeatureStore:
 
     @property
     def feature_names(self) -> List[str]:
-        return [item.name for item in self.layout]
+        return self.manifest.features.names
 
     @property
     def feature_shapes(self) -> Dict[str, Tuple[int, int, int]]:
         """(C, H, W) of each feature map, by name, in file order."""
-        return {item.name: item.shape for item in self.layout}
+        return self.manifest.features.shapes
 
     # -- tile log ----------------------------------------------------------------------------------
     def records(self) -> Dict[str, TileRecord]:
