@@ -179,7 +179,7 @@ class QuickSamPlugin:
             from .ui.dock.dock import SegmentDock  # ONNX Runtime and the dock load on first use
 
             self.dock = SegmentDock(self.iface, self.iface.mainWindow())
-            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+            self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
             self.dock.openedStateChanged.connect(self.segment_action.setChecked)
         return self.dock
 

@@ -22,6 +22,7 @@ from unittest import mock
 import pytest
 from osgeo import ogr
 from qgis.core import (
+    Qgis,
     QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
@@ -115,17 +116,19 @@ def to_screen(canvas, x: float, y: float) -> QPoint:
     return QPoint(round(pixel.x()), round(pixel.y()))
 
 
-def mouse(canvas, kind, pixel: QPoint, button=Qt.LeftButton, modifiers=Qt.NoModifier) -> QgsMapMouseEvent:
-    buttons = Qt.NoButton if kind in (QEvent.MouseButtonRelease, QEvent.MouseMove) else button
+def mouse(canvas, kind, pixel: QPoint, button=Qt.MouseButton.LeftButton,
+          modifiers=Qt.KeyboardModifier.NoModifier) -> QgsMapMouseEvent:
+    buttons = Qt.MouseButton.NoButton if kind in (QEvent.Type.MouseButtonRelease, QEvent.Type.MouseMove) else button
     return QgsMapMouseEvent(canvas, kind, pixel, button, buttons, modifiers)
 
 
-def click(dock, pixel: QPoint, button=Qt.LeftButton, modifiers=Qt.NoModifier) -> QgsPointXY:
+def click(dock, pixel: QPoint, button=Qt.MouseButton.LeftButton,
+          modifiers=Qt.KeyboardModifier.NoModifier) -> QgsPointXY:
     """Press and release at `pixel`; returns the map position (canvas CRS) QGIS gives that pixel."""
     tool, canvas = dock.controller.tool, dock.controller.canvas
-    press = mouse(canvas, QEvent.MouseButtonPress, pixel, button, modifiers)
+    press = mouse(canvas, QEvent.Type.MouseButtonPress, pixel, button, modifiers)
     tool.canvasPressEvent(press)
-    tool.canvasReleaseEvent(mouse(canvas, QEvent.MouseButtonRelease, pixel, button, modifiers))
+    tool.canvasReleaseEvent(mouse(canvas, QEvent.Type.MouseButtonRelease, pixel, button, modifiers))
     return QgsPointXY(press.mapPoint())
 
 
@@ -135,11 +138,12 @@ def click_map(dock, x: float, y: float, **kwargs) -> QgsPointXY:
 
 def drag(dock, start: QPoint, end: QPoint) -> QgsRectangle:
     tool, canvas = dock.controller.tool, dock.controller.canvas
-    press = mouse(canvas, QEvent.MouseButtonPress, start)
+    press = mouse(canvas, QEvent.Type.MouseButtonPress, start)
     tool.canvasPressEvent(press)
-    move = QgsMapMouseEvent(canvas, QEvent.MouseMove, end, Qt.NoButton, Qt.LeftButton, Qt.NoModifier)
+    move = QgsMapMouseEvent(canvas, QEvent.Type.MouseMove, end, Qt.MouseButton.NoButton, Qt.MouseButton.LeftButton,
+                            Qt.KeyboardModifier.NoModifier)
     tool.canvasMoveEvent(move)
-    release = mouse(canvas, QEvent.MouseButtonRelease, end)
+    release = mouse(canvas, QEvent.Type.MouseButtonRelease, end)
     tool.canvasReleaseEvent(release)
     box = QgsRectangle(press.mapPoint(), release.mapPoint())
     box.normalize()
@@ -147,7 +151,7 @@ def drag(dock, start: QPoint, end: QPoint) -> QgsRectangle:
 
 
 def hover(dock, pixel: QPoint) -> QgsPointXY:
-    event = mouse(dock.controller.canvas, QEvent.MouseMove, pixel, Qt.NoButton)
+    event = mouse(dock.controller.canvas, QEvent.Type.MouseMove, pixel, Qt.MouseButton.NoButton)
     dock.controller.tool.canvasMoveEvent(event)
     return QgsPointXY(event.mapPoint())
 
@@ -323,8 +327,8 @@ def test_foreground_click_shows_the_engines_polygon(dock, engine):
 def test_right_click_and_shift_click_add_background_points(dock, engine):
     x, y = square_centre()
     click_map(dock, x, y)
-    click_map(dock, x + 400, y, button=Qt.RightButton)
-    click_map(dock, x - 400, y, modifiers=Qt.ShiftModifier)
+    click_map(dock, x + 400, y, button=Qt.MouseButton.RightButton)
+    click_map(dock, x - 400, y, modifiers=Qt.KeyboardModifier.ShiftModifier)
     assert dock.controller.wait_idle()
     prompts = dock.controller.session.prompts
     assert prompts.labels == (1, 0, 0)
@@ -359,7 +363,7 @@ def test_a_small_wobble_is_a_click_not_a_box(dock):
 def test_undo_removes_the_last_prompt_and_clear_empties(dock, engine):
     x, y = square_centre()
     click_map(dock, x, y)
-    click_map(dock, x + 500, y + 500, button=Qt.RightButton)
+    click_map(dock, x + 500, y + 500, button=Qt.MouseButton.RightButton)
     assert dock.controller.wait_idle()
     dock.undoButton.click()
     assert dock.controller.wait_idle()
@@ -516,7 +520,7 @@ def test_keep_prompts_writes_them_with_the_object_id(dock, scene):
     dock.labelEdit.setText("tree")
     x, y = square_centre()
     click_map(dock, x, y)
-    click_map(dock, x + 500, y, button=Qt.RightButton)
+    click_map(dock, x + 500, y, button=Qt.MouseButton.RightButton)
     assert dock.controller.wait_idle()
     accept_and_wait(dock)
     rows = ogr_features(scene / "scene.qsam" / PROMPTS_FILE, "prompts")
@@ -532,7 +536,7 @@ def test_random_colours_come_from_the_id(dock):
 
     def fill_colour():
         return layer.renderer().symbol().symbolLayer(0).dataDefinedProperties().property(
-            QgsSymbolLayer.PropertyFillColor)
+            QgsSymbolLayer.Property.PropertyFillColor)
 
     assert fill_colour().isActive() and '"id"' in fill_colour().expressionString()
     dock.randomColoursCheck.setChecked(False)
@@ -565,7 +569,7 @@ def test_canvas_in_another_crs_prompts_land_on_the_right_pixel_and_output_is_rep
     assert dock.controller.wait_idle()
 
     [(px, py)] = dock.controller.session.prompts.points
-    back = to_wgs84.transform(clicked, QgsCoordinateTransform.ReverseTransform)
+    back = to_wgs84.transform(clicked, Qgis.TransformDirection.Reverse)
     assert (px, py) == pytest.approx((back.x(), back.y()))
     col, row = engine.to_pixels(px, py)
     assert (col, row) == pytest.approx((140, 140), abs=1.0)  # within a screen pixel of the square's centre
@@ -682,34 +686,34 @@ def test_clicking_after_hovering_reuses_the_preview(dock, engine):
 # -- keys ---------------------------------------------------------------------------------------------------
 
 
-def key(code, modifiers=Qt.NoModifier) -> QKeyEvent:
-    return QKeyEvent(QEvent.KeyPress, code, modifiers)
+def key(code, modifiers=Qt.KeyboardModifier.NoModifier) -> QKeyEvent:
+    return QKeyEvent(QEvent.Type.KeyPress, code, modifiers)
 
 
 def test_keys_undo_clear_accept_on_the_tool_and_are_accepted(dock, scene):
     tool = dock.controller.tool
     x, y = square_centre()
     click_map(dock, x, y)
-    click_map(dock, x + 500, y, button=Qt.RightButton)
+    click_map(dock, x + 500, y, button=Qt.MouseButton.RightButton)
     assert dock.controller.wait_idle()
 
-    undo = key(Qt.Key_Z, Qt.ControlModifier)
-    assert undo.matches(QKeySequence.Undo)
+    undo = key(Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert undo.matches(QKeySequence.StandardKey.Undo)
     tool.keyPressEvent(undo)
     assert undo.isAccepted() and dock.controller.session.prompts.labels == (1,)
 
-    escape = key(Qt.Key_Escape)
+    escape = key(Qt.Key.Key_Escape)
     tool.keyPressEvent(escape)
     assert escape.isAccepted() and dock.controller.session.prompts.is_empty()
 
     click_map(dock, x, y)
     assert dock.controller.wait_idle()
-    enter = key(Qt.Key_Return)
+    enter = key(Qt.Key.Key_Return)
     tool.keyPressEvent(enter)
     assert dock.controller.wait_idle()
     assert enter.isAccepted() and len(ogr_features(scene / "scene.qsam" / OUTPUT_FILE)) == 1
 
-    other = key(Qt.Key_A)
+    other = key(Qt.Key.Key_A)
     tool.keyPressEvent(other)
     assert not other.isAccepted()  # left to QGIS
 
@@ -720,7 +724,7 @@ def test_ctrl_z_on_the_canvas_undoes_the_prompt_not_qgis_undo(dock, qgis_iface):
     canvas = dock.controller.canvas
     window = canvas.window()
     qgis_undo = QAction("Undo", window)
-    qgis_undo.setShortcut(QKeySequence.Undo)
+    qgis_undo.setShortcut(QKeySequence.StandardKey.Undo)
     window.addAction(qgis_undo)
     triggered = []
     qgis_undo.triggered.connect(lambda: triggered.append(True))
@@ -730,15 +734,15 @@ def test_ctrl_z_on_the_canvas_undoes_the_prompt_not_qgis_undo(dock, qgis_iface):
     try:
         x, y = square_centre()
         click_map(dock, x, y)
-        click_map(dock, x + 500, y, button=Qt.RightButton)
+        click_map(dock, x + 500, y, button=Qt.MouseButton.RightButton)
         assert dock.controller.wait_idle()
-        QTest.keyClick(canvas, Qt.Key_Z, Qt.ControlModifier)
+        QTest.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
         assert dock.controller.session.prompts.labels == (1,)
         assert triggered == []
 
         pan = QgsMapToolPan(canvas)
         canvas.setMapTool(pan)
-        QTest.keyClick(canvas, Qt.Key_Z, Qt.ControlModifier)
+        QTest.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
         assert triggered == [True]  # the key does reach application shortcuts when our tool is not active
         assert dock.controller.session.prompts.labels == (1,)
         canvas.unsetMapTool(pan)

@@ -346,7 +346,8 @@ def test_output_writes_to_the_stores_geopackage_added_to_the_project_once(output
     assert [row[0]["id"] for row in rows] == [1, 2] and {row[0]["label"] for row in rows} == {"building"}
     layers = [layer for layer in project.mapLayers().values() if isinstance(layer, QgsVectorLayer)]
     assert layers == [output.layer()] and output.layer().crs() == UTM
-    assert accepted_message(first) == ("object 1 saved to 'QuickSAM segments'; click on the next one", Qgis.Success)
+    assert accepted_message(first) == ("object 1 saved to 'QuickSAM segments'; click on the next one",
+                                       Qgis.MessageLevel.Success)
 
 
 def test_output_to_a_users_layer_is_reprojected_and_forgotten_when_it_is_removed(output, project, engine, scene):
@@ -410,7 +411,7 @@ def test_accepted_message_says_where_the_object_went():
     edited = CommitResult("mine", [4, 5], saved=False)
     text, level = accepted_message(edited)
     assert text == ("object 4, 5 added to 'mine' (being edited: save the layer's edits to write it); "
-                    "click on the next one") and level == Qgis.Info
+                    "click on the next one") and level == Qgis.MessageLevel.Info
     text, level = accepted_message(CommitResult("simple", [], saved=True), "disk full")
     assert text == "the object saved to 'simple' (its prompts were not kept: disk full); click on the next one"
-    assert level == Qgis.Warning
+    assert level == Qgis.MessageLevel.Warning

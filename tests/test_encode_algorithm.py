@@ -118,7 +118,7 @@ def test_parameters_and_defaults(algorithm):
     assert isinstance(overlap, QgsProcessingParameterNumber)
     # not given = a quarter of the tile size, as in the CLI (core.defaults.default_overlap)
     assert (overlap.defaultValue(), overlap.minimum(), overlap.maximum()) == (None, 0, 1023)
-    assert overlap.dataType() == QgsProcessingParameterNumber.Integer
+    assert overlap.dataType() == QgsProcessingParameterNumber.Type.Integer
     assert (param("BATCH_SIZE").defaultValue(), param("BATCH_SIZE").minimum()) == (1, 1)
     assert param("TILE_SIZE").defaultValue() == 0
     assert param("RANDOM_WEIGHTS").defaultValue() is False
@@ -130,8 +130,8 @@ def test_parameters_and_defaults(algorithm):
     def is_set(name: str, flag) -> bool:
         return bool(param(name).flags() & flag)
 
-    optional = QgsProcessingParameterDefinition.FlagOptional
-    advanced = QgsProcessingParameterDefinition.FlagAdvanced
+    optional = QgsProcessingParameterDefinition.Flag.FlagOptional
+    advanced = QgsProcessingParameterDefinition.Flag.FlagAdvanced
     assert {n for n in names if is_set(n, optional)} == {"BANDS", "EXTENT", "CHECKPOINT", "OVERLAP"}
     assert {n for n in names if is_set(n, advanced)} == {"RANDOM_WEIGHTS", "BATCH_SIZE", "DEVICE",
                                                          "TILE_SIZE"}

@@ -33,7 +33,7 @@ def registry():
 
 def toolbars(iface) -> list:
     """QuickSAM toolbars still alive under the main window (deferred deletions processed first)."""
-    QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
     return iface.mainWindow().findChildren(QToolBar, TOOLBAR_OBJECT_NAME)
 
 
@@ -114,9 +114,9 @@ def test_log_records_reach_qgis_message_log(plugin):
         logging.getLogger("quicksam.encoder").info("encoding 4 tiles")
     finally:
         QgsApplication.messageLog().messageReceived.disconnect(on_message)
-    assert ("quicksam.encoder: tile r0000c0000 is all nodata", MESSAGE_LOG_TAG, Qgis.Warning) \
+    assert ("quicksam.encoder: tile r0000c0000 is all nodata", MESSAGE_LOG_TAG, Qgis.MessageLevel.Warning) \
         in received
-    assert ("quicksam.encoder: encoding 4 tiles", MESSAGE_LOG_TAG, Qgis.Info) in received
+    assert ("quicksam.encoder: encoding 4 tiles", MESSAGE_LOG_TAG, Qgis.MessageLevel.Info) in received
 
 
 # -- unload and reload --------------------------------------------------------------------------------

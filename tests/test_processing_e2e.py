@@ -294,8 +294,8 @@ def test_bands_that_are_not_numbers_are_refused(encoder_provider, tmp_path):
 
 def test_batch_runs_one_algorithm_on_two_inputs(encoder_provider, tmp_path):
     algorithm = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
-    assert not algorithm.flags() & QgsProcessingAlgorithm.FlagNoThreading
-    assert algorithm.flags() & QgsProcessingAlgorithm.FlagSupportsBatch
+    assert not algorithm.flags() & QgsProcessingAlgorithm.Flag.FlagNoThreading
+    assert algorithm.flags() & QgsProcessingAlgorithm.Flag.FlagSupportsBatch
     rasters = [
         write_raster(tmp_path / "a.tif", gradient(240, 200)),
         write_raster(tmp_path / "b.tif", gradient(200, 230, bands=4),

@@ -2,8 +2,7 @@
 
 Its own small cases come first: each construct it must flag (with the spelling it proposes, which must
 resolve here to the same value) and the Qt6-ready spellings it must let pass, so the tree-wide run
-below cannot pass by finding nothing. The tree-wide run is expected to fail until the Qt6 fixes land
-after the restructure (issue 10); the xfail is strict, so it must be removed then.
+below cannot pass by finding nothing. Then the whole tree must be clean.
 """
 
 from __future__ import annotations
@@ -130,7 +129,6 @@ def test_command_line_reports_file_line_and_exit_status(tmp_path):
     assert (result.returncode, result.stdout) == (0, "")
 
 
-@pytest.mark.xfail(strict=True, reason="Qt6 fixes land after the restructure")
 def test_tree_is_qt6_clean():
     result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

@@ -19,6 +19,7 @@ import pytest
 import shapely
 import shapely.wkb
 from qgis.core import (
+    NULL,
     QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
@@ -168,13 +169,14 @@ def test_registered_by_the_plugin_with_its_parameters(registered):
                      "KEEP_HOLES", "OUTPUT"]
     param = algorithm.parameterDefinition
     assert isinstance(param("STORE"), QgsProcessingParameterFile)
-    assert param("STORE").behavior() == QgsProcessingParameterFile.Folder
+    assert param("STORE").behavior() == QgsProcessingParameterFile.Behavior.Folder
     assert isinstance(param("PROMPTS"), QgsProcessingParameterFeatureSource)
-    assert set(param("PROMPTS").dataTypes()) == {QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon}
+    assert set(param("PROMPTS").dataTypes()) == {QgsProcessing.SourceType.TypeVectorPoint,
+                                                 QgsProcessing.SourceType.TypeVectorPolygon}
     for name in ("GROUP_FIELD", "LABEL_FIELD"):
         assert isinstance(param(name), QgsProcessingParameterField)
         assert param(name).parentLayerParameterName() == "PROMPTS"
-        assert param(name).flags() & QgsProcessingParameterDefinition.FlagOptional
+        assert param(name).flags() & QgsProcessingParameterDefinition.Flag.FlagOptional
     assert isinstance(param("MASK_MODE"), QgsProcessingParameterEnum)
     assert param("MASK_MODE").options() == list(MASK_MODES) == ["single", "best", "largest", "smallest", "all"]
     assert param("MASK_MODE").defaultValue() == 0
@@ -183,7 +185,7 @@ def test_registered_by_the_plugin_with_its_parameters(registered):
     assert isinstance(param("KEEP_HOLES"), QgsProcessingParameterBoolean)
     assert param("KEEP_HOLES").defaultValue() is True
     assert isinstance(param("OUTPUT"), QgsProcessingParameterFeatureSink)
-    assert param("OUTPUT").dataType() == QgsProcessing.TypeVectorPolygon
+    assert param("OUTPUT").dataType() == QgsProcessing.SourceType.TypeVectorPolygon
     assert all(param(n).help() for n in names), "every parameter has help"
     assert {o.name() for o in algorithm.outputDefinitions()} == {"OUTPUT", "SEGMENTED", "SKIPPED"}
 
@@ -230,7 +232,7 @@ def test_a_self_intersecting_polygon_still_gives_its_box(registered, store_path,
                                   f"{xmin} {ymin}))")
     assert not bow_tie.isGeosValid()
     context = QgsProcessingContext()
-    context.setInvalidGeometryCheck(QgsFeatureRequest.GeometryAbortOnInvalid)
+    context.setInvalidGeometryCheck(QgsFeatureRequest.InvalidGeometryCheck.GeometryAbortOnInvalid)
     results = processing.run(ALGORITHM_ID, {"STORE": str(store_path), "OUTPUT": "TEMPORARY_OUTPUT",
                                             "PROMPTS": memory_layer("Polygon", CRS, [(bow_tie, {})])},
                              context=context, feedback=QgsProcessingFeedback())
@@ -550,7 +552,7 @@ def test_group_records_rules():
 
 
 @pytest.mark.parametrize("value, expected", [
-    (None, 1), (1, 1), (0, 0), (1.0, 1), (True, 1), (False, 0), ("1", 1), (" 0 ", 0), ("", 1), (QVariant(), 1),
+    (None, 1), (1, 1), (0, 0), (1.0, 1), (True, 1), (False, 0), ("1", 1), (" 0 ", 0), ("", 1), (NULL, 1),
 ])
 def test_parse_label_accepts(value, expected):
     """Values as the QGIS layer hands them on: QGIS's NULL (a null QVariant) becomes None first."""
@@ -564,12 +566,12 @@ def test_parse_label_refuses(value):
 
 
 def test_group_key_normalises_empty_values():
-    assert group_key(None) is None and group_key("  ") is None and group_key(plain_value(QVariant())) is None
+    assert group_key(None) is None and group_key("  ") is None and group_key(plain_value(NULL)) is None
     assert group_key(3) == 3 and group_key("x") == "x"
 
 
 def test_plain_value_turns_qgis_null_into_none():
     """The QGIS layer's conversion: NULL (null QVariant) -> None; a set QVariant -> its value; others as-is."""
-    assert plain_value(QVariant()) is None
+    assert plain_value(NULL) is None
     assert plain_value(QVariant(5)) == 5
     assert plain_value("x") == "x" and plain_value(0) == 0

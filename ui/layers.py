@@ -88,7 +88,7 @@ def area_square_metres(geometry: QgsGeometry, crs: QgsCoordinateReferenceSystem,
     measure.setEllipsoid(crs.ellipsoidAcronym() if crs.isGeographic() and crs.ellipsoidAcronym() else "NONE")
     if crs.isGeographic() and not crs.ellipsoidAcronym():
         measure.setEllipsoid("EPSG:7030")  # WGS 84, when the CRS names no ellipsoid
-    return measure.convertAreaMeasurement(measure.measureArea(geometry), QgsUnitTypes.AreaSquareMeters)
+    return measure.convertAreaMeasurement(measure.measureArea(geometry), QgsUnitTypes.AreaUnit.AreaSquareMeters)
 
 
 class FeatureBuilder:
@@ -148,9 +148,9 @@ def open_or_create_gpkg_layer(path: Path, layer_name: str, fields: QgsFields, ge
         options.driverName = "GPKG"
         options.layerName = layer_name
         if path.exists():  # never CreateOrOverwriteFile on an existing file: it would drop the other layers
-            options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer
+            options.actionOnExistingFile = QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer
         writer = QgsVectorFileWriter.create(str(path), fields, geometry_type, crs, context, options)
-        if writer.hasError() != QgsVectorFileWriter.NoError:
+        if writer.hasError() != QgsVectorFileWriter.WriterError.NoError:
             raise OSError(f"cannot create the layer '{layer_name}' in '{path}': {writer.errorMessage()}")
         del writer  # closes the file
     layer = QgsVectorLayer(f"{path}|layername={layer_name}", display_name, "ogr")
@@ -173,7 +173,7 @@ def open_or_create_output_layer(path: Path, crs: QgsCoordinateReferenceSystem,
                                 context: QgsCoordinateTransformContext, name: str = "QuickSAM segments"
                                 ) -> QgsVectorLayer:
     """The polygon layer at `path` (layer `segments`), created with the output schema if missing."""
-    return open_or_create_gpkg_layer(path, OUTPUT_LAYER, output_fields(), QgsWkbTypes.MultiPolygon, crs, context,
+    return open_or_create_gpkg_layer(path, OUTPUT_LAYER, output_fields(), QgsWkbTypes.Type.MultiPolygon, crs, context,
                                      name)
 
 

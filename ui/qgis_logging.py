@@ -20,10 +20,10 @@ HANDLER_NAME = "quicksam.qgis-message-log"
 
 def _qgis_level(levelno: int) -> Qgis.MessageLevel:
     if levelno >= logging.ERROR:
-        return Qgis.Critical
+        return Qgis.MessageLevel.Critical
     if levelno >= logging.WARNING:
-        return Qgis.Warning
-    return Qgis.Info
+        return Qgis.MessageLevel.Warning
+    return Qgis.MessageLevel.Info
 
 
 class QgsMessageLogHandler(logging.Handler):

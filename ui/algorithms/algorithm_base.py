@@ -60,5 +60,5 @@ class QuickSamAlgorithm(QgsProcessingAlgorithm):
         """Add `parameter` with its help text (the dialog's tooltip), under "Advanced" if asked."""
         parameter.setHelp(help_text)
         if advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
         self.addParameter(parameter)

@@ -113,7 +113,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
                   _tr("Folder of the feature store. An existing store of the same raster and model "
                       "is resumed; one of anything else is refused."))
         self.addOutput(QgsProcessingOutputVectorLayer(
-            self.TILE_INDEX, _tr("Tile index"), QgsProcessing.TypeVectorPolygon))
+            self.TILE_INDEX, _tr("Tile index"), QgsProcessing.SourceType.TypeVectorPolygon))
 
     def _add_raster_parameters(self) -> None:
         self._add(QgsProcessingParameterRasterLayer(self.INPUT, _tr("Input raster")),
@@ -147,13 +147,13 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
     def _add_run_parameters(self) -> None:
         self._add(QgsProcessingParameterNumber(
             self.OVERLAP, _tr("Tile overlap (pixels, empty = a quarter of the tile size)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=None, optional=True, minValue=0, maxValue=1023),
+            QgsProcessingParameterNumber.Type.Integer, defaultValue=None, optional=True, minValue=0, maxValue=1023),
             _tr("Pixels shared by neighbouring tiles; objects up to this size on a tile edge are "
                 "still whole in some tile. Must be smaller than the tile size. Empty: a quarter of the "
                 "tile size (256 px for the native 1024 px tiles)."))
         self._add(QgsProcessingParameterNumber(
             self.BATCH_SIZE, _tr("Batch size (tiles encoded together)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=1, minValue=1),
+            QgsProcessingParameterNumber.Type.Integer, defaultValue=1, minValue=1),
             _tr("Tiles sent to the model at once; larger batches can be faster on a GPU and need "
                 "more memory."), advanced=True)
         self._add(QgsProcessingParameterEnum(
@@ -162,7 +162,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
                 "mps."), advanced=True)
         self._add(QgsProcessingParameterNumber(
             self.TILE_SIZE, _tr("Tile size (pixels, 0 = the model's native 1024)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
+            QgsProcessingParameterNumber.Type.Integer, defaultValue=0, minValue=0),
             _tr("Side of the square tiles in pixels. 0 uses the model's native 1024 px; smaller "
                 "tiles are only for tests."), advanced=True)
 

@@ -57,7 +57,7 @@ def prompt_record(feature: Any, transform: Any, group_field: Optional[str] = Non
         except QgsCsException as exc:
             return PromptRecord(fid, group=group, problem=(
                 f"feature {fid} cannot be transformed to the raster's CRS ({exc}); check the prompt layer's CRS"))
-    if kind == QgsWkbTypes.PointGeometry:
+    if kind == QgsWkbTypes.GeometryType.PointGeometry:
         points = tuple((vertex.x(), vertex.y()) for vertex in geometry.vertices())
         return PromptRecord(fid, points=points, label=label, group=group)
     rect = geometry.boundingBox()
@@ -70,10 +70,10 @@ def _geometry_problem(fid: int, geometry: Any, label: int) -> Optional[str]:
     if geometry is None or geometry.isNull() or geometry.isEmpty():
         return f"feature {fid} has no geometry"
     kind = geometry.type()
-    if kind not in (QgsWkbTypes.PointGeometry, QgsWkbTypes.PolygonGeometry):
+    if kind not in (QgsWkbTypes.GeometryType.PointGeometry, QgsWkbTypes.GeometryType.PolygonGeometry):
         return (f"feature {fid} is a {QgsWkbTypes.geometryDisplayString(kind).lower()}; prompts are points "
                 "(one click each) or polygons (their extent is a box)")
-    if kind == QgsWkbTypes.PolygonGeometry and label == 0:
+    if kind == QgsWkbTypes.GeometryType.PolygonGeometry and label == 0:
         return (f"feature {fid} is a polygon labelled 0 (background), but a box is always foreground; set its "
                 "label to 1 or leave it empty")
     return None

@@ -73,7 +73,7 @@ class DecodingAlgorithm(QuickSamAlgorithm):
 
     def _add_store_parameter(self) -> None:
         self._add(QgsProcessingParameterFile(self.STORE, _tr("Feature store"),
-                                             behavior=QgsProcessingParameterFile.Folder),
+                                             behavior=QgsProcessingParameterFile.Behavior.Folder),
                   _tr("The folder written by 'Encode raster for SAM' (or 'quicksam encode')."))
 
     def checkParameterValues(self, parameters: Dict[str, Any],
@@ -147,7 +147,7 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
         self._add_store_parameter()
         self._add(QgsProcessingParameterFeatureSource(
             self.PROMPTS, _tr("Prompts (points and/or polygons)"),
-            [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon]),
+            [QgsProcessing.SourceType.TypeVectorPoint, QgsProcessing.SourceType.TypeVectorPolygon]),
             _tr("Each point is one object, each polygon's bounding box is one box prompt, unless a group "
                 "field joins features into objects. Any CRS."))
         self._add(QgsProcessingParameterField(
@@ -166,17 +166,17 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
                 "to three features per object."))
         self._add(QgsProcessingParameterNumber(
             self.SIMPLIFY, _tr("Simplify tolerance (map units of the raster CRS)"),
-            QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0),
+            QgsProcessingParameterNumber.Type.Double, defaultValue=0.0, minValue=0.0),
             _tr("Douglas-Peucker tolerance in the raster CRS's units; 0 keeps the exact pixel edges."),
             advanced=True)
         self._add(QgsProcessingParameterNumber(
             self.MIN_AREA, _tr("Minimum part and hole area (pixels)"),
-            QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0),
+            QgsProcessingParameterNumber.Type.Double, defaultValue=0.0, minValue=0.0),
             _tr("Polygon parts and holes smaller than this many raster pixels are dropped."), advanced=True)
         self._add(QgsProcessingParameterBoolean(self.KEEP_HOLES, _tr("Keep holes"), defaultValue=True),
                   _tr("Untick to fill the holes of the polygons."), advanced=True)
         self._add(QgsProcessingParameterFeatureSink(
-            self.OUTPUT, _tr("Segmented objects"), QgsProcessing.TypeVectorPolygon),
+            self.OUTPUT, _tr("Segmented objects"), QgsProcessing.SourceType.TypeVectorPolygon),
             _tr("Polygons in the raster's CRS, one per object (up to three with mask mode 'all')."))
         self.addOutput(QgsProcessingOutputNumber(self.SEGMENTED, _tr("Objects segmented")))
         self.addOutput(QgsProcessingOutputNumber(self.SKIPPED, _tr("Objects skipped")))
@@ -215,13 +215,13 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
             else:
                 if sink is None:  # created on the first success: a failed run writes nothing
                     sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, output_fields(),
-                                                         QgsWkbTypes.MultiPolygon, crs)
+                                                         QgsWkbTypes.Type.MultiPolygon, crs)
                     if sink is None:
                         raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
                     if output_note:
                         feedback.pushInfo(output_note)
                 for feature in features:
-                    if not sink.addFeature(feature, QgsFeatureSink.FastInsert):
+                    if not sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert):
                         raise QgsProcessingException(self.writeFeatureError(sink, parameters, self.OUTPUT))
                 segmented += 1
             feedback.setProgress(100.0 * done / max(len(objects), 1))
@@ -257,7 +257,8 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
         elif source_crs != crs:
             transform = QgsCoordinateTransform(source_crs, crs, context.transformContext())
         # A self-intersecting polygon still has an extent: only the box is used, so no validity check.
-        features = source.getFeatures(QgsFeatureRequest(), QgsProcessingFeatureSource.FlagSkipGeometryValidityChecks)
+        features = source.getFeatures(QgsFeatureRequest(),
+                                      QgsProcessingFeatureSource.Flag.FlagSkipGeometryValidityChecks)
         records = read_prompt_records(features, transform, group_field, label_field, feedback.isCanceled)
         if feedback.isCanceled():
             raise QgsProcessingException(_tr("Segmentation cancelled while reading the prompts."))

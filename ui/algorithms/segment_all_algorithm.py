@@ -115,7 +115,7 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:
         self._add_store_parameter()
         self._add(QgsProcessingParameterFeatureSource(self.AOI, _tr("Area of interest (polygons)"),
-                                                      [QgsProcessing.TypeVectorPolygon], optional=True),
+                                                      [QgsProcessing.SourceType.TypeVectorPolygon], optional=True),
                   _tr("Only tiles meeting these polygons are segmented. Any CRS."))
         self._add(QgsProcessingParameterExtent(self.EXTENT, _tr("Extent"), optional=True),
                   _tr("Only tiles meeting this extent are segmented."))
@@ -145,31 +145,31 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
         """(name, label, type, default, minimum, maximum or None, advanced, help text) of the numeric parameters
         in the dialog's order; the mask mode goes after the first five."""
         return (
-            (self.POINTS_PER_SIDE, _tr("Points per side (per tile)"), QgsProcessingParameterNumber.Integer,
+            (self.POINTS_PER_SIDE, _tr("Points per side (per tile)"), QgsProcessingParameterNumber.Type.Integer,
              DEFAULTS.points_per_side, 1, None, False,
              _tr("A grid of this many × this many point prompts over each tile.")),
-            (self.PRED_IOU_THRESH, _tr("Predicted IoU threshold"), QgsProcessingParameterNumber.Double,
+            (self.PRED_IOU_THRESH, _tr("Predicted IoU threshold"), QgsProcessingParameterNumber.Type.Double,
              DEFAULTS.pred_iou_thresh, 0.0, 1.0, False, _tr("Masks the model scores lower are dropped.")),
-            (self.STABILITY_SCORE_THRESH, _tr("Stability score threshold"), QgsProcessingParameterNumber.Double,
+            (self.STABILITY_SCORE_THRESH, _tr("Stability score threshold"), QgsProcessingParameterNumber.Type.Double,
              DEFAULTS.stability_score_thresh, 0.0, 1.0, False,
              _tr("Masks whose shape changes more than this when the logit threshold moves are dropped.")),
-            (self.MIN_OBJECT_AREA, _tr("Minimum object area (map units²)"), QgsProcessingParameterNumber.Double,
+            (self.MIN_OBJECT_AREA, _tr("Minimum object area (map units²)"), QgsProcessingParameterNumber.Type.Double,
              DEFAULTS.min_object_area, 0.0, None, False, _tr("Smaller objects are dropped; 0 = no limit.")),
-            (self.MAX_OBJECT_AREA, _tr("Maximum object area (map units²)"), QgsProcessingParameterNumber.Double,
+            (self.MAX_OBJECT_AREA, _tr("Maximum object area (map units²)"), QgsProcessingParameterNumber.Type.Double,
              DEFAULTS.max_object_area, 0.0, None, False, _tr("Larger objects are dropped; 0 = no limit.")),
-            (self.POINTS_PER_BATCH, _tr("Points per batch"), QgsProcessingParameterNumber.Integer,
+            (self.POINTS_PER_BATCH, _tr("Points per batch"), QgsProcessingParameterNumber.Type.Integer,
              DEFAULTS.points_per_batch, 0, None, True,
              _tr("Prompts per decoder call; 0 = automatic (4 on the CPU, 64 on a GPU). Memory grows with it.")),
             (self.STABILITY_SCORE_OFFSET, _tr("Stability score offset (logits)"),
-             QgsProcessingParameterNumber.Double, DEFAULTS.stability_score_offset, 0.0, None, True,
+             QgsProcessingParameterNumber.Type.Double, DEFAULTS.stability_score_offset, 0.0, None, True,
              _tr("The logit shift used to measure stability.")),
-            (self.BOX_NMS_THRESH, _tr("Box NMS threshold"), QgsProcessingParameterNumber.Double,
+            (self.BOX_NMS_THRESH, _tr("Box NMS threshold"), QgsProcessingParameterNumber.Type.Double,
              DEFAULTS.box_nms_thresh, 0.01, 1.0, True,
              _tr("Of two masks of a tile whose boxes overlap more than this (IoU), the lower scored is dropped.")),
             (self.MIN_MASK_REGION_AREA, _tr("Minimum mask region area (pixels)"),
-             QgsProcessingParameterNumber.Integer, DEFAULTS.min_mask_region_area, 0, None, True,
+             QgsProcessingParameterNumber.Type.Integer, DEFAULTS.min_mask_region_area, 0, None, True,
              _tr("Islands and holes smaller than this are removed from each mask.")),
-            (self.SIMPLIFY, _tr("Simplify tolerance (map units)"), QgsProcessingParameterNumber.Double,
+            (self.SIMPLIFY, _tr("Simplify tolerance (map units)"), QgsProcessingParameterNumber.Type.Double,
              DEFAULTS.simplify_tolerance, 0.0, None, True, _tr("0 keeps the exact pixel edges.")),
         )
 

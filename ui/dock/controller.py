@@ -129,9 +129,9 @@ class SegmentController(QObject):
         self._redraw()
         self.storeChanged.emit()
         if self.problem:
-            self._say("", Qgis.Info)  # the store line shows the problem (and offers to encode)
+            self._say("", Qgis.MessageLevel.Info)  # the store line shows the problem (and offers to encode)
         elif self.store is not None:
-            self._say(tr("ready: click on an object"), Qgis.Info)
+            self._say(tr("ready: click on an object"), Qgis.MessageLevel.Info)
 
     def encode_raster(self) -> None:
         """Open the encoder's Processing dialog for the current raster layer; once it is closed, use the
@@ -152,11 +152,11 @@ class SegmentController(QObject):
     def show_tile_index(self) -> Optional[QgsVectorLayer]:
         """Add the store's tile index to the project (once) and return it."""
         if self.store is None or not (self.store.root / TILE_INDEX).is_file():
-            self._say(tr("this store has no tile index"), Qgis.Warning)
+            self._say(tr("this store has no tile index"), Qgis.MessageLevel.Warning)
             return None
         layer = QgsVectorLayer(f"{self.store.root / TILE_INDEX}|layername=tiles", TILE_INDEX_LAYER_NAME, "ogr")
         if not layer.isValid():
-            self._say(tr("cannot open the tile index of this store"), Qgis.Warning)
+            self._say(tr("cannot open the tile index of this store"), Qgis.MessageLevel.Warning)
             return None
         return add_to_project_once(self.project, layer)
 
@@ -204,15 +204,15 @@ class SegmentController(QObject):
 
     def _change_prompts(self, change: Callable[[SegmentSession], MapPrompts]) -> bool:
         if self.session is None:
-            self._say(self.problem or tr("choose a feature store first"), Qgis.Warning)
+            self._say(self.problem or tr("choose a feature store first"), Qgis.MessageLevel.Warning)
             return False
         try:
             change(self.session)
         except PromptError as exc:
-            self._say(str(exc), Qgis.Warning)
+            self._say(str(exc), Qgis.MessageLevel.Warning)
             return False
         except QgsCsException:
-            self._say(tr("this position cannot be transformed to the raster's CRS"), Qgis.Warning)
+            self._say(tr("this position cannot be transformed to the raster's CRS"), Qgis.MessageLevel.Warning)
             return False
         self._drop_preview()
         self._decode_object()
@@ -221,14 +221,14 @@ class SegmentController(QObject):
     def undo(self) -> bool:
         """Take back the last prompt of the current object."""
         if self.session is None or not self.session.undo():
-            self._say(tr("no prompt to undo"), Qgis.Info)
+            self._say(tr("no prompt to undo"), Qgis.MessageLevel.Info)
             return False
         self.scheduler.accept_pending = False
         self._drop_preview()
         if self.session.prompts.is_empty():
             self.scheduler.cancel_object()
             self._redraw()
-            self._say(tr("ready: click on an object"), Qgis.Info)
+            self._say(tr("ready: click on an object"), Qgis.MessageLevel.Info)
         else:
             self._decode_object()
         return True
@@ -242,29 +242,29 @@ class SegmentController(QObject):
             self.session.clear()
         self._redraw()
         if self.session is not None:
-            self._say(tr("cleared: click on an object"), Qgis.Info)
+            self._say(tr("cleared: click on an object"), Qgis.MessageLevel.Info)
 
     def accept(self) -> Optional[CommitResult]:
         """Commit the current object to the output layer and start the next one. If it is still being
         decoded, it is committed as soon as its result arrives (returns None then)."""
         if self.session is None:
-            self._say(self.problem or tr("choose a feature store first"), Qgis.Warning)
+            self._say(self.problem or tr("choose a feature store first"), Qgis.MessageLevel.Warning)
             return None
         if not self.session.prompts.is_empty() and not self.session.has_result():
             self.scheduler.accept_pending = True
             if not self.scheduler.object_pending:
                 self._decode_object()  # the last decode failed: try again
-            self._say(tr("accepting as soon as the object is decoded…"), Qgis.Info)
+            self._say(tr("accepting as soon as the object is decoded…"), Qgis.MessageLevel.Info)
             return None
         try:
             accepted = self.session.current_object()
         except PromptError as exc:
-            self._say(str(exc), Qgis.Warning)
+            self._say(str(exc), Qgis.MessageLevel.Warning)
             return None
         try:
             result, prompts_problem = self.output.write(accepted)
         except (OSError, QuickSamError) as exc:
-            self._say(tr("the object was not saved: {}").format(exc), Qgis.Critical)
+            self._say(tr("the object was not saved: {}").format(exc), Qgis.MessageLevel.Critical)
             return None
         self.session.clear()
         self._drop_preview()
@@ -314,17 +314,17 @@ class SegmentController(QObject):
 
     def _on_object_failed(self, message: str) -> None:
         if self.session is not None:
-            self._say(message, Qgis.Warning)
+            self._say(message, Qgis.MessageLevel.Warning)
 
     def _object_decoded(self, prompts: MapPrompts, options: SegmentOptions, segments: Sequence[Segment]) -> None:
         if self.session is None or not self.session.set_result(prompts, options, segments):
             return
         self._redraw()
         if not segments:
-            self._say(tr("empty mask: move the points, or lower the minimum area"), Qgis.Warning)
+            self._say(tr("empty mask: move the points, or lower the minimum area"), Qgis.MessageLevel.Warning)
         else:
             scores = ", ".join(f"{segment.score:.2f}" for segment in segments)
-            self._say(tr("score {}; Enter or Accept to keep it").format(scores), Qgis.Info)
+            self._say(tr("score {}; Enter or Accept to keep it").format(scores), Qgis.MessageLevel.Info)
         if self.scheduler.take_accept():
             self.accept()
 
@@ -349,7 +349,7 @@ class SegmentController(QObject):
         self.drawing.show_preview(segments, self.binding.raster_crs)
 
     # -- status and life cycle -------------------------------------------------------------------------------
-    def _say(self, message: str, level: int = Qgis.Info) -> None:
+    def _say(self, message: str, level: int = Qgis.MessageLevel.Info) -> None:
         self.status = message
         self.statusChanged.emit(message, int(level))
 

@@ -159,7 +159,7 @@ class DecodeScheduler(QObject):
         timer = QElapsedTimer()
         timer.start()
         while self.hover_timer.isActive() and timer.elapsed() < timeout * 1000:
-            QCoreApplication.processEvents(QEventLoop.AllEvents, 20)
+            QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
         return self.worker.wait_idle(max(0.0, timeout - timer.elapsed() / 1000))
 
     def shutdown(self) -> None:

@@ -147,7 +147,7 @@ class DecodeWorker(QObject):
         timer = QElapsedTimer()
         timer.start()
         while self._in_flight > 0 and timer.elapsed() < timeout * 1000:
-            QCoreApplication.processEvents(QEventLoop.AllEvents, 20)
+            QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
             if self._in_flight > 0:
                 self._pool.waitForDone(5)
         return self._in_flight == 0

@@ -38,7 +38,8 @@ UI_PATH = FORMS_DIR / "segment_dock.ui"
 FORM_CLASS, _ = uic.loadUiType(str(UI_PATH))
 DOCK_OBJECT_NAME = "QuickSamSegmentDock"
 
-_LEVEL_COLOURS = {Qgis.Info: "", Qgis.Success: "#1a7f37", Qgis.Warning: "#b35900", Qgis.Critical: "#c62828"}
+_LEVEL_COLOURS = {Qgis.MessageLevel.Info: "", Qgis.MessageLevel.Success: "#1a7f37",
+                  Qgis.MessageLevel.Warning: "#b35900", Qgis.MessageLevel.Critical: "#c62828"}
 
 
 def mask_mode_labels() -> dict:
@@ -77,7 +78,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         labels = mask_mode_labels()
         for mode in MASK_MODES:
             self.maskModeCombo.addItem(labels[mode], mode)
-        self.outputLayerCombo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.outputLayerCombo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         self.outputLayerCombo.setAllowEmptyLayer(True, tr("Store's {}").format(OUTPUT_FILE))
         self.outputLayerCombo.setLayer(None)
         self.encodeButton.setVisible(False)

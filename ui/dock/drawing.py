@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Iterable, List, Optional, Tuple
 
 from qgis.core import (
+    Qgis,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsCsException,
@@ -34,7 +35,7 @@ def prompt_markers(prompts: MapPrompts, to_raster: QgsCoordinateTransform
                    ) -> Tuple[List[Tuple[QgsPointXY, int]], Optional[QgsGeometry]]:
     """The prompts' points (with their labels, 1 foreground, 0 background) and box polygon in the canvas CRS;
     `to_raster` goes from the canvas CRS to the raster CRS. QgsCsException when they cannot be transformed."""
-    back = QgsCoordinateTransform.ReverseTransform
+    back = Qgis.TransformDirection.Reverse
     points = [(to_raster.transform(QgsPointXY(x, y), back), label)
               for (x, y), label in zip(prompts.points, prompts.labels)]
     box = None

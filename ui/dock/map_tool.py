@@ -53,7 +53,7 @@ def _band(canvas: QgsMapCanvas, kind: int, colour: QColor, fill_alpha: int = 0, 
     band.setFillColor(fill)
     band.setWidth(width)
     if dashed:
-        band.setLineStyle(Qt.DashLine)
+        band.setLineStyle(Qt.PenStyle.DashLine)
     return band
 
 
@@ -74,19 +74,19 @@ class SegmentMapTool(QgsMapTool):
         self._dragging = False
         self._filter_installed = False
         self.setCursor(QgsApplication.getThemeCursor(QgsApplication.Cursor.CrossHair))
-        self.object_band = _band(canvas, QgsWkbTypes.PolygonGeometry, OBJECT_COLOUR, fill_alpha=70)
-        self.preview_band = _band(canvas, QgsWkbTypes.PolygonGeometry, PREVIEW_COLOUR, fill_alpha=50, width=1,
-                                  dashed=True)
-        self.box_band = _band(canvas, QgsWkbTypes.PolygonGeometry, BOX_COLOUR, width=2)
-        self.drag_band = _band(canvas, QgsWkbTypes.PolygonGeometry, BOX_COLOUR, width=1, dashed=True)
+        self.object_band = _band(canvas, QgsWkbTypes.GeometryType.PolygonGeometry, OBJECT_COLOUR, fill_alpha=70)
+        self.preview_band = _band(canvas, QgsWkbTypes.GeometryType.PolygonGeometry, PREVIEW_COLOUR, fill_alpha=50,
+                                  width=1, dashed=True)
+        self.box_band = _band(canvas, QgsWkbTypes.GeometryType.PolygonGeometry, BOX_COLOUR, width=2)
+        self.drag_band = _band(canvas, QgsWkbTypes.GeometryType.PolygonGeometry, BOX_COLOUR, width=1, dashed=True)
         self.foreground_band = self._point_band(canvas, FOREGROUND_COLOUR)
         self.background_band = self._point_band(canvas, BACKGROUND_COLOUR)
 
     @staticmethod
     def _point_band(canvas: QgsMapCanvas, colour: QColor) -> QgsRubberBand:
-        band = QgsRubberBand(canvas, QgsWkbTypes.PointGeometry)
+        band = QgsRubberBand(canvas, QgsWkbTypes.GeometryType.PointGeometry)
         band.setColor(colour)
-        band.setIcon(QgsRubberBand.ICON_CIRCLE)
+        band.setIcon(QgsRubberBand.IconType.ICON_CIRCLE)
         band.setIconSize(10)
         band.setWidth(3)
         return band
@@ -97,7 +97,7 @@ class SegmentMapTool(QgsMapTool):
 
     # -- mouse -----------------------------------------------------------------------------------------
     def canvasPressEvent(self, event: QgsMapMouseEvent) -> None:
-        if event.button() in (Qt.LeftButton, Qt.RightButton):
+        if event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.RightButton):
             self._press = _Press(QPoint(event.pixelPoint()), QgsPointXY(event.mapPoint()), int(event.button()),
                                  int(event.modifiers()))
             self._dragging = False
@@ -107,7 +107,7 @@ class SegmentMapTool(QgsMapTool):
         if press is None:
             self.hovered.emit(QgsPointXY(event.mapPoint()))
             return
-        if press.button == int(Qt.LeftButton) and (self._dragging or self._moved(press, event)):
+        if press.button == int(Qt.MouseButton.LeftButton) and (self._dragging or self._moved(press, event)):
             self._dragging = True
             self.drag_band.setToGeometry(QgsGeometry.fromRect(QgsRectangle(press.point, event.mapPoint())))
 
@@ -117,7 +117,7 @@ class SegmentMapTool(QgsMapTool):
             return
         if self._dragging:
             self._dragging = False
-            self.drag_band.reset(QgsWkbTypes.PolygonGeometry)
+            self.drag_band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
             box = QgsRectangle(press.point, event.mapPoint())
             box.normalize()
             if box.width() > 0 and box.height() > 0:
@@ -125,7 +125,8 @@ class SegmentMapTool(QgsMapTool):
             return
         if self._moved(press, event):
             return  # a right-button drag is nothing
-        background = press.button == int(Qt.RightButton) or bool(press.modifiers & int(Qt.ShiftModifier))
+        background = (press.button == int(Qt.MouseButton.RightButton)
+                      or bool(press.modifiers & int(Qt.KeyboardModifier.ShiftModifier)))
         self.pointClicked.emit(press.point, 0 if background else 1)
 
     @staticmethod
@@ -136,14 +137,15 @@ class SegmentMapTool(QgsMapTool):
     # -- keys (only while active: the canvas gives keys to its current tool alone) -------------------------
     @staticmethod
     def is_own_key(event: QKeyEvent) -> bool:
-        return (event.matches(QKeySequence.Undo) or event.key() in (Qt.Key_Escape, Qt.Key_Return, Qt.Key_Enter))
+        return (event.matches(QKeySequence.StandardKey.Undo)
+                or event.key() in (Qt.Key.Key_Escape, Qt.Key.Key_Return, Qt.Key.Key_Enter))
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
-        if event.matches(QKeySequence.Undo):
+        if event.matches(QKeySequence.StandardKey.Undo):
             self.undoRequested.emit()
-        elif event.key() == Qt.Key_Escape:
+        elif event.key() == Qt.Key.Key_Escape:
             self.clearRequested.emit()
-        elif event.key() in (Qt.Key_Return, Qt.Key_Enter):
+        elif event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
             self.acceptRequested.emit()
         else:
             event.ignore()
@@ -152,7 +154,7 @@ class SegmentMapTool(QgsMapTool):
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         # Claim our keys from application shortcuts (QGIS's Undo is Ctrl+Z) while the canvas has focus.
-        if event.type() == QEvent.ShortcutOverride and self.is_own_key(event):
+        if event.type() == QEvent.Type.ShortcutOverride and self.is_own_key(event):
             event.accept()
             return True
         return False
@@ -168,7 +170,7 @@ class SegmentMapTool(QgsMapTool):
         self._remove_filter()
         self._press = None
         self._dragging = False
-        self.drag_band.reset(QgsWkbTypes.PolygonGeometry)
+        self.drag_band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
         self.clear_preview()
         super().deactivate()
 
@@ -188,12 +190,12 @@ class SegmentMapTool(QgsMapTool):
     # -- drawing (the controller says what; geometries come with their CRS) -------------------------------
     def show_prompts(self, points: Sequence[Tuple[QgsPointXY, int]], box: Optional[QgsGeometry] = None) -> None:
         """Prompt markers; `points` and `box` are in the canvas CRS."""
-        self.foreground_band.reset(QgsWkbTypes.PointGeometry)
-        self.background_band.reset(QgsWkbTypes.PointGeometry)
+        self.foreground_band.reset(QgsWkbTypes.GeometryType.PointGeometry)
+        self.background_band.reset(QgsWkbTypes.GeometryType.PointGeometry)
         for point, label in points:
             (self.foreground_band if label == 1 else self.background_band).addPoint(point)
         if box is None:
-            self.box_band.reset(QgsWkbTypes.PolygonGeometry)
+            self.box_band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
         else:
             self.box_band.setToGeometry(box)
 
@@ -204,15 +206,15 @@ class SegmentMapTool(QgsMapTool):
         self._show(self.preview_band, geometries, crs)
 
     def clear_preview(self) -> None:
-        self.preview_band.reset(QgsWkbTypes.PolygonGeometry)
+        self.preview_band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
 
     def clear_object(self) -> None:
-        self.object_band.reset(QgsWkbTypes.PolygonGeometry)
+        self.object_band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
 
     @staticmethod
     def _show(band: QgsRubberBand, geometries: Iterable[QgsGeometry], crs: QgsCoordinateReferenceSystem) -> None:
         parts = [g for g in geometries if g is not None and not g.isEmpty()]
         if not parts:
-            band.reset(QgsWkbTypes.PolygonGeometry)
+            band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
             return
         band.setToGeometry(QgsGeometry.collectGeometry(parts), crs)  # reprojected to the canvas CRS

@@ -139,5 +139,6 @@ def accepted_message(result: CommitResult, prompts_problem: Optional[str] = None
     where = (tr("saved to '{}'") if result.saved else
              tr("added to '{}' (being edited: save the layer's edits to write it)")).format(result.layer_name)
     problem = "" if prompts_problem is None else tr(" (its prompts were not kept: {})").format(prompts_problem)
-    level = Qgis.Warning if problem else Qgis.Success if result.saved else Qgis.Info
+    level = (Qgis.MessageLevel.Warning if problem else
+             Qgis.MessageLevel.Success if result.saved else Qgis.MessageLevel.Info)
     return tr("{} {}{}; click on the next one").format(what, where, problem), level

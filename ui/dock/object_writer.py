@@ -146,8 +146,8 @@ def set_object_colours(layer: QgsVectorLayer, enabled: bool) -> bool:
         return False
     fill = QgsProperty.fromExpression(FILL_COLOUR_EXPRESSION) if enabled else QgsProperty()
     stroke = QgsProperty.fromExpression(STROKE_COLOUR_EXPRESSION) if enabled else QgsProperty()
-    symbol_layer.setDataDefinedProperty(QgsSymbolLayer.PropertyFillColor, fill)
-    symbol_layer.setDataDefinedProperty(QgsSymbolLayer.PropertyStrokeColor, stroke)
+    symbol_layer.setDataDefinedProperty(QgsSymbolLayer.Property.PropertyFillColor, fill)
+    symbol_layer.setDataDefinedProperty(QgsSymbolLayer.Property.PropertyStrokeColor, stroke)
     layer.triggerRepaint()
     return True
 
@@ -161,7 +161,7 @@ def prompt_fields() -> QgsFields:
 def open_or_create_prompts_layer(store: FeatureStore, crs: QgsCoordinateReferenceSystem,
                                  context: QgsCoordinateTransformContext) -> QgsVectorLayer:
     """The point layer STORE/prompts.gpkg (raster CRS), created on first use."""
-    return open_or_create_gpkg_layer(store.root / PROMPTS_FILE, PROMPTS_LAYER, prompt_fields(), QgsWkbTypes.Point,
+    return open_or_create_gpkg_layer(store.root / PROMPTS_FILE, PROMPTS_LAYER, prompt_fields(), QgsWkbTypes.Type.Point,
                                      crs, context, PROMPTS_LAYER_NAME)
 
 
