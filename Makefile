@@ -9,7 +9,7 @@ APT_PACKAGES := python3-qgis qgis-providers qgis xvfb xauth imagemagick python3-
 DEMO_DIR ?= $(HOME)/quicksam-demo
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: all install demo test test-other-release lint bench screenshot clean-venv package
+.PHONY: all install demo test test-other-release lint bench screenshot walkthrough clean-venv package
 
 all: test
 
@@ -69,6 +69,11 @@ clean-venv:
 
 screenshot: install
 	bash docs/screenshot/make_screenshot.sh
+
+# From the zip to a polygon in the real desktop under Xvfb (fresh profile; set-up with real pip); the
+# pictures docs/install.md shows. tests/test_desktop_install.py runs the same walkthrough.
+walkthrough: install
+	bash docs/screenshot/walkthrough.sh docs/img "$${TMPDIR:-/tmp}/quicksam-walkthrough.json"
 
 # --- the plugin zip for QGIS's plugin manager (Install from ZIP) and the plugin repository --------------
 # `git archive` of HEAD with one top folder quicksam/: tracked files only, less the development paths

@@ -308,10 +308,13 @@ def test_encoder_python_order(clean_python_setting, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "executable", "/opt/env/bin/python3.11")
     assert settings.encoder_python() == "/opt/env/bin/python3.11"
 
-    # 3. the plugin's own .venv.
+    # 3. the checkout's own .venv, in a development checkout (a git work tree) only: a plugin folder
+    # QGIS's installer unpacked never uses a venv found in it.
     venv_python = settings.plugin_venv_python(plugin_dir)
     venv_python.parent.mkdir(parents=True)
     venv_python.write_text("")
+    assert settings.encoder_python() == "/opt/env/bin/python3.11"
+    (plugin_dir / ".git").write_text("gitdir: /elsewhere\n")  # a worktree's .git is a file
     assert settings.encoder_python() == str(venv_python)
 
     # 2. QUICKSAM_PYTHON.

@@ -138,6 +138,7 @@ def test_the_set_up_python_comes_after_the_variable_and_before_the_plugin_venv(c
     venv_python = settings.plugin_venv_python(plugin_dir)
     venv_python.parent.mkdir(parents=True)
     venv_python.write_text("")
+    (plugin_dir / ".git").mkdir()
     monkeypatch.setattr(settings, "PLUGIN_DIR", plugin_dir)
     built = tmp_path / "data" / "encoder-env" / "bin" / "python"
     settings.SETUP_ENCODER_PYTHON.set_value(str(built))

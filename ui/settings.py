@@ -119,9 +119,9 @@ def encoder_python() -> str:
     """The Python interpreter that runs the encoder process ("" when none can be found).
 
     In this order: the `python_executable` setting; the QUICKSAM_PYTHON environment variable; the
-    Python recorded by the set-up (`setup/encoder_python`) when it still exists; the plugin's own
-    `.venv`; the running interpreter when it is a Python (inside QGIS it is the QGIS
-    executable, which cannot run `-m`); `python3` on PATH. An explicit choice (setting or variable) is
+    Python recorded by the set-up (`setup/encoder_python`) when it still exists; in a development
+    checkout (a git work tree) only, its `.venv`; the running interpreter when it is a Python (inside
+    QGIS it is the QGIS executable, which cannot run `-m`); `python3` on PATH. An explicit choice (setting or variable) is
     returned even if it does not exist, so that the error names it instead of silently using another.
     """
     configured = PYTHON_EXECUTABLE.value().strip()
@@ -134,7 +134,7 @@ def encoder_python() -> str:
     if from_setup and Path(from_setup).exists():
         return from_setup
     venv_python = plugin_venv_python(PLUGIN_DIR)
-    if venv_python.exists():
+    if (PLUGIN_DIR / ".git").exists() and venv_python.exists():  # a development checkout, never a zip install
         return str(venv_python)
     if sys.executable and Path(sys.executable).name.lower().startswith("python"):
         return sys.executable
