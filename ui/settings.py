@@ -121,8 +121,9 @@ def encoder_python() -> str:
     In this order: the `python_executable` setting; the QUICKSAM_PYTHON environment variable; the
     Python recorded by the set-up (`setup/encoder_python`) when it still exists; in a development
     checkout (a git work tree) only, its `.venv`; the running interpreter when it is a Python (inside
-    QGIS it is the QGIS executable, which cannot run `-m`); `python3` on PATH. An explicit choice (setting or variable) is
-    returned even if it does not exist, so that the error names it instead of silently using another.
+    QGIS it is the QGIS executable, which cannot run `-m`); `python3` on PATH. An explicit choice
+    (setting or variable) is returned even if it does not exist, so that the error names it instead of
+    silently using another.
     """
     configured = PYTHON_EXECUTABLE.value().strip()
     if configured:
