@@ -69,7 +69,10 @@ def install_zip():
 
     iface.mainWindow().setGeometry(0, 0, 1440, 900)  # no window manager under Xvfb to maximise it
     report["loaded_before_install"] = "quicksam" in plugins
+    started = time.monotonic()
     pyplugin_installer.instance().installFromZipFile(ZIP)
+    report["timings_s"]["install_zip"] = round(time.monotonic() - started, 2)
+    report["zip_bytes"] = os.path.getsize(ZIP)
     report["active_after_install"] = "quicksam" in active_plugins
     report["module_file"] = __import__("quicksam").__file__
     report["plugin_files_after_install"] = plugin_folder_files()
