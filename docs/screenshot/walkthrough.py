@@ -12,6 +12,12 @@ from the plugin zip to the first polygon, with nothing but QGIS's own windows.
 4. *Segment…* opens the dock; the point tool is chosen with the dock's button and the canvas gets a real
    mouse click; **Accept**.
 
+5. A few checks of what users of the desktop hit before (the dock's status with the Pan tool, the
+   tile outlines, the segment-everything dialog's store), then QGIS quits with the dock open.
+
+With QUICKSAM_WALK_SESSION=restart the script only reports what a second QGIS session on the same
+profile restores (the dock, ONNX Runtime from the profile).
+
 Each step saves a picture of the whole screen into QUICKSAM_WALK_IMAGES (install-N-*.png) and the
 script writes what it saw to QUICKSAM_WALK_REPORT (JSON), then quits QGIS. A failing step writes its
 traceback into the report and quits too.
@@ -143,6 +149,8 @@ def run_encode():
     if dialog is None:
         return False
     dialog.move(20, 40)
+    report["encode_dialog_size"] = [dialog.width(), dialog.height()]
+    report["encode_defaults"] = {key: str(value) for key, value in dialog.createProcessingParameters().items()}
     dialog.setParameters({"RANDOM_WEIGHTS": True})
     shot("3-encode")
     report["t_encode"] = time.monotonic()
@@ -215,13 +223,63 @@ def accepted():
 
 def last_picture():
     shot("6-polygon")
+    return True
+
+
+def desktop_checks():
+    """What the desktop findings of issue 10 were about, as the user sees it after the first polygon."""
+    dock = plugins["quicksam"].dock
+    iface.actionPan().trigger()  # another map tool: the dock must not say "ready: click"
+    QApplication.processEvents()
+    report["status_with_pan_tool"] = dock.statusLabel.text()
+    dock.showTilesButton.click()
+    QApplication.processEvents()
+    tiles = [layer for layer in QgsProject.instance().mapLayers().values()
+             if isinstance(layer, QgsVectorLayer) and layer.geometryType() == QgsWkbTypes.PolygonGeometry
+             and layer.featureCount() > 0 and "tile" in layer.name().lower()]
+    report["tile_layers"] = [{"name": layer.name(), "labels": layer.labelsEnabled(),
+                              "fill_alpha": [symbol_layer.fillColor().alpha() if hasattr(symbol_layer, "fillColor")
+                                             else None for symbol_layer in layer.renderer().symbol().symbolLayers()]
+                              if hasattr(layer.renderer(), "symbol") else None} for layer in tiles]
+    QTimer.singleShot(0, action("QuickSamSegmentAllAction").trigger)  # modal, like the encoder's
+    return True
+
+
+def segment_all_prefilled():
+    dialog = algorithm_dialog()
+    if dialog is None:
+        return False
+    report["segment_all_defaults"] = {key: str(value) for key, value in dialog.createProcessingParameters().items()}
+    dialog.close()
+    return True
+
+
+def quit_with_the_dock_open():
+    if algorithm_dialog() is not None:
+        return False
+    report["dock_visible_at_quit"] = plugins["quicksam"].dock.isVisible()
     report["plugin_files_at_end"] = plugin_folder_files()
+    return True
+
+
+def after_restart():
+    """The second session on the same profile: what QGIS restores and what the plugin finds at start."""
+    import importlib.util
+
+    report["active"] = "quicksam" in active_plugins
+    dock = plugins["quicksam"].dock if "quicksam" in plugins else None
+    report["dock_visible"] = bool(dock is not None and dock.isVisible())
+    spec = importlib.util.find_spec("onnxruntime")
+    report["onnxruntime"] = spec.origin if spec is not None else None
+    shot("7-restarted")
     return True
 
 
 STEPS = [install_zip, open_setup, setup_finished("runtime"), choose_encoder_python, setup_finished("encoder"),
          close_setup, add_raster, run_encode, encode_finished, open_dock, click_object, decoded, accepted,
-         last_picture]
+         last_picture, desktop_checks, segment_all_prefilled, quit_with_the_dock_open]
+if os.environ.get("QUICKSAM_WALK_SESSION") == "restart":
+    STEPS = [after_restart]
 DEADLINE_S = float(os.environ.get("QUICKSAM_WALK_TIMEOUT", "600"))
 state = {"step": 0, "started": time.monotonic()}
 
@@ -229,7 +287,11 @@ state = {"step": 0, "started": time.monotonic()}
 def finish(error=None):
     report["error"] = error
     REPORT.write_text(json.dumps(report, indent=1))
-    QTimer.singleShot(500, QApplication.instance().quit)
+    if error is None:  # File > Exit, as a user quits: QGIS saves its window state (the docks) on the way
+        QgsProject.instance().setDirty(False)
+        QTimer.singleShot(500, iface.actionExit().trigger)
+    else:
+        QTimer.singleShot(500, QApplication.instance().quit)
 
 
 def poll():

@@ -26,6 +26,7 @@ cat > "$work/profiles/profiles/default/QGIS/QGIS3.ini" <<INI
 showTips322=false
 showTips340=false
 checkVersion=false
+askToSaveMemoryLayers=false
 [UI]
 Customization\enabled=false
 INI
@@ -34,16 +35,22 @@ INI
 pip_user_config=$(/usr/bin/python3 -m pip config debug 2>/dev/null | sed -n 's#^ *\(/.*pip\.conf\), exists: True#\1#p' \
   | grep -v '^/etc\|^/usr' | head -1 || true)
 
-env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$work/home" XDG_RUNTIME_DIR="$work/home" LANG=C.UTF-8 \
-  ${pip_user_config:+PIP_CONFIG_FILE="$pip_user_config"} \
-  ${PIP_FIND_LINKS:+PIP_FIND_LINKS="$PIP_FIND_LINKS"} ${PIP_CERT:+PIP_CERT="$PIP_CERT"} \
-  ${PIP_INDEX_URL:+PIP_INDEX_URL="$PIP_INDEX_URL"} ${PIP_EXTRA_INDEX_URL:+PIP_EXTRA_INDEX_URL="$PIP_EXTRA_INDEX_URL"} \
-  ${HTTPS_PROXY:+HTTPS_PROXY="$HTTPS_PROXY"} ${https_proxy:+https_proxy="$https_proxy"} \
-  QUICKSAM_WALK_ZIP="$zip" QUICKSAM_WALK_RASTER="$raster" QUICKSAM_WALK_ENCODER_PYTHON="${QUICKSAM_WALK_ENCODER_PYTHON:-$repo/.venv/bin/python}" \
-  QUICKSAM_WALK_IMAGES="$images" QUICKSAM_WALK_REPORT="$report" \
-  timeout 900 xvfb-run -a -s "-screen 0 1440x900x24" \
-  qgis --nologo --noversioncheck --profiles-path "$work/profiles" \
-  --code "$repo/docs/screenshot/walkthrough.py" >"$work/qgis.log" 2>&1 || true
+run_qgis() {  # run_qgis SESSION REPORT LOG
+  env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$work/home" XDG_RUNTIME_DIR="$work/home" LANG=C.UTF-8 \
+    ${pip_user_config:+PIP_CONFIG_FILE="$pip_user_config"} \
+    ${PIP_FIND_LINKS:+PIP_FIND_LINKS="$PIP_FIND_LINKS"} ${PIP_CERT:+PIP_CERT="$PIP_CERT"} \
+    ${PIP_INDEX_URL:+PIP_INDEX_URL="$PIP_INDEX_URL"} ${PIP_EXTRA_INDEX_URL:+PIP_EXTRA_INDEX_URL="$PIP_EXTRA_INDEX_URL"} \
+    ${HTTPS_PROXY:+HTTPS_PROXY="$HTTPS_PROXY"} ${https_proxy:+https_proxy="$https_proxy"} \
+    QUICKSAM_WALK_ZIP="$zip" QUICKSAM_WALK_RASTER="$raster" \
+    QUICKSAM_WALK_ENCODER_PYTHON="${QUICKSAM_WALK_ENCODER_PYTHON:-$repo/.venv/bin/python}" \
+    QUICKSAM_WALK_IMAGES="$images" QUICKSAM_WALK_REPORT="$2" QUICKSAM_WALK_SESSION="$1" \
+    timeout 900 xvfb-run -a -s "-screen 0 1440x900x24" \
+    qgis --nologo --noversioncheck --profiles-path "$work/profiles" \
+    --code "$repo/docs/screenshot/walkthrough.py" >"$3" 2>&1 || true
+}
+run_qgis first "$report" "$work/qgis.log"
+run_qgis restart "$work/restart.json" "$work/restart.log"   # the same profile, QGIS started again
+
 # What the user ends with, for the caller to check: where the store went, what is in the profile.
 python3 - "$report" "$work" <<'PY'
 import json, os, sys
@@ -56,6 +63,8 @@ in_profile = files(os.path.join(work, "profiles", "profiles", "default", "QuickS
 report["profile_quicksam_runtime"] = sorted({p.split("/")[5] for p in in_profile if p.count("/") > 5 and "/runtime/" in p})
 report["profile_quicksam_onnxruntime"] = [p for p in in_profile if p.endswith("onnxruntime/__init__.py")]
 report["qgis_log_tail"] = open(os.path.join(work, "qgis.log"), errors="replace").read()[-3000:]
+restart = os.path.join(work, "restart.json")
+report["restart"] = json.load(open(restart)) if os.path.exists(restart) else {"error": "no report"}
 json.dump(report, open(report_path, "w"), indent=1)
 PY
 echo "$report"
