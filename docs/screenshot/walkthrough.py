@@ -175,7 +175,7 @@ def open_dock():
     action("QuickSamSegmentAction").trigger()
     dock = plugins["quicksam"].dock
     QApplication.processEvents()
-    report["dock_store"] = str(dock.controller.store.path) if dock.controller.store is not None else None
+    report["dock_store"] = str(dock.controller.store.root) if dock.controller.store is not None else None
     dock.toolButton.click()
     return True
 
