@@ -176,15 +176,21 @@ def open_dock():
     dock = plugins["quicksam"].dock
     QApplication.processEvents()
     report["dock_store"] = str(dock.controller.store.root) if dock.controller.store is not None else None
-    dock.toolButton.click()
     return True
 
 
 def click_object():
-    controller = plugins["quicksam"].dock.controller
+    dock = plugins["quicksam"].dock
+    controller = dock.controller
     if controller.store is None:
         raise RuntimeError("the dock found no store for the raster")
+    if not dock.toolButton.isEnabled():
+        return False
     canvas = iface.mapCanvas()
+    if not dock.toolButton.isChecked():
+        dock.toolButton.click()  # the dock's Segment tool button, as the user chooses it
+        QApplication.processEvents()
+    report["map_tool"] = type(canvas.mapTool()).__name__
     layer = iface.activeLayer()
     extent = layer.extent()
     point = QgsPointXY(extent.xMinimum() + CLICK[0] * extent.width(), extent.yMaximum() - CLICK[1] * extent.height())
@@ -199,7 +205,8 @@ def click_object():
 
 def decoded():
     controller = plugins["quicksam"].dock.controller
-    if not controller.wait_idle(0.05):
+    if not controller.session.prompts.points or not controller.wait_idle(0.05) or \
+            not controller.session.has_result():
         return False
     report["timings_s"]["click_to_mask"] = round(time.monotonic() - report.pop("t_click"), 2)
     shot("5-click")
