@@ -18,6 +18,11 @@ from ..core.store import MANIFEST, TILE_INDEX, TILE_LOG, FeatureStore
 LAYER_NAME = "tiles"
 
 
+#: GeoPackage 1.2: the GDAL in pip's pyogrio wheel writes 1.4 by default, which older GDALs (QGIS 3.22's
+#: 3.6 among them) open with a "may only be partially supported" warning each time.
+GPKG_DATASET_OPTIONS = {"VERSION": "1.2"}
+
+
 def write_tile_index(store: FeatureStore) -> Path:
     """(Re)write STORE/tile_index.gpkg from the manifest and the tile log; returns its path.
 
@@ -49,7 +54,7 @@ def write_tile_index(store: FeatureStore) -> Path:
                   np.array([int(t.is_padded) for t in tiles], dtype=np.int32),
                   np.array(valid_fraction, dtype=np.float64)]
     pyogrio.raw.write(str(tmp), geometry, field_data, fields, layer=LAYER_NAME, driver="GPKG",
-                      geometry_type="Polygon", crs=store.crs_wkt)
+                      geometry_type="Polygon", crs=store.crs_wkt, dataset_options=GPKG_DATASET_OPTIONS)
     os.replace(tmp, path)
     return path
 
