@@ -256,7 +256,13 @@ def segment_all_prefilled():
     dialog = algorithm_dialog()
     if dialog is None:
         return False
-    report["segment_all_defaults"] = {key: str(value) for key, value in dialog.createProcessingParameters().items()}
+    from processing.gui.AlgorithmDialogBase import AlgorithmDialogBase
+
+    try:
+        values = dialog.createProcessingParameters()
+        report["segment_all_defaults"] = {key: str(value) for key, value in values.items()}
+    except AlgorithmDialogBase.InvalidParameterValue as exc:  # a required field left empty
+        report["segment_all_defaults"] = {"invalid": exc.args[0].name()}
     dialog.close()
     return True
 
