@@ -672,6 +672,55 @@ def test_hover_outside_the_raster_previews_nothing_and_says_nothing(dock):
     assert dock.statusLabel.text() == status
 
 
+def leave_canvas(canvas) -> None:
+    """The cursor leaves the canvas (onto a panel or a dialog): the Leave event Qt sends the canvas widget."""
+    QgsApplication.sendEvent(canvas, QEvent(QEvent.Type.Leave))
+
+
+def zoom_in(canvas) -> None:
+    canvas.zoomByFactor(0.5)
+
+
+def switch_to_pan(canvas) -> None:
+    canvas.setMapTool(QgsMapToolPan(canvas))
+
+
+@pytest.mark.parametrize("what", [leave_canvas, zoom_in, switch_to_pan],
+                         ids=["cursor leaves the canvas", "zoom", "another tool"])
+def test_the_hover_preview_is_cleared_when_the_cursor_leaves_the_map_or_the_map_moves(dock, what):
+    canvas = dock.controller.canvas
+    hover(dock, to_screen(canvas, *square_centre()))
+    assert dock.controller.wait_idle()
+    assert not dock.controller.tool.preview_band.asGeometry().isEmpty()
+    what(canvas)
+    assert dock.controller.tool.preview_band.asGeometry().isEmpty()
+    assert dock.controller.wait_idle()  # and nothing brings it back
+    assert dock.controller.tool.preview_band.asGeometry().isEmpty()
+
+
+@pytest.mark.parametrize("what", [leave_canvas, zoom_in, switch_to_pan],
+                         ids=["cursor leaves the canvas", "zoom", "another tool"])
+def test_a_preview_decoded_after_the_cursor_left_is_not_drawn(dock, what):
+    """The decode for the old position is in flight when the cursor leaves: its late result is dropped."""
+    controller = dock.controller
+    canvas = controller.canvas
+    in_flight = []
+
+    def leave_while_decoding(_point):
+        in_flight.append(controller.worker.is_busy())  # the controller asked the worker first
+        what(canvas)
+
+    controller.scheduler.rested.connect(leave_while_decoding)
+    try:
+        hover(dock, to_screen(canvas, *square_centre()))
+        assert controller.wait_idle()
+    finally:
+        controller.scheduler.rested.disconnect(leave_while_decoding)
+    assert in_flight == [True]
+    assert controller.worker.stats.requests == 1 and controller.worker.stats.delivered == 0
+    assert controller.tool.preview_band.asGeometry().isEmpty()
+
+
 def test_clicking_after_hovering_reuses_the_preview(dock, engine):
     canvas = dock.controller.canvas
     pixel = to_screen(canvas, *square_centre())

@@ -77,7 +77,8 @@ class SegmentController(QObject):
             (self.tool.pointClicked, self.add_point), (self.tool.boxDrawn, self.set_box),
             (self.tool.hovered, self.hover), (self.tool.undoRequested, self.undo),
             (self.tool.clearRequested, self.clear), (self.tool.acceptRequested, self.accept),
-            (self.tool.deactivated, self._on_tool_deactivated),
+            (self.tool.deactivated, self._on_tool_deactivated), (self.tool.left, self._stop_preview),
+            (self.canvas.extentsChanged, self._stop_preview),
             (self.scheduler.rested, self._preview_at), (self.scheduler.previewDecoded, self._on_preview),
             (self.scheduler.objectDecoded, self._object_decoded),
             (self.scheduler.objectFailed, self._on_object_failed),
@@ -190,8 +191,13 @@ class SegmentController(QObject):
             self.canvas.unsetMapTool(self.tool)
 
     def _on_tool_deactivated(self) -> None:
+        self._stop_preview()
+
+    def _stop_preview(self) -> None:
+        """The cursor left the canvas, the map moved or the tool was switched off: no preview is drawn, none is
+        waiting for the cursor to rest, and a decode already on its way is dropped when it arrives."""
         self.scheduler.stop_hover()
-        self.scheduler.cancel_preview()
+        self._drop_preview()
 
     # -- prompts (positions in the canvas CRS) ---------------------------------------------------------
     def add_point(self, point: QgsPointXY, label: int) -> bool:
