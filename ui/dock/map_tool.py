@@ -3,9 +3,9 @@
 The tool only reports intent in the canvas CRS (signals) and draws what it is told; the controller turns
 intent into prompts in the raster CRS. Left click = foreground point, right click or Shift+click =
 background point, left drag = box. Keys, handled only while the tool is the canvas's active tool:
-Ctrl+Z undo last prompt, Esc clear the object, Enter/Return accept it. `left` says the cursor left the canvas. While the tool is active the canvas
+Ctrl+Z undo last prompt, Esc clear the object, Enter/Return accept it. While the tool is active the canvas
 claims these keys from application shortcuts (ShortcutOverride), so QGIS's own Undo does not also act;
-no shortcut is registered anywhere.
+no shortcut is registered anywhere. `left` says the cursor left the canvas.
 """
 
 from __future__ import annotations
