@@ -58,7 +58,7 @@ TILE = 128
 SQUARE = (110, 110, 60)
 DOCK_SETTINGS = (settings.KNOWN_STORES, settings.MASK_MODE, settings.MIN_AREA_PIXELS, settings.SIMPLIFY_TOLERANCE,
                  settings.KEEP_HOLES, settings.KEEP_PROMPTS, settings.RANDOM_COLOURS, settings.HOVER_PREVIEW,
-                 settings.HOVER_DELAY_MS)
+                 settings.HOVER_DELAY_MS, settings.SEGMENT_DOCK_OPEN)
 
 
 # -- the scene, encoded once --------------------------------------------------------------------------
@@ -945,6 +945,51 @@ def test_no_shortcut_is_registered_on_the_main_window(plugin, qgis_iface, raster
     own = [action for action in window.findChildren(QAction) if action.objectName().startswith("QuickSam")]
     own += plugin.dock.findChildren(QAction)
     assert own and all(action.shortcut().isEmpty() for action in own)
+
+
+def restart_qgis(qgis_iface, previous=None):
+    """What closing and starting QGIS does to the plugin: unload (if loaded), then a new one through classFactory."""
+    import quicksam
+
+    if previous is not None:
+        previous.unload()
+        QgsApplication.processEvents()
+    instance = quicksam.classFactory(qgis_iface)
+    instance.initGui()
+    QgsApplication.processEvents()
+    return instance
+
+
+def test_the_dock_is_open_again_after_a_restart_when_it_was_open(qgis_iface, raster_layer):
+    qgis_iface.mainWindow().show()  # as in QGIS: docks are visible only in a visible main window
+    plugin = restart_qgis(qgis_iface)
+    try:
+        assert plugin.dock is None
+        plugin.segment_action.trigger()  # the user opens the dock
+        plugin = restart_qgis(qgis_iface, plugin)
+        dock = plugin.dock
+        assert dock is not None and dock.isUserVisible() and plugin.segment_action.isChecked()
+        assert dock.objectName() == DOCK_OBJECT_NAME  # the name QGIS's saved window state places it by
+        assert dock.controller.store is not None  # and it works on the active raster layer
+        dock.close()  # the user closes it
+        plugin = restart_qgis(qgis_iface, plugin)
+        assert plugin.dock is None and not plugin.segment_action.isChecked()
+    finally:
+        plugin.unload()
+
+
+def test_the_docks_set_up_button_opens_the_set_up_and_a_finished_set_up_makes_the_dock_look_again(
+        plugin, qgis_iface, raster_layer, monkeypatch):
+    block_onnxruntime(monkeypatch)
+    plugin.segment_action.trigger()
+    dock = plugin.dock
+    assert dock.controller.store is None and dock.setupButton.isVisibleTo(dock)
+    dock.setupButton.click()
+    assert plugin.setup_dialog is not None and plugin.setup_dialog.isVisible()
+    monkeypatch.undo()  # the set-up made onnxruntime importable ...
+    plugin.setup_dialog.setupFinished.emit()  # ... and says it finished
+    assert dock.controller.store is not None and not dock.setupButton.isVisibleTo(dock)
+    plugin.setup_dialog.close()
 
 
 # -- a crash after accepting loses nothing ------------------------------------------------------------------
