@@ -2,7 +2,7 @@
 
 `unload()` undoes exactly what `initGui()` did, in reverse order, so that reloading the plugin leaves
 nothing behind. Nothing here imports torch: the encoder runs in a separate Python process. The Segment
-dock (and with it ONNX Runtime) is created on first use only.
+dock (and with it ONNX Runtime) is created on first use only, or on start when it was open at exit.
 """
 
 from __future__ import annotations
