@@ -978,6 +978,17 @@ def test_the_dock_is_open_again_after_a_restart_when_it_was_open(qgis_iface, ras
         plugin.unload()
 
 
+def test_without_onnx_runtime_the_dock_says_so_as_it_opens_before_any_raster(canvas, qgis_iface, monkeypatch):
+    block_onnxruntime(monkeypatch)
+    widget = SegmentDock(qgis_iface, qgis_iface.mainWindow())
+    try:
+        assert "ONNX Runtime is needed" in widget.storeInfoLabel.text()
+        assert widget.setupButton.isVisibleTo(widget) and not widget.encodeButton.isVisibleTo(widget)
+    finally:
+        widget.release()
+        widget.deleteLater()
+
+
 def test_the_docks_set_up_button_opens_the_set_up_and_a_finished_set_up_makes_the_dock_look_again(
         plugin, qgis_iface, raster_layer, monkeypatch):
     block_onnxruntime(monkeypatch)

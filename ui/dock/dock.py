@@ -33,7 +33,7 @@ from .. import FORMS_DIR, settings
 from ..i18n import tr
 from ..layers import OUTPUT_FILE, raster_crs
 from .controller import SegmentController
-from .store_binding import FOUND_ENCODED
+from .store_binding import FOUND_ENCODED, runtime_missing_message
 
 UI_PATH = FORMS_DIR / "segment_dock.ui"
 FORM_CLASS, _ = uic.loadUiType(str(UI_PATH))
@@ -213,7 +213,9 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         else:
             if not self.storeEdit.isModified():
                 self.storeEdit.clear()  # no stale path of another raster's store; what the user typed stays
-            if controller.raster_layer is None:
+            if controller.binding.runtime_missing:
+                text = runtime_missing_message()  # first of all, whatever the layer
+            elif controller.raster_layer is None:
                 text = tr("Select a raster layer in the Layers panel.")
             else:
                 text = controller.problem or tr("no feature store")
