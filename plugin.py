@@ -2,7 +2,7 @@
 
 `unload()` undoes exactly what `initGui()` did, in reverse order, so that reloading the plugin leaves
 nothing behind. Nothing here imports torch: the encoder runs in a separate Python process. The Segment
-dock (and with it ONNX Runtime) is created on first use only.
+dock (and with it ONNX Runtime) is created on first use only, or on start when it was open at exit.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QToolBar
 
 from .core.logger import LOGGER
-from .ui import ICONS_DIR
+from .ui import ICONS_DIR, settings
 from .ui.algorithms.provider import QuickSamProvider
 from .ui.i18n import tr
 from .ui.qgis_logging import QgsMessageLogHandler, install_log_handler, remove_log_handler
@@ -123,6 +123,8 @@ class QuickSamPlugin:
         self.iface.addPluginToRasterMenu(self.menu_name, setup)  # menu only, not the toolbar
         self.actions.append(setup)
         self._connect(setup.triggered, self.open_setup_dialog)
+        if settings.SEGMENT_DOCK_OPEN.value():
+            segment.setChecked(True)  # open when QGIS closed: open again (QGIS's window state places it)
         LOGGER.debug("QuickSAM GUI loaded")
 
     def _connect(self, signal: pyqtBoundSignal, slot: Callable) -> None:
@@ -168,7 +170,8 @@ class QuickSamPlugin:
     # -- actions ------------------------------------------------------------------------------------
 
     def toggle_segment_dock(self, visible: bool) -> None:
-        """Show (creating it on first use) or hide the Segment dock."""
+        """Show (creating it on first use) or hide the Segment dock; remembered for the next start of QGIS."""
+        settings.SEGMENT_DOCK_OPEN.set_value(visible)
         if visible:
             self._segment_dock().setUserVisible(True)
         elif self.dock is not None:
@@ -181,12 +184,14 @@ class QuickSamPlugin:
             self.dock = SegmentDock(self.iface, self.iface.mainWindow())
             self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
             self.dock.openedStateChanged.connect(self.segment_action.setChecked)
+            self.dock.setupRequested.connect(self.open_setup_dialog)
         return self.dock
 
     def _remove_segment_dock(self) -> None:
         if self.dock is None:
             return
         self.dock.openedStateChanged.disconnect(self.segment_action.setChecked)
+        self.dock.setupRequested.disconnect(self.open_setup_dialog)
         self.dock.release()  # map tool unset and removed, decoding stopped, signals disconnected
         self.iface.removeDockWidget(self.dock)
         self.dock.deleteLater()
@@ -198,6 +203,7 @@ class QuickSamPlugin:
             from .ui.setup.dialog import SetupDialog
 
             self.setup_dialog = SetupDialog(self.iface.mainWindow())
+            self.setup_dialog.setupFinished.connect(self._recheck_dock)
         self.setup_dialog.refresh_status()
         self.setup_dialog.show()
         self.setup_dialog.raise_()
@@ -205,10 +211,16 @@ class QuickSamPlugin:
     def _remove_setup_dialog(self) -> None:
         if self.setup_dialog is None:
             return
+        self.setup_dialog.setupFinished.disconnect(self._recheck_dock)
         self.setup_dialog.cancel()  # a running set-up stops; the previous state is kept
         self.setup_dialog.close()
         self.setup_dialog.deleteLater()
         self.setup_dialog = None
+
+    def _recheck_dock(self) -> None:
+        """A set-up finished: the dock looks for its store again (ONNX Runtime may be importable now)."""
+        if self.dock is not None:
+            self.dock.recheck()
 
     def open_encode_dialog(self) -> None:
         """Open the Processing dialog of quicksam:encoderaster."""

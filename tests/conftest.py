@@ -33,6 +33,18 @@ import pytest  # noqa: E402 (after the environment is set)
 # -- 2. Plugin ---------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def segment_dock_closed_at_start():
+    """The plugin opens the Segment dock when QGIS starts if it was open at the last exit (a setting): every
+    test starts, and leaves, with it closed."""
+    from quicksam.ui import settings
+
+    settings.SEGMENT_DOCK_OPEN.reset()
+    yield
+    settings.SEGMENT_DOCK_OPEN.reset()
+
+
+
 @pytest.fixture
 def plugin(qgis_app, qgis_iface):
     """The real plugin, created the way QGIS does (`classFactory(iface)`) with its GUI initialised;

@@ -28,6 +28,8 @@ from qgis.core import (
     QgsCoordinateTransform,
     QgsFeature,
     QgsGeometry,
+    QgsMapRendererSequentialJob,
+    QgsMapSettings,
     QgsPointXY,
     QgsProject,
     QgsRasterLayer,
@@ -36,8 +38,8 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsMapMouseEvent, QgsMapToolPan
-from qgis.PyQt.QtCore import QEvent, QPoint, Qt
-from qgis.PyQt.QtGui import QKeyEvent, QKeySequence
+from qgis.PyQt.QtCore import QEvent, QPoint, QSize, Qt
+from qgis.PyQt.QtGui import QColor, QKeyEvent, QKeySequence
 from qgis.PyQt.QtTest import QTest
 from qgis.PyQt.QtWidgets import QAction, QShortcut
 from synthetic import CRS, encoded_square_scene, fresh_copy, pixel_to_map_default
@@ -56,7 +58,7 @@ TILE = 128
 SQUARE = (110, 110, 60)
 DOCK_SETTINGS = (settings.KNOWN_STORES, settings.MASK_MODE, settings.MIN_AREA_PIXELS, settings.SIMPLIFY_TOLERANCE,
                  settings.KEEP_HOLES, settings.KEEP_PROMPTS, settings.RANDOM_COLOURS, settings.HOVER_PREVIEW,
-                 settings.HOVER_DELAY_MS)
+                 settings.HOVER_DELAY_MS, settings.SEGMENT_DOCK_OPEN)
 
 
 # -- the scene, encoded once --------------------------------------------------------------------------
@@ -209,6 +211,38 @@ def test_show_tiles_adds_the_tile_index_once(dock):
     assert tiles == [first] and first.featureCount() == 9
 
 
+def render(layers, extent: QgsRectangle, crs, size: int = 200):
+    """The layers drawn by QGIS's renderer on a transparent `size` x `size` px image."""
+    map_settings = QgsMapSettings()
+    map_settings.setLayers(layers)
+    map_settings.setDestinationCrs(crs)
+    map_settings.setExtent(extent)
+    map_settings.setOutputSize(QSize(size, size))
+    map_settings.setBackgroundColor(QColor(0, 0, 0, 0))
+    job = QgsMapRendererSequentialJob(map_settings)
+    job.start()
+    job.waitForFinished()
+    return job.renderedImage()
+
+
+def test_the_tile_index_is_drawn_as_outlines_with_labels_over_the_raster(dock, raster_layer):
+    tiles = dock.controller.show_tile_index()
+    symbol_layer = tiles.renderer().symbol().symbolLayer(0)
+    assert symbol_layer.brushStyle() == Qt.BrushStyle.NoBrush
+    assert symbol_layer.strokeStyle() != Qt.PenStyle.NoPen and symbol_layer.strokeColor().alpha() == 255
+    assert tiles.labelsEnabled() and "tile_id" in tiles.labeling().settings().fieldName
+
+    # What QGIS draws: inside a tile, away from its outline and label, nothing covers the raster.
+    feature = next(tiles.getFeatures())
+    box = feature.geometry().boundingBox()
+    image = render([tiles], box, raster_layer.crs())
+    # The first tile fills the image; its neighbours (32 px overlap) begin at 150 px, the labels sit at ~100 px.
+    assert all(image.pixelColor(x, y).alpha() == 0 for x, y in ((20, 20), (100, 40), (40, 60), (60, 130)))
+    outline = [image.pixelColor(x, 0).alpha() for x in range(200)]
+    outline += [image.pixelColor(0, y).alpha() for y in range(200)]
+    assert max(outline) > 0  # the outline is drawn
+
+
 def test_store_lookup_order_property_then_folder_then_list(scene, tmp_path):
     raster = scene / "scene.tif"
     moved = tmp_path / "elsewhere"
@@ -272,6 +306,77 @@ def test_the_store_written_by_the_encode_dialog_is_used(dock, raster_layer, scen
     assert dock.controller.store is not None and dock.controller.store.root == written
     assert raster_layer.customProperty(STORE_PROPERTY) == str(written)
     assert not dock.encodeButton.isVisibleTo(dock)
+
+
+def store_lines(dock) -> list:
+    return dock.storeInfoLabel.text().split("<br>")
+
+
+def test_every_line_about_the_store_is_a_phrase_not_a_lone_word(dock, scene, tmp_path):
+    assert "store found next to the raster" in store_lines(dock)
+    elsewhere = tmp_path / "my_store"
+    shutil.copytree(scene / "scene.qsam", elsewhere)
+    assert dock.controller.choose_store(str(elsewhere))
+    lines = store_lines(dock)
+    assert "chosen" not in lines and "store chosen by you" in lines
+    assert all(" " in line for line in lines)
+
+
+def test_the_store_written_by_the_encode_dialog_says_so(dock, raster_layer, scene, tmp_path):
+    import processing
+
+    written = tmp_path / "new_store"
+    shutil.copytree(scene / "scene.qsam", written)
+    assert not dock.controller.choose_store(str(scene / "scene.tif"))
+    with mock.patch.object(processing, "execAlgorithmDialog", return_value={"OUTPUT": str(written)}):
+        dock.encodeButton.click()
+    assert "store just encoded" in store_lines(dock)
+
+
+def test_status_says_whether_the_segment_tool_is_on(dock):
+    canvas = dock.controller.canvas
+    assert dock.statusLabel.text() == "ready: click on an object"
+    canvas.setMapTool(QgsMapToolPan(canvas))
+    assert "Segment tool" in dock.statusLabel.text() and "ready" not in dock.statusLabel.text()
+    dock.toolButton.setChecked(True)
+    assert dock.statusLabel.text() == "ready: click on an object"
+
+
+def test_a_warning_is_gone_once_the_situation_changes(dock):
+    canvas = dock.controller.canvas
+    canvas.setExtent(QgsRectangle(497000, 4194000, 506000, 4203000))
+    click_map(dock, 498000, 4199000)  # outside the raster
+    assert dock.controller.wait_idle()
+    warning = dock.statusLabel.text()
+    assert "outside" in warning and "b35900" in dock.statusLabel.styleSheet()
+    canvas.setMapTool(QgsMapToolPan(canvas))
+    assert dock.statusLabel.text() != warning and dock.statusLabel.styleSheet() == ""
+    dock.toolButton.setChecked(True)
+    assert dock.statusLabel.text() == "ready: click on an object"
+
+
+def block_onnxruntime(monkeypatch) -> None:
+    """This QGIS's Python cannot import onnxruntime (as before the set-up installed it)."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+
+
+def test_without_onnx_runtime_the_dock_offers_the_set_up_not_encoding(dock, raster_layer, monkeypatch):
+    block_onnxruntime(monkeypatch)
+    dock.controller.set_raster_layer(raster_layer)
+    assert dock.controller.store is None and dock.controller.binding.runtime_missing
+    info = dock.storeInfoLabel.text()
+    assert "ONNX Runtime is needed" in info and "QGIS profile" in info and "<br>" not in info
+    assert dock.setupButton.isVisibleTo(dock) and not dock.encodeButton.isVisibleTo(dock)
+    assert not dock.toolButton.isEnabled()
+    requested = []
+    dock.setupRequested.connect(lambda: requested.append(True))
+    dock.setupButton.click()
+    assert requested == [True]
+
+    monkeypatch.undo()  # the set-up made onnxruntime importable
+    dock.recheck()
+    assert dock.controller.store is not None and not dock.setupButton.isVisibleTo(dock)
+    assert dock.toolButton.isEnabled()
 
 
 # -- the session (plain Python over the engine) ----------------------------------------------------------
@@ -672,6 +777,55 @@ def test_hover_outside_the_raster_previews_nothing_and_says_nothing(dock):
     assert dock.statusLabel.text() == status
 
 
+def leave_canvas(canvas) -> None:
+    """The cursor leaves the canvas (onto a panel or a dialog): the Leave event Qt sends the canvas widget."""
+    QgsApplication.sendEvent(canvas, QEvent(QEvent.Type.Leave))
+
+
+def zoom_in(canvas) -> None:
+    canvas.zoomByFactor(0.5)
+
+
+def switch_to_pan(canvas) -> None:
+    canvas.setMapTool(QgsMapToolPan(canvas))
+
+
+@pytest.mark.parametrize("what", [leave_canvas, zoom_in, switch_to_pan],
+                         ids=["cursor leaves the canvas", "zoom", "another tool"])
+def test_the_hover_preview_is_cleared_when_the_cursor_leaves_the_map_or_the_map_moves(dock, what):
+    canvas = dock.controller.canvas
+    hover(dock, to_screen(canvas, *square_centre()))
+    assert dock.controller.wait_idle()
+    assert not dock.controller.tool.preview_band.asGeometry().isEmpty()
+    what(canvas)
+    assert dock.controller.tool.preview_band.asGeometry().isEmpty()
+    assert dock.controller.wait_idle()  # and nothing brings it back
+    assert dock.controller.tool.preview_band.asGeometry().isEmpty()
+
+
+@pytest.mark.parametrize("what", [leave_canvas, zoom_in, switch_to_pan],
+                         ids=["cursor leaves the canvas", "zoom", "another tool"])
+def test_a_preview_decoded_after_the_cursor_left_is_not_drawn(dock, what):
+    """The decode for the old position is in flight when the cursor leaves: its late result is dropped."""
+    controller = dock.controller
+    canvas = controller.canvas
+    in_flight = []
+
+    def leave_while_decoding(_point):
+        in_flight.append(controller.worker.is_busy())  # the controller asked the worker first
+        what(canvas)
+
+    controller.scheduler.rested.connect(leave_while_decoding)
+    try:
+        hover(dock, to_screen(canvas, *square_centre()))
+        assert controller.wait_idle()
+    finally:
+        controller.scheduler.rested.disconnect(leave_while_decoding)
+    assert in_flight == [True]
+    assert controller.worker.stats.requests == 1 and controller.worker.stats.delivered == 0
+    assert controller.tool.preview_band.asGeometry().isEmpty()
+
+
 def test_clicking_after_hovering_reuses_the_preview(dock, engine):
     canvas = dock.controller.canvas
     pixel = to_screen(canvas, *square_centre())
@@ -791,6 +945,62 @@ def test_no_shortcut_is_registered_on_the_main_window(plugin, qgis_iface, raster
     own = [action for action in window.findChildren(QAction) if action.objectName().startswith("QuickSam")]
     own += plugin.dock.findChildren(QAction)
     assert own and all(action.shortcut().isEmpty() for action in own)
+
+
+def restart_qgis(qgis_iface, previous=None):
+    """What closing and starting QGIS does to the plugin: unload (if loaded), then a new one through classFactory."""
+    import quicksam
+
+    if previous is not None:
+        previous.unload()
+        QgsApplication.processEvents()
+    instance = quicksam.classFactory(qgis_iface)
+    instance.initGui()
+    QgsApplication.processEvents()
+    return instance
+
+
+def test_the_dock_is_open_again_after_a_restart_when_it_was_open(qgis_iface, raster_layer):
+    qgis_iface.mainWindow().show()  # as in QGIS: docks are visible only in a visible main window
+    plugin = restart_qgis(qgis_iface)
+    try:
+        assert plugin.dock is None
+        plugin.segment_action.trigger()  # the user opens the dock
+        plugin = restart_qgis(qgis_iface, plugin)
+        dock = plugin.dock
+        assert dock is not None and dock.isUserVisible() and plugin.segment_action.isChecked()
+        assert dock.objectName() == DOCK_OBJECT_NAME  # the name QGIS's saved window state places it by
+        assert dock.controller.store is not None  # and it works on the active raster layer
+        dock.close()  # the user closes it
+        plugin = restart_qgis(qgis_iface, plugin)
+        assert plugin.dock is None and not plugin.segment_action.isChecked()
+    finally:
+        plugin.unload()
+
+
+def test_without_onnx_runtime_the_dock_says_so_as_it_opens_before_any_raster(canvas, qgis_iface, monkeypatch):
+    block_onnxruntime(monkeypatch)
+    widget = SegmentDock(qgis_iface, qgis_iface.mainWindow())
+    try:
+        assert "ONNX Runtime is needed" in widget.storeInfoLabel.text()
+        assert widget.setupButton.isVisibleTo(widget) and not widget.encodeButton.isVisibleTo(widget)
+    finally:
+        widget.release()
+        widget.deleteLater()
+
+
+def test_the_docks_set_up_button_opens_the_set_up_and_a_finished_set_up_makes_the_dock_look_again(
+        plugin, qgis_iface, raster_layer, monkeypatch):
+    block_onnxruntime(monkeypatch)
+    plugin.segment_action.trigger()
+    dock = plugin.dock
+    assert dock.controller.store is None and dock.setupButton.isVisibleTo(dock)
+    dock.setupButton.click()
+    assert plugin.setup_dialog is not None and plugin.setup_dialog.isVisible()
+    monkeypatch.undo()  # the set-up made onnxruntime importable ...
+    plugin.setup_dialog.setupFinished.emit()  # ... and says it finished
+    assert dock.controller.store is not None and not dock.setupButton.isVisibleTo(dock)
+    plugin.setup_dialog.close()
 
 
 # -- a crash after accepting loses nothing ------------------------------------------------------------------

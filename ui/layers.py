@@ -23,20 +23,28 @@ from qgis.core import (
     QgsFeature,
     QgsField,
     QgsFields,
+    QgsFillSymbol,
     QgsGeometry,
+    QgsPalLayerSettings,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingOutputLayerDefinition,
     QgsProperty,
+    QgsSimpleFillSymbolLayer,
+    QgsSingleSymbolRenderer,
+    QgsTextBufferSettings,
+    QgsTextFormat,
     QgsUnitTypes,
     QgsVectorFileWriter,
     QgsVectorLayer,
+    QgsVectorLayerSimpleLabeling,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QMetaType, QVariant
+from qgis.PyQt.QtCore import QMetaType, Qt, QVariant
+from qgis.PyQt.QtGui import QColor
 
 from ..core.errors import QuickSamError
-from ..core.store import FeatureStore
+from ..core.store import TILE_INDEX, FeatureStore
 from ..interactive.engine import MapPrompts, Segment
 from ..interactive.object_fields import AREA, AREA_M2, MEASURE_FIELDS, PREDICTED_IOU, STABILITY_SCORE
 from ..interactive.output_formats import format_for, layer_names
@@ -49,6 +57,11 @@ FIELD_SPECS = (
     ("bg_points", "int"), ("box", "string"), ("model", "string"), ("checkpoint", "string"),
     ("tile_id", "string"), ("created", "string"),
 )
+TILE_INDEX_LAYER = "tiles"
+TILE_INDEX_LAYER_NAME = "QuickSAM tiles"
+TILE_OUTLINE_COLOUR = QColor(255, 140, 0)
+#: Each tile's id, and its status when it is not encoded ("pending", "failed", ...).
+TILE_LABEL = """concat("tile_id", CASE WHEN "status" <> 'done' THEN ' (' || "status" || ')' END)"""
 #: QGIS 3.38 takes field types as QMetaType (QVariant.Type is deprecated there and gone in QGIS 4).
 _METATYPE_FIELDS = Qgis.QGIS_VERSION_INT >= 33800
 
@@ -130,6 +143,42 @@ class FeatureBuilder:
             if feature.fields().indexOf(name) >= 0:
                 feature.setAttribute(name, value)
         return feature
+
+
+def open_tile_index_layer(store: FeatureStore, name: str = TILE_INDEX_LAYER_NAME) -> Optional[QgsVectorLayer]:
+    """The store's tile index (tiles.gpkg, raster CRS) as a layer drawn by `style_tile_index`; None when the
+    store has none or it cannot be opened."""
+    path = store.root / TILE_INDEX
+    layer = QgsVectorLayer(f"{path}|layername={TILE_INDEX_LAYER}", name, "ogr") if path.is_file() else None
+    if layer is None or not layer.isValid():
+        return None
+    style_tile_index(layer)
+    return layer
+
+
+def style_tile_index(layer: QgsVectorLayer) -> None:
+    """Outlines without fill (the raster stays visible), labelled with the tile's id (`TILE_LABEL`)."""
+    outline = QgsSimpleFillSymbolLayer()
+    outline.setBrushStyle(Qt.BrushStyle.NoBrush)
+    outline.setStrokeColor(TILE_OUTLINE_COLOUR)
+    outline.setStrokeStyle(Qt.PenStyle.SolidLine)
+    outline.setStrokeWidth(0.4)  # millimetres
+    symbol = QgsFillSymbol()
+    symbol.changeSymbolLayer(0, outline)
+    layer.setRenderer(QgsSingleSymbolRenderer(symbol))
+    text = QgsTextFormat()
+    text.setColor(TILE_OUTLINE_COLOUR)
+    text.setSize(8)  # points
+    buffer = QgsTextBufferSettings()
+    buffer.setEnabled(True)
+    buffer.setColor(QColor(255, 255, 255))
+    text.setBuffer(buffer)
+    labels = QgsPalLayerSettings()
+    labels.fieldName = TILE_LABEL
+    labels.isExpression = True
+    labels.setFormat(text)
+    layer.setLabeling(QgsVectorLayerSimpleLabeling(labels))
+    layer.setLabelsEnabled(True)
 
 
 def store_output_path(store: FeatureStore) -> Path:

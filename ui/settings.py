@@ -86,9 +86,12 @@ HOVER_PREVIEW: Setting[bool] = Setting(
     "segment/hover_preview", bool, True, "Preview the mask under the cursor while the Segment tool is active")
 HOVER_DELAY_MS: Setting[int] = Setting(
     "segment/hover_delay_ms", int, 200, "Rest of the cursor before the hover preview is decoded, in milliseconds")
+SEGMENT_DOCK_OPEN: Setting[bool] = Setting(
+    "segment/dock_open", bool, False, "The Segment dock was open when QGIS closed: it opens again when QGIS starts")
 
 ALL_SETTINGS = (PYTHON_EXECUTABLE, KNOWN_STORES, MASK_MODE, MIN_AREA_PIXELS, SIMPLIFY_TOLERANCE, KEEP_HOLES,
                 KEEP_PROMPTS, RANDOM_COLOURS, HOVER_PREVIEW, HOVER_DELAY_MS, SETUP_ENCODER_PYTHON)
+ALL_SETTINGS += (SEGMENT_DOCK_OPEN,)
 #: How many stores the store list remembers (most recent first).
 KNOWN_STORES_LIMIT = 50
 

@@ -33,12 +33,13 @@ from qgis.gui import QgsMapCanvas
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 
 from ...core.errors import QuickSamError
-from ...core.store import TILE_INDEX, FeatureStore
+from ...core.store import FeatureStore
 from ...interactive.engine import MapPrompts, PromptError, Segment
 from ...interactive.session import SegmentOptions, SegmentSession
 from ...interactive.store_lookup import StoreLookup
 from .. import settings
 from ..i18n import tr
+from ..layers import open_tile_index_layer
 from .decode_scheduler import DecodeScheduler
 from .decode_worker import DecodeWorker
 from .drawing import SegmentDrawing
@@ -48,7 +49,6 @@ from .object_writer import CommitResult, add_to_project_once
 from .store_binding import StoreBinding
 
 ENCODE_ALGORITHM_ID = "quicksam:encoderaster"
-TILE_INDEX_LAYER_NAME = "QuickSAM tiles"
 
 
 class SegmentController(QObject):
@@ -71,13 +71,18 @@ class SegmentController(QObject):
         self.output = ObjectOutput(self.project)
         self.options = SegmentOptions()
         self.hover_enabled = True
+        #: The Segment tool is the canvas's tool (followed from its signals: while `deactivated` is emitted the
+        #: canvas still holds it).
+        self.tool_active = False
         self.session: Optional[SegmentSession] = None
         self.status = ""
         self._connections = [
             (self.tool.pointClicked, self.add_point), (self.tool.boxDrawn, self.set_box),
             (self.tool.hovered, self.hover), (self.tool.undoRequested, self.undo),
             (self.tool.clearRequested, self.clear), (self.tool.acceptRequested, self.accept),
-            (self.tool.deactivated, self._on_tool_deactivated),
+            (self.tool.activated, self._on_tool_activated), (self.tool.deactivated, self._on_tool_deactivated),
+            (self.tool.left, self._stop_preview),
+            (self.canvas.extentsChanged, self._stop_preview),
             (self.scheduler.rested, self._preview_at), (self.scheduler.previewDecoded, self._on_preview),
             (self.scheduler.objectDecoded, self._object_decoded),
             (self.scheduler.objectFailed, self._on_object_failed),
@@ -128,10 +133,13 @@ class SegmentController(QObject):
         self.output.bind(self.binding.store, self.binding.raster_crs)
         self._redraw()
         self.storeChanged.emit()
-        if self.problem:
-            self._say("", Qgis.MessageLevel.Info)  # the store line shows the problem (and offers to encode)
-        elif self.store is not None:
-            self._say(tr("ready: click on an object"), Qgis.MessageLevel.Info)
+        self._say_state()
+
+    def recheck(self) -> None:
+        """Look for the raster layer's store again when none is in use (ONNX Runtime may have been set up, or
+        the raster encoded, since)."""
+        if self.raster_layer is not None and self.store is None:
+            self.set_raster_layer(self.raster_layer)
 
     def encode_raster(self) -> None:
         """Open the encoder's Processing dialog for the current raster layer; once it is closed, use the
@@ -150,13 +158,10 @@ class SegmentController(QObject):
             self._apply_lookup(self.binding.lookup_layer(layer))
 
     def show_tile_index(self) -> Optional[QgsVectorLayer]:
-        """Add the store's tile index to the project (once) and return it."""
-        if self.store is None or not (self.store.root / TILE_INDEX).is_file():
-            self._say(tr("this store has no tile index"), Qgis.MessageLevel.Warning)
-            return None
-        layer = QgsVectorLayer(f"{self.store.root / TILE_INDEX}|layername=tiles", TILE_INDEX_LAYER_NAME, "ogr")
-        if not layer.isValid():
-            self._say(tr("cannot open the tile index of this store"), Qgis.MessageLevel.Warning)
+        """Add the store's tile index to the project (once), drawn as labelled outlines, and return it."""
+        layer = open_tile_index_layer(self.store) if self.store is not None else None
+        if layer is None:
+            self._say(tr("this store has no tile index that can be opened"), Qgis.MessageLevel.Warning)
             return None
         return add_to_project_once(self.project, layer)
 
@@ -189,9 +194,20 @@ class SegmentController(QObject):
         if self.canvas.mapTool() is self.tool:
             self.canvas.unsetMapTool(self.tool)
 
+    def _on_tool_activated(self) -> None:
+        self.tool_active = True
+        self._say_state()
+
     def _on_tool_deactivated(self) -> None:
+        self.tool_active = False
+        self._stop_preview()
+        self._say_state()
+
+    def _stop_preview(self) -> None:
+        """The cursor left the canvas, the map moved or the tool was switched off: no preview is drawn, none is
+        waiting for the cursor to rest, and a decode already on its way is dropped when it arrives."""
         self.scheduler.stop_hover()
-        self.scheduler.cancel_preview()
+        self._drop_preview()
 
     # -- prompts (positions in the canvas CRS) ---------------------------------------------------------
     def add_point(self, point: QgsPointXY, label: int) -> bool:
@@ -228,7 +244,7 @@ class SegmentController(QObject):
         if self.session.prompts.is_empty():
             self.scheduler.cancel_object()
             self._redraw()
-            self._say(tr("ready: click on an object"), Qgis.MessageLevel.Info)
+            self._say_state()
         else:
             self._decode_object()
         return True
@@ -242,7 +258,7 @@ class SegmentController(QObject):
             self.session.clear()
         self._redraw()
         if self.session is not None:
-            self._say(tr("cleared: click on an object"), Qgis.MessageLevel.Info)
+            self._say_state(tr("cleared: click on an object"))
 
     def accept(self) -> Optional[CommitResult]:
         """Commit the current object to the output layer and start the next one. If it is still being
@@ -349,6 +365,18 @@ class SegmentController(QObject):
         self.drawing.show_preview(segments, self.binding.raster_crs)
 
     # -- status and life cycle -------------------------------------------------------------------------------
+    def _say_state(self, ready: str = "") -> None:
+        """Say where things stand (what a warning said is gone): nothing without a store (the store line says
+        why), that the tool is off, or `ready` (by default "ready: click on an object")."""
+        if self.store is None:
+            self._say("")
+        elif not self.tool_active:
+            self._say(tr("the Segment tool is off: switch it on to click on objects"))
+        elif self.session is not None and not self.session.prompts.is_empty():
+            self._say(tr("click to refine the object; Enter or Accept keeps it"))
+        else:
+            self._say(ready or tr("ready: click on an object"))
+
     def _say(self, message: str, level: int = Qgis.MessageLevel.Info) -> None:
         self.status = message
         self.statusChanged.emit(message, int(level))

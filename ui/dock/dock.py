@@ -22,7 +22,7 @@ from qgis.core import (
 )
 from qgis.gui import QgisInterface, QgsDockWidget
 from qgis.PyQt import uic
-from qgis.PyQt.QtCore import pyqtBoundSignal
+from qgis.PyQt.QtCore import pyqtBoundSignal, pyqtSignal
 from qgis.PyQt.QtWidgets import QFileDialog, QWidget
 
 from ...core.defaults import MASK_MODES
@@ -33,6 +33,7 @@ from .. import FORMS_DIR, settings
 from ..i18n import tr
 from ..layers import OUTPUT_FILE, raster_crs
 from .controller import SegmentController
+from .store_binding import FOUND_ENCODED, runtime_missing_message
 
 UI_PATH = FORMS_DIR / "segment_dock.ui"
 FORM_CLASS, _ = uic.loadUiType(str(UI_PATH))
@@ -48,12 +49,21 @@ def mask_mode_labels() -> dict:
 
 
 def found_by_text(found_by: str) -> str:
-    return {FOUND_BY_PROPERTY: tr("saved with the layer"), FOUND_NEXT_TO_RASTER: tr("found next to the raster"),
-            FOUND_IN_STORE_LIST: tr("from your store list"), FOUND_CHOSEN: tr("chosen")}.get(found_by, found_by)
+    """How the store was found, as a phrase of its own on the store line ("" when not known)."""
+    return {FOUND_BY_PROPERTY: tr("store remembered with the layer"),
+            FOUND_NEXT_TO_RASTER: tr("store found next to the raster"),
+            FOUND_IN_STORE_LIST: tr("store from your store list"), FOUND_CHOSEN: tr("store chosen by you"),
+            FOUND_ENCODED: tr("store just encoded")}.get(found_by, "")
 
 
 class SegmentDock(QgsDockWidget, FORM_CLASS):
-    """Store line, Segment tool, Undo / Clear / Accept, options, output layer and a status line."""
+    """Store line, Segment tool, Undo / Clear / Accept, options, output layer and a status line.
+
+    `setupRequested`: the user asked for QuickSAM's set-up (ONNX Runtime cannot be imported); the plugin
+    opens its Set-up dialog and calls `recheck` once a set-up finished.
+    """
+
+    setupRequested = pyqtSignal()  # noqa: N815 (Qt naming)
 
     def __init__(self, iface: QgisInterface, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
@@ -82,6 +92,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self.outputLayerCombo.setAllowEmptyLayer(True, tr("Store's {}").format(OUTPUT_FILE))
         self.outputLayerCombo.setLayer(None)
         self.encodeButton.setVisible(False)
+        self.setupButton.setVisible(False)
 
     def _load_settings(self) -> None:
         index = self.maskModeCombo.findData(settings.MASK_MODE.value())
@@ -107,6 +118,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self._connect(self.storeEdit.editingFinished, self._store_edited)
         self._connect(self.showTilesButton.clicked, controller.show_tile_index)
         self._connect(self.encodeButton.clicked, controller.encode_raster)
+        self._connect(self.setupButton.clicked, self.setupRequested)
         self._connect(self.toolButton.toggled, self._tool_toggled)
         self._connect(self.undoButton.clicked, controller.undo)
         self._connect(self.clearButton.clicked, controller.clear)
@@ -154,8 +166,15 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         if isinstance(layer, QgsRasterLayer) and layer is not self.controller.raster_layer and self.isUserVisible():
             self.controller.set_raster_layer(layer)
 
+    def recheck(self) -> None:
+        """Look for the store again if none is in use (after a set-up, or an encoding started elsewhere)."""
+        self.controller.recheck()
+
     def _on_opened(self) -> None:
+        layer = self.controller.raster_layer
         self.follow_active_layer()
+        if self.controller.raster_layer is layer:
+            self.recheck()
         if self.controller.store is not None:
             self.controller.activate_tool()
 
@@ -184,7 +203,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
             lines = [tr("{model} · {done} of {tiles} tiles encoded · {crs}").format(
                 model=store.model_name, done=done, tiles=len(store.grid),
                 crs=store.manifest.raster.crs_name or ""), found_by_text(controller.found_by)]
-            lines = [html.escape(line, quote=False) for line in lines]
+            lines = [html.escape(line, quote=False) for line in lines if line]
             if store.manifest.model.random_weights:
                 warning = tr("Random weights (a test model): the masks mean nothing.")
                 lines.append(f'<span style="color:#c62828"><b>{html.escape(warning, quote=False)}</b></span>')
@@ -194,12 +213,16 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         else:
             if not self.storeEdit.isModified():
                 self.storeEdit.clear()  # no stale path of another raster's store; what the user typed stays
-            if controller.raster_layer is None:
+            if controller.binding.runtime_missing:
+                text = runtime_missing_message()  # first of all, whatever the layer
+            elif controller.raster_layer is None:
                 text = tr("Select a raster layer in the Layers panel.")
             else:
                 text = controller.problem or tr("no feature store")
             self.storeInfoLabel.setText(f'<span style="color:#b35900">{html.escape(text, quote=False)}</span>')
-        self.encodeButton.setVisible(store is None and controller.raster_layer is not None)
+        runtime_missing = controller.binding.runtime_missing
+        self.setupButton.setVisible(runtime_missing)  # the set-up comes first: it also installs the encoder
+        self.encodeButton.setVisible(store is None and controller.raster_layer is not None and not runtime_missing)
         self.showTilesButton.setEnabled(store is not None)
         self.toolButton.setEnabled(store is not None)
         self.show_object()

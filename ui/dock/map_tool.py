@@ -5,7 +5,7 @@ intent into prompts in the raster CRS. Left click = foreground point, right clic
 background point, left drag = box. Keys, handled only while the tool is the canvas's active tool:
 Ctrl+Z undo last prompt, Esc clear the object, Enter/Return accept it. While the tool is active the canvas
 claims these keys from application shortcuts (ShortcutOverride), so QGIS's own Undo does not also act;
-no shortcut is registered anywhere.
+no shortcut is registered anywhere. `left` says the cursor left the canvas.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ class SegmentMapTool(QgsMapTool):
     undoRequested = pyqtSignal()  # noqa: N815 (Qt naming)
     clearRequested = pyqtSignal()  # noqa: N815 (Qt naming)
     acceptRequested = pyqtSignal()  # noqa: N815 (Qt naming)
+    #: The cursor left the canvas (onto a panel, a dialog, another window) while the tool is active.
+    left = pyqtSignal()
 
     def __init__(self, canvas: QgsMapCanvas) -> None:
         super().__init__(canvas)
@@ -157,6 +159,8 @@ class SegmentMapTool(QgsMapTool):
         if event.type() == QEvent.Type.ShortcutOverride and self.is_own_key(event):
             event.accept()
             return True
+        if event.type() == QEvent.Type.Leave:
+            self.left.emit()  # map tools get no leave event of their own; the canvas widget does
         return False
 
     # -- life cycle -------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ nor the canvas's CRS is ever changed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -33,6 +34,22 @@ from ..i18n import tr
 from ..layer_stores import find_layer_store, layer_raster_path, remember_layer_store
 from ..layers import raster_crs
 
+#: How a store was found when the encoder (started from the dock) has just written it.
+FOUND_ENCODED = "encoded"
+
+
+def runtime_importable() -> bool:
+    """Whether this QGIS's Python can import ONNX Runtime now (the set-up may have just made it so)."""
+    try:
+        import onnxruntime  # noqa: F401 (imported to see whether it can be)
+    except ImportError:
+        return False
+    return True
+
+
+def runtime_missing_message() -> str:
+    return tr("ONNX Runtime is needed to segment: Set up… installs it into your QGIS profile.")
+
 
 class StoreBinding(QObject):
     """The raster layer, the store found (or chosen) for it with its decoding engine, or the plain sentence
@@ -54,6 +71,8 @@ class StoreBinding(QObject):
         self.engine: Optional[SegmentEngine] = None
         self.found_by = ""
         self.problem: Optional[str] = None
+        #: ONNX Runtime cannot be imported: no store can be used until the set-up installs it.
+        self.runtime_missing = not runtime_importable()
         #: The store's raster CRS (kept from the last store bound when none is).
         self.raster_crs = QgsCoordinateReferenceSystem()
         #: Canvas CRS -> raster CRS; None while no store is bound.
@@ -86,7 +105,8 @@ class StoreBinding(QObject):
         there is none or it does not match the layer's raster."""
         raster_path = layer_raster_path(layer)
         if written and raster_path and check_store_matches_layer(written, raster_path) is None:
-            return self.lookup_chosen(str(written))
+            lookup = self.lookup_chosen(str(written))
+            return dataclasses.replace(lookup, found_by=FOUND_ENCODED) if lookup.store is not None else lookup
         return None
 
     def forget_layer(self) -> StoreLookup:
@@ -96,11 +116,14 @@ class StoreBinding(QObject):
 
     def bind(self, lookup: StoreLookup) -> None:
         """Make `lookup`'s store current, with its decoder loaded; a decoder that cannot be loaded leaves no
-        store and a problem that says what to do."""
+        store and a problem that says what to do. Without ONNX Runtime no store is bound (`runtime_missing`)."""
         self.store, self.engine = None, None
         self.problem = lookup.problem
         self.found_by = lookup.found_by
-        if lookup.store is not None:
+        self.runtime_missing = not runtime_importable()
+        if self.runtime_missing:
+            self.problem = runtime_missing_message()
+        elif lookup.store is not None:
             try:
                 self.engine = SegmentEngine(lookup.store)
             except QuickSamError as exc:

@@ -9,7 +9,7 @@ from typing import Optional
 
 from qgis.core import QgsApplication
 from qgis.PyQt import uic
-from qgis.PyQt.QtCore import QTimer
+from qgis.PyQt.QtCore import QTimer, pyqtSignal
 from qgis.PyQt.QtGui import QTextCursor
 from qgis.PyQt.QtWidgets import QDialog, QFileDialog, QMessageBox, QPlainTextEdit, QVBoxLayout, QWidget
 
@@ -32,7 +32,12 @@ LOG_TAIL_CHARS = 200_000
 
 
 class SetupDialog(QDialog, FORM_CLASS):
-    """One per plugin; kept while QGIS runs so that a set-up can go on while it is closed."""
+    """One per plugin; kept while QGIS runs so that a set-up can go on while it is closed.
+
+    `setupFinished`: a set-up ended (well or not) and what it made usable is active (the Segment dock re-checks).
+    """
+
+    setupFinished = pyqtSignal()  # noqa: N815 (Qt naming)
 
     def __init__(self, parent: Optional[QWidget] = None, locations: Optional[Locations] = None) -> None:
         super().__init__(parent)
@@ -126,6 +131,7 @@ class SetupDialog(QDialog, FORM_CLASS):
         else:
             self.messageLabel.setText(error)
         self.refresh_status()
+        self.setupFinished.emit()
 
     def _record(self, result: SetupResult) -> str:
         """Record the encoder's Python, make ONNX Runtime importable; the message to show."""
