@@ -242,7 +242,7 @@ def desktop_checks():
     dock.showTilesButton.click()
     QApplication.processEvents()
     tiles = [layer for layer in QgsProject.instance().mapLayers().values()
-             if isinstance(layer, QgsVectorLayer) and layer.geometryType() == QgsWkbTypes.PolygonGeometry
+             if isinstance(layer, QgsVectorLayer) and layer.geometryType() == QgsWkbTypes.GeometryType.PolygonGeometry
              and layer.featureCount() > 0 and "tile" in layer.name().lower()]
     report["tile_layers"] = [{"name": layer.name(), "labels": layer.labelsEnabled(),
                               "fill_alpha": [symbol_layer.fillColor().alpha() if hasattr(symbol_layer, "fillColor")
