@@ -53,6 +53,7 @@ class QuickSamPlugin:
         self.segment_action: Optional[QAction] = None
         self.dock = None  # SegmentDock, created when first opened
         self.setup_dialog = None  # SetupDialog, created when first opened
+        self.options_factory = None  # QuickSamOptionsFactory: the page in Settings > Options
         self._runtime_activated = False
         self._connections: List[Tuple[object, Callable]] = []
 
@@ -123,6 +124,7 @@ class QuickSamPlugin:
         self.iface.addPluginToRasterMenu(self.menu_name, setup)  # menu only, not the toolbar
         self.actions.append(setup)
         self._connect(setup.triggered, self.open_setup_dialog)
+        self._register_options_page()
         LOGGER.debug("QuickSAM GUI loaded")
 
     def _connect(self, signal: pyqtBoundSignal, slot: Callable) -> None:
@@ -143,6 +145,7 @@ class QuickSamPlugin:
         """Mirror of `initGui()`: remove the dock (and its map tool), actions, menu entries, toolbar, provider
         and log handler."""
         self._remove_segment_dock()
+        self._unregister_options_page()
         self._remove_setup_dialog()
         for signal, slot in reversed(self._connections):
             signal.disconnect(slot)
@@ -209,6 +212,17 @@ class QuickSamPlugin:
         self.setup_dialog.close()
         self.setup_dialog.deleteLater()
         self.setup_dialog = None
+
+    def _register_options_page(self) -> None:
+        from .ui.options.page import QuickSamOptionsFactory
+
+        self.options_factory = QuickSamOptionsFactory(self.open_setup_dialog)
+        self.iface.registerOptionsWidgetFactory(self.options_factory)
+
+    def _unregister_options_page(self) -> None:
+        if self.options_factory is not None:
+            self.iface.unregisterOptionsWidgetFactory(self.options_factory)
+            self.options_factory = None
 
     def open_encode_dialog(self) -> None:
         """Open the Processing dialog of quicksam:encoderaster."""

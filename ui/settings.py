@@ -66,6 +66,9 @@ PYTHON_EXECUTABLE: Setting[str] = Setting(
 SETUP_ENCODER_PYTHON: Setting[str] = Setting(
     "setup/encoder_python", str, "",
     "The encoder's Python recorded by QuickSAM > Set up… (its environment, or an existing Python it checked)")
+STORE_FOLDER: Setting[str] = Setting(
+    "encode/store_folder", str, "",
+    "Folder for feature stores encoded with the default output (one per raster); empty = beside the raster")
 
 # -- the Segment dock (options are remembered between sessions) --------------------------------------
 KNOWN_STORES: Setting[str] = Setting(
@@ -88,7 +91,7 @@ HOVER_DELAY_MS: Setting[int] = Setting(
     "segment/hover_delay_ms", int, 200, "Rest of the cursor before the hover preview is decoded, in milliseconds")
 
 ALL_SETTINGS = (PYTHON_EXECUTABLE, KNOWN_STORES, MASK_MODE, MIN_AREA_PIXELS, SIMPLIFY_TOLERANCE, KEEP_HOLES,
-                KEEP_PROMPTS, RANDOM_COLOURS, HOVER_PREVIEW, HOVER_DELAY_MS, SETUP_ENCODER_PYTHON)
+                KEEP_PROMPTS, RANDOM_COLOURS, HOVER_PREVIEW, HOVER_DELAY_MS, SETUP_ENCODER_PYTHON, STORE_FOLDER)
 #: How many stores the store list remembers (most recent first).
 KNOWN_STORES_LIMIT = 50
 
