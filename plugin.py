@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 from qgis.core import QgsApplication
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import Qt, QTranslator
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QToolBar
 
@@ -19,6 +19,7 @@ from .ui import ICONS_DIR
 from .ui.algorithms.provider import QuickSamProvider
 from .ui.i18n import tr
 from .ui.qgis_logging import QgsMessageLogHandler, install_log_handler, remove_log_handler
+from .ui.translation import install_translator, remove_translator
 
 if TYPE_CHECKING:
     from qgis.gui import QgisInterface
@@ -54,6 +55,7 @@ class QuickSamPlugin:
         self.dock = None  # SegmentDock, created when first opened
         self.setup_dialog = None  # SetupDialog, created when first opened
         self.options_factory = None  # QuickSamOptionsFactory: the page in Settings > Options
+        self.translator: Optional[QTranslator] = None  # i18n/quicksam_<locale>.qm, when there is one
         self._runtime_activated = False
         self._connections: List[Tuple[object, Callable]] = []
 
@@ -97,6 +99,7 @@ class QuickSamPlugin:
     # -- GUI ----------------------------------------------------------------------------------------
 
     def initGui(self) -> None:
+        self.translator = install_translator()  # first: every string below is translated
         self.log_handler = install_log_handler()
         self.initProcessing()
 
@@ -143,7 +146,7 @@ class QuickSamPlugin:
 
     def unload(self) -> None:
         """Mirror of `initGui()`: remove the dock (and its map tool), actions, menu entries, toolbar, provider
-        and log handler."""
+        log handler and translator."""
         self._remove_segment_dock()
         self._unregister_options_page()
         self._remove_setup_dialog()
@@ -167,6 +170,8 @@ class QuickSamPlugin:
 
         remove_log_handler(self.log_handler)
         self.log_handler = None
+        remove_translator(self.translator)
+        self.translator = None
 
     # -- actions ------------------------------------------------------------------------------------
 
