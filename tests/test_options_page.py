@@ -124,3 +124,24 @@ def test_check_of_a_missing_python_says_so_in_one_line(page, tmp_path):
     assert "cannot start the Python" in text and missing in text and "\n" not in text
     page.pythonEdit.setText("")
     assert page.check_python() is None and "Choose a Python first" in page.checkLabel.text()
+
+
+def test_closing_the_options_while_a_check_runs_is_harmless(clean_settings, tmp_path):
+    """QGIS deletes the page when the Options dialog closes; the Check's task still ends cleanly."""
+    from qgis.core import QgsApplication
+    from qgis.PyQt import sip
+    from qgis.PyQt.QtCore import QEvent
+
+    locations = Locations(tmp_path / "profiles" / "default", tmp_path / "data", tuple(sys.version_info[:2]))
+    page = QuickSamOptionsPage(None, locations=locations)
+    page.pythonEdit.setText(sys.executable)
+    task = page.check_python()
+    page.deleteLater()
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    assert sip.isdeleted(page)
+    deadline = time.monotonic() + 300
+    while QgsApplication.taskManager().tasks():
+        QCoreApplication.processEvents()
+        time.sleep(0.02)
+        assert time.monotonic() < deadline, "the check never finished"
+    assert task is not None
