@@ -5,11 +5,11 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
-APT_PACKAGES := python3-qgis qgis-providers qgis xvfb xauth imagemagick python3-venv
+APT_PACKAGES := python3-qgis qgis-providers qgis xvfb xauth imagemagick python3-venv qttools5-dev-tools
 DEMO_DIR ?= $(HOME)/quicksam-demo
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: all install demo test test-other-release lint bench screenshot walkthrough clean-venv package
+.PHONY: all install demo test test-other-release lint bench screenshot walkthrough clean-venv package translations translations-update
 
 all: test
 
@@ -74,6 +74,18 @@ screenshot: install
 # pictures docs/install.md shows. tests/test_desktop_install.py runs the same walkthrough.
 walkthrough: install
 	bash docs/screenshot/walkthrough.sh docs/img "$${TMPDIR:-/tmp}/quicksam-walkthrough.json"
+
+# --- translations: i18n/quicksam_<LANG>.ts for translators, compiled to the .qm files the plugin loads -----
+# `make translations-update LANGS="de fr"` writes or refreshes the .ts files (translations kept);
+# `make translations` compiles every i18n/*.ts with Qt's lrelease (qttools5-dev-tools). Commit the .qm files:
+# the zip is built from git.
+LANGS ?=
+translations-update:
+	@[ -n "$(LANGS)" ] || { echo 'translations-update: say which languages, e.g. LANGS="de fr"' >&2; exit 1; }
+	python3 tools/translations.py update $(LANGS)
+
+translations: $(STAMPS)/apt
+	python3 tools/translations.py build
 
 # --- the plugin zip for QGIS's plugin manager (Install from ZIP) and the plugin repository --------------
 # `git archive` of HEAD with one top folder quicksam/: tracked files only, less the development paths

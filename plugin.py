@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 from qgis.core import QgsApplication
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import Qt, QTranslator
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QToolBar
 
@@ -19,6 +19,7 @@ from .ui import ICONS_DIR, settings
 from .ui.algorithms.provider import QuickSamProvider
 from .ui.i18n import tr
 from .ui.qgis_logging import QgsMessageLogHandler, install_log_handler, remove_log_handler
+from .ui.translation import install_translator, remove_translator
 
 if TYPE_CHECKING:
     from qgis.gui import QgisInterface
@@ -53,6 +54,8 @@ class QuickSamPlugin:
         self.segment_action: Optional[QAction] = None
         self.dock = None  # SegmentDock, created when first opened
         self.setup_dialog = None  # SetupDialog, created when first opened
+        self.options_factory = None  # QuickSamOptionsFactory: the page in Settings > Options
+        self.translator: Optional[QTranslator] = None  # i18n/quicksam_<locale>.qm, when there is one
         self._runtime_activated = False
         self._connections: List[Tuple[object, Callable]] = []
 
@@ -96,6 +99,7 @@ class QuickSamPlugin:
     # -- GUI ----------------------------------------------------------------------------------------
 
     def initGui(self) -> None:
+        self.translator = install_translator()  # first: every string below is translated
         self.log_handler = install_log_handler()
         self.initProcessing()
 
@@ -123,6 +127,7 @@ class QuickSamPlugin:
         self.iface.addPluginToRasterMenu(self.menu_name, setup)  # menu only, not the toolbar
         self.actions.append(setup)
         self._connect(setup.triggered, self.open_setup_dialog)
+        self._register_options_page()
         if settings.SEGMENT_DOCK_OPEN.value():
             segment.setChecked(True)  # open when QGIS closed: open again (QGIS's window state places it)
         LOGGER.debug("QuickSAM GUI loaded")
@@ -143,8 +148,9 @@ class QuickSamPlugin:
 
     def unload(self) -> None:
         """Mirror of `initGui()`: remove the dock (and its map tool), actions, menu entries, toolbar, provider
-        and log handler."""
+        log handler and translator."""
         self._remove_segment_dock()
+        self._unregister_options_page()
         self._remove_setup_dialog()
         for signal, slot in reversed(self._connections):
             signal.disconnect(slot)
@@ -166,6 +172,8 @@ class QuickSamPlugin:
 
         remove_log_handler(self.log_handler)
         self.log_handler = None
+        remove_translator(self.translator)
+        self.translator = None
 
     # -- actions ------------------------------------------------------------------------------------
 
@@ -221,6 +229,17 @@ class QuickSamPlugin:
         """A set-up finished: the dock looks for its store again (ONNX Runtime may be importable now)."""
         if self.dock is not None:
             self.dock.recheck()
+
+    def _register_options_page(self) -> None:
+        from .ui.options.page import QuickSamOptionsFactory
+
+        self.options_factory = QuickSamOptionsFactory(self.open_setup_dialog)
+        self.iface.registerOptionsWidgetFactory(self.options_factory)
+
+    def _unregister_options_page(self) -> None:
+        if self.options_factory is not None:
+            self.iface.unregisterOptionsWidgetFactory(self.options_factory)
+            self.options_factory = None
 
     def open_encode_dialog(self) -> None:
         """Open the Processing dialog of quicksam:encoderaster."""

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from synthetic import encoded_square_scene, pixel_to_map_default
 
 from quicksam.core.errors import Cancelled
 from quicksam.envs.commands import Runner
@@ -114,3 +115,77 @@ def test_a_cancelled_install_keeps_the_previous_runtime(tmp_path, qgis_python):
         install_runtime(runner, qgis_python, folder, lambda fraction, message: None)
     assert (folder / "previous.txt").read_text() == "in use"
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no staging, no constraints
+
+
+# The plugin loaded by QGIS's own Python (no venv: only what QGIS has, plus the runtime the set-up put in
+# the profile), as QGIS loads it; then a click's decode, the way the dock does it (SegmentSession and the
+# worker's segment_prompts), on a store encoded by this venv's encoder.
+DECODE_WITH_THE_INSTALLED_RUNTIME = """
+import json, os, sys
+from pathlib import Path
+from qgis.core import QgsApplication
+from qgis.PyQt.QtWidgets import QMainWindow
+
+app = QgsApplication([], True)
+app.initQgis()
+had_onnxruntime = "onnxruntime" in sys.modules
+
+
+class StubIface:
+    def __init__(self):
+        self.window = QMainWindow()
+
+    def mainWindow(self):
+        return self.window
+
+    def addToolBar(self, name):
+        return self.window.addToolBar(name)
+
+    def __getattr__(self, name):  # menus and the options page: not needed here
+        return lambda *args: None
+
+
+import quicksam
+
+plugin = quicksam.classFactory(StubIface())
+plugin.initGui()  # appends the profile's runtime folder to sys.path, as in QGIS
+from quicksam.interactive.engine import SegmentEngine
+from quicksam.interactive.session import SegmentSession, segment_prompts
+import numpy, onnxruntime
+
+store, x, y = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+session = SegmentSession(SegmentEngine.open(store))
+prompts = session.add_point(x, y, 1)
+segments = segment_prompts(session.engine, prompts, session.options)
+plugin.unload()
+print(json.dumps({"had_onnxruntime": had_onnxruntime, "ort": onnxruntime.__file__, "numpy": numpy.__file__,
+                  "torch": "torch" in sys.modules, "segments": len(segments),
+                  "pixels": [s.mask_pixels for s in segments], "area": [s.geometry.area for s in segments],
+                  "runtime_on_path": sys.argv[4] in sys.path}))
+app.exitQgis()
+"""
+
+
+@pytest.mark.slow
+def test_the_plugin_in_qgis_python_decodes_a_click_with_the_installed_runtime(tmp_path, qgis_python):
+    config = tmp_path / "qgis-config"  # QGIS_CUSTOM_CONFIG_PATH: the profile is config/profiles/default
+    folder = runtime_dir(config / "profiles" / "default", sys.version_info[:2])
+    install_runtime(Runner(tmp_path / "setup.log"), qgis_python, folder, lambda fraction, message: None)
+    (tmp_path / "scene").mkdir()
+    scene = encoded_square_scene(tmp_path / "scene", (100, 100, 100))  # a 100 px square centred at (150, 150)
+    x, y = pixel_to_map_default(150.5, 150.5)
+
+    package_parent = tmp_path / "code"
+    package_parent.mkdir()
+    (package_parent / "quicksam").symlink_to(ROOT)
+    env = {"PYTHONPATH": str(package_parent), "PATH": "/usr/bin:/bin", "QT_QPA_PLATFORM": "offscreen",
+           "QGIS_CUSTOM_CONFIG_PATH": str(config), "HOME": str(tmp_path)}
+    result = subprocess.run([qgis_python, "-c", DECODE_WITH_THE_INSTALLED_RUNTIME, str(scene / "scene.qsam"),
+                             repr(x), repr(y), str(folder)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not seen["had_onnxruntime"] and Path(seen["ort"]).is_relative_to(folder)
+    assert seen["numpy"] == _qgis_numpy(qgis_python) and not seen["torch"]
+    assert not seen["runtime_on_path"]  # unload took the folder off sys.path again
+    assert seen["segments"] == 1 and seen["pixels"][0] > 0 and seen["area"][0] > 0, seen

@@ -216,6 +216,7 @@ NO_TORCH_SCRIPT = textwrap.dedent("""
         def __init__(self):
             self.window = QMainWindow()
             self.menu = {}
+            self.options_factories = []
 
         def mainWindow(self):
             return self.window
@@ -228,6 +229,12 @@ NO_TORCH_SCRIPT = textwrap.dedent("""
 
         def removePluginRasterMenu(self, menu, action):
             self.menu[menu].remove(action)
+
+        def registerOptionsWidgetFactory(self, factory):
+            self.options_factories.append(factory)
+
+        def unregisterOptionsWidgetFactory(self, factory):
+            self.options_factories.remove(factory)
 
 
     import quicksam

@@ -66,6 +66,9 @@ PYTHON_EXECUTABLE: Setting[str] = Setting(
 SETUP_ENCODER_PYTHON: Setting[str] = Setting(
     "setup/encoder_python", str, "",
     "The encoder's Python recorded by QuickSAM > Set up… (its environment, or an existing Python it checked)")
+STORE_FOLDER: Setting[str] = Setting(
+    "encode/store_folder", str, "",
+    "Folder for feature stores encoded with the default output (one per raster); empty = beside the raster")
 
 # -- the Segment dock (options are remembered between sessions) --------------------------------------
 KNOWN_STORES: Setting[str] = Setting(
@@ -90,7 +93,7 @@ SEGMENT_DOCK_OPEN: Setting[bool] = Setting(
     "segment/dock_open", bool, False, "The Segment dock was open when QGIS closed: it opens again when QGIS starts")
 
 ALL_SETTINGS = (PYTHON_EXECUTABLE, KNOWN_STORES, MASK_MODE, MIN_AREA_PIXELS, SIMPLIFY_TOLERANCE, KEEP_HOLES,
-                KEEP_PROMPTS, RANDOM_COLOURS, HOVER_PREVIEW, HOVER_DELAY_MS, SETUP_ENCODER_PYTHON)
+                KEEP_PROMPTS, RANDOM_COLOURS, HOVER_PREVIEW, HOVER_DELAY_MS, SETUP_ENCODER_PYTHON, STORE_FOLDER)
 ALL_SETTINGS += (SEGMENT_DOCK_OPEN,)
 #: How many stores the store list remembers (most recent first).
 KNOWN_STORES_LIMIT = 50
