@@ -13,8 +13,8 @@ export QT_QPA_PLATFORM ?= offscreen
 
 all: test
 
-# --- system packages (QGIS, Xvfb) ---------------------------------------------------------------
-$(STAMPS)/apt:
+# --- system packages (QGIS, Xvfb, Qt tools): checked again whenever this Makefile changes (cheap: dpkg-query) ---
+$(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
 	@if dpkg-query -W -f='$${Status}\n' $(APT_PACKAGES) 2>/dev/null | grep -vq 'install ok installed' \
 	    || [ "$$(dpkg-query -W -f='$${Status}\n' $(APT_PACKAGES) 2>/dev/null | wc -l)" -ne "$(words $(APT_PACKAGES))" ]; then \
@@ -28,13 +28,13 @@ $(STAMPS)/apt:
 # --- numpy: the ABI the distribution's GDAL and QGIS were built with --------------------------------
 # Debian 12's bindings need numpy 1.x, Debian 13's numpy 2.x: the venv may upgrade numpy within the
 # system's major version (sam2 needs a newer 1.x than Debian 12 has), never across it.
-$(STAMPS)/numpy-abi.txt: $(STAMPS)/apt
+$(STAMPS)/numpy-abi.txt: | $(STAMPS)/apt
 	@mkdir -p $(STAMPS)
 	/usr/bin/python3 -c "import numpy; v = numpy.__version__; print(f'numpy>={v},<{int(v.split(\".\")[0]) + 1}')" > $@
 	@echo "numpy for this system: $$(cat $@)"
 
 # --- the venv: torch first (sam2 builds against it without isolation), then the rest -----------
-$(STAMPS)/venv: $(STAMPS)/apt $(STAMPS)/numpy-abi.txt requirements.txt requirements-torch.txt pyproject.toml
+$(STAMPS)/venv: $(STAMPS)/numpy-abi.txt requirements.txt requirements-torch.txt pyproject.toml | $(STAMPS)/apt
 	@mkdir -p $(STAMPS)
 	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-torch.txt "$$(cat $(STAMPS)/numpy-abi.txt)"
