@@ -223,11 +223,7 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
                 feedback.reportError(problem.message(), fatalError=False)
             else:
                 if sink is None:  # created on the first success: a failed run writes nothing
-                    sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, output_fields(),
-                                                         QgsWkbTypes.Type.MultiPolygon, crs)
-                    if sink is None:
-                        raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
-                    self._name_output_layer(context, dest_id, store)
+                    sink, dest_id = self._create_sink(parameters, context, store, crs)
                     if output_note:
                         feedback.pushInfo(output_note)
                 for feature in features:
@@ -243,14 +239,20 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
                                                              output=_output_text(context, dest_id)))
         return {self.OUTPUT: dest_id, self.SEGMENTED: segmented, self.SKIPPED: len(skipped)}
 
-    @staticmethod
-    def _name_output_layer(context: QgsProcessingContext, dest_id: str, store: FeatureStore) -> None:
-        """Name the output layer Processing loads when the run ends (a temporary layer or a file alike) after
-        the raster: not the output's description, which every run would share."""
+    def _create_sink(self, parameters: Dict[str, Any], context: QgsProcessingContext, store: FeatureStore,
+                     crs: QgsCoordinateReferenceSystem) -> Tuple[QgsFeatureSink, str]:
+        """The output sink and its destination id. The layer Processing loads when the run ends (a temporary
+        layer or a file alike) is named after the raster: not the output's description, which every run
+        would share."""
+        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, output_fields(),
+                                             QgsWkbTypes.Type.MultiPolygon, crs)
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
         if context.willLoadLayerOnCompletion(dest_id):
             details = context.layerToLoadOnCompletionDetails(dest_id)
             details.name = output_layer_name(store, _tr("segments"))
             details.forceName = True
+        return sink, dest_id
 
     def _read_objects(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                       feedback: QgsProcessingFeedback, store: FeatureStore
