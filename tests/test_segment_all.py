@@ -374,9 +374,10 @@ def test_area_filters(store, tmp_path, reference):
 
 def test_cancel_then_resume_gives_the_same_output(store, tmp_path, reference):
     output = tmp_path / "out.gpkg"
-    calls = []
+    finished = []  # cancelled once the first tile is finished
     with pytest.raises(Cancelled, match="resume"):
-        segment_everything(store, output, LOOSE, cancelled=lambda: calls.append(1) or len(calls) > 1)
+        segment_everything(store, output, LOOSE, progress=lambda event: event.tile_finished and finished.append(event),
+                           cancelled=lambda: bool(finished))
     assert not output.exists() and partial_path(output).exists()
     result = segment_everything(store, output, LOOSE)
     assert result.tiles_resumed == 1
@@ -392,7 +393,7 @@ def kill_after_tiles(store: FeatureStore, output: Path, tiles: int) -> None:
         from quicksam.interactive.automatic import AutoMaskSettings, segment_everything
         settings = AutoMaskSettings(**{json.dumps(LOOSE.to_dict())})
         def on_progress(event):
-            if event.done == {tiles}:
+            if event.tile_finished and event.done == {tiles}:
                 os.kill(os.getpid(), signal.SIGKILL)
         segment_everything(FeatureStore.open(Path({str(store.root)!r})), Path({str(output)!r}), settings,
                            progress=on_progress)
@@ -510,7 +511,8 @@ def test_a_corrupt_tile_stops_the_run_plainly_and_keeps_the_finished_tiles(store
     output = tmp_path / "out.gpkg"
     finished: list = []
     with pytest.raises(Cancelled):   # a first run, stopped after its first tile
-        segment_everything(damaged, output, LOOSE, progress=finished.append, cancelled=lambda: len(finished) >= 1)
+        segment_everything(damaged, output, LOOSE, cancelled=lambda: len(finished) >= 1,
+                           progress=lambda event: event.tile_finished and finished.append(event))
     second = damaged.grid.tiles[1].tile_id
     path = damaged.tile_path(second)
     data = bytearray(path.read_bytes())
