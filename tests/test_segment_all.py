@@ -782,3 +782,14 @@ def test_segment_everything_from_the_menu_starts_with_the_active_rasters_store(s
             dialog.assert_called_once_with("quicksam:segmentall", expected)
     finally:
         QgsProject.instance().removeMapLayers([raster.id(), other.id()])
+
+
+@pytest.mark.slow
+def test_cli_says_why_no_object_was_found_in_its_own_options(store, tmp_path):
+    result = run_cli("segment-all", store.root, "--output", tmp_path / "none.gpkg", "--points-per-side", "4")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["objects"] == 0
+    reason = summary["no_objects_reason"]
+    assert reason.startswith("0 objects: of 96 candidate masks") and "Lower --pred-iou-thresh to " in reason
+    assert f"quicksam: warning: {reason}" in result.stderr
