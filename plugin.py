@@ -246,8 +246,12 @@ class QuickSamPlugin:
         self._open_algorithm_dialog(ENCODE_ALGORITHM_ID)
 
     def open_segment_all_dialog(self) -> None:
-        """Open the Processing dialog of quicksam:segmentall."""
-        self._open_algorithm_dialog(SEGMENT_ALL_ALGORITHM_ID)
+        """Open the Processing dialog of quicksam:segmentall, its store the active raster layer's (if known)."""
+        import processing  # QGIS's Processing plugin; imported on use, it is not needed to load
+
+        from .ui.layer_stores import store_parameters
+
+        processing.execAlgorithmDialog(SEGMENT_ALL_ALGORITHM_ID, store_parameters(self.iface.activeLayer()))
 
     @staticmethod
     def _open_algorithm_dialog(algorithm_id: str) -> None:

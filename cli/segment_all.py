@@ -96,8 +96,11 @@ def _run_segment_all_algorithm(args: argparse.Namespace, events: EventWriter) ->
     results = run_algorithm("quicksam:segmentall", parameters, project, _tile_feedback(events))
     output = Path(results[Algorithm.OUTPUT])
     layer = _layer_written(output, args.layer)
-    return {"output": str(output), "layer": layer, "objects": results[Algorithm.OBJECTS],
-            "tiles": results[Algorithm.TILES], "message": _other_layers_message(output, layer)}
+    summary = {"output": str(output), "layer": layer, "objects": results[Algorithm.OBJECTS],
+               "tiles": results[Algorithm.TILES], "message": _other_layers_message(output, layer)}
+    if results.get(Algorithm.NO_OBJECTS_REASON):  # which filters dropped the masks, and the option to change
+        summary["no_objects_reason"] = results[Algorithm.NO_OBJECTS_REASON]
+    return summary
 
 
 def _layer_written(output: Path, layer: str) -> Optional[str]:
@@ -141,5 +144,7 @@ def _cmd_segment_all(args: argparse.Namespace, events: EventWriter) -> int:
     message = summary.pop("message")
     if message:
         events.info(message)
+    if summary.get("no_objects_reason"):
+        events.warning(summary["no_objects_reason"])
     events.finished(summary)
     return 0

@@ -18,7 +18,7 @@ into an existing GeoPackage as one layer, keeping the others) and the run file i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -30,6 +30,7 @@ from ..core.store import FeatureStore
 from ..core.tiling import Tile
 from .border_merge import BorderMerge
 from .engine import SegmentEngine
+from .filter_counts import FilterCounts
 from .gdal_errors import with_gdal_return_codes
 from .mask_generator import AutoMaskSettings, tile_masks
 from .object_fields import AREA, AREA_M2, PREDICTED_IOU, STABILITY_SCORE, crs_srs, square_metres
@@ -67,10 +68,26 @@ def lock_path(output: Path) -> Path:
 
 @dataclass
 class SegmentAllProgress:
+    """Where a run is: `done` of `total` tiles finished (resumed ones included), `objects` committed so far.
+    Sent when a tile is finished (`batches` 0) and, inside a tile, after each batch of points: `tile_id` is
+    then the tile being segmented, `batch` of its `batches` batches decoded."""
+
     done: int
     total: int
     tile_id: str
     objects: int
+    batch: int = 0
+    batches: int = 0
+
+    @property
+    def tile_finished(self) -> bool:
+        return self.batches == 0
+
+    @property
+    def fraction(self) -> float:
+        """The share of the run done, 0..1: finished tiles plus the running tile's share of batches."""
+        inside = self.batch / self.batches if self.batches else 0.0
+        return min((self.done + inside) / max(self.total, 1), 1.0)
 
 
 @dataclass
@@ -85,6 +102,7 @@ class SegmentAllResult:
     merged_objects: int
     layer: Optional[str] = None
     kept_layers: Tuple[str, ...] = ()
+    filters: FilterCounts = field(default_factory=FilterCounts)
 
 
 def run_identity(store: FeatureStore, settings: AutoMaskSettings, tiles: Sequence[Tile]) -> dict:
@@ -97,12 +115,15 @@ def run_identity(store: FeatureStore, settings: AutoMaskSettings, tiles: Sequenc
 
 class MaskVectoriser:
     """Turns a run's masks into numbered objects: polygons with the run's simplification and minimum region,
-    the object area filters, and the output's attributes (object_fields; areas in the raster CRS)."""
+    the object area filters, and the output's attributes (object_fields; areas in the raster CRS). What the
+    filters drop is added to `counts`."""
 
-    def __init__(self, store: FeatureStore, settings: AutoMaskSettings, first_id: int) -> None:
+    def __init__(self, store: FeatureStore, settings: AutoMaskSettings, first_id: int,
+                 counts: Optional[FilterCounts] = None) -> None:
         self.store = store
         self.settings = settings
         self.next_id = first_id
+        self.counts = counts if counts is not None else FilterCounts()
         self._srs = crs_srs(store.crs_wkt)
 
     def polygons(self, mask: TileMask) -> Optional[Polygons]:
@@ -110,9 +131,10 @@ class MaskVectoriser:
         transform = window_geotransform(self.store.geotransform, mask.col0, mask.row0)
         polygons = mask_to_polygons(mask.crop, transform, self.settings.simplify_tolerance,
                                     self.settings.min_mask_region_area)
-        if polygons.is_empty or polygons.area < self.settings.min_object_area:
+        if polygons.is_empty:
+            self.counts.small_regions += 1
             return None
-        if self.settings.max_object_area and polygons.area > self.settings.max_object_area:
+        if not self.counts.count_area(polygons.area, self.settings.min_object_area, self.settings.max_object_area):
             return None
         return polygons
 
@@ -205,8 +227,9 @@ def _segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSet
     identity = run_identity(store, settings, tiles)
     run = (RunFile.open(work, identity, how_to_overwrite) if work.exists()
            else RunFile.create(work, store.crs_wkt, identity))
+    counts = FilterCounts()
     try:
-        resumed = _segment_tiles(run, store, engine, settings, tiles, progress, cancelled)
+        resumed = _segment_tiles(run, store, engine, settings, tiles, progress, cancelled, counts)
         objects, merged_objects = run.object_count(), run.object_count(joined=True)
     finally:
         run.close()
@@ -214,7 +237,7 @@ def _segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSet
     written = write_layer(work, OBJECTS_LAYER, destination, overwrite)
     remove_gpkg(work)
     return SegmentAllResult(destination.path, len(tiles), resumed, objects, merged_objects, written.layer,
-                            written.kept_layers)
+                            written.kept_layers, counts)
 
 
 def _checked_output(output: Path, layer: str, overwrite: bool, how_to_overwrite: str) -> Destination:
@@ -225,20 +248,20 @@ def _checked_output(output: Path, layer: str, overwrite: bool, how_to_overwrite:
 
 def _segment_tiles(run: RunFile, store: FeatureStore, engine: SegmentEngine, settings: AutoMaskSettings,
                    tiles: Sequence[Tile], progress: Optional[Callable[[SegmentAllProgress], None]],
-                   cancelled: Optional[Callable[[], bool]]) -> int:
+                   cancelled: Optional[Callable[[], bool]], counts: FilterCounts) -> int:
     """Segment the `tiles` that `run` has not finished, each committed on its own; the number it had
-    finished before (resumed). Cancelled when `cancelled()` turns true; QuickSamError if pieces are left."""
+    finished before (resumed). Cancelled when `cancelled()` turns true (checked before each tile and
+    between batches of points); QuickSamError if pieces are left. What the filters drop goes to `counts`."""
     done = run.finished_tiles()
     resumed = len(done)
     merge = BorderMerge(tile_regions(list(store.grid), {tile.tile_id for tile in tiles}))
-    vectoriser = MaskVectoriser(store, settings, run.next_id())
+    vectoriser = MaskVectoriser(store, settings, run.next_id(), counts)
     for tile in tiles:
         if tile.tile_id in done:
             continue
-        if cancelled is not None and cancelled():
-            raise Cancelled(f"stopped after {len(done)} of {len(tiles)} tiles; run the same command again "
-                            "to resume")
-        _segment_tile(run, engine, merge, vectoriser, settings, tile, done)
+        _stop_if_cancelled(cancelled, len(done), len(tiles))
+        batch_done = _batch_reporter(run, tile, len(done), len(tiles), progress, cancelled)
+        _segment_tile(run, engine, merge, vectoriser, settings, tile, done, batch_done)
         done.add(tile.tile_id)
         if progress is not None:
             progress(SegmentAllProgress(len(done), len(tiles), tile.tile_id, run.object_count()))
@@ -247,11 +270,33 @@ def _segment_tiles(run: RunFile, store: FeatureStore, engine: SegmentEngine, set
     return resumed
 
 
+def _batch_reporter(run: RunFile, tile: Tile, done: int, total: int,
+                    progress: Optional[Callable[[SegmentAllProgress], None]],
+                    cancelled: Optional[Callable[[], bool]]) -> Callable[[int, int], None]:
+    """The `batch_done(batch, batches)` of one tile (`done` of `total` tiles finished before it): Cancelled
+    when `cancelled()` turns true, else a progress event."""
+    objects = run.object_count()
+
+    def batch_done(batch: int, batches: int) -> None:
+        _stop_if_cancelled(cancelled, done, total)
+        if progress is not None:
+            progress(SegmentAllProgress(done, total, tile.tile_id, objects, batch, batches))
+    return batch_done
+
+
+def _stop_if_cancelled(cancelled: Optional[Callable[[], bool]], done: int, total: int) -> None:
+    """Cancelled (saying how to resume) when `cancelled()` is true; `done` of `total` tiles are finished."""
+    if cancelled is not None and cancelled():
+        raise Cancelled(f"stopped after {done} of {total} tiles; run the same command again to resume")
+
+
 def _segment_tile(run: RunFile, engine: SegmentEngine, merge: BorderMerge, vectoriser: MaskVectoriser,
-                  settings: AutoMaskSettings, tile: Tile, done: Set[str]) -> None:
+                  settings: AutoMaskSettings, tile: Tile, done: Set[str],
+                  batch_done: Callable[[int, int], None]) -> None:
     """One tile's masks, its objects and the merge step it allows, committed together (`done`: the tiles
-    finished before it)."""
-    masks = tile_masks(engine.decoder, engine.cache.get(tile.tile_id), tile, settings, engine.valid_masks.get(tile))
+    finished before it; `batch_done` as `tile_masks` calls it)."""
+    masks = tile_masks(engine.decoder, engine.cache.get(tile.tile_id), tile, settings, engine.valid_masks.get(tile),
+                       vectoriser.counts, batch_done)
     assignment = assign_masks(merge.regions[tile.tile_id], masks)
     with run.transaction():
         run.write_objects(vectoriser.objects((mask, (tile.tile_id,)) for mask in assignment.complete))

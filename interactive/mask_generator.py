@@ -13,7 +13,7 @@ Coordinates: tile pixels (x = col, y = row) for prompts; the masks out carry ras
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from ..core.mask_decoding import (
 )
 from ..core.tiling import Tile
 from .decoding import OnnxDecoder
+from .filter_counts import FilterCounts
 from .tile_merge import TileMask, pixel_bounds, trimmed
 
 
@@ -164,21 +165,35 @@ class _Candidate:
 
 
 def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile,
-               settings: AutoMaskSettings, valid: Optional[np.ndarray] = None) -> List[TileMask]:
+               settings: AutoMaskSettings, valid: Optional[np.ndarray] = None,
+               counts: Optional[FilterCounts] = None,
+               batch_done: Optional[Callable[[int, int], None]] = None) -> List[TileMask]:
     """The filtered, de-duplicated masks of one tile (raster pixel coordinates). As in SAM's generator:
     score filters per batch, NMS on the boxes of all candidates, then small regions removed from the
     survivors only. `valid` ((S, S) bool, True = data; None = all valid) drops grid points on nodata and
-    clips every mask before it is scored against others."""
+    clips every mask before it is scored against others. `counts` (if given) is told what each filter
+    dropped; `batch_done(done, total)` is called after each batch of points (it may raise, e.g.
+    Cancelled, to stop between batches)."""
+    counts = counts if counts is not None else FilterCounts()
     batch = settings.points_per_batch or decoder.preferred_batch
     points = point_grid(tile, settings.points_per_side)
     if valid is not None:
+        grid_size = len(points)
         points = points_with_data(points, valid)
-    candidates = [c for start in range(0, len(points), batch)
-                  for c in _batch_candidates(decoder, features, tile, settings, points[start:start + batch], valid)]
+        counts.points_on_nodata += grid_size - len(points)
+    counts.points += len(points)
+    starts = range(0, len(points), batch)
+    candidates: List[_Candidate] = []
+    for done, start in enumerate(starts, start=1):
+        candidates += _batch_candidates(decoder, features, tile, settings, points[start:start + batch], valid,
+                                        counts)
+        if batch_done is not None:
+            batch_done(done, len(starts))
     if not candidates:
         return []
     boxes = np.array([c.box for c in candidates], dtype=float)
     kept = box_nms(boxes, np.array([c.score for c in candidates]), settings.box_nms_thresh)
+    counts.duplicates += len(candidates) - len(kept)
     found = []
     for index in kept:
         candidate = candidates[index]
@@ -188,6 +203,8 @@ def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile
                                 candidate.score, candidate.stability))
         if item is not None:
             found.append(item)
+        else:
+            counts.small_regions += 1
     return found
 
 
@@ -213,14 +230,16 @@ def _picked_outputs(decoder: OnnxDecoder, all_logits: np.ndarray, all_scores: np
 
 def _batch_candidates(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile,
                       settings: AutoMaskSettings, points: np.ndarray,
-                      valid: Optional[np.ndarray] = None) -> List[_Candidate]:
-    """Decode one batch of grid points; the masks that pass the predicted-IoU and stability filters."""
+                      valid: Optional[np.ndarray], counts: FilterCounts) -> List[_Candidate]:
+    """Decode one batch of grid points; the masks that pass the predicted-IoU and stability filters (what
+    the filters dropped is added to `counts`)."""
     batch_logits, batch_scores = decoder.raw_points(features, points)
     picked = [_picked_outputs(decoder, all_logits, all_scores, tile, settings, valid)
               for all_logits, all_scores in zip(batch_logits, batch_scores)]
     logits = np.concatenate([all_logits[chosen] for all_logits, chosen in zip(batch_logits, picked)])
     scores = np.concatenate([all_scores[chosen] for all_scores, chosen in zip(batch_scores, picked)])
     stable = stability_scores(logits - decoder.settings.mask_threshold, settings.stability_score_offset)
+    counts.count_scores(scores, stable, settings.pred_iou_thresh, settings.stability_score_thresh)
     good = np.flatnonzero((scores >= settings.pred_iou_thresh) & (stable >= settings.stability_score_thresh))
     found = []
     for i in good:  # one at a time: a batch of 1024 px masks would take ~200 MB at once
@@ -228,4 +247,6 @@ def _batch_candidates(decoder: OnnxDecoder, features: Dict[str, np.ndarray], til
         candidate = _Candidate.of(mask, float(scores[i]), float(stable[i]))
         if candidate is not None:
             found.append(candidate)
+        else:
+            counts.empty += 1
     return found

@@ -96,8 +96,14 @@ def test_segment_everything_action_opens_its_processing_dialog(plugin, qgis_ifac
     [action] = [a for a in toolbars(qgis_iface)[0].actions()
                 if a.objectName() == SEGMENT_ALL_ACTION_OBJECT_NAME]
     assert action.text() == "Segment everything…"
+    from qgis.core import QgsProject, QgsVectorLayer
+
+    points = QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory")  # no raster active: no store to fill in
+    QgsProject.instance().addMapLayer(points)
+    qgis_iface.setActiveLayer(points)
     with mock.patch.object(processing, "execAlgorithmDialog") as dialog:
         action.trigger()
+    QgsProject.instance().removeMapLayer(points.id())
     dialog.assert_called_once_with("quicksam:segmentall", {})
     assert registry().algorithmById("quicksam:segmentall") is not None
 

@@ -12,6 +12,7 @@ Prompt grouping rules themselves are also tested without QGIS (`prompt_input.gro
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -575,3 +576,35 @@ def test_plain_value_turns_qgis_null_into_none():
     assert plain_value(NULL) is None
     assert plain_value(QVariant(5)) == 5
     assert plain_value("x") == "x" and plain_value(0) == 0
+
+
+def test_loaded_outputs_are_named_after_the_raster_and_the_log_has_a_plain_summary(registered, store_path, tmp_path):
+    """Two runs (a temporary layer and a file) do not both come out as the output's description, and the
+    log says what was done in a sentence."""
+    import processing
+
+    class Infos(QgsProcessingFeedback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.infos: List[str] = []
+
+        def pushInfo(self, info: str) -> None:  # noqa: N802 - Qt's name
+            self.infos.append(info)
+
+    layer = memory_layer("Point", CRS, [(point(*at(75, 75)), {}), (point(*at(240, 210)), {})])
+    feedback = Infos()
+    file_output = tmp_path / "objects.gpkg"
+    added = []
+    try:
+        for output, log in (("TEMPORARY_OUTPUT", feedback), (str(file_output), QgsProcessingFeedback())):
+            results = processing.runAndLoadResults(ALGORITHM_ID, {"STORE": str(store_path), "PROMPTS": layer,
+                                                                  "OUTPUT": output}, feedback=log)
+            added.append(QgsProject.instance().mapLayer(results["OUTPUT"])
+                         or QgsProject.instance().mapLayersByName("scene — segments")[-1])
+        assert [a.name() for a in added] == ["scene — segments", "scene — segments"]  # the raster is scene.tif
+        assert added[1].source().startswith(str(file_output))
+        [summary] = [line for line in feedback.infos if "objects segmented" in line]
+        assert re.fullmatch(r"2 of 2 objects segmented, 0 skipped, in \d+\.\d s; written to a temporary layer\.",
+                            summary), summary
+    finally:
+        QgsProject.instance().removeMapLayers([a.id() for a in added])

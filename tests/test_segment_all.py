@@ -374,9 +374,10 @@ def test_area_filters(store, tmp_path, reference):
 
 def test_cancel_then_resume_gives_the_same_output(store, tmp_path, reference):
     output = tmp_path / "out.gpkg"
-    calls = []
+    finished = []  # cancelled once the first tile is finished
     with pytest.raises(Cancelled, match="resume"):
-        segment_everything(store, output, LOOSE, cancelled=lambda: calls.append(1) or len(calls) > 1)
+        segment_everything(store, output, LOOSE, progress=lambda event: event.tile_finished and finished.append(event),
+                           cancelled=lambda: bool(finished))
     assert not output.exists() and partial_path(output).exists()
     result = segment_everything(store, output, LOOSE)
     assert result.tiles_resumed == 1
@@ -392,7 +393,7 @@ def kill_after_tiles(store: FeatureStore, output: Path, tiles: int) -> None:
         from quicksam.interactive.automatic import AutoMaskSettings, segment_everything
         settings = AutoMaskSettings(**{json.dumps(LOOSE.to_dict())})
         def on_progress(event):
-            if event.done == {tiles}:
+            if event.tile_finished and event.done == {tiles}:
                 os.kill(os.getpid(), signal.SIGKILL)
         segment_everything(FeatureStore.open(Path({str(store.root)!r})), Path({str(output)!r}), settings,
                            progress=on_progress)
@@ -510,7 +511,8 @@ def test_a_corrupt_tile_stops_the_run_plainly_and_keeps_the_finished_tiles(store
     output = tmp_path / "out.gpkg"
     finished: list = []
     with pytest.raises(Cancelled):   # a first run, stopped after its first tile
-        segment_everything(damaged, output, LOOSE, progress=finished.append, cancelled=lambda: len(finished) >= 1)
+        segment_everything(damaged, output, LOOSE, cancelled=lambda: len(finished) >= 1,
+                           progress=lambda event: event.tile_finished and finished.append(event))
     second = damaged.grid.tiles[1].tile_id
     path = damaged.tile_path(second)
     data = bytearray(path.read_bytes())
@@ -559,7 +561,7 @@ def test_processing_algorithm_with_an_aoi_in_another_crs(store, tmp_path, qgis_a
     assert {r["tile_ids"] for r in read_rows(output)} == {"r0000c0000"}
     from qgis.core import QgsProject
 
-    loaded = QgsProject.instance().mapLayersByName("Segments")
+    loaded = QgsProject.instance().mapLayersByName("scene — objects (segment everything)")
     assert len(loaded) == 1 and loaded[0].featureCount() == results["OBJECTS"] > 0
     assert loaded[0].crs().authid() == "EPSG:32633"
     QgsProject.instance().removeMapLayer(loaded[0].id())
@@ -625,3 +627,169 @@ def test_the_real_landsat_raster_comes_out_in_its_crs_without_copies(tmp_path):
         for other in rows[i + 1:]:  # no object written twice by two overlapping tiles (nested ones may be)
             union = row["geometry"].union(other["geometry"]).area
             assert row["geometry"].intersection(other["geometry"]).area < 0.9 * union
+
+
+# -- 3. what a run tells its user: progress per batch, why nothing passed, layer names, the summary ------------
+
+
+def test_progress_is_reported_per_batch_of_points_and_cancel_stops_inside_a_tile(store, tmp_path):
+    events = []
+    result = segment_everything(store, tmp_path / "all.gpkg", LOOSE, progress=events.append)
+    # 16 points per tile in batches of 5: 4 batches, then the tile's own event
+    per_tile = [(e.tile_id, e.batch, e.batches, e.done) for e in events]
+    assert per_tile == ([("r0000c0000", b, 4, 0) for b in (1, 2, 3, 4)] + [("r0000c0000", 0, 0, 1)]
+                        + [("r0000c0001", b, 4, 1) for b in (1, 2, 3, 4)] + [("r0000c0001", 0, 0, 2)])
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and fractions[0] == pytest.approx(1 / 8) and fractions[-1] == 1.0
+    assert [e.objects for e in events if e.tile_finished][-1] == result.objects
+    # cancelled after the first batch: the second batch of the first tile is never decoded
+    seen = []
+    with pytest.raises(Cancelled, match="stopped after 0 of 2 tiles"):
+        segment_everything(store, tmp_path / "cancelled.gpkg", LOOSE, progress=seen.append,
+                           cancelled=lambda: bool(seen))
+    assert [(e.batch, e.batches) for e in seen] == [(1, 4)]
+
+
+def test_the_filter_counts_add_up_and_name_the_nearest_thresholds(store, tmp_path):
+    strict = AutoMaskSettings(**{**LOOSE.to_dict(), "pred_iou_thresh": 0.99, "stability_score_thresh": 0.99})
+    result = segment_everything(store, tmp_path / "none.gpkg", strict)
+    counts = result.filters
+    assert result.objects == 0
+    # 2 tiles x 16 points, three candidates each (mask mode "all"), none past both score filters
+    assert (counts.points, counts.points_on_nodata, counts.candidates) == (32, 0, 96)
+    assert counts.below_iou + counts.below_stability == 96 and counts.passed_scores == 0
+    iou, stability = counts.nearest_thresholds(0.99, 0.99)
+    assert iou <= counts.best_iou and iou <= 0.99 and stability <= 0.99
+    # the thresholds named let masks through: a run with them writes objects
+    loosened = AutoMaskSettings(**{**strict.to_dict(), "pred_iou_thresh": iou, "stability_score_thresh": stability})
+    assert segment_everything(store, tmp_path / "some.gpkg", loosened).objects > 0
+
+
+def run_segment_all(store: FeatureStore, output: Path, feedback=None, load: bool = False, **parameters) -> dict:
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    parameters = {"STORE": str(store.root), "POINTS_PER_SIDE": 4, "POINTS_PER_BATCH": 5, "MIN_MASK_REGION_AREA": 4,
+                  "OUTPUT": str(output), **parameters}
+    run = processing.runAndLoadResults if load else processing.run
+    return run("quicksam:segmentall", parameters, feedback=feedback or QgsProcessingFeedback())
+
+
+def recording_feedback():
+    from qgis.core import QgsProcessingFeedback
+
+    class Recording(QgsProcessingFeedback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.infos: List[str] = []
+            self.warnings: List[str] = []
+            self.progress: List[float] = []
+            self.progressChanged.connect(self.progress.append)
+
+        def pushInfo(self, info: str) -> None:  # noqa: N802 - Qt's name
+            self.infos.append(info)
+
+        def pushWarning(self, warning: str) -> None:  # noqa: N802 - Qt's name
+            self.warnings.append(warning)
+
+    return Recording()
+
+
+def test_processing_reports_progress_inside_a_tile_and_is_cancelled_between_batches(store, tmp_path, plugin):
+    from qgis.core import QgsProcessingException
+
+    feedback = recording_feedback()
+    run_segment_all(store, tmp_path / "all.gpkg", feedback, PRED_IOU_THRESH=0.0, STABILITY_SCORE_THRESH=0.0)
+    # 2 tiles of 4 batches: steps of 12.5 %, the first ones inside the first tile
+    assert [v for v in feedback.progress if 0 < v < 50] == pytest.approx([12.5, 25.0, 37.5])
+    assert feedback.progress[-1] == pytest.approx(100.0)
+    cancelling = recording_feedback()
+    cancelling.progressChanged.connect(lambda value: value > 0 and cancelling.cancel())
+    with pytest.raises(QgsProcessingException, match="stopped after 0 of 2 tiles"):
+        run_segment_all(store, tmp_path / "cancelled.gpkg", cancelling, PRED_IOU_THRESH=0.0,
+                        STABILITY_SCORE_THRESH=0.0)
+    assert [v for v in cancelling.progress if v > 0] == pytest.approx([12.5])
+
+
+def test_a_run_without_objects_says_which_filter_and_threshold(store, tmp_path, plugin):
+    feedback = recording_feedback()
+    results = run_segment_all(store, tmp_path / "none.gpkg", feedback)  # SAM's thresholds: 0.88 and 0.95
+    assert results["OBJECTS"] == 0
+    reason = results["NO_OBJECTS_REASON"]
+    assert feedback.warnings == [reason] and "\n" not in reason
+    assert reason.startswith("0 objects: of 96 candidate masks, ")
+    assert re.search(r"\d+ were below the predicted IoU threshold 0\.88 \(best 0\.\d\d\)", reason), reason
+    found = re.search(r"Lower (Predicted IoU threshold to (?P<iou>[\d.]+))?( and )?"
+                      r"(Stability score threshold to (?P<stability>[\d.]+))? to let some masks through\.$", reason)
+    assert found and (found["iou"] or found["stability"]), reason
+    again = run_segment_all(store, tmp_path / "some.gpkg", PRED_IOU_THRESH=float(found["iou"] or 0.88),
+                            STABILITY_SCORE_THRESH=float(found["stability"] or 0.95))
+    assert again["OBJECTS"] > 0 and again["NO_OBJECTS_REASON"] == ""
+    # an area limit that stops everything names the area that would pass
+    huge = run_segment_all(store, tmp_path / "huge.gpkg", PRED_IOU_THRESH=0.0, STABILITY_SCORE_THRESH=0.0,
+                           MIN_OBJECT_AREA=1e12)
+    assert huge["OBJECTS"] == 0
+    area = re.search(r"Lower Minimum object area \(map units²\) to ([\d.e+]+) to let", huge["NO_OBJECTS_REASON"])
+    assert area and "smaller than the minimum object area 1e+12" in huge["NO_OBJECTS_REASON"]
+    kept = run_segment_all(store, tmp_path / "kept.gpkg", PRED_IOU_THRESH=0.0, STABILITY_SCORE_THRESH=0.0,
+                           MIN_OBJECT_AREA=float(area.group(1)))
+    assert kept["OBJECTS"] >= 1
+
+
+def test_the_summary_is_one_plain_line_and_layers_are_named_after_raster_and_run(store, tmp_path, plugin):
+    from qgis.core import QgsProject
+
+    feedback = recording_feedback()
+    first = run_segment_all(store, tmp_path / "first.gpkg", feedback, load=True, PRED_IOU_THRESH=0.0,
+                            STABILITY_SCORE_THRESH=0.0)
+    [summary] = [line for line in feedback.infos if "objects written" in line]
+    assert re.fullmatch(rf"{first['OBJECTS']} objects written from 2 tiles in \d+\.\d s to "
+                        rf"{re.escape(str(tmp_path / 'first.gpkg'))} \(\d+ joined across tile borders; "
+                        r"0 tiles from an earlier run\)\.", summary), summary
+    assert not any(line.lstrip().startswith("{") for line in feedback.infos)
+    run_segment_all(store, tmp_path / "second.gpkg", load=True, PRED_IOU_THRESH=0.0, STABILITY_SCORE_THRESH=0.0)
+    name = "scene — objects (segment everything)"  # the raster is scene.tif
+    loaded = QgsProject.instance().mapLayersByName(name)
+    try:
+        assert len(loaded) == 2 and not QgsProject.instance().mapLayersByName("Segments")
+        assert sorted(layer.source().split("|")[0] for layer in loaded) == [str(tmp_path / "first.gpkg"),
+                                                                            str(tmp_path / "second.gpkg")]
+    finally:
+        QgsProject.instance().removeMapLayers([layer.id() for layer in loaded])
+
+
+def test_segment_everything_from_the_menu_starts_with_the_active_rasters_store(store, plugin, qgis_iface):
+    """The dialog gets the store as its initial parameters (pytest-qgis's iface cannot build the real dialog)."""
+    from unittest import mock
+
+    import processing
+    from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
+    from qgis.PyQt.QtWidgets import QAction
+
+    from quicksam.interactive.store_lookup import STORE_PROPERTY
+    from quicksam.plugin import SEGMENT_ALL_ACTION_OBJECT_NAME
+
+    [action] = [a for a in qgis_iface.mainWindow().findChildren(QAction, SEGMENT_ALL_ACTION_OBJECT_NAME)]
+    raster = QgsRasterLayer(store.manifest.raster.path, "scene")
+    raster.setCustomProperty(STORE_PROPERTY, str(store.root))  # as the dock or an encode registers it
+    other = QgsVectorLayer("Point?crs=EPSG:32633", "points", "memory")
+    QgsProject.instance().addMapLayers([raster, other])
+    try:
+        for active, expected in ((raster, {"STORE": str(store.root)}), (other, {})):
+            qgis_iface.setActiveLayer(active)
+            with mock.patch.object(processing, "execAlgorithmDialog") as dialog:
+                action.trigger()
+            dialog.assert_called_once_with("quicksam:segmentall", expected)
+    finally:
+        QgsProject.instance().removeMapLayers([raster.id(), other.id()])
+
+
+@pytest.mark.slow
+def test_cli_says_why_no_object_was_found_in_its_own_options(store, tmp_path):
+    result = run_cli("segment-all", store.root, "--output", tmp_path / "none.gpkg", "--points-per-side", "4")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["objects"] == 0
+    reason = summary["no_objects_reason"]
+    assert reason.startswith("0 objects: of 96 candidate masks") and "Lower --pred-iou-thresh to " in reason
+    assert f"quicksam: warning: {reason}" in result.stderr

@@ -4,9 +4,9 @@ the file behind the layer, the user's store list in QgsSettings)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
-from qgis.core import QgsMapLayer, QgsProviderRegistry
+from qgis.core import QgsMapLayer, QgsProviderRegistry, QgsRasterLayer
 
 from ..core.store import FeatureStore
 from ..interactive.store_lookup import STORE_PROPERTY, StoreLookup, find_store
@@ -39,3 +39,12 @@ def remember_layer_store(layer: QgsMapLayer, store: FeatureStore) -> None:
 
     layer.setCustomProperty(STORE_PROPERTY, str(store.root))
     settings.remember_store(str(store.root))
+
+
+def store_parameters(layer: Optional[QgsMapLayer], parameter: str = "STORE") -> Dict[str, str]:
+    """Initial parameters of a Processing dialog that decodes on a store: {parameter: the store folder} of
+    `layer` when it is a raster layer whose store is known (store_lookup's order), else {}."""
+    if not isinstance(layer, QgsRasterLayer):
+        return {}
+    lookup = find_layer_store(layer)
+    return {parameter: str(lookup.store.root)} if lookup.store is not None else {}

@@ -11,6 +11,7 @@ the run fails only when no object gave a polygon, and then nothing is written.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -63,6 +64,13 @@ def open_store(path: str) -> FeatureStore:
         raise QgsProcessingException(_tr("The feature store '{path}' has no {decoder}; re-run the same encode "
                                          "to finish it.").format(path=path, decoder=DECODER_ONNX))
     return store
+
+
+def output_layer_name(store: FeatureStore, what: str) -> str:
+    """The name of a layer a run adds to the project: the encoded raster's file name, then `what` (e.g.
+    "segments"), so that runs on several rasters, and the dock's layer, are told apart."""
+    raster = Path(store.manifest.raster.path).stem or store.root.stem
+    return _tr("{raster} — {what}").format(raster=raster, what=what)
 
 
 class DecodingAlgorithm(QuickSamAlgorithm):
@@ -204,6 +212,7 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
         sink, dest_id = None, None
         segmented = 0
         total = len(objects) + len(skipped)
+        started = time.monotonic()
         for done, item in enumerate(objects, start=1):
             if feedback.isCanceled():
                 raise QgsProcessingException(_tr("Segmentation cancelled after {done} of {total} objects.")
@@ -214,10 +223,7 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
                 feedback.reportError(problem.message(), fatalError=False)
             else:
                 if sink is None:  # created on the first success: a failed run writes nothing
-                    sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, output_fields(),
-                                                         QgsWkbTypes.Type.MultiPolygon, crs)
-                    if sink is None:
-                        raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
+                    sink, dest_id = self._create_sink(parameters, context, store, crs)
                     if output_note:
                         feedback.pushInfo(output_note)
                 for feature in features:
@@ -227,9 +233,26 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
             feedback.setProgress(100.0 * done / max(len(objects), 1))
         if sink is None:
             raise QgsProcessingException(self._nothing_segmented(total, skipped))
-        feedback.pushInfo(_tr("{segmented} of {total} objects segmented, {skipped} skipped.").format(
-            segmented=segmented, total=total, skipped=len(skipped)))
+        feedback.pushInfo(_tr("{segmented} of {total} objects segmented, {skipped} skipped, in {seconds:.1f} s; "
+                              "written to {output}.").format(segmented=segmented, total=total, skipped=len(skipped),
+                                                             seconds=time.monotonic() - started,
+                                                             output=_output_text(context, dest_id)))
         return {self.OUTPUT: dest_id, self.SEGMENTED: segmented, self.SKIPPED: len(skipped)}
+
+    def _create_sink(self, parameters: Dict[str, Any], context: QgsProcessingContext, store: FeatureStore,
+                     crs: QgsCoordinateReferenceSystem) -> Tuple[QgsFeatureSink, str]:
+        """The output sink and its destination id. The layer Processing loads when the run ends (a temporary
+        layer or a file alike) is named after the raster: not the output's description, which every run
+        would share."""
+        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, output_fields(),
+                                             QgsWkbTypes.Type.MultiPolygon, crs)
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
+        if context.willLoadLayerOnCompletion(dest_id):
+            details = context.layerToLoadOnCompletionDetails(dest_id)
+            details.name = output_layer_name(store, _tr("segments"))
+            details.forceName = True
+        return sink, dest_id
 
     def _read_objects(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                       feedback: QgsProcessingFeedback, store: FeatureStore
@@ -308,3 +331,11 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
             return _tr("Nothing was segmented: {first}").format(first=first)
         return _tr("None of the {total} objects could be segmented (each is reported above); the first: "
                    "{first}").format(total=total, first=first)
+
+
+def _output_text(context: QgsProcessingContext, dest_id: str) -> str:
+    """Where the objects went, for the log: the destination, or "a temporary layer" for a memory layer."""
+    layer = context.temporaryLayerStore().mapLayer(dest_id)
+    if layer is not None and layer.providerType() == "memory":
+        return _tr("a temporary layer")
+    return dest_id

@@ -9,6 +9,7 @@ existing GeoPackage gets the layer LAYER_NAME added (or replaced with OVERWRITE)
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
@@ -20,6 +21,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
@@ -35,28 +37,29 @@ from ...interactive.automatic import (
     COMMAND_LINE_OVERWRITE,
     OUTPUT_LAYER,
     AutoMaskSettings,
-    SegmentAllProgress,
     segment_everything,
 )
 from ...interactive.output_formats import FORMATS
 from ..i18n import tr as _tr
 from ..layers import raster_crs
 from .algorithm_base import started_by_command_line
-from .segment_algorithm import DecodingAlgorithm, open_store
+from .segment_algorithm import DecodingAlgorithm, open_store, output_layer_name
+from .segment_all_report import (
+    COMMAND_LINE_NAMES,
+    TileProgressFeedback,
+    dialog_names,
+    no_objects_message,
+    progress_reporter,
+    summary_message,
+)
+
+__all__ = ["SegmentAllAlgorithm", "TileProgressFeedback"]
 
 if TYPE_CHECKING:
     from ...core.store import FeatureStore
     from ...interactive.automatic import SegmentAllResult
 
 DEFAULTS = AutoMaskSettings()
-
-
-class TileProgressFeedback(QgsProcessingFeedback):
-    """A feedback also told of each finished tile: `quicksam segment-all --progress-json` counts tiles with it
-    (Processing's own progress is a percentage)."""
-
-    def tile_finished(self, event: SegmentAllProgress) -> None:
-        """Called once a tile's objects are committed; nothing here."""
 
 
 class SegmentAllAlgorithm(DecodingAlgorithm):
@@ -83,6 +86,7 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
     OUTPUT = "OUTPUT"
     OBJECTS = "OBJECTS"
     TILES = "TILES"
+    NO_OBJECTS_REASON = "NO_OBJECTS_REASON"
 
     def name(self) -> str:
         return "segmentall"
@@ -140,6 +144,8 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
                       "layer 'segments' unless named otherwise)."))
         self.addOutput(QgsProcessingOutputNumber(self.OBJECTS, _tr("Objects written")))
         self.addOutput(QgsProcessingOutputNumber(self.TILES, _tr("Tiles segmented")))
+        self.addOutput(QgsProcessingOutputString(self.NO_OBJECTS_REASON,
+                                                 _tr("Why no object was found (empty when some were)")))
 
     def _number_parameters(self) -> Tuple[tuple, ...]:
         """(name, label, type, default, minimum, maximum or None, advanced, help text) of the numeric parameters
@@ -253,18 +259,11 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         settings = self.settings(parameters, context)
         areas = self._area_wkbs(parameters, context, feedback, store)
-
-        def on_progress(event: SegmentAllProgress) -> None:
-            feedback.setProgress(100.0 * event.done / max(event.total, 1))
-            feedback.setProgressText(_tr("tile {tile}: {objects} objects so far").format(tile=event.tile_id,
-                                                                                        objects=event.objects))
-            if isinstance(feedback, TileProgressFeedback):
-                feedback.tile_finished(event)
-
+        started = time.monotonic()
         try:
             result = segment_everything(store, Path(output), settings, areas,
                                         overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context),
-                                        progress=on_progress, cancelled=feedback.isCanceled,
+                                        progress=progress_reporter(feedback), cancelled=feedback.isCanceled,
                                         how_to_overwrite=self.how_to_overwrite(context),
                                         layer=self.parameterAsString(parameters, self.LAYER_NAME, context)
                                         or OUTPUT_LAYER)
@@ -272,15 +271,20 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
             raise QgsProcessingException(_tr("Cancelled: {reason}").format(reason=exc)) from None
         except QuickSamError as exc:
             raise QgsProcessingException(str(exc)) from None
-        feedback.pushInfo(_tr("{objects} objects from {tiles} tiles ({merged} joined across tile borders; "
-                              "{resumed} tiles from an earlier run).").format(
-            objects=result.objects, tiles=result.tiles, merged=result.merged_objects, resumed=result.tiles_resumed))
+        feedback.pushInfo(summary_message(result, time.monotonic() - started))
         feedback.pushInfo(_written_message(result))
+        reason = "" if result.objects else no_objects_message(
+            result.filters, settings, COMMAND_LINE_NAMES if started_by_command_line(context) else dialog_names())
+        if reason:
+            feedback.pushWarning(reason)
         if context.project() is not None:  # the toolbox: show the result as the sink outputs of QGIS are
-            details = QgsProcessingContext.LayerDetails(_tr("Segments"), context.project(), self.OUTPUT)
+            details = QgsProcessingContext.LayerDetails(output_layer_name(store, _tr("objects (segment everything)")),
+                                                        context.project(), self.OUTPUT)
+            details.forceName = True  # not the file's or layer's name ("segments"), whatever Processing prefers
             source = f"{result.output}|layername={result.layer}" if result.layer else str(result.output)
             context.addLayerToLoadOnCompletion(source, details)
-        return {self.OUTPUT: str(result.output), self.OBJECTS: result.objects, self.TILES: result.tiles}
+        return {self.OUTPUT: str(result.output), self.OBJECTS: result.objects, self.TILES: result.tiles,
+                self.NO_OBJECTS_REASON: reason}
 
 
 def _file_filter() -> str:
