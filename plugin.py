@@ -15,7 +15,7 @@ from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QToolBar
 
 from .core.logger import LOGGER
-from .ui import ICONS_DIR, settings
+from .ui import ICONS_DIR, algorithm_dialogs, settings
 from .ui.algorithms.provider import QuickSamProvider
 from .ui.i18n import tr
 from .ui.qgis_logging import QgsMessageLogHandler, install_log_handler, remove_log_handler
@@ -247,14 +247,10 @@ class QuickSamPlugin:
 
     def open_segment_all_dialog(self) -> None:
         """Open the Processing dialog of quicksam:segmentall, its store the active raster layer's (if known)."""
-        import processing  # QGIS's Processing plugin; imported on use, it is not needed to load
-
         from .ui.layer_stores import store_parameters
 
-        processing.execAlgorithmDialog(SEGMENT_ALL_ALGORITHM_ID, store_parameters(self.iface.activeLayer()))
+        algorithm_dialogs.run_algorithm_dialog(SEGMENT_ALL_ALGORITHM_ID, store_parameters(self.iface.activeLayer()),
+                                               self.iface.mapCanvas())
 
-    @staticmethod
-    def _open_algorithm_dialog(algorithm_id: str) -> None:
-        import processing  # QGIS's Processing plugin; imported on use, it is not needed to load
-
-        processing.execAlgorithmDialog(algorithm_id, {})
+    def _open_algorithm_dialog(self, algorithm_id: str) -> None:
+        algorithm_dialogs.run_algorithm_dialog(algorithm_id, {}, self.iface.mapCanvas())

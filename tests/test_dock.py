@@ -285,23 +285,23 @@ def test_a_store_of_another_raster_is_refused_plainly(dock, scene, tmp_path):
 
 
 def test_pointing_at_the_raster_says_encode_it_first_and_offers_encoding(dock, raster_layer, scene):
-    import processing
+    from quicksam.ui import algorithm_dialogs
 
     assert not dock.controller.choose_store(str(scene / "scene.tif"))
     assert "'scene.tif' is this layer's raster, not a feature store: encode it first" in dock.storeInfoLabel.text()
     assert dock.encodeButton.isVisibleTo(dock)
-    with mock.patch.object(processing, "execAlgorithmDialog", return_value={}) as dialog:
+    with mock.patch.object(algorithm_dialogs, "run_algorithm_dialog", return_value={}) as dialog:
         dock.encodeButton.click()
-    dialog.assert_called_once_with("quicksam:encoderaster", {"INPUT": raster_layer})
+    dialog.assert_called_once_with("quicksam:encoderaster", {"INPUT": raster_layer}, dock.controller.canvas)
 
 
 def test_the_store_written_by_the_encode_dialog_is_used(dock, raster_layer, scene, tmp_path):
-    import processing
+    from quicksam.ui import algorithm_dialogs
 
     written = tmp_path / "new_store"
     shutil.copytree(scene / "scene.qsam", written)  # stands for what the encoder wrote
     assert not dock.controller.choose_store(str(scene / "scene.tif"))
-    with mock.patch.object(processing, "execAlgorithmDialog", return_value={"OUTPUT": str(written)}):
+    with mock.patch.object(algorithm_dialogs, "run_algorithm_dialog", return_value={"OUTPUT": str(written)}):
         dock.encodeButton.click()
     assert dock.controller.store is not None and dock.controller.store.root == written
     assert raster_layer.customProperty(STORE_PROPERTY) == str(written)
@@ -323,12 +323,12 @@ def test_every_line_about_the_store_is_a_phrase_not_a_lone_word(dock, scene, tmp
 
 
 def test_the_store_written_by_the_encode_dialog_says_so(dock, raster_layer, scene, tmp_path):
-    import processing
+    from quicksam.ui import algorithm_dialogs
 
     written = tmp_path / "new_store"
     shutil.copytree(scene / "scene.qsam", written)
     assert not dock.controller.choose_store(str(scene / "scene.tif"))
-    with mock.patch.object(processing, "execAlgorithmDialog", return_value={"OUTPUT": str(written)}):
+    with mock.patch.object(algorithm_dialogs, "run_algorithm_dialog", return_value={"OUTPUT": str(written)}):
         dock.encodeButton.click()
     assert "store just encoded" in store_lines(dock)
 

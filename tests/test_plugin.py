@@ -79,17 +79,17 @@ def test_init_gui_adds_encode_action_to_raster_menu(qgis_app, qgis_iface, menu_s
 
 
 def test_encode_action_opens_processing_dialog(plugin, qgis_iface):
-    import processing
+    from quicksam.ui import algorithm_dialogs
 
     [action] = [a for a in toolbars(qgis_iface)[0].actions()
                 if a.objectName() == ENCODE_ACTION_OBJECT_NAME]
-    with mock.patch.object(processing, "execAlgorithmDialog") as dialog:
+    with mock.patch.object(algorithm_dialogs, "run_algorithm_dialog") as dialog:
         action.trigger()
-    dialog.assert_called_once_with(ENCODE_ALGORITHM_ID, {})
+    dialog.assert_called_once_with(ENCODE_ALGORITHM_ID, {}, qgis_iface.mapCanvas())
 
 
 def test_segment_everything_action_opens_its_processing_dialog(plugin, qgis_iface):
-    import processing
+    from quicksam.ui import algorithm_dialogs
 
     from quicksam.plugin import SEGMENT_ALL_ACTION_OBJECT_NAME
 
@@ -101,10 +101,10 @@ def test_segment_everything_action_opens_its_processing_dialog(plugin, qgis_ifac
     points = QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory")  # no raster active: no store to fill in
     QgsProject.instance().addMapLayer(points)
     qgis_iface.setActiveLayer(points)
-    with mock.patch.object(processing, "execAlgorithmDialog") as dialog:
+    with mock.patch.object(algorithm_dialogs, "run_algorithm_dialog") as dialog:
         action.trigger()
     QgsProject.instance().removeMapLayer(points.id())
-    dialog.assert_called_once_with("quicksam:segmentall", {})
+    dialog.assert_called_once_with("quicksam:segmentall", {}, qgis_iface.mapCanvas())
     assert registry().algorithmById("quicksam:segmentall") is not None
 
 

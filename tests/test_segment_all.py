@@ -762,7 +762,7 @@ def test_segment_everything_from_the_menu_starts_with_the_active_rasters_store(s
     """The dialog gets the store as its initial parameters (pytest-qgis's iface cannot build the real dialog)."""
     from unittest import mock
 
-    import processing
+    from quicksam.ui import algorithm_dialogs
     from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
     from qgis.PyQt.QtWidgets import QAction
 
@@ -777,9 +777,9 @@ def test_segment_everything_from_the_menu_starts_with_the_active_rasters_store(s
     try:
         for active, expected in ((raster, {"STORE": str(store.root)}), (other, {})):
             qgis_iface.setActiveLayer(active)
-            with mock.patch.object(processing, "execAlgorithmDialog") as dialog:
+            with mock.patch.object(algorithm_dialogs, "run_algorithm_dialog") as dialog:
                 action.trigger()
-            dialog.assert_called_once_with("quicksam:segmentall", expected)
+            dialog.assert_called_once_with("quicksam:segmentall", expected, qgis_iface.mapCanvas())
     finally:
         QgsProject.instance().removeMapLayers([raster.id(), other.id()])
 

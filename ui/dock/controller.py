@@ -37,7 +37,7 @@ from ...core.store import FeatureStore
 from ...interactive.engine import MapPrompts, PromptError, Segment
 from ...interactive.session import SegmentOptions, SegmentSession
 from ...interactive.store_lookup import StoreLookup
-from .. import settings
+from .. import algorithm_dialogs, settings
 from ..i18n import tr
 from ..layers import open_tile_index_layer
 from .decode_scheduler import DecodeScheduler
@@ -144,10 +144,9 @@ class SegmentController(QObject):
     def encode_raster(self) -> None:
         """Open the encoder's Processing dialog for the current raster layer; once it is closed, use the
         store it wrote (or look for the layer's store again)."""
-        import processing  # QGIS's Processing plugin, imported on use
-
         layer = self.raster_layer
-        results = processing.execAlgorithmDialog(ENCODE_ALGORITHM_ID, {"INPUT": layer} if layer is not None else {})
+        results = algorithm_dialogs.run_algorithm_dialog(
+            ENCODE_ALGORITHM_ID, {"INPUT": layer} if layer is not None else {}, self.canvas)
         if layer is None or self.raster_layer is not layer:
             return
         written = results.get("OUTPUT") if isinstance(results, dict) else None
