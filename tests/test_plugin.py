@@ -89,9 +89,8 @@ def test_encode_action_opens_processing_dialog(plugin, qgis_iface):
 
 
 def test_segment_everything_action_opens_its_processing_dialog(plugin, qgis_iface):
-    from quicksam.ui import algorithm_dialogs
-
     from quicksam.plugin import SEGMENT_ALL_ACTION_OBJECT_NAME
+    from quicksam.ui import algorithm_dialogs
 
     [action] = [a for a in toolbars(qgis_iface)[0].actions()
                 if a.objectName() == SEGMENT_ALL_ACTION_OBJECT_NAME]

@@ -762,12 +762,12 @@ def test_segment_everything_from_the_menu_starts_with_the_active_rasters_store(s
     """The dialog gets the store as its initial parameters (pytest-qgis's iface cannot build the real dialog)."""
     from unittest import mock
 
-    from quicksam.ui import algorithm_dialogs
     from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
     from qgis.PyQt.QtWidgets import QAction
 
     from quicksam.interactive.store_lookup import STORE_PROPERTY
     from quicksam.plugin import SEGMENT_ALL_ACTION_OBJECT_NAME
+    from quicksam.ui import algorithm_dialogs
 
     [action] = [a for a in qgis_iface.mainWindow().findChildren(QAction, SEGMENT_ALL_ACTION_OBJECT_NAME)]
     raster = QgsRasterLayer(store.manifest.raster.path, "scene")
