@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Generic, List, Optional, Type, TypeVar
 
 from qgis.core import QgsSettings
+from qgis.PyQt.QtCore import QStandardPaths
 
 from . import PLUGIN_DIR
 
@@ -67,6 +68,13 @@ SETUP_ENCODER_PYTHON: Setting[str] = Setting(
     "setup/encoder_python", str, "",
     "The encoder's Python recorded by QuickSAM > Set up… (its environment, or an existing Python it checked)")
 
+# -- encoding ----------------------------------------------------------------------------------------
+ENCODE_STORE_FOLDER: Setting[str] = Setting(
+    "encode/store_folder", str, "",
+    "Folder for the feature stores that Encode raster writes by default when the raster's own folder is not "
+    "writable or the raster is not a plain file (otherwise the store goes beside the raster); empty = a QuickSAM "
+    "folder in the user's documents folder")
+
 # -- the Segment dock (options are remembered between sessions) --------------------------------------
 KNOWN_STORES: Setting[str] = Setting(
     "stores", str, "[]", "Feature stores the Segment dock has used (JSON list of folders), searched for rasters")
@@ -88,7 +96,8 @@ HOVER_DELAY_MS: Setting[int] = Setting(
     "segment/hover_delay_ms", int, 200, "Rest of the cursor before the hover preview is decoded, in milliseconds")
 
 ALL_SETTINGS = (PYTHON_EXECUTABLE, KNOWN_STORES, MASK_MODE, MIN_AREA_PIXELS, SIMPLIFY_TOLERANCE, KEEP_HOLES,
-                KEEP_PROMPTS, RANDOM_COLOURS, HOVER_PREVIEW, HOVER_DELAY_MS, SETUP_ENCODER_PYTHON)
+                KEEP_PROMPTS, RANDOM_COLOURS, HOVER_PREVIEW, HOVER_DELAY_MS, SETUP_ENCODER_PYTHON,
+                ENCODE_STORE_FOLDER)
 #: How many stores the store list remembers (most recent first).
 KNOWN_STORES_LIMIT = 50
 
@@ -106,6 +115,16 @@ def remember_store(path: str) -> None:
     """Put a store folder first in KNOWN_STORES."""
     stores = [path] + [item for item in known_stores() if item != path]
     KNOWN_STORES.set_value(json.dumps(stores[:KNOWN_STORES_LIMIT]))
+
+
+def encode_store_folder() -> Path:
+    """ENCODE_STORE_FOLDER, or when it is empty `<documents>/QuickSAM` (the home folder when the platform names no
+    documents folder). Not created here."""
+    configured = ENCODE_STORE_FOLDER.value().strip()
+    if configured:
+        return Path(configured).expanduser()
+    documents = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation)
+    return Path(documents or Path.home()) / "QuickSAM"
 
 
 def plugin_venv_python(plugin_dir: Path) -> Path:
