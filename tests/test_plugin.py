@@ -81,11 +81,17 @@ def test_init_gui_adds_encode_action_to_raster_menu(qgis_app, qgis_iface, menu_s
 def test_encode_action_opens_processing_dialog(plugin, qgis_iface):
     import processing
 
+    from quicksam.ui.algorithms.encode_dialog import MINIMUM_SIZE
+
     [action] = [a for a in toolbars(qgis_iface)[0].actions()
                 if a.objectName() == ENCODE_ACTION_OBJECT_NAME]
-    with mock.patch.object(processing, "execAlgorithmDialog") as dialog:
+    with mock.patch.object(processing, "createAlgorithmDialog") as create:
+        create.return_value.results.return_value = {}
         action.trigger()
-    dialog.assert_called_once_with(ENCODE_ALGORITHM_ID, {})
+    create.assert_called_once_with(ENCODE_ALGORITHM_ID, {})
+    dialog = create.return_value
+    dialog.setMinimumSize.assert_called_once_with(MINIMUM_SIZE)
+    dialog.exec.assert_called_once_with()
 
 
 def test_segment_everything_action_opens_its_processing_dialog(plugin, qgis_iface):
