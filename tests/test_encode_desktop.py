@@ -185,6 +185,23 @@ def test_no_output_given_also_goes_beside_the_raster(encoder, tmp_path):
     assert str(tmp_path / "scene.qsam") in settings.known_stores()
 
 
+def test_model_builder_model_left_at_the_temporary_folder_also_goes_beside_the_raster(encoder, tmp_path):
+    import processing
+    from test_processing_e2e import encode_model
+
+    raster = write_raster(tmp_path / "modelled.tif", gradient(200, 200))
+    layer = add_raster(raster)
+    model = encode_model()
+    store_parameter = [p.name() for p in model.parameterDefinitions()][1]
+
+    results = processing.run(model, {"raster": str(raster), store_parameter: QgsProcessing.TEMPORARY_OUTPUT},
+                             context=project_context(), feedback=RecordingFeedback())
+
+    assert results[store_parameter] == str(tmp_path / "modelled.qsam")
+    assert str(tmp_path / "modelled.qsam") in settings.known_stores()
+    assert layer.customProperty("quicksam/store") == str(tmp_path / "modelled.qsam")
+
+
 def test_default_store_never_touches_another_rasters_store(encoder, tmp_path):
     raster = write_raster(tmp_path / "scene.tif", gradient(200, 200))
     (tmp_path / "elsewhere").mkdir()
