@@ -219,6 +219,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
                          feedback: QgsProcessingFeedback) -> bool:
         """Copy every parameter here, on the main thread, before the background run."""
         self._job = self.encoder_job(parameters, context)
+        self._encoded = None  # a batch runs one object row after row
         return True
 
     def encoder_job(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> EncoderJob:
