@@ -242,8 +242,11 @@ class QuickSamPlugin:
             self.options_factory = None
 
     def open_encode_dialog(self) -> None:
-        """Open the Processing dialog of quicksam:encoderaster."""
-        self._open_algorithm_dialog(ENCODE_ALGORITHM_ID)
+        """Open the Processing dialog of quicksam:encoderaster, large enough for its fields; offer the set-up when a
+        run in it failed for want of an encoder environment."""
+        from .ui.algorithms.encode_dialog import open_encode_dialog
+
+        open_encode_dialog(self.iface.mainWindow(), self.open_setup_dialog, canvas=self.iface.mapCanvas())
 
     def open_segment_all_dialog(self) -> None:
         """Open the Processing dialog of quicksam:segmentall, its store the active raster layer's (if known)."""

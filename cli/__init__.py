@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..core.diskspace import is_disk_full, mount_point
-from ..core.errors import Cancelled, QuickSamError
+from ..core.errors import Cancelled, EncoderEnvironmentError, QuickSamError
 from ..core.logger import LOGGER
 from .encode import add_encode_parser
 from .events import (
     EXIT_BAD_INPUT,
     EXIT_CANCELLED,
+    EXIT_ENVIRONMENT,
     EXIT_INTERNAL,
     EXIT_OUTPUT_CLOSED,
     EventLogHandler,
@@ -82,6 +83,9 @@ def _run_command(args: argparse.Namespace, events: EventWriter) -> int:
         if isinstance(exc, Cancelled):
             events.error(str(exc), EXIT_CANCELLED, kind="cancelled")
             return EXIT_CANCELLED
+        if isinstance(exc, (ImportError, EncoderEnvironmentError)):
+            events.error(missing_package_message(exc), EXIT_ENVIRONMENT)
+            return EXIT_ENVIRONMENT
         if isinstance(exc, (QuickSamError, ValueError)):
             events.error(str(exc), EXIT_BAD_INPUT)
             return EXIT_BAD_INPUT
@@ -95,6 +99,15 @@ def _run_command(args: argparse.Namespace, events: EventWriter) -> int:
         events.error(f"unexpected {type(exc).__name__}: {exc} (set QUICKSAM_DEBUG=1 for details and report it)",
                      EXIT_INTERNAL)
         return EXIT_INTERNAL
+
+
+def missing_package_message(exc: BaseException) -> str:
+    """The one line for a package this Python lacks or cannot import (torch, sam2, rasterio, ...), saying how to
+    get it: into this Python by hand, or an environment built by QGIS's Raster > QuickSAM > Set up…."""
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return (f"this Python ({sys.executable}) cannot import a package QuickSAM needs ({detail}); install QuickSAM's "
+            "packages into it (requirements.txt, and requirements-torch.txt for encoding), or use the environment "
+            "that Raster > QuickSAM > Set up… builds in QGIS")
 
 
 def _silence_stdout() -> None:

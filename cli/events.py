@@ -17,6 +17,8 @@ from typing import Callable, List, Optional, TextIO
 
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 2
+#: The Python running the command lacks (or cannot import) a package it needs: an environment to build or repair.
+EXIT_ENVIRONMENT = 3
 EXIT_CANCELLED = 130
 #: The reader of stdout has gone (a closed pipe): 128 + SIGPIPE, what a shell shows for `yes | head -1`.
 EXIT_OUTPUT_CLOSED = 141

@@ -21,3 +21,8 @@ class CheckpointError(QuickSamError):
 
 class Cancelled(QuickSamError):
     """The user cancelled the operation; everything finished so far is kept."""
+
+
+class EncoderEnvironmentError(QuickSamError):
+    """The Python that runs the encoder cannot: it is missing, or lacks (or cannot import) a package the encoder
+    needs (torch, sam2, rasterio, ...). Building or repairing the encoder's environment fixes it."""

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 import threading
 from collections import deque
 from pathlib import Path
 from typing import IO, Callable, Deque, Dict, List, Optional, Tuple
 
-from ..core.errors import Cancelled, QuickSamError
+from ..core.errors import Cancelled, EncoderEnvironmentError, QuickSamError
 from ..core.logger import LOGGER
 
 #: The plugin folder (the repository root), which is the package `quicksam` when installed.
@@ -26,6 +27,8 @@ PACKAGE_NAME = "quicksam"
 DEFAULT_MODULE = "quicksam.cli"
 EXIT_OK = 0
 EXIT_CANCELLED = 130
+#: The CLI's exit status when its Python lacks (or cannot import) a package (cli.events.EXIT_ENVIRONMENT).
+EXIT_ENVIRONMENT = 3
 #: Seconds a cancelled encoder gets to stop cleanly (finish writing its tile) before it is killed.
 TERMINATE_GRACE = 5.0
 _STDERR_LINES_KEPT = 200
@@ -91,16 +94,33 @@ def _last_error_line(stderr_lines: Deque[str]) -> str:
     return ""
 
 
-def _failure_message(returncode: int, stderr_lines: Deque[str], python: str, module: str) -> str:
-    """The user-facing message for a failed encoder process."""
-    last = _last_error_line(stderr_lines)
+def _missing_module(stderr_text: str) -> str:
+    """What the process could not import, as "the package 'NAME'" or the import error's line; "" if none."""
+    match = re.search(r"No module named '([^']+)'", stderr_text)
+    if match:
+        return f"the package '{match.group(1).split('.')[0]}'"
+    lines = [line.strip() for line in stderr_text.splitlines()]
+    return next((line for line in reversed(lines) if line.startswith(("ImportError", "ModuleNotFoundError"))), "")
+
+
+def _environment_problem(returncode: int, stderr_lines: Deque[str], python: str, module: str) -> Optional[str]:
+    """The message when the encoder's Python cannot run it for want of a package (or of QuickSAM itself), else
+    None: the CLI's own EXIT_ENVIRONMENT, or an import that failed before the CLI could say anything."""
     stderr_text = "\n".join(stderr_lines)
     package = module.split(".", 1)[0]
     if (f"No module named '{package}" in stderr_text or f"No module named {package}" in stderr_text
             or "Error while finding module specification" in stderr_text):
-        return f"the Python '{python}' cannot import QuickSAM ({last}); {SETUP_HINT}"
-    if last.startswith("ModuleNotFoundError") or last.startswith("ImportError"):
-        return f"the Python '{python}' lacks a package the encoder needs ({last}); {SETUP_HINT}"
+        return f"the Python '{python}' cannot import QuickSAM ({_last_error_line(stderr_lines)}); {SETUP_HINT}"
+    last = _last_error_line(stderr_lines)
+    if returncode == EXIT_ENVIRONMENT or last.startswith(("ModuleNotFoundError", "ImportError")):
+        missing = _missing_module(stderr_text) or "a package"
+        return f"the encoder's Python '{python}' cannot import {missing} it needs; {SETUP_HINT}"
+    return None
+
+
+def _failure_message(returncode: int, stderr_lines: Deque[str]) -> str:
+    """The user-facing message for a failed encoder process (other than a missing package)."""
+    last = _last_error_line(stderr_lines)
     if last:
         return last
     if returncode < 0:
@@ -130,10 +150,11 @@ def run_encoder_process(args: List[str], python: str, on_event: Callable[[dict],
     {"event": "stderr", "message": line} for each stderr line. `is_cancelled` is polled every
     `poll_interval` seconds; when it returns True the process is terminated (killed after
     `terminate_grace` s) and Cancelled is raised. Returns the exit code (0). Raises QuickSamError
-    with the process's last stderr line when it fails, or a setup hint when `python` cannot run it.
+    with the process's last stderr line when it fails, and EncoderEnvironmentError (a QuickSamError saying to run
+    the set-up) when `python` is missing or lacks a package the encoder needs.
     """
     if not python:
-        raise QuickSamError(f"no Python interpreter found to run the encoder; {SETUP_HINT}")
+        raise EncoderEnvironmentError(f"no Python interpreter found to run the encoder; {SETUP_HINT}")
     process = _start_process(encoder_command(args, python, module), python)
     lines: queue.Queue[Tuple[str, object]] = queue.Queue()
     readers = _start_readers(process, lines)
@@ -156,7 +177,10 @@ def run_encoder_process(args: List[str], python: str, on_event: Callable[[dict],
     if returncode == EXIT_CANCELLED:
         raise Cancelled("the encoder was interrupted; the tiles encoded so far are kept and the next "
                         "run resumes from there")
-    raise QuickSamError(_failure_message(returncode, stderr_lines, python, module))
+    environment_problem = _environment_problem(returncode, stderr_lines, python, module)
+    if environment_problem:
+        raise EncoderEnvironmentError(environment_problem)
+    raise QuickSamError(_failure_message(returncode, stderr_lines))
 
 
 def _start_process(command: List[str], python: str) -> subprocess.Popen:
@@ -170,8 +194,8 @@ def _start_process(command: List[str], python: str) -> subprocess.Popen:
             env=encoder_environment(), text=True, encoding="utf-8", errors="replace", bufsize=1,
             creationflags=creationflags)
     except OSError as exc:
-        raise QuickSamError(f"cannot start the Python '{python}' ({exc.strerror or exc}); "
-                            f"{SETUP_HINT}") from exc
+        raise EncoderEnvironmentError(f"cannot start the Python '{python}' ({exc.strerror or exc}); "
+                                      f"{SETUP_HINT}") from exc
 
 
 def _start_readers(process: subprocess.Popen, lines: queue.Queue[Tuple[str, object]]) -> List[threading.Thread]:

@@ -286,13 +286,15 @@ def test_a_store_of_another_raster_is_refused_plainly(dock, scene, tmp_path):
 
 def test_pointing_at_the_raster_says_encode_it_first_and_offers_encoding(dock, raster_layer, scene):
     from quicksam.ui import algorithm_dialogs
+    from quicksam.ui.algorithms.encode_dialog import MINIMUM_SIZE as ENCODE_DIALOG_SIZE
 
     assert not dock.controller.choose_store(str(scene / "scene.tif"))
     assert "'scene.tif' is this layer's raster, not a feature store: encode it first" in dock.storeInfoLabel.text()
     assert dock.encodeButton.isVisibleTo(dock)
     with mock.patch.object(algorithm_dialogs, "run_algorithm_dialog", return_value={}) as dialog:
         dock.encodeButton.click()
-    dialog.assert_called_once_with("quicksam:encoderaster", {"INPUT": raster_layer}, dock.controller.canvas)
+    dialog.assert_called_once_with("quicksam:encoderaster", {"INPUT": raster_layer}, dock.controller.canvas,
+                                   ENCODE_DIALOG_SIZE)
 
 
 def test_the_store_written_by_the_encode_dialog_is_used(dock, raster_layer, scene, tmp_path):

@@ -100,14 +100,19 @@ def test_identity(algorithm):
 
 def test_parameters_and_defaults(algorithm):
     names = [p.name() for p in algorithm.parameterDefinitions()]
-    assert names == ["INPUT", "BANDS", "EXTENT", "MODEL", "CHECKPOINT", "RANDOM_WEIGHTS", "OVERLAP",
-                     "BATCH_SIZE", "DEVICE", "TILE_SIZE", "OUTPUT"]
+    assert names == ["INPUT", "RED_BAND", "GREEN_BAND", "BLUE_BAND", "BANDS", "EXTENT", "MODEL", "CHECKPOINT",
+                     "RANDOM_WEIGHTS", "OVERLAP", "BATCH_SIZE", "DEVICE", "TILE_SIZE", "OUTPUT"]
     param = algorithm.parameterDefinition
 
-    bands = param("BANDS")
+    for name in ("RED_BAND", "GREEN_BAND", "BLUE_BAND"):
+        assert isinstance(param(name), QgsProcessingParameterBand)
+        assert param(name).parentLayerParameterName() == "INPUT"
+        assert not param(name).allowMultiple()
+    bands = param("BANDS")  # hidden: the list of QuickSAM 0.1 scripts
     assert isinstance(bands, QgsProcessingParameterBand)
     assert bands.parentLayerParameterName() == "INPUT"
     assert bands.allowMultiple()
+    assert bands.flags() & QgsProcessingParameterDefinition.Flag.FlagHidden
 
     model = param("MODEL")
     assert isinstance(model, QgsProcessingParameterEnum)
@@ -132,7 +137,8 @@ def test_parameters_and_defaults(algorithm):
 
     optional = QgsProcessingParameterDefinition.Flag.FlagOptional
     advanced = QgsProcessingParameterDefinition.Flag.FlagAdvanced
-    assert {n for n in names if is_set(n, optional)} == {"BANDS", "EXTENT", "CHECKPOINT", "OVERLAP"}
+    assert {n for n in names if is_set(n, optional)} == {"RED_BAND", "GREEN_BAND", "BLUE_BAND", "BANDS", "EXTENT",
+                                                         "CHECKPOINT", "OVERLAP", "OUTPUT"}
     assert {n for n in names if is_set(n, advanced)} == {"RANDOM_WEIGHTS", "BATCH_SIZE", "DEVICE",
                                                          "TILE_SIZE"}
     assert all(param(n).help() for n in names), "every parameter has help"

@@ -80,12 +80,13 @@ def test_init_gui_adds_encode_action_to_raster_menu(qgis_app, qgis_iface, menu_s
 
 def test_encode_action_opens_processing_dialog(plugin, qgis_iface):
     from quicksam.ui import algorithm_dialogs
+    from quicksam.ui.algorithms.encode_dialog import MINIMUM_SIZE
 
     [action] = [a for a in toolbars(qgis_iface)[0].actions()
                 if a.objectName() == ENCODE_ACTION_OBJECT_NAME]
-    with mock.patch.object(algorithm_dialogs, "run_algorithm_dialog") as dialog:
+    with mock.patch.object(algorithm_dialogs, "run_algorithm_dialog", return_value={}) as dialog:
         action.trigger()
-    dialog.assert_called_once_with(ENCODE_ALGORITHM_ID, {}, qgis_iface.mapCanvas())
+    dialog.assert_called_once_with(ENCODE_ALGORITHM_ID, {}, qgis_iface.mapCanvas(), minimum_size=MINIMUM_SIZE)
 
 
 def test_segment_everything_action_opens_its_processing_dialog(plugin, qgis_iface):

@@ -41,6 +41,7 @@ def run_algorithm_dialog(algorithm_id: str, parameters: Dict[str, Any], canvas: 
     dialog.algorithmFinished.connect(finished)
     if minimum_size is not None:
         dialog.setMinimumSize(minimum_size)
+        dialog.resize(dialog.size().expandedTo(minimum_size))
     previous_tool = canvas.mapTool() if canvas is not None else None
     dialog.exec()
     if canvas is not None and previous_tool is not None and canvas.mapTool() is not previous_tool:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Generic, List, Optional, Type, TypeVar
 
 from qgis.core import QgsSettings
+from qgis.PyQt.QtCore import QStandardPaths
 
 from . import PLUGIN_DIR
 
@@ -68,7 +69,10 @@ SETUP_ENCODER_PYTHON: Setting[str] = Setting(
     "The encoder's Python recorded by QuickSAM > Set up… (its environment, or an existing Python it checked)")
 STORE_FOLDER: Setting[str] = Setting(
     "encode/store_folder", str, "",
-    "Folder for feature stores encoded with the default output (one per raster); empty = beside the raster")
+    "Folder for the feature stores Encode raster writes with its default output (one per raster); empty = "
+    "beside the raster, or a QuickSAM folder in the user's documents when the raster's folder is not writable "
+    "or the raster is not a plain file")
+
 
 # -- the Segment dock (options are remembered between sessions) --------------------------------------
 KNOWN_STORES: Setting[str] = Setting(
@@ -112,6 +116,16 @@ def remember_store(path: str) -> None:
     """Put a store folder first in KNOWN_STORES."""
     stores = [path] + [item for item in known_stores() if item != path]
     KNOWN_STORES.set_value(json.dumps(stores[:KNOWN_STORES_LIMIT]))
+
+
+def encode_store_folder() -> Path:
+    """STORE_FOLDER, or when it is empty `<documents>/QuickSAM` (the home folder when the platform names no
+    documents folder): where default stores go that cannot go beside their raster. Not created here."""
+    configured = STORE_FOLDER.value().strip()
+    if configured:
+        return Path(configured).expanduser()
+    documents = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation)
+    return Path(documents or Path.home()) / "QuickSAM"
 
 
 def plugin_venv_python(plugin_dir: Path) -> Path:

@@ -6,7 +6,7 @@ import pickle
 from pathlib import Path
 from typing import Any, Dict
 
-from ...core.errors import CheckpointError
+from ...core.errors import CheckpointError, EncoderEnvironmentError
 
 
 def load_state_dict(path: Path) -> Dict[str, Any]:
@@ -20,8 +20,9 @@ def load_state_dict(path: Path) -> Dict[str, Any]:
     try:
         import torch
     except ImportError as exc:
-        raise CheckpointError(
-            "PyTorch is needed to read checkpoints; install QuickSAM's encoder requirements"
+        raise EncoderEnvironmentError(
+            f"PyTorch is needed to read checkpoints and this Python cannot import it ({exc}); install "
+            "QuickSAM's encoder requirements"
         ) from exc
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)

@@ -9,12 +9,16 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingParameterDefinition,
 )
+from qgis.PyQt.QtCore import QUrl
 from qgis.PyQt.QtGui import QIcon
 
-from .. import ICONS_DIR
+from .. import ICONS_DIR, PLUGIN_DIR
 from ..i18n import tr
 
 ICONS = ICONS_DIR
+#: The guide of each algorithm (by `name()`), in the docs/ folder shipped inside the installed plugin.
+HELP_FILES = {"encoderaster": "encoding.md", "segmentprompts": "segmenting.md",
+              "segmentall": "segment-everything.md"}
 GROUP_NAMES = {"encoding": "Encoding", "segmentation": "Segmentation"}
 #: Expression-context variable set by the `quicksam` command on the algorithm runs it starts: messages then
 #: name the command's options ("pass --overwrite") instead of the algorithm's parameters.
@@ -52,6 +56,11 @@ class QuickSamAlgorithm(QgsProcessingAlgorithm):
 
     def svgIconPath(self) -> str:
         return str(ICONS / self.ICON)
+
+    def helpUrl(self) -> str:
+        """The algorithm's guide in the installed plugin's docs/ folder, as a file:// URL ("" if it is missing)."""
+        guide = PLUGIN_DIR / "docs" / HELP_FILES.get(self.name(), "")
+        return QUrl.fromLocalFile(str(guide)).toString() if guide.is_file() else ""
 
     def createInstance(self) -> QgsProcessingAlgorithm:
         return type(self)()

@@ -18,6 +18,7 @@ from qgis.core import (
     QgsProcessingOutputVectorLayer,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFolderDestination,
@@ -29,19 +30,27 @@ from qgis.core import (
 
 from ...core.catalogue import MODELS
 from ...core.defaults import DEFAULT_MODEL, DEFAULT_TILE_SIZE, default_overlap
-from ...core.errors import Cancelled, QuickSamError
+from ...core.errors import Cancelled, EncoderEnvironmentError, QuickSamError
 from ...encoder.subprocess_runner import DEFAULT_MODULE, encoder_command, run_encoder_process
 from ..i18n import tr as _tr
 from ..settings import encoder_python
-from .algorithm_base import QuickSamAlgorithm
+from .algorithm_base import QuickSamAlgorithm, started_by_command_line
 from .encode_job import (
     EncoderJob,
     band_numbers_from_text,
     build_encode_args,
     is_given,
     raster_file_path,
+    red_green_blue,
 )
-from .encoder_events import EncoderEventReporter
+from .encode_outputs import (
+    EncodedStore,
+    default_store,
+    load_tile_index_on_completion,
+    remember_encoded_store,
+    wants_default_store,
+)
+from .encoder_events import CLI_ERROR_LINE, EncoderEventReporter, in_dialog_words, record_environment_failure
 
 MODEL_NAMES: List[str] = list(MODELS)
 DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
@@ -54,6 +63,10 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
     ICON = "encode.svg"
 
     INPUT = "INPUT"
+    RED_BAND = "RED_BAND"
+    GREEN_BAND = "GREEN_BAND"
+    BLUE_BAND = "BLUE_BAND"
+    #: Hidden: the bands as one list, as scripts and models written for 0.1 pass them.
     BANDS = "BANDS"
     EXTENT = "EXTENT"
     MODEL = "MODEL"
@@ -69,6 +82,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
     def __init__(self) -> None:
         super().__init__()
         self._job: Optional[EncoderJob] = None
+        self._encoded: Optional[EncodedStore] = None
 
     # -- identity ---------------------------------------------------------------------------------
 
@@ -86,8 +100,9 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             "process (the QuickSAM Python, which has PyTorch); cancelled or interrupted runs keep "
             "their tiles and resume where they stopped.</p>"
             "<p><b>Input raster</b>: a georeferenced, file-based raster.<br>"
-            "<b>Bands</b>: up to 3 bands fed to the model as red, green, blue. By default the bands "
-            "labelled red/green/blue, else the first three; one band is repeated as grey.<br>"
+            "<b>Red, Green and Blue bands</b>: the bands fed to the model as red, green and blue, in this "
+            "order. A band left empty is the one the layer shows in that colour; a single-band layer is "
+            "repeated as grey.<br>"
             "<b>Extent</b>: encode only this area (any CRS; it is transformed to the raster's CRS). "
             "Default: the whole raster.<br>"
             "<b>Model</b>: the SAM model; tiny models are fastest on a CPU.<br>"
@@ -96,12 +111,17 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             "<b>Overlap</b>: pixels shared by neighbouring tiles, so that objects on a tile edge are "
             "whole in some tile.<br>"
             "<b>Feature store</b>: the output folder; an existing store of the same raster and model "
-            "is resumed.</p>"
+            "is resumed. Left at its default (the temporary folder, which QGIS deletes on exit), the store "
+            "goes beside the raster as <i>raster name</i>.qsam, where the Segment tool finds it (or, when "
+            "that folder cannot be written, into the folder set in QuickSAM's settings).</p>"
             "<p>Advanced: <b>random weights</b> (seeded, for tests and demos; recorded in the store), "
             "<b>batch size</b>, <b>device</b> (auto picks CUDA or MPS when available) and <b>tile "
             "size</b> (0 = the model's native 1024 px).</p>"
             "<p>Outputs: the feature store folder and its tile index (a GeoPackage of tile "
-            "footprints).</p>")
+            "footprints, added to the project when the dialog runs the algorithm). The store is remembered "
+            "for the raster's layers, so the Segment tool uses it.</p>"
+            "<p>If the encoder's Python lacks PyTorch or another package, run Raster &gt; QuickSAM &gt; "
+            "Set up… once.</p>")
 
     # -- parameters -------------------------------------------------------------------------------
 
@@ -109,20 +129,30 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
         self._add_raster_parameters()
         self._add_model_parameters()
         self._add_run_parameters()
-        self._add(QgsProcessingParameterFolderDestination(self.OUTPUT, _tr("Feature store")),
-                  _tr("Folder of the feature store. An existing store of the same raster and model "
-                      "is resumed; one of anything else is refused."))
+        self._add(QgsProcessingParameterFolderDestination(
+            self.OUTPUT, _tr("Feature store (default: beside the raster)"), optional=True),
+            _tr("Folder of the feature store. An existing store of the same raster and model is resumed; one "
+                "of anything else is refused. Default (or the temporary folder): <raster name>.qsam beside the "
+                "raster, or in the folder set in QuickSAM's settings when that one cannot be written."))
         self.addOutput(QgsProcessingOutputVectorLayer(
             self.TILE_INDEX, _tr("Tile index"), QgsProcessing.SourceType.TypeVectorPolygon))
 
     def _add_raster_parameters(self) -> None:
         self._add(QgsProcessingParameterRasterLayer(self.INPUT, _tr("Input raster")),
                   _tr("A georeferenced raster stored in a file (GeoTIFF or any GDAL format)."))
-        self._add(QgsProcessingParameterBand(
-            self.BANDS, _tr("Bands (up to 3, as red, green, blue)"), None, self.INPUT,
-            optional=True, allowMultiple=True),
-            _tr("Up to 3 bands fed to the model as red, green and blue. Default: the bands labelled "
-                "red/green/blue, else the first three. One band is repeated three times."))
+        for name, colour in ((self.RED_BAND, _tr("Red")), (self.GREEN_BAND, _tr("Green")),
+                             (self.BLUE_BAND, _tr("Blue"))):
+            self._add(QgsProcessingParameterBand(
+                name, _tr("{colour} band (empty = as the layer shows it)").format(colour=colour), None,
+                self.INPUT, optional=True, allowMultiple=False),
+                _tr("The band fed to the model as {colour}. Empty: the band the layer's renderer shows in "
+                    "{colour}; for a layer not shown in colour, the bands labelled red/green/blue, else the "
+                    "first three (a single band is repeated as grey).").format(colour=colour.lower()))
+        old_bands = QgsProcessingParameterBand(self.BANDS, _tr("Bands (red, green, blue; old form)"), None,
+                                               self.INPUT, optional=True, allowMultiple=True)
+        old_bands.setFlags(old_bands.flags() | QgsProcessingParameterDefinition.Flag.FlagHidden)
+        self._add(old_bands, _tr("Up to 3 band numbers in red, green, blue order, as one list (scripts "
+                                 "written for QuickSAM 0.1); use RED_BAND, GREEN_BAND and BLUE_BAND instead."))
         self._add(QgsProcessingParameterExtent(self.EXTENT, _tr("Extent to encode"), optional=True),
                   _tr("Only tiles covering this area are encoded; it is transformed to the raster's "
                       "CRS. Default: the whole raster."))
@@ -189,6 +219,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
                          feedback: QgsProcessingFeedback) -> bool:
         """Copy every parameter here, on the main thread, before the background run."""
         self._job = self.encoder_job(parameters, context)
+        self._encoded = None  # a batch runs one object row after row
         return True
 
     def encoder_job(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> EncoderJob:
@@ -212,18 +243,22 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
                     "untick RANDOM_WEIGHTS."))
         tile_size = self.parameterAsInt(parameters, self.TILE_SIZE, context)
         overlap = self._overlap(parameters, context, tile_size or DEFAULT_TILE_SIZE)
-        store = self.parameterAsString(parameters, self.OUTPUT, context)
-        if not store:
-            raise QgsProcessingException(_tr("Choose a folder for the feature store (OUTPUT)."))
+        model = MODEL_NAMES[self.parameterAsEnum(parameters, self.MODEL, context)]
+        store = self._store(parameters, context, raster, model)
         args = build_encode_args(
-            raster, store,
-            model=MODEL_NAMES[self.parameterAsEnum(parameters, self.MODEL, context)],
-            bands=bands, extent=extent, checkpoint=checkpoint, random_weights=random_weights,
-            overlap=overlap,
+            raster, store, model=model, bands=bands, extent=extent, checkpoint=checkpoint,
+            random_weights=random_weights, overlap=overlap,
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             tile_size=tile_size)
-        return EncoderJob(args=args, python=encoder_python(), store=store)
+        return EncoderJob(args=args, python=encoder_python(), store=store, raster=raster)
+
+    def _store(self, parameters: Dict[str, Any], context: QgsProcessingContext, raster: str, model: str) -> str:
+        """The OUTPUT folder, or when it names none of the user's (empty, Processing's temporary folder) the
+        default store beside the raster (encode_outputs.default_store)."""
+        if wants_default_store(parameters.get(self.OUTPUT)):
+            return str(default_store(raster, model))
+        return self.parameterAsString(parameters, self.OUTPUT, context)
 
     def _overlap(self, parameters: Dict[str, Any], context: QgsProcessingContext, tile_size: int) -> int:
         """OVERLAP in pixels, or when it is not given `default_overlap(tile_size)`; QgsProcessingException
@@ -240,6 +275,19 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
 
     def _bands(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                layer: QgsRasterLayer) -> List[int]:
+        """The bands fed as red, green and blue (see `red_green_blue`); [] = the encoder's default."""
+        colours = [self.parameterAsInt(parameters, name, context) if is_given(parameters.get(name)) else None
+                   for name in (self.RED_BAND, self.GREEN_BAND, self.BLUE_BAND)]
+        if not is_given(parameters.get(self.BANDS)) or parameters.get(self.BANDS) == []:
+            return red_green_blue(colours, layer)
+        if any(colours):
+            raise QgsProcessingException(
+                _tr("Give the bands either as RED_BAND, GREEN_BAND and BLUE_BAND or as BANDS, not both."))
+        return self._old_bands(parameters, context, layer)
+
+    def _old_bands(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                   layer: QgsRasterLayer) -> List[int]:
+        """The hidden BANDS list of scripts written for 0.1, in the order given."""
         raw = parameters.get(self.BANDS)
         if isinstance(raw, str) or (isinstance(raw, (list, tuple))
                                     and any(isinstance(value, str) for value in raw)):
@@ -273,11 +321,31 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
                 _tr("Encoding cancelled: the tiles encoded so far are kept in {store}; run the "
                     "algorithm again with the same parameters to resume.").format(
                     store=job.store)) from exc
+        except EncoderEnvironmentError as exc:
+            record_environment_failure()
+            raise QgsProcessingException(in_dialog_words(str(exc))) from exc
         except QuickSamError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise QgsProcessingException(self._words(str(exc), context)) from exc
         finished = reporter.finished
         if finished is None or not finished.get("tile_index"):
             raise QgsProcessingException(
                 _tr("The encoder process ended without reporting its result; see the log above."))
-        return {self.OUTPUT: str(finished.get("store") or job.store),
-                self.TILE_INDEX: str(finished["tile_index"])}
+        self._encoded = EncodedStore(raster=job.raster, store=str(finished.get("store") or job.store),
+                                     tile_index=str(finished["tile_index"]))
+        feedback.pushInfo(_tr("Feature store: {store}").format(store=self._encoded.store))
+        load_tile_index_on_completion(self._encoded, context)
+        return {self.OUTPUT: self._encoded.store, self.TILE_INDEX: self._encoded.tile_index}
+
+    @staticmethod
+    def _words(message: str, context: QgsProcessingContext) -> str:
+        """The encoder's message as the dialog's words, or as is (without its prefix) for the `quicksam` command."""
+        if started_by_command_line(context):
+            return CLI_ERROR_LINE.sub("", message)
+        return in_dialog_words(message)
+
+    def postProcessAlgorithm(self, context: QgsProcessingContext,
+                             feedback: QgsProcessingFeedback) -> Dict[str, Any]:
+        """Remember the store for the raster (its layers in the project, on the main thread; the store list)."""
+        if self._encoded is not None:
+            remember_encoded_store(self._encoded, context.project())
+        return {}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
-from qgis.core import QgsProcessingException, QgsProviderRegistry, QgsRasterLayer
+from qgis.core import QgsMultiBandColorRenderer, QgsProcessingException, QgsProviderRegistry, QgsRasterLayer
 from qgis.PyQt.QtCore import QVariant
 
 from ...core.defaults import DEFAULT_MODEL, DEFAULT_TILE_SIZE, default_overlap
@@ -95,6 +95,38 @@ def band_numbers_from_text(value: Any) -> List[int]:
                 "qgis_process); got '{value}'.").format(value=value)) from None
 
 
+def renderer_bands(layer: QgsRasterLayer) -> Optional[List[int]]:
+    """The layer's red, green and blue bands (1-based) when its renderer is a multiband colour one with all three
+    set; None otherwise (a single-band, paletted or pseudocolour layer)."""
+    renderer = layer.renderer()
+    if not isinstance(renderer, QgsMultiBandColorRenderer):
+        return None
+    bands = [renderer.redBand(), renderer.greenBand(), renderer.blueBand()]
+    return bands if all(1 <= band <= layer.bandCount() for band in bands) else None
+
+
+def red_green_blue(chosen: Sequence[Optional[int]], layer: QgsRasterLayer) -> List[int]:
+    """The bands fed to the model as red, green and blue, from the (red, green, blue) bands chosen (None or 0 =
+    not chosen): a band not chosen is the one the layer's renderer shows in that colour. With none chosen and no
+    colour renderer, [] (the encoder's own default: the bands labelled red/green/blue, else the first three; one
+    band repeated as grey). QgsProcessingException when some are chosen and the others cannot be filled in, or a
+    band does not exist."""
+    defaults = renderer_bands(layer)
+    if not any(chosen):
+        return defaults or []
+    if defaults is None and not all(chosen):
+        raise QgsProcessingException(
+            _tr("Choose all three of the Red, Green and Blue bands, or none of them: '{name}' is not shown with a "
+                "colour renderer, so the others cannot be taken from it.").format(name=layer.name()))
+    bands = [int(band) if band else defaults[index] for index, band in enumerate(chosen)]
+    missing = [band for band in bands if not 1 <= band <= layer.bandCount()]
+    if missing:
+        raise QgsProcessingException(
+            _tr("Band {band} does not exist: '{name}' has {count} band(s).").format(
+                band=missing[0], name=layer.name(), count=layer.bandCount()))
+    return bands
+
+
 def is_given(value: Any) -> bool:
     """Whether an optional parameter's value was given: not missing, None, a NULL QVariant or ""."""
     if isinstance(value, QVariant):
@@ -109,3 +141,5 @@ class EncoderJob:
     args: List[str]
     python: str
     store: str
+    #: The raster file (or GDAL /vsi path) being encoded.
+    raster: str = ""

@@ -1,9 +1,12 @@
-"""The encoder process's JSON events (docs/cli-events.md) shown in a Processing feedback (QGIS layer)."""
+"""The encoder process's JSON events (docs/cli-events.md) shown in a Processing feedback, and its messages in the
+words of the Processing dialog (QGIS layer)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+import re
+import threading
+from typing import Any, Callable, Dict, List, Match, Optional, Pattern, Tuple
 
 from qgis.core import QgsProcessingFeedback
 
@@ -70,7 +73,10 @@ class EncoderEventReporter:
         self.feedback.setProgressText(text)
 
     def _stderr(self, event: Dict[str, Any]) -> None:
-        self.feedback.pushDebugInfo(str(event.get("message", "")))
+        message = str(event.get("message", ""))
+        if CLI_ERROR_LINE.match(message):
+            return  # the CLI's one-line error becomes the algorithm's error: shown once, not here as well
+        self.feedback.pushDebugInfo(message)
 
     def _finished(self, event: Dict[str, Any]) -> None:
         self.finished = event
@@ -78,3 +84,60 @@ class EncoderEventReporter:
         if event.get("summary"):
             self.feedback.pushInfo(_tr("Summary: {summary}").format(
                 summary=json.dumps(event["summary"], default=str)))
+
+
+#: The CLI's one-line error on stderr ("quicksam: error: ...", "quicksam: cancelled: ...").
+CLI_ERROR_LINE = re.compile(r"^quicksam: (?:error|cancelled): ")
+_BAND_FIELDS = "the Red, Green and Blue band fields"
+_Rewrite = Tuple[Pattern[str], Callable[[Match[str]], str]]
+
+
+def _rewrites() -> List[_Rewrite]:
+    """The CLI's advice (encoder/ and core/ messages name `quicksam encode` options) as the dialog's fields; the
+    phrases first, then any option left."""
+    fields = {"checkpoint": _tr("the Checkpoint field"), "model": _tr("the Model field"),
+              "bands": _tr(_BAND_FIELDS), "overlap": _tr("the Tile overlap field"),
+              "extent": _tr("the Extent to encode field"), "batch-size": _tr("the Batch size field"),
+              "device": _tr("the Device field"), "tile-size": _tr("the Tile size field"),
+              "random-weights": _tr("the random weights option"), "seed": _tr("the random weights option")}
+    return [
+        (re.compile(r"pass --checkpoint PATH"),
+         lambda m: _tr("set the Checkpoint field to the downloaded .pt file")),
+        (re.compile(r"use --model ([\w.]+[\w])"),
+         lambda m: _tr("choose {model} in the Model field").format(model=m.group(1))),
+        (re.compile(r"use --device ([\w:]+)"),
+         lambda m: _tr("choose {device} in the Device field").format(device=m.group(1))),
+        (re.compile(r"pass e\.g\. --bands [\d,]+"),
+         lambda m: _tr("choose bands that exist in the Red, Green and Blue band fields")),
+        (re.compile(r"with --(model|bands)"), lambda m: _tr("in {field}").format(field=fields[m.group(1)])),
+        (re.compile(r"--(" + "|".join(re.escape(name) for name in fields) + r")\b(?:=\S+)?"),
+         lambda m: fields[m.group(1)]),
+    ]
+
+
+def in_dialog_words(message: str) -> str:
+    """`message` from the encoder process, for the Processing dialog: without the CLI's "quicksam: error: "
+    prefix, and with the `quicksam encode` options it advises ("pass --checkpoint PATH") named as the dialog's
+    fields ("set the Checkpoint field to the downloaded .pt file")."""
+    text = CLI_ERROR_LINE.sub("", message.strip())
+    for pattern, replacement in _rewrites():
+        text = pattern.sub(replacement, text)
+    return text
+
+
+_environment_failures = 0
+_environment_failures_lock = threading.Lock()
+
+
+def record_environment_failure() -> None:
+    """Count a run that failed because the encoder's Python is missing or lacks a package (any thread)."""
+    global _environment_failures
+    with _environment_failures_lock:
+        _environment_failures += 1
+
+
+def environment_failures() -> int:
+    """How many runs failed for want of an encoder environment since QGIS started: the menu's dialog compares it
+    before and after to offer the set-up."""
+    with _environment_failures_lock:
+        return _environment_failures

@@ -99,7 +99,7 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
             "<p>Finds every object on an encoded raster (a <b>feature store</b>) with SAM's automatic mask "
             "generator, tile by tile from the cached features (nothing is encoded again), and writes one "
             "polygon layer in the raster's CRS. Objects cut by a tile edge or seen by two overlapping tiles "
-            "come out once (docs/segment-everything.md).</p>"
+            "come out once (the Help button opens the full guide).</p>"
             "<p>Optionally limited to tiles meeting an <b>area of interest</b> layer and/or an <b>extent</b> "
             "(any CRS; transformed to the raster's).</p>"
             "<p>Parameters as in SAM: points per side (grid per tile), predicted IoU and stability "

@@ -38,6 +38,7 @@ from ...interactive.engine import MapPrompts, PromptError, Segment
 from ...interactive.session import SegmentOptions, SegmentSession
 from ...interactive.store_lookup import StoreLookup
 from .. import algorithm_dialogs, settings
+from ..algorithms.encode_dialog import MINIMUM_SIZE as ENCODE_DIALOG_SIZE
 from ..i18n import tr
 from ..layers import open_tile_index_layer
 from .decode_scheduler import DecodeScheduler
@@ -146,7 +147,7 @@ class SegmentController(QObject):
         store it wrote (or look for the layer's store again)."""
         layer = self.raster_layer
         results = algorithm_dialogs.run_algorithm_dialog(
-            ENCODE_ALGORITHM_ID, {"INPUT": layer} if layer is not None else {}, self.canvas)
+            ENCODE_ALGORITHM_ID, {"INPUT": layer} if layer is not None else {}, self.canvas, ENCODE_DIALOG_SIZE)
         if layer is None or self.raster_layer is not layer:
             return
         written = results.get("OUTPUT") if isinstance(results, dict) else None
