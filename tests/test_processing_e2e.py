@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -381,8 +382,11 @@ def test_rerun_resumes_and_keeps_every_tile(encoder_provider, tmp_path):
     assert file_states(store / "tiles") == tiles_before
     assert (store / "tiles.jsonl").read_bytes() == log_before
     assert any(f"{total} tiles, 0 to encode" in info for info in feedback.infos), feedback.infos
-    [summary] = [json.loads(info[len("Summary: "):]) for info in feedback.infos if info.startswith("Summary: ")]
-    assert summary["complete"] and summary["tiles_done"] == total
+    [line] = [info for info in feedback.infos if info.startswith("Feature store ")]
+    # a sentence, not the JSON summary (that is debug information now)
+    assert re.fullmatch(rf"Feature store {re.escape(str(store))}: {total} of {total} tiles encoded \(0 all nodata\), "
+                        r"model [\w.]+, bands \d+(, \d+)*, \d+ MB\.", line), line
+    assert not any(info.lstrip().startswith(("{", "Summary: {")) for info in feedback.infos)
     assert feedback.progress_values == [100]
 
 

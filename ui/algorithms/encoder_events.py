@@ -81,9 +81,23 @@ class EncoderEventReporter:
     def _finished(self, event: Dict[str, Any]) -> None:
         self.finished = event
         self.feedback.setProgress(100.0)  # also when no tile was left to encode
-        if event.get("summary"):
-            self.feedback.pushInfo(_tr("Summary: {summary}").format(
-                summary=json.dumps(event["summary"], default=str)))
+        summary = event.get("summary")
+        if summary:
+            self.feedback.pushInfo(summary_line(summary))
+            self.feedback.pushDebugInfo(_tr("Summary: {summary}").format(summary=json.dumps(summary, default=str)))
+
+
+def summary_line(summary: Dict[str, Any]) -> str:
+    """The store's summary (`FeatureStore.summary`) as one sentence for the Processing log."""
+    line = _tr("Feature store {store}: {done} of {tiles} tiles encoded ({nodata} all nodata), model {model}, bands "
+               "{bands}, {mb:.0f} MB.").format(
+        store=summary.get("store"), done=summary.get("tiles_done"), tiles=summary.get("tiles"),
+        nodata=summary.get("tiles_nodata", 0), model=summary.get("model"),
+        bands=", ".join(str(band) for band in summary.get("bands", [])),
+        mb=float(summary.get("bytes_on_disk") or 0) / 1e6)
+    if not summary.get("complete"):
+        line += " " + _tr("Not complete yet: run it again to resume.")
+    return line
 
 
 #: The CLI's one-line error on stderr ("quicksam: error: ...", "quicksam: cancelled: ...").
