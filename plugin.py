@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
-from qgis.core import QgsApplication
+from qgis.core import QgsApplication, QgsProject
 from qgis.PyQt.QtCore import Qt, QTranslator
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QToolBar
@@ -252,8 +252,12 @@ class QuickSamPlugin:
         """Open the Processing dialog of quicksam:segmentall, its store the active raster layer's (if known)."""
         from .ui.layer_stores import store_parameters
 
-        algorithm_dialogs.run_algorithm_dialog(SEGMENT_ALL_ALGORITHM_ID, store_parameters(self.iface.activeLayer()),
-                                               self.iface.mapCanvas())
+        # The active layer's store; else the dock's raster's (the active layer is often the segments layer just
+        # written); else the first raster of the project with a known store.
+        candidates = [self.iface.activeLayer(), self.dock.controller.raster_layer if self.dock is not None else None,
+                      *QgsProject.instance().mapLayers().values()]
+        parameters = next((found for found in map(store_parameters, candidates) if found), {})
+        algorithm_dialogs.run_algorithm_dialog(SEGMENT_ALL_ALGORITHM_ID, parameters, self.iface.mapCanvas())
 
     def _open_algorithm_dialog(self, algorithm_id: str) -> None:
         algorithm_dialogs.run_algorithm_dialog(algorithm_id, {}, self.iface.mapCanvas())

@@ -92,3 +92,37 @@ def test_each_step_has_its_picture(walkthrough):
     assert walkthrough["images"] == IMAGES
     for name in IMAGES:
         assert (folder / name).stat().st_size > 20_000, name  # a real screen, not an empty image
+
+
+# -- the desktop findings of issue 10, as the user meets them ---------------------------------------------
+
+@pytest.mark.slow
+def test_the_encode_dialog_is_big_enough_and_takes_the_bands_the_layer_shows(walkthrough):
+    width, height = walkthrough["encode_dialog_size"]
+    assert width >= 900 and height >= 640  # its fields were clipped at QGIS's default size
+    assert walkthrough["store_bands"] == [3, 2, 1]  # the layer is drawn with bands 3, 2, 1 as red, green, blue
+
+
+@pytest.mark.slow
+def test_the_dock_says_the_tool_is_off_when_another_tool_is_chosen(walkthrough):
+    assert walkthrough["map_tool_after_pan"] != "SegmentMapTool"
+    assert "Segment tool is off" in walkthrough["status_with_pan_tool"], walkthrough["status_with_pan_tool"]
+
+
+@pytest.mark.slow
+def test_show_tiles_draws_labelled_outlines_over_the_raster(walkthrough):
+    [tiles] = walkthrough["tile_layers"]
+    assert tiles["labels"] and not any(tiles["fill_visible"])
+
+
+@pytest.mark.slow
+def test_segment_everything_from_the_menu_starts_with_the_store(walkthrough):
+    assert walkthrough["segment_all_defaults"].get("STORE") == walkthrough["encode_results"]["OUTPUT"]
+
+
+@pytest.mark.slow
+def test_after_a_restart_the_dock_is_back_and_onnx_runtime_loads_from_the_profile(walkthrough):
+    again = walkthrough["restart"]
+    assert again["error"] is None and again["active"]
+    assert walkthrough["dock_visible_at_quit"] and again["dock_visible"]
+    assert "/QuickSAM/runtime/py3" in again["onnxruntime"]

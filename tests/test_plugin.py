@@ -89,7 +89,7 @@ def test_encode_action_opens_processing_dialog(plugin, qgis_iface):
     dialog.assert_called_once_with(ENCODE_ALGORITHM_ID, {}, qgis_iface.mapCanvas(), minimum_size=MINIMUM_SIZE)
 
 
-def test_segment_everything_action_opens_its_processing_dialog(plugin, qgis_iface):
+def test_segment_everything_action_opens_its_processing_dialog(plugin, qgis_iface, qgis_new_project):
     from quicksam.plugin import SEGMENT_ALL_ACTION_OBJECT_NAME
     from quicksam.ui import algorithm_dialogs
 

@@ -30,7 +30,7 @@ import time
 import traceback
 from pathlib import Path
 
-from qgis.core import QgsMultiBandColorRenderer, QgsPointXY, QgsProject, QgsVectorLayer, QgsWkbTypes
+from qgis.core import QgsMultiBandColorRenderer, QgsPointXY, QgsProject, QgsSettings, QgsVectorLayer, QgsWkbTypes
 from qgis.PyQt.QtCore import QPoint, Qt, QTimer
 from qgis.PyQt.QtTest import QTest
 from qgis.PyQt.QtWidgets import QApplication
@@ -164,6 +164,8 @@ def encode_finished():
         return False
     report["timings_s"]["encode"] = round(time.monotonic() - report.pop("t_encode"), 1)
     report["encode_results"] = {key: str(value) for key, value in dialog.results().items()}
+    manifest = json.loads((Path(report["encode_results"]["OUTPUT"]) / "manifest.json").read_text())
+    report["store_bands"] = manifest["preprocessing"]["bands"]
     shot("4-encoded")
     dialog.close()
     return True
@@ -220,6 +222,7 @@ def accepted():
     if not layers:
         return False
     report["output_layers"] = [{"name": layer.name(), "features": layer.featureCount(),
+                                "provider": layer.providerType(), "source": layer.source(),
                                 "crs": layer.crs().authid(),
                                 "geometry": QgsWkbTypes.geometryDisplayString(layer.geometryType()),
                                 "area": sum(f.geometry().area() for f in layer.getFeatures())}
@@ -238,6 +241,7 @@ def desktop_checks():
     dock = plugins["quicksam"].dock
     iface.actionPan().trigger()  # another map tool: the dock must not say "ready: click"
     QApplication.processEvents()
+    report["map_tool_after_pan"] = type(iface.mapCanvas().mapTool()).__name__
     report["status_with_pan_tool"] = dock.statusLabel.text()
     dock.showTilesButton.click()
     QApplication.processEvents()
@@ -245,9 +249,10 @@ def desktop_checks():
              if isinstance(layer, QgsVectorLayer) and layer.geometryType() == QgsWkbTypes.GeometryType.PolygonGeometry
              and layer.featureCount() > 0 and "tile" in layer.name().lower()]
     report["tile_layers"] = [{"name": layer.name(), "labels": layer.labelsEnabled(),
-                              "fill_alpha": [symbol_layer.fillColor().alpha() if hasattr(symbol_layer, "fillColor")
-                                             else None for symbol_layer in layer.renderer().symbol().symbolLayers()]
-                              if hasattr(layer.renderer(), "symbol") else None} for layer in tiles]
+                              "fill_visible": [symbol_layer.brushStyle() != Qt.BrushStyle.NoBrush
+                                               and symbol_layer.fillColor().alpha() > 0
+                                               for symbol_layer in layer.renderer().symbol().symbolLayers()]}
+                             for layer in tiles]
     QTimer.singleShot(0, action("QuickSamSegmentAllAction").trigger)  # modal, like the encoder's
     return True
 
@@ -302,6 +307,7 @@ def finish(error=None):
     REPORT.write_text(json.dumps(report, indent=1))
     if error is None:  # File > Exit, as a user quits: QGIS saves its window state (the docks) on the way
         QgsProject.instance().setDirty(False)
+        QgsSettings().setValue("askToSaveMemoryLayers", False)  # no "temporary layers will be lost?" question
         QTimer.singleShot(500, iface.actionExit().trigger)
     else:
         QTimer.singleShot(500, QApplication.instance().quit)
