@@ -344,6 +344,17 @@ def test_status_says_whether_the_segment_tool_is_on(dock):
     assert dock.statusLabel.text() == "ready: click on an object"
 
 
+def test_after_an_accept_another_tool_still_says_the_segment_tool_is_off(dock):
+    # Seen in the desktop walkthrough: "object 1 saved …; click on the next one" stayed with the Pan tool on.
+    canvas = dock.controller.canvas
+    click_map(dock, *square_centre())
+    assert dock.controller.wait_idle()
+    dock.acceptButton.click()
+    assert "saved" in dock.statusLabel.text()
+    canvas.setMapTool(QgsMapToolPan(canvas))
+    assert "Segment tool is off" in dock.statusLabel.text(), dock.statusLabel.text()
+
+
 def test_a_warning_is_gone_once_the_situation_changes(dock):
     canvas = dock.controller.canvas
     canvas.setExtent(QgsRectangle(497000, 4194000, 506000, 4203000))

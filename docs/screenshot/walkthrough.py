@@ -30,7 +30,7 @@ import time
 import traceback
 from pathlib import Path
 
-from qgis.core import QgsMultiBandColorRenderer, QgsPointXY, QgsProject, QgsSettings, QgsVectorLayer, QgsWkbTypes
+from qgis.core import QgsMultiBandColorRenderer, QgsPointXY, QgsProject, QgsVectorLayer, QgsWkbTypes
 from qgis.PyQt.QtCore import QPoint, Qt, QTimer
 from qgis.PyQt.QtTest import QTest
 from qgis.PyQt.QtWidgets import QApplication
@@ -133,8 +133,16 @@ def add_raster():
     layer.triggerRepaint()
     iface.setActiveLayer(layer)
     report["raster_crs"] = layer.crs().authid()
-    QTimer.singleShot(0, action("QuickSamEncodeRasterAction").trigger)  # Processing's dialog runs modally
+    QTimer.singleShot(0, lambda: open_modal("QuickSamEncodeRasterAction"))
     return True
+
+
+def open_modal(action_name):
+    """Trigger an action whose dialog runs modally; returns (and records it) once the user closed it. These
+    steps are polled from inside that dialog's event loop: the next ones wait for this."""
+    state["modal"] = action_name
+    action(action_name).trigger()
+    state["modal"] = None
 
 
 def algorithm_dialog():
@@ -172,7 +180,7 @@ def encode_finished():
 
 
 def open_dock():
-    if algorithm_dialog() is not None:
+    if state.get("modal"):
         return False
     action("QuickSamSegmentAction").trigger()
     dock = plugins["quicksam"].dock
@@ -193,6 +201,7 @@ def click_object():
         dock.toolButton.click()  # the dock's Segment tool button, as the user chooses it
         QApplication.processEvents()
     report["map_tool"] = type(canvas.mapTool()).__name__
+
     layer = iface.activeLayer()
     extent = layer.extent()
     point = QgsPointXY(extent.xMinimum() + CLICK[0] * extent.width(), extent.yMaximum() - CLICK[1] * extent.height())
@@ -212,13 +221,17 @@ def decoded():
         return False
     report["timings_s"]["click_to_mask"] = round(time.monotonic() - report.pop("t_click"), 2)
     shot("5-click")
+    report["tool_before_accept"] = [controller.tool_active, controller.tool is iface.mapCanvas().mapTool()]
     plugins["quicksam"].dock.acceptButton.click()
+    report["tool_after_accept"] = [controller.tool_active, controller.tool is iface.mapCanvas().mapTool(),
+                                   type(iface.mapCanvas().mapTool()).__name__]
     return True
 
 
 def accepted():
+    report.setdefault("status_after_accept", plugins["quicksam"].dock.statusLabel.text())
     layers = [layer for layer in QgsProject.instance().mapLayers().values()
-              if isinstance(layer, QgsVectorLayer) and layer.featureCount() > 0]
+              if isinstance(layer, QgsVectorLayer) and layer.featureCount() > 0 and "tiles" not in layer.name()]
     if not layers:
         return False
     report["output_layers"] = [{"name": layer.name(), "features": layer.featureCount(),
@@ -242,6 +255,9 @@ def desktop_checks():
     iface.actionPan().trigger()  # another map tool: the dock must not say "ready: click"
     QApplication.processEvents()
     report["map_tool_after_pan"] = type(iface.mapCanvas().mapTool()).__name__
+    report["status_right_after_pan"] = dock.statusLabel.text()
+    report["controller_after_pan"] = [dock.controller.tool_active, dock.controller.status,
+                                      dock.controller.tool is iface.mapCanvas().mapTool()]
     report["status_with_pan_tool"] = dock.statusLabel.text()
     dock.showTilesButton.click()
     QApplication.processEvents()
@@ -253,7 +269,7 @@ def desktop_checks():
                                                and symbol_layer.fillColor().alpha() > 0
                                                for symbol_layer in layer.renderer().symbol().symbolLayers()]}
                              for layer in tiles]
-    QTimer.singleShot(0, action("QuickSamSegmentAllAction").trigger)  # modal, like the encoder's
+    QTimer.singleShot(0, lambda: open_modal("QuickSamSegmentAllAction"))
     return True
 
 
@@ -273,7 +289,7 @@ def segment_all_prefilled():
 
 
 def quit_with_the_dock_open():
-    if algorithm_dialog() is not None:
+    if state.get("modal"):
         return False
     report["dock_visible_at_quit"] = plugins["quicksam"].dock.isVisible()
     report["plugin_files_at_end"] = plugin_folder_files()
@@ -306,8 +322,8 @@ def finish(error=None):
     report["error"] = error
     REPORT.write_text(json.dumps(report, indent=1))
     if error is None:  # File > Exit, as a user quits: QGIS saves its window state (the docks) on the way
+        QgsProject.instance().removeAllMapLayers()  # no "temporary layers will be lost?" question on the way out
         QgsProject.instance().setDirty(False)
-        QgsSettings().setValue("askToSaveMemoryLayers", False)  # no "temporary layers will be lost?" question
         QTimer.singleShot(500, iface.actionExit().trigger)
     else:
         QTimer.singleShot(500, QApplication.instance().quit)
