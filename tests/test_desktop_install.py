@@ -39,7 +39,7 @@ def walkthrough(tmp_path_factory) -> dict:
 @pytest.mark.slow
 def test_every_step_of_the_walkthrough_ran(walkthrough):
     assert walkthrough["error"] is None, walkthrough["error"] + walkthrough["qgis_log_tail"]
-    assert walkthrough["steps"][0] == "install_zip" and walkthrough["steps"][-1] == "last_picture"
+    assert walkthrough["steps"][0] == "install_zip" and walkthrough["steps"][-1] == "quit_with_the_dock_open"
 
 
 @pytest.mark.slow
