@@ -39,6 +39,7 @@ from .encode_job import (
     EncoderJob,
     band_numbers_from_text,
     build_encode_args,
+    check_bands_exist,
     is_given,
     raster_file_path,
     red_green_blue,
@@ -299,11 +300,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             raise QgsProcessingException(
                 _tr("Choose at most {max} bands (they become red, green and blue); got {count}.")
                 .format(max=MAX_BANDS, count=len(bands)))
-        missing = [band for band in bands if not 1 <= band <= layer.bandCount()]
-        if missing:
-            raise QgsProcessingException(
-                _tr("Band {band} does not exist: '{name}' has {count} band(s).").format(
-                    band=missing[0], name=layer.name(), count=layer.bandCount()))
+        check_bands_exist(bands, layer)
         return bands
 
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,

@@ -119,12 +119,17 @@ def red_green_blue(chosen: Sequence[Optional[int]], layer: QgsRasterLayer) -> Li
             _tr("Choose all three of the Red, Green and Blue bands, or none of them: '{name}' is not shown with a "
                 "colour renderer, so the others cannot be taken from it.").format(name=layer.name()))
     bands = [int(band) if band else defaults[index] for index, band in enumerate(chosen)]
+    check_bands_exist(bands, layer)
+    return bands
+
+
+def check_bands_exist(bands: List[int], layer: QgsRasterLayer) -> None:
+    """QgsProcessingException naming the first of `bands` (1-based) that `layer` does not have."""
     missing = [band for band in bands if not 1 <= band <= layer.bandCount()]
     if missing:
         raise QgsProcessingException(
             _tr("Band {band} does not exist: '{name}' has {count} band(s).").format(
                 band=missing[0], name=layer.name(), count=layer.bandCount()))
-    return bands
 
 
 def is_given(value: Any) -> bool:
