@@ -32,7 +32,6 @@ ENCODE_ACTION_OBJECT_NAME = "QuickSamEncodeRasterAction"
 SEGMENT_ACTION_OBJECT_NAME = "QuickSamSegmentAction"
 SEGMENT_ALL_ACTION_OBJECT_NAME = "QuickSamSegmentAllAction"
 SETUP_ACTION_OBJECT_NAME = "QuickSamSetupAction"
-ENCODE_ALGORITHM_ID = "quicksam:encoderaster"
 SEGMENT_ALL_ALGORITHM_ID = "quicksam:segmentall"
 
 

@@ -294,7 +294,7 @@ def test_pointing_at_the_raster_says_encode_it_first_and_offers_encoding(dock, r
     with mock.patch.object(algorithm_dialogs, "run_algorithm_dialog", return_value={}) as dialog:
         dock.encodeButton.click()
     dialog.assert_called_once_with("quicksam:encoderaster", {"INPUT": raster_layer}, dock.controller.canvas,
-                                   ENCODE_DIALOG_SIZE)
+                                   minimum_size=ENCODE_DIALOG_SIZE)
 
 
 def test_the_store_written_by_the_encode_dialog_is_used(dock, raster_layer, scene, tmp_path):

@@ -19,8 +19,9 @@ from qgis.PyQt.QtCore import QCoreApplication, QEvent
 from qgis.PyQt.QtWidgets import QToolBar
 
 import quicksam
-from quicksam.plugin import ENCODE_ACTION_OBJECT_NAME, ENCODE_ALGORITHM_ID, TOOLBAR_OBJECT_NAME
+from quicksam.plugin import ENCODE_ACTION_OBJECT_NAME, TOOLBAR_OBJECT_NAME
 from quicksam.ui import PLUGIN_DIR, settings
+from quicksam.ui.algorithms.encode_dialog import ENCODE_ALGORITHM_ID
 from quicksam.ui.dock.dock import DOCK_OBJECT_NAME
 from quicksam.ui.qgis_logging import HANDLER_NAME, LOGGER_NAME, MESSAGE_LOG_TAG
 

@@ -37,8 +37,8 @@ from ...core.store import FeatureStore
 from ...interactive.engine import MapPrompts, PromptError, Segment
 from ...interactive.session import SegmentOptions, SegmentSession
 from ...interactive.store_lookup import StoreLookup
-from .. import algorithm_dialogs, settings
-from ..algorithms.encode_dialog import MINIMUM_SIZE as ENCODE_DIALOG_SIZE
+from .. import settings
+from ..algorithms.encode_dialog import open_encode_dialog
 from ..i18n import tr
 from ..layers import open_tile_index_layer
 from .decode_scheduler import DecodeScheduler
@@ -48,8 +48,6 @@ from .map_tool import SegmentMapTool
 from .object_output import ObjectOutput, accepted_message
 from .object_writer import CommitResult, add_to_project_once
 from .store_binding import StoreBinding
-
-ENCODE_ALGORITHM_ID = "quicksam:encoderaster"
 
 
 class SegmentController(QObject):
@@ -142,12 +140,13 @@ class SegmentController(QObject):
         if self.raster_layer is not None and self.store is None:
             self.set_raster_layer(self.raster_layer)
 
-    def encode_raster(self) -> None:
-        """Open the encoder's Processing dialog for the current raster layer; once it is closed, use the
-        store it wrote (or look for the layer's store again)."""
+    def encode_raster(self, open_setup: Callable[[], None]) -> None:
+        """Open the encoder's Processing dialog for the current raster layer, as the menu does (`open_setup` is
+        offered when the encoder's environment is missing); once it is closed, use the store it wrote (or look
+        for the layer's store again)."""
         layer = self.raster_layer
-        results = algorithm_dialogs.run_algorithm_dialog(
-            ENCODE_ALGORITHM_ID, {"INPUT": layer} if layer is not None else {}, self.canvas, ENCODE_DIALOG_SIZE)
+        results = open_encode_dialog(self.canvas.window(), open_setup, {"INPUT": layer} if layer is not None else {},
+                                     self.canvas)
         if layer is None or self.raster_layer is not layer:
             return
         written = results.get("OUTPUT") if isinstance(results, dict) else None

@@ -117,7 +117,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self._connect(self.browseButton.clicked, self._browse_store)
         self._connect(self.storeEdit.editingFinished, self._store_edited)
         self._connect(self.showTilesButton.clicked, controller.show_tile_index)
-        self._connect(self.encodeButton.clicked, controller.encode_raster)
+        self._connect(self.encodeButton.clicked, self._encode_raster)
         self._connect(self.setupButton.clicked, self.setupRequested)
         self._connect(self.toolButton.toggled, self._tool_toggled)
         self._connect(self.undoButton.clicked, controller.undo)
@@ -165,6 +165,9 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
     def _current_layer_changed(self, layer: Optional[QgsMapLayer]) -> None:
         if isinstance(layer, QgsRasterLayer) and layer is not self.controller.raster_layer and self.isUserVisible():
             self.controller.set_raster_layer(layer)
+
+    def _encode_raster(self) -> None:
+        self.controller.encode_raster(self.setupRequested.emit)
 
     def recheck(self) -> None:
         """Look for the store again if none is in use (after a set-up, or an encoding started elsewhere)."""
