@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Optional
 from ..core.catalogue import MODELS, default_checkpoint_for
 from ..core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, default_overlap
 from .events import EventWriter, add_events_option, download_progress
-from .options import parse_extent, parse_ints
+from .options import parse_extent, parse_factors, parse_ints
 
 if TYPE_CHECKING:
     from ..core.store import FeatureStore
@@ -37,6 +37,12 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
                         help=f"overlap of neighbouring tiles in pixels (default {DEFAULT_OVERLAP}, a quarter of the "
                              "tile size)")
     encode.add_argument("--extent", type=parse_extent, help="xmin,ymin,xmax,ymax in the raster's CRS")
+    encode.add_argument("--resolution", type=float, default=None,
+                        help="ground resolution of the finest level in map units per pixel (of the raster's CRS; "
+                             "default: the raster's own pixels); coarser than the raster's is read with averaging")
+    encode.add_argument("--levels", type=parse_factors, default=(1.0,),
+                        help="levels to encode as factors of the finest level's pixel size, e.g. 1,4,16 (default "
+                             "1: one level); run again with more factors to add levels to a store")
     encode.add_argument("--batch-size", type=int, default=1, help="tiles per model call (default 1)")
     encode.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     encode.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE,
@@ -67,13 +73,16 @@ def _overlap(args: argparse.Namespace) -> int:
 
 
 def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
-    from ..encoder.pipeline import EncodeRequest, encode_raster
+    from ..core.store_levels import level_stores
+    from ..encoder.levels_pipeline import encode_levels
+    from ..encoder.pipeline import EncodeRequest
 
     checkpoint = _resolve_weights(args, events)
     request = EncodeRequest(
         raster=args.raster, store=args.store, model=args.model, checkpoint=checkpoint, seed=args.seed,
         bands=args.bands, overlap=_overlap(args), extent=args.extent, batch_size=args.batch_size,
-        device=args.device, tile_size=args.tile_size, stretch=args.stretch, feature_dtype=args.feature_dtype)
+        device=args.device, tile_size=args.tile_size, stretch=args.stretch, feature_dtype=args.feature_dtype,
+        resolution=args.resolution, levels=tuple(args.levels))
 
     def on_progress(event: ProgressEvent) -> None:
         events.progress(event.done, event.total, "tiles", tile=event.tile_id, status=event.status)
@@ -81,11 +90,30 @@ def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
 
     def on_start(store: FeatureStore, todo: int) -> None:
         # Warned only once the inputs are checked, so bad input still gets its single error line.
-        events.start(store=str(store.root), raster=args.raster, tiles=len(store.grid), todo=todo)
+        levels = level_stores(store)
+        events.start(store=str(store.root), raster=args.raster, tiles=sum(len(level.grid) for level in levels),
+                     todo=todo, levels=[level.manifest.pixel_grid.factor for level in levels])
         if args.random_weights:
             events.warning("using seeded random weights: the masks will be meaningless; the store records this")
 
-    store, stats = encode_raster(request, progress=on_progress, started=on_start)
-    events.finished(store.summary(), indent=2, store=str(store.root),
+    store, stats = encode_levels(request, progress=on_progress, started=on_start)
+    events.finished(levels_summary(store), indent=2, store=str(store.root),
                     tile_index=str(store.root / "tile_index.gpkg"), seconds=round(stats.total_seconds, 3))
     return 0
+
+
+def levels_summary(store: FeatureStore) -> dict:
+    """`FeatureStore.summary` of the finest level, with `levels`: each level's folder, factor, resolution,
+    tiles, tiles done and bytes (only when the store has more than one level)."""
+    from ..core.store_levels import level_folder_of, level_stores
+
+    summary = store.summary()
+    levels = level_stores(store)
+    if len(levels) > 1:
+        summary["levels"] = [{"folder": level_folder_of(store, level), "factor": level.manifest.pixel_grid.factor,
+                              "resolution": level.manifest.pixel_grid.resolution, "tiles": len(level.grid),
+                              "tiles_done": sum(level.status(t) == "done" for t in level.grid)}
+                             for level in levels]
+        summary["complete"] = summary["complete"] and all(not level.pending_tiles() for level in levels)
+    return summary
+

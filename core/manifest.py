@@ -1,17 +1,15 @@
 """The store contract: manifest.json as typed, frozen records, read and written only here (no QGIS, no torch).
 
-A manifest says what produced a store's features, in seven sections: `model`, `checkpoint`,
-`preprocessing`, `raster`, `grid`, `features`, `decoder` (docs/store-format.md). Format version 2 (written
-now) lays the JSON out as these records, field for field, in this order. Version 1 (QuickSAM 0.1.0 before
-the typed contract) is still read: it also holds `preprocessing.stretch_mode` (= `stretch.mode`) and
-`grid.raster_width/raster_height` (= `raster.width/height`), and is converted on reading. A version-1
-store keeps its version: when the encoder must rewrite its manifest (a resumed store whose model was not
-built yet) it is written back as version 1, so that older QuickSAMs still read it. Newer versions are
-refused: "update QuickSAM".
+A manifest says what produced a store's features: `model`, `checkpoint`, `preprocessing`, `raster`, `grid`,
+`features`, `decoder`, and (version 3, written now) `level`, plus `levels` in a multi-scale store's root
+(docs/store-format.md), laid out as these records, field for field. Version 2 (no level: the raster's own
+pixels) is read as is; version 1 also holds `preprocessing.stretch_mode` and `grid.raster_width/height`,
+converted on reading. A store keeps its version when the encoder rewrites its manifest, so older QuickSAMs
+still read it, unless levels are added (version 3). Newer versions are refused: "update QuickSAM".
 
-Coordinates: pixel offsets and sizes are raster pixels of the whole raster (column = x, row = y, (0, 0)
-the top-left corner of the top-left pixel); map coordinates are in the raster's CRS (`raster.crs_wkt`)
-through GDAL's geotransform `raster.geotransform`.
+Coordinates: pixel offsets and sizes are pixels of the store's level (the raster's own pixels at factor 1;
+column = x, row = y, (0, 0) the top-left corner of the top-left pixel); map coordinates are in the raster's
+CRS (`raster.crs_wkt`) through the level's geotransform (`Manifest.pixel_grid`).
 
 Errors: `Manifest.from_json` raises ManifestProblem naming the first wrong key (core/manifest_checks.py);
 `read_manifest` and `write_manifest` raise StoreError, one line saying what to do.
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .errors import StoreError
+from .levels import LevelRef, LevelSection, level_grid
 from .manifest_checks import ManifestProblem, shown, validate_manifest
 from .mask_decoding import DecoderSettings
 from .store_layout import DECODER_ONNX, MANIFEST
@@ -34,10 +33,10 @@ from .tile_files import atomic_write_bytes
 from .tiling import PixelWindow, Tile, TileGrid
 
 FORMAT_NAME = "quicksam-feature-store"
-#: The version this QuickSAM writes.
-FORMAT_VERSION = 2
-#: The versions this QuickSAM reads (1 is converted on reading).
-READABLE_VERSIONS = (1, 2)
+#: The version this QuickSAM writes (3: the `level` section, and the root's `levels`; core/levels.py).
+FORMAT_VERSION = 3
+#: The versions this QuickSAM reads (1 is converted on reading; 1 and 2 are one native level).
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def _coerce(record: Any, **kinds: type) -> None:
@@ -188,9 +187,11 @@ class DecoderSection:
 
 @dataclass(frozen=True)
 class Manifest:
-    """manifest.json of a feature store. `grid` is the tile grid (pixels of the whole raster, see
-    core/tiling.py); `format_version` the version read from, or to write (FORMAT_VERSION for a new store);
-    `quicksam_version` the QuickSAM that made the store, `created` when (ISO 8601, UTC)."""
+    """manifest.json of a feature store. `grid` is the tile grid (pixels of the store's level, see
+    core/tiling.py); `level` that pixel grid (None: the raster's own, as in versions 1 and 2); `levels` the
+    levels of a multi-scale store, in its root manifest only (core/levels.py); `format_version` the version
+    read from, or to write (FORMAT_VERSION for a new store); `quicksam_version` the QuickSAM that made the
+    store, `created` when (ISO 8601, UTC)."""
 
     model: ModelSection
     checkpoint: CheckpointSection
@@ -202,6 +203,18 @@ class Manifest:
     quicksam_version: Optional[str] = None
     created: Optional[str] = None
     format_version: int = FORMAT_VERSION
+    level: Optional[LevelSection] = None
+    levels: Tuple[LevelRef, ...] = ()
+
+    def __post_init__(self) -> None:   # version 3 always says its level: the raster's own pixels by default
+        if self.level is None and self.format_version >= 3:
+            object.__setattr__(self, "level", self.pixel_grid)
+
+    @property
+    def pixel_grid(self) -> LevelSection:
+        """The store's level: its `level`, or the raster's own pixels (factor 1) for a store without one."""
+        raster = self.raster
+        return self.level or level_grid(raster.width, raster.height, raster.geotransform, 1.0)
 
     @classmethod
     def from_json(cls, data: Any) -> Manifest:
@@ -228,10 +241,15 @@ class Manifest:
                 del decoder["settings"]
         else:
             del grid["raster_width"], grid["raster_height"]   # the raster's width and height
-        return {"format": FORMAT_NAME, "format_version": self.format_version,
+        data = {"format": FORMAT_NAME, "format_version": self.format_version,
                 "quicksam_version": self.quicksam_version, "created": self.created,
                 "model": _json(self.model), "checkpoint": _json(self.checkpoint), "preprocessing": preprocessing,
                 "raster": _json(self.raster), "grid": grid, "features": _json(self.features), "decoder": decoder}
+        if self.format_version >= 3:
+            data["level"] = _json(self.pixel_grid)
+            if self.levels:
+                data["levels"] = [_json(item) for item in self.levels]
+        return data
 
 
 def _json(section: Any) -> Dict[str, Any]:
@@ -242,7 +260,7 @@ def _json(section: Any) -> Dict[str, Any]:
 def version_problem(version: Any) -> str:
     """A `format_version` this QuickSAM does not read, and what to do: "3, written by a newer QuickSAM
     (...): update QuickSAM to open this store"."""
-    readable = " and ".join(str(v) for v in READABLE_VERSIONS)
+    readable = ", ".join(str(v) for v in READABLE_VERSIONS[:-1]) + f" and {READABLE_VERSIONS[-1]}"
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         return (f"{version}, written by a newer QuickSAM (this one reads versions {readable}): update QuickSAM "
                 "to open this store")
@@ -252,11 +270,14 @@ def version_problem(version: Any) -> str:
 def _manifest(data: Dict[str, Any]) -> Manifest:
     """The records of a manifest that passed validate_manifest (either version)."""
     raster = _raster(data["raster"])
+    level = LevelSection(**data["level"]) if "level" in data else None
+    size = (level.width, level.height) if level else (raster.width, raster.height)
     return Manifest(model=_model(data["model"]), checkpoint=_checkpoint(data["checkpoint"]),
                     preprocessing=_preprocessing(data["preprocessing"]), raster=raster,
-                    grid=_grid(data["grid"], raster), features=_features(data["features"]),
+                    grid=_grid(data["grid"], size), features=_features(data["features"]),
                     decoder=_decoder(data["decoder"]), quicksam_version=data.get("quicksam_version"),
-                    created=data.get("created"), format_version=data["format_version"])
+                    created=data.get("created"), format_version=data["format_version"], level=level,
+                    levels=tuple(LevelRef(**item) for item in data.get("levels", ())))
 
 
 def _model(data: Dict[str, Any]) -> ModelSection:
@@ -283,8 +304,8 @@ def _raster(data: Dict[str, Any]) -> RasterSection:
                          nodata=data.get("nodata"))
 
 
-def _grid(data: Dict[str, Any], raster: RasterSection) -> TileGrid:
-    return TileGrid(raster_width=raster.width, raster_height=raster.height, tile_size=data["tile_size"],
+def _grid(data: Dict[str, Any], size: Tuple[int, int]) -> TileGrid:
+    return TileGrid(raster_width=size[0], raster_height=size[1], tile_size=data["tile_size"],
                     overlap=data["overlap"], window=PixelWindow(**data["window"]),
                     tiles=tuple(Tile(**tile) for tile in data["tiles"]))
 
@@ -349,34 +370,6 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
     atomic_write_bytes(Path(root) / MANIFEST, text.encode())
 
 
-# -- resuming ---------------------------------------------------------------------------------------------
-
-def describe_difference(existing: Manifest, wanted: Manifest) -> Optional[str]:
-    """The first difference that forbids resuming `existing` with a run that would write `wanted`, said
-    plainly ("model: store has 'a', this run has 'b'"), or None. Compared: the model (name, image size,
-    random weights, seed), the checkpoint (unless `wanted` has random weights not hashed yet), the
-    raster's fingerprint, the bands and stretch mode, the feature dtype and the tile grid."""
-    old, new = existing, wanted
-    fields = [("model", old.model.name, new.model.name),
-              ("model.image_size", old.model.image_size, new.model.image_size),
-              ("model.random_weights", old.model.random_weights, new.model.random_weights),
-              ("model.seed", old.model.seed, new.model.seed),
-              ("checkpoint", old.checkpoint.sha256, new.checkpoint.sha256),
-              ("raster contents", old.raster.fingerprint, new.raster.fingerprint),
-              ("preprocessing.bands", list(old.preprocessing.bands), list(new.preprocessing.bands)),
-              ("preprocessing.stretch_mode", old.preprocessing.stretch.mode, new.preprocessing.stretch.mode),
-              ("features.dtype", old.features.dtype, new.features.dtype)]
-    for label, before, after in fields:
-        if label == "checkpoint" and after is None:
-            continue  # random weights: identified by model, seed and size, hashed once built
-        if before != after:
-            return f"{label}: store has {before!r}, this run has {after!r}"
-    if old.grid != new.grid:
-        return "tile grid (overlap, extent or tile size) differs"
-    return None
-
-
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "READABLE_VERSIONS", "ArrayLayout", "CheckpointSection",
-           "DecoderSection", "FeaturesSection", "Manifest", "ManifestProblem", "ModelSection",
-           "PreprocessingSection", "RasterSection", "StretchSection", "describe_difference", "feature_layout",
-           "read_manifest", "write_manifest"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "READABLE_VERSIONS", "ArrayLayout", "CheckpointSection", "DecoderSection",
+           "FeaturesSection", "Manifest", "ManifestProblem", "ModelSection", "PreprocessingSection", "RasterSection",
+           "StretchSection", "feature_layout", "read_manifest", "write_manifest"]

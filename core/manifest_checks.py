@@ -16,6 +16,7 @@ import math
 import re
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
+from .levels import MAX_LEVEL_FACTOR
 from .store_layout import DECODER_ONNX
 from .tiling import PixelWindow, Tile
 
@@ -267,16 +268,18 @@ def _exact_keys(data: dict, key: str, names: Sequence[str]) -> None:
         raise ManifestProblem(key, f"has an unknown key {shown(unknown[0])} (known: {', '.join(names)})")
 
 
-def _check_tile(tile: Any, key: str, index: int, tile_size: int, width: int, height: int) -> Tuple[int, int]:
+def _check_tile(tile: Any, key: str, index: int, tile_size: int, width: int, height: int) -> Tuple[bool, int, int]:
     tile = _object(tile, key)
-    _exact_keys(tile, key, [f.name for f in dataclasses.fields(Tile)])
+    _exact_keys(tile, key, [f.name for f in dataclasses.fields(Tile) if f.name != "extra" or "extra" in tile])
+    if "extra" in tile:
+        _boolean(tile["extra"], f"{key}.extra")
     _integer(tile["index"], f"{key}.index", index, index, "its place in the list")
     _integer(tile["size"], f"{key}.size", tile_size, tile_size, "grid.tile_size")
     col_off = _integer(tile["col_off"], f"{key}.col_off", 0, width - 1)
     row_off = _integer(tile["row_off"], f"{key}.row_off", 0, height - 1)
     _integer(tile["valid_width"], f"{key}.valid_width", 1, min(tile_size, width - col_off))
     _integer(tile["valid_height"], f"{key}.valid_height", 1, min(tile_size, height - row_off))
-    return (_integer(tile["row"], f"{key}.row", 0, MAX_RASTER_SIZE),
+    return (bool(tile.get("extra", False)), _integer(tile["row"], f"{key}.row", 0, MAX_RASTER_SIZE),
             _integer(tile["col"], f"{key}.col", 0, MAX_RASTER_SIZE))
 
 
@@ -298,7 +301,7 @@ def check_grid(grid: Any, key: str = "grid", raster_size: Optional[Tuple[int, in
     for index, tile in enumerate(tiles):
         place = _check_tile(tile, f"{key}.tiles[{index}]", index, tile_size, width, height)
         if place in seen:
-            raise ManifestProblem(f"{key}.tiles[{index}]", f"repeats row {place[0]}, col {place[1]}")
+            raise ManifestProblem(f"{key}.tiles[{index}]", f"repeats row {place[1]}, col {place[2]}")
         seen.add(place)
     return grid
 
@@ -341,19 +344,49 @@ def check_decoder(decoder: Any, key: str = "decoder") -> dict:
     return decoder
 
 
+def check_level(level: Any, key: str = "level") -> Tuple[int, int]:
+    """The `level` part (version 3): factor, width, height (level px), geotransform; returns (width, height)."""
+    level = _object(level, key)
+    _exact_keys(level, key, ["factor", "width", "height", "geotransform", "resampling"])
+    factor = _finite(level["factor"], f"{key}.factor")
+    if not 0 < factor <= MAX_LEVEL_FACTOR:
+        raise ManifestProblem(f"{key}.factor", f"must be above 0 and at most {MAX_LEVEL_FACTOR:g}, found {factor:g}")
+    check_geotransform(level["geotransform"], f"{key}.geotransform")
+    _text(level["resampling"], f"{key}.resampling")
+    return tuple(_integer(level[name], f"{key}.{name}", 1, MAX_RASTER_SIZE) for name in ("width", "height"))
+
+
+def check_levels(levels: Any, key: str = "levels") -> None:
+    """The root's `levels` list (version 3): {folder, factor} per level, distinct folders."""
+    folders = set()
+    for i, item in enumerate(_list(levels, key)):
+        item = _object(item, f"{key}[{i}]")
+        _exact_keys(item, f"{key}[{i}]", ["folder", "factor"])
+        folder, factor = _text(item["folder"], f"{key}[{i}].folder"), _finite(item["factor"], f"{key}[{i}].factor")
+        if folder in folders or ".." in folder.replace("\\", "/").split("/") or folder.startswith("/"):
+            raise ManifestProblem(f"{key}[{i}].folder", f"must be a distinct folder in the store: {shown(folder)}")
+        if not 0 < factor <= MAX_LEVEL_FACTOR:
+            raise ManifestProblem(f"{key}[{i}].factor", f"must be above 0, found {shown(factor)}")
+        folders.add(folder)
+
+
 def validate_manifest(manifest: Any) -> dict:
-    """Every part of a manifest (after its format and version are known to be ours: `format_version` 1
-    or 2) and how the parts agree; ManifestProblem naming the first wrong key."""
+    """Every part of a manifest (after its format and version are known to be ours: `format_version` 1,
+    2 or 3) and how the parts agree; ManifestProblem naming the first wrong key. Version 3's grid lies
+    on its level's pixels."""
     manifest = _object(manifest, "the top level")
-    version = 1 if manifest.get("format_version") == 1 else 2
+    version = manifest.get("format_version") if manifest.get("format_version") in (1, 3) else 2
     for name in ("quicksam_version", "created"):
         _optional_text(manifest, name, "")
     check_model(_member(manifest, "model", ""), "model")
     check_checkpoint(_member(manifest, "checkpoint", ""), "checkpoint")
     check_preprocessing(_member(manifest, "preprocessing", ""), "preprocessing", version)
     raster = check_raster(_member(manifest, "raster", ""), "raster")
-    grid = check_grid(_member(manifest, "grid", ""), "grid",
-                      None if version == 1 else (raster["width"], raster["height"]))
+    size = (raster["width"], raster["height"])
+    if version >= 3:
+        size = check_level(_member(manifest, "level", ""), "level")
+        check_levels(manifest.get("levels", []), "levels")
+    grid = check_grid(_member(manifest, "grid", ""), "grid", None if version == 1 else size)
     check_features(_member(manifest, "features", ""), "features")
     check_decoder(_member(manifest, "decoder", ""), "decoder")
     for name in ("width", "height") if version == 1 else ():

@@ -34,12 +34,12 @@ from .manifest import (
     FORMAT_VERSION,
     ArrayLayout,
     Manifest,
-    describe_difference,
     feature_layout,
     read_manifest,
     write_manifest,
 )
 from .manifest_checks import DECODER_SETTING_TYPES, ManifestProblem, validate_manifest
+from .manifest_resume import describe_difference
 from .store_layout import DECODER_ONNX, MANIFEST, TILE_DIR, TILE_INDEX, TILE_LOG, VALID_MASK_SUFFIX
 from .tile_files import (
     TileDamage,
@@ -180,8 +180,9 @@ class FeatureStore:
 
     @property
     def geotransform(self) -> Tuple[float, ...]:
-        """GDAL's geotransform of the raster: raster pixel (col, row) -> map (x, y) in `crs_wkt`."""
-        return self.manifest.raster.geotransform
+        """GDAL's geotransform of the store's level (core/levels.py; the raster's own at factor 1): pixel
+        (col, row) of the grid -> map (x, y) in `crs_wkt`."""
+        return self.manifest.pixel_grid.geotransform
 
     @property
     def feature_names(self) -> List[str]:
@@ -382,6 +383,7 @@ class FeatureStore:
             "raster": raster.path,
             "raster_size": [raster.width, raster.height],
             "bands": list(self.manifest.preprocessing.bands),
+            "level_factor": self.manifest.pixel_grid.factor, "resolution": self.manifest.pixel_grid.resolution,
             "tile_size": self.grid.tile_size,
             "overlap": self.grid.overlap,
             "tiles": len(self.grid),

@@ -36,6 +36,9 @@ class Tile:
 
     `valid_width`/`valid_height` are the pixels that exist in the raster; the rest (right and bottom)
     is padding, which happens only when the raster is smaller than one tile.
+
+    `extra` marks a tile added on demand (centred on prompts no grid tile holds, docs/levels.md): not part
+    of the regular rows and columns; its `row` is its serial number and `col` is 0.
     """
 
     index: int
@@ -46,10 +49,11 @@ class Tile:
     size: int
     valid_width: int
     valid_height: int
+    extra: bool = False
 
     @property
     def tile_id(self) -> str:
-        return f"r{self.row:04d}c{self.col:04d}"
+        return f"x{self.row:04d}" if self.extra else f"r{self.row:04d}c{self.col:04d}"
 
     @property
     def is_padded(self) -> bool:
@@ -68,7 +72,11 @@ class Tile:
         )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The tile's fields; `extra` only when True (manifests before on-demand tiles have none)."""
+        data = asdict(self)
+        if not self.extra:
+            del data["extra"]
+        return data
 
 
 def axis_starts(extent_start: int, extent_length: int, tile_size: int, overlap: int) -> List[int]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 from ..core.catalogue import model_spec
 from ..core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 from ..core.errors import QuickSamError
+from ..core.levels import level_grid
 from ..core.logger import LOGGER
 from ..core.manifest import (
     CheckpointSection,
@@ -73,16 +74,25 @@ class EncodeRequest:
     tile_size: int = DEFAULT_TILE_SIZE
     stretch: str = "percentile"
     feature_dtype: str = "float16"
+    #: This store's pixel over the raster's (core/levels.py): 1 = the raster's own pixels.
+    level_factor: float = 1.0
+    #: The levels to encode, as factors of the finest level's pixel (encoder/levels_pipeline.py).
+    levels: Tuple[float, ...] = (1.0,)
+    #: Ground resolution of the finest level in map units per pixel; None = the raster's own.
+    resolution: Optional[float] = None
 
 
 def plan_grid(info: RasterInfo, request: EncodeRequest) -> TileGrid:
-    window = extent_to_window(info, request.extent) if request.extent else None
-    return TileGrid.build(info.width, info.height, request.tile_size, request.overlap, window)
+    """The tile grid of the request's level: `extent` (raster CRS) becomes a window of level pixels."""
+    level = level_grid(info.width, info.height, info.geotransform, request.level_factor)
+    level_info = dataclasses.replace(info, width=level.width, height=level.height, geotransform=level.geotransform)
+    window = extent_to_window(level_info, request.extent) if request.extent else None
+    return TileGrid.build(level.width, level.height, request.tile_size, request.overlap, window)
 
 
-def sample_stretch(path: str, bands: Sequence[int], area: PixelWindow, mode: str) -> Stretch:
-    """The stretch of the whole encoded area, from evenly spread sample windows."""
-    with WindowReader(path, bands) as reader:
+def sample_stretch(path: str, bands: Sequence[int], area: PixelWindow, mode: str, factor: float = 1.0) -> Stretch:
+    """The stretch of the whole encoded area (level pixels of `factor`), from evenly spread sample windows."""
+    with WindowReader(path, bands, factor) as reader:
         samples = [reader.read(window) for window in sample_windows(area)]
     return compute_stretch(samples, mode)
 
@@ -122,6 +132,7 @@ def build_manifest(request: EncodeRequest, info: RasterInfo, bands: List[int], g
         grid=grid,
         features=FeaturesSection(dtype=request.feature_dtype),
         decoder=DecoderSection(onnx=DECODER_ONNX),
+        level=level_grid(info.width, info.height, info.geotransform, request.level_factor),
     )
 
 
@@ -134,12 +145,13 @@ class StorePlan:
     bands: List[int]
 
 
-def plan_store(request: EncodeRequest) -> StorePlan:
-    """Check the raster and plan tiles and stretch (reads the raster, writes nothing)."""
+def plan_store(request: EncodeRequest, stretch: Optional[Stretch] = None) -> StorePlan:
+    """Check the raster and plan tiles and stretch (reads the raster, writes nothing). `stretch` given (a
+    level of a multi-scale store takes its root level's) is used as is."""
     info = describe_raster(request.raster)
     bands = choose_bands(info, request.bands)
     grid = plan_grid(info, request)
-    stretch = sample_stretch(request.raster, bands, grid.window, request.stretch)
+    stretch = stretch or sample_stretch(request.raster, bands, grid.window, request.stretch, request.level_factor)
     fingerprint = raster_fingerprint_rasterio(request.raster, info)
     manifest = build_manifest(request, info, bands, grid, stretch, fingerprint)
     return StorePlan(manifest, info, bands)
@@ -183,12 +195,14 @@ def encode_raster(request: EncodeRequest, progress: Optional[ProgressCallback] =
     """
     plan = plan_store(request)  # bad input is refused before anything is written, even a lock
     with store_lock(Path(request.store)), plain_write_errors(Path(request.store)):
-        return _encode_into_store(request, plan, progress, cancelled, model, started)
+        return encode_planned(request, plan, progress, cancelled, (lambda: model) if model else None, started)
 
 
-def _encode_into_store(request: EncodeRequest, plan: StorePlan, progress: Optional[ProgressCallback],
-                       cancelled: Optional[CancelCheck], model: Optional[SegmentModel],
-                       started: Optional[Callable[[FeatureStore, int], None]]) -> Tuple[FeatureStore, EncodeStats]:
+def encode_planned(request: EncodeRequest, plan: StorePlan, progress: Optional[ProgressCallback],
+                   cancelled: Optional[CancelCheck], model_source: Optional[Callable[[], SegmentModel]],
+                   started: Optional[Callable[[FeatureStore, int], None]]) -> Tuple[FeatureStore, EncodeStats]:
+    """`encode_raster` of a planned store whose lock the caller holds; `model_source()` gives the model
+    when one is needed (None: built from the request)."""
     progress = progress or (lambda event: None)
     cancelled = cancelled or never_cancelled
     store, stretch = prepare_store(request, plan)
@@ -198,10 +212,9 @@ def _encode_into_store(request: EncodeRequest, plan: StorePlan, progress: Option
         started(store, len(pending))
     stats = EncodeStats()
     if pending or needs_decoder or not store.manifest.features.arrays:
-        if model is None:
-            build_started = time.perf_counter()
-            model = load_model_for(request)
-            stats.model_build_seconds = time.perf_counter() - build_started
+        build_started = time.perf_counter()
+        model = model_source() if model_source is not None else load_model_for(request)
+        stats.model_build_seconds = time.perf_counter() - build_started
         _complete_manifest(store, model)
         if needs_decoder:
             install_decoder(store, model)

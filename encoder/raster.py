@@ -15,11 +15,14 @@ import numpy as np
 
 from ..core.errors import RasterError
 from ..core.geo import map_to_pixel, pixel_to_map, raster_fingerprint
+from ..core.levels import same_factor
 from ..core.tiling import PixelWindow, Tile
 
 if TYPE_CHECKING:
     from rasterio.io import DatasetReader
 
+#: Raster pixels sampled along each axis of a level pixel to decide whether it is valid (WindowReader).
+MASK_SAMPLES = 4
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
 
@@ -151,14 +154,15 @@ def raster_fingerprint_rasterio(path: str, info: RasterInfo) -> str:
 
 
 class WindowReader:
-    """Reads tiles of selected bands with their validity mask. Keep one per thread (GDAL handles are
-    not thread-safe)."""
+    """Reads tiles of selected bands with their validity mask, at the raster's own pixels or at a level
+    `factor` times coarser (core/levels.py). Keep one per thread (GDAL handles are not thread-safe)."""
 
-    def __init__(self, path: str, bands: Sequence[int]) -> None:
+    def __init__(self, path: str, bands: Sequence[int], factor: float = 1.0) -> None:
         self._dataset = _open(path)
         self._bands = list(bands)
         self._unique = sorted(set(self._bands))
         self._nodata = self._dataset.nodata
+        self._factor = float(factor)
 
     def close(self) -> None:
         self._dataset.close()
@@ -170,16 +174,57 @@ class WindowReader:
         self.close()
 
     def read(self, window: PixelWindow) -> Tuple[np.ndarray, np.ndarray]:
-        """Pixels (3, height, width) in the band order and a bool mask (height, width), True = valid.
+        """Pixels (3, height, width) in the band order and a bool mask (height, width), True = valid, of a
+        window in the reader's level pixels.
 
-        A pixel is invalid when any chosen band is nodata, NaN, or masked by GDAL (alpha/mask band).
+        A pixel is invalid when any chosen band is nodata, NaN, or masked by GDAL (alpha/mask band). At a
+        coarser level each pixel is the mean of the raster pixels under it (GDAL's average resampling, from
+        the file's overviews where it has them) and is valid only when every raster pixel under it is; a
+        level pixel reaching past the raster's edge is invalid (its values are 0).
         """
+        if same_factor(self._factor, 1.0):
+            return self._read_native(window)
+        return self._read_level(window)
+
+    def _read_native(self, window: PixelWindow) -> Tuple[np.ndarray, np.ndarray]:
         from rasterio.windows import Window
 
         win = Window(window.col_off, window.row_off, window.width, window.height)
-        data = self._dataset.read(self._unique, window=win)
-        masks = self._dataset.read_masks(self._unique, window=win)
-        valid = np.all(masks > 0, axis=0)
+        return self._checked(self._dataset.read(self._unique, window=win),
+                             self._dataset.read_masks(self._unique, window=win) > 0)
+
+    def _read_level(self, window: PixelWindow) -> Tuple[np.ndarray, np.ndarray]:
+        """`read` at a coarser level: the level pixels wholly inside the raster are read resampled."""
+        from rasterio.enums import Resampling
+        from rasterio.windows import Window
+
+        f = self._factor
+        inside_cols = min(window.col_end, math.floor(self._dataset.width / f + 1e-9)) - window.col_off
+        inside_rows = min(window.row_end, math.floor(self._dataset.height / f + 1e-9)) - window.row_off
+        data = np.zeros((len(self._unique), window.height, window.width), dtype=self._dataset.dtypes[0])
+        valid = np.zeros((len(self._unique), window.height, window.width), dtype=bool)
+        if inside_cols > 0 and inside_rows > 0:
+            win = Window(window.col_off * f, window.row_off * f, inside_cols * f, inside_rows * f)
+            shape = (len(self._unique), inside_rows, inside_cols)
+            data[:, :inside_rows, :inside_cols] = self._dataset.read(
+                self._unique, window=win, out_shape=shape, resampling=Resampling.average)
+            valid[:, :inside_rows, :inside_cols] = self._sampled_masks(win, inside_rows, inside_cols)
+        return self._checked(data, valid)
+
+    def _sampled_masks(self, win: object, rows: int, cols: int) -> np.ndarray:
+        """(bands, rows, cols) bool: True where every one of k x k raster pixels sampled evenly under a level
+        pixel is valid (k = the factor rounded up, at most MASK_SAMPLES). GDAL's averaging leaves nodata out
+        of the mean, so the mask of the averaged read would call a half-nodata pixel valid."""
+        from rasterio.enums import Resampling
+
+        k = max(1, min(math.ceil(self._factor - 1e-9), MASK_SAMPLES))
+        masks = self._dataset.read_masks(self._unique, window=win, out_shape=(len(self._unique), rows * k, cols * k),
+                                         resampling=Resampling.nearest)
+        return (masks > 0).reshape(len(self._unique), rows, k, cols, k).all(axis=(2, 4))
+
+    def _checked(self, data: np.ndarray, band_valid: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(data in the chosen band order, valid (H, W)) from the unique bands' data and validity."""
+        valid = np.all(band_valid, axis=0)
         if np.issubdtype(data.dtype, np.floating):
             valid &= np.all(np.isfinite(data), axis=0)
         if self._nodata is not None and not np.isnan(self._nodata):

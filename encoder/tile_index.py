@@ -10,10 +10,14 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
 
 from ..core.geo import window_outline
 from ..core.logger import LOGGER
 from ..core.store import MANIFEST, TILE_INDEX, TILE_LOG, FeatureStore
+from ..core.store_levels import level_folder_of
 
 LAYER_NAME = "tiles"
 
@@ -23,13 +27,14 @@ LAYER_NAME = "tiles"
 GPKG_DATASET_OPTIONS = {"VERSION": "1.2"}
 
 
-def write_tile_index(store: FeatureStore) -> Path:
+def write_tile_index(store: FeatureStore, levels: Optional[Sequence[FeatureStore]] = None) -> Path:
     """(Re)write STORE/tile_index.gpkg from the manifest and the tile log; returns its path.
 
-    Written with pyogrio (a declared dependency; the headless encoder has no `osgeo`) to a temporary
-    name and renamed into place. Polygons are in the raster's CRS (`store.crs_wkt`).
+    With `levels` (a multi-scale store's levels, `store` the root among them) the root's index holds the
+    tiles of every level, each with its level's folder, factor and ground resolution. Written with pyogrio
+    (a declared dependency; the headless encoder has no `osgeo`) to a temporary name and renamed into place.
+    Polygons are in the raster's CRS (`store.crs_wkt`).
     """
-    import numpy as np
     import shapely
 
     with warnings.catch_warnings():
@@ -42,28 +47,51 @@ def write_tile_index(store: FeatureStore) -> Path:
     tmp = store.root / f"tile_index.tmp.{os.getpid()}.gpkg"
     if tmp.exists():
         tmp.unlink()
-    tiles = list(store.grid)
-    records = store.records()
-    valid_fraction = [records[t.tile_id].valid_fraction if t.tile_id in records else np.nan for t in tiles]
-    geometry = shapely.to_wkb([shapely.Polygon(window_outline(store.geotransform, t.window)) for t in tiles])
-    fields = ["tile_id", "row", "col", "status", "padded", "valid_fraction"]
-    field_data = [np.array([t.tile_id for t in tiles], dtype=object),
-                  np.array([t.row for t in tiles], dtype=np.int32),
-                  np.array([t.col for t in tiles], dtype=np.int32),
-                  np.array([store.status(t) for t in tiles], dtype=object),
-                  np.array([int(t.is_padded) for t in tiles], dtype=np.int32),
-                  np.array(valid_fraction, dtype=np.float64)]
+    rows = [row for level in (levels or [store]) for row in _index_rows(store, level)]
+    geometry = shapely.to_wkb([shapely.Polygon(row.pop("outline")) for row in rows])
+    fields = list(INDEX_FIELDS)
+    field_data = [np.array([row[name] for row in rows], dtype=kind) for name, kind in INDEX_FIELDS.items()]
     pyogrio.raw.write(str(tmp), geometry, field_data, fields, layer=LAYER_NAME, driver="GPKG",
                       geometry_type="Polygon", crs=store.crs_wkt, dataset_options=GPKG_DATASET_OPTIONS)
     os.replace(tmp, path)
     return path
 
 
-def tile_index_is_current(store: FeatureStore) -> bool:
-    """Whether STORE/tile_index.gpkg was written after the last change of the tile log and the manifest
-    (a finished store resumed again writes nothing: it may be read-only)."""
+#: The tile index's fields and their numpy types: `level` the level's folder ("." the finest), `factor`
+#: its pixel over the raster's, `resolution` its ground resolution (map units per pixel), `extra` 1 for
+#: a tile encoded on demand.
+INDEX_FIELDS = {"tile_id": object, "row": np.int32, "col": np.int32, "status": object, "padded": np.int32,
+                "valid_fraction": np.float64, "level": object, "factor": np.float64, "resolution": np.float64,
+                "extra": np.int32}
+
+
+def _index_rows(root: FeatureStore, level: FeatureStore) -> List[dict]:
+    """One dict of INDEX_FIELDS (and `outline`, the valid area's ring in map coordinates) per tile."""
+    records = level.records()
+    grid = level.manifest.pixel_grid
+    folder = level_folder_of(root, level)
+    return [{"tile_id": t.tile_id, "row": t.row, "col": t.col, "status": level.status(t),
+             "padded": int(t.is_padded),
+             "valid_fraction": records[t.tile_id].valid_fraction if t.tile_id in records else np.nan,
+             "level": folder, "factor": grid.factor, "resolution": grid.resolution, "extra": int(t.extra),
+             "outline": window_outline(level.geotransform, t.window)} for t in level.grid]
+
+
+def write_levels_index(root: FeatureStore, levels: Sequence[FeatureStore]) -> None:
+    """The root's index of every level of a multi-scale store, unless it is current (newer than every
+    level's tile log and manifest); a single-level store's index is `write_tile_index`'s."""
+    if len(levels) < 2:
+        return
+    if all(tile_index_is_current(level, root.root / TILE_INDEX) for level in levels):
+        return
+    write_tile_index(root, levels)
+
+
+def tile_index_is_current(store: FeatureStore, index_path: Optional[Path] = None) -> bool:
+    """Whether STORE/tile_index.gpkg (or `index_path`) was written after the last change of the store's tile
+    log and manifest (a finished store resumed again writes nothing: it may be read-only)."""
     try:
-        index = (store.root / TILE_INDEX).stat().st_mtime_ns
+        index = (index_path or store.root / TILE_INDEX).stat().st_mtime_ns
     except FileNotFoundError:
         return False
     sources = [store.root / TILE_LOG, store.root / MANIFEST]

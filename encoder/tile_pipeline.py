@@ -135,7 +135,8 @@ class TilePipeline:
     def _read(self, tiles: List[Tile]) -> None:
         yield_to_model()
         try:
-            with WindowReader(self.raster, list(self.store.manifest.preprocessing.bands)) as reader:
+            with WindowReader(self.raster, list(self.store.manifest.preprocessing.bands),
+                              self.store.manifest.pixel_grid.factor) as reader:
                 for tile in tiles:
                     if self._stop.is_set() or self.cancelled():
                         break

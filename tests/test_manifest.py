@@ -1,4 +1,4 @@
-"""The store contract (core/manifest.py): typed records, format version 2, version-1 stores still read.
+"""The store contract (core/manifest.py): typed records, format version 3, version-1 and 2 stores still read.
 
 tests/data/store_v1 is a version-1 store written by QuickSAM before the typed manifest (tests/data/README.md):
 a 100 x 90 px raster in EPSG:32633, 2 x 2 tiles of 64 px, seeded random SAM 2.1 tiny, without its decoder
@@ -36,7 +36,7 @@ VERSION_1_RASTER = DATA / "store_v1_scene.tif"
 V1_TILE_SIZE, V1_OVERLAP = 64, 16
 #: Inside the fixture's bright square (cols 30-70, rows 25-65 of the raster), in EPSG:32633.
 POINT_ON_SQUARE = pixel_to_map_default(50, 45)
-SECTIONS = ["model", "checkpoint", "preprocessing", "raster", "grid", "features", "decoder"]
+SECTIONS = ["model", "checkpoint", "preprocessing", "raster", "grid", "features", "decoder", "level"]
 
 
 def _copy_of_version_1(folder: Path, name: str = "store_v1") -> Path:
@@ -76,12 +76,12 @@ def test_version_1_manifest_converts_and_writes_back_the_same_json() -> None:
     assert manifest.to_json() == data
 
 
-def test_records_round_trip_through_version_2_json() -> None:
+def test_records_round_trip_through_version_3_json() -> None:
     """to_json -> JSON text -> from_json gives equal records; the layout is the sections, each field once."""
     manifest = dataclasses.replace(Manifest.from_json(_v1_json()), format_version=FORMAT_VERSION)
     data = json.loads(json.dumps(manifest.to_json()))
     assert list(data) == ["format", "format_version", "quicksam_version", "created", *SECTIONS]
-    assert data["format_version"] == 2
+    assert data["format_version"] == 3
     assert "stretch_mode" not in data["preprocessing"]
     assert list(data["grid"]) == ["tile_size", "overlap", "window", "tiles"]
     assert Manifest.from_json(data) == manifest
@@ -90,9 +90,9 @@ def test_records_round_trip_through_version_2_json() -> None:
 
 
 @pytest.mark.parametrize("version,hint", [
-    (3, r"format version 3, written by a newer QuickSAM \(this one reads versions 1 and 2\): update QuickSAM"),
-    (0, r"format version 0, this QuickSAM reads versions 1 and 2; encode the raster again"),
-    ("2", r'format version "2", this QuickSAM reads versions 1 and 2; encode the raster again'),
+    (4, r"format version 4, written by a newer QuickSAM \(this one reads versions 1, 2 and 3\): update QuickSAM"),
+    (0, r"format version 0, this QuickSAM reads versions 1, 2 and 3; encode the raster again"),
+    ("2", r'format version "2", this QuickSAM reads versions 1, 2 and 3; encode the raster again'),
 ])
 def test_a_version_this_quicksam_does_not_read_is_refused_in_one_line(tmp_path: Path, version: object,
                                                                         hint: str) -> None:
@@ -118,10 +118,10 @@ def test_a_manifest_that_would_not_read_back_is_not_written(tmp_path: Path) -> N
 
 # -- stores -----------------------------------------------------------------------------------------------
 
-def test_a_new_store_writes_version_2_by_section(tmp_path: Path) -> None:
+def test_a_new_store_writes_version_3_by_section(tmp_path: Path) -> None:
     store, _ = encode(VERSION_1_RASTER, tmp_path / "store", tile_size=V1_TILE_SIZE, overlap=V1_OVERLAP)
     data = json.loads((tmp_path / "store" / "manifest.json").read_text())
-    assert data["format"] == "quicksam-feature-store" and data["format_version"] == 2
+    assert data["format"] == "quicksam-feature-store" and data["format_version"] == 3
     assert list(data) == ["format", "format_version", "quicksam_version", "created", *SECTIONS]
     assert set(data["grid"]) == {"tile_size", "overlap", "window", "tiles"}
     assert set(data["preprocessing"]) == {"bands", "stretch", "nodata_fill"}
@@ -136,7 +136,7 @@ def test_version_1_store_opens_unchanged_and_decodes_like_a_converted_one(tmp_pa
     old = _with_decoder(_copy_of_version_1(tmp_path, "v1"))
     converted = _with_decoder(_copy_of_version_1(tmp_path, "v2"))
     write_manifest(converted, dataclasses.replace(read_manifest(converted), format_version=FORMAT_VERSION))
-    assert json.loads((converted / "manifest.json").read_text())["format_version"] == 2
+    assert json.loads((converted / "manifest.json").read_text())["format_version"] == 3
     before = file_states(old)
 
     old_segments, new_segments = _segments(old), _segments(converted)
