@@ -57,6 +57,11 @@ class PromptError(QuickSamError):
         self.looks_like_lonlat = looks_like_lonlat
 
 
+class NoTilePromptError(PromptError):
+    """No encoded tile of the store holds every prompt (they are farther apart than a tile, or across a
+    border of tiles never encoded)."""
+
+
 def format_xy(x: float, y: float) -> str:
     """'x,y' for messages, as --point takes it: up to 10 significant digits (0.1 mm in UTM, 1e-8 degrees)."""
     return f"{x:.10g},{y:.10g}"
@@ -127,6 +132,10 @@ class Segment:
     mask_pixels: int
     low_res_logits: np.ndarray = field(repr=False)
     stability: Optional[float] = None
+    #: The store level decoded: its pixel over the raster's (1 = the raster's own), and its ground
+    #: resolution in map units per pixel (core/levels.py).
+    level_factor: float = 1.0
+    resolution: float = 0.0
 
 
 class FeatureCache:
@@ -183,7 +192,7 @@ class SegmentEngine:
     """Decodes prompts on a feature store and vectorises the masks."""
 
     def __init__(self, store: FeatureStore, cache_tiles: int = DEFAULT_CACHE_TILES,
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, decoder: Optional[OnnxDecoder] = None) -> None:
         if not (store.root / DECODER_ONNX).is_file():
             raise QuickSamError(f"store '{store.root}' has no {DECODER_ONNX}; re-run the same "
                                 "'quicksam encode' command to finish it")
@@ -191,8 +200,9 @@ class SegmentEngine:
         self.cache = FeatureCache(store, cache_tiles)
         self.valid_masks = ValidMaskCache(store)
         settings = store.manifest.decoder.settings or DecoderSettings()
-        self.decoder = OnnxDecoder(store.root / DECODER_ONNX, store.family, store.feature_names,
-                                   store.image_size, settings, threads=threads, feature_shapes=store.feature_shapes)
+        self.decoder = decoder or OnnxDecoder(store.root / DECODER_ONNX, store.family, store.feature_names,
+                                              store.image_size, settings, threads=threads,
+                                              feature_shapes=store.feature_shapes)
         self._geotransform = store.geotransform
         #: Seconds spent in each step of the last `segment` call (for benchmarks).
         self.last_timings: Dict[str, float] = {}
@@ -296,8 +306,8 @@ class SegmentEngine:
         if candidates:
             raise PromptError(f"the tile under {prompts.describe()} was not encoded: the encoding did not finish; "
                               "re-run the same encode command to finish it")
-        raise PromptError(f"no single tile holds {prompts.describe()}: these prompts are farther apart than one "
-                          "tile covers; segment the object in parts, or encode with a larger overlap")
+        raise NoTilePromptError(f"no single tile holds {prompts.describe()}: these prompts are farther apart than one "
+                                "tile covers; encode a coarser level (quicksam encode --levels 1,4,16) or a tile here")
 
     def check_point_has_data(self, col: float, row: float) -> None:
         """PromptError when the raster pixel at (col, row) (continuous raster pixels) is nodata: in a tile
@@ -365,7 +375,8 @@ class SegmentEngine:
             if geometry.is_empty:
                 continue
             segments.append(Segment(geometry, float(result.scores[index]), tile.tile_id, int(masks[index].sum()),
-                                    result.low_res_logits[index], float(stability[index])))
+                                    result.low_res_logits[index], float(stability[index]),
+                                    self.store.manifest.pixel_grid.factor, self.store.manifest.pixel_grid.resolution))
         self.last_timings = {"tile_and_features": loaded - started, "decode_and_upsample": decoded - loaded,
                              "vectorise": time.perf_counter() - decoded}
         return segments

@@ -41,6 +41,7 @@ from ...core.errors import QuickSamError
 from ...core.store import DECODER_ONNX, FeatureStore
 from ...interactive.engine import PromptError, SegmentEngine
 from ...interactive.prompt_input import PromptObject, SkippedObject, group_records
+from ...interactive.scales import open_engine
 from ..i18n import tr as _tr
 from ..layers import FeatureBuilder, output_fields, raster_crs, sink_keeping_other_layers
 from .algorithm_base import QuickSamAlgorithm, started_by_command_line
@@ -203,7 +204,7 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
                        min_area_pixels=self.parameterAsDouble(parameters, self.MIN_AREA, context),
                        keep_holes=self.parameterAsBoolean(parameters, self.KEEP_HOLES, context))
         try:
-            engine = SegmentEngine(store)
+            engine = open_engine(store)
         except QuickSamError as exc:
             raise QgsProcessingException(str(exc)) from exc
         crs = raster_crs(store)

@@ -29,6 +29,7 @@ from ...core.errors import QuickSamError
 from ...core.logger import LOGGER
 from ...core.store import FeatureStore
 from ...interactive.engine import SegmentEngine
+from ...interactive.scales import open_engine
 from ...interactive.store_lookup import FOUND_CHOSEN, StoreLookup, check_store_matches_layer
 from ..i18n import tr
 from ..layer_stores import find_layer_store, layer_raster_path, remember_layer_store
@@ -125,7 +126,7 @@ class StoreBinding(QObject):
             self.problem = runtime_missing_message()
         elif lookup.store is not None:
             try:
-                self.engine = SegmentEngine(lookup.store)
+                self.engine = open_engine(lookup.store)
             except QuickSamError as exc:
                 self.problem = str(exc)
             except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors on a damaged decoder.onnx
