@@ -64,7 +64,7 @@ class MultiScaleEngine(SegmentEngine):
                 best = (relative, engine)
         if best is not None:
             return best[1], SegmentEngine.choose_tile(best[1], prompts)
-        return self, SegmentEngine.choose_tile(self, prompts)   # raises what the finest level says (outside, nodata, none)
+        return self, SegmentEngine.choose_tile(self, prompts)   # the finest level says why not
 
     def choose_tile(self, prompts: MapPrompts) -> Tile:
         """The tile of the level `choose_level` picks (the session checks prompts with it)."""
