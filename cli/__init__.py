@@ -11,8 +11,9 @@ command, the algorithm and the dock share one implementation (`segment-all` like
 `quicksam:segmentall`). QGIS is imported only there: `encode`, `info` and `checkpoints` work without QGIS,
 and an encode never loads the decoding stage.
 
-One module per command (encode.py, segment.py, segment_all.py, info.py: info and checkpoints), the events
-and exit statuses (events.py), shared argument types (options.py) and the headless QGIS (headless.py).
+One module per command (encode.py, encode_tile.py, segment.py, segment_all.py, info.py: info and
+checkpoints), the events and exit statuses (events.py), shared argument types (options.py) and the headless
+QGIS (headless.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..core.diskspace import is_disk_full, mount_point
 from ..core.errors import Cancelled, EncoderEnvironmentError, QuickSamError
 from ..core.logger import LOGGER
 from .encode import add_encode_parser
+from .encode_tile import add_encode_tile_parser
 from .events import (
     EXIT_BAD_INPUT,
     EXIT_CANCELLED,
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="quicksam", description="Segment Anything for geospatial rasters.")
     commands = parser.add_subparsers(dest="command", required=True)
     add_encode_parser(commands)
+    add_encode_tile_parser(commands)
     add_segment_parser(commands)
     add_segment_all_parser(commands)
     add_info_parsers(commands)

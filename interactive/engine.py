@@ -28,6 +28,7 @@ from ..core.defaults import MASK_MODES
 from ..core.errors import QuickSamError
 from ..core.geo import map_to_pixel, pixel_to_map, window_geotransform
 from ..core.mask_decoding import STABILITY_SCORE_OFFSET, DecoderSettings, Prompts, pick_masks, stability_scores
+from ..core.on_demand import in_encoded_area
 from ..core.store import DECODER_ONNX, STATUS_DONE, STATUS_NODATA, FeatureStore
 from ..core.tiling import Tile
 from .decoding import OnnxDecoder
@@ -58,8 +59,12 @@ class PromptError(QuickSamError):
 
 
 class NoTilePromptError(PromptError):
-    """No encoded tile of the store holds every prompt (they are farther apart than a tile, or across a
-    border of tiles never encoded)."""
+    """No encoded tile of the store holds every prompt (they are farther apart than a tile, across a border of
+    tiles never encoded, or outside the encoded area); `prompts` are those prompts, for an on-demand tile."""
+
+    def __init__(self, message: str, prompts: Optional[MapPrompts] = None) -> None:
+        super().__init__(message)
+        self.prompts = prompts
 
 
 def format_xy(x: float, y: float) -> str:
@@ -266,23 +271,19 @@ class SegmentEngine:
         """PromptError, naming the prompt and its coordinates, if a point or the whole box lies outside the
         raster, or a point or the (clipped) box outside the encoded area."""
         grid = self.store.grid
-        window = grid.window
-
-        def encoded(col: float, row: float) -> bool:
-            return window.col_off <= col <= window.col_end and window.row_off <= row <= window.row_end
-
         for x, y in prompts.points:
             col, row = self.to_pixels(x, y)
             if not (0 <= col <= grid.raster_width and 0 <= row <= grid.raster_height):
                 raise self._outside_raster(f"the point at {format_xy(x, y)}", [(x, y)])
-            if not encoded(col, row):
-                raise PromptError(f"the point at {format_xy(x, y)} is outside the area this store encoded; "
-                                  "encode that area (or the whole raster) first")
+            if not in_encoded_area(grid, col, row):
+                raise NoTilePromptError(f"the point at {format_xy(x, y)} is outside the area this store encoded; "
+                                        "encode that area (or the whole raster) first, or a tile here", prompts)
         if prompts.box is not None:
             col0, row0, col1, row1 = self.box_pixels(prompts.box)
-            if not (encoded(col0, row0) and encoded(col1, row1)):
-                raise PromptError(f"{MapPrompts(box=prompts.box).describe()} reaches outside the area this store "
-                                  "encoded; encode that area (or the whole raster) first")
+            if not (in_encoded_area(grid, col0, row0) and in_encoded_area(grid, col1, row1)):
+                raise NoTilePromptError(f"{MapPrompts(box=prompts.box).describe()} reaches outside the area this "
+                                        "store encoded; encode that area (or the whole raster) first, or a tile here",
+                                        prompts)
 
     def choose_tile(self, prompts: MapPrompts) -> Tile:
         """Of the encoded tiles holding every prompt, the one where they sit farthest from its edges.
@@ -307,7 +308,8 @@ class SegmentEngine:
             raise PromptError(f"the tile under {prompts.describe()} was not encoded: the encoding did not finish; "
                               "re-run the same encode command to finish it")
         raise NoTilePromptError(f"no single tile holds {prompts.describe()}: these prompts are farther apart than one "
-                                "tile covers; encode a coarser level (quicksam encode --levels 1,4,16) or a tile here")
+                                "tile covers; encode a coarser level (quicksam encode --levels 1,4,16) or a tile here",
+                                prompts)
 
     def check_point_has_data(self, col: float, row: float) -> None:
         """PromptError when the raster pixel at (col, row) (continuous raster pixels) is nodata: in a tile

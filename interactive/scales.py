@@ -12,23 +12,22 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
 
+from ..core.on_demand import MARGIN_FRACTION
 from ..core.store import STATUS_DONE, FeatureStore
 from ..core.store_levels import level_stores
 from ..core.tiling import Tile
 from .engine import DEFAULT_CACHE_TILES, MapPrompts, NoTilePromptError, PromptError, Segment, SegmentEngine
 
-#: The margin a level's tile must leave around the prompts, as a fraction of the tile size.
-MARGIN_FRACTION = 1 / 16
 
-
-def open_engine(store: FeatureStore, cache_tiles: int = DEFAULT_CACHE_TILES, threads: Optional[int] = None
-                ) -> SegmentEngine:
-    """The engine for `store`: a `MultiScaleEngine` over its levels when it has several, else a
-    `SegmentEngine`. QuickSamError/StoreError as SegmentEngine's, and a level that cannot be opened."""
+def open_engine(store: FeatureStore, cache_tiles: int = DEFAULT_CACHE_TILES, threads: Optional[int] = None,
+                finest_only: bool = False) -> SegmentEngine:
+    """The engine for `store`: a `MultiScaleEngine` over its levels when it has several (decoding at the finest
+    level only with `finest_only`), else a `SegmentEngine`. QuickSamError/StoreError as SegmentEngine's, and a
+    level that cannot be opened."""
     levels = level_stores(store)
     if len(levels) == 1:
         return SegmentEngine(store, cache_tiles=cache_tiles, threads=threads)
-    return MultiScaleEngine(levels, cache_tiles=cache_tiles, threads=threads)
+    return MultiScaleEngine(levels, cache_tiles=cache_tiles, threads=threads, finest_only=finest_only)
 
 
 class MultiScaleEngine(SegmentEngine):
