@@ -52,6 +52,13 @@ def add_segment_parser(commands: argparse._SubParsersAction) -> None:
     segment.add_argument("--min-area", type=float, default=0.0,
                          help="drop parts and holes smaller than this many pixels (default 0)")
     segment.add_argument("--fill-holes", action="store_true", help="fill the holes of the polygons")
+    segment.add_argument("--encode-missing", action="store_true",
+                         help="when no tile of the store holds an object's prompts (across a tile border, or outside "
+                              "the encoded area), encode one tile centred on them (in a separate encoder process, as "
+                              "'quicksam encode-tile' does) and add it to the store, then segment")
+    segment.add_argument("--finest", action="store_true",
+                         help="decode at the finest level of a multi-scale store only (full resolution), never a "
+                              "coarser one; with --encode-missing, missing tiles are added to the finest level")
     segment.add_argument("--output", type=Path, required=True, metavar="OUT.gpkg", help=OUTPUT_HELP)
     segment.add_argument("--layer", default=SEGMENT_LAYER, help=LAYER_HELP)
     segment.add_argument("--overwrite", action="store_true",
@@ -191,6 +198,7 @@ def _segment_parameters(args: argparse.Namespace, layer_id: str, group_field: st
         Algorithm.LABEL_FIELD: label_field, Algorithm.MASK_MODE: MASK_MODES.index(args.mask_mode),
         Algorithm.SIMPLIFY: args.simplify, Algorithm.MIN_AREA: args.min_area,
         Algorithm.KEEP_HOLES: not args.fill_holes, Algorithm.OUTPUT: destination,
+        Algorithm.ENCODE_MISSING: args.encode_missing, Algorithm.FINEST_ONLY: args.finest,
     }
 
 

@@ -39,12 +39,12 @@ from qgis.core import (
 from ...core.defaults import MASK_MODES
 from ...core.errors import QuickSamError
 from ...core.store import DECODER_ONNX, FeatureStore
-from ...interactive.engine import PromptError, SegmentEngine
+from ...interactive.engine import PromptError
 from ...interactive.prompt_input import PromptObject, SkippedObject, group_records
-from ...interactive.scales import open_engine
 from ..i18n import tr as _tr
 from ..layers import FeatureBuilder, output_fields, raster_crs, sink_keeping_other_layers
 from .algorithm_base import QuickSamAlgorithm, started_by_command_line
+from .missing_tiles import ENCODE_MISSING, FINEST_ONLY, ObjectSegmenter, missing_tile_parameters
 from .prompt_features import read_prompt_records
 
 
@@ -111,6 +111,8 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
     SIMPLIFY = "SIMPLIFY"
     MIN_AREA = "MIN_AREA"
     KEEP_HOLES = "KEEP_HOLES"
+    ENCODE_MISSING = ENCODE_MISSING
+    FINEST_ONLY = FINEST_ONLY
     OUTPUT = "OUTPUT"
     SEGMENTED = "SEGMENTED"
     SKIPPED = "SKIPPED"
@@ -142,6 +144,10 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
             "<p>Objects whose prompts lie outside the raster or its encoded area, or whose labels are "
             "unusable, are reported in the log by id, feature or group, and the prompt at fault, and skipped; "
             "the run fails only if no object could be segmented.</p>"
+            "<p><b>Encode missing tiles</b> (advanced): an object no tile holds (across a tile border, or outside "
+            "the encoded area) gets one tile centred on its prompts, encoded in the encoder's process and added to "
+            "the store for later runs. <b>Full resolution only</b>: decode at the finest level of a multi-scale "
+            "store, never a coarser one.</p>"
             "<p>Attributes: id (object number, in reading order), label (the group value), predicted_iou (the "
             "model's IoU estimate), stability_score, area (map units² of the CRS), area_m2 (square metres: "
             "planar for projected CRSs, ellipsoidal otherwise), fg_points, bg_points, box, model, checkpoint "
@@ -184,6 +190,8 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
             _tr("Polygon parts and holes smaller than this many raster pixels are dropped."), advanced=True)
         self._add(QgsProcessingParameterBoolean(self.KEEP_HOLES, _tr("Keep holes"), defaultValue=True),
                   _tr("Untick to fill the holes of the polygons."), advanced=True)
+        for parameter, help_text in missing_tile_parameters():
+            self._add(parameter, help_text, advanced=True)
         self._add(QgsProcessingParameterFeatureSink(
             self.OUTPUT, _tr("Segmented objects"), QgsProcessing.SourceType.TypeVectorPolygon),
             _tr("Polygons in the raster's CRS, one per object (up to three with mask mode 'all')."))
@@ -203,10 +211,9 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
                        simplify_tolerance=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
                        min_area_pixels=self.parameterAsDouble(parameters, self.MIN_AREA, context),
                        keep_holes=self.parameterAsBoolean(parameters, self.KEEP_HOLES, context))
-        try:
-            engine = open_engine(store)
-        except QuickSamError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+        engine = ObjectSegmenter(store, self.parameterAsBoolean(parameters, self.ENCODE_MISSING, context),
+                                 self.parameterAsBoolean(parameters, self.FINEST_ONLY, context), feedback,
+                                 started_by_command_line(context))
         crs = raster_crs(store)
         builder = FeatureBuilder(store, crs, context.transformContext())
         parameters, output_note = sink_keeping_other_layers(self, parameters, self.OUTPUT, context)
@@ -308,7 +315,7 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
             crs=source_crs.authid() or source_crs.description())
 
     @staticmethod
-    def _segment(engine: SegmentEngine, builder: FeatureBuilder, item: PromptObject,
+    def _segment(engine: ObjectSegmenter, builder: FeatureBuilder, item: PromptObject,
                  options: Dict[str, Any], crs_advice: str) -> Tuple[list, Optional[SkippedObject]]:
         """The output features of one object, or why it was skipped (naming its prompts)."""
         try:
