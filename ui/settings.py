@@ -93,12 +93,15 @@ HOVER_PREVIEW: Setting[bool] = Setting(
     "segment/hover_preview", bool, True, "Preview the mask under the cursor while the Segment tool is active")
 HOVER_DELAY_MS: Setting[int] = Setting(
     "segment/hover_delay_ms", int, 200, "Rest of the cursor before the hover preview is decoded, in milliseconds")
+FULL_RESOLUTION_ONLY: Setting[bool] = Setting(
+    "segment/full_resolution_only", bool, False,
+    "Decode at the finest level of a multi-scale store only; prompts no tile of it holds are offered an on-demand tile")
 SEGMENT_DOCK_OPEN: Setting[bool] = Setting(
     "segment/dock_open", bool, False, "The Segment dock was open when QGIS closed: it opens again when QGIS starts")
 
 ALL_SETTINGS = (PYTHON_EXECUTABLE, KNOWN_STORES, MASK_MODE, MIN_AREA_PIXELS, SIMPLIFY_TOLERANCE, KEEP_HOLES,
                 KEEP_PROMPTS, RANDOM_COLOURS, HOVER_PREVIEW, HOVER_DELAY_MS, SETUP_ENCODER_PYTHON, STORE_FOLDER)
-ALL_SETTINGS += (SEGMENT_DOCK_OPEN,)
+ALL_SETTINGS += (SEGMENT_DOCK_OPEN, FULL_RESOLUTION_ONLY)
 #: How many stores the store list remembers (most recent first).
 KNOWN_STORES_LIMIT = 50
 

@@ -44,6 +44,7 @@ from ..layers import open_tile_index_layer
 from .decode_scheduler import DecodeScheduler
 from .decode_worker import DecodeWorker
 from .drawing import SegmentDrawing
+from .level_text import decoded_message
 from .map_tool import SegmentMapTool
 from .object_output import ObjectOutput, accepted_message
 from .object_writer import CommitResult, add_to_project_once
@@ -57,6 +58,7 @@ class SegmentController(QObject):
     storeChanged = pyqtSignal()  # noqa: N815 (Qt naming)
     objectChanged = pyqtSignal()  # noqa: N815 (Qt naming)
     objectCommitted = pyqtSignal(object)  # noqa: N815 (Qt naming); CommitResult
+    promptsRefused = pyqtSignal(object)  # noqa: N815 (Qt naming); the PromptError (on_demand.py offers a tile)
 
     def __init__(self, canvas: QgsMapCanvas, project: Optional[QgsProject] = None,
                  parent: Optional[QObject] = None) -> None:
@@ -225,6 +227,7 @@ class SegmentController(QObject):
             change(self.session)
         except PromptError as exc:
             self._say(str(exc), Qgis.MessageLevel.Warning)
+            self.promptsRefused.emit(exc)
             return False
         except QgsCsException:
             self._say(tr("this position cannot be transformed to the raster's CRS"), Qgis.MessageLevel.Warning)
@@ -335,11 +338,7 @@ class SegmentController(QObject):
         if self.session is None or not self.session.set_result(prompts, options, segments):
             return
         self._redraw()
-        if not segments:
-            self._say(tr("empty mask: move the points, or lower the minimum area"), Qgis.MessageLevel.Warning)
-        else:
-            scores = ", ".join(f"{segment.score:.2f}" for segment in segments)
-            self._say(tr("score {}; Enter or Accept to keep it").format(scores), Qgis.MessageLevel.Info)
+        self._say(*decoded_message(segments, self.binding.raster_crs))
         if self.scheduler.take_accept():
             self.accept()
 

@@ -33,6 +33,8 @@ from .. import FORMS_DIR, settings
 from ..i18n import tr
 from ..layers import OUTPUT_FILE, raster_crs
 from .controller import SegmentController
+from .level_text import preview_message
+from .on_demand import OnDemandTiles
 from .store_binding import FOUND_ENCODED, runtime_missing_message
 
 UI_PATH = FORMS_DIR / "segment_dock.ui"
@@ -71,6 +73,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self.setObjectName(DOCK_OBJECT_NAME)
         self.iface = iface
         self.controller = SegmentController(iface.mapCanvas(), QgsProject.instance(), self)
+        self.on_demand = OnDemandTiles(self.controller, self)
         self._setup_widgets()
         self._load_settings()
         self._connections = []
@@ -93,6 +96,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self.outputLayerCombo.setLayer(None)
         self.encodeButton.setVisible(False)
         self.setupButton.setVisible(False)
+        self.encodeTileButton.setVisible(False)
 
     def _load_settings(self) -> None:
         index = self.maskModeCombo.findData(settings.MASK_MODE.value())
@@ -103,6 +107,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self.keepPromptsCheck.setChecked(settings.KEEP_PROMPTS.value())
         self.randomColoursCheck.setChecked(settings.RANDOM_COLOURS.value())
         self.hoverCheck.setChecked(settings.HOVER_PREVIEW.value())
+        self.fullResolutionCheck.setChecked(self.on_demand.finest_only)
         self.controller.set_options(self.options())
         self.controller.set_hover_enabled(self.hoverCheck.isChecked())
         self.controller.output.keep_prompts = self.keepPromptsCheck.isChecked()
@@ -133,6 +138,12 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self._connect(self.randomColoursCheck.toggled, self._random_colours_toggled)
         self._connect(self.outputLayerCombo.layerChanged, self._output_changed)
         self._connect(controller.statusChanged, self.show_status)
+        self._connect(self.encodeTileButton.clicked, self.on_demand.encode)
+        self._connect(self.fullResolutionCheck.toggled, self.on_demand.set_finest_only)
+        self._connect(self.on_demand.offerChanged, self.encodeTileButton.setVisible)
+        self._connect(self.on_demand.statusChanged, self.show_status)
+        self._connect(self.on_demand.storeReloaded, self.show_store)
+        self._connect(controller.scheduler.previewDecoded, self._show_preview_level)
         self._connect(controller.storeChanged, self.show_store)
         self._connect(controller.objectChanged, self.show_object)
         self._connect(controller.tool.activated, self._tool_activated)
@@ -150,6 +161,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
             except TypeError:
                 continue  # already disconnected (or never connected by the stub iface of tests)
         self._connections = []
+        self.on_demand.release()
         self.controller.release()
 
     # -- following the map --------------------------------------------------------------------------
@@ -237,6 +249,11 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self.undoButton.setEnabled(session is not None and session.undo_depth > 0)
         self.clearButton.setEnabled(has_prompts)
         self.acceptButton.setEnabled(has_prompts)
+
+    def _show_preview_level(self, segments: object) -> None:
+        """Which level the hover preview came from ("" when there is none)."""
+        crs = self.controller.binding.raster_crs
+        self.levelLabel.setText(preview_message(segments, crs) if isinstance(segments, tuple) else "")
 
     def show_status(self, message: str, level: int) -> None:
         colour = _LEVEL_COLOURS.get(level, "")

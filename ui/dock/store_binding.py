@@ -78,6 +78,8 @@ class StoreBinding(QObject):
         self.raster_crs = QgsCoordinateReferenceSystem()
         #: Canvas CRS -> raster CRS; None while no store is bound.
         self.to_raster: Optional[QgsCoordinateTransform] = None
+        #: Decode at the finest level of a multi-scale store only ("Full resolution only", ui/dock/on_demand.py).
+        self.finest_only = False
         self.canvas.destinationCrsChanged.connect(self._canvas_crs_changed)
 
     # -- which store ------------------------------------------------------------------------------------
@@ -126,7 +128,7 @@ class StoreBinding(QObject):
             self.problem = runtime_missing_message()
         elif lookup.store is not None:
             try:
-                self.engine = open_engine(lookup.store)
+                self.engine = open_engine(lookup.store, finest_only=self.finest_only)
             except QuickSamError as exc:
                 self.problem = str(exc)
             except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors on a damaged decoder.onnx
