@@ -308,3 +308,14 @@ def test_features_say_the_level_and_resolution_they_came_from(three_levels: Tupl
     assert (feature["level_factor"], feature["resolution"]) == (4.0, pytest.approx(40.0))
     assert feature["tile_id"] == "levels/x4/r0000c0000"
     assert feature.geometry().boundingBox().xMinimum() >= x0 - 40
+
+
+def test_info_lists_every_level(three_levels: Tuple[Path, Path]) -> None:
+    """`quicksam info` of a multi-scale store lists each level with its resolution and tiles."""
+    _, store_path = three_levels
+    result = run_cli("info", store_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert [(level["folder"], level["resolution"]) for level in summary["levels"]] == [
+        (".", 10.0), ("levels/x4", 40.0), ("levels/x16", 160.0)]
+    assert summary["complete"] is True
