@@ -10,11 +10,12 @@ Coordinates are in the raster's CRS, like the engine's.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, List, Optional, Tuple
 
 from ..core.on_demand import MARGIN_FRACTION
 from ..core.store import STATUS_DONE, FeatureStore
-from ..core.store_levels import level_stores
+from ..core.store_levels import level_folder_of, level_stores
 from ..core.tiling import Tile
 from .engine import DEFAULT_CACHE_TILES, MapPrompts, NoTilePromptError, PromptError, Segment, SegmentEngine
 
@@ -81,7 +82,8 @@ class MultiScaleEngine(SegmentEngine):
         segments = engine.segment(prompts, mode, simplify_tolerance, min_area_pixels / factor ** 2, keep_holes,
                                   mask_input)
         self.last_timings = engine.last_timings
-        return segments
+        folder = level_folder_of(self.store, engine.store)   # "levels/x4/r0000c0001": which level's tile
+        return [dataclasses.replace(segment, tile_id=f"{folder}/{segment.tile_id}") for segment in segments]
 
 
 def _deepest(engine: SegmentEngine, prompts: MapPrompts) -> Optional[float]:

@@ -101,7 +101,7 @@ def test_identity(algorithm):
 def test_parameters_and_defaults(algorithm):
     names = [p.name() for p in algorithm.parameterDefinitions()]
     assert names == ["INPUT", "RED_BAND", "GREEN_BAND", "BLUE_BAND", "BANDS", "EXTENT", "MODEL", "CHECKPOINT",
-                     "RANDOM_WEIGHTS", "OVERLAP", "BATCH_SIZE", "DEVICE", "TILE_SIZE", "OUTPUT"]
+                     "RANDOM_WEIGHTS", "RESOLUTION", "LEVELS", "OVERLAP", "BATCH_SIZE", "DEVICE", "TILE_SIZE", "OUTPUT"]
     param = algorithm.parameterDefinition
 
     for name in ("RED_BAND", "GREEN_BAND", "BLUE_BAND"):
@@ -138,7 +138,8 @@ def test_parameters_and_defaults(algorithm):
     optional = QgsProcessingParameterDefinition.Flag.FlagOptional
     advanced = QgsProcessingParameterDefinition.Flag.FlagAdvanced
     assert {n for n in names if is_set(n, optional)} == {"RED_BAND", "GREEN_BAND", "BLUE_BAND", "BANDS", "EXTENT",
-                                                         "CHECKPOINT", "OVERLAP", "OUTPUT"}
+                                                         "CHECKPOINT", "OVERLAP", "OUTPUT", "RESOLUTION",
+                                                         "LEVELS"}
     assert {n for n in names if is_set(n, advanced)} == {"RANDOM_WEIGHTS", "BATCH_SIZE", "DEVICE",
                                                          "TILE_SIZE"}
     assert all(param(n).help() for n in names), "every parameter has help"

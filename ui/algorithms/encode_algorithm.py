@@ -31,6 +31,7 @@ from qgis.core import (
 from ...core.catalogue import MODELS
 from ...core.defaults import DEFAULT_MODEL, DEFAULT_TILE_SIZE, default_overlap
 from ...core.errors import Cancelled, EncoderEnvironmentError, QuickSamError
+from ...core.levels import parse_factors
 from ...encoder.subprocess_runner import DEFAULT_MODULE, encoder_command, run_encoder_process
 from ..i18n import tr as _tr
 from ..settings import encoder_python
@@ -77,6 +78,8 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     DEVICE = "DEVICE"
     TILE_SIZE = "TILE_SIZE"
+    RESOLUTION = "RESOLUTION"
+    LEVELS = "LEVELS"
     OUTPUT = "OUTPUT"
     TILE_INDEX = "TILE_INDEX"
 
@@ -177,6 +180,16 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
 
     def _add_run_parameters(self) -> None:
         self._add(QgsProcessingParameterNumber(
+            self.RESOLUTION, _tr("Ground resolution (map units per pixel, empty = the raster's own)"),
+            QgsProcessingParameterNumber.Type.Double, defaultValue=None, optional=True, minValue=0),
+            _tr("Pixel size of the finest level, in the raster CRS's units; coarser than the raster's pixels is "
+                "read with averaging (the file's overviews where it has them)."))
+        self._add(QgsProcessingParameterString(
+            self.LEVELS, _tr("Levels (factors of the finest pixel size, e.g. 1,4,16)"), defaultValue="1",
+            optional=True),
+            _tr("One level per factor, each its own tile grid; objects larger than a tile are segmented on a "
+                "coarser level. Run again with more factors to add levels to a store."))
+        self._add(QgsProcessingParameterNumber(
             self.OVERLAP, _tr("Tile overlap (pixels, empty = a quarter of the tile size)"),
             QgsProcessingParameterNumber.Type.Integer, defaultValue=None, optional=True, minValue=0, maxValue=1023),
             _tr("Pixels shared by neighbouring tiles; objects up to this size on a tile edge are "
@@ -251,8 +264,23 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             random_weights=random_weights, overlap=overlap,
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
-            tile_size=tile_size)
+            tile_size=tile_size, resolution=self._resolution(parameters, context),
+            levels=self._levels(parameters, context))
         return EncoderJob(args=args, python=encoder_python(), store=store, raster=raster)
+
+    def _resolution(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> Optional[float]:
+        """RESOLUTION in map units per pixel, or None when it is empty or 0 (the raster's own)."""
+        if not is_given(parameters.get(self.RESOLUTION)):
+            return None
+        return self.parameterAsDouble(parameters, self.RESOLUTION, context) or None
+
+    def _levels(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> Tuple[float, ...]:
+        """LEVELS as factors (default one level); QgsProcessingException saying what is expected."""
+        text = (self.parameterAsString(parameters, self.LEVELS, context) or "").strip() or "1"
+        try:
+            return parse_factors(text)
+        except ValueError as exc:
+            raise QgsProcessingException(str(exc)) from None
 
     def _store(self, parameters: Dict[str, Any], context: QgsProcessingContext, raster: str, model: str) -> str:
         """The OUTPUT folder, or when it names none of the user's (empty, Processing's temporary folder) the
