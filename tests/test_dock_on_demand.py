@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qgis.core import QgsApplication, QgsGeometry, QgsProject, QgsRectangle
+from qgis.core import QgsApplication, QgsGeometry, QgsProject, QgsRectangle, QgsRenderContext
 from qgis.gui import QgsMapMouseEvent
 from qgis.PyQt.QtCore import QEvent, QPoint, Qt
 from synthetic import PIXEL_SIZE, encode, random_model, square_scene, write_raster
@@ -25,6 +25,7 @@ from quicksam.interactive.engine import MapPrompts, SegmentEngine
 from quicksam.ui import settings
 from quicksam.ui.dock.dock import SegmentDock
 from quicksam.ui.dock.drawing import segment_geometry
+from quicksam.ui.layers import stroke_style_property
 
 WIDTH, HEIGHT, TILE, OVERLAP = 400, 256, 256, 32
 LEFT, RIGHT = at(130, 128), at(270, 128)
@@ -178,6 +179,22 @@ def test_accepting_the_offer_encodes_a_tile_in_the_background_and_segments_on_it
     assert "3 of 3 tiles encoded" in dock.storeInfoLabel.text()
     extra = [f for f in tiles.getFeatures() if f["extra"] == 1]
     assert tiles.featureCount() == 3 and [f["tile_id"] for f in extra] == ["x0000"]
+    assert_dashed_only(tiles, "x0000")
+
+
+def assert_dashed_only(tiles, tile_id: str) -> None:
+    """The tile index draws the outline of `tile_id` dashed, every other one solid."""
+    context = QgsRenderContext()
+    renderer = tiles.renderer().clone()
+    renderer.startRender(context, tiles.fields())
+    styles = {}
+    for feature in tiles.getFeatures():
+        context.expressionContext().setFeature(feature)
+        layer = renderer.symbolForFeature(feature, context).symbolLayer(0)
+        prop = layer.dataDefinedProperties().property(stroke_style_property())
+        styles[feature["tile_id"]] = prop.valueAsString(context.expressionContext(), "solid")[0]
+    renderer.stopRender(context)
+    assert styles == {name: "dash" if name == tile_id else "solid" for name in styles}
 
 
 def test_full_resolution_only_keeps_decoding_at_the_finest_level_and_offers_a_tile_there(scene, open_dock):

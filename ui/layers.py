@@ -34,6 +34,7 @@ from qgis.core import (
     QgsRendererCategory,
     QgsSimpleFillSymbolLayer,
     QgsSingleSymbolRenderer,
+    QgsSymbolLayer,
     QgsTextBufferSettings,
     QgsTextFormat,
     QgsUnitTypes,
@@ -66,6 +67,8 @@ TILE_OUTLINE_COLOUR = QColor(255, 140, 0)
 TILE_LABEL = """concat("tile_id", CASE WHEN "status" <> 'done' THEN ' (' || "status" || ')' END)"""
 #: The same, after the level's factor, in a multi-scale store's index ("4x r0000c0001").
 LEVEL_TILE_LABEL = f"""concat(CASE WHEN "factor" <> 1 THEN format_number("factor", 0) || 'x ' END, {TILE_LABEL})"""
+#: The stroke of a tile index's outline: dashed for an on-demand tile (field `extra` = 1), else solid.
+EXTRA_TILE_STROKE = "if(coalesce(attribute('extra'), 0) = 1, 'dash', 'solid')"
 #: Outline colours of the levels of a multi-scale store, finest first (then repeated).
 LEVEL_COLOURS = (QColor(255, 140, 0), QColor(30, 120, 255), QColor(200, 0, 200), QColor(0, 160, 60))
 #: QGIS 3.38 takes field types as QMetaType (QVariant.Type is deprecated there and gone in QGIS 4).
@@ -196,9 +199,17 @@ def _outline_symbol(colour: QColor, width: float) -> QgsFillSymbol:
     outline.setStrokeColor(colour)
     outline.setStrokeStyle(Qt.PenStyle.SolidLine)
     outline.setStrokeWidth(width)
+    # an on-demand tile (docs/levels.md) is dashed; an index written before them has no `extra`: solid
+    outline.setDataDefinedProperty(stroke_style_property(), QgsProperty.fromExpression(EXTRA_TILE_STROKE))
     symbol = QgsFillSymbol()
     symbol.changeSymbolLayer(0, outline)
     return symbol
+
+
+def stroke_style_property() -> int:
+    """QgsSymbolLayer's stroke-style property: `StrokeStyle` in newer QGIS, `PropertyStrokeStyle` in 3.22."""
+    names = QgsSymbolLayer.Property
+    return getattr(names, "StrokeStyle", None) or names.PropertyStrokeStyle
 
 
 def store_output_path(store: FeatureStore) -> Path:
