@@ -25,6 +25,7 @@ from ...core.errors import Cancelled, EncoderEnvironmentError, QuickSamError
 from ...core.logger import LOGGER
 from ...core.store import TILE_INDEX, FeatureStore
 from ...interactive.engine import MapPrompts, NoTilePromptError, PromptError
+from ...interactive.scales import MultiScaleEngine
 from ...interactive.session import SegmentSession
 from ...interactive.store_lookup import StoreLookup
 from .. import settings
@@ -194,7 +195,7 @@ class OnDemandTiles(QObject):
         controller = self.controller
         controller.binding.finest_only = finest_only
         engine = controller.binding.engine
-        if engine is not None and hasattr(engine, "finest_only"):   # a MultiScaleEngine: several levels
+        if isinstance(engine, MultiScaleEngine):   # a store of several levels
             engine.finest_only = finest_only
             controller.scheduler.memo.clear()
             controller.set_options(controller.options)
