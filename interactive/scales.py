@@ -18,6 +18,7 @@ from ..core.store import STATUS_DONE, FeatureStore
 from ..core.store_levels import level_folder_of, level_stores
 from ..core.tiling import Tile
 from .engine import DEFAULT_CACHE_TILES, MapPrompts, NoTilePromptError, PromptError, Segment, SegmentEngine
+from .refine import refine_segment
 
 
 def open_engine(store: FeatureStore, cache_tiles: int = DEFAULT_CACHE_TILES, threads: Optional[int] = None,
@@ -45,6 +46,9 @@ class MultiScaleEngine(SegmentEngine):
         self.level_engines: List[SegmentEngine] = [self] + [
             SegmentEngine(store, cache_tiles=cache_tiles, decoder=self.decoder) for store in levels[1:]]
         self.finest_only = finest_only
+        #: Re-decode the edges of objects decoded on a coarser level on the finest level's tiles
+        #: (interactive/refine.py).
+        self.refine_edges = False
 
     def choose_level(self, prompts: MapPrompts) -> Tuple[SegmentEngine, Tile]:
         """The level engine and tile that decode `prompts`: the finest level whose best encoded tile holds
@@ -83,7 +87,11 @@ class MultiScaleEngine(SegmentEngine):
                                   mask_input)
         self.last_timings = engine.last_timings
         folder = level_folder_of(self.store, engine.store)   # "levels/x4/r0000c0001": which level's tile
-        return [dataclasses.replace(segment, tile_id=f"{folder}/{segment.tile_id}") for segment in segments]
+        segments = [dataclasses.replace(segment, tile_id=f"{folder}/{segment.tile_id}") for segment in segments]
+        if self.refine_edges:
+            segments = [refine_segment(self, segment, mode, simplify_tolerance, min_area_pixels, keep_holes)
+                        for segment in segments]
+        return segments
 
 
 def _deepest(engine: SegmentEngine, prompts: MapPrompts) -> Optional[float]:

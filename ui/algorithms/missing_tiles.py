@@ -16,7 +16,7 @@ from qgis.core import (
 from ...core.errors import Cancelled, EncoderEnvironmentError, QuickSamError
 from ...core.store import FeatureStore
 from ...interactive.engine import MapPrompts, NoTilePromptError, Segment, SegmentEngine
-from ...interactive.scales import open_engine
+from ...interactive.scales import MultiScaleEngine, open_engine
 from ..i18n import tr as _tr
 from ..tile_encoder import run_tile_encoder
 from .encoder_events import in_dialog_words, record_environment_failure
@@ -40,20 +40,19 @@ def missing_tile_parameters() -> List[Tuple[QgsProcessingParameterDefinition, st
 
 class ObjectSegmenter:
     """Segments objects on a store (`segment`, as `SegmentEngine.segment`), encoding a missing tile first where
-    `encode_missing` (the engine is then opened again on the store that has it). `command_line`: advice names
-    the `quicksam segment` options."""
+    `encode_missing` (the engine is then opened again on the store that has it). `refine`: a multi-scale store's
+    coarse objects get their edges refined (MultiScaleEngine.refine_edges). `command_line`: advice names the
+    `quicksam segment` options."""
 
     def __init__(self, store: FeatureStore, encode_missing: bool, finest_only: bool, feedback: QgsProcessingFeedback,
-                 command_line: bool) -> None:
+                 command_line: bool, refine: bool = False) -> None:
         self.root = store.root
         self.encode_missing = encode_missing
         self.finest_only = finest_only
+        self.refine = refine
         self.feedback = feedback
         self.command_line = command_line
-        try:
-            self.engine: SegmentEngine = open_engine(store, finest_only=finest_only)
-        except QuickSamError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+        self.engine: SegmentEngine = self._open(store)
         #: Tiles this run encoded (their ids).
         self.tiles_encoded: List[str] = []
 
@@ -90,10 +89,17 @@ class ObjectSegmenter:
         self.feedback.pushInfo(_tr("Tile {tile} of level {level} holds them ({state}).").format(
             tile=summary.get("tile_id"), level=summary.get("level"),
             state=_tr("encoded") if summary.get("encoded") else _tr("already encoded")))
+        self.engine = self._open(FeatureStore.open(self.root))
+
+    def _open(self, store: FeatureStore) -> SegmentEngine:
+        """The engine on `store` with this run's options; QgsProcessingException when it cannot be opened."""
         try:
-            self.engine = open_engine(FeatureStore.open(self.root), finest_only=self.finest_only)
+            engine = open_engine(store, finest_only=self.finest_only)
         except QuickSamError as exc:
             raise QgsProcessingException(str(exc)) from exc
+        if isinstance(engine, MultiScaleEngine):
+            engine.refine_edges = self.refine
+        return engine
 
     def _on_event(self, event: Dict[str, Any]) -> None:
         if event.get("event") in ("stderr", "info", "log"):

@@ -111,6 +111,7 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
     SIMPLIFY = "SIMPLIFY"
     MIN_AREA = "MIN_AREA"
     KEEP_HOLES = "KEEP_HOLES"
+    REFINE = "REFINE"
     ENCODE_MISSING = ENCODE_MISSING
     FINEST_ONLY = FINEST_ONLY
     OUTPUT = "OUTPUT"
@@ -190,6 +191,10 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
             _tr("Polygon parts and holes smaller than this many raster pixels are dropped."), advanced=True)
         self._add(QgsProcessingParameterBoolean(self.KEEP_HOLES, _tr("Keep holes"), defaultValue=True),
                   _tr("Untick to fill the holes of the polygons."), advanced=True)
+        self._add(QgsProcessingParameterBoolean(self.REFINE, _tr("Refine edges on the finest level"),
+                                                defaultValue=False),
+                  _tr("In a store with several levels: an object decoded on a coarser level (larger than a tile) "
+                      "has its edges decoded again on the finest level's tiles."), advanced=True)
         for parameter, help_text in missing_tile_parameters():
             self._add(parameter, help_text, advanced=True)
         self._add(QgsProcessingParameterFeatureSink(
@@ -213,7 +218,8 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
                        keep_holes=self.parameterAsBoolean(parameters, self.KEEP_HOLES, context))
         engine = ObjectSegmenter(store, self.parameterAsBoolean(parameters, self.ENCODE_MISSING, context),
                                  self.parameterAsBoolean(parameters, self.FINEST_ONLY, context), feedback,
-                                 started_by_command_line(context))
+                                 started_by_command_line(context),
+                                 refine=self.parameterAsBoolean(parameters, self.REFINE, context))
         crs = raster_crs(store)
         builder = FeatureBuilder(store, crs, context.transformContext())
         parameters, output_note = sink_keeping_other_layers(self, parameters, self.OUTPUT, context)
