@@ -33,7 +33,7 @@ from .normalise import Stretch
 from .pipeline import EncodeRequest, load_model_for, random_weights_identity
 from .raster import describe_raster, raster_fingerprint_rasterio
 from .store_guard import plain_write_errors, store_lock
-from .tile_index import write_tile_index, write_tile_index_if_possible
+from .tile_index import write_tile_index
 from .tile_pipeline import CancelCheck, EncodeStats, ProgressCallback, ProgressEvent, TilePipeline, never_cancelled
 
 if TYPE_CHECKING:
@@ -270,10 +270,19 @@ def _encode(level: FeatureStore, root: Path, folder: str, tile: Tile, raster: st
     try:
         stats = pipeline.run([tile])
     except BaseException:
-        write_tile_index_if_possible(level)
+        _write_indexes_if_possible(level, root)
         raise
     write_indexes(level, root)
     return stats
+
+
+def _write_indexes_if_possible(level: FeatureStore, root: Path) -> None:
+    """The tile indexes of a run that stopped, written if they can be (the tile shows as pending), else left to
+    the next run, so that their own failure never hides why the run stopped."""
+    try:
+        write_indexes(level, root)
+    except Exception as exc:  # noqa: BLE001 - the run's own error is the one to report
+        LOGGER.debug("tile indexes of %s not written (the next run writes them): %s", root, exc)
 
 
 def write_indexes(level: FeatureStore, root: Path) -> None:

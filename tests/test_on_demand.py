@@ -317,3 +317,22 @@ def test_prompts_across_a_border_of_the_finest_level_give_one_polygon_at_full_re
     assert [t.tile_id for t in root.grid if t.extra] == ["x0000"]
     index = [(r["level"], r["tile_id"], r["extra"]) for r in index_rows(tmp_path / "store")]
     assert (".", "x0000", 1) in index and ("levels/x4", "r0000c0000", 0) in index
+
+
+def test_a_stopped_tile_of_a_multi_scale_store_keeps_every_level_in_the_root_index(tmp_path):
+    """The root's tile index lists every level: a cancelled on-demand tile of the finest level must not replace it
+    with the finest level's own tiles, and the next run lists the finished tile there."""
+    from quicksam.encoder.levels_pipeline import encode_levels
+    from quicksam.encoder.pipeline import EncodeRequest
+
+    raster = write_raster(tmp_path / "scene.tif", square_scene(WIDTH, HEIGHT, (170, 90, 60)))
+    encode_levels(EncodeRequest(raster=str(raster), store=tmp_path / "store", tile_size=TILE, overlap=OVERLAP,
+                                device="cpu", levels=(1.0, 4.0)), model=random_model())
+    request = TileRequest(tmp_path / "store", points=(LEFT, RIGHT), level=1)
+    with pytest.raises(Cancelled):
+        encode_tile_at(request, model=random_model(), cancelled=lambda: True)
+    rows = {(row["level"], row["tile_id"]): row["status"] for row in index_rows(tmp_path / "store")}
+    assert rows[("levels/x4", "r0000c0000")] == "done" and rows[(".", "x0000")] == "pending"
+    encode_tile_at(request, model=random_model())
+    rows = {(row["level"], row["tile_id"]): row["status"] for row in index_rows(tmp_path / "store")}
+    assert rows[("levels/x4", "r0000c0000")] == "done" and rows[(".", "x0000")] == "done"
