@@ -44,8 +44,11 @@ def add_encode_tile_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_encode_tile(args: argparse.Namespace, events: EventWriter) -> int:
+    from ..core.errors import QuickSamError
     from ..encoder.on_demand import TileRequest, encode_tile_at
 
+    if not args.point and not args.box:
+        raise QuickSamError("give the prompts the tile must hold: one or more --point X,Y and/or a --box")
     request = TileRequest(store=args.store, points=tuple((x, y) for x, y, _ in args.point or []), box=args.box,
                           level=args.level, raster=args.raster, checkpoint=args.checkpoint, device=args.device)
 

@@ -47,7 +47,7 @@ Box = Tuple[float, float, float, float]
 class TileRequest:
     """One on-demand tile: the store folder, the prompts it must hold (points (x, y) and a box (xmin, ymin,
     xmax, ymax), map coordinates in the raster's CRS), and optionally the level (`level`: a factor of the
-    finest level's pixel size, as `quicksam encode --levels` counts; None = the finest level where one tile
+    finest level's pixel size, as levels are counted when encoding; None = the finest level where one tile
     holds the prompts with a margin), the raster (default: where the manifest says it was), a checkpoint
     (default: the store's, found by its path or name) and the device."""
 
@@ -87,7 +87,7 @@ def encode_tile_at(request: TileRequest, progress: Optional[ProgressCallback] = 
     and the next run finishes it).
     """
     if not request.points and request.box is None:
-        raise QuickSamError("give the prompts the tile must hold: one or more --point X,Y and/or a --box")
+        raise QuickSamError("give the prompts the tile must hold: points and/or a box, in the raster's CRS")
     root_path = Path(request.store)
     FeatureStore.open(root_path)   # a missing or damaged store is refused before a lock is taken
     with store_lock(root_path), plain_write_errors(root_path):
@@ -131,7 +131,7 @@ def choose_level(levels: List[FeatureStore], request: TileRequest) -> Tuple[Feat
     level, pixels = placed[-1]
     col0, row0, col1, row1 = pixel_span(pixels)
     advice = ("choose a coarser --level, or" if request.level is not None and len(levels) > 1
-              else "encode a coarser level (quicksam encode --levels 1,4,16), or")
+              else "add a coarser level to the store (quicksam encode with more levels), or")
     raise QuickSamError(f"the prompts span {math.ceil(col1 - col0)} x {math.ceil(row1 - row0)} px at level "
                         f"{format_factor(level.manifest.pixel_grid.factor / finest)}, more than one "
                         f"{level.grid.tile_size} px tile holds; {advice} place the prompts closer together")

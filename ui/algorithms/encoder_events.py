@@ -115,6 +115,9 @@ def _rewrites() -> List[_Rewrite]:
               "device": _tr("the Device field"), "tile-size": _tr("the Tile size field"),
               "random-weights": _tr("the random weights option"), "seed": _tr("the random weights option")}
     return [
+        (re.compile(r"pass (?:its new place|the original) with --raster"),  # an on-demand tile (encode-tile)
+         lambda m: _tr("put the raster back where the store says it was")),
+        (re.compile(r"choose a coarser --level"), lambda m: _tr("untick Full resolution only")),
         (re.compile(r"pass --checkpoint PATH"),
          lambda m: _tr("set the Checkpoint field to the downloaded .pt file")),
         (re.compile(r"use --model ([\w.]+[\w])"),

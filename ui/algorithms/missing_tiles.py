@@ -84,7 +84,9 @@ class ObjectSegmenter:
                                              "finish that tile.")) from exc
         except EncoderEnvironmentError as exc:
             record_environment_failure()
-            raise QgsProcessingException(str(exc) if self.command_line else in_dialog_words(str(exc))) from exc
+            raise QgsProcessingException(self._words(str(exc))) from exc
+        except QuickSamError as exc:   # this object is skipped, saying why
+            raise QuickSamError(self._words(str(exc))) from None
         self.tiles_encoded.append(str(summary.get("tile_id")))
         self.feedback.pushInfo(_tr("Tile {tile} of level {level} holds them ({state}).").format(
             tile=summary.get("tile_id"), level=summary.get("level"),
@@ -100,6 +102,10 @@ class ObjectSegmenter:
         if isinstance(engine, MultiScaleEngine):
             engine.refine_edges = self.refine
         return engine
+
+    def _words(self, message: str) -> str:
+        """The encoder's message as is for the `quicksam` command, else in the dialog's words."""
+        return message if self.command_line else in_dialog_words(message)
 
     def _on_event(self, event: Dict[str, Any]) -> None:
         if event.get("event") in ("stderr", "info", "log"):

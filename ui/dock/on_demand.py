@@ -70,7 +70,7 @@ class TileEncodeTask(QgsTask):
             record_environment_failure()
             self.error = in_dialog_words(str(exc))
         except QuickSamError as exc:
-            self.error = str(exc)
+            self.error = in_dialog_words(str(exc))
         except Exception as exc:  # noqa: BLE001 - a task reports every failure to the GUI thread
             LOGGER.exception("encoding an on-demand tile failed")
             self.error = tr("encoding the tile failed: {}").format(exc)
