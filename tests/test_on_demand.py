@@ -207,7 +207,7 @@ def test_a_cancelled_extra_tile_stays_pending_and_the_stores_encode_command_fini
 
 def test_prompts_farther_apart_than_a_tile_are_refused_before_anything_is_written(scene):
     before = (scene / "store" / "manifest.json").read_bytes()
-    with pytest.raises(QuickSamError, match="more than one 256 px tile holds; encode a coarser level"):
+    with pytest.raises(QuickSamError, match="more than one 256 px tile holds; add a coarser level to the store"):
         encode_tile_at(TileRequest(scene / "store", points=(at(5, 10), at(395, 10))), model=random_model())
     with pytest.raises(QuickSamError, match="outside the raster"):
         encode_tile_at(TileRequest(scene / "store", points=(at(-50, 10),)), model=random_model())
