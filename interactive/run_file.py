@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.errors import QuickSamError
 from .gdal_errors import with_gdal_return_codes
-from .object_fields import SEGMENT_ALL_FIELDS, crs_srs
+from .object_fields import LEVEL_FACTOR, PREDICTED_IOU, SEGMENT_ALL_FIELDS, crs_srs
 from .output_formats import PYTHON_OVERWRITE, layer_names, remove_gpkg
 from .tile_merge import TileMask
 from .vectorise import Polygons
@@ -217,6 +217,31 @@ class RunFile:
         marker = ogr.Feature(self.tiles.GetLayerDefn())
         marker["tile_id"] = tile_id
         self.tiles.CreateFeature(marker)
+        self._check()
+
+    # -- the objects again, for the merge across levels (level_merge.py) --------------------------------
+    def object_records(self) -> List[Tuple[int, float, float, Tuple[float, float, float, float]]]:
+        """(FID, level_factor, predicted_iou, (xmin, ymin, xmax, ymax) in map units) of every object."""
+        records = []
+        for feature in self.segments:
+            xmin, xmax, ymin, ymax = feature.GetGeometryRef().GetEnvelope()
+            records.append((feature.GetFID(), feature[LEVEL_FACTOR], feature[PREDICTED_IOU], (xmin, ymin, xmax, ymax)))
+        return records
+
+    def object_geometry(self, fid: int) -> ogr.Geometry:
+        """The polygons of the object `fid` (map units of the raster's CRS)."""
+        feature = self.segments.GetFeature(int(fid))  # held: its geometry is freed with it
+        return feature.GetGeometryRef().Clone()
+
+    def delete_objects(self, fids: Iterable[int]) -> None:
+        """Delete the objects `fid`s and number the others 1, 2, ... again in their order (ids stay 1..n)."""
+        self._check()
+        for fid in fids:
+            self.segments.DeleteFeature(int(fid))
+            self._check()
+        self.dataset.ExecuteSQL(f"UPDATE {OBJECTS_LAYER} SET id = numbered.n FROM (SELECT fid AS f, ROW_NUMBER() "
+                                f"OVER (ORDER BY id) AS n FROM {OBJECTS_LAYER}) AS numbered "
+                                f"WHERE {OBJECTS_LAYER}.fid = numbered.f")
         self._check()
 
     # -- border_merge.Staging: staged masks wait in a table, packed to bits ------------------------------

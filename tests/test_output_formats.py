@@ -65,7 +65,8 @@ SEGMENT_ALL_FORMATS = [".gpkg", ".shp", ".geojson", ".fgb", ".parquet"]
 #: One object per group: a point on the square (a non-ASCII label, for the Shapefile's encoding), and a
 #: point with a box (a text value of 60 characters) on the second tile.
 #: The fields of `quicksam segment-all`'s output, in order.
-SEGMENT_ALL_NAMES = ["id", "predicted_iou", "stability_score", "area", "area_m2", "tile_ids", "model", "checkpoint"]
+SEGMENT_ALL_NAMES = ["id", "predicted_iou", "stability_score", "area", "area_m2", "tile_ids", "model", "checkpoint",
+                     "level_factor", "resolution"]
 OBJECTS = {"Straße": {"points": [(200, 120)], "box": None}, "B": {"points": [(330, 60)], "box": (300, 20, 380, 110)}}
 
 
@@ -293,7 +294,8 @@ def test_segment_and_segment_all_write_the_same_measures(store, tmp_path, qgis_a
     shared = ["id", "predicted_iou", "stability_score", "area", "area_m2", "model", "checkpoint"]
     assert [name for name in segment if name in shared] == [name for name in segment_all if name in shared] == shared
     assert all(segment[name] == segment_all[name] for name in shared)
-    assert set(segment_all) - set(segment) == {"tile_ids"}  # an object of several tiles; segment's is in one
+    # an object of several tiles; segment's is in one (the level fields: segment's come with the prompt outputs')
+    assert set(segment_all) - set(segment) - {"level_factor", "resolution"} == {"tile_ids"}
     for path in (tmp_path / "segment.gpkg", tmp_path / "all.gpkg"):
         _, _, rows = read_back(path)
         for row in rows.values():
