@@ -239,10 +239,14 @@ class RunFile:
         for fid in fids:
             self.segments.DeleteFeature(int(fid))
             self._check()
-        self.dataset.ExecuteSQL(f"UPDATE {OBJECTS_LAYER} SET id = numbered.n FROM (SELECT fid AS f, ROW_NUMBER() "
-                                f"OVER (ORDER BY id) AS n FROM {OBJECTS_LAYER}) AS numbered "
-                                f"WHERE {OBJECTS_LAYER}.fid = numbered.f")
-        self._check()
+        # Plain SQLite (no UPDATE ... FROM, 3.33+, nor window functions): a temporary table numbers the FIDs in
+        # id order through its own INTEGER PRIMARY KEY, 1, 2, ...
+        for statement in ("CREATE TEMP TABLE quicksam_numbered (n INTEGER PRIMARY KEY, f INTEGER UNIQUE)",
+                          f"INSERT INTO quicksam_numbered (f) SELECT fid FROM {OBJECTS_LAYER} ORDER BY id",
+                          f"UPDATE {OBJECTS_LAYER} SET id = (SELECT n FROM quicksam_numbered WHERE f = "
+                          f"{OBJECTS_LAYER}.fid)", "DROP TABLE quicksam_numbered"):
+            self.dataset.ExecuteSQL(statement)
+            self._check()
 
     # -- border_merge.Staging: staged masks wait in a table, packed to bits ------------------------------
     def stage(self, kind: str, masks: Iterable[TileMask]) -> None:
