@@ -180,15 +180,16 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
 
     def _add_run_parameters(self) -> None:
         self._add(QgsProcessingParameterNumber(
-            self.RESOLUTION, _tr("Ground resolution (map units per pixel, empty = the raster's own)"),
+            self.RESOLUTION, _tr("Ground resolution (map units/pixel)"),
             QgsProcessingParameterNumber.Type.Double, defaultValue=None, optional=True, minValue=0),
-            _tr("Pixel size of the finest level, in the raster CRS's units; coarser than the raster's pixels is "
-                "read with averaging (the file's overviews where it has them)."))
+            _tr("Pixel size of the finest level, in the raster CRS's units; empty: the raster's own. Coarser than "
+                "the raster's pixels is read with averaging (the file's overviews where it has them)."))
         self._add(QgsProcessingParameterString(
-            self.LEVELS, _tr("Levels (factors of the finest pixel size, e.g. 1,4,16)"), defaultValue="1",
+            self.LEVELS, _tr("Levels (e.g. 1,4,16)"), defaultValue="1",
             optional=True),
-            _tr("One level per factor, each its own tile grid; objects larger than a tile are segmented on a "
-                "coarser level. Run again with more factors to add levels to a store."))
+            _tr("Factors of the finest level's pixel size, one level each, each its own tile grid; objects "
+                "larger than a tile are segmented on a coarser level. Run again with more factors to add levels "
+                "to a store."))
         self._add(QgsProcessingParameterNumber(
             self.OVERLAP, _tr("Tile overlap (pixels, empty = a quarter of the tile size)"),
             QgsProcessingParameterNumber.Type.Integer, defaultValue=None, optional=True, minValue=0, maxValue=1023),
