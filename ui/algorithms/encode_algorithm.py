@@ -142,7 +142,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
     def _add_raster_parameters(self) -> None:
         self._add(QgsProcessingParameterRasterLayer(self.INPUT, _tr("Input raster")),
                   _tr("A georeferenced raster: a file (GeoTIFF or any GDAL format), a COG over HTTP, or an XYZ or "
-                      "WMTS web layer (then choose an Extent; docs/online-layers.md)."))
+                      "WMTS web layer (then choose an Extent)."))
         for name, colour in ((self.RED_BAND, _tr("Red")), (self.GREEN_BAND, _tr("Green")),
                              (self.BLUE_BAND, _tr("Blue"))):
             self._add(QgsProcessingParameterBand(
