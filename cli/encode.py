@@ -45,7 +45,8 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
     encode.add_argument("--extent-crs", help="CRS of --extent, e.g. EPSG:4326 for degrees (default: the raster's)")
     encode.add_argument("--zoom", type=int, help="XYZ and WMTS services: the zoom level read at full resolution "
                                                  "(default: the layer's zmax or the service's finest; required for a "
-                                                 "bare XYZ URL)")
+                                                 "bare XYZ URL). For WMTS, GDAL's zoom_level: the index of the tile "
+                                                 "matrix, 0 = the coarsest")
     encode.add_argument("--batch-size", type=int, default=1, help="tiles per model call (default 1)")
     encode.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     encode.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE,

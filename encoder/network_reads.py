@@ -114,6 +114,9 @@ def network_error(source: str, text: str, retries: int) -> RasterError:
     if "timed out" in lowered or "timeout" in lowered:
         return RasterError(f"{host} did not answer in time: {later}, or raise GDAL_HTTP_TIMEOUT")
     detail = text.split(" | ")[-1][:200]
+    if "tilematrix" in lowered:  # GDAL's WMTS driver: zoom_level is the index of a tile matrix, 0 the coarsest
+        return RasterError(f"{host}: {detail}; choose a lower zoom (for WMTS the index of the finest tile matrix "
+                           "to read, 0 = the coarsest)")
     return RasterError(f"reading from {host} failed ({detail}): check the URL and your network connection, "
                        f"or {later}")
 

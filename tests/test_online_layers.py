@@ -12,6 +12,7 @@ from typing import List, Tuple
 
 import pytest
 import tile_server
+from rasterio.windows import Window
 from synthetic import assert_one_line_error, box_at, encode_args, run_cli
 from tile_server import SCENE_ZOOM, SQUARES, TileServer, scene_box, zoom_pixel_size
 
@@ -167,8 +168,6 @@ def test_cog_over_http_is_encoded_with_range_requests(tiles, tmp_path):
 
 def test_a_coarse_read_asks_for_coarser_zoom_tiles_only(tiles):
     source = resolve_source(f"type=xyz&url={tiles.xyz_template}&zmin={tile_server.MIN_ZOOM}&zmax={SCENE_ZOOM}")
-    from rasterio.windows import Window
-
     col, row = map_to_pixel((-WEB_MERCATOR_HALF, zoom_pixel_size(SCENE_ZOOM), 0, WEB_MERCATOR_HALF, 0,
                              -zoom_pixel_size(SCENE_ZOOM)), *tile_server.scene_origin())
     window = Window(round(col), round(row), 1024, 1024)
@@ -180,10 +179,22 @@ def test_a_coarse_read_asks_for_coarser_zoom_tiles_only(tiles):
     assert quarter.max() > 150 and eighth.max() > 150  # the squares, averaged down, are still there
 
 
+def test_wmts_is_read_through_gdals_wmts_driver_at_the_zoom_chosen(tiles):
+    """The server's WMTS capabilities offer the XYZ tiles as tile matrices 14..16: the finest is read at full
+    resolution, pixel for pixel the scene; --zoom 1 (GDAL's index: the second tile matrix) reads zoom 15."""
+    finest = resolve_source(f"WMTS:{tiles.url}/wmts.xml,layer=scene")
+    with open_network(finest) as dataset:
+        assert dataset.transform.a == pytest.approx(zoom_pixel_size(SCENE_ZOOM))  # GDAL's arithmetic: a tolerance
+        col, row = map_to_pixel(dataset.transform.to_gdal(), *tile_server.scene_origin())
+        pixels = dataset.read([1, 2, 3], window=Window(round(col), round(row), 512, 512))
+    assert (pixels == tile_server.scene_pixels()[:, :512, :512]).all()
+    with open_network(resolve_source(finest, 1)) as dataset:
+        assert dataset.transform.a == pytest.approx(zoom_pixel_size(SCENE_ZOOM - 1))
+    assert set(tiles.log.per_zoom) == {SCENE_ZOOM}
+
+
 def test_an_unreachable_host_is_one_line_saying_what_to_do():
     source = resolve_source("http://127.0.0.1:1/{z}/{x}/{y}.png", 3)
-    from rasterio.windows import Window
-
     with open_network(source) as dataset, pytest.raises(RasterError) as raised:
         dataset.read(1, window=Window(0, 0, 256, 256))
     assert str(raised.value).startswith("cannot connect to 127.0.0.1: check the URL and its port")
@@ -241,7 +252,7 @@ def encoder_args(parameters: dict) -> list:
     return algorithm.encoder_job(parameters, context).args
 
 
-def test_processing_accepts_an_xyz_layer_and_a_cog_layer(encoder, tiles, tmp_path):
+def test_processing_accepts_xyz_wmts_and_cog_layers(encoder, tiles, tmp_path):
     from qgis.core import QgsRasterLayer
 
     args = encoder_args({"INPUT": xyz_layer(tiles), "EXTENT": extent_parameter(XYZ_EXTENT, "EPSG:3857"),
@@ -249,6 +260,12 @@ def test_processing_accepts_an_xyz_layer_and_a_cog_layer(encoder, tiles, tmp_pat
     assert args[1] == resolve_source(f"type=xyz&url={tiles.xyz_template}&zmin=14&zmax=16")
     extent = [float(v) for v in next(a for a in args if a.startswith("--extent=")).split("=", 1)[1].split(",")]
     assert extent == pytest.approx(XYZ_EXTENT)  # already in the layer's CRS, EPSG:3857
+    wmts = QgsRasterLayer(f"crs=EPSG:3857&format=image/png&layers=scene&styles=default"
+                          f"&tileMatrixSet=GoogleMapsCompatible&url={tiles.url}/wmts.xml", "wmts", "wms")
+    assert wmts.isValid()
+    args = encoder_args({"INPUT": wmts, "EXTENT": extent_parameter(XYZ_EXTENT, "EPSG:3857"),
+                         "OUTPUT": str(tmp_path / "wmts.qsam"), **SMALL_ENCODE})
+    assert args[1] == f"WMTS:{tiles.url}/wmts.xml,layer=scene,tilematrixset=GoogleMapsCompatible,style=default"
     cog = QgsRasterLayer(f"/vsicurl/{tiles.url}/cog.tif", "cog", "gdal")
     assert cog.isValid()
     args = encoder_args({"INPUT": cog, "OUTPUT": str(tmp_path / "cog.qsam"), **SMALL_ENCODE})

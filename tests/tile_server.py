@@ -290,6 +290,9 @@ def _handler_for(server: _State) -> type:
                 self._send(status, body, "image/png" if status == 200 else "text/plain", head)
             elif path == "/cog.tif" and server.cog:
                 self._send_range(server.cog, head)
+            elif path == "/wmts.xml":
+                host = self.headers.get("Host", "127.0.0.1")
+                self._send(200, wmts_capabilities(f"http://{host}").encode(), "application/xml", head)
             else:
                 self._send(404, b"not found", "text/plain", head)
 
@@ -322,6 +325,30 @@ def _handler_for(server: _State) -> type:
             self._send(206, data[start:end + 1], "image/tiff", head, headers)
 
     return Handler
+
+
+def wmts_capabilities(url: str) -> str:
+    """A WMTS 1.0.0 capabilities document: layer "scene", the XYZ tiles at zooms MIN_ZOOM..SCENE_ZOOM as the
+    tile matrices "14".."16" of a GoogleMapsCompatible set (RESTful URLs)."""
+    matrices = "".join(
+        f"<TileMatrix><ows:Identifier>{z}</ows:Identifier>"
+        f"<ScaleDenominator>{559082264.0287178 / 2 ** z!r}</ScaleDenominator>"
+        f"<TopLeftCorner>{-WORLD_HALF!r} {WORLD_HALF!r}</TopLeftCorner>"
+        f"<TileWidth>{TILE_PIXELS}</TileWidth><TileHeight>{TILE_PIXELS}</TileHeight>"
+        f"<MatrixWidth>{2 ** z}</MatrixWidth><MatrixHeight>{2 ** z}</MatrixHeight></TileMatrix>"
+        for z in range(MIN_ZOOM, SCENE_ZOOM + 1))
+    return ('<?xml version="1.0" encoding="UTF-8"?>'
+            '<Capabilities xmlns="http://www.opengis.net/wmts/1.0" xmlns:ows="http://www.opengis.net/ows/1.1" '
+            'version="1.0.0"><Contents><Layer><ows:Identifier>scene</ows:Identifier>'
+            "<ows:WGS84BoundingBox><ows:LowerCorner>-180 -85.0511287798</ows:LowerCorner>"
+            "<ows:UpperCorner>180 85.0511287798</ows:UpperCorner></ows:WGS84BoundingBox>"
+            '<Style isDefault="true"><ows:Identifier>default</ows:Identifier></Style><Format>image/png</Format>'
+            "<TileMatrixSetLink><TileMatrixSet>GoogleMapsCompatible</TileMatrixSet></TileMatrixSetLink>"
+            f'<ResourceURL format="image/png" resourceType="tile" '
+            f'template="{url}/xyz/{{TileMatrix}}/{{TileCol}}/{{TileRow}}.png"/></Layer>'
+            "<TileMatrixSet><ows:Identifier>GoogleMapsCompatible</ows:Identifier>"
+            "<ows:SupportedCRS>urn:ogc:def:crs:EPSG::3857</ows:SupportedCRS>"
+            f"{matrices}</TileMatrixSet></Contents></Capabilities>")
 
 
 def serve(cog: Optional[Path]) -> None:
