@@ -26,6 +26,7 @@ from quicksam.encoder.online_sources import (
     network_fingerprint,
     resolve_source,
 )
+from quicksam.encoder.qgis_uris import source_from_qgis_uri
 from quicksam.encoder.raster import WindowReader
 
 #: The encoded part of the XYZ scene: pixels 128..384 at SCENE_ZOOM, one 256 px model tile holding both squares
@@ -191,6 +192,18 @@ def test_wmts_is_read_through_gdals_wmts_driver_at_the_zoom_chosen(tiles):
     with open_network(resolve_source(finest, 1)) as dataset:
         assert dataset.transform.a == pytest.approx(zoom_pixel_size(SCENE_ZOOM - 1))
     assert set(tiles.log.per_zoom) == {SCENE_ZOOM}
+
+
+def test_wms_is_read_over_the_chosen_box_at_the_chosen_resolution(tiles):
+    """A QGIS WMS layer's URI over the scene's first 512 x 512 px at zoom 16's pixel size: GDAL's WMS driver asks
+    the server's GetMap for exactly those pixels."""
+    source = source_from_qgis_uri(f"crs=EPSG:3857&format=image/png&layers=scene&styles=&url={tiles.url}/wms",
+                                  bbox=scene_box(0, 0, 512, 512), resolution=zoom_pixel_size(SCENE_ZOOM))
+    with open_network(source) as dataset:
+        assert (dataset.width, dataset.height) == (512, 512)
+        pixels = dataset.read([1, 2, 3])
+    assert (pixels == tile_server.scene_pixels()[:, :512, :512]).all()
+    assert tiles.log.per_zoom[0] >= 1  # GetMap requests (the server counts them as zoom 0)
 
 
 def test_an_unreachable_host_is_one_line_saying_what_to_do():

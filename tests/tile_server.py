@@ -8,7 +8,8 @@ paths, /_log (JSON) and /_control?key=value, which are not counted.
 The XYZ tiles are cut from a synthetic EPSG:3857 scene whose objects are known (`XyzScene`): a block of
 `SCENE_TILES` x `SCENE_TILES` tiles at zoom `SCENE_ZOOM` (256 px each) with bright squares at known pixels;
 coarser zooms down to `MIN_ZOOM` are the scene averaged 2 x 2 per level (as a tile service renders them).
-Tiles outside the block are plain background; zooms outside MIN_ZOOM..SCENE_ZOOM answer 404.
+Tiles outside the block are plain background; zooms outside MIN_ZOOM..SCENE_ZOOM answer 404. The same tiles
+are a WMTS layer ("scene", /wmts.xml) and a WMS layer ("scene", GetMap at /wms, EPSG:3857).
 
 The server counts requests per zoom and the largest number of requests in flight at once; it can answer
 429 (Too Many Requests) to the first N tile requests, or 403 to every one. Each tile answer waits
@@ -237,6 +238,28 @@ class _State:
                 return 429
         return None
 
+    def get_map(self, query: Dict[str, str]) -> Tuple[int, bytes]:
+        """A WMS 1.1.1 GetMap of layer "scene" in EPSG:3857: the scene sampled (nearest pixel centre) at the asked
+        BBOX, WIDTH and HEIGHT; background outside it. 400 for anything else."""
+        query = {key.upper(): value for key, value in query.items()}
+        if query.get("REQUEST") != "GetMap" or query.get("LAYERS") != "scene" or query.get("SRS") != "EPSG:3857":
+            return 400, b"unsupported request"
+        x0, y0, x1, y1 = (float(v) for v in query["BBOX"].split(","))
+        width, height = int(query["WIDTH"]), int(query["HEIGHT"])
+        with self.lock:
+            self.log.per_zoom[0] += 1  # zoom 0 counts GetMap requests
+        origin_x, origin_y = scene_origin()
+        size = zoom_pixel_size(SCENE_ZOOM)
+        cols = np.floor((x0 + (np.arange(width) + 0.5) * (x1 - x0) / width - origin_x) / size).astype(int)
+        rows = np.floor((origin_y - (y1 - (np.arange(height) + 0.5) * (y1 - y0) / height)) / size).astype(int)
+        scene = scene_pixels()
+        image = np.full((3, height, width), BACKGROUND, dtype=np.uint8)
+        inside_c, inside_r = (cols >= 0) & (cols < scene.shape[2]), (rows >= 0) & (rows < scene.shape[1])
+        bands = np.arange(3)
+        image[np.ix_(bands, np.flatnonzero(inside_r), np.flatnonzero(inside_c))] = \
+            scene[np.ix_(bands, rows[inside_r], cols[inside_c])]
+        return 200, png_bytes(image)
+
     def tile_answer(self, z: int, x: int, y: int) -> Tuple[int, bytes]:
         """(HTTP status, body) of a tile request that is not refused."""
         with self.lock:
@@ -290,6 +313,9 @@ def _handler_for(server: _State) -> type:
                 self._send(status, body, "image/png" if status == 200 else "text/plain", head)
             elif path == "/cog.tif" and server.cog:
                 self._send_range(server.cog, head)
+            elif path == "/wms":
+                status, body = server.get_map(dict(parse_qsl(urlsplit(self.path).query)))
+                self._send(status, body, "image/png" if status == 200 else "text/plain", head)
             elif path == "/wmts.xml":
                 host = self.headers.get("Host", "127.0.0.1")
                 self._send(200, wmts_capabilities(f"http://{host}").encode(), "application/xml", head)
