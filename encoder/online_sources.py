@@ -105,7 +105,8 @@ def is_qgis_xyz_uri(text: str) -> bool:
 
 
 def source_kind(source: str) -> str:
-    """'xyz', 'wms', 'wmts', 'http' (a raster file read over the network) or 'file'."""
+    """'xyz', 'wms', 'wmts', 'http' (a raster file read over the network), 'service-file' (a GDAL WMS/WMTS
+    description file, as QGIS opens them with the 'gdal' provider) or 'file'."""
     if is_qgis_xyz_uri(source):
         return "xyz"
     if source[:4].upper() == "WMS:":
@@ -114,7 +115,18 @@ def source_kind(source: str) -> str:
         return "wmts"
     if source.startswith(NETWORK_VSI):
         return "http"
-    return "file"
+    return "service-file" if _is_service_description(source) else "file"
+
+
+def _is_service_description(path: str) -> bool:
+    """True for a local `.xml` file holding a `<GDAL_WMS>` or `<GDAL_WMTS>` service description."""
+    if not path.lower().endswith(".xml"):
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(64).lstrip().startswith((b"<GDAL_WMS", b"<GDAL_WMTS"))
+    except OSError:
+        return False
 
 
 def is_network_source(source: str) -> bool:
@@ -124,7 +136,7 @@ def is_network_source(source: str) -> bool:
 
 def is_tile_service(source: str) -> bool:
     """True for web map services (XYZ, WMS, WMTS): they cover huge areas and need an extent."""
-    return source_kind(source) in ("xyz", "wms", "wmts")
+    return source_kind(source) in ("xyz", "wms", "wmts", "service-file")
 
 
 def _int_param(params: Dict[str, str], key: str, default: int) -> int:
@@ -258,7 +270,7 @@ def gdal_dataset(source: str) -> str:
 
 def recorded_source(source: str) -> str:
     """What the manifest records as `raster.path`: a local file's absolute path, any other source as is."""
-    if is_network_source(source) or source.startswith("/vsi"):
+    if source_kind(source) not in ("file", "service-file") or source.startswith("/vsi"):
         return source
     path = Path(source)
     return str(path.resolve()) if path.exists() else source
@@ -273,6 +285,8 @@ def source_host(source: str) -> str:
         url = split_uri(source).get("url", "")
     elif kind in ("wms", "wmts"):
         url = source.split(":", 1)[1].split(",")[0]
+    elif kind == "service-file":
+        return _described_host(source)
     elif source.startswith(("/vsicurl/", "/vsicurl_streaming/")):
         url = source.split("/", 2)[2]
     else:  # a cloud store (/vsis3/bucket/...): its bucket
@@ -280,11 +294,21 @@ def source_host(source: str) -> str:
     return urlsplit(url).hostname or "the server"
 
 
+def _described_host(path: str) -> str:
+    """The host of a GDAL service description file's ServerUrl or GetCapabilitiesUrl."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "the server"
+    found = re.search(r"<(?:ServerUrl|GetCapabilitiesUrl)>\s*([^<\s]+)", text)
+    return (urlsplit(found.group(1)).hostname if found else None) or "the server"
+
+
 def source_stem(source: str) -> str:
     """A short file-name-safe name for a source (a store's default name): a file's stem; for a service its
     host and zoom or layer."""
     kind = source_kind(source)
-    if kind == "file":
+    if kind in ("file", "service-file"):
         return Path(source.rstrip("/")).stem or "raster"
     if kind == "http":
         return Path(urlsplit(source.split("/", 2)[2]).path.rstrip("/")).stem or "raster"
@@ -304,8 +328,11 @@ def network_fingerprint(source: str, width: int, height: int, count: int,
     network to hash them would cost requests (and a service's pixels may change without notice). The same
     source at the same zoom, size and georeference gives the same fingerprint."""
     structure = (int(width), int(height), int(count), tuple(float(v) for v in geotransform))
+    described = source
+    if source_kind(source) == "service-file":  # the description, wherever the file lies
+        described = Path(source).read_text(encoding="utf-8", errors="replace")
     digest = hashlib.sha256()
-    digest.update(repr(("network", source_kind(source), source, structure)).encode())
+    digest.update(repr(("network", source_kind(source), described, structure)).encode())
     return digest.hexdigest()
 
 

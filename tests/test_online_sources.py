@@ -13,6 +13,7 @@ from quicksam.encoder.network_reads import network_error, network_options
 from quicksam.encoder.online_sources import (
     gdal_dataset,
     network_fingerprint,
+    require_extent,
     resolve_source,
     source_host,
     source_kind,
@@ -154,3 +155,20 @@ def test_network_settings_from_the_environment_win(monkeypatch):
     assert network_options()["GDAL_HTTP_USERAGENT"].startswith("QuickSAM/")
     monkeypatch.setenv("GDAL_MAX_CONNECTIONS", "1")
     assert network_options()["GDAL_MAX_CONNECTIONS"] == "1"
+
+
+def test_a_gdal_service_description_file_is_a_tile_service(tmp_path):
+    """QGIS opens a `<GDAL_WMS>` .xml file with its 'gdal' provider: the encoder treats it as the web service
+    it describes (network settings, an extent required, the host in messages)."""
+    description = tmp_path / "osm.xml"
+    description.write_text(gdal_dataset(resolve_source("https://tile.example.org/{z}/{x}/{y}.png", 12)))
+    source = resolve_source(str(description))
+    assert source_kind(source) == "service-file" and source_host(source) == "tile.example.org"
+    with pytest.raises(RasterError, match=r"tile\.example\.org serves a web map .* give the area to encode"):
+        require_extent(source, (2 ** 20, 2 ** 20), "EPSG:3857", None)
+    moved = tmp_path / "moved.xml"
+    moved.write_text(description.read_text())
+    assert network_fingerprint(source, 1, 1, 4, (0, 1, 0, 0, 0, -1)) == network_fingerprint(
+        str(moved), 1, 1, 4, (0, 1, 0, 0, 0, -1))  # the description is hashed, not where it lies
+    (tmp_path / "plain.xml").write_text("<VRTDataset/>")
+    assert source_kind(str(tmp_path / "plain.xml")) == "file"
