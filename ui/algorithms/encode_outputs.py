@@ -31,7 +31,7 @@ from qgis.PyQt.QtCore import QCoreApplication, QThread, QVariant
 
 from ...core.errors import QuickSamError
 from ...core.store import FeatureStore
-from ...encoder.online_sources import is_network_source, source_stem
+from ...encoder.online_sources import is_network_source, source_kind, source_stem
 from ...interactive.store_lookup import STORE_SUFFIX, check_store_matches_layer
 from .. import settings
 from ..i18n import tr
@@ -64,8 +64,8 @@ def default_store_folder(raster: str) -> Path:
     path = Path(raster)
     if settings.STORE_FOLDER.value().strip():
         return settings.encode_store_folder()
-    if not is_network_source(raster) and not raster.startswith("/vsi") and path.is_file() \
-            and os.access(path.parent, os.W_OK | os.X_OK):
+    local = source_kind(raster) in ("file", "service-file") and not raster.startswith("/vsi")  # not a URL
+    if local and path.is_file() and os.access(path.parent, os.W_OK | os.X_OK):
         return path.parent
     return settings.encode_store_folder()
 
