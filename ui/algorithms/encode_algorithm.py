@@ -250,7 +250,8 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
             if not rect.isNull():
                 extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
-        raster, extent = encoder_source(layer, extent, self._resolution(parameters, context))  # a file, a COG over HTTP, or an XYZ/WMTS/WMS layer
+        # a file, a COG over HTTP, or an XYZ/WMTS/WMS layer (WMS read at RESOLUTION)
+        raster, extent = encoder_source(layer, extent, self._resolution(parameters, context))
         bands = self._bands(parameters, context, layer)
         checkpoint = (self.parameterAsString(parameters, self.CHECKPOINT, context) or "").strip()
         random_weights = self.parameterAsBoolean(parameters, self.RANDOM_WEIGHTS, context)
