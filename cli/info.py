@@ -36,9 +36,10 @@ def add_info_parsers(commands: argparse._SubParsersAction) -> None:
 
 def _cmd_info(args: argparse.Namespace, events: EventWriter) -> int:
     from ..core.store import FeatureStore
+    from .encode import levels_summary
 
     events.start(store=str(args.store))
-    events.finished(FeatureStore.open(args.store).summary(), indent=2)
+    events.finished(levels_summary(FeatureStore.open(args.store)), indent=2)
     return 0
 
 

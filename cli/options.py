@@ -26,16 +26,14 @@ def parse_ints(text: str) -> List[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated band numbers like 3,2,1, got '{text}'") from None
 
 
-def parse_factors(text: str) -> List[float]:
-    """Level factors from "1,4,16" (each a number of at least 1)."""
+def parse_factors(text: str) -> Tuple[float, ...]:
+    """Level factors from "1,4,16" (core/levels.parse_factors) for --levels."""
+    from ..core.levels import parse_factors as parse
+
     try:
-        values = [float(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        values = []
-    if not values or not all(math.isfinite(v) and v >= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected factors of the finest level's pixel size of at least 1, like "
-                                         f"1,4,16, got '{text}'")
-    return values
+        return parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_extent(text: str) -> tuple:

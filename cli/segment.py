@@ -52,6 +52,9 @@ def add_segment_parser(commands: argparse._SubParsersAction) -> None:
     segment.add_argument("--min-area", type=float, default=0.0,
                          help="drop parts and holes smaller than this many pixels (default 0)")
     segment.add_argument("--fill-holes", action="store_true", help="fill the holes of the polygons")
+    segment.add_argument("--refine", action="store_true",
+                         help="in a store with several levels: re-decode the edges of an object decoded on a coarser "
+                              "level on the finest level's tiles (docs/levels.md)")
     segment.add_argument("--output", type=Path, required=True, metavar="OUT.gpkg", help=OUTPUT_HELP)
     segment.add_argument("--layer", default=SEGMENT_LAYER, help=LAYER_HELP)
     segment.add_argument("--overwrite", action="store_true",
@@ -190,7 +193,7 @@ def _segment_parameters(args: argparse.Namespace, layer_id: str, group_field: st
         Algorithm.STORE: str(args.store), Algorithm.PROMPTS: layer_id, Algorithm.GROUP_FIELD: group_field,
         Algorithm.LABEL_FIELD: label_field, Algorithm.MASK_MODE: MASK_MODES.index(args.mask_mode),
         Algorithm.SIMPLIFY: args.simplify, Algorithm.MIN_AREA: args.min_area,
-        Algorithm.KEEP_HOLES: not args.fill_holes, Algorithm.OUTPUT: destination,
+        Algorithm.KEEP_HOLES: not args.fill_holes, Algorithm.REFINE: args.refine, Algorithm.OUTPUT: destination,
     }
 
 

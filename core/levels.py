@@ -98,10 +98,23 @@ def level_folder(factor: float) -> str:
     return f"{LEVELS_DIR}/x{float(factor):.6g}"
 
 
+def parse_factors(text: str) -> Tuple[float, ...]:
+    """Level factors from "1,4,16" (spaces allowed), each a number from 1 to MAX_LEVEL_FACTOR; ValueError
+    saying what is expected otherwise (the CLI's --levels and the Processing algorithm's LEVELS)."""
+    try:
+        values = tuple(float(v) for v in str(text).replace(" ", "").split(",") if v)
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) and 1 <= v <= MAX_LEVEL_FACTOR for v in values):
+        raise ValueError(f"levels must be factors of the finest level's pixel size from 1 to {MAX_LEVEL_FACTOR:g}, "
+                         f"like 1,4,16, not '{text}'")
+    return values
+
+
 def format_factor(factor: float) -> str:
     """A factor as people read it: '1', '4', '2.5'."""
     return f"{float(factor):.6g}"
 
 
 __all__ = ["LEVELS_DIR", "LEVEL_RESAMPLING", "MAX_LEVEL_FACTOR", "NO_RESAMPLING", "LevelRef", "LevelSection",
-           "format_factor", "level_folder", "level_grid", "same_factor"]
+           "format_factor", "level_folder", "level_grid", "parse_factors", "same_factor"]

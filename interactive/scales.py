@@ -10,12 +10,14 @@ Coordinates are in the raster's CRS, like the engine's.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, List, Optional, Tuple
 
 from ..core.store import STATUS_DONE, FeatureStore
-from ..core.store_levels import level_stores
+from ..core.store_levels import level_folder_of, level_stores
 from ..core.tiling import Tile
 from .engine import DEFAULT_CACHE_TILES, MapPrompts, NoTilePromptError, PromptError, Segment, SegmentEngine
+from .refine import refine_segment
 
 #: The margin a level's tile must leave around the prompts, as a fraction of the tile size.
 MARGIN_FRACTION = 1 / 16
@@ -45,6 +47,9 @@ class MultiScaleEngine(SegmentEngine):
         self.level_engines: List[SegmentEngine] = [self] + [
             SegmentEngine(store, cache_tiles=cache_tiles, decoder=self.decoder) for store in levels[1:]]
         self.finest_only = finest_only
+        #: Re-decode the edges of objects decoded on a coarser level on the finest level's tiles
+        #: (interactive/refine.py).
+        self.refine_edges = False
 
     def choose_level(self, prompts: MapPrompts) -> Tuple[SegmentEngine, Tile]:
         """The level engine and tile that decode `prompts`: the finest level whose best encoded tile holds
@@ -82,6 +87,11 @@ class MultiScaleEngine(SegmentEngine):
         segments = engine.segment(prompts, mode, simplify_tolerance, min_area_pixels / factor ** 2, keep_holes,
                                   mask_input)
         self.last_timings = engine.last_timings
+        folder = level_folder_of(self.store, engine.store)   # "levels/x4/r0000c0001": which level's tile
+        segments = [dataclasses.replace(segment, tile_id=f"{folder}/{segment.tile_id}") for segment in segments]
+        if self.refine_edges:
+            segments = [refine_segment(self, segment, mode, simplify_tolerance, min_area_pixels, keep_holes)
+                        for segment in segments]
         return segments
 
 

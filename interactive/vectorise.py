@@ -104,6 +104,10 @@ def _rasterized(polygons: Sequence, shape: Tuple[int, int], geotransform: Sequen
     return raster.GetRasterBand(1).ReadAsArray().astype(bool)
 
 
+#: `_rasterized` for other modules (interactive/refine.py): the pixels of polygons in map coordinates.
+rasterize_polygons = _rasterized
+
+
 def _may_hold_parts(holes: Sequence, parts: Sequence, pixel_area: float) -> list:
     """The `holes` whose envelope holds a part's envelope (cheap: a hole holding a part holds its 4
     neighbours too, so holes under 5 pixels are skipped, and envelopes are compared in numpy)."""

@@ -101,7 +101,7 @@ def test_identity(algorithm):
 def test_parameters_and_defaults(algorithm):
     names = [p.name() for p in algorithm.parameterDefinitions()]
     assert names == ["INPUT", "RED_BAND", "GREEN_BAND", "BLUE_BAND", "BANDS", "EXTENT", "MODEL", "CHECKPOINT",
-                     "RANDOM_WEIGHTS", "OVERLAP", "BATCH_SIZE", "DEVICE", "TILE_SIZE", "OUTPUT"]
+                     "RANDOM_WEIGHTS", "RESOLUTION", "LEVELS", "OVERLAP", "BATCH_SIZE", "DEVICE", "TILE_SIZE", "OUTPUT"]
     param = algorithm.parameterDefinition
 
     for name in ("RED_BAND", "GREEN_BAND", "BLUE_BAND"):
@@ -138,7 +138,8 @@ def test_parameters_and_defaults(algorithm):
     optional = QgsProcessingParameterDefinition.Flag.FlagOptional
     advanced = QgsProcessingParameterDefinition.Flag.FlagAdvanced
     assert {n for n in names if is_set(n, optional)} == {"RED_BAND", "GREEN_BAND", "BLUE_BAND", "BANDS", "EXTENT",
-                                                         "CHECKPOINT", "OVERLAP", "OUTPUT"}
+                                                         "CHECKPOINT", "OVERLAP", "OUTPUT", "RESOLUTION",
+                                                         "LEVELS"}
     assert {n for n in names if is_set(n, advanced)} == {"RANDOM_WEIGHTS", "BATCH_SIZE", "DEVICE",
                                                          "TILE_SIZE"}
     assert all(param(n).help() for n in names), "every parameter has help"
@@ -167,13 +168,23 @@ def test_missing_input_is_refused(algorithm, tmp_path):
     assert "INPUT" in message
 
 
-def test_web_raster_is_refused_with_save_hint(algorithm, tmp_path):
+def test_world_wide_web_layer_without_extent_asks_for_one(algorithm, tmp_path):
+    """An XYZ layer is encoded (tests/test_online_layers.py), but its extent is the whole world."""
     layer = QgsRasterLayer("type=xyz&url=http://localhost/{z}/{x}/{y}.png&zmin=0&zmax=19",
                            "tiles", "wms")
     assert layer.isValid()
     message = run_expecting_error({"INPUT": layer, "OUTPUT": str(tmp_path / "store")})
-    assert "not a file-based raster" in message
-    assert "Save it to a file first" in message
+    assert "'tiles' is a web map covering a very large area: choose the Extent to encode" in message
+
+
+def test_web_layer_with_credentials_is_refused_with_save_hint(algorithm, tmp_path):
+    layer = QgsRasterLayer("type=xyz&url=http://localhost/{z}/{x}/{y}.png&zmin=0&zmax=19&username=me&password=pw",
+                           "tiles", "wms")
+    assert layer.isValid()
+    message = run_expecting_error({"INPUT": layer, "OUTPUT": str(tmp_path / "store"),
+                                   "EXTENT": "0,1000,0,1000 [EPSG:3857]"})
+    assert "user name, a password or a QGIS authentication configuration" in message
+    assert "Save As" in message
 
 
 def test_in_memory_raster_is_refused_with_save_hint(algorithm, tmp_path):

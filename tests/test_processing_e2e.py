@@ -540,3 +540,34 @@ def test_real_landsat_subset(encoder_provider, tmp_path):
     tiles = QgsVectorLayer(results["TILE_INDEX"], "tiles", "ogr")
     assert tiles.isValid() and tiles.featureCount() == len(expected)
     assert tiles.crs().authid() == layer.crs().authid() == L7_CRS
+
+
+def test_levels_and_resolution_reach_the_store_and_its_tile_index(encoder_provider, tmp_path):
+    """RESOLUTION 20 (the raster's pixels are 10 m) and LEVELS 1,4: the store's finest level is 20 m, a
+    second level is 80 m, and the tile index the algorithm returns draws both, each level in its colour."""
+    from quicksam.core.store_levels import level_stores
+    from quicksam.ui.layers import open_tile_index_layer
+
+    raster = write_raster(tmp_path / "rgb.tif", gradient(800, 600))
+    store = tmp_path / "store"
+    results = run_encode({"INPUT": str(raster), "OUTPUT": str(store), "RESOLUTION": 20.0, "LEVELS": "1, 4"})
+    levels = level_stores(FeatureStore.open(store))
+    assert [(level.manifest.pixel_grid.factor, level.manifest.pixel_grid.resolution) for level in levels] == [
+        (2.0, pytest.approx(20.0)), (8.0, pytest.approx(80.0))]
+    tiles = QgsVectorLayer(results["TILE_INDEX"], "tiles", "ogr")
+    assert tiles.featureCount() == sum(len(level.grid) for level in levels)
+    assert sorted({f["factor"] for f in tiles.getFeatures()}) == [2.0, 8.0]
+    styled = open_tile_index_layer(levels[0])
+    assert styled.renderer().type() == "categorizedSymbol"
+    assert len(styled.renderer().categories()) == 2
+
+
+@pytest.mark.parametrize("levels", ["0.5", "1,x"])
+def test_bad_levels_are_refused_before_running(encoder_provider, tmp_path, levels):
+    import processing
+
+    raster = write_raster(tmp_path / "rgb.tif", gradient(300, 300))
+    with pytest.raises(QgsProcessingException, match="levels must be factors of the finest level's pixel size"):
+        processing.run(ALGORITHM_ID, {**SMALL_ENCODE, "INPUT": str(raster), "OUTPUT": str(tmp_path / "s"),
+                                      "LEVELS": levels}, context=project_context(), feedback=RecordingFeedback())
+    assert not (tmp_path / "s").exists()

@@ -167,7 +167,7 @@ def test_registered_by_the_plugin_with_its_parameters(registered):
     assert "prompt" in algorithm.shortHelpString().lower()
     names = [p.name() for p in algorithm.parameterDefinitions()]
     assert names == ["STORE", "PROMPTS", "GROUP_FIELD", "LABEL_FIELD", "MASK_MODE", "SIMPLIFY", "MIN_AREA",
-                     "KEEP_HOLES", "OUTPUT"]
+                     "KEEP_HOLES", "REFINE", "OUTPUT"]
     param = algorithm.parameterDefinition
     assert isinstance(param("STORE"), QgsProcessingParameterFile)
     assert param("STORE").behavior() == QgsProcessingParameterFile.Behavior.Folder

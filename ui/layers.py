@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 
 from qgis.core import (
     Qgis,
+    QgsCategorizedSymbolRenderer,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsCoordinateTransformContext,
@@ -30,6 +31,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingOutputLayerDefinition,
     QgsProperty,
+    QgsRendererCategory,
     QgsSimpleFillSymbolLayer,
     QgsSingleSymbolRenderer,
     QgsTextBufferSettings,
@@ -55,13 +57,17 @@ OUTPUT_LAYER = "segments"
 FIELD_SPECS = (
     ("id", "int64"), ("label", "string"), *((name, "double") for name in MEASURE_FIELDS), ("fg_points", "int"),
     ("bg_points", "int"), ("box", "string"), ("model", "string"), ("checkpoint", "string"),
-    ("tile_id", "string"), ("created", "string"),
+    ("tile_id", "string"), ("level_factor", "double"), ("resolution", "double"), ("created", "string"),
 )
 TILE_INDEX_LAYER = "tiles"
 TILE_INDEX_LAYER_NAME = "QuickSAM tiles"
 TILE_OUTLINE_COLOUR = QColor(255, 140, 0)
 #: Each tile's id, and its status when it is not encoded ("pending", "failed", ...).
 TILE_LABEL = """concat("tile_id", CASE WHEN "status" <> 'done' THEN ' (' || "status" || ')' END)"""
+#: The same, after the level's factor, in a multi-scale store's index ("4x r0000c0001").
+LEVEL_TILE_LABEL = f"""concat(CASE WHEN "factor" <> 1 THEN format_number("factor", 0) || 'x ' END, {TILE_LABEL})"""
+#: Outline colours of the levels of a multi-scale store, finest first (then repeated).
+LEVEL_COLOURS = (QColor(255, 140, 0), QColor(30, 120, 255), QColor(200, 0, 200), QColor(0, 160, 60))
 #: QGIS 3.38 takes field types as QMetaType (QVariant.Type is deprecated there and gone in QGIS 4).
 _METATYPE_FIELDS = Qgis.QGIS_VERSION_INT >= 33800
 
@@ -136,7 +142,8 @@ class FeatureBuilder:
             AREA: geometry.area(), AREA_M2: area_square_metres(geometry, self.target_crs, self.context),
             "fg_points": prompts.foreground_count, "bg_points": prompts.background_count, "box": box,
             "model": self.store.model_name, "checkpoint": self.store.checkpoint_sha256,
-            "tile_id": segment.tile_id,
+            "tile_id": segment.tile_id, "level_factor": segment.level_factor,
+            "resolution": round(segment.resolution, 9),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         for name, value in values.items():
@@ -157,15 +164,16 @@ def open_tile_index_layer(store: FeatureStore, name: str = TILE_INDEX_LAYER_NAME
 
 
 def style_tile_index(layer: QgsVectorLayer) -> None:
-    """Outlines without fill (the raster stays visible), labelled with the tile's id (`TILE_LABEL`)."""
-    outline = QgsSimpleFillSymbolLayer()
-    outline.setBrushStyle(Qt.BrushStyle.NoBrush)
-    outline.setStrokeColor(TILE_OUTLINE_COLOUR)
-    outline.setStrokeStyle(Qt.PenStyle.SolidLine)
-    outline.setStrokeWidth(0.4)  # millimetres
-    symbol = QgsFillSymbol()
-    symbol.changeSymbolLayer(0, outline)
-    layer.setRenderer(QgsSingleSymbolRenderer(symbol))
+    """Outlines without fill (the raster stays visible), labelled with the tile's id (`TILE_LABEL`); in a
+    multi-scale store's index each level has its colour (`LEVEL_COLOURS`, coarser levels drawn wider) and
+    labels name the level (`LEVEL_TILE_LABEL`)."""
+    factors = sorted(layer.uniqueValues(layer.fields().indexOf("factor"))) if "factor" in layer.fields().names() else []
+    if len(factors) > 1:
+        categories = [QgsRendererCategory(factor, _outline_symbol(LEVEL_COLOURS[i % len(LEVEL_COLOURS)], 0.4 + 0.3 * i),
+                                          f"{factor:g}x") for i, factor in enumerate(factors)]
+        layer.setRenderer(QgsCategorizedSymbolRenderer("factor", categories))
+    else:
+        layer.setRenderer(QgsSingleSymbolRenderer(_outline_symbol(TILE_OUTLINE_COLOUR, 0.4)))
     text = QgsTextFormat()
     text.setColor(TILE_OUTLINE_COLOUR)
     text.setSize(8)  # points
@@ -174,11 +182,23 @@ def style_tile_index(layer: QgsVectorLayer) -> None:
     buffer.setColor(QColor(255, 255, 255))
     text.setBuffer(buffer)
     labels = QgsPalLayerSettings()
-    labels.fieldName = TILE_LABEL
+    labels.fieldName = LEVEL_TILE_LABEL if len(factors) > 1 else TILE_LABEL
     labels.isExpression = True
     labels.setFormat(text)
     layer.setLabeling(QgsVectorLayerSimpleLabeling(labels))
     layer.setLabelsEnabled(True)
+
+
+def _outline_symbol(colour: QColor, width: float) -> QgsFillSymbol:
+    """A fill symbol drawing only its outline, `width` millimetres wide."""
+    outline = QgsSimpleFillSymbolLayer()
+    outline.setBrushStyle(Qt.BrushStyle.NoBrush)
+    outline.setStrokeColor(colour)
+    outline.setStrokeStyle(Qt.PenStyle.SolidLine)
+    outline.setStrokeWidth(width)
+    symbol = QgsFillSymbol()
+    symbol.changeSymbolLayer(0, outline)
+    return symbol
 
 
 def store_output_path(store: FeatureStore) -> Path:

@@ -1,7 +1,8 @@
 """Run by the real QGIS desktop (`qgis --code startup.py`): open a raster, the QuickSAM dock, segment
 a few objects with the dock's own controller, and save a picture of the main window.
 
-Environment: QUICKSAM_SHOT_RASTER, QUICKSAM_SHOT_STORE, QUICKSAM_SHOT_PNG (see make_screenshot.sh).
+Environment: QUICKSAM_SHOT_RASTER, QUICKSAM_SHOT_STORE, QUICKSAM_SHOT_PNG (see make_screenshot.sh);
+QUICKSAM_SHOT_TILE_INDEX=1 also shows the store's tile index (every level of a multi-scale store).
 """
 
 import os
@@ -52,6 +53,11 @@ def run():
     controller = plugin.dock.controller
     controller.set_raster_layer(layer)
     controller.choose_store(STORE)
+    if os.environ.get("QUICKSAM_SHOT_TILE_INDEX"):
+        from quicksam.core.store import FeatureStore
+        from quicksam.ui.layers import open_tile_index_layer
+
+        QgsProject.instance().addMapLayer(open_tile_index_layer(FeatureStore.open(STORE)))
     controller.activate_tool()
     for prompts in ACCEPTED:
         segment(controller, layer, prompts)

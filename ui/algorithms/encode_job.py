@@ -19,11 +19,14 @@ def build_encode_args(raster: str, store: str, *, model: str = DEFAULT_MODEL,
                       bands: Sequence[int] = (),
                       extent: Optional[Tuple[float, float, float, float]] = None,
                       checkpoint: str = "", random_weights: bool = False, overlap: Optional[int] = None,
-                      batch_size: int = 1, device: str = "auto", tile_size: int = 0) -> List[str]:
+                      batch_size: int = 1, device: str = "auto", tile_size: int = 0,
+                      resolution: Optional[float] = None, levels: Sequence[float] = (1.0,)) -> List[str]:
     """Arguments of `quicksam.cli` (after `-m quicksam.cli`) for one encode.
 
     `extent` is (xmin, ymin, xmax, ymax) in the raster's CRS; `tile_size` 0 = the model's native size;
-    `overlap` None = `default_overlap` of the tile size (a quarter of it), as the CLI's own default.
+    `overlap` None = `default_overlap` of the tile size (a quarter of it), as the CLI's own default;
+    `resolution` the finest level's ground resolution (map units per pixel, None = the raster's own),
+    `levels` factors of it (core/levels.py).
     Options use the `--name=value` form so that values starting with "-" (a negative coordinate, an
     odd file name) are never taken for options.
     """
@@ -43,6 +46,10 @@ def build_encode_args(raster: str, store: str, *, model: str = DEFAULT_MODEL,
     args.append(f"--device={device}")
     if tile_size:
         args.append(f"--tile-size={int(tile_size)}")
+    if resolution is not None:
+        args.append(f"--resolution={float(resolution)!r}")
+    if tuple(levels) != (1.0,):
+        args.append("--levels=" + ",".join(f"{float(factor):g}" for factor in levels))
     return args
 
 

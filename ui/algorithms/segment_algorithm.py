@@ -41,7 +41,7 @@ from ...core.errors import QuickSamError
 from ...core.store import DECODER_ONNX, FeatureStore
 from ...interactive.engine import PromptError, SegmentEngine
 from ...interactive.prompt_input import PromptObject, SkippedObject, group_records
-from ...interactive.scales import open_engine
+from ...interactive.scales import MultiScaleEngine, open_engine
 from ..i18n import tr as _tr
 from ..layers import FeatureBuilder, output_fields, raster_crs, sink_keeping_other_layers
 from .algorithm_base import QuickSamAlgorithm, started_by_command_line
@@ -111,6 +111,7 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
     SIMPLIFY = "SIMPLIFY"
     MIN_AREA = "MIN_AREA"
     KEEP_HOLES = "KEEP_HOLES"
+    REFINE = "REFINE"
     OUTPUT = "OUTPUT"
     SEGMENTED = "SEGMENTED"
     SKIPPED = "SKIPPED"
@@ -184,6 +185,10 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
             _tr("Polygon parts and holes smaller than this many raster pixels are dropped."), advanced=True)
         self._add(QgsProcessingParameterBoolean(self.KEEP_HOLES, _tr("Keep holes"), defaultValue=True),
                   _tr("Untick to fill the holes of the polygons."), advanced=True)
+        self._add(QgsProcessingParameterBoolean(self.REFINE, _tr("Refine edges on the finest level"),
+                                                defaultValue=False),
+                  _tr("In a store with several levels: an object decoded on a coarser level (larger than a tile) "
+                      "has its edges decoded again on the finest level's tiles."), advanced=True)
         self._add(QgsProcessingParameterFeatureSink(
             self.OUTPUT, _tr("Segmented objects"), QgsProcessing.SourceType.TypeVectorPolygon),
             _tr("Polygons in the raster's CRS, one per object (up to three with mask mode 'all')."))
@@ -207,6 +212,8 @@ class SegmentPromptsAlgorithm(DecodingAlgorithm):
             engine = open_engine(store)
         except QuickSamError as exc:
             raise QgsProcessingException(str(exc)) from exc
+        if isinstance(engine, MultiScaleEngine):
+            engine.refine_edges = self.parameterAsBoolean(parameters, self.REFINE, context)
         crs = raster_crs(store)
         builder = FeatureBuilder(store, crs, context.transformContext())
         parameters, output_note = sink_keeping_other_layers(self, parameters, self.OUTPUT, context)

@@ -26,7 +26,8 @@ from qgis.PyQt.QtCore import pyqtBoundSignal, pyqtSignal
 from qgis.PyQt.QtWidgets import QFileDialog, QWidget
 
 from ...core.defaults import MASK_MODES
-from ...core.store import STATUS_DONE
+from ...core.store import STATUS_DONE, FeatureStore
+from ...interactive.scales import MultiScaleEngine
 from ...interactive.session import SegmentOptions
 from ...interactive.store_lookup import FOUND_BY_PROPERTY, FOUND_CHOSEN, FOUND_IN_STORE_LIST, FOUND_NEXT_TO_RASTER
 from .. import FORMS_DIR, settings
@@ -205,7 +206,8 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
             done = sum(1 for tile in store.grid if store.status(tile) == STATUS_DONE)
             lines = [tr("{model} · {done} of {tiles} tiles encoded · {crs}").format(
                 model=store.model_name, done=done, tiles=len(store.grid),
-                crs=store.manifest.raster.crs_name or ""), found_by_text(controller.found_by)]
+                crs=store.manifest.raster.crs_name or ""), levels_text(controller.binding.engine, store),
+                found_by_text(controller.found_by)]
             lines = [html.escape(line, quote=False) for line in lines if line]
             if store.manifest.model.random_weights:
                 warning = tr("Random weights (a test model): the masks mean nothing.")
@@ -293,3 +295,14 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
 
     def _output_changed(self, layer: Optional[QgsMapLayer]) -> None:
         self.controller.output.choose(layer if isinstance(layer, QgsVectorLayer) else None)
+
+
+def levels_text(engine: object, store: FeatureStore) -> str:
+    """"3 levels: 10, 40, 160 m per pixel" for a multi-scale store (interactive/scales.py), else ""."""
+    if not isinstance(engine, MultiScaleEngine):
+        return ""
+    units = QgsUnitTypes.toAbbreviatedString(raster_crs(store).mapUnits())
+    resolutions = ", ".join(f"{level.store.manifest.pixel_grid.resolution:.4g}" for level in engine.level_engines)
+    return tr("{count} levels: {resolutions} {units} per pixel").format(
+        count=len(engine.level_engines), resolutions=resolutions, units=units)
+
