@@ -2,10 +2,10 @@
 levels a run takes, each level's settings and tiles, and each level's own names in the one run file (no QGIS).
 
 Each level is a complete store (its geotransform maps its own pixels to the raster's CRS), so a level is
-segmented exactly as a single store is: per tile, objects across tile borders merged within the level.
-Its tiles get the level's folder name as prefix (`x4/r0000c0001`) in the run file and in the objects'
-`tile_ids`; the finest level of the store (its root folder) keeps bare tile ids, so a single-level store
-is run exactly as before. level_merge.py then merges objects across levels.
+segmented exactly as a single store is: per tile, objects across tile borders merged within the level. Its
+tiles get the level's folder as prefix (`levels/x4/r0000c0001`, as in the prompt outputs' `tile_id`) in the
+run file and in the objects' `tile_ids`; the finest level of the store (its root folder) keeps bare tile
+ids, so a single-level store is run exactly as before. level_merge.py then merges objects across levels.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Collection, Dict, Iterable, List, Optional, Sequence, Set
 
 from ..core.errors import QuickSamError
-from ..core.levels import format_factor, same_factor
+from ..core.levels import format_factor, parse_factors, same_factor
 from ..core.store import FeatureStore
 from ..core.store_levels import level_folder_of, level_stores
 from ..core.tiling import Tile
@@ -30,16 +29,16 @@ from .tile_selection import tiles_to_process
 if TYPE_CHECKING:
     from osgeo import ogr
 
-#: The "tile" whose done mark says the cross-level merge is committed: no level's tile id holds a "/" at the
-#: start, so it is never taken for a tile.
+#: The "tile" whose done mark says the cross-level merge is committed: no level's tile id starts with "/", so it
+#: is never taken for a tile.
 LEVELS_MERGED = "/levels-merged"
 
 
 @dataclass(frozen=True)
 class SegmentLevel:
     """One level of a run: its store, `relative` its pixel over the store's finest level's (1 = finest; what
-    --levels names), `prefix` of its tile ids in the run file ("" for the store's root level, "x4/"),
-    `settings` for its tiles, and the `tiles` to segment."""
+    --levels names), `prefix` of its tile ids in the run file ("" for the store's root level, else its folder:
+    "levels/x4/"), `settings` for its tiles, and the `tiles` to segment."""
 
     store: FeatureStore
     relative: float
@@ -63,19 +62,14 @@ class SegmentLevel:
 
 
 def parse_levels(text: str) -> Optional[List[float]]:
-    """Level factors from "1,4" (factors of the store's finest level's pixel, as `quicksam encode --levels`);
-    None for "" (every level). QuickSamError (one line) for anything else."""
-    text = text.replace(" ", "")
-    if not text:
+    """Level factors from "1,4" (factors of the store's finest level's pixel, read as `quicksam encode --levels`
+    reads them: core/levels.parse_factors); None for "" (every level). QuickSamError (one line) otherwise."""
+    if not text.strip():
         return None
     try:
-        values = [float(v) for v in text.split(",") if v]
-    except ValueError:
-        values = []
-    if not values or not all(math.isfinite(v) and v >= 1 for v in values):
-        raise QuickSamError(f"levels '{text}' are not factors of the finest level's pixel size of at least 1: give "
-                            "them like 1,4,16, or nothing for every level")
-    return values
+        return list(parse_factors(text))
+    except ValueError as exc:
+        raise QuickSamError(f"{exc}, or nothing for every level") from None
 
 
 def select_levels(root: FeatureStore, factors: Optional[Sequence[float]] = None) -> List[FeatureStore]:
@@ -126,7 +120,7 @@ def plan_levels(root: FeatureStore, factors: Optional[Sequence[float]], settings
     levels = []
     for store, relative in zip(stores, relatives):
         folder = level_folder_of(root, store)
-        prefix = "" if folder == "." else PurePosixPath(folder).name + "/"
+        prefix = "" if folder == "." else folder + "/"  # levels/x4/r0000c0001, as the prompt outputs name it
         levels.append(SegmentLevel(store, relative, prefix, level_settings(settings, relative, max(relatives)),
                                    tiles_to_process(store, area_wkbs)))
     return levels

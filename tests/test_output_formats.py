@@ -294,8 +294,7 @@ def test_segment_and_segment_all_write_the_same_measures(store, tmp_path, qgis_a
     shared = ["id", "predicted_iou", "stability_score", "area", "area_m2", "model", "checkpoint"]
     assert [name for name in segment if name in shared] == [name for name in segment_all if name in shared] == shared
     assert all(segment[name] == segment_all[name] for name in shared)
-    # an object of several tiles; segment's is in one (the level fields: segment's come with the prompt outputs')
-    assert set(segment_all) - set(segment) - {"level_factor", "resolution"} == {"tile_ids"}
+    assert set(segment_all) - set(segment) == {"tile_ids"}  # an object of several tiles; segment's is in one
     for path in (tmp_path / "segment.gpkg", tmp_path / "all.gpkg"):
         _, _, rows = read_back(path)
         for row in rows.values():

@@ -183,8 +183,8 @@ def test_points_per_side_per_level_follow_sams_rule_for_crop_layers():
 def test_levels_text_is_read_as_encode_reads_it_and_bad_values_say_what_to_give():
     assert parse_levels("") is None and parse_levels(" ") is None
     assert parse_levels("1, 4,16") == [1.0, 4.0, 16.0]
-    for bad in ("0.5", "abc", "1,x", "-4", "nan"):
-        with pytest.raises(QuickSamError, match="give them like 1,4,16, or nothing for every level"):
+    for bad in ("0.5", "abc", "1,x", "-4", "nan", "2000"):
+        with pytest.raises(QuickSamError, match=r"from 1 to 1024, like 1,4,16, not '.*', or nothing for every level"):
             parse_levels(bad)
 
 
@@ -268,7 +268,7 @@ def test_every_level_writes_its_objects_at_their_map_coordinates_with_their_leve
     expected = {(1.0, 10.0, tile.tile_id, level_box(tile.col_off + 40, tile.row_off + 40, tile.col_off + 64,
                                                      tile.row_off + 64, 1)) for tile in levels_store.grid}
     assert len(expected) == 9
-    expected.add((4.0, 40.0, "x4/r0000c0000", level_box(40, 40, 64, 64, 4)))
+    expected.add((4.0, 40.0, "levels/x4/r0000c0000", level_box(40, 40, 64, 64, 4)))
     got = {(row["level_factor"], row["resolution"], row["tile_ids"], row["geometry"].bounds) for row in rows}
     assert got == expected  # exact: vertices lie on pixel corners, multiples of the pixel size
     assert sorted(row["id"] for row in rows) == list(range(1, 11))
@@ -280,12 +280,12 @@ def test_a_run_finds_the_disk_whole_at_level_4_and_in_tiles_at_level_1_and_write
     out once, at level 4. (Squares at tile pixels 16-248 stick out more: then the five along the top and left
     edges, 63 % inside, are objects of their own and only the four inner ones are dropped as pieces.)"""
     rows = hand_run(levels_store, tmp_path / "pieces.gpkg", SquareDecoder(slice(1, 63)))
-    assert [(row["id"], row["level_factor"], row["tile_ids"]) for row in rows] == [(1, 4.0, "x4/r0000c0000")]
+    assert [(row["id"], row["level_factor"], row["tile_ids"]) for row in rows] == [(1, 4.0, "levels/x4/r0000c0000")]
     assert rows[0]["geometry"].bounds == level_box(4, 4, 175, 175, 4)  # clipped to level 4's 175 valid pixels
     rows = hand_run(levels_store, tmp_path / "sticking-out.gpkg", SquareDecoder(slice(4, 62)))
     assert sorted((row["level_factor"], row["tile_ids"]) for row in rows) == [
         (1.0, "r0000c0000"), (1.0, "r0000c0001"), (1.0, "r0000c0002"), (1.0, "r0001c0000"), (1.0, "r0002c0000"),
-        (4.0, "x4/r0000c0000")]
+        (4.0, "levels/x4/r0000c0000")]
 
 
 def test_an_object_seen_alike_at_both_levels_comes_out_once_at_the_finer(levels_store, tmp_path):
@@ -311,7 +311,7 @@ def random_rows(levels_store, tmp_path_factory) -> List[dict]:
 def test_random_weights_objects_carry_their_level_and_lie_inside_the_raster(random_rows):
     extent = box(*level_box(0, 0, SIZE, SIZE, 1))
     for row in random_rows:
-        level = "x4/" if row["level_factor"] == 4.0 else ""
+        level = "levels/x4/" if row["level_factor"] == 4.0 else ""
         assert (row["level_factor"], row["resolution"]) in ((1.0, 10.0), (4.0, 40.0))
         assert all(tile.startswith(level) and "/" not in tile[len(level):] for tile in row["tile_ids"].split(","))
         assert row["geometry"].is_valid and extent.buffer(1e-6).contains(row["geometry"])
@@ -322,7 +322,7 @@ def test_one_chosen_level_is_segmented_alone(levels_store, tmp_path):
     result = segment_everything(levels_store, tmp_path / "four.gpkg", LOOSE, levels=[4])
     rows = read_rows(tmp_path / "four.gpkg")
     assert (result.tiles, result.levels, result.level_duplicates) == (1, (4.0,), 0)
-    assert rows and {(row["level_factor"], row["tile_ids"]) for row in rows} == {(4.0, "x4/r0000c0000")}
+    assert rows and {(row["level_factor"], row["tile_ids"]) for row in rows} == {(4.0, "levels/x4/r0000c0000")}
     with pytest.raises(QuickSamError, match=r"has no level 8 \(its levels: 1, 4\); choose among those"):
         segment_everything(levels_store, tmp_path / "eight.gpkg", LOOSE, levels=[8])
 
@@ -337,7 +337,7 @@ def test_a_run_stopped_in_level_2_resumes_there_and_merges_once(levels_store, tm
     assert _done_marks(partial_path(output)) == set(finished)
     result = segment_everything(levels_store, output, LOOSE,
                                 progress=lambda event: event.tile_finished and finished.append(event.tile_id))
-    assert finished[9:] == ["x4/r0000c0000"] and result.tiles_resumed == 9
+    assert finished[9:] == ["levels/x4/r0000c0000"] and result.tiles_resumed == 9
     assert _signature(read_rows(output)) == _signature(random_rows)
 
 
@@ -392,7 +392,8 @@ def test_processing_segments_the_levels_asked_for_and_refuses_bad_ones_plainly(l
     assert {row["level_factor"] for row in read_rows(tmp_path / "four.gpkg")} == {4.0}
     results = processing.run("quicksam:segmentall", {**parameters, "OUTPUT": str(tmp_path / "all.gpkg")})
     assert (results["LEVELS_SEGMENTED"], results["TILES"]) == ("1,4", 10) and results["LEVEL_DUPLICATES"] >= 0
-    for levels, message in (("1,x", "give them like 1,4,16"), ("2", r"has no level 2 \(its levels: 1, 4\)")):
+    for levels, message in (("1,x", "like 1,4,16, not '1,x', or nothing for every level"),
+                            ("2", r"has no level 2 \(its levels: 1, 4\)")):
         with pytest.raises(QgsProcessingException, match=message):
             processing.run("quicksam:segmentall", {**parameters, "LEVELS": levels,
                                                    "OUTPUT": str(tmp_path / "bad.gpkg")})
@@ -402,7 +403,7 @@ def test_processing_segments_the_levels_asked_for_and_refuses_bad_ones_plainly(l
 def test_cli_refuses_bad_levels_in_one_line_before_qgis_starts(levels_store, tmp_path):
     output = tmp_path / "out.gpkg"
     result = run_cli("segment-all", levels_store.root, "--output", output, "--levels", "0.5")
-    assert_one_line_error(result, r"--levels: expected factors of the finest level's pixel size of at least 1")
+    assert_one_line_error(result, r"--levels: levels must be factors of the finest level's pixel size from 1 to")
     result = run_cli("segment-all", levels_store.root, "--output", output, "--levels", "1,8")
     assert_one_line_error(result, r"has no level 8 \(its levels: 1, 4\); choose among those")
     assert not output.exists()
@@ -419,7 +420,7 @@ def test_cli_segments_every_level_and_reports_them(levels_store, tmp_path):
     assert events[-1]["event"] == "finished"
     summary = events[-1]["summary"]
     assert (summary["levels"], summary["tiles"]) == ([1.0, 4.0], 10) and summary["level_duplicates"] >= 0
-    assert "x4/r0000c0000" in [event.get("tile") for event in events if event["event"] == "progress"]
+    assert "levels/x4/r0000c0000" in [event.get("tile") for event in events if event["event"] == "progress"]
     assert {row["level_factor"] for row in read_rows(output)} <= {1.0, 4.0}
 
 
