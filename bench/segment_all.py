@@ -1,6 +1,8 @@
-"""Segment-everything benchmark: tiles per second and peak RSS for 1 and for 16 tiles; prints one JSON object.
+"""Segment-everything benchmark: tiles per second and peak RSS for 1 and for 16 tiles, and per level of a
+multi-scale store; prints one JSON object.
 
     .venv/bin/python bench/segment_all.py [--tile-size 256] [--points-per-side 16] [--runs 3]
+                                          [--part all|tiles|levels] [--levels 1,4,16] [--levels-tiles-per-side 6]
 
 Synthetic RGB rasters of 1 x 1 and 4 x 4 tiles (the encoder's overlap of a quarter tile, so the merge has
 borders to work on) are encoded with the seeded random SAM 2.1 tiny model. Each case then runs in a fresh
@@ -11,6 +13,13 @@ In the 1-tile process, after that, two comparisons on the same tile:
 - `points_per_batch` 1 and 64 against the default (0 = automatic: 4 on the CPU);
 - the baseline: the sam2 package's `SAM2AutomaticMaskGenerator` on the tile's pixels, as the SAM2 GeoTIFF
   tutorials run it (it encodes the tile again each time; QuickSAM decodes from the store).
+
+Levels: a raster of `--levels-tiles-per-side`² finest tiles is encoded with `--levels` (one store, a level
+per factor). Each level is segmented alone (`levels=[factor]`) in a fresh process, `--runs` times: median
+seconds, tiles per second, that process's peak RSS, and the level's bytes on disk (all its files, and its
+tiles alone); then all levels in one run, with the merge across levels. Targets: every level's peak RSS
+within 10 % of the finest level's (one level at a time, one decoder), the all-levels run's within 10 % of
+the largest level's, and its median seconds within 10 % of the levels' sum (the merge is cheap).
 
 Random weights make masks meaningless, so thresholds are set to keep everything (the most work for the
 filters, the merge and the writer); the decoding cost per point is the real one.
@@ -67,6 +76,32 @@ def encode(raster: Path, store: Path, tile: int) -> int:
     return len(stored.grid)
 
 
+def encode_levels(raster: Path, store: Path, tile: int, factors: list) -> dict:
+    """Encode `raster` with a level per factor; {factor: tiles}."""
+    from quicksam.core.store_levels import level_stores
+    from quicksam.encoder.levels_pipeline import encode_levels as encode_all
+    from quicksam.encoder.models import build_model
+    from quicksam.encoder.pipeline import EncodeRequest
+
+    model = build_model(MODEL, checkpoint=None, seed=0, device="cpu", image_size=tile)
+    request = EncodeRequest(raster=str(raster), store=store, model=MODEL, tile_size=tile, overlap=tile // 4,
+                            device="cpu", levels=tuple(factors))
+    stored, _ = encode_all(request, model=model)
+    return {level.manifest.pixel_grid.factor: len(level.grid) for level in level_stores(stored)}
+
+
+def level_bytes(store: Path, factor: float) -> dict:
+    """Bytes on disk of one level of `store`: all its files (the root level without `levels/`), its tiles."""
+    from quicksam.core.levels import level_folder
+
+    folder = store if factor == 1 else store / level_folder(factor)
+    files = [path for path in folder.rglob("*") if path.is_file()
+             and not (factor == 1 and (store / "levels") in path.parents)]
+    tiles = [path for path in files if (folder / "tiles") in path.parents]
+    return {"store_bytes": sum(path.stat().st_size for path in files),
+            "tile_bytes": sum(path.stat().st_size for path in tiles)}
+
+
 def _settings(points_per_side: int, points_per_batch: int = 0):
     from quicksam.interactive.automatic import AutoMaskSettings
 
@@ -74,14 +109,14 @@ def _settings(points_per_side: int, points_per_batch: int = 0):
                             pred_iou_thresh=0.0, stability_score_thresh=0.0)
 
 
-def _median_seconds(store: Path, work: Path, settings, runs: int, label: str) -> tuple:
+def _median_seconds(store: Path, work: Path, settings, runs: int, label: str, levels=None) -> tuple:
     from quicksam.core.store import FeatureStore
     from quicksam.interactive.automatic import segment_everything
 
     seconds, result = [], None
     for run in range(runs):
         started = time.perf_counter()
-        result = segment_everything(FeatureStore.open(store), work / f"{label}-{run}.gpkg", settings)
+        result = segment_everything(FeatureStore.open(store), work / f"{label}-{run}.gpkg", settings, levels=levels)
         seconds.append(time.perf_counter() - started)
     return statistics.median(seconds), result
 
@@ -133,41 +168,101 @@ def run_case(store: Path, work: Path, raster: Path, tile: int, points_per_side: 
     return figures
 
 
+def run_levels_case(store: Path, work: Path, points_per_side: int, runs: int, levels) -> dict:
+    """In this (fresh) process: segment everything on `levels` of `store` (None: all) `runs` times."""
+    median, result = _median_seconds(store, work, _settings(points_per_side), runs, "levels", levels)
+    return {"tiles": result.tiles, "objects": result.objects, "level_duplicates": result.level_duplicates,
+            "median_seconds": round(median, 3), "tiles_per_second": round(result.tiles / median, 3),
+            "peak_rss_mib": peak_rss_mib()}
+
+
+def _child(args: argparse.Namespace, case: list) -> dict:
+    """Run this script on one case in a fresh process (its own peak RSS); its JSON."""
+    command = [sys.executable, __file__, "--tile-size", str(args.tile_size), "--points-per-side",
+               str(args.points_per_side), "--runs", str(args.runs), *case]
+    child = subprocess.run(command, capture_output=True, text=True)
+    if child.returncode:
+        sys.exit(f"the case {case} failed:\n{child.stderr}")
+    return json.loads(child.stdout.splitlines()[-1])
+
+
+def levels_part(args: argparse.Namespace, work: Path) -> dict:
+    """Per level: tiles per second, peak RSS and bytes; then all levels in one run, with the targets."""
+    factors = sorted(float(f) for f in args.levels.split(","))
+    raster = write_raster(work / "levels.tif", raster_size(args.levels_tiles_per_side, args.tile_size))
+    store = work / "levels_store"
+    tiles = encode_levels(raster, store, args.tile_size, factors)
+    per_level = {}
+    for factor in factors:
+        case_dir = work / f"level{factor:g}"
+        case_dir.mkdir()
+        figures = _child(args, ["--levels-case", str(store), str(case_dir), f"{factor:g}"])
+        figures.pop("level_duplicates")
+        per_level[f"x{factor:g}"] = {**figures, **level_bytes(store, factor)}
+        assert figures["tiles"] == tiles[factor], (figures, tiles)
+    (work / "all_levels").mkdir()
+    together = _child(args, ["--levels-case", str(store), str(work / "all_levels"), ""])
+    finest = per_level[f"x{factors[0]:g}"]["peak_rss_mib"]
+    largest = max(level["peak_rss_mib"] for level in per_level.values())
+    seconds = sum(level["median_seconds"] for level in per_level.values())
+    return {"raster_px": raster_size(args.levels_tiles_per_side, args.tile_size), "per_level": per_level,
+            "all_levels": together,
+            "all_levels_seconds_over_sum_of_levels": round(together["median_seconds"] / seconds, 3),
+            "targets": {
+                "peak_rss_per_level_within_10pct_of_finest": all(
+                    level["peak_rss_mib"] <= 1.1 * finest for level in per_level.values()),
+                "all_levels_peak_rss_within_10pct_of_largest_level": together["peak_rss_mib"] <= 1.1 * largest,
+                "all_levels_seconds_within_10pct_of_sum_of_levels": together["median_seconds"] <= 1.1 * seconds}}
+
+
+def tiles_part(args: argparse.Namespace, work: Path) -> dict:
+    """1 and 16 tiles of one level, each in a fresh process (the 1-tile one with the comparisons)."""
+    cases = {}
+    for per_side in (1, 4):
+        raster = write_raster(work / f"r{per_side}.tif", raster_size(per_side, args.tile_size))
+        store = work / f"store{per_side}"
+        tiles = encode(raster, store, args.tile_size)
+        assert tiles == per_side * per_side, tiles
+        case_dir = work / f"case{per_side}"
+        case_dir.mkdir()
+        cases[f"{tiles}_tiles"] = _child(args, ["--case", str(store), str(case_dir), str(raster)]
+                                         + (["--compare"] if per_side == 1 else []))
+    rss_ratio = cases["16_tiles"]["peak_rss_mib"] / cases["1_tiles"]["peak_rss_mib"]
+    return {**cases, "peak_rss_16_vs_1": round(rss_ratio, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tile-size", type=int, default=256)
     parser.add_argument("--points-per-side", type=int, default=16)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--part", choices=("all", "tiles", "levels"), default="all")
+    parser.add_argument("--levels", default="1,4,16", help="level factors of the multi-scale store")
+    parser.add_argument("--levels-tiles-per-side", type=int, default=6, help="finest tiles per side of its raster")
     parser.add_argument("--case", nargs=3, metavar=("STORE", "WORK", "RASTER"), help=argparse.SUPPRESS)
     parser.add_argument("--compare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--levels-case", nargs=3, metavar=("STORE", "WORK", "FACTORS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         store, work, raster = map(Path, args.case)
         print(json.dumps(run_case(store, work, raster, args.tile_size, args.points_per_side, args.runs,
                                   args.compare)))
         return
+    if args.levels_case:
+        store, work, factors = args.levels_case
+        levels = [float(f) for f in factors.split(",")] if factors else None
+        print(json.dumps(run_levels_case(Path(store), Path(work), args.points_per_side, args.runs, levels)))
+        return
     work = Path(tempfile.mkdtemp(prefix="quicksam-bench-segment-all-"))
     try:
-        cases = {}
-        for per_side in (1, 4):
-            raster = write_raster(work / f"r{per_side}.tif", raster_size(per_side, args.tile_size))
-            store = work / f"store{per_side}"
-            tiles = encode(raster, store, args.tile_size)
-            assert tiles == per_side * per_side, tiles
-            case_dir = work / f"case{per_side}"
-            case_dir.mkdir()
-            command = [sys.executable, __file__, "--tile-size", str(args.tile_size), "--points-per-side",
-                       str(args.points_per_side), "--runs", str(args.runs),
-                       "--case", str(store), str(case_dir), str(raster)] + (["--compare"] if per_side == 1 else [])
-            child = subprocess.run(command, capture_output=True, text=True)
-            if child.returncode:
-                sys.exit(f"the {tiles}-tile case failed:\n{child.stderr}")
-            cases[f"{tiles}_tiles"] = json.loads(child.stdout.splitlines()[-1])
-        rss_ratio = cases["16_tiles"]["peak_rss_mib"] / cases["1_tiles"]["peak_rss_mib"]
-        print(json.dumps({"model": MODEL, "random_weights": True, "tile_size": args.tile_size,
-                          "overlap": args.tile_size // 4, "points_per_side": args.points_per_side,
-                          "points_per_batch": "0 (automatic: 4 on the CPU)", "runs": args.runs, **cases,
-                          "peak_rss_16_vs_1": round(rss_ratio, 3)}))
+        result = {"model": MODEL, "random_weights": True, "tile_size": args.tile_size,
+                  "overlap": args.tile_size // 4, "points_per_side": args.points_per_side,
+                  "points_per_batch": "0 (automatic: 4 on the CPU)", "runs": args.runs}
+        if args.part in ("all", "tiles"):
+            result.update(tiles_part(args, work))
+        if args.part in ("all", "levels"):
+            result["levels"] = levels_part(args, work)
+        print(json.dumps(result, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

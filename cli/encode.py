@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from ..core.catalogue import MODELS, default_checkpoint_for
 from ..core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, default_overlap
@@ -22,7 +22,10 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
     encode = commands.add_parser("encode", help="encode a raster into a feature store",
                                  description="Encode a raster once into a feature store for interactive "
                                              "segmentation. Re-running the same command resumes.")
-    encode.add_argument("raster", help="raster file (any GDAL format)")
+    encode.add_argument("raster", help="the raster: a file (any GDAL format); a URL of a raster file such as a COG "
+                                        "(read with HTTP range requests); an XYZ tile URL with {z}, {x} and {y} "
+                                        "(with --zoom); a QGIS XYZ layer source (type=xyz&url=...); GDAL's WMS:, "
+                                        "WMTS: or /vsi... strings (docs/online-layers.md). Quote it in the shell")
     encode.add_argument("store", type=Path, help="output folder of the feature store (new, empty, or a store "
                                                   "made by the same command, which is then resumed)")
     encode.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="model (default %(default)s)")
@@ -36,7 +39,14 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
     encode.add_argument("--overlap", type=int, default=None,
                         help=f"overlap of neighbouring tiles in pixels (default {DEFAULT_OVERLAP}, a quarter of the "
                              "tile size)")
-    encode.add_argument("--extent", type=parse_extent, help="xmin,ymin,xmax,ymax in the raster's CRS")
+    encode.add_argument("--extent", type=parse_extent,
+                        help="xmin,ymin,xmax,ymax in the raster's CRS (or --extent-crs); required for XYZ, WMS and "
+                             "WMTS services")
+    encode.add_argument("--extent-crs", help="CRS of --extent, e.g. EPSG:4326 for degrees (default: the raster's)")
+    encode.add_argument("--zoom", type=int, help="XYZ and WMTS services: the zoom level read at full resolution "
+                                                 "(default: the layer's zmax or the service's finest; required for a "
+                                                 "bare XYZ URL). For WMTS, GDAL's zoom_level: the index of the tile "
+                                                 "matrix, 0 = the coarsest")
     encode.add_argument("--resolution", type=float, default=None,
                         help="ground resolution of the finest level in map units per pixel (of the raster's CRS; "
                              "default: the raster's own pixels); coarser than the raster's is read with averaging")
@@ -72,15 +82,26 @@ def _overlap(args: argparse.Namespace) -> int:
     return default_overlap(args.tile_size) if args.overlap is None else args.overlap
 
 
+def _source_and_extent(args: argparse.Namespace) -> Tuple[str, Optional[tuple]]:
+    """The canonical source of RASTER (encoder/online_sources.py) and --extent in its CRS."""
+    from ..encoder.online_sources import extent_in_raster_crs, resolve_source
+
+    source = resolve_source(args.raster, args.zoom)
+    if args.extent is not None and args.extent_crs:
+        return source, extent_in_raster_crs(source, args.extent, args.extent_crs)
+    return source, args.extent
+
+
 def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
     from ..core.store_levels import level_stores
     from ..encoder.levels_pipeline import encode_levels
     from ..encoder.pipeline import EncodeRequest
 
+    source, extent = _source_and_extent(args)
     checkpoint = _resolve_weights(args, events)
     request = EncodeRequest(
-        raster=args.raster, store=args.store, model=args.model, checkpoint=checkpoint, seed=args.seed,
-        bands=args.bands, overlap=_overlap(args), extent=args.extent, batch_size=args.batch_size,
+        raster=source, store=args.store, model=args.model, checkpoint=checkpoint, seed=args.seed,
+        bands=args.bands, overlap=_overlap(args), extent=extent, batch_size=args.batch_size,
         device=args.device, tile_size=args.tile_size, stretch=args.stretch, feature_dtype=args.feature_dtype,
         resolution=args.resolution, levels=tuple(args.levels))
 
@@ -91,7 +112,7 @@ def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
     def on_start(store: FeatureStore, todo: int) -> None:
         # Warned only once the inputs are checked, so bad input still gets its single error line.
         levels = level_stores(store)
-        events.start(store=str(store.root), raster=args.raster, tiles=sum(len(level.grid) for level in levels),
+        events.start(store=str(store.root), raster=source, tiles=sum(len(level.grid) for level in levels),
                      todo=todo, levels=[level.manifest.pixel_grid.factor for level in levels])
         if args.random_weights:
             events.warning("using seeded random weights: the masks will be meaningless; the store records this")

@@ -10,7 +10,7 @@ from ..core.defaults import MASK_MODES
 from ..core.errors import QuickSamError
 from .events import EventWriter, add_events_option
 from .headless import in_headless_qgis, open_store_before_qgis, private_project, run_algorithm
-from .options import LAYER_HELP, OUTPUT_HELP, SEGMENT_LAYER, parse_box
+from .options import LAYER_HELP, OUTPUT_HELP, SEGMENT_LAYER, parse_box, parse_factors
 from .segment import check_segment_output
 
 if TYPE_CHECKING:
@@ -25,7 +25,9 @@ def add_segment_all_parser(commands: argparse._SubParsersAction) -> None:
         "segment-all", help="segment everything on an encoded raster (automatic masks, merged across tiles)",
         description="Find every object on a feature store with SAM's automatic mask generator, tile by tile from "
                     "the cached features, objects across tile borders merged into one polygon "
-                    "(docs/segment-everything.md). A stopped run resumes when the same command is run again. "
+                    "(docs/segment-everything.md). On a multi-scale store every level is segmented (or those of "
+                    "--levels) and objects are merged across levels. A stopped run resumes when the same command is "
+                    "run again. "
                     "Runs the Processing algorithm quicksam:segmentall in a headless QGIS.",
         add_arguments=_add_arguments)
     command.set_defaults(handler=_cmd_segment_all)
@@ -42,6 +44,9 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--aoi", type=Path, metavar="FILE", help="polygon file: only tiles meeting it (any CRS)")
     command.add_argument("--extent", type=parse_box, metavar="XMIN,YMIN,XMAX,YMAX",
                          help="only tiles meeting this extent (the raster's CRS)")
+    command.add_argument("--levels", type=parse_factors, metavar="1,4,16",
+                         help="levels of a multi-scale store to segment, as factors of its finest level's pixel size "
+                              "(as quicksam encode --levels; default: every level)")
     for name, kind, text in (
             ("points-per-side", int, "grid of N x N point prompts per tile"),
             ("points-per-batch", int, "prompts per decoder call (0 = automatic: 4 on the CPU, 64 on a GPU)"),
@@ -52,7 +57,12 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
             ("min-mask-region-area", int, "remove islands and holes smaller than this many pixels"),
             ("min-object-area", float, "drop objects smaller than this (map units², 0 = no limit)"),
             ("max-object-area", float, "drop objects larger than this (map units², 0 = no limit)"),
-            ("simplify", float, "simplification tolerance in map units (0 = pixel edges)")):
+            ("simplify", float, "simplification tolerance in map units (0 = pixel edges)"),
+            ("crop-nms-thresh", float, "box IoU above which, of two objects of different levels, the coarser "
+                                       "level's is dropped (SAM's crop NMS)"),
+            ("crop-n-points-downscale-factor", int, "points per side divided by this for each halving of the "
+                                                    "pixel size below the coarsest level (SAM's rule per crop "
+                                                    "layer)")):
         key = name.replace("-", "_")
         default = getattr(defaults, "simplify_tolerance" if key == "simplify" else key)
         command.add_argument(f"--{name}", type=kind, default=default, help=f"{text} (default {default})")
@@ -91,6 +101,9 @@ def _run_segment_all_algorithm(args: argparse.Namespace, events: EventWriter) ->
         Algorithm.MIN_MASK_REGION_AREA: args.min_mask_region_area,
         Algorithm.MASK_MODE: MASK_MODES.index(args.mask_mode), Algorithm.MIN_OBJECT_AREA: args.min_object_area,
         Algorithm.MAX_OBJECT_AREA: args.max_object_area, Algorithm.SIMPLIFY: args.simplify,
+        Algorithm.LEVELS: ",".join(f"{factor:g}" for factor in args.levels) if args.levels else "",
+        Algorithm.CROP_NMS_THRESH: args.crop_nms_thresh,
+        Algorithm.CROP_N_POINTS_DOWNSCALE_FACTOR: args.crop_n_points_downscale_factor,
         Algorithm.OVERWRITE: args.overwrite, Algorithm.LAYER_NAME: args.layer, Algorithm.OUTPUT: str(args.output),
     }
     results = run_algorithm("quicksam:segmentall", parameters, project, _tile_feedback(events))
@@ -98,6 +111,9 @@ def _run_segment_all_algorithm(args: argparse.Namespace, events: EventWriter) ->
     layer = _layer_written(output, args.layer)
     summary = {"output": str(output), "layer": layer, "objects": results[Algorithm.OBJECTS],
                "tiles": results[Algorithm.TILES], "message": _other_layers_message(output, layer)}
+    levels = [float(factor) for factor in str(results.get(Algorithm.LEVELS_SEGMENTED) or "1").split(",")]
+    if len(levels) > 1:  # a multi-scale run: its levels, and the objects found at more than one of them
+        summary.update(levels=levels, level_duplicates=results[Algorithm.LEVEL_DUPLICATES])
     if results.get(Algorithm.NO_OBJECTS_REASON):  # which filters dropped the masks, and the option to change
         summary["no_objects_reason"] = results[Algorithm.NO_OBJECTS_REASON]
     return summary
@@ -139,6 +155,11 @@ def _cmd_segment_all(args: argparse.Namespace, events: EventWriter) -> int:
         raise QuickSamError(f"the feature store '{args.store}' does not exist; encode the raster first "
                             "(quicksam encode RASTER STORE)")
     open_store_before_qgis(args.store)
+    if args.levels:  # a level the store has not is refused in a moment, not after QGIS has started
+        from ..core.store import FeatureStore
+        from ..interactive.segment_levels import select_levels
+
+        select_levels(FeatureStore.open(args.store), args.levels)
     events.start(store=str(args.store), output=str(args.output))
     summary = in_headless_qgis(lambda: _run_segment_all_algorithm(args, events))
     message = summary.pop("message")

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 from ..core.errors import QuickSamError
 from ..core.levels import MAX_LEVEL_FACTOR, level_folder, same_factor
-from ..core.store import MANIFEST, FeatureStore
+from ..core.store import DECODER_ONNX, MANIFEST, FeatureStore, temporary_path
 from ..core.store_levels import level_stores, register_level
 from .normalise import Stretch
 from .pipeline import EncodeRequest, StorePlan, encode_planned, load_model_for, plan_store, prepare_store
@@ -150,10 +152,27 @@ def _encode_each(plans: List[LevelPlan], stores: List[FeatureStore], progress: O
             run = encode_planned(item.request, item.plan, level_progress, cancelled, model_source, None)[1]
         else:
             with store_lock(Path(item.request.store)), plain_write_errors(Path(item.request.store)):
+                share_decoder(stores[0], store)
                 run = encode_planned(item.request, item.plan, level_progress, cancelled, model_source, None)[1]
         _add(stats, run)
         offset += len(store.grid)
     return stats
+
+
+def share_decoder(root: FeatureStore, level: FeatureStore) -> None:
+    """Give a level without a decoder the root's decoder.onnx (the same weights and tile size): a hard link
+    where the file system allows one (no second copy on disk; decoder files are only ever replaced whole,
+    never written in place), else a copy. Nothing is done when the root's decoder is missing or damaged
+    (the level's run then installs its own)."""
+    source, target = root.root / DECODER_ONNX, level.root / DECODER_ONNX
+    if target.exists() or root.decoder_problem() is not None:
+        return
+    tmp = temporary_path(target)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def _offset_progress(progress: Optional[ProgressCallback], offset: int, total: int, folder: str

@@ -37,6 +37,7 @@ from ..core.tiling import PixelWindow, TileGrid
 from . import __version__ as quicksam_version
 from .decoder_export import install_decoder
 from .normalise import Stretch, compute_stretch, sample_windows
+from .online_sources import recorded_source, require_extent
 from .raster import (
     RasterInfo,
     WindowReader,
@@ -125,7 +126,7 @@ def build_manifest(request: EncodeRequest, info: RasterInfo, bands: List[int], g
                     CheckpointSection(None, f"random weights (seed {request.seed}): NOT a trained model")),
         preprocessing=PreprocessingSection(bands=tuple(bands), stretch=StretchSection(**stretch.to_dict()),
                                            nodata_fill=0),
-        raster=RasterSection(path=str(Path(info.path).resolve()) if Path(info.path).exists() else info.path,
+        raster=RasterSection(path=recorded_source(info.path),
                              fingerprint=fingerprint, width=info.width, height=info.height, count=info.count,
                              dtypes=info.dtypes, nodata=info.nodata, crs_wkt=info.crs_wkt,
                              crs_name=info.crs_name, geotransform=info.geotransform),
@@ -149,6 +150,7 @@ def plan_store(request: EncodeRequest, stretch: Optional[Stretch] = None) -> Sto
     """Check the raster and plan tiles and stretch (reads the raster, writes nothing). `stretch` given (a
     level of a multi-scale store takes its root level's) is used as is."""
     info = describe_raster(request.raster)
+    require_extent(request.raster, (info.width, info.height), info.crs_name, request.extent)
     bands = choose_bands(info, request.bands)
     grid = plan_grid(info, request)
     stretch = stretch or sample_stretch(request.raster, bands, grid.window, request.stretch, request.level_factor)

@@ -17,6 +17,8 @@ from ..core.errors import RasterError
 from ..core.geo import map_to_pixel, pixel_to_map, raster_fingerprint
 from ..core.levels import same_factor
 from ..core.tiling import PixelWindow, Tile
+from .network_reads import open_network
+from .online_sources import is_network_source, network_fingerprint
 
 if TYPE_CHECKING:
     from rasterio.io import DatasetReader
@@ -51,6 +53,8 @@ class RasterInfo:
 
 
 def _open(path: str) -> DatasetReader:
+    if is_network_source(path):  # XYZ, WMS, WMTS, /vsicurl/: bounded connections, retries (network_reads.py)
+        return open_network(path)
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
@@ -149,7 +153,10 @@ def extent_to_window(info: RasterInfo, extent: Tuple[float, float, float, float]
 
 
 def raster_fingerprint_rasterio(path: str, info: RasterInfo) -> str:
-    """`core.geo.raster_fingerprint` of a raster described by rasterio (the encoder's side)."""
+    """`core.geo.raster_fingerprint` of a raster described by rasterio (the encoder's side); for a network
+    source its description and structure (`network_fingerprint`: no pixels are fetched to hash)."""
+    if is_network_source(path):
+        return network_fingerprint(path, info.width, info.height, info.count, info.geotransform)
     return raster_fingerprint(path, info.width, info.height, info.count, info.geotransform)
 
 

@@ -12,6 +12,9 @@ The run, in one place; each step has its own module:
   the run's identity, the finished tiles and the staged pieces. A tile's objects, its staged pieces and the
   merge step it allows are committed in one transaction, so a killed run resumes where it stopped without
   duplicates.
+- levels: on a multi-scale store, `segment_levels` picks the levels (all, or those asked for) and each is
+  segmented as above, finest first, its tiles named with the level's prefix in the run file; then
+  `level_merge` merges objects across levels, in one transaction with its done mark.
 When every tile is done, the objects are written to the output in its format (`output_formats.write_layer`:
 into an existing GeoPackage as one layer, keeping the others) and the run file is deleted.
 """
@@ -33,7 +36,16 @@ from .engine import SegmentEngine
 from .filter_counts import FilterCounts
 from .gdal_errors import with_gdal_return_codes
 from .mask_generator import AutoMaskSettings, tile_masks
-from .object_fields import AREA, AREA_M2, PREDICTED_IOU, STABILITY_SCORE, crs_srs, square_metres
+from .object_fields import (
+    AREA,
+    AREA_M2,
+    LEVEL_FACTOR,
+    PREDICTED_IOU,
+    RESOLUTION,
+    STABILITY_SCORE,
+    crs_srs,
+    square_metres,
+)
 from .output_formats import (
     COMMAND_LINE_OVERWRITE,
     DEFAULT_LAYER,
@@ -45,6 +57,7 @@ from .output_formats import (
     write_layer,
 )
 from .run_file import OBJECTS_LAYER, TILE_TABLE, RunFile, partial_path, remove_run_file
+from .segment_levels import LevelRunFile, SegmentLevel, merge_levels_in_run, plan_levels
 from .tile_merge import TileMask, assign_masks, tile_regions
 from .tile_selection import tiles_to_process
 from .vectorise import Polygons, mask_to_polygons
@@ -57,8 +70,9 @@ __all__ = ["COMMAND_LINE_OVERWRITE", "OUTPUT_LAYER", "AutoMaskSettings", "MaskVe
 OUTPUT_LAYER = DEFAULT_LAYER
 #: Part of a run's identity: a run file staged under another rule is not resumed with this one
 #: (3: masks clipped to valid pixels, so a run staged before nodata was clipped starts again; 4: "largest" and
-#: "smallest" chosen by the area of the mask that becomes the polygon, and SAM's field names).
-MERGE_RULE_VERSION = 4
+#: "smallest" chosen by the area of the mask that becomes the polygon, and SAM's field names; 5: levels, their
+#: fields and prefixed tile ids).
+MERGE_RULE_VERSION = 5
 
 
 def lock_path(output: Path) -> Path:
@@ -103,27 +117,42 @@ class SegmentAllResult:
     layer: Optional[str] = None
     kept_layers: Tuple[str, ...] = ()
     filters: FilterCounts = field(default_factory=FilterCounts)
+    #: The levels segmented (factors of the store's finest level's pixel) and the objects the merge across
+    #: them dropped (found at another level too; 0 for one level, or when an earlier run merged them).
+    levels: Tuple[float, ...] = (1.0,)
+    level_duplicates: int = 0
 
 
-def run_identity(store: FeatureStore, settings: AutoMaskSettings, tiles: Sequence[Tile]) -> dict:
-    """What must be equal for a run to resume: the store's content, the settings and the tiles."""
+@dataclass
+class _Tally:
+    """Tiles finished (resumed ones included) of `total`, over all levels of a run."""
+
+    done: int
+    total: int
+
+
+def run_identity(levels: Sequence[SegmentLevel], settings: AutoMaskSettings) -> dict:
+    """What must be equal for a run to resume: the store's content, the settings, the levels and their tiles."""
+    store = levels[0].store
     return {"store_fingerprint": store.manifest.raster.fingerprint, "model": store.model_name,
             "checkpoint": store.checkpoint_sha256, "grid": [store.grid.tile_size, store.grid.overlap],
-            "settings": settings.to_dict(), "tiles": sorted(tile.tile_id for tile in tiles),
+            "levels": [level.relative for level in levels], "settings": settings.to_dict(),
+            "tiles": sorted(tile_id for level in levels for tile_id in level.tile_ids()),
             "merge_rule": MERGE_RULE_VERSION}
 
 
 class MaskVectoriser:
     """Turns a run's masks into numbered objects: polygons with the run's simplification and minimum region,
-    the object area filters, and the output's attributes (object_fields; areas in the raster CRS). What the
-    filters drop is added to `counts`."""
+    the object area filters, and the output's attributes (object_fields; areas in the raster CRS; the level
+    of `store`, its tile ids written with `tile_prefix`). What the filters drop is added to `counts`."""
 
     def __init__(self, store: FeatureStore, settings: AutoMaskSettings, first_id: int,
-                 counts: Optional[FilterCounts] = None) -> None:
+                 counts: Optional[FilterCounts] = None, tile_prefix: str = "") -> None:
         self.store = store
         self.settings = settings
         self.next_id = first_id
         self.counts = counts if counts is not None else FilterCounts()
+        self.tile_prefix = tile_prefix
         self._srs = crs_srs(store.crs_wkt)
 
     def polygons(self, mask: TileMask) -> Optional[Polygons]:
@@ -153,9 +182,12 @@ class MaskVectoriser:
         from osgeo import ogr
 
         geometry = ogr.CreateGeometryFromWkb(polygons.wkb)
+        level = self.store.manifest.pixel_grid
         return {"id": self.next_id, PREDICTED_IOU: round(mask.score, 6), STABILITY_SCORE: round(mask.stability, 6),
-                AREA: polygons.area, AREA_M2: square_metres(geometry, self._srs), "tile_ids": ",".join(tile_ids),
-                "model": self.store.model_name, "checkpoint": self.store.checkpoint_sha256}
+                AREA: polygons.area, AREA_M2: square_metres(geometry, self._srs),
+                "tile_ids": ",".join(self.tile_prefix + tile_id for tile_id in tile_ids),
+                "model": self.store.model_name, "checkpoint": self.store.checkpoint_sha256,
+                LEVEL_FACTOR: level.factor, RESOLUTION: level.resolution}
 
 
 @with_gdal_return_codes
@@ -164,12 +196,18 @@ def segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSett
                        progress: Optional[Callable[[SegmentAllProgress], None]] = None,
                        cancelled: Optional[Callable[[], bool]] = None,
                        engine: Optional[SegmentEngine] = None, layer: str = OUTPUT_LAYER,
-                       how_to_overwrite: str = PYTHON_OVERWRITE) -> SegmentAllResult:
+                       how_to_overwrite: str = PYTHON_OVERWRITE,
+                       levels: Optional[Sequence[float]] = None) -> SegmentAllResult:
     """Automatic masks for every encoded tile (or those meeting `area_wkbs`), merged across tile borders,
     written to `output` (any vector format by its extension, raster CRS; in a GeoPackage the layer
     `layer`, next to the file's other layers, which are kept). Resumes an unfinished run with the same
     settings; Cancelled (keeping finished tiles) when `cancelled()` turns true. Messages that call for
     `overwrite` say `how_to_overwrite` (the caller's own wording of it).
+
+    On a multi-scale store every level is segmented (or those of `levels`: factors of the finest level's
+    pixel, as `quicksam encode --levels`; QuickSamError for a level the store has not), then objects are
+    merged across levels (level_merge.py). `engine` (optional) decodes the level of `store` itself; the
+    other levels get engines sharing its decoder.
 
     One run at a time builds `output`: LockBusy names the other. A full disk stops the run with DiskFull
     (about how much more room it needs); its finished tiles are kept and the same call resumes."""
@@ -179,7 +217,7 @@ def segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSett
     with exclusive_lock(lock_path(output), command_name(), busy):
         try:
             return _segment_everything(store, output, settings, area_wkbs, overwrite, progress, cancelled, engine,
-                                       layer, how_to_overwrite)
+                                       layer, how_to_overwrite, levels)
         except Exception as exc:
             if isinstance(exc, DiskFull) or not is_disk_full(exc):
                 raise
@@ -214,30 +252,32 @@ def _segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSet
                         area_wkbs: Optional[Sequence[bytes]], overwrite: bool,
                         progress: Optional[Callable[[SegmentAllProgress], None]],
                         cancelled: Optional[Callable[[], bool]],
-                        engine: Optional[SegmentEngine], layer: str, how_to_overwrite: str) -> SegmentAllResult:
+                        engine: Optional[SegmentEngine], layer: str, how_to_overwrite: str,
+                        levels: Optional[Sequence[float]]) -> SegmentAllResult:
     """`segment_everything` once its lock is held: the output is checked again (another run may have
     finished it meanwhile)."""
     destination = _checked_output(output, layer, overwrite, how_to_overwrite)
     check_crs(destination.format, store.crs_wkt, destination.path)
-    tiles = tiles_to_process(store, area_wkbs)
-    engine = engine or SegmentEngine(store, cache_tiles=1)
+    plan = plan_levels(store, levels, settings, area_wkbs)
     work = partial_path(destination.path)
     if work.exists() and overwrite:
         remove_run_file(work)
-    identity = run_identity(store, settings, tiles)
+    identity = run_identity(plan, settings)
     run = (RunFile.open(work, identity, how_to_overwrite) if work.exists()
            else RunFile.create(work, store.crs_wkt, identity))
     counts = FilterCounts()
     try:
-        resumed = _segment_tiles(run, store, engine, settings, tiles, progress, cancelled, counts)
+        resumed = _segment_levels(run, plan, engine, progress, cancelled, counts)
+        duplicates = merge_levels_in_run(run, plan, settings.crop_nms_thresh)
         objects, merged_objects = run.object_count(), run.object_count(joined=True)
     finally:
         run.close()
     # The run file stays until the output is written: a failed write is resumed (at once) by the same command.
     written = write_layer(work, OBJECTS_LAYER, destination, overwrite)
     remove_gpkg(work)
-    return SegmentAllResult(destination.path, len(tiles), resumed, objects, merged_objects, written.layer,
-                            written.kept_layers, counts)
+    return SegmentAllResult(destination.path, sum(len(level.tiles) for level in plan), resumed, objects,
+                            merged_objects, written.layer, written.kept_layers, counts,
+                            tuple(level.relative for level in plan), duplicates)
 
 
 def _checked_output(output: Path, layer: str, overwrite: bool, how_to_overwrite: str) -> Destination:
@@ -246,41 +286,65 @@ def _checked_output(output: Path, layer: str, overwrite: bool, how_to_overwrite:
                              layer_hint="choose another layer name")
 
 
-def _segment_tiles(run: RunFile, store: FeatureStore, engine: SegmentEngine, settings: AutoMaskSettings,
-                   tiles: Sequence[Tile], progress: Optional[Callable[[SegmentAllProgress], None]],
-                   cancelled: Optional[Callable[[], bool]], counts: FilterCounts) -> int:
-    """Segment the `tiles` that `run` has not finished, each committed on its own; the number it had
-    finished before (resumed). Cancelled when `cancelled()` turns true (checked before each tile and
-    between batches of points); QuickSamError if pieces are left. What the filters drop goes to `counts`."""
-    done = run.finished_tiles()
-    resumed = len(done)
-    merge = BorderMerge(tile_regions(list(store.grid), {tile.tile_id for tile in tiles}))
-    vectoriser = MaskVectoriser(store, settings, run.next_id(), counts)
-    for tile in tiles:
-        if tile.tile_id in done:
+def _segment_levels(run: RunFile, plan: Sequence[SegmentLevel], engine: Optional[SegmentEngine],
+                    progress: Optional[Callable[[SegmentAllProgress], None]],
+                    cancelled: Optional[Callable[[], bool]], counts: FilterCounts) -> int:
+    """Segment each level's tiles that `run` has not finished, finest level first; the number of tiles it had
+    finished before (resumed). `engine` (if given) decodes its own store's level; the others share its
+    decoder (one ONNX session: every level was encoded by the same model)."""
+    finished = run.finished_tiles()
+    tally = _Tally(sum(1 for level in plan for tile_id in level.tile_ids() if tile_id in finished),
+                   sum(len(level.tiles) for level in plan))
+    resumed = tally.done
+    decoder = engine.decoder if engine is not None else None
+    for level in plan:
+        if all(tile_id in finished for tile_id in level.tile_ids()):
             continue
-        _stop_if_cancelled(cancelled, len(done), len(tiles))
-        batch_done = _batch_reporter(run, tile, len(done), len(tiles), progress, cancelled)
-        _segment_tile(run, engine, merge, vectoriser, settings, tile, done, batch_done)
-        done.add(tile.tile_id)
-        if progress is not None:
-            progress(SegmentAllProgress(len(done), len(tiles), tile.tile_id, run.object_count()))
-    if run.staged_count():
-        raise QuickSamError(f"'{run.path}' still holds staged pieces after the last tile; delete it and run again")
+        if engine is not None and engine.store.root == level.store.root:
+            level_engine = engine
+        else:
+            level_engine = SegmentEngine(level.store, cache_tiles=1, decoder=decoder)
+        decoder = level_engine.decoder
+        _segment_tiles(LevelRunFile(run, level.prefix), level, level_engine, progress, cancelled, counts, tally)
     return resumed
 
 
-def _batch_reporter(run: RunFile, tile: Tile, done: int, total: int,
+def _segment_tiles(run: LevelRunFile, level: SegmentLevel, engine: SegmentEngine,
+                   progress: Optional[Callable[[SegmentAllProgress], None]],
+                   cancelled: Optional[Callable[[], bool]], counts: FilterCounts, tally: _Tally) -> None:
+    """Segment the `level`'s tiles that `run` (the level's view of the run file) has not finished, each
+    committed on its own, counted in `tally`. Cancelled when `cancelled()` turns true (checked before each
+    tile and between batches of points); QuickSamError if pieces are left. What the filters drop goes to
+    `counts`."""
+    done = run.finished_tiles()
+    merge = BorderMerge(tile_regions(list(level.store.grid), {tile.tile_id for tile in level.tiles}))
+    vectoriser = MaskVectoriser(level.store, level.settings, run.next_id(), counts, level.prefix)
+    for tile in level.tiles:
+        if tile.tile_id in done:
+            continue
+        _stop_if_cancelled(cancelled, tally.done, tally.total)
+        batch_done = _batch_reporter(run, level.prefix + tile.tile_id, tally, progress, cancelled)
+        _segment_tile(run, engine, merge, vectoriser, level.settings, tile, done, batch_done)
+        done.add(tile.tile_id)
+        tally.done += 1
+        if progress is not None:
+            progress(SegmentAllProgress(tally.done, tally.total, level.prefix + tile.tile_id, run.object_count()))
+    if run.staged_count():
+        raise QuickSamError(f"'{run.path}' still holds staged pieces after the last tile; delete it and run again")
+
+
+def _batch_reporter(run: LevelRunFile, tile_id: str, tally: _Tally,
                     progress: Optional[Callable[[SegmentAllProgress], None]],
                     cancelled: Optional[Callable[[], bool]]) -> Callable[[int, int], None]:
-    """The `batch_done(batch, batches)` of one tile (`done` of `total` tiles finished before it): Cancelled
-    when `cancelled()` turns true, else a progress event."""
+    """The `batch_done(batch, batches)` of one tile (`tile_id` as the run names it; `tally` the tiles finished
+    before it): Cancelled when `cancelled()` turns true, else a progress event."""
     objects = run.object_count()
+    done, total = tally.done, tally.total
 
     def batch_done(batch: int, batches: int) -> None:
         _stop_if_cancelled(cancelled, done, total)
         if progress is not None:
-            progress(SegmentAllProgress(done, total, tile.tile_id, objects, batch, batches))
+            progress(SegmentAllProgress(done, total, tile_id, objects, batch, batches))
     return batch_done
 
 
@@ -290,7 +354,7 @@ def _stop_if_cancelled(cancelled: Optional[Callable[[], bool]], done: int, total
         raise Cancelled(f"stopped after {done} of {total} tiles; run the same command again to resume")
 
 
-def _segment_tile(run: RunFile, engine: SegmentEngine, merge: BorderMerge, vectoriser: MaskVectoriser,
+def _segment_tile(run: LevelRunFile, engine: SegmentEngine, merge: BorderMerge, vectoriser: MaskVectoriser,
                   settings: AutoMaskSettings, tile: Tile, done: Set[str],
                   batch_done: Callable[[int, int], None]) -> None:
     """One tile's masks, its objects and the merge step it allows, committed together (`done`: the tiles

@@ -45,6 +45,12 @@ class AutoMaskSettings:
     mask_mode: as in the interactive stage (`all` = SAM's three candidates per point);
     min_object_area / max_object_area: in the raster CRS's map units² (0 = no limit);
     simplify_tolerance: Douglas-Peucker tolerance in map units (0 = exact pixel edges).
+    Across the levels of a multi-scale store (interactive/segment_levels.py, level_merge.py), under SAM's names:
+    crop_nms_thresh: box IoU (map units) above which, of two objects from different levels, the coarser
+    level's is dropped (SAM prefers masks from smaller crops, i.e. finer pixels); crop_n_points_downscale_factor:
+    a level 2**i times finer than the coarsest level run gets points_per_side / factor**i points per side (SAM's
+    rule per crop layer i). With several levels, points_per_side is the coarsest level's and
+    min_mask_region_area counts pixels of the store's finest level (scaled to each level's pixels).
     """
 
     points_per_side: int = 32
@@ -58,6 +64,8 @@ class AutoMaskSettings:
     min_object_area: float = 0.0
     max_object_area: float = 0.0
     simplify_tolerance: float = 0.0
+    crop_nms_thresh: float = 0.7
+    crop_n_points_downscale_factor: int = 1
 
     def check(self) -> None:
         """QuickSamError naming the first unusable value."""
@@ -74,6 +82,8 @@ class AutoMaskSettings:
             (0 < self.max_object_area < self.min_object_area,
              "the maximum object area is smaller than the minimum"),
             (self.simplify_tolerance < 0, "the simplification tolerance must not be negative"),
+            (not 0 < self.crop_nms_thresh <= 1, "the crop NMS threshold must be above 0 and at most 1"),
+            (self.crop_n_points_downscale_factor < 1, "the crop points downscale factor must be at least 1"),
         ]
         for bad, message in problems:
             if bad:

@@ -14,6 +14,10 @@ SAM has a name:
   feet, degrees² for longitude/latitude);
 - `area_m2`: the area in square metres: for a projected CRS the planar area converted to metres; for a
   geographic CRS the ellipsoidal area on the CRS's ellipsoid.
+
+Segment everything also writes the level each object came from (docs/segment-everything.md, *Levels*):
+`level_factor`, the level's pixel over the raster's own (1 = the raster's pixels; `Segment.level_factor`),
+and `resolution`, the level's ground resolution in map units of the raster's CRS per pixel.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ PREDICTED_IOU = "predicted_iou"
 STABILITY_SCORE = "stability_score"
 AREA = "area"
 AREA_M2 = "area_m2"
+LEVEL_FACTOR = "level_factor"
+RESOLUTION = "resolution"
 #: The measures of an object, in the order both outputs write them.
 MEASURE_FIELDS: Tuple[str, ...] = (PREDICTED_IOU, STABILITY_SCORE, AREA, AREA_M2)
 #: The fields of segment everything's output (OGR types: "int64", "real", "str").
 SEGMENT_ALL_FIELDS: Tuple[Tuple[str, str], ...] = (
     ("id", "int64"), *((name, "real") for name in MEASURE_FIELDS), ("tile_ids", "str"), ("model", "str"),
-    ("checkpoint", "str"))
+    ("checkpoint", "str"), (LEVEL_FACTOR, "real"), (RESOLUTION, "real"))
 
 
 def crs_srs(crs_wkt: str) -> osr.SpatialReference:

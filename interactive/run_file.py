@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.errors import QuickSamError
 from .gdal_errors import with_gdal_return_codes
-from .object_fields import SEGMENT_ALL_FIELDS, crs_srs
+from .object_fields import LEVEL_FACTOR, PREDICTED_IOU, SEGMENT_ALL_FIELDS, crs_srs
 from .output_formats import PYTHON_OVERWRITE, layer_names, remove_gpkg
 from .tile_merge import TileMask
 from .vectorise import Polygons
@@ -218,6 +218,35 @@ class RunFile:
         marker["tile_id"] = tile_id
         self.tiles.CreateFeature(marker)
         self._check()
+
+    # -- the objects again, for the merge across levels (level_merge.py) --------------------------------
+    def object_records(self) -> List[Tuple[int, float, float, Tuple[float, float, float, float]]]:
+        """(FID, level_factor, predicted_iou, (xmin, ymin, xmax, ymax) in map units) of every object."""
+        records = []
+        for feature in self.segments:
+            xmin, xmax, ymin, ymax = feature.GetGeometryRef().GetEnvelope()
+            records.append((feature.GetFID(), feature[LEVEL_FACTOR], feature[PREDICTED_IOU], (xmin, ymin, xmax, ymax)))
+        return records
+
+    def object_geometry(self, fid: int) -> ogr.Geometry:
+        """The polygons of the object `fid` (map units of the raster's CRS)."""
+        feature = self.segments.GetFeature(int(fid))  # held: its geometry is freed with it
+        return feature.GetGeometryRef().Clone()
+
+    def delete_objects(self, fids: Iterable[int]) -> None:
+        """Delete the objects `fid`s and number the others 1, 2, ... again in their order (ids stay 1..n)."""
+        self._check()
+        for fid in fids:
+            self.segments.DeleteFeature(int(fid))
+            self._check()
+        # Plain SQLite (no UPDATE ... FROM, 3.33+, nor window functions): a temporary table numbers the FIDs in
+        # id order through its own INTEGER PRIMARY KEY, 1, 2, ...
+        for statement in ("CREATE TEMP TABLE quicksam_numbered (n INTEGER PRIMARY KEY, f INTEGER UNIQUE)",
+                          f"INSERT INTO quicksam_numbered (f) SELECT fid FROM {OBJECTS_LAYER} ORDER BY id",
+                          f"UPDATE {OBJECTS_LAYER} SET id = (SELECT n FROM quicksam_numbered WHERE f = "
+                          f"{OBJECTS_LAYER}.fid)", "DROP TABLE quicksam_numbered"):
+            self.dataset.ExecuteSQL(statement)
+            self._check()
 
     # -- border_merge.Staging: staged masks wait in a table, packed to bits ------------------------------
     def stage(self, kind: str, masks: Iterable[TileMask]) -> None:

@@ -168,13 +168,23 @@ def test_missing_input_is_refused(algorithm, tmp_path):
     assert "INPUT" in message
 
 
-def test_web_raster_is_refused_with_save_hint(algorithm, tmp_path):
+def test_world_wide_web_layer_without_extent_asks_for_one(algorithm, tmp_path):
+    """An XYZ layer is encoded (tests/test_online_layers.py), but its extent is the whole world."""
     layer = QgsRasterLayer("type=xyz&url=http://localhost/{z}/{x}/{y}.png&zmin=0&zmax=19",
                            "tiles", "wms")
     assert layer.isValid()
     message = run_expecting_error({"INPUT": layer, "OUTPUT": str(tmp_path / "store")})
-    assert "not a file-based raster" in message
-    assert "Save it to a file first" in message
+    assert "'tiles' is a web map covering a very large area: choose the Extent to encode" in message
+
+
+def test_web_layer_with_credentials_is_refused_with_save_hint(algorithm, tmp_path):
+    layer = QgsRasterLayer("type=xyz&url=http://localhost/{z}/{x}/{y}.png&zmin=0&zmax=19&username=me&password=pw",
+                           "tiles", "wms")
+    assert layer.isValid()
+    message = run_expecting_error({"INPUT": layer, "OUTPUT": str(tmp_path / "store"),
+                                   "EXTENT": "0,1000,0,1000 [EPSG:3857]"})
+    assert "user name, a password or a QGIS authentication configuration" in message
+    assert "Save As" in message
 
 
 def test_in_memory_raster_is_refused_with_save_hint(algorithm, tmp_path):

@@ -378,3 +378,14 @@ def test_the_cli_segments_a_large_object_on_a_coarse_level_and_refines_it(three_
         [feature] = list(source.GetLayer())
         assert (feature.GetField("level_factor"), feature.GetField("resolution"), feature.GetField("tile_id")) == (
             expected[0], pytest.approx(expected[1]), expected[2])
+
+
+def test_a_level_shares_the_finest_levels_decoder_file(three_levels: Tuple[Path, Path]) -> None:
+    """Every level's decoder.onnx is the finest level's file (a hard link on this file system): the same
+    bytes, no second copy on disk."""
+    _, store_path = three_levels
+    root = store_path / "decoder.onnx"
+    for folder in ("levels/x4", "levels/x16"):
+        level = store_path / folder / "decoder.onnx"
+        assert level.read_bytes() == root.read_bytes()
+        assert level.stat().st_ino == root.stat().st_ino

@@ -65,7 +65,8 @@ SEGMENT_ALL_FORMATS = [".gpkg", ".shp", ".geojson", ".fgb", ".parquet"]
 #: One object per group: a point on the square (a non-ASCII label, for the Shapefile's encoding), and a
 #: point with a box (a text value of 60 characters) on the second tile.
 #: The fields of `quicksam segment-all`'s output, in order.
-SEGMENT_ALL_NAMES = ["id", "predicted_iou", "stability_score", "area", "area_m2", "tile_ids", "model", "checkpoint"]
+SEGMENT_ALL_NAMES = ["id", "predicted_iou", "stability_score", "area", "area_m2", "tile_ids", "model", "checkpoint",
+                     "level_factor", "resolution"]
 OBJECTS = {"Straße": {"points": [(200, 120)], "box": None}, "B": {"points": [(330, 60)], "box": (300, 20, 380, 110)}}
 
 

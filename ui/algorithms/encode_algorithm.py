@@ -34,6 +34,7 @@ from ...core.errors import Cancelled, EncoderEnvironmentError, QuickSamError
 from ...core.levels import parse_factors
 from ...encoder.subprocess_runner import DEFAULT_MODULE, encoder_command, run_encoder_process
 from ..i18n import tr as _tr
+from ..layer_sources import encoder_source
 from ..settings import encoder_python
 from .algorithm_base import QuickSamAlgorithm, started_by_command_line
 from .encode_job import (
@@ -42,7 +43,6 @@ from .encode_job import (
     build_encode_args,
     check_bands_exist,
     is_given,
-    raster_file_path,
     red_green_blue,
 )
 from .encode_outputs import (
@@ -103,7 +103,8 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             "clicks then only decodes, so it answers quickly. The encoder runs in a separate Python "
             "process (the QuickSAM Python, which has PyTorch); cancelled or interrupted runs keep "
             "their tiles and resume where they stopped.</p>"
-            "<p><b>Input raster</b>: a georeferenced, file-based raster.<br>"
+            "<p><b>Input raster</b>: a georeferenced raster: a file, a COG over HTTP, or an XYZ or WMTS web layer "
+            "(read by GDAL in the encoder, two connections at a time; give an Extent).<br>"
             "<b>Red, Green and Blue bands</b>: the bands fed to the model as red, green and blue, in this "
             "order. A band left empty is the one the layer shows in that colour; a single-band layer is "
             "repeated as grey.<br>"
@@ -143,7 +144,8 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
 
     def _add_raster_parameters(self) -> None:
         self._add(QgsProcessingParameterRasterLayer(self.INPUT, _tr("Input raster")),
-                  _tr("A georeferenced raster stored in a file (GeoTIFF or any GDAL format)."))
+                  _tr("A georeferenced raster: a file (GeoTIFF or any GDAL format), a COG over HTTP, or an XYZ or "
+                      "WMTS web layer (then choose an Extent)."))
         for name, colour in ((self.RED_BAND, _tr("Red")), (self.GREEN_BAND, _tr("Green")),
                              (self.BLUE_BAND, _tr("Blue"))):
             self._add(QgsProcessingParameterBand(
@@ -180,15 +182,16 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
 
     def _add_run_parameters(self) -> None:
         self._add(QgsProcessingParameterNumber(
-            self.RESOLUTION, _tr("Ground resolution (map units per pixel, empty = the raster's own)"),
+            self.RESOLUTION, _tr("Ground resolution (map units/pixel)"),
             QgsProcessingParameterNumber.Type.Double, defaultValue=None, optional=True, minValue=0),
-            _tr("Pixel size of the finest level, in the raster CRS's units; coarser than the raster's pixels is "
-                "read with averaging (the file's overviews where it has them)."))
+            _tr("Pixel size of the finest level, in the raster CRS's units; empty: the raster's own. Coarser than "
+                "the raster's pixels is read with averaging (the file's overviews where it has them)."))
         self._add(QgsProcessingParameterString(
-            self.LEVELS, _tr("Levels (factors of the finest pixel size, e.g. 1,4,16)"), defaultValue="1",
+            self.LEVELS, _tr("Levels (e.g. 1,4,16)"), defaultValue="1",
             optional=True),
-            _tr("One level per factor, each its own tile grid; objects larger than a tile are segmented on a "
-                "coarser level. Run again with more factors to add levels to a store."))
+            _tr("Factors of the finest level's pixel size, one level each, each its own tile grid; objects "
+                "larger than a tile are segmented on a coarser level. Run again with more factors to add levels "
+                "to a store."))
         self._add(QgsProcessingParameterNumber(
             self.OVERLAP, _tr("Tile overlap (pixels, empty = a quarter of the tile size)"),
             QgsProcessingParameterNumber.Type.Integer, defaultValue=None, optional=True, minValue=0, maxValue=1023),
@@ -242,13 +245,14 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
         if layer is None or not layer.isValid():
             raise QgsProcessingException(
                 _tr("No valid input raster: choose a raster layer or a raster file for INPUT."))
-        raster = raster_file_path(layer)
-        bands = self._bands(parameters, context, layer)
         extent = None
         if parameters.get(self.EXTENT) is not None:
             rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
             if not rect.isNull():
                 extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+        # a file, a COG over HTTP, or an XYZ/WMTS/WMS layer (WMS read at RESOLUTION)
+        raster, extent = encoder_source(layer, extent, self._resolution(parameters, context))
+        bands = self._bands(parameters, context, layer)
         checkpoint = (self.parameterAsString(parameters, self.CHECKPOINT, context) or "").strip()
         random_weights = self.parameterAsBoolean(parameters, self.RANDOM_WEIGHTS, context)
         if checkpoint and random_weights:

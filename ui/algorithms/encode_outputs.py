@@ -31,6 +31,7 @@ from qgis.PyQt.QtCore import QCoreApplication, QThread, QVariant
 
 from ...core.errors import QuickSamError
 from ...core.store import FeatureStore
+from ...encoder.online_sources import is_network_source, source_kind, source_stem
 from ...interactive.store_lookup import STORE_SUFFIX, check_store_matches_layer
 from .. import settings
 from ..i18n import tr
@@ -63,7 +64,8 @@ def default_store_folder(raster: str) -> Path:
     path = Path(raster)
     if settings.STORE_FOLDER.value().strip():
         return settings.encode_store_folder()
-    if not raster.startswith("/vsi") and path.is_file() and os.access(path.parent, os.W_OK | os.X_OK):
+    local = source_kind(raster) in ("file", "service-file") and not raster.startswith("/vsi")  # not a URL
+    if local and path.is_file() and os.access(path.parent, os.W_OK | os.X_OK):
         return path.parent
     return settings.encode_store_folder()
 
@@ -73,7 +75,7 @@ def default_store(raster: str, model: str) -> Path:
     `<stem>-N.qsam` that is free or already this raster's store of this model (which is resumed): another
     raster's or another model's store is never touched. QgsProcessingException when none is left."""
     folder = default_store_folder(raster)
-    stem = Path(raster.rstrip("/")).stem or "raster"
+    stem = source_stem(raster)  # a file's stem; for a web layer its host and zoom or layer
     for index in range(1, _MAX_DEFAULT_NAMES + 1):
         candidate = folder / (f"{stem}{STORE_SUFFIX}" if index == 1 else f"{stem}-{index}{STORE_SUFFIX}")
         if not candidate.exists() or _is_store_of(candidate, raster, model):
@@ -90,6 +92,8 @@ def _is_store_of(folder: Path, raster: str, model: str) -> bool:
         store = FeatureStore.open(folder)
     except QuickSamError:
         return False
+    if is_network_source(raster):  # recorded as given: no pixels are fetched to compare (online_sources.py)
+        return store.manifest.model.name == model and store.manifest.raster.path == raster
     return store.manifest.model.name == model and check_store_matches_layer(store, raster) is None
 
 
@@ -109,7 +113,7 @@ def load_tile_index_on_completion(encoded: EncodedStore, context: QgsProcessingC
     if project is None:
         return
     uri = f"{encoded.tile_index}|layername={TILE_INDEX_LAYER}"
-    name = tr("{raster} tiles (QuickSAM)").format(raster=Path(encoded.raster).stem)
+    name = tr("{raster} tiles (QuickSAM)").format(raster=source_stem(encoded.raster))
     details = QgsProcessingContext.LayerDetails(name, project, "TILE_INDEX", QgsProcessingUtils.LayerHint.Vector)
     details.setPostProcessor(TileIndexPostProcessor.create(uri))
     context.addLayerToLoadOnCompletion(uri, details)

@@ -113,7 +113,10 @@ def _rewrites() -> List[_Rewrite]:
               "bands": _tr(_BAND_FIELDS), "overlap": _tr("the Tile overlap field"),
               "extent": _tr("the Extent to encode field"), "batch-size": _tr("the Batch size field"),
               "device": _tr("the Device field"), "tile-size": _tr("the Tile size field"),
-              "random-weights": _tr("the random weights option"), "seed": _tr("the random weights option")}
+              "random-weights": _tr("the random weights option"), "seed": _tr("the random weights option"),
+              "extent-crs": _tr("the Extent to encode field (any CRS)"),
+              "zoom": _tr("the layer's zoom levels (the zmax of its connection)"),
+              "resolution": _tr("the Ground resolution field"), "levels": _tr("the Levels field")}
     return [
         (re.compile(r"pass (?:its new place|the original) with --raster"),  # an on-demand tile (encode-tile)
          lambda m: _tr("put the raster back where the store says it was")),
@@ -126,8 +129,10 @@ def _rewrites() -> List[_Rewrite]:
          lambda m: _tr("choose {device} in the Device field").format(device=m.group(1))),
         (re.compile(r"pass e\.g\. --bands [\d,]+"),
          lambda m: _tr("choose bands that exist in the Red, Green and Blue band fields")),
+        (re.compile(r"--levels ([\d.,]+)"), lambda m: _tr("Levels {levels}").format(levels=m.group(1))),
         (re.compile(r"with --(model|bands)"), lambda m: _tr("in {field}").format(field=fields[m.group(1)])),
-        (re.compile(r"--(" + "|".join(re.escape(name) for name in fields) + r")\b(?:=\S+)?"),
+        (re.compile(r"--(" + "|".join(re.escape(name) for name in sorted(fields, key=len, reverse=True))
+                    + r")\b(?:=\S+)?"),
          lambda m: fields[m.group(1)]),
     ]
 

@@ -40,6 +40,7 @@ from ...interactive.automatic import (
     segment_everything,
 )
 from ...interactive.output_formats import FORMATS
+from ...interactive.segment_levels import parse_levels
 from ..i18n import tr as _tr
 from ..layers import raster_crs
 from .algorithm_base import started_by_command_line
@@ -48,6 +49,7 @@ from .segment_all_report import (
     COMMAND_LINE_NAMES,
     TileProgressFeedback,
     dialog_names,
+    levels_message,
     no_objects_message,
     progress_reporter,
     summary_message,
@@ -70,6 +72,9 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
 
     AOI = "AOI"
     EXTENT = "EXTENT"
+    LEVELS = "LEVELS"
+    CROP_NMS_THRESH = "CROP_NMS_THRESH"
+    CROP_N_POINTS_DOWNSCALE_FACTOR = "CROP_N_POINTS_DOWNSCALE_FACTOR"
     POINTS_PER_SIDE = "POINTS_PER_SIDE"
     POINTS_PER_BATCH = "POINTS_PER_BATCH"
     PRED_IOU_THRESH = "PRED_IOU_THRESH"
@@ -87,6 +92,8 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
     OBJECTS = "OBJECTS"
     TILES = "TILES"
     NO_OBJECTS_REASON = "NO_OBJECTS_REASON"
+    LEVELS_SEGMENTED = "LEVELS_SEGMENTED"
+    LEVEL_DUPLICATES = "LEVEL_DUPLICATES"
 
     def name(self) -> str:
         return "segmentall"
@@ -102,6 +109,11 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
             "come out once (the Help button opens the full guide).</p>"
             "<p>Optionally limited to tiles meeting an <b>area of interest</b> layer and/or an <b>extent</b> "
             "(any CRS; transformed to the raster's).</p>"
+            "<p>On a <b>multi-scale store</b> every level is segmented (or those listed in <b>Levels</b>, as "
+            "factors of the finest level's pixel size, e.g. 1,4), then objects are merged across levels: of two "
+            "objects of different levels whose boxes overlap more than the <b>crop NMS threshold</b>, the finer "
+            "level's is kept (as SAM merges its crop layers), and finer pieces of an object found whole at a "
+            "coarser level are dropped, so it comes out once.</p>"
             "<p>Parameters as in SAM: points per side (grid per tile), predicted IoU and stability "
             "thresholds, stability offset, box NMS threshold, minimum region area (pixels), mask mode. "
             "Object areas and simplification are in the raster CRS's map units.</p>"
@@ -114,7 +126,8 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
             "output (or layer) is replaced only with <b>Overwrite</b>.</p>"
             "<p>Attributes: id, predicted_iou, stability_score, area (map units² of the raster's CRS), area_m2 "
             "(square metres: planar for projected CRSs, ellipsoidal otherwise), tile_ids, model, checkpoint "
-            "(SHA-256).</p>")
+            "(SHA-256), level_factor (the level's pixel over the raster's) and resolution (map units per pixel "
+            "of that level).</p>")
 
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:
         self._add_store_parameter()
@@ -123,6 +136,10 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
                   _tr("Only tiles meeting these polygons are segmented. Any CRS."))
         self._add(QgsProcessingParameterExtent(self.EXTENT, _tr("Extent"), optional=True),
                   _tr("Only tiles meeting this extent are segmented."))
+        self._add(QgsProcessingParameterString(self.LEVELS, _tr("Levels (multi-scale store)"), defaultValue="",
+                                               optional=True),
+                  _tr("The levels to segment, as factors of the finest level's pixel size separated by commas "
+                      "(e.g. 1,4); empty: every level of the store."))
         numbers = self._number_parameters()
         for name, label, kind, default, low, high, advanced, help_text in numbers[:5]:
             self._number(name, label, kind, default, low, high, advanced, help_text)
@@ -146,6 +163,9 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.TILES, _tr("Tiles segmented")))
         self.addOutput(QgsProcessingOutputString(self.NO_OBJECTS_REASON,
                                                  _tr("Why no object was found (empty when some were)")))
+        self.addOutput(QgsProcessingOutputString(self.LEVELS_SEGMENTED, _tr("Levels segmented")))
+        self.addOutput(QgsProcessingOutputNumber(self.LEVEL_DUPLICATES,
+                                                 _tr("Objects found at several levels, written once")))
 
     def _number_parameters(self) -> Tuple[tuple, ...]:
         """(name, label, type, default, minimum, maximum or None, advanced, help text) of the numeric parameters
@@ -177,6 +197,14 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
              _tr("Islands and holes smaller than this are removed from each mask.")),
             (self.SIMPLIFY, _tr("Simplify tolerance (map units)"), QgsProcessingParameterNumber.Type.Double,
              DEFAULTS.simplify_tolerance, 0.0, None, True, _tr("0 keeps the exact pixel edges.")),
+            (self.CROP_NMS_THRESH, _tr("Crop NMS threshold (across levels)"),
+             QgsProcessingParameterNumber.Type.Double, DEFAULTS.crop_nms_thresh, 0.01, 1.0, True,
+             _tr("Of two objects of different levels whose boxes overlap more than this (IoU), the coarser level's "
+                 "is dropped (SAM's crop_nms_thresh).")),
+            (self.CROP_N_POINTS_DOWNSCALE_FACTOR, _tr("Crop points downscale factor (across levels)"),
+             QgsProcessingParameterNumber.Type.Integer, DEFAULTS.crop_n_points_downscale_factor, 1, None, True,
+             _tr("Points per side are divided by this for each halving of the pixel size below the coarsest level "
+                 "(SAM's crop_n_points_downscale_factor); 1 = the same points at every level.")),
         )
 
     @staticmethod
@@ -208,7 +236,9 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
             min_mask_region_area=self.parameterAsInt(parameters, self.MIN_MASK_REGION_AREA, context),
             mask_mode=MASK_MODES[self.parameterAsEnum(parameters, self.MASK_MODE, context)],
             min_object_area=number(self.MIN_OBJECT_AREA), max_object_area=number(self.MAX_OBJECT_AREA),
-            simplify_tolerance=number(self.SIMPLIFY))
+            simplify_tolerance=number(self.SIMPLIFY), crop_nms_thresh=number(self.CROP_NMS_THRESH),
+            crop_n_points_downscale_factor=self.parameterAsInt(parameters, self.CROP_N_POINTS_DOWNSCALE_FACTOR,
+                                                               context))
 
     def _area_wkbs(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                    feedback: QgsProcessingFeedback, store: FeatureStore) -> Optional[List[bytes]]:
@@ -261,7 +291,8 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
         areas = self._area_wkbs(parameters, context, feedback, store)
         started = time.monotonic()
         try:
-            result = segment_everything(store, Path(output), settings, areas,
+            levels = parse_levels(self.parameterAsString(parameters, self.LEVELS, context) or "")
+            result = segment_everything(store, Path(output), settings, areas, levels=levels,
                                         overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context),
                                         progress=progress_reporter(feedback), cancelled=feedback.isCanceled,
                                         how_to_overwrite=self.how_to_overwrite(context),
@@ -273,6 +304,8 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
             raise QgsProcessingException(str(exc)) from None
         feedback.pushInfo(summary_message(result, time.monotonic() - started))
         feedback.pushInfo(_written_message(result))
+        if len(result.levels) > 1:
+            feedback.pushInfo(levels_message(result))
         reason = "" if result.objects else no_objects_message(
             result.filters, settings, COMMAND_LINE_NAMES if started_by_command_line(context) else dialog_names())
         if reason:
@@ -284,7 +317,8 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
             source = f"{result.output}|layername={result.layer}" if result.layer else str(result.output)
             context.addLayerToLoadOnCompletion(source, details)
         return {self.OUTPUT: str(result.output), self.OBJECTS: result.objects, self.TILES: result.tiles,
-                self.NO_OBJECTS_REASON: reason}
+                self.NO_OBJECTS_REASON: reason, self.LEVEL_DUPLICATES: result.level_duplicates,
+                self.LEVELS_SEGMENTED: ",".join(f"{factor:g}" for factor in result.levels)}
 
 
 def _file_filter() -> str:

@@ -63,6 +63,13 @@ def summary_message(result: SegmentAllResult, seconds: float) -> str:
         merged=result.merged_objects, resumed=result.tiles_resumed)
 
 
+def levels_message(result: SegmentAllResult) -> str:
+    """One line on a run over several levels: which, and how many objects the merge across them dropped."""
+    return _tr("Levels {levels} (factors of the finest level's pixel size) segmented; {duplicates} objects found at "
+               "more than one level were written once.").format(
+        levels=", ".join(f"{factor:g}" for factor in result.levels), duplicates=result.level_duplicates)
+
+
 def no_objects_message(counts: FilterCounts, settings: AutoMaskSettings, names: Dict[str, str]) -> str:
     """One line saying which filters dropped the candidate masks of a run that wrote no object, and the
     setting (named as in `names`) that would let some through."""
