@@ -46,11 +46,13 @@ def add_encode_tile_parser(commands: argparse._SubParsersAction) -> None:
 def _cmd_encode_tile(args: argparse.Namespace, events: EventWriter) -> int:
     from ..core.errors import QuickSamError
     from ..encoder.on_demand import TileRequest, encode_tile_at
+    from ..encoder.online_sources import resolve_source
 
     if not args.point and not args.box:
         raise QuickSamError("give the prompts the tile must hold: one or more --point X,Y and/or a --box")
+    raster = resolve_source(args.raster) if args.raster else None
     request = TileRequest(store=args.store, points=tuple((x, y) for x, y, _ in args.point or []), box=args.box,
-                          level=args.level, raster=args.raster, checkpoint=args.checkpoint, device=args.device)
+                          level=args.level, raster=raster, checkpoint=args.checkpoint, device=args.device)
 
     def on_progress(event: ProgressEvent) -> None:
         events.progress(event.done, event.total, "tiles", tile=event.tile_id, status=event.status)

@@ -30,6 +30,7 @@ from ..core.store import DECODER_ONNX, FORMAT_VERSION, STATUS_DONE, STATUS_NODAT
 from ..core.store_levels import level_folder_of, level_stores
 from ..core.tiling import Tile
 from .normalise import Stretch
+from .online_sources import is_network_source
 from .pipeline import EncodeRequest, load_model_for, random_weights_identity
 from .raster import describe_raster, raster_fingerprint_rasterio
 from .store_guard import plain_write_errors, store_lock
@@ -199,11 +200,12 @@ def check_store_finished(level: FeatureStore) -> None:
 
 
 def check_raster(request: TileRequest, level: FeatureStore) -> str:
-    """The raster to read (the request's, else the manifest's path), checked against the store's fingerprint.
-    QuickSamError when it is missing or is not the raster the store was encoded from."""
+    """The raster to read (the request's, else the manifest's source: a file, or a web source as
+    encoder/online_sources.py records it), checked against the store's fingerprint. QuickSamError when a file is
+    missing or is not the raster the store was encoded from."""
     recorded = level.manifest.raster
     path = request.raster or recorded.path
-    if not request.raster and not Path(path).exists() and not path.startswith("/vsi"):
+    if not request.raster and not is_network_source(path) and not path.startswith("/vsi") and not Path(path).exists():
         raise QuickSamError(f"the raster of store '{level.root}' is no longer at '{path}'; pass its new place with "
                             "--raster")
     info = describe_raster(path)
