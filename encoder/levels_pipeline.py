@@ -124,7 +124,8 @@ def encode_levels(request: EncodeRequest, progress: Optional[ProgressCallback] =
             started(stores[0], sum(len(store.pending_tiles()) for store in stores))
         stats = _encode_each(plans, stores, progress, cancelled, _model_once(request, model))
         encoded = FeatureStore.open(root)   # read again: each level was written through its own handle
-        write_levels_index(encoded, level_stores(encoded))
+        # a level's own run rewrites its index with its tiles only: the root's then lists every level again
+        write_levels_index(encoded, level_stores(encoded), force=stats.tiles_encoded + stats.tiles_nodata > 0)
     return encoded, stats
 
 

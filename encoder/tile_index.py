@@ -77,12 +77,13 @@ def _index_rows(root: FeatureStore, level: FeatureStore) -> List[dict]:
              "outline": window_outline(level.geotransform, t.window)} for t in level.grid]
 
 
-def write_levels_index(root: FeatureStore, levels: Sequence[FeatureStore]) -> None:
-    """The root's index of every level of a multi-scale store, unless it is current (newer than every
-    level's tile log and manifest); a single-level store's index is `write_tile_index`'s."""
+def write_levels_index(root: FeatureStore, levels: Sequence[FeatureStore], force: bool = False) -> None:
+    """The root's index of every level of a multi-scale store, when `force` (a tile was written: the root's
+    own run rewrote the index with the root's tiles only) or when it is not current (older than a level's
+    tile log or manifest); a single-level store's index is `write_tile_index`'s."""
     if len(levels) < 2:
         return
-    if all(tile_index_is_current(level, root.root / TILE_INDEX) for level in levels):
+    if not force and all(tile_index_is_current(level, root.root / TILE_INDEX) for level in levels):
         return
     write_tile_index(root, levels)
 

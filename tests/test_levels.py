@@ -389,3 +389,20 @@ def test_a_level_shares_the_finest_levels_decoder_file(three_levels: Tuple[Path,
         level = store_path / folder / "decoder.onnx"
         assert level.read_bytes() == root.read_bytes()
         assert level.stat().st_ino == root.stat().st_ino
+
+
+def test_resuming_the_finest_level_keeps_every_level_in_the_tile_index(tmp_path: Path) -> None:
+    """A store of levels 1 and 4 with one damaged tile on the finest level: the run that encodes it again
+    (the other level has nothing to do) leaves the root's tile index listing both levels' tiles (the finest
+    level's own run writes only its tiles)."""
+    from osgeo import ogr
+
+    raster = write_raster(tmp_path / "d.tif", disks_scene(512))
+    store = encode_with_levels(raster, tmp_path / "r.qsam", (1, 4))
+    (store.root / "tiles" / "r0000c0000.npy").write_bytes(b"damaged")
+    store = encode_with_levels(raster, tmp_path / "r.qsam", (1, 4))
+    assert store.status(store.grid.by_id("r0000c0000")) == "done"
+    source = ogr.Open(str(store.root / "tile_index.gpkg"))
+    levels = sorted({feature.GetField("level") for feature in source.GetLayer()})
+    assert levels == [".", "levels/x4"]
+    assert source.GetLayer().GetFeatureCount() == sum(len(level.grid) for level in level_stores(store))
