@@ -39,6 +39,7 @@ def dock(two_levels: Path, show_raster, qgis_iface) -> SegmentDock:
     for setting in DOCK_SETTINGS:
         setting.reset()
     settings.HOVER_PREVIEW.set_value(False)
+    settings.REFINE_EDGES.reset()
     layer: QgsRasterLayer = show_raster(two_levels / "scene.tif")
     assert layer.isValid()
     widget = SegmentDock(qgis_iface, qgis_iface.mainWindow())
@@ -65,3 +66,20 @@ def test_the_dock_says_the_levels_and_decodes_far_apart_clicks_on_the_coarse_one
     [(attributes, _)] = ogr_features(two_levels / "scene.qsam" / OUTPUT_FILE)
     assert (attributes["level_factor"], attributes["resolution"]) == (4.0, pytest.approx(40.0))
     assert attributes["tile_id"] == "levels/x4/r0000c0000"
+
+
+def test_refine_edges_in_the_dock_gives_the_object_finest_edges(dock: SegmentDock, two_levels: Path) -> None:
+    """Ticking *Refine edges on the finest level* (remembered in the settings): the far-apart clicks' object,
+    found on level 4, is accepted with the finest level's pixels, refined from level 4's tile."""
+    dock.refineEdgesCheck.setChecked(True)
+    assert settings.REFINE_EDGES.value() is True
+    dock.controller.activate_tool()
+    for col in (40, 260):
+        click_map(dock, *pixel_to_map_default(col, 150))
+        assert dock.controller.wait_idle()
+    segments = dock.controller.session.segments
+    assert segments and all(segment.level_factor == 1.0 for segment in segments)
+    accept_and_wait(dock)
+    [(attributes, _)] = ogr_features(two_levels / "scene.qsam" / OUTPUT_FILE)
+    assert (attributes["level_factor"], attributes["tile_id"]) == (1.0, "levels/x4/r0000c0000+refined")
+    settings.REFINE_EDGES.reset()

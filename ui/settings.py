@@ -96,12 +96,15 @@ HOVER_DELAY_MS: Setting[int] = Setting(
 FULL_RESOLUTION_ONLY: Setting[bool] = Setting(
     "segment/full_resolution_only", bool, False,
     "Decode at the finest level of a multi-scale store only; prompts no tile of it holds are offered an on-demand tile")
+REFINE_EDGES: Setting[bool] = Setting(
+    "segment/refine_edges", bool, False,
+    "Decode the edges of an object found on a coarser level again on the finest level's tiles (docs/levels.md)")
 SEGMENT_DOCK_OPEN: Setting[bool] = Setting(
     "segment/dock_open", bool, False, "The Segment dock was open when QGIS closed: it opens again when QGIS starts")
 
 ALL_SETTINGS = (PYTHON_EXECUTABLE, KNOWN_STORES, MASK_MODE, MIN_AREA_PIXELS, SIMPLIFY_TOLERANCE, KEEP_HOLES,
                 KEEP_PROMPTS, RANDOM_COLOURS, HOVER_PREVIEW, HOVER_DELAY_MS, SETUP_ENCODER_PYTHON, STORE_FOLDER)
-ALL_SETTINGS += (SEGMENT_DOCK_OPEN, FULL_RESOLUTION_ONLY)
+ALL_SETTINGS += (SEGMENT_DOCK_OPEN, FULL_RESOLUTION_ONLY, REFINE_EDGES)
 #: How many stores the store list remembers (most recent first).
 KNOWN_STORES_LIMIT = 50
 

@@ -104,6 +104,8 @@ class OnDemandTiles(QObject):
         self.task: Optional[TileEncodeTask] = None
         self.finest_only = settings.FULL_RESOLUTION_ONLY.value()
         controller.binding.finest_only = self.finest_only
+        self.refine_edges = settings.REFINE_EDGES.value()
+        controller.binding.refine_edges = self.refine_edges
         self._connections = [(controller.promptsRefused, self._refused), (controller.objectChanged, self._check_offer),
                              (controller.storeChanged, self._check_offer)]
         for signal, slot in self._connections:
@@ -197,6 +199,19 @@ class OnDemandTiles(QObject):
         engine = controller.binding.engine
         if isinstance(engine, MultiScaleEngine):   # a store of several levels
             engine.finest_only = finest_only
+            controller.scheduler.memo.clear()
+            controller.set_options(controller.options)
+
+    def set_refine_edges(self, refine_edges: bool) -> None:
+        """Decode the edges of objects found on a coarser level again on the finest level (interactive/refine.py);
+        remembered, and the object decoded again."""
+        settings.REFINE_EDGES.set_value(refine_edges)
+        self.refine_edges = refine_edges
+        controller = self.controller
+        controller.binding.refine_edges = refine_edges
+        engine = controller.binding.engine
+        if isinstance(engine, MultiScaleEngine):
+            engine.refine_edges = refine_edges
             controller.scheduler.memo.clear()
             controller.set_options(controller.options)
 

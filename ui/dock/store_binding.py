@@ -29,7 +29,7 @@ from ...core.errors import QuickSamError
 from ...core.logger import LOGGER
 from ...core.store import FeatureStore
 from ...interactive.engine import SegmentEngine
-from ...interactive.scales import open_engine
+from ...interactive.scales import MultiScaleEngine, open_engine
 from ...interactive.store_lookup import FOUND_CHOSEN, StoreLookup, check_store_matches_layer
 from ..i18n import tr
 from ..layer_stores import find_layer_store, layer_raster_path, remember_layer_store
@@ -80,6 +80,8 @@ class StoreBinding(QObject):
         self.to_raster: Optional[QgsCoordinateTransform] = None
         #: Decode at the finest level of a multi-scale store only ("Full resolution only", ui/dock/on_demand.py).
         self.finest_only = False
+        #: MultiScaleEngine.refine_edges of the engines this binding opens.
+        self.refine_edges = False
         self.canvas.destinationCrsChanged.connect(self._canvas_crs_changed)
 
     # -- which store ------------------------------------------------------------------------------------
@@ -129,6 +131,8 @@ class StoreBinding(QObject):
         elif lookup.store is not None:
             try:
                 self.engine = open_engine(lookup.store, finest_only=self.finest_only)
+                if isinstance(self.engine, MultiScaleEngine):
+                    self.engine.refine_edges = self.refine_edges
             except QuickSamError as exc:
                 self.problem = str(exc)
             except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors on a damaged decoder.onnx
