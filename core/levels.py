@@ -17,6 +17,7 @@ levels existed (format version 1 or 2) is one native level.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Sequence, Tuple
 
@@ -28,6 +29,7 @@ LEVEL_RESAMPLING = "average"
 NO_RESAMPLING = "none"
 #: Largest factor between a level's pixel and the raster's (a 1024 px tile then covers 1024² raster px).
 MAX_LEVEL_FACTOR = 1024.0
+_NUMBER = re.compile(r"\d+(\.\d*)?([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?")
 #: Factors closer than this (relative) are the same level.
 _SAME_FACTOR = 1e-9
 
@@ -101,13 +103,14 @@ def level_folder(factor: float) -> str:
 def parse_factors(text: str) -> Tuple[float, ...]:
     """Level factors from "1,4,16" (spaces allowed), each a number from 1 to MAX_LEVEL_FACTOR; ValueError
     saying what is expected otherwise (the CLI's --levels and the Processing algorithm's LEVELS)."""
-    try:
-        values = tuple(float(v) for v in str(text).replace(" ", "").split(",") if v)
-    except ValueError:
+    items = [item.strip() for item in str(text).split(",") if item.strip()]
+    # one plain number per comma: "1 4" or "1_000" is refused, never read as 14 or 1000
+    values = tuple(float(item) for item in items if _NUMBER.fullmatch(item)) if items else ()
+    if len(values) != len(items):
         values = ()
     if not values or not all(math.isfinite(v) and 1 <= v <= MAX_LEVEL_FACTOR for v in values):
         raise ValueError(f"levels must be factors of the finest level's pixel size from 1 to {MAX_LEVEL_FACTOR:g}, "
-                         f"like 1,4,16, not '{text}'")
+                         f"separated by commas like 1,4,16, not '{text}'")
     return values
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 from ..core.errors import QuickSamError
 from ..core.levels import MAX_LEVEL_FACTOR, level_folder, same_factor
-from ..core.store import DECODER_ONNX, MANIFEST, FeatureStore, temporary_path
+from ..core.store import DECODER_ONNX, MANIFEST, TILE_INDEX, FeatureStore, temporary_path
 from ..core.store_levels import level_stores, register_level
 from .normalise import Stretch
 from .pipeline import EncodeRequest, StorePlan, encode_planned, load_model_for, plan_store, prepare_store
@@ -76,6 +76,10 @@ def base_factor(request: EncodeRequest, info: RasterInfo, existing: Optional[Fea
         raise QuickSamError(f"--resolution {resolution:g} is finer than the raster's own pixels ({native:g} map units "
                             "per pixel): QuickSAM does not invent detail; give a resolution of at least that")
     factor = resolution / native
+    if factor > MAX_LEVEL_FACTOR:
+        raise QuickSamError(f"--resolution {resolution:g} is {factor:g} times the raster's own pixels ({native:g} map "
+                            f"units per pixel, the units of its CRS {info.crs_name}); give at most "
+                            f"{native * MAX_LEVEL_FACTOR:g}, in those units")
     if existing and not same_factor(existing.manifest.pixel_grid.factor, factor):
         raise QuickSamError(f"store '{existing.root}' was encoded at {existing.manifest.pixel_grid.resolution:g} map "
                             f"units per pixel, not {resolution:g}; leave --resolution out to add levels to it, or "
@@ -122,10 +126,11 @@ def encode_levels(request: EncodeRequest, progress: Optional[ProgressCallback] =
         stores = _prepare_levels(plans)
         if started is not None:
             started(stores[0], sum(len(store.pending_tiles()) for store in stores))
+        index_before = _mtime(root / TILE_INDEX)
         stats = _encode_each(plans, stores, progress, cancelled, _model_once(request, model))
         encoded = FeatureStore.open(root)   # read again: each level was written through its own handle
-        # a level's own run rewrites its index with its tiles only: the root's then lists every level again
-        write_levels_index(encoded, level_stores(encoded), force=stats.tiles_encoded + stats.tiles_nodata > 0)
+        # the finest level's own run may rewrite the index with its tiles only: the root's lists every level again
+        write_levels_index(encoded, level_stores(encoded), force=_mtime(root / TILE_INDEX) != index_before)
     return encoded, stats
 
 
@@ -158,6 +163,14 @@ def _encode_each(plans: List[LevelPlan], stores: List[FeatureStore], progress: O
         _add(stats, run)
         offset += len(store.grid)
     return stats
+
+
+def _mtime(path: Path) -> Optional[int]:
+    """The file's modification time in ns, or None when it does not exist."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 def share_decoder(root: FeatureStore, level: FeatureStore) -> None:

@@ -271,6 +271,9 @@ def test_a_store_of_format_version_2_still_opens(tmp_path: Path) -> None:
     (["--levels", "4,16"], "a new store starts with its finest level, factor 1: add 1 to --levels"),
     (["--levels", "1,x"], "levels must be factors of the finest level's pixel size"),
     (["--levels", "0.5"], "levels must be factors of the finest level's pixel size"),
+    (["--levels", "1,4 16"], "separated by commas like 1,4,16, not '1,4 16'"),   # never read as 1,416
+    (["--levels", "1_000"], "separated by commas like 1,4,16, not '1_000'"),
+    (["--resolution", "1e9"], "--resolution 1e+09 is 1e+08 times the raster's own pixels"),
     (["--resolution", "5"], "--resolution 5 is finer than the raster's own pixels (10 map units per pixel)"),
 ])
 def test_bad_levels_and_resolutions_are_refused_in_one_line(tmp_path: Path, extra: list, hint: str) -> None:
@@ -406,3 +409,17 @@ def test_resuming_the_finest_level_keeps_every_level_in_the_tile_index(tmp_path:
     levels = sorted({feature.GetField("level") for feature in source.GetLayer()})
     assert levels == [".", "levels/x4"]
     assert source.GetLayer().GetFeatureCount() == sum(len(level.grid) for level in level_stores(store))
+
+
+def test_a_run_with_nothing_to_encode_restores_every_level_in_the_tile_index(tmp_path: Path) -> None:
+    """The tile index deleted (or older than the manifest, as after a plain copy): running the same command,
+    which encodes nothing, writes the root's index with every level again, not the finest level's tiles only."""
+    from osgeo import ogr
+
+    raster = write_raster(tmp_path / "d.tif", disks_scene(512))
+    store = encode_with_levels(raster, tmp_path / "i.qsam", (1, 4))
+    (store.root / "tile_index.gpkg").unlink()
+    store = encode_with_levels(raster, tmp_path / "i.qsam", (1, 4))
+    source = ogr.Open(str(store.root / "tile_index.gpkg"))
+    assert sorted({feature.GetField("level") for feature in source.GetLayer()}) == [".", "levels/x4"]
+

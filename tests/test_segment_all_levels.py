@@ -452,3 +452,23 @@ def test_a_single_level_store_gives_what_main_gave_before_levels(tmp_path):
         assert row["predicted_iou"] == pytest.approx(want["predicted_iou"], abs=1e-4)
         assert row["geometry"].symmetric_difference(expected).area <= 0.01 * expected.area
         assert (row["level_factor"], row["resolution"]) == (1.0, 10.0)
+
+
+def test_an_on_demand_tile_changes_nothing_segment_everything_finds(levels_store, tmp_path):
+    """A copy of the store with an on-demand tile (`x0000`, whose row 0 / col 0 numbers are a serial, not a grid
+    place) gives the same objects as the store without it: on-demand tiles take no part in the grid's cells
+    (before, x0000 took the place of r0000c0000 and the objects of row 0 and column 0 were lost)."""
+    from quicksam.encoder.on_demand import TileRequest, encode_tile_at
+
+    copy = tmp_path / "with-extra.qsam"
+    shutil.copytree(levels_store.root, copy)
+    x, y = level_box(300, 300, 301, 301, 1.0)[:2]
+    encode_tile_at(TileRequest(store=copy, points=((x, y), (x + 2500, y)), level=1.0, device="cpu"),
+                   model=random_model())
+    extra = FeatureStore.open(copy)
+    assert any(tile.extra for tile in extra.grid)
+    before = hand_run(levels_store, tmp_path / "plain.gpkg", SquareDecoder(slice(4, 60)))
+    after = hand_run(extra, tmp_path / "extra.gpkg", SquareDecoder(slice(4, 60)))
+    assert len(after) == len(before)
+    assert sorted(round(row["geometry"].area) for row in after) == sorted(round(row["geometry"].area) for row in before)
+    assert not any("x0000" in row["tile_ids"] for row in after)
