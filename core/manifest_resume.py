@@ -31,6 +31,6 @@ def describe_difference(existing: Manifest, wanted: Manifest) -> Optional[str]:
             return f"{label}: store has {before!r}, this run has {after!r}"
     if not same_factor(old.pixel_grid.factor, new.pixel_grid.factor):
         return f"level: store has pixels {old.pixel_grid.factor:g}x the raster's, this run {new.pixel_grid.factor:g}x"
-    if dataclasses.replace(old.grid, tiles=tuple(t for t in old.grid.tiles if not t.extra)) != new.grid:
+    if dataclasses.replace(old.grid, tiles=old.grid.regular_tiles) != new.grid:
         return "tile grid (overlap, extent or tile size) differs"
     return None

@@ -154,6 +154,12 @@ class TileGrid:
     def __len__(self) -> int:
         return len(self.tiles)
 
+    @property
+    def regular_tiles(self) -> Tuple[Tile, ...]:
+        """The grid's rows and columns, without on-demand tiles (`Tile.extra`): what a run planned from the
+        raster lays out, and what segment everything's cells are built from."""
+        return tuple(tile for tile in self.tiles if not tile.extra)
+
     def by_id(self, tile_id: str) -> Tile:
         for tile in self.tiles:
             if tile.tile_id == tile_id:

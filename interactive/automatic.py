@@ -317,8 +317,7 @@ def _segment_tiles(run: LevelRunFile, level: SegmentLevel, engine: SegmentEngine
     tile and between batches of points); QuickSamError if pieces are left. What the filters drop goes to
     `counts`."""
     done = run.finished_tiles()
-    regular = [tile for tile in level.store.grid if not tile.extra]   # on-demand tiles take no part in the cells
-    merge = BorderMerge(tile_regions(regular, {tile.tile_id for tile in level.tiles}))
+    merge = BorderMerge(tile_regions(list(level.store.grid.regular_tiles), {tile.tile_id for tile in level.tiles}))
     vectoriser = MaskVectoriser(level.store, level.settings, run.next_id(), counts, level.prefix)
     for tile in level.tiles:
         if tile.tile_id in done:

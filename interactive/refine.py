@@ -87,8 +87,8 @@ def _boundary_tiles(fine: SegmentEngine, coarse: np.ndarray, col0: int, row0: in
     """The encoded regular tiles of the fine level whose window holds both object and background pixels of
     the coarse mask (the boundary crosses them)."""
     found = []
-    for tile in fine.store.grid:
-        if tile.extra or fine.store.status(tile) != STATUS_DONE:
+    for tile in fine.store.grid.regular_tiles:
+        if fine.store.status(tile) != STATUS_DONE:
             continue
         crop = _crop(coarse, tile, col0, row0)
         if crop is not None and crop.any() and not crop.all():

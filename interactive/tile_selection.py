@@ -20,7 +20,7 @@ def tiles_to_process(store: FeatureStore, area_wkbs: Optional[Sequence[bytes]] =
     (objects there would silently be missing), or when there is nothing to segment."""
     from osgeo import ogr
 
-    meeting = [tile for tile in store.grid if not tile.extra]   # on-demand tiles are not part of the grid's cells
+    meeting = list(store.grid.regular_tiles)   # on-demand tiles are not part of the grid's cells
     if area_wkbs is not None:
         areas = [ogr.CreateGeometryFromWkb(bytes(wkb)) for wkb in area_wkbs]
         areas = [a for a in areas if a is not None and not a.IsEmpty()]

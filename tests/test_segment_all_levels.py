@@ -184,7 +184,8 @@ def test_levels_text_is_read_as_encode_reads_it_and_bad_values_say_what_to_give(
     assert parse_levels("") is None and parse_levels(" ") is None
     assert parse_levels("1, 4,16") == [1.0, 4.0, 16.0]
     for bad in ("0.5", "abc", "1,x", "-4", "nan", "2000"):
-        with pytest.raises(QuickSamError, match=r"from 1 to 1024, separated by commas like 1,4,16, not '.*', or nothing for every level"):
+        expected = r"from 1 to 1024, separated by commas like 1,4,16, not '.*', or nothing for every level"
+        with pytest.raises(QuickSamError, match=expected):
             parse_levels(bad)
 
 
