@@ -34,8 +34,10 @@ from .. import FORMS_DIR, settings
 from ..i18n import tr
 from ..layers import OUTPUT_FILE, raster_crs
 from .controller import SegmentController
+from .frames import SeriesFrames
 from .level_text import preview_message
 from .on_demand import OnDemandTiles
+from .series_panel import SeriesPanel
 from .store_binding import FOUND_ENCODED, runtime_missing_message
 
 UI_PATH = FORMS_DIR / "segment_dock.ui"
@@ -75,6 +77,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self.iface = iface
         self.controller = SegmentController(iface.mapCanvas(), QgsProject.instance(), self)
         self.on_demand = OnDemandTiles(self.controller, self)
+        self.series = SeriesPanel(self, SeriesFrames(self.controller, self), self)
         self._setup_widgets()
         self._load_settings()
         self._connections = []
@@ -146,6 +149,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self._connect(self.on_demand.offerChanged, self.encodeTileButton.setVisible)
         self._connect(self.on_demand.statusChanged, self.show_status)
         self._connect(self.on_demand.storeReloaded, self.show_store)
+        self._connect(self.series.frames.statusChanged, self.show_status)
         self._connect(controller.scheduler.previewDecoded, self._show_preview_level)
         self._connect(controller.storeChanged, self.show_store)
         self._connect(controller.objectChanged, self.show_object)
@@ -165,6 +169,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
                 continue  # already disconnected (or never connected by the stub iface of tests)
         self._connections = []
         self.on_demand.release()
+        self.series.release()
         self.controller.release()
 
     # -- following the map --------------------------------------------------------------------------

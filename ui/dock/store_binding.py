@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
@@ -27,7 +27,9 @@ from qgis.PyQt.QtCore import QObject, pyqtSignal
 
 from ...core.errors import QuickSamError
 from ...core.logger import LOGGER
+from ...core.series import FrameRef
 from ...core.store import FeatureStore
+from ...core.store_series import frame_store, series_frames
 from ...interactive.engine import SegmentEngine
 from ...interactive.scales import MultiScaleEngine, open_engine
 from ...interactive.store_lookup import FOUND_CHOSEN, StoreLookup, check_store_matches_layer
@@ -82,6 +84,10 @@ class StoreBinding(QObject):
         self.finest_only = False
         #: MultiScaleEngine.refine_edges of the engines this binding opens.
         self.refine_edges = False
+        #: The frames of a series store (core/series.py; empty for a plain store) and the one decoded; `store`
+        #: stays the series' folder (frame 0's store), the engine decodes `frame_index`'s store.
+        self.frames: List[FrameRef] = []
+        self.frame_index = 0
         self.canvas.destinationCrsChanged.connect(self._canvas_crs_changed)
 
     # -- which store ------------------------------------------------------------------------------------
@@ -122,6 +128,7 @@ class StoreBinding(QObject):
     def bind(self, lookup: StoreLookup) -> None:
         """Make `lookup`'s store current, with its decoder loaded; a decoder that cannot be loaded leaves no
         store and a problem that says what to do. Without ONNX Runtime no store is bound (`runtime_missing`)."""
+        previous = self.store.root if self.store is not None else None
         self.store, self.engine = None, None
         self.problem = lookup.problem
         self.found_by = lookup.found_by
@@ -130,9 +137,8 @@ class StoreBinding(QObject):
             self.problem = runtime_missing_message()
         elif lookup.store is not None:
             try:
-                self.engine = open_engine(lookup.store, finest_only=self.finest_only)
-                if isinstance(self.engine, MultiScaleEngine):
-                    self.engine.refine_edges = self.refine_edges
+                self._open_series(lookup.store, previous)
+                self.engine = self._open_frame_engine(lookup.store)
             except QuickSamError as exc:
                 self.problem = str(exc)
             except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors on a damaged decoder.onnx
@@ -143,6 +149,34 @@ class StoreBinding(QObject):
                 self.store = lookup.store
                 self.raster_crs = raster_crs(lookup.store)
         self._update_transform()
+
+    def _open_series(self, store: FeatureStore, previous: Optional[Path]) -> None:
+        """Read the frames of `store` (none for a plain store); the frame decoded is kept when the same series is
+        bound again (`previous`, the folder bound before: on-demand tiles), else frame 0."""
+        same = previous == store.root
+        self.frames = series_frames(store)
+        if not same or self.frame_index >= len(self.frames):
+            self.frame_index = 0
+
+    def _open_frame_engine(self, store: FeatureStore) -> SegmentEngine:
+        """The decoding engine of the current frame of `store` (the store itself when it is not a series)."""
+        frame = frame_store(store, self.frames[self.frame_index]) if self.frames else store
+        engine = open_engine(frame, finest_only=self.finest_only)
+        if isinstance(engine, MultiScaleEngine):
+            engine.refine_edges = self.refine_edges
+        return engine
+
+    def open_frame(self, index: int) -> None:
+        """Decode frame `index` of the bound series from now on (its store's engine); QuickSamError (one line)
+        when the frame's store cannot be opened, the current frame then kept."""
+        if self.store is None or not 0 <= index < len(self.frames):
+            raise QuickSamError(tr("there is no frame {} in this store").format(index))
+        previous, self.frame_index = self.frame_index, index
+        try:
+            self.engine = self._open_frame_engine(self.store)
+        except QuickSamError:
+            self.frame_index = previous
+            raise
 
     # -- canvas CRS -> raster CRS ----------------------------------------------------------------------------
     def to_raster_xy(self, point: QgsPointXY) -> Tuple[float, float]:
