@@ -203,7 +203,12 @@ def _place(prompt_store: FeatureStore, level_engine: SegmentEngine, tile: Tile) 
 def _track_object(item: ObjectPrompts, level_engine: SegmentEngine, place: GroupPlace, output_dir: Path
                   ) -> TrackObject:
     """The object's prompts in the pixels of `place`'s tile; a polygon rasterised into a mask file."""
-    tile_prompts = level_engine.tile_prompts(item.prompts, place.tile)
+    points: Tuple[Tuple[float, float], ...] = ()
+    labels: Tuple[int, ...] = ()
+    box = None
+    if not item.prompts.is_empty():
+        tile_prompts = level_engine.tile_prompts(item.prompts, place.tile)
+        points, labels, box = tuple(map(tuple, tile_prompts.points)), tuple(tile_prompts.labels), tile_prompts.box
     mask_file = None
     if item.polygon_wkb is not None:
         mask = rasterise_polygon(item.polygon_wkb, place.geotransform, place.tile.size)
@@ -212,8 +217,7 @@ def _track_object(item: ObjectPrompts, level_engine: SegmentEngine, place: Group
                                 "decoded on; draw a larger polygon")
         mask_file = str(output_dir / f"mask_o{item.obj_id}.npy")
         np.save(mask_file, mask)
-    return TrackObject(obj_id=item.obj_id, points=tuple(map(tuple, tile_prompts.points)),
-                       labels=tuple(tile_prompts.labels), box=tile_prompts.box, mask_file=mask_file)
+    return TrackObject(obj_id=item.obj_id, points=points, labels=labels, box=box, mask_file=mask_file)
 
 
 def _polygon(item: ObjectPrompts) -> ogr.Geometry:
