@@ -47,6 +47,7 @@ from .info import add_info_parsers
 from .options import OneLineParser
 from .segment import add_segment_parser
 from .segment_all import add_segment_all_parser
+from .track import add_track_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_encode_tile_parser(commands)
     add_segment_parser(commands)
     add_segment_all_parser(commands)
+    add_track_parser(commands)
     add_info_parsers(commands)
     return parser
 

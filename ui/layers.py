@@ -76,13 +76,15 @@ _METATYPE_FIELDS = Qgis.QGIS_VERSION_INT >= 33800
 
 
 def qgis_field(name: str, kind: str) -> QgsField:
-    """A QgsField of `kind` ("int", "int64", "double" or "string") built the way this QGIS wants it."""
+    """A QgsField of `kind` ("int", "int64", "double", "string", "bool" or "datetime") built the way this QGIS
+    wants it."""
     if _METATYPE_FIELDS:
         types = {"int": QMetaType.Type.Int, "int64": QMetaType.Type.LongLong, "double": QMetaType.Type.Double,
-                 "string": QMetaType.Type.QString}
+                 "string": QMetaType.Type.QString, "bool": QMetaType.Type.Bool,
+                 "datetime": QMetaType.Type.QDateTime}
     else:
         types = {"int": QVariant.Int, "int64": QVariant.LongLong, "double": QVariant.Double,
-                 "string": QVariant.String}
+                 "string": QVariant.String, "bool": QVariant.Bool, "datetime": QVariant.DateTime}
     return QgsField(name, types[kind])
 
 

@@ -18,7 +18,7 @@ from ..i18n import tr
 ICONS = ICONS_DIR
 #: The guide of each algorithm (by `name()`), in the docs/ folder shipped inside the installed plugin.
 HELP_FILES = {"encoderaster": "encoding.md", "segmentprompts": "segmenting.md",
-              "segmentall": "segment-everything.md"}
+              "segmentall": "segment-everything.md", "trackobjects": "time-series.md"}
 GROUP_NAMES = {"encoding": "Encoding", "segmentation": "Segmentation"}
 #: Expression-context variable set by the `quicksam` command on the algorithm runs it starts: messages then
 #: name the command's options ("pass --overwrite") instead of the algorithm's parameters.

@@ -10,6 +10,7 @@ from ..i18n import tr
 from .encode_algorithm import EncodeRasterAlgorithm
 from .segment_algorithm import SegmentPromptsAlgorithm
 from .segment_all_algorithm import SegmentAllAlgorithm
+from .track_algorithm import TrackObjectsAlgorithm
 
 ICON_PATH = ICONS_DIR / "quicksam.svg"
 
@@ -36,3 +37,4 @@ class QuickSamProvider(QgsProcessingProvider):
         self.addAlgorithm(EncodeRasterAlgorithm())
         self.addAlgorithm(SegmentPromptsAlgorithm())
         self.addAlgorithm(SegmentAllAlgorithm())
+        self.addAlgorithm(TrackObjectsAlgorithm())

@@ -1,0 +1,284 @@
+"""Tracking, the QGIS side: prompts → track job → the tracker's process → masks → polygons in a temporal layer,
+through quicksam:trackobjects (real Processing runs) and `quicksam track` (a real subprocess).
+
+The tracker is tests/fake_tracker.py, run as the encoder's Python (QUICKSAM_PYTHON): it writes known masks (a
+10 x 10 px square with a 2 x 2 px hole, 2 px further right per frame from the prompt frame, around each object's
+anchor) and reports them with the real tracker's events, so polygons, ids, frames and dates are checked exactly.
+The series store (tests/series_stores.py) has 4 dated frames of a 400 x 256 px scene in two 256 px tiles
+(r0000c0000 at column 0, r0000c0001 at column 144), EPSG:32633, 10 m pixels, encoded by `quicksam encode`
+processes with random weights (this process never imports torch).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+import numpy as np
+import pytest
+import shapely
+import shapely.wkb
+from fake_tracker import ABSENT, fake_python
+from qgis.core import (
+    QgsApplication,
+    QgsFeature,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import QDateTime, Qt
+from series_stores import SERIES_DATES, build_series
+from synthetic import ORIGIN, PIXEL_SIZE, assert_one_line_error, assert_same_geometry, cli_command
+from synthetic import pixel_to_map_default as at
+
+from quicksam.core.series import SeriesManifest, read_series, write_series
+from quicksam.core.store import FeatureStore
+from quicksam.interactive.engine import MapPrompts
+from quicksam.interactive.tracking import ObjectPrompts, plan_track
+from quicksam.ui import settings
+from quicksam.ui.layers import qgis_field
+
+ALGORITHM_ID = "quicksam:trackobjects"
+#: Object 1 on tile r0000c0000 (column offset 0), object 2 on tile r0000c0001 (column offset 144).
+POINT_1, POINT_2 = (80.5, 120.5), (300.5, 50.5)
+TILE_OFFSETS = {1: 0, 2: 144}
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory) -> Path:
+    return build_series(tmp_path_factory.mktemp("series"))
+
+
+@pytest.fixture
+def fake_tracker(tmp_path, monkeypatch) -> Path:
+    """The fake tracker as the encoder's Python, for the algorithm run in this process."""
+    settings.PYTHON_EXECUTABLE.reset()  # the variable decides
+    python = fake_python(tmp_path)
+    monkeypatch.setenv(settings.PYTHON_ENV_VAR, str(python))
+    return python
+
+
+@pytest.fixture
+def registered(qgis_processing, plugin):
+    assert QgsApplication.processingRegistry().algorithmById(ALGORITHM_ID) is not None
+    return plugin
+
+
+class RecordingFeedback(QgsProcessingFeedback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.warnings: List[str] = []
+
+    def pushWarning(self, warning: str) -> None:  # noqa: N802 - QGIS's name
+        self.warnings.append(warning)
+
+
+def prompt_layer(kind: str, rows: Sequence[tuple]) -> QgsVectorLayer:
+    """A memory layer (EPSG:32633) of (geometry, obj_id, frame) rows."""
+    layer = QgsVectorLayer(f"{kind}?crs=EPSG:32633", "prompts", "memory")
+    layer.dataProvider().addAttributes([qgis_field("obj_id", "int"), qgis_field("frame", "int")])
+    layer.updateFields()
+    features = []
+    for geometry, obj_id, frame in rows:
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(geometry)
+        feature.setAttributes([obj_id, frame])
+        features.append(feature)
+    assert layer.dataProvider().addFeatures(features)
+    return layer
+
+
+def point(col: float, row: float) -> QgsGeometry:
+    return QgsGeometry.fromPointXY(QgsPointXY(*at(col, row)))
+
+
+def two_points(frame_2: int = 1) -> QgsVectorLayer:
+    return prompt_layer("Point", [(point(*POINT_1), 1, 1), (point(*POINT_2), 2, frame_2)])
+
+
+def run(series: Path, prompts, feedback=None, **parameters) -> dict:
+    import processing
+
+    parameters = {"STORE": str(series), "PROMPTS": prompts, "OBJECT_ID": "obj_id", "FRAME_FIELD": "frame",
+                  "OUTPUT": "TEMPORARY_OUTPUT", **parameters}
+    return processing.run(ALGORITHM_ID, parameters, feedback=feedback or QgsProcessingFeedback())
+
+
+def expected_square(obj_id: int, anchor: tuple, frame: int, prompt_frame: int = 1):
+    """The fake's mask of `obj_id` on `frame` as a polygon in EPSG:32633 (see fake_tracker)."""
+    ax, ay = anchor
+    col0 = TILE_OFFSETS[obj_id] + ax - 5 + 2 * (frame - prompt_frame)
+
+    def rect(c0, r0, c1, r1):
+        return shapely.box(ORIGIN[0] + c0 * PIXEL_SIZE, ORIGIN[1] - r1 * PIXEL_SIZE,
+                           ORIGIN[0] + c1 * PIXEL_SIZE, ORIGIN[1] - r0 * PIXEL_SIZE)
+
+    square = rect(col0, ay - 5, col0 + 10, ay + 5).difference(rect(col0 + 5, ay, col0 + 7, ay + 2))
+    return shapely.MultiPolygon([square])
+
+
+def by_key(layer: QgsVectorLayer) -> dict:
+    return {(feature["obj_id"], feature["frame"]): feature for feature in layer.getFeatures()}
+
+
+def iso(text: str) -> QDateTime:
+    return QDateTime.fromString(text, Qt.DateFormat.ISODate)
+
+
+# -- plan_track (no QGIS needed) ------------------------------------------------------------------------------
+
+def test_plan_puts_each_object_on_its_tile_in_tile_pixels_and_rasterises_a_polygon(series, tmp_path):
+    store = FeatureStore.open(series)
+    square = shapely.box(*at(60, 130), *at(80, 110))   # pixels columns 60-79, rows 110-129
+    objects = [ObjectPrompts(1, MapPrompts(points=(at(*POINT_1),), labels=(1,))),
+               ObjectPrompts(2, MapPrompts(points=(at(*POINT_2),), labels=(1,))),
+               ObjectPrompts(3, polygon_wkb=shapely.to_wkb(square))]
+    plan = plan_track(store, objects, 2, "forward", tmp_path / "job", (0, 3))
+    job = plan.job
+    assert job.frames == (2, 3) and job.prompt_frame == 2 and job.direction == "forward"
+    assert [(g.level, g.tile_id, [o.obj_id for o in g.objects]) for g in job.groups] == [
+        (".", "r0000c0000", [1, 3]), (".", "r0000c0001", [2])]
+    assert job.groups[0].objects[0].points[0] == pytest.approx((80.5, 120.5), abs=1e-9)
+    assert job.groups[1].objects[0].points[0] == pytest.approx((300.5 - 144, 50.5), abs=1e-9)
+    mask = np.load(job.groups[0].objects[1].mask_file)
+    expected = np.zeros((256, 256), bool)
+    expected[110:130, 60:80] = True
+    assert np.array_equal(mask, expected)
+    assert plan.places[1].geotransform == pytest.approx((ORIGIN[0] + 1440, 10, 0, ORIGIN[1], 0, -10), abs=1e-9)
+
+
+# -- Processing --------------------------------------------------------------------------------------------------
+
+def test_polygons_ids_frames_dates_and_absence_are_exact(registered, series, fake_tracker):
+    layer = run(series, two_points(), DIRECTION=2)["OUTPUT"]
+    features = by_key(layer)
+    assert sorted(features) == [(obj, frame) for obj in (1, 2) for frame in range(4)]
+    anchors = {1: (80, 120), 2: (156, 50)}
+    for (obj_id, frame), feature in features.items():
+        assert feature["datetime"] == iso(SERIES_DATES[frame])
+        end = SERIES_DATES[frame + 1] if frame < 3 else "2024-06-30T10:30:00"   # last: one more 20-day step
+        assert feature["datetime_end"] == iso(end)
+        assert feature["score"] == pytest.approx(0.5 + 0.01 * frame, abs=1e-6)   # float32 in the fake
+        assert feature["level"] == "." and feature["resolution"] == pytest.approx(10.0)
+        if (obj_id, frame) == ABSENT:
+            assert not feature["present"] and not feature.hasGeometry() and feature["area"] == 0
+            continue
+        assert feature["present"]
+        geometry = shapely.wkb.loads(bytes(feature.geometry().asWkb()))
+        assert_same_geometry(geometry, expected_square(obj_id, anchors[obj_id], frame))  # 1e-6 m
+        assert feature["area"] == pytest.approx(96 * 100.0, rel=1e-9)
+
+
+def test_the_loaded_layer_is_temporal_from_its_datetime_fields(registered, series, fake_tracker):
+    import processing
+    from qgis.core import Qgis, QgsProcessingContext
+
+    project = QgsProject.instance()
+    context = QgsProcessingContext()
+    context.setProject(project)
+    results = processing.runAndLoadResults(ALGORITHM_ID, {
+        "STORE": str(series), "PROMPTS": two_points(), "OBJECT_ID": "obj_id", "FRAME_FIELD": "frame",
+        "DIRECTION": 0, "OUTPUT": "TEMPORARY_OUTPUT"}, context=context)
+    layer = project.mapLayer(results["OUTPUT"])
+    try:
+        properties = layer.temporalProperties()
+        assert properties.isActive()
+        assert properties.mode() == Qgis.VectorTemporalMode.FeatureDateTimeStartAndEndFromFields
+        assert (properties.startField(), properties.endField()) == ("datetime", "datetime_end")
+        assert sorted({f["frame"] for f in layer.getFeatures()}) == [1, 2, 3]   # forward from frame 1
+    finally:
+        project.removeMapLayer(layer.id())
+
+
+def test_frames_without_dates_leave_datetime_empty_and_the_layer_not_temporal(registered, series, fake_tracker,
+                                                                              tmp_path):
+    import dataclasses
+
+    import processing
+    from qgis.core import QgsProcessingContext
+
+    undated = tmp_path / "undated"
+    shutil.copytree(series, undated)
+    manifest = read_series(undated)
+    write_series(undated, SeriesManifest(tuple(dataclasses.replace(frame, datetime=None, date_source="index")
+                                               for frame in manifest.frames), manifest.grid_source))
+    feedback = RecordingFeedback()
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    results = processing.runAndLoadResults(ALGORITHM_ID, {
+        "STORE": str(undated), "PROMPTS": two_points(), "OBJECT_ID": "obj_id", "FRAME_FIELD": "frame",
+        "FRAMES": "1:2", "OUTPUT": "TEMPORARY_OUTPUT"}, context=context, feedback=feedback)
+    layer = QgsProject.instance().mapLayer(results["OUTPUT"])
+    try:
+        assert sorted(by_key(layer)) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+        assert all(f["datetime"] is None or not f["datetime"] for f in layer.getFeatures())
+        assert not layer.temporalProperties().isActive()
+        assert any("not temporal" in warning for warning in feedback.warnings)
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("two frames", "the prompts are on frames 1, 2"),
+    ("frame out of range", "frame 9 is not a frame of the series (frames 0 to 3)"),
+    ("range without the frame", "outside the frames 2:3"),
+    ("not a series", "is not a series store"),
+])
+def test_bad_input_is_refused_in_one_line(registered, series, fake_tracker, case, expected):
+    store, prompts, extra = series, two_points(), {}
+    if case == "two frames":
+        prompts = two_points(frame_2=2)
+    elif case == "frame out of range":
+        prompts = prompt_layer("Point", [(point(*POINT_1), 1, 9)])
+    elif case == "range without the frame":
+        extra = {"FRAMES": "2:3"}
+    else:
+        store = series / "frames" / "t0001"   # a frame's own store: a plain store
+    with pytest.raises(QgsProcessingException) as caught:
+        run(store, prompts, **extra)
+    message = str(caught.value)
+    assert expected in message and "\n" not in message.strip()
+
+
+# -- the command line -------------------------------------------------------------------------------------------
+
+def test_cli_track_writes_a_temporal_geopackage_without_torch(series, tmp_path):
+    """`quicksam track` in a fresh process (the fake tracker as its encoder's Python); the process has not
+    imported torch when it ends, and the GeoPackage carries its temporal settings for QGIS."""
+    output = tmp_path / "tracks.gpkg"
+    marker = tmp_path / "torch.txt"
+    args = ["track", str(series), "--frame", "1", "--point", "{},{}".format(*at(*POINT_2)), "--object-id", "7",
+            "--direction", "forward", "--frames", "0:2", "--output", str(output)]
+    code = ("import sys; from quicksam.cli import main; code = main(sys.argv[2:]); "
+            "open(sys.argv[1], 'w').write(str('torch' in sys.modules)); sys.exit(code)")
+    environment = {**__import__("os").environ, settings.PYTHON_ENV_VAR: str(fake_python(tmp_path))}
+    result = subprocess.run([sys.executable, "-c", code, str(marker), *args], capture_output=True, text=True,
+                            env=environment, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert marker.read_text() == "False"
+    layer = QgsVectorLayer(f"{output}|layername=tracks", "tracks", "ogr")
+    assert layer.isValid()
+    features = by_key(layer)
+    assert sorted(features) == [(7, 1), (7, 2)]
+    geometry = shapely.wkb.loads(bytes(features[(7, 2)].geometry().asWkb()))
+    assert_same_geometry(geometry, expected_square(2, (156, 50), 2))
+    assert features[(7, 2)]["datetime"] == iso(SERIES_DATES[2])
+    assert not layer.temporalProperties().isActive()
+    _, loaded = layer.loadDefaultStyle()   # as QGIS does when it adds the layer to a project
+    properties = layer.temporalProperties()
+    assert loaded and properties.isActive()
+    assert (properties.startField(), properties.endField()) == ("datetime", "datetime_end")
+
+
+def test_cli_track_refuses_a_store_that_is_not_a_series_in_one_line(series, tmp_path):
+    result = subprocess.run(cli_command("track", series / "frames" / "t0002", "--frame", "0", "--point",
+                                        "{},{}".format(*at(*POINT_1)), "--output", tmp_path / "out.gpkg"),
+                            capture_output=True, text=True, timeout=300)
+    assert_one_line_error(result, "is not a series store")
+    assert not (tmp_path / "out.gpkg").exists()
