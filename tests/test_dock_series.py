@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qgis.core import QgsApplication, QgsDateTimeRange, QgsRasterLayer
-from qgis.PyQt.QtCore import QDate, QDateTime, QTime
-from synthetic import encode, pixel_to_map_default, square_scene, write_raster
+from fake_tracker import fake_python
+from qgis.core import QgsApplication, QgsDateTimeRange, QgsProject, QgsRasterLayer
+from qgis.PyQt.QtCore import QCoreApplication, QDate, QDateTime, QElapsedTimer, QEventLoop, Qt, QTime
+from synthetic import encode, fresh_copy, pixel_to_map_default, square_scene, write_raster
 from test_dock import DOCK_SETTINGS, click_map
 
 from quicksam.core.series import FrameRef, SeriesManifest, frame_folder_name, write_series
@@ -26,9 +27,10 @@ TILE = 128
 DATES = ("2024-05-01T10:00:00", "2024-06-01T10:00:00")
 
 
-@pytest.fixture
-def series(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def encoded_series(tmp_path_factory) -> Path:
     """scene0.tif, scene1.tif and the series store scene.qsam (frame 0 in the folder, frame 1 in frames/t0001)."""
+    tmp_path = tmp_path_factory.mktemp("series")
     root = tmp_path / "scene.qsam"
     refs = []
     for index, corner in enumerate((110, 150)):
@@ -39,6 +41,13 @@ def series(tmp_path: Path) -> Path:
                              date_source="option"))
     write_series(root, SeriesManifest(frames=tuple(refs), grid_source=refs[0].source))
     return tmp_path
+
+
+@pytest.fixture
+def series(encoded_series: Path, tmp_path: Path) -> Path:
+    """A copy of `encoded_series` for one test (tests write tracks into the store); the frames' sources are the
+    first copy's rasters, which stay."""
+    return fresh_copy(encoded_series, tmp_path)
 
 
 @pytest.fixture
@@ -117,3 +126,52 @@ def test_the_frame_follows_the_temporal_controller_when_a_raster_layer_is_tempor
     assert dock.frameCombo.currentIndex() == 1
     canvas.setTemporalRange(QgsDateTimeRange(day("2023-01-01"), day("2023-01-02")))   # no frame then
     assert dock.controller.binding.frame_index == 1
+
+
+# -- Track (the tracker process is tests/fake_tracker.py: known squares, see there) ------------------------------
+
+
+def wait_tracked(dock: SegmentDock, timeout: float = 60.0) -> None:
+    timer = QElapsedTimer()
+    timer.start()
+    while dock.tracking.busy and timer.elapsed() < timeout * 1000:
+        QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+    assert not dock.tracking.busy, "tracking did not end"
+
+
+def test_track_adds_one_polygon_per_frame_to_the_temporal_tracks_layer(dock: SegmentDock, series: Path, tmp_path,
+                                                                       monkeypatch) -> None:
+    monkeypatch.setenv(settings.PYTHON_ENV_VAR, str(fake_python(tmp_path)))
+    dock.controller.activate_tool()
+    x, y = pixel_to_map_default(170.5, 170.5)
+    click_map(dock, x, y)
+    assert dock.controller.wait_idle()
+    assert dock.tracking.track_or_stop()
+    assert dock.trackButton.text() == "Stop"
+    wait_tracked(dock)
+    assert dock.trackButton.text() == "Track"
+    layer = dock.tracking.layer
+    assert layer is not None and QgsProject.instance().mapLayer(layer.id()) is layer
+    assert layer.source().startswith(str(series / "scene.qsam" / "tracks.gpkg"))
+    assert layer.temporalProperties().isActive()
+    assert layer.temporalProperties().startField() == "datetime"
+    features = sorted(layer.getFeatures(), key=lambda feature: feature["frame"])
+    assert [(f["obj_id"], f["frame"]) for f in features] == [(1, 0), (1, 1)]
+    assert [f["datetime"].toString(Qt.DateFormat.ISODate) for f in features] == list(DATES)
+    # The fake's square is centred on the clicked pixel on the prompt frame and 2 px (20 m) further right on the
+    # next: polygons in the raster's CRS where the tile's geotransform puts them (1e-6 m: exact arithmetic).
+    for feature, shift in zip(features, (0.0, 20.0)):
+        box = feature.geometry().boundingBox()
+        assert box.center().x() == pytest.approx(x - 5 + shift, abs=1e-6)   # 10 px wide, hole not at an edge
+        assert (box.width(), box.height()) == (pytest.approx(100.0), pytest.approx(100.0))
+    assert "2 frames" in dock.statusLabel.text()
+    # A second object gets the next id, in the same layer.
+    assert dock.tracking.track_or_stop()
+    wait_tracked(dock)
+    assert sorted({f["obj_id"] for f in dock.tracking.layer.getFeatures()}) == [1, 2]
+
+
+def test_track_without_an_object_says_what_to_do(dock: SegmentDock) -> None:
+    assert not dock.tracking.track_or_stop()
+    assert "click on the object" in dock.statusLabel.text()
+    assert not (dock.controller.store.root / "tracks.gpkg").exists()

@@ -39,6 +39,7 @@ from .level_text import preview_message
 from .on_demand import OnDemandTiles
 from .series_panel import SeriesPanel
 from .store_binding import FOUND_ENCODED, runtime_missing_message
+from .tracking import DockTracking
 
 UI_PATH = FORMS_DIR / "segment_dock.ui"
 FORM_CLASS, _ = uic.loadUiType(str(UI_PATH))
@@ -78,6 +79,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self.controller = SegmentController(iface.mapCanvas(), QgsProject.instance(), self)
         self.on_demand = OnDemandTiles(self.controller, self)
         self.series = SeriesPanel(self, SeriesFrames(self.controller, self), self)
+        self.tracking = DockTracking(self.controller, self.series, self)
         self._setup_widgets()
         self._load_settings()
         self._connections = []
@@ -150,6 +152,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
         self._connect(self.on_demand.statusChanged, self.show_status)
         self._connect(self.on_demand.storeReloaded, self.show_store)
         self._connect(self.series.frames.statusChanged, self.show_status)
+        self._connect(self.tracking.statusChanged, self.show_status)
         self._connect(controller.scheduler.previewDecoded, self._show_preview_level)
         self._connect(controller.storeChanged, self.show_store)
         self._connect(controller.objectChanged, self.show_object)
@@ -169,6 +172,7 @@ class SegmentDock(QgsDockWidget, FORM_CLASS):
                 continue  # already disconnected (or never connected by the stub iface of tests)
         self._connections = []
         self.on_demand.release()
+        self.tracking.release()
         self.series.release()
         self.controller.release()
 
