@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
-
-from .synthetic import ORIGIN, PIXEL_SIZE, default_transform, write_raster
+from synthetic import ORIGIN, PIXEL_SIZE, default_transform, write_raster
 
 WIDTH, HEIGHT = 400, 256
 DISK_VALUE = 10000
