@@ -10,6 +10,7 @@ stretch, masks, resume), never features' quality.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import subprocess
 from pathlib import Path
@@ -367,3 +368,39 @@ def test_an_interrupted_series_encoding_resumes_with_only_the_missing_tiles(tmp_
     assert {tile: after[tile] for tile in before} == before   # written once, never again
     assert [frame["source"] for frame in events[-1]["summary"]["frames"]] == [str(path) for path in paths]
     assert events[-1]["summary"]["complete"]
+
+
+# -- Processing -----------------------------------------------------------------------------------------------------
+
+
+def temporal_layer(path: Path, start: _dt.datetime):
+    """A QgsRasterLayer whose temporal properties are a fixed range starting at `start`."""
+    from qgis.core import Qgis, QgsDateTimeRange, QgsRasterLayer
+    from qgis.PyQt.QtCore import QDateTime
+
+    layer = QgsRasterLayer(str(path), path.stem)
+    properties = layer.temporalProperties()
+    properties.setMode(Qgis.RasterTemporalMode.FixedTemporalRange)
+    properties.setFixedTemporalRange(QgsDateTimeRange(QDateTime(start), QDateTime(start + _dt.timedelta(days=1))))
+    properties.setIsActive(True)
+    return layer
+
+
+def test_processing_encodes_a_series_from_a_layer_list_dated_by_their_temporal_ranges(plugin, qgis_processing,
+                                                                                          tmp_path):
+    import processing
+    from qgis.core import QgsProject
+
+    paths = [write_raster(tmp_path / f"scene_{name}.tif", gradient(WIDTH, HEIGHT)) for name in "abc"]
+    starts = [_dt.datetime(2023, 5, 1, 10), _dt.datetime(2021, 1, 2), _dt.datetime(2022, 7, 3)]
+    layers = [temporal_layer(path, start) for path, start in zip(paths, starts)]
+    QgsProject.instance().addMapLayers(layers)
+    store = tmp_path / "series.qsam"
+    result = processing.run("quicksam:encoderaster", {
+        "INPUT": layers[0], "FRAMES": layers[1:], "OUTPUT": str(store), "RANDOM_WEIGHTS": True,
+        "TILE_SIZE": TILE_SIZE, "OVERLAP": OVERLAP})
+    assert result["OUTPUT"] == str(store)
+    frames = series_frames(FeatureStore.open(store))
+    assert [(frame.source, frame.datetime, frame.date_source) for frame in frames] == [
+        (str(paths[1]), "2021-01-02T00:00:00", "option"), (str(paths[2]), "2022-07-03T00:00:00", "option"),
+        (str(paths[0]), "2023-05-01T10:00:00", "option")]
