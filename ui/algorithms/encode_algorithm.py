@@ -127,7 +127,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             "footprints, added to the project when the dialog runs the algorithm). The store is remembered "
             "for the raster's layers, so the Segment tool uses it.</p>"
             "<p><b>Time series</b>: the input raster and the layers of <i>frames</i> (or each band of the input) "
-            "are encoded as the frames of one series store, in date order (docs/time-series.md).</p>"
+            "are encoded as the frames of one series store, in date order, all on the earliest frame's pixel grid.</p>"
             "<p>If the encoder's Python lacks PyTorch or another package, run Raster &gt; QuickSAM &gt; "
             "Set up… once.</p>")
 
