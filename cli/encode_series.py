@@ -58,6 +58,9 @@ def is_series(args: argparse.Namespace) -> bool:
         if args.frames_from_bands and len(args.rasters) != 1:
             raise QuickSamError("--frames-from-bands takes one raster (its bands are the frames): give one RASTER "
                                 "and STORE, or use --series for several rasters")
+        if args.extent_crs or args.zoom is not None:
+            raise QuickSamError("a series is read from raster files: leave out --zoom and --extent-crs, and give "
+                                "--extent in the CRS of frame 0 (the earliest)")
         return True
     given = [name for name in SERIES_ONLY if getattr(args, name) is not None]
     if given:
