@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
 from ..core.logger import LOGGER
 from ..core.manifest import MANIFEST
-from ..core.series import SeriesManifest, write_series
+from ..core.series import SeriesManifest, read_series, write_series
 from ..core.store import FeatureStore
 from ..core.store_levels import level_stores
 from .levels_pipeline import _add, _model_once, encode_levels, plan_levels, share_decoder
@@ -81,7 +81,7 @@ def _encode_frame(plan: SeriesPlan, frame: FramePlan, workdir: Path, progress: O
         request = dataclasses.replace(request, raster=str(frame.vrt))
 
     def on_ready(store: FeatureStore, todo: int) -> None:
-        if frame.ref.index == 0:
+        if frame.ref.index == 0 and read_series(root) != plan.series:
             write_series(root, plan.series)
         else:   # one decoder file for the series where the file system allows a hard link
             share_decoder(FeatureStore.open(root), store)
