@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 from ..core.catalogue import MODELS, default_checkpoint_for
 from ..core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, default_overlap
+from .encode_series import add_series_options, is_series, run_series
 from .events import EventWriter, add_events_option, download_progress
 from .options import parse_extent, parse_factors, parse_ints
 
@@ -22,10 +23,12 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
     encode = commands.add_parser("encode", help="encode a raster into a feature store",
                                  description="Encode a raster once into a feature store for interactive "
                                              "segmentation. Re-running the same command resumes.")
-    encode.add_argument("raster", help="the raster: a file (any GDAL format); a URL of a raster file such as a COG "
-                                        "(read with HTTP range requests); an XYZ tile URL with {z}, {x} and {y} "
-                                        "(with --zoom); a QGIS XYZ layer source (type=xyz&url=...); GDAL's WMS:, "
-                                        "WMTS: or /vsi... strings (docs/online-layers.md). Quote it in the shell")
+    encode.add_argument("rasters", nargs="+", metavar="RASTER",
+                        help="the raster: a file (any GDAL format); a URL of a raster file such as a COG (read with "
+                             "HTTP range requests); an XYZ tile URL with {z}, {x} and {y} (with --zoom); a QGIS XYZ "
+                             "layer source (type=xyz&url=...); GDAL's WMS:, WMTS: or /vsi... strings "
+                             "(docs/online-layers.md). Quote it in the shell. With --series: several rasters, the "
+                             "frames of a time series")
     encode.add_argument("store", type=Path, help="output folder of the feature store (new, empty, or a store "
                                                   "made by the same command, which is then resumed)")
     encode.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="model (default %(default)s)")
@@ -62,6 +65,7 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
                         help="percentile: 2-98 %% of the whole raster per band (default); none: values as 0-255")
     encode.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"],
                         help="stored feature precision (default float16: half the disk, ~1e-4 logit change)")
+    add_series_options(encode)
     add_events_option(encode)
     encode.set_defaults(handler=_cmd_encode)
 
@@ -97,13 +101,17 @@ def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
     from ..encoder.levels_pipeline import encode_levels
     from ..encoder.pipeline import EncodeRequest
 
-    source, extent = _source_and_extent(args)
+    series = is_series(args)
+    args.raster = args.rasters[0]
+    source, extent = (args.raster, args.extent) if series else _source_and_extent(args)
     checkpoint = _resolve_weights(args, events)
     request = EncodeRequest(
         raster=source, store=args.store, model=args.model, checkpoint=checkpoint, seed=args.seed,
         bands=args.bands, overlap=_overlap(args), extent=extent, batch_size=args.batch_size,
         device=args.device, tile_size=args.tile_size, stretch=args.stretch, feature_dtype=args.feature_dtype,
         resolution=args.resolution, levels=tuple(args.levels))
+    if series:
+        return run_series(args, events, request)
 
     def on_progress(event: ProgressEvent) -> None:
         events.progress(event.done, event.total, "tiles", tile=event.tile_id, status=event.status)

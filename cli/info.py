@@ -36,10 +36,10 @@ def add_info_parsers(commands: argparse._SubParsersAction) -> None:
 
 def _cmd_info(args: argparse.Namespace, events: EventWriter) -> int:
     from ..core.store import FeatureStore
-    from .encode import levels_summary
+    from .encode_series import series_info
 
     events.start(store=str(args.store))
-    events.finished(levels_summary(FeatureStore.open(args.store)), indent=2)
+    events.finished(series_info(FeatureStore.open(args.store)), indent=2)
     return 0
 
 

@@ -87,9 +87,10 @@ def base_factor(request: EncodeRequest, info: RasterInfo, existing: Optional[Fea
     return factor
 
 
-def plan_levels(request: EncodeRequest) -> List[LevelPlan]:
+def plan_levels(request: EncodeRequest, stretch: Optional[Stretch] = None) -> List[LevelPlan]:
     """Every level's plan, finest first, before anything is written (the finest level's stretch used by
-    all). QuickSamError/RasterError for bad input."""
+    all: an existing store's, else `stretch` when given (a series' shared one), else sampled). QuickSamError/
+    RasterError for bad input."""
     root = Path(request.store)
     existing = FeatureStore.open(root) if (root / MANIFEST).is_file() else None
     factors = check_factors(request.levels)
@@ -100,7 +101,8 @@ def plan_levels(request: EncodeRequest) -> List[LevelPlan]:
     info = describe_raster(request.raster)
     base = base_factor(request, info, existing)
     finest = dataclasses.replace(request, level_factor=base)
-    stretch = (Stretch(**dataclasses.asdict(existing.manifest.preprocessing.stretch)) if existing else None)
+    if existing:
+        stretch = Stretch(**dataclasses.asdict(existing.manifest.preprocessing.stretch))
     plans = [LevelPlan(finest, plan_store(finest, stretch), ".")]
     stretch = stretch or Stretch(**dataclasses.asdict(plans[0].plan.manifest.preprocessing.stretch))
     for factor in (f for f in factors if not same_factor(f, 1.0)):
@@ -112,22 +114,24 @@ def plan_levels(request: EncodeRequest) -> List[LevelPlan]:
 
 def encode_levels(request: EncodeRequest, progress: Optional[ProgressCallback] = None,
                   cancelled: Optional[CancelCheck] = None, model: Optional[SegmentModel] = None,
-                  started: Optional[Callable[[FeatureStore, int], None]] = None) -> Tuple[FeatureStore, EncodeStats]:
+                  started: Optional[Callable[[FeatureStore, int], None]] = None, stretch: Optional[Stretch] = None,
+                  model_source: Optional[Callable[[], SegmentModel]] = None) -> Tuple[FeatureStore, EncodeStats]:
     """Encode (or finish, or add levels to) the store `request.store` at every level of `request.levels`.
 
     Returns the root store (the finest level) and the run's totals. `started(root, tiles_to_do)` is called
     once, when every level's store is ready; progress events count tiles over all levels (a coarser level's
     tile ids are prefixed with its folder). The root store is locked for the whole run, each level while it
-    is written. Errors as `pipeline.encode_raster`.
+    is written. A series (encoder/series_pipeline.py) gives its shared `stretch` and `model_source` (the model
+    built once for all frames). Errors as `pipeline.encode_raster`.
     """
-    plans = plan_levels(request)   # bad input refused before anything is written
+    plans = plan_levels(request, stretch)   # bad input refused before anything is written
     root = Path(request.store)
     with store_lock(root), plain_write_errors(root):
         stores = _prepare_levels(plans)
         if started is not None:
             started(stores[0], sum(len(store.pending_tiles()) for store in stores))
         index_before = _mtime(root / TILE_INDEX)
-        stats = _encode_each(plans, stores, progress, cancelled, _model_once(request, model))
+        stats = _encode_each(plans, stores, progress, cancelled, model_source or _model_once(request, model))
         encoded = FeatureStore.open(root)   # read again: each level was written through its own handle
         # the finest level's own run may rewrite the index with its tiles only: the root's lists every level again
         write_levels_index(encoded, level_stores(encoded), force=_mtime(root / TILE_INDEX) != index_before)

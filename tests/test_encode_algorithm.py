@@ -100,8 +100,9 @@ def test_identity(algorithm):
 
 def test_parameters_and_defaults(algorithm):
     names = [p.name() for p in algorithm.parameterDefinitions()]
-    assert names == ["INPUT", "RED_BAND", "GREEN_BAND", "BLUE_BAND", "BANDS", "EXTENT", "MODEL", "CHECKPOINT",
-                     "RANDOM_WEIGHTS", "RESOLUTION", "LEVELS", "OVERLAP", "BATCH_SIZE", "DEVICE", "TILE_SIZE", "OUTPUT"]
+    assert names == ["INPUT", "RED_BAND", "GREEN_BAND", "BLUE_BAND", "BANDS", "EXTENT", "FRAMES", "FRAMES_FROM_BANDS",
+                     "FRAME_DATES", "DATE_PATTERN", "MODEL", "CHECKPOINT", "RANDOM_WEIGHTS", "RESOLUTION", "LEVELS",
+                     "OVERLAP", "BATCH_SIZE", "DEVICE", "TILE_SIZE", "OUTPUT"]
     param = algorithm.parameterDefinition
 
     for name in ("RED_BAND", "GREEN_BAND", "BLUE_BAND"):
@@ -139,9 +140,9 @@ def test_parameters_and_defaults(algorithm):
     advanced = QgsProcessingParameterDefinition.Flag.FlagAdvanced
     assert {n for n in names if is_set(n, optional)} == {"RED_BAND", "GREEN_BAND", "BLUE_BAND", "BANDS", "EXTENT",
                                                          "CHECKPOINT", "OVERLAP", "OUTPUT", "RESOLUTION",
-                                                         "LEVELS"}
+                                                         "LEVELS", "FRAMES", "FRAME_DATES", "DATE_PATTERN"}
     assert {n for n in names if is_set(n, advanced)} == {"RANDOM_WEIGHTS", "BATCH_SIZE", "DEVICE",
-                                                         "TILE_SIZE"}
+                                                         "TILE_SIZE", "FRAME_DATES", "DATE_PATTERN"}
     assert all(param(n).help() for n in names), "every parameter has help"
 
 

@@ -52,6 +52,7 @@ from .encode_outputs import (
     remember_encoded_store,
     wants_default_store,
 )
+from .encode_series import add_series_parameters, series_choice, with_series
 from .encoder_events import CLI_ERROR_LINE, EncoderEventReporter, in_dialog_words, record_environment_failure
 
 MODEL_NAMES: List[str] = list(MODELS)
@@ -125,6 +126,8 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             "<p>Outputs: the feature store folder and its tile index (a GeoPackage of tile "
             "footprints, added to the project when the dialog runs the algorithm). The store is remembered "
             "for the raster's layers, so the Segment tool uses it.</p>"
+            "<p><b>Time series</b>: the input raster and the layers of <i>frames</i> (or each band of the input) "
+            "are encoded as the frames of one series store, in date order, all on the earliest frame's pixel grid.</p>"
             "<p>If the encoder's Python lacks PyTorch or another package, run Raster &gt; QuickSAM &gt; "
             "Set up… once.</p>")
 
@@ -132,6 +135,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
 
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:
         self._add_raster_parameters()
+        add_series_parameters(self)
         self._add_model_parameters()
         self._add_run_parameters()
         self._add(QgsProcessingParameterFolderDestination(
@@ -252,7 +256,9 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
                 extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
         # a file, a COG over HTTP, or an XYZ/WMTS/WMS layer (WMS read at RESOLUTION)
         raster, extent = encoder_source(layer, extent, self._resolution(parameters, context))
-        bands = self._bands(parameters, context, layer)
+        series = series_choice(self, parameters, context, layer)
+        bands = [] if series.from_bands else self._bands(parameters, context, layer)
+        raster = series.frames[0] if series.is_series else raster
         checkpoint = (self.parameterAsString(parameters, self.CHECKPOINT, context) or "").strip()
         random_weights = self.parameterAsBoolean(parameters, self.RANDOM_WEIGHTS, context)
         if checkpoint and random_weights:
@@ -270,6 +276,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             tile_size=tile_size, resolution=self._resolution(parameters, context),
             levels=self._levels(parameters, context))
+        args = with_series(args, series)
         return EncoderJob(args=args, python=encoder_python(), store=store, raster=raster)
 
     def _resolution(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> Optional[float]:

@@ -116,7 +116,10 @@ def _rewrites() -> List[_Rewrite]:
               "random-weights": _tr("the random weights option"), "seed": _tr("the random weights option"),
               "extent-crs": _tr("the Extent to encode field (any CRS)"),
               "zoom": _tr("the layer's zoom levels (the zmax of its connection)"),
-              "resolution": _tr("the Ground resolution field"), "levels": _tr("the Levels field")}
+              "resolution": _tr("the Ground resolution field"), "levels": _tr("the Levels field"),
+              "series": _tr("the Time series frames field"), "frames-from-bands": _tr("the frames from bands option"),
+              "frame-pattern": _tr("the Time series frames field"), "dates": _tr("the Frame dates field"),
+              "date-pattern": _tr("the Date pattern field"), "frame-resampling": _tr("the frames' resampling")}
     return [
         (re.compile(r"pass (?:its new place|the original) with --raster"),  # an on-demand tile (encode-tile)
          lambda m: _tr("put the raster back where the store says it was")),
