@@ -270,6 +270,7 @@ def test_cli_track_writes_a_temporal_geopackage_without_torch(series, tmp_path):
     geometry = shapely.wkb.loads(bytes(features[(7, 2)].geometry().asWkb()))
     assert_same_geometry(geometry, expected_square(2, (156, 50), 2))
     assert features[(7, 2)]["datetime"] == iso(SERIES_DATES[2])
+    assert features[(7, 2)]["datetime_end"] == iso(SERIES_DATES[3])   # the next frame's, though not tracked
     assert not layer.temporalProperties().isActive()
     _, loaded = layer.loadDefaultStyle()   # as QGIS does when it adds the layer to a project
     properties = layer.temporalProperties()
@@ -325,3 +326,18 @@ def test_an_encoder_without_track_masks_is_told_to_update_in_one_line(registered
         run(series, two_points())
     message = str(caught.value).strip()
     assert "has no track-masks command" in message and "Set up" in message and "\n" not in message
+
+
+def test_cli_track_to_another_format_writes_a_qml_with_the_temporal_settings(series, tmp_path):
+    output = tmp_path / "tracks.geojson"
+    environment = {**__import__("os").environ, settings.PYTHON_ENV_VAR: str(fake_python(tmp_path))}
+    result = subprocess.run(cli_command("track", series, "--frame", "0", "--box={},{},{},{}".format(
+        *at(70, 130), *at(90, 110)), "--direction", "forward", "--frames", "0:1", "--output", output),
+        capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stderr
+    layer = QgsVectorLayer(str(output), "tracks", "ogr")
+    assert sorted(by_key(layer)) == [(1, 0), (1, 1)]
+    assert (tmp_path / "tracks.qml").is_file()
+    _, loaded = layer.loadDefaultStyle()
+    assert loaded and layer.temporalProperties().isActive()
+    assert layer.temporalProperties().endField() == "datetime_end"
