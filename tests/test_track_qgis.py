@@ -341,3 +341,27 @@ def test_cli_track_to_another_format_writes_a_qml_with_the_temporal_settings(ser
     _, loaded = layer.loadDefaultStyle()
     assert loaded and layer.temporalProperties().isActive()
     assert layer.temporalProperties().endField() == "datetime_end"
+
+
+# -- frames and dates (no QGIS) -----------------------------------------------------------------------------------
+
+def test_frame_ranges_directions_and_periods():
+    from quicksam.core.errors import QuickSamError
+    from quicksam.core.series import FrameRef
+    from quicksam.interactive.track_features import frame_periods
+    from quicksam.interactive.tracking import parse_frame_range, tracked_frames
+
+    assert parse_frame_range("", 5) == (0, 4) and parse_frame_range("2:", 5) == (2, 4)
+    assert parse_frame_range(":3", 5) == (0, 3) and parse_frame_range(" 1:2 ", 5) == (1, 2)
+    for bad in ("3", "a:b", "3:1", "0:5", "1:2:3"):
+        with pytest.raises(QuickSamError):
+            parse_frame_range(bad, 5)
+    assert tracked_frames(5, 2, "forward", (0, 4)) == (2, 3, 4)
+    assert tracked_frames(5, 2, "backward", (1, 4)) == (1, 2)
+    assert tracked_frames(5, 2, "both", (1, 3)) == (1, 2, 3)
+    frames = [FrameRef(0, ".", "a", datetime="2024-01-01T00:00:00"), FrameRef(1, "frames/t0001", "b",
+              datetime="2024-01-03T12:00:00"), FrameRef(2, "frames/t0002", "c", datetime="2024-01-04T00:00:00")]
+    assert frame_periods(frames, (1, 2)) == {1: ("2024-01-03T12:00:00", "2024-01-04T00:00:00"),
+                                             2: ("2024-01-04T00:00:00", "2024-01-04T12:00:00")}
+    undated = [FrameRef(0, ".", "a"), FrameRef(1, "frames/t0001", "b")]
+    assert frame_periods(undated, (0, 1)) == {0: (None, None), 1: (None, None)}
