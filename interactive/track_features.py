@@ -1,9 +1,9 @@
 """A tracked frame's masks to records with polygons in the raster's CRS (no QGIS, no torch; GDAL's `osgeo`).
 
 One record per object per frame: its polygon (interactive/vectorise.py, holes kept) on the tile's own
-geotransform at the group's level, the frame's index and date-time, and the next tracked frame's date-time as
-`datetime_end` (so that each polygon shows until the next date in QGIS's Temporal Controller; the last frame's
-ends one step after it, the step being the previous interval). An object SAM 2 saw as absent (or whose mask
+geotransform at the group's level, the frame's index and date-time, and the next frame's date-time as
+`datetime_end` (so that each polygon shows until the next date in QGIS's Temporal Controller; the series' last
+frame ends one step after it, the step being the previous interval). An object SAM 2 saw as absent (or whose mask
 holds no valid pixel) is recorded with `present` False and no geometry, never as a garbage shape.
 Masks are cut to the frame's own valid pixels (its nodata never becomes part of an object).
 """
@@ -45,15 +45,15 @@ class TrackedShape:
 
 def frame_periods(frames: Sequence[FrameRef], tracked: Sequence[int]
                   ) -> Dict[int, Tuple[Optional[str], Optional[str]]]:
-    """{series index: (start, end)} for the `tracked` frames (ascending): start the frame's date-time, end the
-    next tracked frame's; the last one's end is its date plus the step before it (a single frame: None).
+    """{series index: (start, end)} for the `tracked` frames: start the frame's date-time, end the next series
+    frame's (frames are in date order); the series' last frame ends one step after it (the step before it).
     Either is None where a date is missing."""
-    dates = [frames[index].datetime for index in tracked]
+    dates = [frame.datetime for frame in frames]
     periods: Dict[int, Tuple[Optional[str], Optional[str]]] = {}
-    for position, index in enumerate(tracked):
-        start = dates[position]
-        following = dates[position + 1] if position + 1 < len(tracked) else _one_step_after(dates)
-        periods[index] = (start, following if start else None)
+    for index in tracked:
+        start = dates[index]
+        end = dates[index + 1] if index + 1 < len(dates) else _one_step_after(dates)
+        periods[index] = (start, end if start else None)
     return periods
 
 

@@ -8,8 +8,8 @@ Run as the encoder's Python: `fake_python(folder)` writes an executable that tak
 The known masks, in the tile's pixels: object k's anchor (ax, ay) is the floor of its first point, else of its
 box's centre, else of its mask prompt's centroid; on frame f its mask is the square of columns
 ax - 5 + 2 (f - prompt frame) .. ax + 5 + 2 (f - prompt frame) (exclusive end) and rows ay - 5 .. ay + 5, with
-a 2 x 2 hole at (ax + 2 (f - p), ay) (holes must survive). Object id 2 is absent on frame 2 (all False,
-present False). The object score is 0.5 + 0.01 f (float32).
+a 2 x 2 hole at (ax + 2 (f - p), ay) (holes must survive). Object id 2 is absent on frame 2 (present False,
+its mask kept as a garbage shape that must not be drawn). The object score is 0.5 + 0.01 f (float32).
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def main(argv) -> int:
         for frame in job.tracked_order():
             ids = np.array([obj.obj_id for obj in group.objects], np.int64)
             present = np.array([(obj.obj_id, frame) != ABSENT for obj in group.objects])
-            masks = np.stack([known_mask(*anchor(obj), 2 * (frame - job.prompt_frame), size) & seen
-                              for obj, seen in zip(group.objects, present)])
+            # an absent object keeps a (garbage) mask: the QGIS side must go by `present`, not by the mask
+            masks = np.stack([known_mask(*anchor(obj), 2 * (frame - job.prompt_frame), size)
+                              for obj in group.objects])
             scores = np.full(len(ids), 0.5 + 0.01 * frame, np.float32)
             path = write_result(Path(job.output_dir), FrameResult(group_index, frame, ids, present, scores, masks))
             print(json.dumps({"event": "track_frame", "group": group_index, "frame": frame, "path": str(path)}),

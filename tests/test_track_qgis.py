@@ -30,6 +30,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProject,
+    QgsRectangle,
     QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QDateTime, Qt
@@ -269,6 +270,7 @@ def test_cli_track_writes_a_temporal_geopackage_without_torch(series, tmp_path):
     geometry = shapely.wkb.loads(bytes(features[(7, 2)].geometry().asWkb()))
     assert_same_geometry(geometry, expected_square(2, (156, 50), 2))
     assert features[(7, 2)]["datetime"] == iso(SERIES_DATES[2])
+    assert features[(7, 2)]["datetime_end"] == iso(SERIES_DATES[3])   # the next frame's, though not tracked
     assert not layer.temporalProperties().isActive()
     _, loaded = layer.loadDefaultStyle()   # as QGIS does when it adds the layer to a project
     properties = layer.temporalProperties()
@@ -282,3 +284,84 @@ def test_cli_track_refuses_a_store_that_is_not_a_series_in_one_line(series, tmp_
                             capture_output=True, text=True, timeout=300)
     assert_one_line_error(result, "is not a series store")
     assert not (tmp_path / "out.gpkg").exists()
+
+
+# -- levels, cancel, the tracker's failures ------------------------------------------------------------------------
+
+def test_an_object_larger_than_a_tile_is_tracked_on_the_coarser_level_at_its_place(registered, tmp_path_factory,
+                                                                                  fake_tracker):
+    """A box over 36 x 10 px of the raster at factor 1 fits no 256 px tile of the finest level (wider than one):
+    it goes to the 4x level (100 x 64 px, one tile), and the polygons lie on that level's 40 m pixels."""
+    series = build_series(tmp_path_factory.mktemp("levels"), SERIES_DATES[:2], "--levels", "1,4")
+    box = (*at(20, 200), *at(380, 100))   # columns 20-380, rows 100-200 of the raster
+    layer = prompt_layer("Polygon", [(QgsGeometry.fromRect(QgsRectangle(*box)), 4, 0)])
+    features = by_key(run(series, layer, POLYGONS=1)["OUTPUT"])
+    assert sorted(features) == [(4, 0), (4, 1)]
+    assert features[(4, 1)]["level"] == "levels/x4" and features[(4, 1)]["resolution"] == pytest.approx(40.0)
+    # the box's centre in 4x pixels: column 50, row 37.5 → anchor (50, 37); frame 1 is 2 px right of frame 0
+    col0, row0 = 50 - 5 + 2, 37 - 5
+    square = shapely.box(ORIGIN[0] + col0 * 40, ORIGIN[1] - (row0 + 10) * 40, ORIGIN[0] + (col0 + 10) * 40,
+                         ORIGIN[1] - row0 * 40)
+    hole = shapely.box(ORIGIN[0] + (col0 + 5) * 40, ORIGIN[1] - (row0 + 7) * 40, ORIGIN[0] + (col0 + 7) * 40,
+                       ORIGIN[1] - (row0 + 5) * 40)
+    geometry = shapely.wkb.loads(bytes(features[(4, 1)].geometry().asWkb()))
+    assert_same_geometry(geometry, shapely.MultiPolygon([square.difference(hole)]))
+
+
+def test_cancel_stops_the_tracker_and_says_so(registered, series, fake_tracker):
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda _percent: feedback.cancel())   # after the first frame arrives
+    with pytest.raises(QgsProcessingException, match="Tracking cancelled"):
+        run(series, two_points(), feedback=feedback)
+
+
+def test_an_encoder_without_track_masks_is_told_to_update_in_one_line(registered, series, tmp_path, monkeypatch):
+    python = tmp_path / "old-encoder-python"
+    python.write_text("#!/bin/sh\necho \"quicksam: error: argument command: invalid choice: 'track-masks' "
+                      "(choose from 'encode', 'info')\" >&2\nexit 1\n")
+    python.chmod(0o755)
+    settings.PYTHON_EXECUTABLE.reset()
+    monkeypatch.setenv(settings.PYTHON_ENV_VAR, str(python))
+    with pytest.raises(QgsProcessingException) as caught:
+        run(series, two_points())
+    message = str(caught.value).strip()
+    assert "has no track-masks command" in message and "Set up" in message and "\n" not in message
+
+
+def test_cli_track_to_another_format_writes_a_qml_with_the_temporal_settings(series, tmp_path):
+    output = tmp_path / "tracks.geojson"
+    environment = {**__import__("os").environ, settings.PYTHON_ENV_VAR: str(fake_python(tmp_path))}
+    result = subprocess.run(cli_command("track", series, "--frame", "0", "--box={},{},{},{}".format(
+        *at(70, 130), *at(90, 110)), "--direction", "forward", "--frames", "0:1", "--output", output),
+        capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stderr
+    layer = QgsVectorLayer(str(output), "tracks", "ogr")
+    assert sorted(by_key(layer)) == [(1, 0), (1, 1)]
+    assert (tmp_path / "tracks.qml").is_file()
+    _, loaded = layer.loadDefaultStyle()
+    assert loaded and layer.temporalProperties().isActive()
+    assert layer.temporalProperties().endField() == "datetime_end"
+
+
+# -- frames and dates (no QGIS) -----------------------------------------------------------------------------------
+
+def test_frame_ranges_directions_and_periods():
+    from quicksam.core.errors import QuickSamError
+    from quicksam.core.series import FrameRef
+    from quicksam.interactive.track_features import frame_periods
+    from quicksam.interactive.tracking import parse_frame_range, tracked_frames
+
+    assert parse_frame_range("", 5) == (0, 4) and parse_frame_range("2:", 5) == (2, 4)
+    assert parse_frame_range(":3", 5) == (0, 3) and parse_frame_range(" 1:2 ", 5) == (1, 2)
+    for bad in ("3", "a:b", "3:1", "0:5", "1:2:3"):
+        with pytest.raises(QuickSamError):
+            parse_frame_range(bad, 5)
+    assert tracked_frames(5, 2, "forward", (0, 4)) == (2, 3, 4)
+    assert tracked_frames(5, 2, "backward", (1, 4)) == (1, 2)
+    assert tracked_frames(5, 2, "both", (1, 3)) == (1, 2, 3)
+    frames = [FrameRef(0, ".", "a", datetime="2024-01-01T00:00:00"), FrameRef(1, "frames/t0001", "b",
+              datetime="2024-01-03T12:00:00"), FrameRef(2, "frames/t0002", "c", datetime="2024-01-04T00:00:00")]
+    assert frame_periods(frames, (1, 2)) == {1: ("2024-01-03T12:00:00", "2024-01-04T00:00:00"),
+                                             2: ("2024-01-04T00:00:00", "2024-01-04T12:00:00")}
+    undated = [FrameRef(0, ".", "a"), FrameRef(1, "frames/t0001", "b")]
+    assert frame_periods(undated, (0, 1)) == {0: (None, None), 1: (None, None)}

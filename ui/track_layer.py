@@ -2,7 +2,7 @@
 interactive/track_features.py; docs/time-series.md "The temporal layer").
 
 One feature per object per frame: `obj_id`, `frame` (series index), `datetime` (the frame's date-time) and
-`datetime_end` (the next tracked frame's, so that each polygon shows until the next date), `score` (SAM 2's
+`datetime_end` (the next frame's, so that each polygon shows until the next date), `score` (SAM 2's
 object score, 0..1), `area` (map units² of the raster's CRS), `present` (False: SAM 2 lost the object on that
 frame, and the feature has no geometry), `level` and `resolution` (the store level decoded, its map units per
 pixel). The layer's temporal properties take the feature's start and end from `datetime` and `datetime_end`, so

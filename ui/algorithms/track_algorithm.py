@@ -205,7 +205,10 @@ class TrackObjectsAlgorithm(DecodingAlgorithm):
                 counts[1] += 0 if record.present else 1
             feedback.setProgress(100.0 * progress.fraction)
 
-        run_tracker(plan, add, feedback.isCanceled, on_event=lambda event: _log_event(feedback, event))
+        progress = run_tracker(plan, add, feedback.isCanceled, on_event=lambda event: _log_event(feedback, event))
+        if len(progress.done) < progress.total:
+            feedback.pushWarning(_tr("The tracker sent {done} of {total} frame results; the others are missing from "
+                                     "the output.").format(done=len(progress.done), total=progress.total))
         return counts[0], counts[1]
 
 

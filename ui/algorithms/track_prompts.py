@@ -11,7 +11,7 @@ Coordinates come out in the raster's CRS. Bad input: QuickSamError, one line nam
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Set
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from qgis.core import QgsCsException, QgsWkbTypes
 
@@ -47,7 +47,7 @@ def integer_value(value: Any, what: str, fid: int) -> int:
 
 
 def read_track_prompts(features: Iterable[Any], transform: Any, id_field: Optional[str], frame_field: Optional[str],
-                       label_field: Optional[str], polygons_as: str = "mask") -> tuple:
+                       label_field: Optional[str], polygons_as: str = "mask") -> Tuple[List[ObjectPrompts], Set[int]]:
     """(objects: List[ObjectPrompts] in reading order, frames: Set[int] the frame field's values (empty without
     the field)) from QgsFeatures; `transform` a QgsCoordinateTransform to the raster's CRS or None."""
     gathered: Dict[int, _Gathered] = {}
