@@ -11,7 +11,7 @@ command, the algorithm and the dock share one implementation (`segment-all` like
 `quicksam:segmentall`). QGIS is imported only there: `encode`, `info` and `checkpoints` work without QGIS,
 and an encode never loads the decoding stage.
 
-One module per command (encode.py, encode_tile.py, segment.py, segment_all.py, info.py: info and
+One module per command (encode.py, encode_tile.py, segment.py, segment_all.py, track_masks.py, info.py: info and
 checkpoints), the events and exit statuses (events.py), shared argument types (options.py) and the headless
 QGIS (headless.py).
 """
@@ -47,6 +47,7 @@ from .info import add_info_parsers
 from .options import OneLineParser
 from .segment import add_segment_parser
 from .segment_all import add_segment_all_parser
+from .track_masks import add_track_masks_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_encode_tile_parser(commands)
     add_segment_parser(commands)
     add_segment_all_parser(commands)
+    add_track_masks_parser(commands)
     add_info_parsers(commands)
     return parser
 

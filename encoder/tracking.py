@@ -64,17 +64,19 @@ class TrackOutcome:
 def run_track_job(job: TrackJob, base: Optional[Path] = None, device: str = "auto",
                   checkpoint: Optional[str] = None, on_result: Optional[ResultCallback] = None,
                   cancelled: Optional[Callable[[], bool]] = None,
-                  started: Optional[Callable[[int], None]] = None) -> TrackOutcome:
+                  started: Optional[Callable[[int], None]] = None, predictor: Optional[Any] = None) -> TrackOutcome:
     """Track every group of `job` and write one result file per group and frame into `job.output_dir`.
 
-    `base`: the folder relative mask files are in (the job file's). `started(total)` once the job is checked and
+    `base`: the folder relative mask files are in (the job file's); `predictor`: one `build_store_predictor` made
+    for this series (default: built here). `started(total)` once the job is checked and
     the model built; `on_result(result, path)` after each file; `cancelled()` is asked between frames: Cancelled
     then, the files written so far kept. StoreError/QuickSamError (one line) for a bad job (see
     encoder/track_inputs.py), CheckpointError for weights that are not the store's."""
     began = time.perf_counter()
     root, frames = open_series(job)
     groups = [open_group(root, frames, job, index, base) for index in range(len(job.groups))]
-    predictor = build_store_predictor(groups[0].stores[0], device, checkpoint)
+    if predictor is None:
+        predictor = build_store_predictor(groups[0].stores[0], device, checkpoint)
     output_dir = Path(job.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     total = len(groups) * len(job.tracked_order())
@@ -85,17 +87,22 @@ def run_track_job(job: TrackJob, base: Optional[Path] = None, device: str = "aut
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_HOLE_FILLING_WARNING, category=UserWarning)
         for index, group in enumerate(groups):
+            _stop_if_cancelled(cancelled, written, output_dir)
             for result in track_group(predictor, job, index, group):
                 path = write_result(output_dir, result)
                 written += 1
                 if on_result is not None:
                     on_result(result, path)
-                if cancelled is not None and cancelled() and written < total:
-                    raise Cancelled(f"tracking cancelled; the {written} results written so far are kept in "
-                                    f"'{output_dir}'")
+                if written < total:
+                    _stop_if_cancelled(cancelled, written, output_dir)
     now = time.perf_counter()
     LOGGER.info("tracked %d groups over %d frames in %.1f s", len(groups), len(job.frames), now - tracking)
     return TrackOutcome(written, job.tracked_order(), now - tracking, now - began)
+
+
+def _stop_if_cancelled(cancelled: Optional[Callable[[], bool]], written: int, output_dir: Path) -> None:
+    if cancelled is not None and cancelled():
+        raise Cancelled(f"tracking cancelled; the {written} results written so far are kept in '{output_dir}'")
 
 
 def build_store_predictor(store: FeatureStore, device: str = "auto", checkpoint: Optional[str] = None) -> Any:

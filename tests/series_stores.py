@@ -9,7 +9,7 @@ core.series.write_series.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 from synthetic import square_scene, write_raster
@@ -30,11 +30,12 @@ def moving_square_frames(folder: Path, count: int = 4, size: int = 256, scale: i
     return paths
 
 
-def encode_series(rasters: Sequence[Path], store: Path, model: Optional[Any] = None,
+def encode_series(rasters: Sequence[Path], store: Path, segment_model: Optional[Any] = None,
                   datetimes: Optional[Sequence[Optional[str]]] = None, **encode_options: Any) -> Path:
     """Encode `rasters` (in date order) as a series store at `store` with the test model (stretch none, so that
-    every frame is read alike) and write its series.json; returns `store`. `encode_options` are EncodeRequest
-    fields (e.g. feature_dtype="float32", levels=(1.0, 4.0))."""
+    every frame is read alike) and write its series.json; returns `store`. `segment_model`: the model object
+    (default: the cached random one); `encode_options` are EncodeRequest fields (e.g. feature_dtype="float32",
+    levels=(1.0, 4.0), model="sam_vit_b" with a model object of it)."""
     from synthetic import MODEL, TILE_SIZE, random_model
 
     from quicksam.core.series import FrameRef, SeriesManifest, frame_folder_name, write_series
@@ -48,15 +49,10 @@ def encode_series(rasters: Sequence[Path], store: Path, model: Optional[Any] = N
         fields = dict(model=MODEL, tile_size=TILE_SIZE, overlap=32, device="cpu", stretch="none")
         fields.update(encode_options)
         encode_levels(EncodeRequest(raster=str(raster), store=folder, **fields),
-                      model=model or random_model(TILE_SIZE, fields.get("seed", 0)))
+                      model=segment_model or random_model(TILE_SIZE, fields.get("seed", 0)))
         date = datetimes[index] if datetimes else None
         refs.append(FrameRef(index=index, folder=frame_folder_name(index), source=str(raster), datetime=date,
                              date_source="option" if date else "index"))
     write_series(store, SeriesManifest(frames=tuple(refs), grid_source=str(rasters[0])))
     return store
 
-
-def series_on_disk(folder: Path, count: int = 4, **encode_options: Any) -> Tuple[Path, List[Path]]:
-    """A moving-square series of `count` 256 px frames encoded at `folder`/series.qsam; (store, rasters)."""
-    rasters = moving_square_frames(folder, count)
-    return encode_series(rasters, Path(folder) / "series.qsam", **encode_options), rasters
