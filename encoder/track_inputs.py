@@ -68,6 +68,10 @@ def open_group(root: FeatureStore, frames: List[FrameRef], job: TrackJob, index:
     ids = [obj.obj_id for obj in group.objects]
     if not ids or len(set(ids)) != len(ids):
         raise QuickSamError(f"group {index} of the track job must have objects with distinct ids (it has {ids})")
+    for obj in group.objects:
+        if obj.mask_file is not None and (obj.points or obj.box is not None):
+            raise QuickSamError(f"object {obj.obj_id} has a mask prompt and points or a box; SAM 2 takes one or the "
+                                "other on a frame: give the mask alone")
     stores = tuple(_level_on_frame(root, frames[frame], group) for frame in job.frames)
     tile_size = stores[0].grid.tile_size
     masks = {obj.obj_id: read_mask_prompt(_resolved(obj.mask_file, base), tile_size, obj.obj_id)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Seque
 
 import numpy as np
 
-from ..core.errors import Cancelled
+from ..core.errors import Cancelled, QuickSamError
 from ..core.logger import LOGGER
 from ..core.mask_decoding import Prompts
 from ..core.store import FeatureStore
@@ -75,10 +75,14 @@ def run_track_job(job: TrackJob, base: Optional[Path] = None, device: str = "aut
     began = time.perf_counter()
     root, frames = open_series(job)
     groups = [open_group(root, frames, job, index, base) for index in range(len(job.groups))]
+    output_dir = Path(job.output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QuickSamError(f"cannot create the track job's output folder '{output_dir}' ({exc}); choose a folder "
+                            "you can write") from None
     if predictor is None:
         predictor = build_store_predictor(groups[0].stores[0], device, checkpoint)
-    output_dir = Path(job.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     total = len(groups) * len(job.tracked_order())
     if started is not None:
         started(total)
@@ -164,14 +168,12 @@ def sam_point_prompts(obj: TrackObject) -> Tuple[Optional[np.ndarray], Optional[
 
 def add_prompts(predictor: Any, state: dict, video_index: int, obj: TrackObject, mask: Optional[np.ndarray]) -> None:
     """Give SAM 2 object `obj`'s prompts on video frame `video_index`: its mask (`add_new_mask`, (S, S) bool) or
-    its points and box (`add_new_points_or_box`); SAM 2 takes one or the other on a frame (ValueError for both)."""
-    points, labels, box = sam_point_prompts(obj)
-    if mask is not None and (points is not None or box is not None):
-        raise ValueError(f"object {obj.obj_id} has a mask prompt and points or a box; SAM 2 takes one or the other "
-                         "on a frame: give the mask alone")
+    its points and box (`add_new_points_or_box`): SAM 2 takes one or the other on a frame (a job with both is
+    refused by encoder/track_inputs.open_group)."""
     if mask is not None:
         predictor.add_new_mask(state, frame_idx=video_index, obj_id=obj.obj_id, mask=mask)
         return
+    points, labels, box = sam_point_prompts(obj)
     predictor.add_new_points_or_box(state, frame_idx=video_index, obj_id=obj.obj_id, points=points, labels=labels,
                                     box=box, normalize_coords=True)
 

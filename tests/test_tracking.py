@@ -40,6 +40,9 @@ from quicksam.encoder import tracking
 from quicksam.encoder.track_inputs import open_group, open_series
 from quicksam.encoder.tracking_state import FramesNotLoaded, stored_inference_state
 
+#: sam2 warns on every frame that its compiled extension (hole filling) is missing: both predictors alike.
+pytestmark = pytest.mark.filterwarnings("ignore:cannot import name '_C':UserWarning")
+
 TILE = "r0000c0000"
 #: The equivalence's objects on prompt frame 1: a point, a box, and a mask prompt (the square on that frame).
 POINT = TrackObject(1, points=((95.0, 100.0),), labels=(1,))
@@ -396,6 +399,10 @@ def test_bad_jobs_are_refused_in_one_line(series32, nodata_series, tmp_path, mon
     message = bad_job_error(make_job(store, tmp_path, [TrackObject(3, mask_file="small.npy")]), monkeypatch, tmp_path)
     assert "mask prompt of object 3" in message and "(64, 64)" in message
     assert "distinct ids" in bad_job_error(make_job(store, tmp_path, [POINT, POINT]), monkeypatch)
+    both = TrackObject(3, points=((5.0, 5.0),), labels=(1,), mask_file="small.npy")
+    assert "mask prompt and points" in bad_job_error(make_job(store, tmp_path, [both]), monkeypatch)
+    (tmp_path / "a_file").write_text("")
+    assert "output folder" in bad_job_error(make_job(store, tmp_path / "a_file" / "out", [POINT]), monkeypatch)
 
 
 @pytest.mark.slow
