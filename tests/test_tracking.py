@@ -195,9 +195,10 @@ def test_float32_store_tracks_as_the_stock_predictor(series32, predictor, stock_
 def test_float16_store_tracks_as_the_stock_predictor_within_half_precision(series16, predictor, stock_predictor,
                                                                            monkeypatch, tmp_path):
     """float16 features are rounded to 11 significant bits (a relative error up to 4.9e-4 on every feature), which
-    moves the logits a little more: tolerance 2e-3 on mask logits (measured: 8e-5), 1e-4 on object score logits
+    moves the logits a little more: tolerance 5e-4 on mask logits (measured: 8e-5; leaving no_mem_embed in the image
+    embedding moves them by 3e-3), 1e-4 on object score logits
     (measured: 9e-6), 99.9 % of mask pixels equal (measured: 99.988 %: pixels whose logit is near 0 flip)."""
-    worst = compare_with_stock(series16, predictor, stock_predictor, monkeypatch, tmp_path, 2e-3, 1e-4, 0.999)
+    worst = compare_with_stock(series16, predictor, stock_predictor, monkeypatch, tmp_path, 5e-4, 1e-4, 0.999)
     print("float16 store vs stock (logit, object logit, equal pixels):", worst)
 
 
