@@ -11,7 +11,7 @@ command, the algorithm and the dock share one implementation (`segment-all` like
 `quicksam:segmentall`). QGIS is imported only there: `encode`, `info` and `checkpoints` work without QGIS,
 and an encode never loads the decoding stage.
 
-One module per command (encode.py, encode_tile.py, segment.py, segment_all.py, info.py: info and
+One module per command (encode.py, encode_tile.py, segment.py, segment_all.py, track_masks.py, info.py: info and
 checkpoints), the events and exit statuses (events.py), shared argument types (options.py) and the headless
 QGIS (headless.py).
 """
@@ -48,6 +48,7 @@ from .options import OneLineParser
 from .segment import add_segment_parser
 from .segment_all import add_segment_all_parser
 from .track import add_track_parser
+from .track_masks import add_track_masks_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_segment_parser(commands)
     add_segment_all_parser(commands)
     add_track_parser(commands)
+    add_track_masks_parser(commands)
     add_info_parsers(commands)
     return parser
 

@@ -269,12 +269,30 @@ class Sam1Model(SegmentModel):
 
 
 # -- building ---------------------------------------------------------------------------------------
+def _sam2_size_overrides(image_size: int) -> List[str]:
+    """Hydra overrides that build a SAM 2 config for `image_size` px tiles (none at the native size)."""
+    return [] if image_size == DEFAULT_TILE_SIZE else [f"++model.image_size={image_size}"]
+
+
 def _build_sam2_net(config: str, image_size: int, device: str) -> nn.Module:
     from sam2.build_sam import build_sam2
 
-    overrides = [] if image_size == DEFAULT_TILE_SIZE else [f"++model.image_size={image_size}"]
     return build_sam2(config, ckpt_path=None, device=device, mode="eval",
-                      hydra_overrides_extra=overrides)
+                      hydra_overrides_extra=_sam2_size_overrides(image_size))
+
+
+def build_video_predictor(model: SegmentModel) -> nn.Module:
+    """sam2's stock `SAM2VideoPredictor` for `model` (a SAM 2 / 2.1 adapter): the same config and image size as
+    `model.net` was built with, and its very weights (its state dict loaded strictly, so seeded random weights and
+    checkpoints alike are identical), on `model.device`, in eval mode. ValueError for a SAM v1 model."""
+    from sam2.build_sam import build_sam2_video_predictor
+
+    if model.family != "sam2":
+        raise ValueError(f"tracking needs SAM 2 or SAM 2.1; {model.name} has no video memory")
+    predictor = build_sam2_video_predictor(model_spec(model.name).config, ckpt_path=None, device="cpu",
+                                           mode="eval", hydra_overrides_extra=_sam2_size_overrides(model.image_size))
+    predictor.load_state_dict(model.net.state_dict(), strict=True)
+    return predictor.to(model.device).eval()
 
 
 def _build_sam1_net(config: str, image_size: int) -> nn.Module:
