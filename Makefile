@@ -9,7 +9,7 @@ APT_PACKAGES := python3-qgis qgis-providers qgis xvfb xauth imagemagick python3-
 DEMO_DIR ?= $(HOME)/quicksam-demo
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: all install demo test test-other-release lint bench screenshot walkthrough clean-venv package translations translations-update
+.PHONY: all install demo test test-other-release lint bench screenshot screenshot-series walkthrough clean-venv package translations translations-update
 
 all: test
 
@@ -69,6 +69,10 @@ clean-venv:
 
 screenshot: install
 	bash docs/screenshot/make_screenshot.sh
+
+# docs/img/time-series-frame*.png: a series from the real raster's bands, objects tracked, the Temporal Controller.
+screenshot-series: install
+	bash docs/screenshot/series_screenshot.sh
 
 # From the zip to a polygon in the real desktop under Xvfb (fresh profile; set-up with real pip); the
 # pictures docs/install.md shows. tests/test_desktop_install.py runs the same walkthrough.

@@ -17,7 +17,7 @@ dates=2001-03-01,2001-04-01,2001-05-01,2001-06-01,2001-07-01,2001-08-01
 
 cp "$raster" "$work/landsat.tif"
 "$py" -m quicksam.cli encode "$work/landsat.tif" "$work/series.qsam" --frames-from-bands --dates "$dates" \
-  --random-weights --tile-size 128 >/dev/null
+  --random-weights --tile-size 128 >/dev/null 2>"$work/encode.log"
 read -r x0 y0 x1 y1 < <("$py" - "$work/landsat.tif" <<'PY'
 import sys, rasterio
 with rasterio.open(sys.argv[1]) as src:

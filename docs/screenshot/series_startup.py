@@ -15,7 +15,6 @@ from qgis.core import (
     QgsProject,
     QgsRasterLayer,
     QgsTemporalNavigationObject,
-    QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QDate, QDateTime, QTime, QTimer
 from qgis.PyQt.QtWidgets import QApplication, QDockWidget
@@ -35,17 +34,17 @@ def day(text):
 
 
 def add_layers():
-    raster = QgsRasterLayer(RASTER, "Landsat 7, one band per date")
+    raster = QgsRasterLayer(RASTER, "Landsat 7 (its 6 bands are the frames)")
     properties = raster.temporalProperties()   # the frames' dates: the dock follows the Temporal Controller
     properties.setIsActive(True)
     properties.setFixedTemporalRange(QgsDateTimeRange(day(DATES[0]), day("2001-09-01")))
     QgsProject.instance().addMapLayer(raster)
     for path in TRACKS:
-        layer = QgsVectorLayer(f"{path}|layername=tracks", f"tracked object ({Path(path).stem})", "ogr")
-        if not layer.isValid() or not layer.temporalProperties().isActive():
-            raise RuntimeError(f"{path}: not valid or not temporal")
+        # as a user adds it (Layer > Add Layer): QGIS applies the GeoPackage's default style, temporal settings too
+        layer = iface.addVectorLayer(f"{path}|layername=tracks", f"tracked object ({Path(path).stem})", "ogr")
+        if layer is None or not layer.isValid() or not layer.temporalProperties().isActive():
+            raise RuntimeError(f"{path}: not valid or not temporal when added as a user adds it")
         layer.renderer().symbol().setOpacity(0.6)
-        QgsProject.instance().addMapLayer(layer)
     iface.setActiveLayer(raster)
     canvas = iface.mapCanvas()
     canvas.setExtent(raster.extent())
@@ -68,9 +67,10 @@ def navigation():
     controller.setFrameDuration(QgsInterval(0, 1, 0, 0, 0, 0, 0))   # one month
     mode = getattr(QgsTemporalNavigationObject, "NavigationMode", None)
     controller.setNavigationMode(mode.Animated if mode else QgsTemporalNavigationObject.Animated)
-    dock = iface.mainWindow().findChild(QDockWidget, "TemporalControllerDock")
-    if dock is not None:
-        dock.show()
+    for dock in iface.mainWindow().findChildren(QDockWidget):
+        if dock.windowTitle() == "Temporal Controller" or dock.objectName() == "Temporal Controller":
+            dock.show()
+            dock.raise_()
     return controller
 
 
