@@ -9,6 +9,7 @@ from two plain stores and a series.json (core/series.py), as the series encoder 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,24 @@ def test_track_without_an_object_says_what_to_do(dock: SegmentDock) -> None:
     assert not dock.tracking.track_or_stop()
     assert "click on the object" in dock.statusLabel.text()
     assert not (dock.controller.store.root / "tracks.gpkg").exists()
+
+
+@pytest.mark.slow
+def test_track_with_the_real_tracker_process_fills_every_frame(dock: SegmentDock, monkeypatch) -> None:
+    """The dock's Track against the real `quicksam track-masks` (this venv's Python as the encoder's): one
+    feature per frame with its date, from frame 1 both ways. (That QGIS's process never imports torch is checked
+    by tests/test_track_qgis.py, whose process has not imported it; this one built its stores with torch.)"""
+    monkeypatch.setenv(settings.PYTHON_ENV_VAR, sys.executable)
+    dock.controller.activate_tool()
+    dock.frameCombo.setCurrentIndex(1)
+    click_map(dock, *pixel_to_map_default(170.5, 170.5))
+    assert dock.controller.wait_idle()
+    dock.directionCombo.setCurrentIndex(dock.directionCombo.findData("both"))
+    assert dock.tracking.track_or_stop()
+    wait_tracked(dock, timeout=300)
+    assert "2 frames" in dock.statusLabel.text(), dock.statusLabel.text()
+    features = sorted(dock.tracking.layer.getFeatures(), key=lambda feature: feature["frame"])
+    assert [(f["obj_id"], f["frame"]) for f in features] == [(1, 0), (1, 1)]
+    assert [f["datetime"].toString(Qt.DateFormat.ISODate) for f in features] == list(DATES)
+    assert all(0.0 <= f["score"] <= 1.0 for f in features)
+    assert all(f.geometry().isNull() != bool(f["present"]) for f in features)   # a shape exactly when present
