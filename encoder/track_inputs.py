@@ -48,8 +48,8 @@ def open_series(job: TrackJob) -> Tuple[FeatureStore, List[FrameRef]]:
     root = FeatureStore.open(Path(job.store))
     frames = series_frames(root)
     if not frames:
-        raise StoreError(f"store '{root.root}' is not a series store (no series.json); encode the frames as a series "
-                         "(quicksam encode --series) to track objects through them")
+        raise StoreError(f"store '{root.root}' is not a series store (no series.json); encode the frames into a "
+                         "series store to track objects through them")
     if root.family != "sam2":
         raise QuickSamError(f"tracking needs SAM 2 or SAM 2.1; store '{root.root}' was encoded with {root.model_name}: "
                             "encode the series again with a SAM 2 model")
