@@ -144,14 +144,14 @@ def _run_segment_algorithm(args: argparse.Namespace, partial: Path,
 
     from ..ui.algorithms.segment_algorithm import SegmentPromptsAlgorithm as Algorithm
 
-    crs = _prompts_crs(args)
+    crs = prompts_crs(args)
     project = private_project()
     layer, group_field, label_field, vsimem = _open_prompt_layer(args, crs)
     layer_id = layer.id()
     project.addMapLayer(layer, False)  # the project owns it now
     del layer
     parameters = _segment_parameters(args, layer_id, group_field, label_field, partial)
-    feedback = _collecting_feedback(events)
+    feedback = collecting_feedback(events)
     try:
         results = run_algorithm("quicksam:segmentprompts", parameters, project, feedback)
     except QuickSamError:
@@ -166,7 +166,7 @@ def _run_segment_algorithm(args: argparse.Namespace, partial: Path,
     return summary, [message for message in feedback.errors if " skipped: " in message]
 
 
-def _prompts_crs(args: argparse.Namespace) -> QgsCoordinateReferenceSystem:
+def prompts_crs(args: argparse.Namespace) -> QgsCoordinateReferenceSystem:
     """The QgsCoordinateReferenceSystem of the prompt coordinates: --prompts-crs, else the raster's (the
     store's). QuickSamError for a store that cannot be opened or a CRS QGIS does not know."""
     from qgis.core import QgsCoordinateReferenceSystem, QgsProcessingException
@@ -205,7 +205,7 @@ def _segment_parameters(args: argparse.Namespace, layer_id: str, group_field: st
     }
 
 
-def _collecting_feedback(events: EventWriter) -> QgsProcessingFeedback:
+def collecting_feedback(events: EventWriter) -> QgsProcessingFeedback:
     """A Processing feedback that keeps the errors the algorithm reports (in `errors`) and, with
     --progress-json, forwards its progress as `progress` events."""
     from qgis.core import QgsProcessingFeedback
@@ -243,7 +243,7 @@ def _forward_percent(events: EventWriter, feedback: QgsProcessingFeedback, perce
         feedback.cancel()
 
 
-def _check_output_folder_writable(output: Path, option: str = "--output") -> None:
+def check_output_folder_writable(output: Path, option: str = "--output") -> None:
     """QuickSamError before any work when no file can be created beside `output` (a read-only store, a
     folder of someone else's)."""
     from ..core.diskspace import folder_unwritable_reason
@@ -260,7 +260,7 @@ def _cmd_segment(args: argparse.Namespace, events: EventWriter) -> int:
     _check_segment_prompts(args)
     wanted = Path(args.output).expanduser().absolute()
     if wanted.parent.is_dir():  # a missing folder is told by the output check
-        _check_output_folder_writable(wanted)
+        check_output_folder_writable(wanted)
     destination = check_segment_output(args.output, args.overwrite, args.layer)
     output = destination.path
     open_store_before_qgis(args.store)

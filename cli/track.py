@@ -13,7 +13,7 @@ from ..core.errors import QuickSamError
 from .events import EventWriter, add_events_option
 from .headless import in_headless_qgis, open_store_before_qgis, private_project, run_algorithm
 from .options import parse_box, parse_point
-from .segment import _check_output_folder_writable, _collecting_feedback, _prompts_crs, check_segment_output
+from .segment import check_output_folder_writable, check_segment_output, collecting_feedback, prompts_crs
 
 if TYPE_CHECKING:
     from qgis.core import QgsCoordinateReferenceSystem, QgsVectorLayer
@@ -111,7 +111,7 @@ def _run_track_algorithm(args: argparse.Namespace, partial: Path, events: EventW
     from osgeo import gdal
     from qgis.core import QgsVectorLayer
 
-    crs = _prompts_crs(args)
+    crs = prompts_crs(args)
     project = private_project()
     vsimem: Optional[str] = None
     if args.prompts:
@@ -127,7 +127,7 @@ def _run_track_algorithm(args: argparse.Namespace, partial: Path, events: EventW
     del layer
     try:
         return run_algorithm("quicksam:trackobjects", _parameters(args, layer_id, partial), project,
-                             _collecting_feedback(events))
+                             collecting_feedback(events))
     finally:
         if vsimem:
             gdal.Unlink(vsimem)
@@ -140,7 +140,7 @@ def _cmd_track(args: argparse.Namespace, events: EventWriter) -> int:
     _check_prompts(args)
     wanted = Path(args.output).expanduser().absolute()
     if wanted.parent.is_dir():
-        _check_output_folder_writable(wanted)
+        check_output_folder_writable(wanted)
     destination = check_segment_output(args.output, args.overwrite, args.layer)
     open_store_before_qgis(args.store)
     events.start(store=str(args.store), output=str(destination.path))
