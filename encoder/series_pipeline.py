@@ -89,7 +89,7 @@ def _encode_frame(plan: SeriesPlan, frame: FramePlan, workdir: Path, progress: O
             LOGGER.info("frame %d (%s): %d tiles to encode", frame.ref.index, frame.ref.label, todo)
 
     return encode_levels(request, progress=progress, cancelled=cancelled, started=on_ready,
-                         stretch=plan.stretch, model_source=model_source)[1]
+                         stretch=plan.stretch, model_source=model_source, series=True)[1]
 
 
 def _install_vrt(planned: Path, target: Path) -> None:

@@ -271,6 +271,28 @@ def test_a_run_with_other_dates_is_refused_and_writes_nothing(disk_store, tmp_pa
     assert file_states(copy) == before
 
 
+def test_a_plain_encode_or_tile_into_a_series_store_is_refused_and_writes_nothing(disk_store, tmp_path):
+    import shutil
+
+    from quicksam.core.errors import QuickSamError
+    from quicksam.encoder.pipeline import encode_raster
+
+    paths, store = disk_store
+    copy = tmp_path / "copy.qsam"
+    shutil.copytree(store.root, copy)
+    before = file_states(copy)
+    advice = r"is a time-series store: .* one frame only; run the same quicksam encode --series"
+    for target in (copy, copy / "frames" / "t0001"):
+        result = run_cli(*encode_args(paths[0], target, "--levels", "1,2", overlap=OVERLAP))
+        assert_one_line_error(result, advice)
+    result = run_cli("encode-tile", copy, "--point", "500100,4999900")
+    assert_one_line_error(result, r"is a time-series store: an on-demand tile would change one frame only")
+    with pytest.raises(QuickSamError, match=advice):
+        encode_raster(EncodeRequest(raster=str(paths[0]), store=copy, model=MODEL, tile_size=TILE_SIZE,
+                                    overlap=OVERLAP, device="cpu"), model=random_model())
+    assert file_states(copy) == before
+
+
 # -- levels, bands, the command line ----------------------------------------------------------------------------------
 
 
