@@ -42,6 +42,7 @@ from synthetic import (
     write_raster,
 )
 
+from quicksam.core.errors import QuickSamError
 from quicksam.core.store import FeatureStore
 from quicksam.core.store_series import frame_store, series_frames
 from quicksam.core.tiling import PixelWindow
@@ -228,6 +229,29 @@ def test_a_date_pattern_not_found_in_a_name_is_refused(tmp_path):
     assert_one_line_error(result, r"%Y%m%d.*not found in the file name of undated\.tif")
 
 
+def test_frames_sharing_a_date_time_are_refused_naming_both(tmp_path):
+    a = write_raster(tmp_path / "scene_20240501.tif", gradient(40, 30))
+    b = write_raster(tmp_path / "scene_20240615.tif", gradient(40, 30))
+    result = run_cli("encode", "--series", a, b, tmp_path / "store", "--date-pattern", "scene_%Y", "--random-weights")
+    assert_one_line_error(result, r"frames scene_20240501\.tif and scene_20240615\.tif share the date-time "
+                                  r"2024-01-01T00:00:00: give each frame its own date")
+    same = [write_dated(tmp_path / name, "2021:07:04 10:30:00") for name in ("c.tif", "d.tif")]
+    with pytest.raises(QuickSamError, match=r"c\.tif and d\.tif share the date-time 2021-07-04T10:30:00"):
+        dated_frames([FrameSource(str(path)) for path in same])
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_same_raster_or_band_given_twice_is_refused(tmp_path):
+    a = write_raster(tmp_path / "a.tif", gradient(40, 30, bands=2))
+    result = run_cli("encode", "--series", a, tmp_path / "." / "a.tif", tmp_path / "store", "--dates",
+                     "2024-01-01,2024-02-01", "--random-weights")
+    assert_one_line_error(result, r"a\.tif is given twice \(frames 1 and 2 in the order given\): give each raster once")
+    with pytest.raises(QuickSamError, match=r"a\.tif band 2 is given twice"):
+        dated_frames([FrameSource(str(a), 2), FrameSource(str(a), 1), FrameSource(str(a), 2)],
+                     dates=["2024-01-01", "2024-02-01", "2024-03-01"])
+    assert not (tmp_path / "store").exists()
+
+
 # -- bad input ---------------------------------------------------------------------------------------------------
 
 
@@ -274,7 +298,6 @@ def test_a_run_with_other_dates_is_refused_and_writes_nothing(disk_store, tmp_pa
 def test_a_plain_encode_or_tile_into_a_series_store_is_refused_and_writes_nothing(disk_store, tmp_path):
     import shutil
 
-    from quicksam.core.errors import QuickSamError
     from quicksam.encoder.pipeline import encode_raster
 
     paths, store = disk_store

@@ -123,6 +123,8 @@ def _rewrites() -> List[_Rewrite]:
     return [
         (re.compile(r"run the same quicksam encode --series \.\.\. \(or --frames-from-bands\) with the new options"),
          lambda m: _tr("encode the series again (Time series frames, or each band a frame) with the new settings")),
+        (re.compile(r"with --dates or a finer --date-pattern"),
+         lambda m: _tr("in the Frame dates field, or a finer format in the Date pattern field")),
         (re.compile(r"pass (?:its new place|the original) with --raster"),  # an on-demand tile (encode-tile)
          lambda m: _tr("put the raster back where the store says it was")),
         (re.compile(r"choose a coarser --level"), lambda m: _tr("untick Full resolution only")),
