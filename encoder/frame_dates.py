@@ -126,21 +126,36 @@ def parse_metadata_date(text: str) -> Optional[_dt.datetime]:
         return None
 
 
-def metadata_date(frame: FrameSource) -> Optional[_dt.datetime]:
-    """The frame's date-time from GDAL metadata (see the module's docstring), or None."""
+def metadata_date_texts(frame: FrameSource) -> List[Tuple[str, str]]:
+    """(key, text) of the frame's date-time metadata that is set (see the module's docstring), in the order tried."""
     import rasterio
 
     with rasterio.open(frame.source) as src:
         if frame.band:
             tags = {key.upper(): value for key, value in src.tags(frame.band).items()}
-            candidates = [tags.get(key) for key in BAND_DATE_KEYS]
+            candidates = [(key, tags.get(key)) for key in BAND_DATE_KEYS]
         else:
-            candidates = [src.tags().get("TIFFTAG_DATETIME"), src.tags(ns="IMAGERY").get("ACQUISITIONDATETIME")]
-    for value in candidates:
-        parsed = parse_metadata_date(value) if value else None
+            candidates = [("TIFFTAG_DATETIME", src.tags().get("TIFFTAG_DATETIME")),
+                          ("ACQUISITIONDATETIME", src.tags(ns="IMAGERY").get("ACQUISITIONDATETIME"))]
+    return [(key, value) for key, value in candidates if value]
+
+
+def metadata_date(frame: FrameSource) -> Optional[_dt.datetime]:
+    """The frame's date-time from GDAL metadata (see the module's docstring), or None."""
+    for _, value in metadata_date_texts(frame):
+        parsed = parse_metadata_date(value)
         if parsed is not None:
             return parsed
     return None
+
+
+def undated_reason(frame: FrameSource) -> str:
+    """Why a frame has no date from its metadata: none there, or the text found cannot be read (quoted)."""
+    texts = metadata_date_texts(frame)
+    if not texts:
+        return f"{frame.name} has no date in its metadata"
+    key, value = texts[0]
+    return f"{frame.name} has an unreadable date in its metadata ({key}={value.strip()!r})"
 
 
 def name_for_pattern(frame: FrameSource) -> str:
@@ -184,8 +199,8 @@ def dated_frames(frames: Sequence[FrameSource], dates: Optional[Sequence[str]] =
     check_given_once(frames)
     found, source = dates_of(frames, dates, date_pattern)
     if any(found) and not all(found):
-        undated = next(frame.name for frame, value in zip(frames, found) if value is None)
-        raise QuickSamError(f"{undated} has no date in its metadata while other frames have one: give every "
+        undated = next(frame for frame, value in zip(frames, found) if value is None)
+        raise QuickSamError(f"{undated_reason(undated)} while other frames have one: give every "
                             "frame's date with --dates, or a --date-pattern found in every file name")
     dated = [DatedFrame(frame, iso(value) if value else None, source) for frame, value in zip(frames, found)]
     if source == "index":

@@ -221,6 +221,23 @@ def test_mixed_dated_and_undated_frames_are_refused_in_one_line(tmp_path):
     assert not (tmp_path / "store").exists()
 
 
+def test_an_unreadable_metadata_date_is_quoted(tmp_path):
+    dated = write_dated(tmp_path / "a.tif", "2021:07:04 10:30:00")
+    garbage = write_dated(tmp_path / "b.tif", "garbage")
+    result = run_cli("encode", "--series", dated, garbage, tmp_path / "store", "--random-weights")
+    assert_one_line_error(result, r"b\.tif has an unreadable date in its metadata \(TIFFTAG_DATETIME='garbage'\) "
+                                  r"while other frames have one")
+    assert not (tmp_path / "store").exists()
+
+
+def test_frames_without_dates_are_logged_by_their_index_once(tmp_path):
+    paths = [write_raster(tmp_path / f"{name}.tif", gradient(40, 30)) for name in "ab"]
+    result = run_cli("encode", "--series", *paths, tmp_path / "store", "--random-weights", "--tile-size", TILE_SIZE)
+    assert result.returncode == 0, result.stderr
+    assert "frame 0: 1 tiles to encode" in result.stderr and "frame 1: 1 tiles to encode" in result.stderr
+    assert "(frame " not in result.stderr
+
+
 def test_a_date_pattern_not_found_in_a_name_is_refused(tmp_path):
     paths = disk_series(tmp_path / "frames", 2)
     other = write_raster(tmp_path / "frames" / "undated.tif", gradient(40, 30))
@@ -270,7 +287,9 @@ def test_a_frame_that_does_not_overlap_is_refused_naming_it(tmp_path):
                        transform=default_transform(origin=(600000.0, 4200000.0)))
     result = run_cli("encode", "--series", *paths, far, tmp_path / "store", "--random-weights", "--dates",
                      "2024-01-01,2024-02-01,2024-03-01")
-    assert_one_line_error(result, r"frame far\.tif does not overlap frame 0 \(disk_d_20240301\.tif\)")
+    assert_one_line_error(result, r"frame far\.tif \(bounds 600000, 4197440, 604000, 4200000 in EPSG:32633\) does "
+                                  r"not overlap frame 0 \(disk_d_20240301\.tif\) \(bounds \d+, \d+, \d+, \d+ in "
+                                  r"EPSG:32633\): every frame")
     assert not (tmp_path / "store").exists()
 
 
