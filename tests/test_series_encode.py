@@ -335,6 +335,22 @@ def test_a_plain_encode_or_tile_into_a_series_store_is_refused_and_writes_nothin
     assert file_states(copy) == before
 
 
+def test_info_on_a_half_finished_series_gives_series_wide_totals(disk_store, tmp_path):
+    import shutil
+
+    _, store = disk_store
+    copy = tmp_path / "copy.qsam"
+    shutil.copytree(store.root, copy)
+    shutil.rmtree(copy / "frames" / "t0002")   # frame 2 not written yet
+    info = run_cli("info", copy)
+    assert info.returncode == 0, info.stderr
+    summary = json.loads(info.stdout)
+    assert (summary["tiles"], summary["tiles_done"]) == (2, 2)   # frame 0's store, as a plain store's tools see it
+    assert (summary["series_tiles"], summary["series_tiles_done"]) == (2 * FRAMES, 2 * (FRAMES - 1))
+    assert summary["series_complete"] is False and summary["complete"] is False
+    assert [frame["tiles"] for frame in summary["frames"]] == [2] * FRAMES
+
+
 # -- levels, bands, the command line ----------------------------------------------------------------------------------
 
 
