@@ -100,8 +100,11 @@ def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
     from ..core.store_levels import level_stores
     from ..encoder.levels_pipeline import encode_levels
     from ..encoder.pipeline import EncodeRequest
+    from ..encoder.store_guard import refuse_series_store
 
     series = is_series(args)
+    if not series:   # before a checkpoint is downloaded
+        refuse_series_store(args.store)
     args.raster = args.rasters[0]
     source, extent = (args.raster, args.extent) if series else _source_and_extent(args)
     checkpoint = _resolve_weights(args, events)

@@ -95,9 +95,7 @@ def run_series(args: argparse.Namespace, events: EventWriter, base: EncodeReques
             events.warning("using seeded random weights: the masks will be meaningless; the store records this")
 
     store, stats, series = encode_series(request, progress=on_progress, started=on_start)
-    summary = levels_summary(store)
-    summary["frames"] = frames_summary(store, series)
-    summary["complete"] = summary["complete"] and all(frame["complete"] for frame in summary["frames"])
+    summary = with_series_totals(levels_summary(store), store, series)
     events.finished(summary, indent=2, store=str(store.root), tile_index=str(store.root / "tile_index.gpkg"),
                     seconds=round(stats.total_seconds, 3))
     return 0
@@ -105,20 +103,23 @@ def run_series(args: argparse.Namespace, events: EventWriter, base: EncodeReques
 
 def frames_summary(store: FeatureStore, series: SeriesManifest) -> List[dict]:
     """Each frame of a series store: index, date-time and where it came from, source (and band), resampling,
-    folder, tiles done over its levels and whether its store is complete (`problem` when it cannot be opened)."""
+    folder, tiles and tiles done over its levels and whether its store is complete (`problem` when it cannot be
+    opened)."""
     from ..core.errors import StoreError
     from ..core.store_levels import level_stores
     from ..core.store_series import frame_store
 
     rows = []
+    per_frame = sum(len(level.grid) for level in level_stores(store))   # every frame has frame 0's grids
     for frame in series.frames:
         row = {"index": frame.index, "datetime": frame.datetime, "date_source": frame.date_source,
                "source": frame.source, "band": frame.band, "resampling": frame.resampling, "folder": frame.folder}
         try:
             levels = level_stores(frame_store(store, frame))
         except StoreError as exc:   # a frame not written yet: reported, not fatal to `info`
-            row.update(tiles_done=0, complete=False, problem=str(exc))
+            row.update(tiles=per_frame, tiles_done=0, complete=False, problem=str(exc))
         else:
+            row["tiles"] = sum(len(level.grid) for level in levels)
             row["tiles_done"] = sum(level.status(tile) == "done" for level in levels for tile in level.grid)
             row["complete"] = all(not level.pending_tiles() for level in levels)
         rows.append(row)
@@ -132,7 +133,16 @@ def series_info(store: FeatureStore) -> dict:
 
     summary = levels_summary(store)
     series = read_series(Path(store.root))
-    if series is not None:
-        summary["frames"] = frames_summary(store, series)
-        summary["complete"] = summary["complete"] and all(frame["complete"] for frame in summary["frames"])
+    return summary if series is None else with_series_totals(summary, store, series)
+
+
+def with_series_totals(summary: dict, store: FeatureStore, series: SeriesManifest) -> dict:
+    """`summary` (frame 0's `levels_summary`: its `tiles*` count frame 0's finest level) with `frames`, and the
+    series-wide `series_tiles`, `series_tiles_done` (every frame, every level) and `series_complete`; `complete`
+    is the series' too (the store is finished only when every frame is)."""
+    frames = frames_summary(store, series)
+    complete = summary["complete"] and all(frame["complete"] for frame in frames)
+    summary.update(frames=frames, complete=complete, series_complete=complete,
+                   series_tiles=sum(frame["tiles"] for frame in frames),
+                   series_tiles_done=sum(frame["tiles_done"] for frame in frames))
     return summary

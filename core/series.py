@@ -53,6 +53,11 @@ class FrameRef:
         """What a user is shown for the frame: its date-time, else "frame 3"."""
         return self.datetime or f"frame {self.index}"
 
+    @property
+    def named(self) -> str:
+        """How messages name the frame: "frame 3 (2024-07-01T00:00:00)", or "frame 3" without a date."""
+        return f"frame {self.index} ({self.datetime})" if self.datetime else f"frame {self.index}"
+
 
 @dataclass(frozen=True)
 class SeriesManifest:

@@ -24,11 +24,11 @@ def frame_store(root: FeatureStore, frame: FrameRef) -> FeatureStore:
     try:
         store = FeatureStore.open(frame_path(root.root, frame))
     except StoreError as exc:
-        raise StoreError(f"frame {frame.index} ({frame.label}) of series '{root.root}' cannot be opened ({exc}); "
+        raise StoreError(f"{frame.named} of series '{root.root}' cannot be opened ({exc}); "
                          "run the same quicksam encode again to finish the series") from None
     problem = _frame_mismatch(root, store)
     if problem:
-        raise StoreError(f"frame {frame.index} ({frame.label}) of series '{root.root}' {problem}; encode the "
+        raise StoreError(f"{frame.named} of series '{root.root}' {problem}; encode the "
                          "series again into a new folder")
     return store
 

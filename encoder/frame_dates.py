@@ -126,21 +126,36 @@ def parse_metadata_date(text: str) -> Optional[_dt.datetime]:
         return None
 
 
-def metadata_date(frame: FrameSource) -> Optional[_dt.datetime]:
-    """The frame's date-time from GDAL metadata (see the module's docstring), or None."""
+def metadata_date_texts(frame: FrameSource) -> List[Tuple[str, str]]:
+    """(key, text) of the frame's date-time metadata that is set (see the module's docstring), in the order tried."""
     import rasterio
 
     with rasterio.open(frame.source) as src:
         if frame.band:
             tags = {key.upper(): value for key, value in src.tags(frame.band).items()}
-            candidates = [tags.get(key) for key in BAND_DATE_KEYS]
+            candidates = [(key, tags.get(key)) for key in BAND_DATE_KEYS]
         else:
-            candidates = [src.tags().get("TIFFTAG_DATETIME"), src.tags(ns="IMAGERY").get("ACQUISITIONDATETIME")]
-    for value in candidates:
-        parsed = parse_metadata_date(value) if value else None
+            candidates = [("TIFFTAG_DATETIME", src.tags().get("TIFFTAG_DATETIME")),
+                          ("ACQUISITIONDATETIME", src.tags(ns="IMAGERY").get("ACQUISITIONDATETIME"))]
+    return [(key, value) for key, value in candidates if value]
+
+
+def metadata_date(frame: FrameSource) -> Optional[_dt.datetime]:
+    """The frame's date-time from GDAL metadata (see the module's docstring), or None."""
+    for _, value in metadata_date_texts(frame):
+        parsed = parse_metadata_date(value)
         if parsed is not None:
             return parsed
     return None
+
+
+def undated_reason(frame: FrameSource) -> str:
+    """Why a frame has no date from its metadata: none there, or the text found cannot be read (quoted)."""
+    texts = metadata_date_texts(frame)
+    if not texts:
+        return f"{frame.name} has no date in its metadata"
+    key, value = texts[0]
+    return f"{frame.name} has an unreadable date in its metadata ({key}={value.strip()!r})"
 
 
 def name_for_pattern(frame: FrameSource) -> str:
@@ -178,14 +193,44 @@ def dates_of(frames: Sequence[FrameSource], dates: Optional[Sequence[str]],
 
 def dated_frames(frames: Sequence[FrameSource], dates: Optional[Sequence[str]] = None,
                  date_pattern: Optional[str] = None) -> List[DatedFrame]:
-    """The frames in date order (stable: equal dates, and frames without dates, keep the order given), each with
-    its ISO date-time and date source. QuickSamError when some frames have a date and others none."""
+    """The frames in date order (frames without dates keep the order given), each with its ISO date-time and date
+    source. QuickSamError when some frames have a date and others none, two frames share a date-time, or one raster
+    (or band) is given twice."""
+    check_given_once(frames)
     found, source = dates_of(frames, dates, date_pattern)
     if any(found) and not all(found):
-        undated = next(frame.name for frame, value in zip(frames, found) if value is None)
-        raise QuickSamError(f"{undated} has no date in its metadata while other frames have one: give every "
+        undated = next(frame for frame, value in zip(frames, found) if value is None)
+        raise QuickSamError(f"{undated_reason(undated)} while other frames have one: give every "
                             "frame's date with --dates, or a --date-pattern found in every file name")
     dated = [DatedFrame(frame, iso(value) if value else None, source) for frame, value in zip(frames, found)]
     if source == "index":
         return dated
+    check_distinct_dates(dated)
     return sorted(dated, key=lambda item: item.datetime)
+
+
+def _identity(frame: FrameSource) -> Tuple[str, Optional[int]]:
+    """What makes two frames the same raster: the file's resolved path (a GDAL name as given) and the band."""
+    path = Path(frame.source)
+    return (str(path.resolve()) if path.exists() else frame.source), frame.band
+
+
+def check_given_once(frames: Sequence[FrameSource]) -> None:
+    """QuickSamError naming the first raster (or band) given twice."""
+    seen: Dict[Tuple[str, Optional[int]], int] = {}
+    for position, frame in enumerate(frames):
+        first = seen.setdefault(_identity(frame), position)
+        if first != position:
+            raise QuickSamError(f"{frame.name} is given twice (frames {first + 1} and {position + 1} in the order "
+                                "given): give each raster once")
+
+
+def check_distinct_dates(dated: Sequence[DatedFrame]) -> None:
+    """QuickSamError naming two frames with the same date-time: each frame needs its own (a tracked polygon shows
+    from its frame's date to the next frame's)."""
+    seen: Dict[str, DatedFrame] = {}
+    for item in dated:
+        other = seen.setdefault(item.datetime or "", item)
+        if other is not item:
+            raise QuickSamError(f"frames {other.frame.name} and {item.frame.name} share the date-time {item.datetime}: "
+                                "give each frame its own date, with --dates or a finer --date-pattern")

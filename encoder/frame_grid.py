@@ -79,12 +79,32 @@ def overlaps_grid(info: RasterInfo, grid: PixelGrid) -> bool:
     return bounds[0] < xmax and bounds[2] > xmin and bounds[1] < ymax and bounds[3] > ymin
 
 
+def plain_number(value: float) -> str:
+    """A coordinate as people write it: no exponent, no trailing zeros (4997440, 12.5, 0.000123)."""
+    return f"{round(value, 6):f}".rstrip("0").rstrip(".") or "0"
+
+
+def crs_name(crs_wkt: str) -> str:
+    """A CRS as a short name: its authority code ("EPSG:32633"), else its name."""
+    from rasterio.crs import CRS
+
+    crs = CRS.from_wkt(crs_wkt)
+    authority = crs.to_authority()
+    return f"{authority[0]}:{authority[1]}" if authority else (crs.to_dict().get("proj") or "its own CRS")
+
+
+def bounds_text(bounds: Tuple[float, float, float, float], crs_wkt: str) -> str:
+    """"xmin, ymin, xmax, ymax in EPSG:n", in plain numbers."""
+    return ", ".join(plain_number(value) for value in bounds) + f" in {crs_name(crs_wkt)}"
+
+
 def check_overlap(info: RasterInfo, grid: PixelGrid, name: str, grid_name: str) -> None:
-    """QuickSamError naming the frame when it does not overlap the grid."""
+    """QuickSamError naming the frame, with its bounds and the grid's (each in its own CRS), when it does not
+    overlap the grid."""
     if not overlaps_grid(info, grid):
-        xmin, ymin, xmax, ymax = grid_bounds(grid)
-        raise QuickSamError(f"frame {name} does not overlap {grid_name} (bounds {xmin:.6g}, {ymin:.6g}, {xmax:.6g}, "
-                            f"{ymax:.6g}): every frame must show the same area; leave it out of the series")
+        raise QuickSamError(f"frame {name} (bounds {bounds_text(tuple(info.bounds), info.crs_wkt)}) does not overlap "
+                            f"{grid_name} (bounds {bounds_text(grid_bounds(grid), grid.crs_wkt)}): every frame must "
+                            "show the same area; leave it out of the series")
 
 
 def check_resampling(name: str) -> str:

@@ -25,7 +25,7 @@ from ..core.store_levels import level_stores, register_level
 from .normalise import Stretch
 from .pipeline import EncodeRequest, StorePlan, encode_planned, load_model_for, plan_store, prepare_store
 from .raster import RasterInfo, describe_raster
-from .store_guard import plain_write_errors, store_lock
+from .store_guard import plain_write_errors, refuse_series_store, store_lock
 from .tile_index import write_levels_index
 from .tile_pipeline import CancelCheck, EncodeStats, ProgressCallback, ProgressEvent
 
@@ -115,15 +115,19 @@ def plan_levels(request: EncodeRequest, stretch: Optional[Stretch] = None) -> Li
 def encode_levels(request: EncodeRequest, progress: Optional[ProgressCallback] = None,
                   cancelled: Optional[CancelCheck] = None, model: Optional[SegmentModel] = None,
                   started: Optional[Callable[[FeatureStore, int], None]] = None, stretch: Optional[Stretch] = None,
-                  model_source: Optional[Callable[[], SegmentModel]] = None) -> Tuple[FeatureStore, EncodeStats]:
+                  model_source: Optional[Callable[[], SegmentModel]] = None, series: bool = False
+                  ) -> Tuple[FeatureStore, EncodeStats]:
     """Encode (or finish, or add levels to) the store `request.store` at every level of `request.levels`.
 
     Returns the root store (the finest level) and the run's totals. `started(root, tiles_to_do)` is called
     once, when every level's store is ready; progress events count tiles over all levels (a coarser level's
     tile ids are prefixed with its folder). The root store is locked for the whole run, each level while it
     is written. A series (encoder/series_pipeline.py) gives its shared `stretch` and `model_source` (the model
-    built once for all frames). Errors as `pipeline.encode_raster`.
+    built once for all frames) and `series=True`; any other run into a series store is refused (QuickSamError,
+    nothing written: it would change one frame only). Errors as `pipeline.encode_raster`.
     """
+    if not series:
+        refuse_series_store(Path(request.store))
     plans = plan_levels(request, stretch)   # bad input refused before anything is written
     root = Path(request.store)
     with store_lock(root), plain_write_errors(root):

@@ -33,7 +33,7 @@ from .normalise import Stretch
 from .online_sources import is_network_source
 from .pipeline import EncodeRequest, load_model_for, random_weights_identity
 from .raster import describe_raster, raster_fingerprint_rasterio
-from .store_guard import plain_write_errors, store_lock
+from .store_guard import plain_write_errors, refuse_series_store, store_lock
 from .tile_index import write_tile_index
 from .tile_pipeline import CancelCheck, EncodeStats, ProgressCallback, ProgressEvent, TilePipeline, never_cancelled
 
@@ -90,6 +90,7 @@ def encode_tile_at(request: TileRequest, progress: Optional[ProgressCallback] = 
     if not request.points and request.box is None:
         raise QuickSamError("give the prompts the tile must hold: points and/or a box, in the raster's CRS")
     root_path = Path(request.store)
+    refuse_series_store(root_path, "an on-demand tile")
     FeatureStore.open(root_path)   # a missing or damaged store is refused before a lock is taken
     with store_lock(root_path), plain_write_errors(root_path):
         levels = level_stores(FeatureStore.open(root_path))   # read again under the lock

@@ -46,7 +46,7 @@ from .raster import (
     extent_to_window,
     raster_fingerprint_rasterio,
 )
-from .store_guard import plain_write_errors, store_lock
+from .store_guard import plain_write_errors, refuse_series_store, store_lock
 from .tile_index import tile_index_is_current, write_tile_index, write_tile_index_if_possible
 from .tile_pipeline import CancelCheck, EncodeStats, ProgressCallback, TilePipeline, never_cancelled
 
@@ -193,8 +193,10 @@ def encode_raster(request: EncodeRequest, progress: Optional[ProgressCallback] =
     `started(store, tiles_to_do)` is called once the store is ready. A model may be passed in
     (benchmarks, tests); otherwise it is built from the request. The store is locked while this runs:
     LockBusy (naming the other process) if another run writes it. A full disk raises DiskFull and a
-    store that cannot be written QuickSamError, each one line saying what to do; finished tiles are kept.
+    store that cannot be written QuickSamError, each one line saying what to do; finished tiles are kept. A
+    series store is refused (QuickSamError: it would change frame 0 only).
     """
+    refuse_series_store(Path(request.store))
     plan = plan_store(request)  # bad input is refused before anything is written, even a lock
     with store_lock(Path(request.store)), plain_write_errors(Path(request.store)):
         return encode_planned(request, plan, progress, cancelled, (lambda: model) if model else None, started)

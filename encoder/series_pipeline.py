@@ -86,10 +86,10 @@ def _encode_frame(plan: SeriesPlan, frame: FramePlan, workdir: Path, progress: O
         else:   # one decoder file for the series where the file system allows a hard link
             share_decoder(FeatureStore.open(root), store)
         if todo:
-            LOGGER.info("frame %d (%s): %d tiles to encode", frame.ref.index, frame.ref.label, todo)
+            LOGGER.info("%s: %d tiles to encode", frame.ref.named, todo)
 
     return encode_levels(request, progress=progress, cancelled=cancelled, started=on_ready,
-                         stretch=plan.stretch, model_source=model_source)[1]
+                         stretch=plan.stretch, model_source=model_source, series=True)[1]
 
 
 def _install_vrt(planned: Path, target: Path) -> None:

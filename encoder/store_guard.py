@@ -9,6 +9,7 @@ from typing import Callable, Iterator, Optional
 from ..core.diskspace import disk_full_error, is_disk_full, is_quota, unwritable_reason
 from ..core.errors import QuickSamError
 from ..core.locking import READ_ONLY_ERRNOS, STORE_LOCK, LockHolder, command_name, exclusive_lock, holder_text
+from ..core.series import SERIES_FILE
 from ..core.store import DECODER_ONNX, MANIFEST, FeatureStore
 from .decoder_export import cached_decoder
 
@@ -45,6 +46,30 @@ def store_lock(root: Path) -> Iterator[None]:
         return
     with exclusive_lock(root / STORE_LOCK, command_name(), _store_busy_message(root)):
         yield
+
+
+#: How many folders above a store a series root may be (frames/t0001/levels/x4 is four below it).
+SERIES_DEPTH = 4
+#: What a plain encode into a series store is told to run instead.
+SERIES_ADVICE = ("run the same quicksam encode --series ... (or --frames-from-bands) with the new options instead, "
+                 "so that every frame gets them")
+
+
+def series_root_of(store: Path) -> Optional[Path]:
+    """The series store `store` is part of (itself, a frame's folder or a level of one), or None."""
+    folder = Path(store).absolute()
+    for candidate in [folder, *folder.parents][:SERIES_DEPTH + 1]:
+        if (candidate / SERIES_FILE).is_file():
+            return candidate
+    return None
+
+
+def refuse_series_store(store: Path, what: str = "a plain encode") -> None:
+    """QuickSamError (one line, before anything is written) when `store` is part of a series store: `what` (a
+    plain encode, an on-demand tile) would change one frame only, and the frames must stay alike."""
+    root = series_root_of(store)
+    if root is not None:
+        raise QuickSamError(f"'{root}' is a time-series store: {what} would change one frame only; {SERIES_ADVICE}")
 
 
 def _may_hold_a_store(root: Path) -> bool:

@@ -86,24 +86,24 @@ def _level_on_frame(root: FeatureStore, frame: FrameRef, group: TrackGroup) -> F
     try:
         level = FeatureStore.open(folder)
     except StoreError as exc:
-        raise StoreError(f"frame {frame.index} ({frame.label}) of series '{root.root}' has no level "
+        raise StoreError(f"{frame.named} of series '{root.root}' has no level "
                          f"'{group.level}' ({exc}); track on a level every frame has") from None
     if (level.model_name, level.checkpoint_sha256) != (root.model_name, root.checkpoint_sha256):
-        raise StoreError(f"level '{group.level}' of frame {frame.index} ({frame.label}) was encoded with another "
+        raise StoreError(f"level '{group.level}' of {frame.named} was encoded with another "
                          "model or weights than the series; encode the series again into a new folder")
     tiles = {tile.tile_id: tile for tile in level.grid}
     tile = tiles.get(group.tile_id)
     if tile is None:
-        raise QuickSamError(f"level '{group.level}' of frame {frame.index} ({frame.label}) has no tile "
+        raise QuickSamError(f"level '{group.level}' of {frame.named} has no tile "
                             f"{group.tile_id}; choose a tile of the series' grid")
     status = level.status(tile)
     if status == STATUS_NODATA:
-        raise QuickSamError(f"tile {group.tile_id} of level '{group.level}' is not encoded on frame {frame.index} "
-                            f"({frame.label}): it has no valid pixel there (all nodata); track over frames where "
+        raise QuickSamError(f"tile {group.tile_id} of level '{group.level}' is not encoded on {frame.named}: "
+                            "it has no valid pixel there (all nodata); track over frames where "
                             "the tile has data")
     if status != STATUS_DONE:
-        raise QuickSamError(f"tile {group.tile_id} of level '{group.level}' is not encoded on frame {frame.index} "
-                            f"({frame.label}) (it is {status}); run the same quicksam encode again to finish the "
+        raise QuickSamError(f"tile {group.tile_id} of level '{group.level}' is not encoded on {frame.named} "
+                            f"(it is {status}); run the same quicksam encode again to finish the "
                             "series")
     return level
 

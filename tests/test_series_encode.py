@@ -42,6 +42,7 @@ from synthetic import (
     write_raster,
 )
 
+from quicksam.core.errors import QuickSamError
 from quicksam.core.store import FeatureStore
 from quicksam.core.store_series import frame_store, series_frames
 from quicksam.core.tiling import PixelWindow
@@ -220,12 +221,52 @@ def test_mixed_dated_and_undated_frames_are_refused_in_one_line(tmp_path):
     assert not (tmp_path / "store").exists()
 
 
+def test_an_unreadable_metadata_date_is_quoted(tmp_path):
+    dated = write_dated(tmp_path / "a.tif", "2021:07:04 10:30:00")
+    garbage = write_dated(tmp_path / "b.tif", "garbage")
+    result = run_cli("encode", "--series", dated, garbage, tmp_path / "store", "--random-weights")
+    assert_one_line_error(result, r"b\.tif has an unreadable date in its metadata \(TIFFTAG_DATETIME='garbage'\) "
+                                  r"while other frames have one")
+    assert not (tmp_path / "store").exists()
+
+
+def test_frames_without_dates_are_logged_by_their_index_once(tmp_path):
+    paths = [write_raster(tmp_path / f"{name}.tif", gradient(40, 30)) for name in "ab"]
+    result = run_cli("encode", "--series", *paths, tmp_path / "store", "--random-weights", "--tile-size", TILE_SIZE)
+    assert result.returncode == 0, result.stderr
+    assert "frame 0: 1 tiles to encode" in result.stderr and "frame 1: 1 tiles to encode" in result.stderr
+    assert "(frame " not in result.stderr
+
+
 def test_a_date_pattern_not_found_in_a_name_is_refused(tmp_path):
     paths = disk_series(tmp_path / "frames", 2)
     other = write_raster(tmp_path / "frames" / "undated.tif", gradient(40, 30))
     result = run_cli("encode", "--series", *paths, other, tmp_path / "store", "--date-pattern", "%Y%m%d",
                      "--random-weights")
     assert_one_line_error(result, r"%Y%m%d.*not found in the file name of undated\.tif")
+
+
+def test_frames_sharing_a_date_time_are_refused_naming_both(tmp_path):
+    a = write_raster(tmp_path / "scene_20240501.tif", gradient(40, 30))
+    b = write_raster(tmp_path / "scene_20240615.tif", gradient(40, 30))
+    result = run_cli("encode", "--series", a, b, tmp_path / "store", "--date-pattern", "scene_%Y", "--random-weights")
+    assert_one_line_error(result, r"frames scene_20240501\.tif and scene_20240615\.tif share the date-time "
+                                  r"2024-01-01T00:00:00: give each frame its own date")
+    same = [write_dated(tmp_path / name, "2021:07:04 10:30:00") for name in ("c.tif", "d.tif")]
+    with pytest.raises(QuickSamError, match=r"c\.tif and d\.tif share the date-time 2021-07-04T10:30:00"):
+        dated_frames([FrameSource(str(path)) for path in same])
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_same_raster_or_band_given_twice_is_refused(tmp_path):
+    a = write_raster(tmp_path / "a.tif", gradient(40, 30, bands=2))
+    result = run_cli("encode", "--series", a, tmp_path / "." / "a.tif", tmp_path / "store", "--dates",
+                     "2024-01-01,2024-02-01", "--random-weights")
+    assert_one_line_error(result, r"a\.tif is given twice \(frames 1 and 2 in the order given\): give each raster once")
+    with pytest.raises(QuickSamError, match=r"a\.tif band 2 is given twice"):
+        dated_frames([FrameSource(str(a), 2), FrameSource(str(a), 1), FrameSource(str(a), 2)],
+                     dates=["2024-01-01", "2024-02-01", "2024-03-01"])
+    assert not (tmp_path / "store").exists()
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------
@@ -246,7 +287,9 @@ def test_a_frame_that_does_not_overlap_is_refused_naming_it(tmp_path):
                        transform=default_transform(origin=(600000.0, 4200000.0)))
     result = run_cli("encode", "--series", *paths, far, tmp_path / "store", "--random-weights", "--dates",
                      "2024-01-01,2024-02-01,2024-03-01")
-    assert_one_line_error(result, r"frame far\.tif does not overlap frame 0 \(disk_d_20240301\.tif\)")
+    assert_one_line_error(result, r"frame far\.tif \(bounds 600000, 4197440, 604000, 4200000 in EPSG:32633\) does "
+                                  r"not overlap frame 0 \(disk_d_20240301\.tif\) \(bounds \d+, \d+, \d+, \d+ in "
+                                  r"EPSG:32633\): every frame")
     assert not (tmp_path / "store").exists()
 
 
@@ -269,6 +312,43 @@ def test_a_run_with_other_dates_is_refused_and_writes_nothing(disk_store, tmp_pa
                      OVERLAP, "--dates", dates)
     assert_one_line_error(result, r"already holds a series made differently \(frame 0 datetime.*choose another")
     assert file_states(copy) == before
+
+
+def test_a_plain_encode_or_tile_into_a_series_store_is_refused_and_writes_nothing(disk_store, tmp_path):
+    import shutil
+
+    from quicksam.encoder.pipeline import encode_raster
+
+    paths, store = disk_store
+    copy = tmp_path / "copy.qsam"
+    shutil.copytree(store.root, copy)
+    before = file_states(copy)
+    advice = r"is a time-series store: .* one frame only; run the same quicksam encode --series"
+    for target in (copy, copy / "frames" / "t0001"):
+        result = run_cli(*encode_args(paths[0], target, "--levels", "1,2", overlap=OVERLAP))
+        assert_one_line_error(result, advice)
+    result = run_cli("encode-tile", copy, "--point", "500100,4999900")
+    assert_one_line_error(result, r"is a time-series store: an on-demand tile would change one frame only")
+    with pytest.raises(QuickSamError, match=advice):
+        encode_raster(EncodeRequest(raster=str(paths[0]), store=copy, model=MODEL, tile_size=TILE_SIZE,
+                                    overlap=OVERLAP, device="cpu"), model=random_model())
+    assert file_states(copy) == before
+
+
+def test_info_on_a_half_finished_series_gives_series_wide_totals(disk_store, tmp_path):
+    import shutil
+
+    _, store = disk_store
+    copy = tmp_path / "copy.qsam"
+    shutil.copytree(store.root, copy)
+    shutil.rmtree(copy / "frames" / "t0002")   # frame 2 not written yet
+    info = run_cli("info", copy)
+    assert info.returncode == 0, info.stderr
+    summary = json.loads(info.stdout)
+    assert (summary["tiles"], summary["tiles_done"]) == (2, 2)   # frame 0's store, as a plain store's tools see it
+    assert (summary["series_tiles"], summary["series_tiles_done"]) == (2 * FRAMES, 2 * (FRAMES - 1))
+    assert summary["series_complete"] is False and summary["complete"] is False
+    assert [frame["tiles"] for frame in summary["frames"]] == [2] * FRAMES
 
 
 # -- levels, bands, the command line ----------------------------------------------------------------------------------

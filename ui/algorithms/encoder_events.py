@@ -121,6 +121,10 @@ def _rewrites() -> List[_Rewrite]:
               "frame-pattern": _tr("the Time series frames field"), "dates": _tr("the Frame dates field"),
               "date-pattern": _tr("the Date pattern field"), "frame-resampling": _tr("the frames' resampling")}
     return [
+        (re.compile(r"run the same quicksam encode --series \.\.\. \(or --frames-from-bands\) with the new options"),
+         lambda m: _tr("encode the series again (Time series frames, or each band a frame) with the new settings")),
+        (re.compile(r"with --dates or a finer --date-pattern"),
+         lambda m: _tr("in the Frame dates field, or a finer format in the Date pattern field")),
         (re.compile(r"pass (?:its new place|the original) with --raster"),  # an on-demand tile (encode-tile)
          lambda m: _tr("put the raster back where the store says it was")),
         (re.compile(r"choose a coarser --level"), lambda m: _tr("untick Full resolution only")),
