@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from qgis.core import (
+    Qgis,
     QgsDateTimeRange,
     QgsInterval,
     QgsProject,
@@ -65,8 +66,9 @@ def navigation():
     controller = iface.mapCanvas().temporalController()
     controller.setTemporalExtents(QgsDateTimeRange(day(DATES[0]), day("2001-09-01")))
     controller.setFrameDuration(QgsInterval(0, 1, 0, 0, 0, 0, 0))   # one month
-    mode = getattr(QgsTemporalNavigationObject, "NavigationMode", None)
-    controller.setNavigationMode(mode.Animated if mode else QgsTemporalNavigationObject.Animated)
+    # QGIS 3.22 has the enum on the navigation object only
+    modes = getattr(Qgis, "TemporalNavigationMode", None) or QgsTemporalNavigationObject.NavigationMode
+    controller.setNavigationMode(modes.Animated)
     for dock in iface.mainWindow().findChildren(QDockWidget):
         if dock.windowTitle() == "Temporal Controller" or dock.objectName() == "Temporal Controller":
             dock.show()
