@@ -365,3 +365,37 @@ def test_frame_ranges_directions_and_periods():
                                              2: ("2024-01-04T00:00:00", "2024-01-04T12:00:00")}
     undated = [FrameRef(0, ".", "a"), FrameRef(1, "frames/t0001", "b")]
     assert frame_periods(undated, (0, 1)) == {0: (None, None), 1: (None, None)}
+
+
+# -- found by trying time series as a newcomer ---------------------------------------------------------------------
+
+def _cli_track(series: Path, tmp_path: Path, *extra: object, timeout: float = 120) -> subprocess.CompletedProcess:
+    environment = {**__import__("os").environ, settings.PYTHON_ENV_VAR: str(fake_python(tmp_path))}
+    return subprocess.run(cli_command("track", series, "--frame", "0", "--box={},{},{},{}".format(
+        *at(70, 130), *at(90, 110)), "--direction", "forward", "--frames", "0:1", *extra),
+        capture_output=True, text=True, env=environment, timeout=timeout)
+
+
+def _default_styles(output: Path) -> list:
+    import sqlite3
+
+    with sqlite3.connect(str(output)) as connection:
+        return connection.execute("SELECT f_table_name FROM layer_styles WHERE useAsDefault").fetchall()
+
+
+@pytest.mark.parametrize("second", [["--overwrite"], ["--layer", "other"]])
+def test_cli_track_into_an_existing_geopackage_ends_with_one_default_temporal_style(series, tmp_path, second):
+    """--overwrite replaces the layer; --layer adds another: the run ends, each layer has exactly one default
+    (temporal) style, and no partial file is left."""
+    output = tmp_path / "tracks.gpkg"
+    assert _cli_track(series, tmp_path, "--output", output).returncode == 0
+    result = _cli_track(series, tmp_path, "--output", output, *second)
+    assert result.returncode == 0, result.stderr
+    layer_name = second[-1] if second[0] == "--layer" else "tracks"
+    assert sorted(_default_styles(output)) == sorted({("tracks",), (layer_name,)})
+    layer = QgsVectorLayer(f"{output}|layername={layer_name}", "tracks", "ogr")
+    assert sorted(by_key(layer)) == [(1, 0), (1, 1)]
+    _, loaded = layer.loadDefaultStyle()
+    assert loaded and layer.temporalProperties().isActive()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("tracks") or p.name.startswith(".")) \
+        == ["tracks.gpkg"]
