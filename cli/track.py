@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple
 
-from ..core.errors import QuickSamError
+from ..core.errors import Cancelled, QuickSamError
 from .events import EventWriter, add_events_option
 from .headless import in_headless_qgis, open_store_before_qgis, private_project, run_algorithm
 from .options import parse_box, parse_point
@@ -106,7 +109,39 @@ def _parameters(args: argparse.Namespace, layer_id: str, partial: Path) -> Dict[
             Algorithm.OUTPUT: destination}
 
 
-def _run_track_algorithm(args: argparse.Namespace, partial: Path, events: EventWriter) -> Dict[str, object]:
+@contextlib.contextmanager
+def _interruptible() -> Iterator[Dict[str, object]]:
+    """SIGINT (Ctrl-C) and SIGTERM stop the run: while `state["feedback"]` is set (the algorithm runs) they cancel
+    it, which stops the tracker's process; otherwise, and on a second signal, they raise KeyboardInterrupt.
+    `state["requested"]` turns True. The previous handlers come back afterwards."""
+    state: Dict[str, object] = {"requested": False, "feedback": None}
+
+    def handler(signum: int, frame: object) -> None:
+        feedback = state["feedback"]
+        if state["requested"] or feedback is None:
+            state["requested"] = True
+            raise KeyboardInterrupt
+        state["requested"] = True
+        feedback.cancel()  # type: ignore[attr-defined]
+
+    if threading.current_thread() is not threading.main_thread():   # only the main thread may set handlers
+        yield state
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _interrupted(output: Path) -> Cancelled:
+    return Cancelled(f"interrupted: tracking stopped before the end and nothing was written to '{output}'; run the "
+                     "same command again")
+
+
+def _run_track_algorithm(args: argparse.Namespace, partial: Path, events: EventWriter,
+                         state: Dict[str, object]) -> Dict[str, object]:
     """Run quicksam:trackobjects into `partial` (its layer TRACK_LAYER); its results."""
     from osgeo import gdal
     from qgis.core import QgsVectorLayer
@@ -125,12 +160,21 @@ def _run_track_algorithm(args: argparse.Namespace, partial: Path, events: EventW
     layer_id = layer.id()
     project.addMapLayer(layer, False)
     del layer
+    feedback = collecting_feedback(events)
+    state["feedback"] = feedback
     try:
-        return run_algorithm("quicksam:trackobjects", _parameters(args, layer_id, partial), project,
-                             collecting_feedback(events))
+        results = run_algorithm("quicksam:trackobjects", _parameters(args, layer_id, partial), project, feedback)
+    except QuickSamError:
+        if state["requested"]:
+            raise _interrupted(args.output) from None
+        raise
     finally:
+        state["feedback"] = None
         if vsimem:
             gdal.Unlink(vsimem)
+    if state["requested"]:   # the tracker was stopped: its results are incomplete
+        raise _interrupted(args.output)
+    return results
 
 
 def _cmd_track(args: argparse.Namespace, events: EventWriter) -> int:
@@ -146,10 +190,10 @@ def _cmd_track(args: argparse.Namespace, events: EventWriter) -> int:
     events.start(store=str(args.store), output=str(destination.path))
     partial = destination.path.with_name(f".{destination.path.name}.partial-{os.getpid()}.gpkg")
 
-    def track_and_write() -> Tuple[Dict[str, object], str]:
+    def track_and_write(state: Dict[str, object]) -> Tuple[Dict[str, object], str]:
         from ..ui.track_layer import save_temporal_style
 
-        results = _run_track_algorithm(args, partial, events)
+        results = _run_track_algorithm(args, partial, events, state)
         written = write_layer(partial, TRACK_LAYER, destination, args.overwrite)
         if not results.get("TEMPORAL"):
             events.warning("the frames have no date-times: the layer is not temporal (frames are known by index)")
@@ -162,7 +206,10 @@ def _cmd_track(args: argparse.Namespace, events: EventWriter) -> int:
         return results, style
 
     try:
-        results, style = in_headless_qgis(track_and_write)
+        with _interruptible() as state:
+            results, style = in_headless_qgis(lambda: track_and_write(state))
+    except KeyboardInterrupt:   # before the tracker ran, or a second signal: nothing is left half-written
+        raise _interrupted(destination.path) from None
     finally:
         remove_gpkg(partial)
     events.finished({"output": str(destination.path), "features": results.get("TRACKED"),

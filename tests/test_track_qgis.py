@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import shapely
 import shapely.wkb
-from fake_tracker import ABSENT, fake_python
+from fake_tracker import ABSENT, HOLD_ENV, fake_python
 from qgis.core import (
     QgsApplication,
     QgsFeature,
@@ -399,3 +399,32 @@ def test_cli_track_into_an_existing_geopackage_ends_with_one_default_temporal_st
     assert loaded and layer.temporalProperties().isActive()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("tracks") or p.name.startswith(".")) \
         == ["tracks.gpkg"]
+
+
+@pytest.mark.parametrize("signal_number", [2, 15])   # SIGINT (Ctrl-C), SIGTERM
+def test_an_interrupted_cli_track_exits_130_in_one_line_and_leaves_no_partial_file(series, tmp_path, signal_number):
+    import os
+    import time
+
+    output, marker = tmp_path / "out" / "tracks.gpkg", tmp_path / "holding"
+    output.parent.mkdir()
+    environment = {**os.environ, settings.PYTHON_ENV_VAR: str(fake_python(tmp_path)), HOLD_ENV: str(marker)}
+    process = subprocess.Popen(cli_command("track", series, "--frame", "0", "--box={},{},{},{}".format(
+        *at(70, 130), *at(90, 110)), "--direction", "forward", "--frames", "0:2", "--output", output),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    try:
+        for _ in range(1200):   # the tracker holds after its first frame (a poll, not a timed assertion)
+            if marker.exists() or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert marker.exists(), process.communicate()
+        process.send_signal(signal_number)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr and "interrupted" in lines[0], stderr
+    assert "nothing was written" in lines[0]
+    assert sorted(p.name for p in output.parent.iterdir()) == []
