@@ -146,6 +146,8 @@ def _run_track_algorithm(args: argparse.Namespace, partial: Path, events: EventW
     from osgeo import gdal
     from qgis.core import QgsVectorLayer
 
+    from ..ui.algorithms.track_prompts import check_prompt_fields
+
     crs = prompts_crs(args)
     project = private_project()
     vsimem: Optional[str] = None
@@ -155,6 +157,10 @@ def _run_track_algorithm(args: argparse.Namespace, partial: Path, events: EventW
             raise QuickSamError(f"'{args.prompts}' cannot be opened as a vector layer of points or polygons")
         if args.prompts_crs:
             layer.setCrs(crs)
+        names = layer.fields().names()
+        check_prompt_fields(args.prompts.name, names, [
+            ("--id-field", args.id_field), ("--frame-field", args.frame_field), ("--label-field", args.label_field)],
+            hidden=[names[i] for i in layer.dataProvider().pkAttributeIndexes()])
     else:
         layer, vsimem = _command_line_layer(args, crs)
     layer_id = layer.id()

@@ -11,6 +11,7 @@ processes with random weights (this process never imports torch).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -230,6 +231,7 @@ def test_frames_without_dates_leave_datetime_empty_and_the_layer_not_temporal(re
     ("frame out of range", "frame 9 is not a frame of the series (frames 0 to 3)"),
     ("range without the frame", "outside the frames 2:3"),
     ("not a series", "is not a series store"),
+    ("missing field", "The prompt layer has no field 'nosuch' (its fields: obj_id, frame); give FRAME_FIELD one"),
 ])
 def test_bad_input_is_refused_in_one_line(registered, series, fake_tracker, case, expected):
     store, prompts, extra = series, two_points(), {}
@@ -239,6 +241,8 @@ def test_bad_input_is_refused_in_one_line(registered, series, fake_tracker, case
         prompts = prompt_layer("Point", [(point(*POINT_1), 1, 9)])
     elif case == "range without the frame":
         extra = {"FRAMES": "2:3"}
+    elif case == "missing field":
+        extra = {"FRAME_FIELD": "nosuch"}
     else:
         store = series / "frames" / "t0001"   # a frame's own store: a plain store
     with pytest.raises(QgsProcessingException) as caught:
@@ -428,3 +432,30 @@ def test_an_interrupted_cli_track_exits_130_in_one_line_and_leaves_no_partial_fi
     assert len(lines) == 1 and "Traceback" not in stderr and "interrupted" in lines[0], stderr
     assert "nothing was written" in lines[0]
     assert sorted(p.name for p in output.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("option", ["--id-field", "--frame-field", "--label-field"])
+def test_cli_track_names_the_fields_of_a_prompts_file_when_one_is_missing(series, tmp_path, option):
+    from osgeo import ogr, osr
+
+    prompts = tmp_path / "prompts.gpkg"
+    dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(prompts))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    layer = dataset.CreateLayer("prompts", srs, ogr.wkbPoint)
+    for name in ("oid", "fr", "lab"):
+        layer.CreateField(ogr.FieldDefn(name, ogr.OFTInteger))
+    feature = ogr.Feature(layer.GetLayerDefn())
+    feature.SetGeometry(ogr.CreateGeometryFromWkt("POINT ({} {})".format(*at(*POINT_1))))
+    for name, value in (("oid", 1), ("fr", 0), ("lab", 1)):
+        feature[name] = value
+    layer.CreateFeature(feature)
+    feature = layer = dataset = None
+    fields = {"--id-field": "oid", "--frame-field": "fr", "--label-field": "lab", option: "nosuch"}
+    result = subprocess.run(cli_command("track", series, "--frame", "0", "--prompts", prompts,
+                                        *[part for item in fields.items() for part in item],
+                                        "--output", tmp_path / "out.gpkg"), capture_output=True, text=True,
+                            timeout=300)
+    assert_one_line_error(result, re.escape(f"prompts.gpkg has no field 'nosuch' (its fields: oid, fr, lab); give "
+                                            f"{option} one of them"))
+    assert not (tmp_path / "out.gpkg").exists()

@@ -44,7 +44,7 @@ from ..layers import raster_crs
 from ..track_layer import TemporalLayer, track_feature, track_fields
 from ..track_runner import TrackProgress, run_tracker
 from .segment_algorithm import DecodingAlgorithm, open_store, output_layer_name
-from .track_prompts import POLYGON_MODES, prompt_frame, read_track_prompts
+from .track_prompts import POLYGON_MODES, check_prompt_fields, prompt_frame, read_track_prompts
 
 
 class TrackObjectsAlgorithm(DecodingAlgorithm):
@@ -165,6 +165,8 @@ class TrackObjectsAlgorithm(DecodingAlgorithm):
             raise QuickSamError(_tr("The prompt layer has no features: add points or polygons on one frame."))
         fields = [self.parameterAsString(parameters, name, context) or None
                   for name in (self.OBJECT_ID, self.FRAME_FIELD, self.LABEL_FIELD)]
+        check_prompt_fields(_tr("The prompt layer"), source.fields().names(),
+                            list(zip((self.OBJECT_ID, self.FRAME_FIELD, self.LABEL_FIELD), fields)))
         crs, source_crs = raster_crs(store), source.sourceCrs()
         transform = QgsCoordinateTransform(source_crs, crs, context.transformContext()) \
             if source_crs.isValid() and source_crs != crs else None

@@ -11,7 +11,7 @@ Coordinates come out in the raster's CRS. Bad input: QuickSamError, one line nam
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from qgis.core import QgsCsException, QgsWkbTypes
 
@@ -44,6 +44,18 @@ def integer_value(value: Any, what: str, fid: int) -> int:
     except (TypeError, ValueError):
         raise QuickSamError(f"feature {fid}: its {what} {value!r} is not a whole number; give every prompt "
                             f"one") from None
+
+
+def check_prompt_fields(layer_name: str, available: Sequence[str], given: Sequence[Tuple[str, Optional[str]]],
+                        hidden: Sequence[str] = ()) -> None:
+    """QuickSamError (one line) when a field named in `given` ((option, field name or None) pairs, e.g.
+    ("--id-field", "oid")) is not one of the `available` field names of the prompt layer `layer_name`; the
+    message lists them but `hidden` (a GeoPackage's fid: usable, but not a field one made)."""
+    for option, name in given:
+        if name and name not in available:
+            listed = ", ".join(n for n in available if n not in hidden) or "none"
+            raise QuickSamError(f"{layer_name} has no field '{name}' (its fields: {listed}); give {option} one of "
+                                "them")
 
 
 def read_track_prompts(features: Iterable[Any], transform: Any, id_field: Optional[str], frame_field: Optional[str],
