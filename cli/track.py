@@ -73,6 +73,20 @@ def _check_prompts(args: argparse.Namespace) -> None:
         raise QuickSamError(f"the prompts file '{args.prompts}' does not exist")
 
 
+def _check_frame(store: Path, frame: int) -> None:
+    """QuickSamError (one line, naming the series' frames) for a negative --frame; Processing's own refusal
+    ("incorrect parameter value for FRAME") names no option."""
+    if frame >= 0:
+        return
+    from ..core.store import FeatureStore
+    from ..core.store_series import series_frames
+
+    frames = series_frames(FeatureStore.open(store)) if store.exists() else []
+    known = f" (frames 0 to {len(frames) - 1})" if frames else ""
+    raise QuickSamError(f"--frame {frame} is not a frame of the series{known}: a frame index is 0 or more, 0 the "
+                        "earliest date")
+
+
 def _command_line_layer(args: argparse.Namespace, crs: QgsCoordinateReferenceSystem) -> Tuple[QgsVectorLayer, str]:
     """The --point/--box prompts as one object in an in-memory GeoJSON (fields obj_id, label); (layer, path)."""
     from osgeo import gdal
@@ -193,6 +207,7 @@ def _cmd_track(args: argparse.Namespace, events: EventWriter) -> int:
         check_output_folder_writable(wanted)
     destination = check_segment_output(args.output, args.overwrite, args.layer)
     open_store_before_qgis(args.store)
+    _check_frame(args.store, args.frame)
     events.start(store=str(args.store), output=str(destination.path))
     partial = destination.path.with_name(f".{destination.path.name}.partial-{os.getpid()}.gpkg")
 

@@ -231,6 +231,8 @@ def test_frames_without_dates_leave_datetime_empty_and_the_layer_not_temporal(re
     ("frame out of range", "frame 9 is not a frame of the series (frames 0 to 3)"),
     ("range without the frame", "outside the frames 2:3"),
     ("not a series", "is not a series store"),
+    ("field and FRAME differ", "the prompts are on frame 1 (their frame field) but FRAME says 0; give FRAME 1"),
+    ("not a series, in the dialog's words", "Encode raster for SAM with its Time series frames"),
     ("missing field", "The prompt layer has no field 'nosuch' (its fields: obj_id, frame); give FRAME_FIELD one"),
 ])
 def test_bad_input_is_refused_in_one_line(registered, series, fake_tracker, case, expected):
@@ -241,6 +243,10 @@ def test_bad_input_is_refused_in_one_line(registered, series, fake_tracker, case
         prompts = prompt_layer("Point", [(point(*POINT_1), 1, 9)])
     elif case == "range without the frame":
         extra = {"FRAMES": "2:3"}
+    elif case == "field and FRAME differ":
+        extra = {"FRAME": 0}
+    elif case.startswith("not a series"):
+        store = series / "frames" / "t0001"
     elif case == "missing field":
         extra = {"FRAME_FIELD": "nosuch"}
     else:
@@ -249,6 +255,7 @@ def test_bad_input_is_refused_in_one_line(registered, series, fake_tracker, case
         run(store, prompts, **extra)
     message = str(caught.value)
     assert expected in message and "\n" not in message.strip()
+    assert " --" not in message   # the dialog names its fields, not the command line's options
 
 
 # -- the command line -------------------------------------------------------------------------------------------
@@ -286,7 +293,7 @@ def test_cli_track_refuses_a_store_that_is_not_a_series_in_one_line(series, tmp_
     result = subprocess.run(cli_command("track", series / "frames" / "t0002", "--frame", "0", "--point",
                                         "{},{}".format(*at(*POINT_1)), "--output", tmp_path / "out.gpkg"),
                             capture_output=True, text=True, timeout=300)
-    assert_one_line_error(result, "is not a series store")
+    assert_one_line_error(result, r"is not a series store .*quicksam encode --series ")
     assert not (tmp_path / "out.gpkg").exists()
 
 
@@ -434,11 +441,10 @@ def test_an_interrupted_cli_track_exits_130_in_one_line_and_leaves_no_partial_fi
     assert sorted(p.name for p in output.parent.iterdir()) == []
 
 
-@pytest.mark.parametrize("option", ["--id-field", "--frame-field", "--label-field"])
-def test_cli_track_names_the_fields_of_a_prompts_file_when_one_is_missing(series, tmp_path, option):
+def _prompts_file(prompts: Path, frame: int) -> Path:
+    """A GeoPackage of one point prompt with fields oid = 1, fr = `frame`, lab = 1."""
     from osgeo import ogr, osr
 
-    prompts = tmp_path / "prompts.gpkg"
     dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(prompts))
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(32633)
@@ -447,10 +453,16 @@ def test_cli_track_names_the_fields_of_a_prompts_file_when_one_is_missing(series
         layer.CreateField(ogr.FieldDefn(name, ogr.OFTInteger))
     feature = ogr.Feature(layer.GetLayerDefn())
     feature.SetGeometry(ogr.CreateGeometryFromWkt("POINT ({} {})".format(*at(*POINT_1))))
-    for name, value in (("oid", 1), ("fr", 0), ("lab", 1)):
+    for name, value in (("oid", 1), ("fr", frame), ("lab", 1)):
         feature[name] = value
     layer.CreateFeature(feature)
     feature = layer = dataset = None
+    return prompts
+
+
+@pytest.mark.parametrize("option", ["--id-field", "--frame-field", "--label-field"])
+def test_cli_track_names_the_fields_of_a_prompts_file_when_one_is_missing(series, tmp_path, option):
+    prompts = _prompts_file(tmp_path / "prompts.gpkg", 0)
     fields = {"--id-field": "oid", "--frame-field": "fr", "--label-field": "lab", option: "nosuch"}
     result = subprocess.run(cli_command("track", series, "--frame", "0", "--prompts", prompts,
                                         *[part for item in fields.items() for part in item],
@@ -458,4 +470,18 @@ def test_cli_track_names_the_fields_of_a_prompts_file_when_one_is_missing(series
                             timeout=300)
     assert_one_line_error(result, re.escape(f"prompts.gpkg has no field 'nosuch' (its fields: oid, fr, lab); give "
                                             f"{option} one of them"))
+    assert not (tmp_path / "out.gpkg").exists()
+
+
+@pytest.mark.parametrize("frame, frame_field, expected", [
+    ("-1", None, r"--frame -1 is not a frame of the series \(frames 0 to 3\): a frame index is 0 or more"),
+    ("0", "fr", r"the prompts are on frame 1 \(their frame field\) but --frame says 0; give --frame 1"),
+])
+def test_cli_track_words_a_wrong_frame_in_its_options(series, tmp_path, frame, frame_field, expected):
+    prompts = _prompts_file(tmp_path / "prompts.gpkg", 1)
+    result = subprocess.run(cli_command("track", series, f"--frame={frame}", "--prompts", prompts,
+                                        *(["--frame-field", frame_field] if frame_field else []),
+                                        "--output", tmp_path / "out.gpkg"), capture_output=True, text=True,
+                            timeout=300)
+    assert_one_line_error(result, expected)
     assert not (tmp_path / "out.gpkg").exists()

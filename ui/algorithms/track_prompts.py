@@ -116,14 +116,20 @@ def _object(obj_id: int, item: _Gathered) -> ObjectPrompts:
     return ObjectPrompts(obj_id, item.prompts, item.polygon_wkb)
 
 
-def prompt_frame(frames: Set[int], given: Optional[int]) -> int:
-    """The one frame the prompts are on: the frame field's values and/or the frame given. QuickSamError when
-    they name several frames, or none."""
-    named = set(frames) | ({given} if given is not None else set())
-    if len(named) > 1:
-        listed = ", ".join(str(frame) for frame in sorted(named))
+def prompt_frame(frames: Set[int], given: Optional[int], given_name: str = "FRAME") -> int:
+    """The one frame the prompts are on: the frame field's values and/or the frame given (`given_name` names
+    it: FRAME in Processing, --frame on the command line). QuickSamError when they name several frames, or
+    none."""
+    if len(frames) > 1:
+        listed = ", ".join(str(frame) for frame in sorted(frames))
         raise QuickSamError(f"the prompts are on frames {listed}, but tracking starts from one frame; give every "
                             "prompt the same frame")
-    if not named:
+    if frames and given is not None and given not in frames:
+        (field_frame,) = frames
+        raise QuickSamError(f"the prompts are on frame {field_frame} (their frame field) but {given_name} says "
+                            f"{given}; give {given_name} {field_frame}, or leave the frame field empty")
+    if frames:
+        return next(iter(frames))
+    if given is None:
         raise QuickSamError("give the frame the prompts are on (a frame field, or the frame number)")
-    return named.pop()
+    return given
