@@ -40,7 +40,9 @@ def add_track_parser(commands: argparse._SubParsersAction) -> None:
     track.add_argument("--point", type=parse_point, action="append", metavar="X,Y[,LABEL]",
                        help="a point prompt; LABEL 1 = foreground (default), 0 = background. Repeat for more points")
     track.add_argument("--box", type=parse_box, metavar="XMIN,YMIN,XMAX,YMAX", help="a box prompt around the object")
-    track.add_argument("--object-id", type=int, default=1, help="the id of the --point/--box object (default 1)")
+    track.add_argument("--object-id", type=int, metavar="ID",
+                       help="the id of the --point/--box object, a whole number 1 or more (default 1); a --prompts "
+                            "file gives its ids with --id-field")
     track.add_argument("--prompts", type=Path, metavar="FILE", help="a vector file of prompt points and polygons")
     track.add_argument("--prompts-crs", metavar="CRS", help="CRS of the prompt coordinates (default: the raster's "
                                                             "for --point/--box, the file's own for --prompts)")
@@ -67,6 +69,11 @@ def _check_prompts(args: argparse.Namespace) -> None:
         raise QuickSamError("give the prompts either with --point/--box or in a --prompts file, not both")
     if not (args.prompts or args.point or args.box):
         raise QuickSamError("give the object's prompts: one or more --point X,Y[,LABEL], a --box, or a --prompts file")
+    if args.object_id is not None and args.prompts:
+        raise QuickSamError("--object-id applies to --point/--box only; a --prompts file's objects take their ids "
+                            "from --id-field (or are numbered 1, 2, ...)")
+    if args.object_id is not None and args.object_id < 1:
+        raise QuickSamError(f"--object-id {args.object_id} is not an object id; give a whole number 1 or more")
     if (args.id_field or args.frame_field or args.label_field) and not args.prompts:
         raise QuickSamError("--id-field, --frame-field and --label-field apply to a --prompts file only")
     if args.prompts and not args.prompts.is_file():
@@ -92,12 +99,13 @@ def _command_line_layer(args: argparse.Namespace, crs: QgsCoordinateReferenceSys
     from osgeo import gdal
     from qgis.core import QgsVectorLayer
 
-    features = [{"type": "Feature", "properties": {"obj_id": args.object_id, "label": label},
+    obj_id = 1 if args.object_id is None else args.object_id
+    features = [{"type": "Feature", "properties": {"obj_id": obj_id, "label": label},
                  "geometry": {"type": "Point", "coordinates": [x, y]}} for x, y, label in args.point or []]
     if args.box:
         xmin, ymin, xmax, ymax = args.box
         ring = [[xmin, ymin], [xmax, ymin], [xmax, ymax], [xmin, ymax], [xmin, ymin]]
-        features.append({"type": "Feature", "properties": {"obj_id": args.object_id, "label": 1},
+        features.append({"type": "Feature", "properties": {"obj_id": obj_id, "label": 1},
                          "geometry": {"type": "Polygon", "coordinates": [ring]}})
     path = f"/vsimem/quicksam-track-prompts-{os.getpid()}-{id(args)}.geojson"
     gdal.FileFromMemBuffer(path, json.dumps({"type": "FeatureCollection", "features": features}).encode())

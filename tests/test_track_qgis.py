@@ -233,6 +233,7 @@ def test_frames_without_dates_leave_datetime_empty_and_the_layer_not_temporal(re
     ("not a series", "is not a series store"),
     ("field and FRAME differ", "the prompts are on frame 1 (their frame field) but FRAME says 0; give FRAME 1"),
     ("not a series, in the dialog's words", "Encode raster for SAM with its Time series frames"),
+    ("object id below 1", "its object id 0 is not 1 or more"),
     ("missing field", "The prompt layer has no field 'nosuch' (its fields: obj_id, frame); give FRAME_FIELD one"),
 ])
 def test_bad_input_is_refused_in_one_line(registered, series, fake_tracker, case, expected):
@@ -247,6 +248,8 @@ def test_bad_input_is_refused_in_one_line(registered, series, fake_tracker, case
         extra = {"FRAME": 0}
     elif case.startswith("not a series"):
         store = series / "frames" / "t0001"
+    elif case == "object id below 1":
+        prompts = prompt_layer("Point", [(point(*POINT_1), 0, 1)])
     elif case == "missing field":
         extra = {"FRAME_FIELD": "nosuch"}
     else:
@@ -483,5 +486,18 @@ def test_cli_track_words_a_wrong_frame_in_its_options(series, tmp_path, frame, f
                                         *(["--frame-field", frame_field] if frame_field else []),
                                         "--output", tmp_path / "out.gpkg"), capture_output=True, text=True,
                             timeout=300)
+    assert_one_line_error(result, expected)
+    assert not (tmp_path / "out.gpkg").exists()
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--object-id", "3"], r"--object-id applies to --point/--box only; a --prompts file's objects take their ids"),
+    (["--object-id=-3"], r"--object-id -3 is not an object id; give a whole number 1 or more"),
+])
+def test_cli_track_refuses_an_object_id_it_would_not_use(series, tmp_path, extra, expected):
+    prompts = ["--prompts", _prompts_file(tmp_path / "prompts.gpkg", 0)] if "3" in extra else \
+        ["--point", "{},{}".format(*at(*POINT_1))]
+    result = subprocess.run(cli_command("track", series, "--frame", "0", *prompts, *extra, "--output",
+                                        tmp_path / "out.gpkg"), capture_output=True, text=True, timeout=300)
     assert_one_line_error(result, expected)
     assert not (tmp_path / "out.gpkg").exists()

@@ -67,6 +67,9 @@ def read_track_prompts(features: Iterable[Any], transform: Any, id_field: Option
     for number, feature in enumerate(features, start=1):
         fid = int(feature.id())
         obj_id = integer_value(feature[id_field], "object id", fid) if id_field else number
+        if obj_id < 1:
+            raise QuickSamError(f"feature {fid}: its object id {obj_id} is not 1 or more; give every object a whole "
+                                "number 1 or more")
         if frame_field:
             frames.add(integer_value(feature[frame_field], "frame", fid))
         _add_feature(gathered.setdefault(obj_id, _Gathered()), feature, transform, label_field, polygons_as)
