@@ -134,12 +134,16 @@ def _parameters(args: argparse.Namespace, layer_id: str, partial: Path) -> Dict[
 @contextlib.contextmanager
 def _interruptible() -> Iterator[Dict[str, object]]:
     """SIGINT (Ctrl-C) and SIGTERM stop the run: while `state["feedback"]` is set (the algorithm runs) they cancel
-    it, which stops the tracker's process; otherwise, and on a second signal, they raise KeyboardInterrupt.
+    it, which stops the tracker's process; while `state["writing"]` (the output being written) they wait for it;
+    otherwise, and on a second signal, they raise KeyboardInterrupt.
     `state["requested"]` turns True. The previous handlers come back afterwards."""
     state: Dict[str, object] = {"requested": False, "feedback": None}
 
     def handler(signum: int, frame: object) -> None:
         feedback = state["feedback"]
+        if state.get("writing"):   # the tracking is done: the output is finished, then the run ends
+            state["requested"] = True
+            return
         if state["requested"] or feedback is None:
             state["requested"] = True
             raise KeyboardInterrupt
@@ -223,6 +227,7 @@ def _cmd_track(args: argparse.Namespace, events: EventWriter) -> int:
         from ..ui.track_layer import save_temporal_style
 
         results = _run_track_algorithm(args, partial, events, state)
+        state["writing"] = True   # from here a signal waits: the output is written whole
         written = write_layer(partial, TRACK_LAYER, destination, args.overwrite)
         if not results.get("TEMPORAL"):
             events.warning("the frames have no date-times: the layer is not temporal (frames are known by index)")
