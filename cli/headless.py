@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, TypeVar
 
-from ..core.errors import QuickSamError
+from ..core.errors import Cancelled, QuickSamError
 from ..core.logger import LOGGER
 
 if TYPE_CHECKING:
@@ -166,6 +166,7 @@ def in_headless_qgis(work: Callable[[], T]) -> T:
     """Run `work()` in a headless QGIS (see `_headless_qgis`) with QGIS's own output captured; a QuickSamError
     it raises is re-raised as plain text once QGIS is gone (its traceback's frames hold QGIS objects)."""
     error: Optional[str] = None
+    kind = QuickSamError
     result = None
     with _captured_process_output(), warnings.catch_warnings(), _headless_qgis():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -173,9 +174,9 @@ def in_headless_qgis(work: Callable[[], T]) -> T:
         try:
             result = work()
         except QuickSamError as exc:
-            error = str(exc)
+            error, kind = str(exc), Cancelled if isinstance(exc, Cancelled) else QuickSamError
     if error is not None:
-        raise QuickSamError(error)
+        raise kind(error)  # a Cancelled stays one (exit 130)
     return result
 
 

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple
 
-from ..core.errors import QuickSamError
+from ..core.errors import Cancelled, QuickSamError
 from .events import EventWriter, add_events_option
 from .headless import in_headless_qgis, open_store_before_qgis, private_project, run_algorithm
 from .options import parse_box, parse_point
@@ -37,7 +40,9 @@ def add_track_parser(commands: argparse._SubParsersAction) -> None:
     track.add_argument("--point", type=parse_point, action="append", metavar="X,Y[,LABEL]",
                        help="a point prompt; LABEL 1 = foreground (default), 0 = background. Repeat for more points")
     track.add_argument("--box", type=parse_box, metavar="XMIN,YMIN,XMAX,YMAX", help="a box prompt around the object")
-    track.add_argument("--object-id", type=int, default=1, help="the id of the --point/--box object (default 1)")
+    track.add_argument("--object-id", type=int, metavar="ID",
+                       help="the id of the --point/--box object, a whole number 1 or more (default 1); a --prompts "
+                            "file gives its ids with --id-field")
     track.add_argument("--prompts", type=Path, metavar="FILE", help="a vector file of prompt points and polygons")
     track.add_argument("--prompts-crs", metavar="CRS", help="CRS of the prompt coordinates (default: the raster's "
                                                             "for --point/--box, the file's own for --prompts)")
@@ -64,10 +69,29 @@ def _check_prompts(args: argparse.Namespace) -> None:
         raise QuickSamError("give the prompts either with --point/--box or in a --prompts file, not both")
     if not (args.prompts or args.point or args.box):
         raise QuickSamError("give the object's prompts: one or more --point X,Y[,LABEL], a --box, or a --prompts file")
+    if args.object_id is not None and args.prompts:
+        raise QuickSamError("--object-id applies to --point/--box only; a --prompts file's objects take their ids "
+                            "from --id-field (or are numbered 1, 2, ...)")
+    if args.object_id is not None and args.object_id < 1:
+        raise QuickSamError(f"--object-id {args.object_id} is not an object id; give a whole number 1 or more")
     if (args.id_field or args.frame_field or args.label_field) and not args.prompts:
         raise QuickSamError("--id-field, --frame-field and --label-field apply to a --prompts file only")
     if args.prompts and not args.prompts.is_file():
         raise QuickSamError(f"the prompts file '{args.prompts}' does not exist")
+
+
+def _check_frame(store: Path, frame: int) -> None:
+    """QuickSamError (one line, naming the series' frames) for a negative --frame; Processing's own refusal
+    ("incorrect parameter value for FRAME") names no option."""
+    if frame >= 0:
+        return
+    from ..core.store import FeatureStore
+    from ..core.store_series import series_frames
+
+    frames = series_frames(FeatureStore.open(store)) if store.exists() else []
+    known = f" (frames 0 to {len(frames) - 1})" if frames else ""
+    raise QuickSamError(f"--frame {frame} is not a frame of the series{known}: a frame index is 0 or more, 0 the "
+                        "earliest date")
 
 
 def _command_line_layer(args: argparse.Namespace, crs: QgsCoordinateReferenceSystem) -> Tuple[QgsVectorLayer, str]:
@@ -75,12 +99,13 @@ def _command_line_layer(args: argparse.Namespace, crs: QgsCoordinateReferenceSys
     from osgeo import gdal
     from qgis.core import QgsVectorLayer
 
-    features = [{"type": "Feature", "properties": {"obj_id": args.object_id, "label": label},
+    obj_id = 1 if args.object_id is None else args.object_id
+    features = [{"type": "Feature", "properties": {"obj_id": obj_id, "label": label},
                  "geometry": {"type": "Point", "coordinates": [x, y]}} for x, y, label in args.point or []]
     if args.box:
         xmin, ymin, xmax, ymax = args.box
         ring = [[xmin, ymin], [xmax, ymin], [xmax, ymax], [xmin, ymax], [xmin, ymin]]
-        features.append({"type": "Feature", "properties": {"obj_id": args.object_id, "label": 1},
+        features.append({"type": "Feature", "properties": {"obj_id": obj_id, "label": 1},
                          "geometry": {"type": "Polygon", "coordinates": [ring]}})
     path = f"/vsimem/quicksam-track-prompts-{os.getpid()}-{id(args)}.geojson"
     gdal.FileFromMemBuffer(path, json.dumps({"type": "FeatureCollection", "features": features}).encode())
@@ -106,10 +131,48 @@ def _parameters(args: argparse.Namespace, layer_id: str, partial: Path) -> Dict[
             Algorithm.OUTPUT: destination}
 
 
-def _run_track_algorithm(args: argparse.Namespace, partial: Path, events: EventWriter) -> Dict[str, object]:
+@contextlib.contextmanager
+def _interruptible() -> Iterator[Dict[str, object]]:
+    """SIGINT (Ctrl-C) and SIGTERM stop the run: while `state["feedback"]` is set (the algorithm runs) they cancel
+    it, which stops the tracker's process; while `state["writing"]` (the output being written) they wait for it;
+    otherwise, and on a second signal, they raise KeyboardInterrupt.
+    `state["requested"]` turns True. The previous handlers come back afterwards."""
+    state: Dict[str, object] = {"requested": False, "feedback": None}
+
+    def handler(signum: int, frame: object) -> None:
+        feedback = state["feedback"]
+        if state.get("writing"):   # the tracking is done: the output is finished, then the run ends
+            state["requested"] = True
+            return
+        if state["requested"] or feedback is None:
+            state["requested"] = True
+            raise KeyboardInterrupt
+        state["requested"] = True
+        feedback.cancel()  # type: ignore[attr-defined]
+
+    if threading.current_thread() is not threading.main_thread():   # only the main thread may set handlers
+        yield state
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _interrupted(output: Path) -> Cancelled:
+    return Cancelled(f"interrupted: tracking stopped before the end and nothing was written to '{output}'; run the "
+                     "same command again")
+
+
+def _run_track_algorithm(args: argparse.Namespace, partial: Path, events: EventWriter,
+                         state: Dict[str, object]) -> Dict[str, object]:
     """Run quicksam:trackobjects into `partial` (its layer TRACK_LAYER); its results."""
     from osgeo import gdal
     from qgis.core import QgsVectorLayer
+
+    from ..ui.algorithms.track_prompts import check_prompt_fields
 
     crs = prompts_crs(args)
     project = private_project()
@@ -120,17 +183,30 @@ def _run_track_algorithm(args: argparse.Namespace, partial: Path, events: EventW
             raise QuickSamError(f"'{args.prompts}' cannot be opened as a vector layer of points or polygons")
         if args.prompts_crs:
             layer.setCrs(crs)
+        names = layer.fields().names()
+        check_prompt_fields(args.prompts.name, names, [
+            ("--id-field", args.id_field), ("--frame-field", args.frame_field), ("--label-field", args.label_field)],
+            hidden=[names[i] for i in layer.dataProvider().pkAttributeIndexes()])
     else:
         layer, vsimem = _command_line_layer(args, crs)
     layer_id = layer.id()
     project.addMapLayer(layer, False)
     del layer
+    feedback = collecting_feedback(events)
+    state["feedback"] = feedback
     try:
-        return run_algorithm("quicksam:trackobjects", _parameters(args, layer_id, partial), project,
-                             collecting_feedback(events))
+        results = run_algorithm("quicksam:trackobjects", _parameters(args, layer_id, partial), project, feedback)
+    except QuickSamError:
+        if state["requested"]:
+            raise _interrupted(args.output) from None
+        raise
     finally:
+        state["feedback"] = None
         if vsimem:
             gdal.Unlink(vsimem)
+    if state["requested"]:   # the tracker was stopped: its results are incomplete
+        raise _interrupted(args.output)
+    return results
 
 
 def _cmd_track(args: argparse.Namespace, events: EventWriter) -> int:
@@ -143,13 +219,15 @@ def _cmd_track(args: argparse.Namespace, events: EventWriter) -> int:
         check_output_folder_writable(wanted)
     destination = check_segment_output(args.output, args.overwrite, args.layer)
     open_store_before_qgis(args.store)
+    _check_frame(args.store, args.frame)
     events.start(store=str(args.store), output=str(destination.path))
     partial = destination.path.with_name(f".{destination.path.name}.partial-{os.getpid()}.gpkg")
 
-    def track_and_write() -> Tuple[Dict[str, object], str]:
+    def track_and_write(state: Dict[str, object]) -> Tuple[Dict[str, object], str]:
         from ..ui.track_layer import save_temporal_style
 
-        results = _run_track_algorithm(args, partial, events)
+        results = _run_track_algorithm(args, partial, events, state)
+        state["writing"] = True   # from here a signal waits: the output is written whole
         written = write_layer(partial, TRACK_LAYER, destination, args.overwrite)
         if not results.get("TEMPORAL"):
             events.warning("the frames have no date-times: the layer is not temporal (frames are known by index)")
@@ -162,7 +240,10 @@ def _cmd_track(args: argparse.Namespace, events: EventWriter) -> int:
         return results, style
 
     try:
-        results, style = in_headless_qgis(track_and_write)
+        with _interruptible() as state:
+            results, style = in_headless_qgis(lambda: track_and_write(state))
+    except KeyboardInterrupt:   # before the tracker ran, or a second signal: nothing is left half-written
+        raise _interrupted(destination.path) from None
     finally:
         remove_gpkg(partial)
     events.finished({"output": str(destination.path), "features": results.get("TRACKED"),

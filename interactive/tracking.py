@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from osgeo import ogr
 
 NOT_A_SERIES = ("store '{root}' is not a series store (it has no series.json); encode the frames as a series "
-                "(quicksam encode with several rasters, or --frames-from-bands) to track objects")
+                "(quicksam encode --series A.tif B.tif ... STORE, or --frames-from-bands) to track objects")
 
 
 @dataclass(frozen=True)

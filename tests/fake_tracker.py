@@ -18,12 +18,14 @@ import json
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 from typing import Tuple
 
 import numpy as np
 
 ABSENT = (2, 2)  # (object id, frame)
+HOLD_ENV = "QUICKSAM_FAKE_TRACKER_HOLD"
 
 
 def fake_python(folder: Path) -> Path:
@@ -53,6 +55,16 @@ def known_mask(ax: int, ay: int, shift: int, size: int) -> np.ndarray:
     return mask
 
 
+def _hold() -> None:
+    """With HOLD_ENV set to a file path: write that file and wait (up to a minute) to be stopped, so that a test
+    can interrupt a run that has sent one frame."""
+    marker = os.environ.get(HOLD_ENV)
+    if marker:
+        Path(marker).write_text("holding")
+        for _ in range(600):
+            time.sleep(0.1)
+
+
 def main(argv) -> int:
     from quicksam.core.store import FeatureStore
     from quicksam.core.track_job import FrameResult, TrackJob, write_result
@@ -75,6 +87,7 @@ def main(argv) -> int:
             path = write_result(Path(job.output_dir), FrameResult(group_index, frame, ids, present, scores, masks))
             print(json.dumps({"event": "track_frame", "group": group_index, "frame": frame, "path": str(path)}),
                   flush=True)
+            _hold()
     print(json.dumps({"event": "finished", "summary": {"groups": len(job.groups)}}), flush=True)
     return 0
 

@@ -11,6 +11,7 @@ processes with random weights (this process never imports torch).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 import shapely
 import shapely.wkb
-from fake_tracker import ABSENT, fake_python
+from fake_tracker import ABSENT, HOLD_ENV, fake_python
 from qgis.core import (
     QgsApplication,
     QgsFeature,
@@ -230,6 +231,10 @@ def test_frames_without_dates_leave_datetime_empty_and_the_layer_not_temporal(re
     ("frame out of range", "frame 9 is not a frame of the series (frames 0 to 3)"),
     ("range without the frame", "outside the frames 2:3"),
     ("not a series", "is not a series store"),
+    ("field and FRAME differ", "the prompts are on frame 1 (their frame field) but FRAME says 0; give FRAME 1"),
+    ("not a series, in the dialog's words", "Encode raster for SAM with its Time series frames"),
+    ("object id below 1", "its object id 0 is not 1 or more"),
+    ("missing field", "The prompt layer has no field 'nosuch' (its fields: obj_id, frame); give FRAME_FIELD one"),
 ])
 def test_bad_input_is_refused_in_one_line(registered, series, fake_tracker, case, expected):
     store, prompts, extra = series, two_points(), {}
@@ -239,12 +244,21 @@ def test_bad_input_is_refused_in_one_line(registered, series, fake_tracker, case
         prompts = prompt_layer("Point", [(point(*POINT_1), 1, 9)])
     elif case == "range without the frame":
         extra = {"FRAMES": "2:3"}
+    elif case == "field and FRAME differ":
+        extra = {"FRAME": 0}
+    elif case.startswith("not a series"):
+        store = series / "frames" / "t0001"
+    elif case == "object id below 1":
+        prompts = prompt_layer("Point", [(point(*POINT_1), 0, 1)])
+    elif case == "missing field":
+        extra = {"FRAME_FIELD": "nosuch"}
     else:
         store = series / "frames" / "t0001"   # a frame's own store: a plain store
     with pytest.raises(QgsProcessingException) as caught:
         run(store, prompts, **extra)
     message = str(caught.value)
     assert expected in message and "\n" not in message.strip()
+    assert " --" not in message   # the dialog names its fields, not the command line's options
 
 
 # -- the command line -------------------------------------------------------------------------------------------
@@ -282,7 +296,7 @@ def test_cli_track_refuses_a_store_that_is_not_a_series_in_one_line(series, tmp_
     result = subprocess.run(cli_command("track", series / "frames" / "t0002", "--frame", "0", "--point",
                                         "{},{}".format(*at(*POINT_1)), "--output", tmp_path / "out.gpkg"),
                             capture_output=True, text=True, timeout=300)
-    assert_one_line_error(result, "is not a series store")
+    assert_one_line_error(result, r"is not a series store .*quicksam encode --series ")
     assert not (tmp_path / "out.gpkg").exists()
 
 
@@ -365,3 +379,125 @@ def test_frame_ranges_directions_and_periods():
                                              2: ("2024-01-04T00:00:00", "2024-01-04T12:00:00")}
     undated = [FrameRef(0, ".", "a"), FrameRef(1, "frames/t0001", "b")]
     assert frame_periods(undated, (0, 1)) == {0: (None, None), 1: (None, None)}
+
+
+# -- found by trying time series as a newcomer ---------------------------------------------------------------------
+
+def _cli_track(series: Path, tmp_path: Path, *extra: object, timeout: float = 120) -> subprocess.CompletedProcess:
+    environment = {**__import__("os").environ, settings.PYTHON_ENV_VAR: str(fake_python(tmp_path))}
+    return subprocess.run(cli_command("track", series, "--frame", "0", "--box={},{},{},{}".format(
+        *at(70, 130), *at(90, 110)), "--direction", "forward", "--frames", "0:1", *extra),
+        capture_output=True, text=True, env=environment, timeout=timeout)
+
+
+def _default_styles(output: Path) -> list:
+    import sqlite3
+
+    with sqlite3.connect(str(output)) as connection:
+        return connection.execute("SELECT f_table_name FROM layer_styles WHERE useAsDefault").fetchall()
+
+
+@pytest.mark.parametrize("second", [["--overwrite"], ["--layer", "other"]])
+def test_cli_track_into_an_existing_geopackage_ends_with_one_default_temporal_style(series, tmp_path, second):
+    """--overwrite replaces the layer; --layer adds another: the run ends, each layer has exactly one default
+    (temporal) style, and no partial file is left."""
+    output = tmp_path / "tracks.gpkg"
+    assert _cli_track(series, tmp_path, "--output", output).returncode == 0
+    result = _cli_track(series, tmp_path, "--output", output, *second)
+    assert result.returncode == 0, result.stderr
+    layer_name = second[-1] if second[0] == "--layer" else "tracks"
+    assert sorted(_default_styles(output)) == sorted({("tracks",), (layer_name,)})
+    layer = QgsVectorLayer(f"{output}|layername={layer_name}", "tracks", "ogr")
+    assert sorted(by_key(layer)) == [(1, 0), (1, 1)]
+    _, loaded = layer.loadDefaultStyle()
+    assert loaded and layer.temporalProperties().isActive()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("tracks") or p.name.startswith(".")) \
+        == ["tracks.gpkg"]
+
+
+@pytest.mark.parametrize("signal_number", [2, 15])   # SIGINT (Ctrl-C), SIGTERM
+def test_an_interrupted_cli_track_exits_130_in_one_line_and_leaves_no_partial_file(series, tmp_path, signal_number):
+    import os
+    import time
+
+    output, marker = tmp_path / "out" / "tracks.gpkg", tmp_path / "holding"
+    output.parent.mkdir()
+    environment = {**os.environ, settings.PYTHON_ENV_VAR: str(fake_python(tmp_path)), HOLD_ENV: str(marker)}
+    process = subprocess.Popen(cli_command("track", series, "--frame", "0", "--box={},{},{},{}".format(
+        *at(70, 130), *at(90, 110)), "--direction", "forward", "--frames", "0:2", "--output", output),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    try:
+        for _ in range(1200):   # the tracker holds after its first frame (a poll, not a timed assertion)
+            if marker.exists() or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert marker.exists(), process.communicate()
+        process.send_signal(signal_number)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr and "interrupted" in lines[0], stderr
+    assert "nothing was written" in lines[0]
+    assert sorted(p.name for p in output.parent.iterdir()) == []
+
+
+def _prompts_file(prompts: Path, frame: int) -> Path:
+    """A GeoPackage of one point prompt with fields oid = 1, fr = `frame`, lab = 1."""
+    from osgeo import ogr, osr
+
+    dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(prompts))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    layer = dataset.CreateLayer("prompts", srs, ogr.wkbPoint)
+    for name in ("oid", "fr", "lab"):
+        layer.CreateField(ogr.FieldDefn(name, ogr.OFTInteger))
+    feature = ogr.Feature(layer.GetLayerDefn())
+    feature.SetGeometry(ogr.CreateGeometryFromWkt("POINT ({} {})".format(*at(*POINT_1))))
+    for name, value in (("oid", 1), ("fr", frame), ("lab", 1)):
+        feature[name] = value
+    layer.CreateFeature(feature)
+    feature = layer = dataset = None
+    return prompts
+
+
+@pytest.mark.parametrize("option", ["--id-field", "--frame-field", "--label-field"])
+def test_cli_track_names_the_fields_of_a_prompts_file_when_one_is_missing(series, tmp_path, option):
+    prompts = _prompts_file(tmp_path / "prompts.gpkg", 0)
+    fields = {"--id-field": "oid", "--frame-field": "fr", "--label-field": "lab", option: "nosuch"}
+    result = subprocess.run(cli_command("track", series, "--frame", "0", "--prompts", prompts,
+                                        *[part for item in fields.items() for part in item],
+                                        "--output", tmp_path / "out.gpkg"), capture_output=True, text=True,
+                            timeout=300)
+    assert_one_line_error(result, re.escape(f"prompts.gpkg has no field 'nosuch' (its fields: oid, fr, lab); give "
+                                            f"{option} one of them"))
+    assert not (tmp_path / "out.gpkg").exists()
+
+
+@pytest.mark.parametrize("frame, frame_field, expected", [
+    ("-1", None, r"--frame -1 is not a frame of the series \(frames 0 to 3\): a frame index is 0 or more"),
+    ("0", "fr", r"the prompts are on frame 1 \(their frame field\) but --frame says 0; give --frame 1"),
+])
+def test_cli_track_words_a_wrong_frame_in_its_options(series, tmp_path, frame, frame_field, expected):
+    prompts = _prompts_file(tmp_path / "prompts.gpkg", 1)
+    result = subprocess.run(cli_command("track", series, f"--frame={frame}", "--prompts", prompts,
+                                        *(["--frame-field", frame_field] if frame_field else []),
+                                        "--output", tmp_path / "out.gpkg"), capture_output=True, text=True,
+                            timeout=300)
+    assert_one_line_error(result, expected)
+    assert not (tmp_path / "out.gpkg").exists()
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--object-id", "3"], r"--object-id applies to --point/--box only; a --prompts file's objects take their ids"),
+    (["--object-id=-3"], r"--object-id -3 is not an object id; give a whole number 1 or more"),
+])
+def test_cli_track_refuses_an_object_id_it_would_not_use(series, tmp_path, extra, expected):
+    prompts = ["--prompts", _prompts_file(tmp_path / "prompts.gpkg", 0)] if "3" in extra else \
+        ["--point", "{},{}".format(*at(*POINT_1))]
+    result = subprocess.run(cli_command("track", series, "--frame", "0", *prompts, *extra, "--output",
+                                        tmp_path / "out.gpkg"), capture_output=True, text=True, timeout=300)
+    assert_one_line_error(result, expected)
+    assert not (tmp_path / "out.gpkg").exists()

@@ -12,7 +12,7 @@ QGIS's Temporal Controller animates it; frames without dates leave both empty an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from qgis.core import (
     Qgis,
@@ -26,11 +26,17 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QDateTime, Qt
+from qgis.PyQt.QtXml import QDomDocument
 
 from ..interactive.track_features import TrackedShape
 from .layers import fields_of
 
+if TYPE_CHECKING:
+    from osgeo import gdal, ogr
+
 TRACK_LAYER = "tracks"
+STYLES_TABLE = "layer_styles"
+STYLE_DESCRIPTION = "QuickSAM tracks: temporal settings"
 START_FIELD, END_FIELD = "datetime", "datetime_end"
 TRACK_FIELD_SPECS = (
     ("obj_id", "int64"), ("frame", "int"), (START_FIELD, "datetime"), (END_FIELD, "datetime"), ("score", "double"),
@@ -83,11 +89,12 @@ def save_temporal_style(path: Path, layer_name: str) -> Path:
     set_temporal(layer)
     categories = QgsMapLayer.StyleCategory.Temporal
     if path.suffix.lower() == ".gpkg":
-        error = layer.saveStyleToDatabase(layer_name, "QuickSAM tracks: temporal settings", True, "",
-                                          categories) if _takes_categories() else \
-            layer.saveStyleToDatabase(layer_name, "QuickSAM tracks: temporal settings", True, "")
+        document = QDomDocument()
+        error = layer.exportNamedStyle(document)
+        del layer  # QGIS's connection to the file is closed before ours writes (two writers wait on each other)
         if error:
             raise OSError(f"the temporal settings cannot be stored in '{path}' ({error})")
+        write_default_gpkg_style(path, layer_name, document.toString())
         return path
     qml = path.with_suffix(".qml")
     message, ok = layer.saveNamedStyle(str(qml), categories)
@@ -96,9 +103,58 @@ def save_temporal_style(path: Path, layer_name: str) -> Path:
     return qml
 
 
-def _takes_categories() -> bool:
-    """saveStyleToDatabase takes style categories from QGIS 3.24 on."""
-    return Qgis.QGIS_VERSION_INT >= 32400
+def write_default_gpkg_style(path: Path, layer_name: str, qml: str) -> None:
+    """Make `qml` the one default style of `layer_name` in the GeoPackage's `layer_styles` table (QGIS's table,
+    created as QGIS creates it when missing), in one transaction on one GDAL connection: the layer's other styles
+    stop being default, an older QuickSAM style of that name is replaced. QGIS's saveStyleToDatabase is not used:
+    on a file whose layer_styles already has a row for the layer it waited forever on its own second
+    connection. OSError when the file cannot be updated."""
+    from osgeo import gdal, ogr
+
+    dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR | gdal.OF_UPDATE, allowed_drivers=["GPKG"])
+    if dataset is None:
+        raise OSError(f"the temporal settings cannot be stored in '{path}' (it cannot be opened for update)")
+    try:
+        tracks = dataset.GetLayerByName(layer_name)
+        geometry_column = (tracks.GetGeometryColumn() if tracks is not None else "") or "geom"
+        styles = dataset.GetLayerByName(STYLES_TABLE) or _create_styles_table(dataset)
+        quoted = layer_name.replace("'", "''")
+        if dataset.StartTransaction() != ogr.OGRERR_NONE:
+            raise OSError(f"the temporal settings cannot be stored in '{path}' (no transaction)")
+        dataset.ExecuteSQL(f"UPDATE {STYLES_TABLE} SET useAsDefault = 0 WHERE f_table_name = '{quoted}'")
+        dataset.ExecuteSQL(f"DELETE FROM {STYLES_TABLE} WHERE f_table_name = '{quoted}' AND styleName = '{quoted}'")
+        feature = ogr.Feature(styles.GetLayerDefn())
+        for name, value in (("f_table_catalog", ""), ("f_table_schema", ""), ("f_table_name", layer_name),
+                            ("f_geometry_column", geometry_column), ("styleName", layer_name), ("styleQML", qml),
+                            ("useAsDefault", 1), ("description", STYLE_DESCRIPTION), ("owner", "")):
+            feature.SetField(name, value)
+        if styles.CreateFeature(feature) != ogr.OGRERR_NONE or dataset.CommitTransaction() != ogr.OGRERR_NONE:
+            dataset.RollbackTransaction()
+            raise OSError(f"the temporal settings cannot be stored in '{path}' ({gdal.GetLastErrorMsg()})")
+    finally:
+        tracks = styles = feature = None  # noqa: F841
+        dataset = None
+
+
+def _create_styles_table(dataset: gdal.Dataset) -> ogr.Layer:
+    """QGIS's layer_styles table (an attributes table of the GeoPackage), its columns as QGIS makes them."""
+    from osgeo import ogr
+
+    table = dataset.CreateLayer(STYLES_TABLE, geom_type=ogr.wkbNone, options=["FID=id"])
+    for name, kind, width in (("f_table_catalog", ogr.OFTString, 256), ("f_table_schema", ogr.OFTString, 256),
+                              ("f_table_name", ogr.OFTString, 256), ("f_geometry_column", ogr.OFTString, 256),
+                              ("styleName", ogr.OFTString, 30), ("styleQML", ogr.OFTString, 0),
+                              ("styleSLD", ogr.OFTString, 0), ("useAsDefault", ogr.OFTInteger, 0),
+                              ("description", ogr.OFTString, 0), ("owner", ogr.OFTString, 30),
+                              ("ui", ogr.OFTString, 30), ("update_time", ogr.OFTDateTime, 0)):
+        definition = ogr.FieldDefn(name, kind)
+        definition.SetWidth(width)
+        if name == "useAsDefault":
+            definition.SetSubType(ogr.OFSTBoolean)
+        if name == "update_time":
+            definition.SetDefault("CURRENT_TIMESTAMP")
+        table.CreateField(definition)
+    return table
 
 
 class TemporalLayer(QgsProcessingLayerPostProcessorInterface):

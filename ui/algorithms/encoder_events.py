@@ -127,6 +127,9 @@ def _rewrites() -> List[_Rewrite]:
          lambda m: _tr("in the Frame dates field, or a finer format in the Date pattern field")),
         (re.compile(r"pass (?:its new place|the original) with --raster"),  # an on-demand tile (encode-tile)
          lambda m: _tr("put the raster back where the store says it was")),
+        (re.compile(r"quicksam encode --series A\.tif B\.tif \.\.\. STORE, or --frames-from-bands"),  # tracking
+         lambda m: _tr("Encode raster for SAM with its Time series frames, or each band of the input raster as "
+                       "a frame")),
         (re.compile(r"choose a coarser --level"), lambda m: _tr("untick Full resolution only")),
         (re.compile(r"pass --checkpoint PATH"),
          lambda m: _tr("set the Checkpoint field to the downloaded .pt file")),

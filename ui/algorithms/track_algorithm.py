@@ -43,8 +43,10 @@ from ..i18n import tr as _tr
 from ..layers import raster_crs
 from ..track_layer import TemporalLayer, track_feature, track_fields
 from ..track_runner import TrackProgress, run_tracker
+from .algorithm_base import started_by_command_line
+from .encoder_events import in_dialog_words
 from .segment_algorithm import DecodingAlgorithm, open_store, output_layer_name
-from .track_prompts import POLYGON_MODES, prompt_frame, read_track_prompts
+from .track_prompts import POLYGON_MODES, check_prompt_fields, prompt_frame, read_track_prompts
 
 
 class TrackObjectsAlgorithm(DecodingAlgorithm):
@@ -133,8 +135,9 @@ class TrackObjectsAlgorithm(DecodingAlgorithm):
         except Cancelled:
             raise QgsProcessingException(_tr("Tracking cancelled; the frames tracked so far are in the output.")) \
                 from None
-        except QuickSamError as exc:
-            raise QgsProcessingException(str(exc)) from None
+        except QuickSamError as exc:   # the dialog names its fields, not the CLI's options
+            raise QgsProcessingException(str(exc) if started_by_command_line(context) else in_dialog_words(str(exc))) \
+                from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
         feedback.pushInfo(_tr("{written} features written ({objects} objects on {frames} frames; {absent} times an "
@@ -165,6 +168,8 @@ class TrackObjectsAlgorithm(DecodingAlgorithm):
             raise QuickSamError(_tr("The prompt layer has no features: add points or polygons on one frame."))
         fields = [self.parameterAsString(parameters, name, context) or None
                   for name in (self.OBJECT_ID, self.FRAME_FIELD, self.LABEL_FIELD)]
+        check_prompt_fields(_tr("The prompt layer"), source.fields().names(),
+                            list(zip((self.OBJECT_ID, self.FRAME_FIELD, self.LABEL_FIELD), fields)))
         crs, source_crs = raster_crs(store), source.sourceCrs()
         transform = QgsCoordinateTransform(source_crs, crs, context.transformContext()) \
             if source_crs.isValid() and source_crs != crs else None
@@ -174,7 +179,8 @@ class TrackObjectsAlgorithm(DecodingAlgorithm):
         objects, frames = read_track_prompts(features, transform, *fields, polygons_as=polygons)
         given = parameters.get(self.FRAME)
         frame = prompt_frame(frames, self.parameterAsInt(parameters, self.FRAME, context)
-                             if given is not None and given != "" else None)
+                             if given is not None and given != "" else None,
+                             "--frame" if started_by_command_line(context) else self.FRAME)
         return objects, frame
 
     def _create_sink(self, parameters: Dict[str, Any], context: QgsProcessingContext, store: FeatureStore,

@@ -11,7 +11,7 @@ Coordinates come out in the raster's CRS. Bad input: QuickSamError, one line nam
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from qgis.core import QgsCsException, QgsWkbTypes
 
@@ -46,6 +46,18 @@ def integer_value(value: Any, what: str, fid: int) -> int:
                             f"one") from None
 
 
+def check_prompt_fields(layer_name: str, available: Sequence[str], given: Sequence[Tuple[str, Optional[str]]],
+                        hidden: Sequence[str] = ()) -> None:
+    """QuickSamError (one line) when a field named in `given` ((option, field name or None) pairs, e.g.
+    ("--id-field", "oid")) is not one of the `available` field names of the prompt layer `layer_name`; the
+    message lists them but `hidden` (a GeoPackage's fid: usable, but not a field one made)."""
+    for option, name in given:
+        if name and name not in available:
+            listed = ", ".join(n for n in available if n not in hidden) or "none"
+            raise QuickSamError(f"{layer_name} has no field '{name}' (its fields: {listed}); give {option} one of "
+                                "them")
+
+
 def read_track_prompts(features: Iterable[Any], transform: Any, id_field: Optional[str], frame_field: Optional[str],
                        label_field: Optional[str], polygons_as: str = "mask") -> Tuple[List[ObjectPrompts], Set[int]]:
     """(objects: List[ObjectPrompts] in reading order, frames: Set[int] the frame field's values (empty without
@@ -55,6 +67,9 @@ def read_track_prompts(features: Iterable[Any], transform: Any, id_field: Option
     for number, feature in enumerate(features, start=1):
         fid = int(feature.id())
         obj_id = integer_value(feature[id_field], "object id", fid) if id_field else number
+        if obj_id < 1:
+            raise QuickSamError(f"feature {fid}: its object id {obj_id} is not 1 or more; give every object a whole "
+                                "number 1 or more")
         if frame_field:
             frames.add(integer_value(feature[frame_field], "frame", fid))
         _add_feature(gathered.setdefault(obj_id, _Gathered()), feature, transform, label_field, polygons_as)
@@ -104,14 +119,20 @@ def _object(obj_id: int, item: _Gathered) -> ObjectPrompts:
     return ObjectPrompts(obj_id, item.prompts, item.polygon_wkb)
 
 
-def prompt_frame(frames: Set[int], given: Optional[int]) -> int:
-    """The one frame the prompts are on: the frame field's values and/or the frame given. QuickSamError when
-    they name several frames, or none."""
-    named = set(frames) | ({given} if given is not None else set())
-    if len(named) > 1:
-        listed = ", ".join(str(frame) for frame in sorted(named))
+def prompt_frame(frames: Set[int], given: Optional[int], given_name: str = "FRAME") -> int:
+    """The one frame the prompts are on: the frame field's values and/or the frame given (`given_name` names
+    it: FRAME in Processing, --frame on the command line). QuickSamError when they name several frames, or
+    none."""
+    if len(frames) > 1:
+        listed = ", ".join(str(frame) for frame in sorted(frames))
         raise QuickSamError(f"the prompts are on frames {listed}, but tracking starts from one frame; give every "
                             "prompt the same frame")
-    if not named:
+    if frames and given is not None and given not in frames:
+        (field_frame,) = frames
+        raise QuickSamError(f"the prompts are on frame {field_frame} (their frame field) but {given_name} says "
+                            f"{given}; give {given_name} {field_frame}, or leave the frame field empty")
+    if frames:
+        return next(iter(frames))
+    if given is None:
         raise QuickSamError("give the frame the prompts are on (a frame field, or the frame number)")
-    return named.pop()
+    return given
