@@ -7,7 +7,7 @@ every frame in order, frame 0 first with folder ".", each other frame a complete
 CRS) and tile grid as frame 0's, the same model, weights and stretch.
 
 `series.json` is a typed, versioned record read and written only here (`SeriesManifest`); a frame's date-time is
-ISO 8601 (`2024-05-01T10:30:00`, no time zone: as the source gave it), or None when none was found (the frame is
+ISO 8601 (`2024-05-01T10:30:00`, no time zone: UTC), or None when none was found (the frame is
 then known by its index).
 
 Errors: `read_series` and `write_series` raise StoreError, one line saying what to do.

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fake_tracker import fake_python
 from qgis.core import QgsApplication, QgsDateTimeRange, QgsProject, QgsRasterLayer
-from qgis.PyQt.QtCore import QCoreApplication, QDate, QDateTime, QElapsedTimer, QEventLoop, Qt, QTime
+from qgis.PyQt.QtCore import QCoreApplication, QDate, QDateTime, QElapsedTimer, QEventLoop, QTime
 from synthetic import encode, fresh_copy, pixel_to_map_default, square_scene, write_raster
 from test_dock import DOCK_SETTINGS, click_map
 
@@ -158,7 +158,7 @@ def test_track_adds_one_polygon_per_frame_to_the_temporal_tracks_layer(dock: Seg
     assert layer.temporalProperties().startField() == "datetime"
     features = sorted(layer.getFeatures(), key=lambda feature: feature["frame"])
     assert [(f["obj_id"], f["frame"]) for f in features] == [(1, 0), (1, 1)]
-    assert [f["datetime"].toString(Qt.DateFormat.ISODate) for f in features] == list(DATES)
+    assert [f["datetime"].toUTC().toString("yyyy-MM-ddTHH:mm:ss") for f in features] == list(DATES)
     # The fake's square is centred on the clicked pixel on the prompt frame and 2 px (20 m) further right on the
     # next: polygons in the raster's CRS where the tile's geotransform puts them (1e-6 m: exact arithmetic).
     for feature, shift in zip(features, (0.0, 20.0)):
@@ -194,6 +194,6 @@ def test_track_with_the_real_tracker_process_fills_every_frame(dock: SegmentDock
     assert "2 frames" in dock.statusLabel.text(), dock.statusLabel.text()
     features = sorted(dock.tracking.layer.getFeatures(), key=lambda feature: feature["frame"])
     assert [(f["obj_id"], f["frame"]) for f in features] == [(1, 0), (1, 1)]
-    assert [f["datetime"].toString(Qt.DateFormat.ISODate) for f in features] == list(DATES)
+    assert [f["datetime"].toUTC().toString("yyyy-MM-ddTHH:mm:ss") for f in features] == list(DATES)
     assert all(0.0 <= f["score"] <= 1.0 for f in features)
     assert all(f.geometry().isNull() != bool(f["present"]) for f in features)   # a shape exactly when present

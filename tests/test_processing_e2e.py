@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -138,13 +139,16 @@ def corners(rect: QgsRectangle) -> tuple:
 
 
 def encoder_processes(store: Path) -> List[int]:
-    """Pids of running `python -m quicksam.cli ...` processes with `store` on their command line."""
-    pids = []
+    """Pids of running `python -m quicksam.cli ...` processes with `store` on their command line, under this
+    process's root (a chroot's test run on the same machine may use the same temporary path)."""
+    pids, own_root = [], os.readlink("/proc/self/root")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if os.readlink(entry / "root") != own_root:
+                continue
         except OSError:  # the process ended while we looked
             continue
         if "quicksam.cli" in args and str(store) in args:

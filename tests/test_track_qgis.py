@@ -130,7 +130,8 @@ def by_key(layer: QgsVectorLayer) -> dict:
 
 
 def iso(text: str) -> QDateTime:
-    return QDateTime.fromString(text, Qt.DateFormat.ISODate)
+    """A series date-time as the layer holds it (without a zone: UTC, ui/track_layer.qdatetime)."""
+    return QDateTime.fromString(text + "Z", Qt.DateFormat.ISODate)
 
 
 # -- plan_track (no QGIS needed) ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ QGIS's Temporal Controller animates it; frames without dates leave both empty an
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -49,10 +50,14 @@ def track_fields() -> QgsFields:
 
 
 def qdatetime(iso: Optional[str]) -> Optional[QDateTime]:
-    """An ISO 8601 date-time (no time zone: local time, as the series gave it) as a QDateTime; None for None."""
+    """An ISO 8601 date-time of a series as a QDateTime, None for None or an unreadable one. A frame's date-time
+    without a time zone is taken as UTC (acquisition times are; the series encoder converts a zoned one to UTC), so
+    the same instant is written and read back by every QGIS (3.22 keeps local times, 3.40's GeoPackages UTC) on a
+    machine in any time zone."""
     if not iso:
         return None
-    value = QDateTime.fromString(iso, Qt.DateFormat.ISODate)
+    zoned = iso.endswith("Z") or re.search(r"T.*[+-]\d\d:?\d\d$", iso) is not None
+    value = QDateTime.fromString(iso if zoned else iso + "Z", Qt.DateFormat.ISODate)
     return value if value.isValid() else None
 
 

@@ -13,20 +13,18 @@ import contextlib
 from typing import List, Optional
 
 from qgis.core import Qgis, QgsDateTimeRange, QgsRasterLayer
-from qgis.PyQt.QtCore import QDateTime, QObject, Qt, pyqtSignal
+from qgis.PyQt.QtCore import QDateTime, QObject, pyqtSignal
 
 from ...core.errors import QuickSamError
 from ...core.series import FrameRef
 from ..i18n import tr
+from ..track_layer import qdatetime
 from .controller import SegmentController
 
 
 def frame_datetime(frame: FrameRef) -> Optional[QDateTime]:
-    """The frame's date-time as a QDateTime (no time zone given: local, as QGIS reads layer dates), or None."""
-    if not frame.datetime:
-        return None
-    value = QDateTime.fromString(frame.datetime, Qt.DateFormat.ISODate)
-    return value if value.isValid() else None
+    """The frame's date-time as a QDateTime (without a time zone: UTC, see track_layer.qdatetime), or None."""
+    return qdatetime(frame.datetime)
 
 
 def frame_in_range(frames: List[FrameRef], time_range: QgsDateTimeRange) -> Optional[int]:
