@@ -138,16 +138,22 @@ def corners(rect: QgsRectangle) -> tuple:
     return rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()
 
 
+def _root_of(pid: str) -> tuple:
+    """(device, inode) of a process's root folder: a chroot's differs (readlink says "/" for both inside one)."""
+    root = os.stat(f"/proc/{pid}/root")
+    return root.st_dev, root.st_ino
+
+
 def encoder_processes(store: Path) -> List[int]:
     """Pids of running `python -m quicksam.cli ...` processes with `store` on their command line, under this
     process's root (a chroot's test run on the same machine may use the same temporary path)."""
-    pids, own_root = [], os.readlink("/proc/self/root")
+    pids, own_root = [], _root_of("self")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            if os.readlink(entry / "root") != own_root:
+            if _root_of(entry.name) != own_root:
                 continue
         except OSError:  # the process ended while we looked
             continue
