@@ -11,9 +11,10 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
 import threading
-from typing import Callable, List, Optional, TextIO
+from typing import Callable, Iterator, List, Optional, TextIO
 
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 2
@@ -195,3 +196,18 @@ def download_progress(events: EventWriter, name: str) -> Callable[[int, Optional
             events.progress(done, total, "bytes", stage="download", checkpoint=name)
             events.check_open()
     return report
+
+
+@contextlib.contextmanager
+def stop_signal_handler(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """`handler` answers SIGINT (Ctrl-C) and SIGTERM (a cancelled QGIS task) inside the block; the previous
+    handlers come back afterwards. Off the main thread (where Python sets no handler) nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

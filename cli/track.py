@@ -7,13 +7,11 @@ import argparse
 import contextlib
 import json
 import os
-import signal
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple
 
 from ..core.errors import Cancelled, QuickSamError
-from .events import EventWriter, add_events_option
+from .events import EventWriter, add_events_option, stop_signal_handler
 from .headless import in_headless_qgis, open_store_before_qgis, private_project, run_algorithm
 from .options import parse_box, parse_point
 from .segment import check_output_folder_writable, check_segment_output, collecting_feedback, prompts_crs
@@ -150,15 +148,8 @@ def _interruptible() -> Iterator[Dict[str, object]]:
         state["requested"] = True
         feedback.cancel()  # type: ignore[attr-defined]
 
-    if threading.current_thread() is not threading.main_thread():   # only the main thread may set handlers
+    with stop_signal_handler(handler):
         yield state
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield state
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _interrupted(output: Path) -> Cancelled:

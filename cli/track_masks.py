@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, List
 
-from .events import EventWriter, add_events_option
+from .events import EventWriter, add_events_option, stop_signal_handler
 
 if TYPE_CHECKING:
     from ..core.track_job import FrameResult, TrackJob
@@ -98,12 +96,5 @@ def stop_signals() -> Iterator[dict]:
             raise KeyboardInterrupt
         stop["requested"] = True
 
-    if threading.current_thread() is not threading.main_thread():   # only the main thread may set handlers
+    with stop_signal_handler(handler):
         yield stop
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
