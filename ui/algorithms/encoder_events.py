@@ -10,6 +10,8 @@ from typing import Any, Callable, Dict, List, Match, Optional, Pattern, Tuple
 
 from qgis.core import QgsProcessingFeedback
 
+from ...core.errors import Cancelled, EncoderEnvironmentError, QuickSamError
+from ...core.logger import LOGGER
 from ..i18n import tr as _tr
 
 
@@ -173,3 +175,23 @@ def environment_failures() -> int:
     before and after to offer the set-up."""
     with _environment_failures_lock:
         return _environment_failures
+
+
+def run_encoder_task(call: Callable[[], Any], stopped: str, failed: str) -> Optional[str]:
+    """Run `call` (work in the encoder's process, from a QgsTask's `run`) and return None, or the one line the
+    task reports to the GUI thread: `stopped` when it was cancelled, the encoder's message in the dialog's words
+    (an environment failure counted, see `record_environment_failure`), or `failed` with the unexpected error
+    (logged with its traceback)."""
+    try:
+        call()
+    except Cancelled:
+        return stopped
+    except EncoderEnvironmentError as exc:
+        record_environment_failure()
+        return in_dialog_words(str(exc))
+    except QuickSamError as exc:
+        return in_dialog_words(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a task reports every failure to the GUI thread
+        LOGGER.exception("%s", failed)
+        return f"{failed}: {exc}"
+    return None

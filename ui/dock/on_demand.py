@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Optional
 from qgis.core import Qgis, QgsApplication, QgsProject, QgsTask, QgsVectorLayer
 from qgis.PyQt.QtCore import QCoreApplication, QElapsedTimer, QEventLoop, QObject, pyqtSignal
 
-from ...core.errors import Cancelled, EncoderEnvironmentError, QuickSamError
+from ...core.errors import QuickSamError
 from ...core.logger import LOGGER
 from ...core.store import TILE_INDEX, FeatureStore
 from ...interactive.engine import MapPrompts, NoTilePromptError, PromptError
@@ -29,7 +29,7 @@ from ...interactive.scales import MultiScaleEngine
 from ...interactive.session import SegmentSession
 from ...interactive.store_lookup import StoreLookup
 from .. import settings
-from ..algorithms.encoder_events import in_dialog_words, record_environment_failure
+from ..algorithms.encoder_events import run_encoder_task
 from ..i18n import tr
 from ..tile_encoder import run_tile_encoder
 from .controller import SegmentController
@@ -61,19 +61,12 @@ class TileEncodeTask(QgsTask):
         self.error: Optional[str] = None
 
     def run(self) -> bool:
-        try:
+        def encode() -> None:
             self.summary = run_tile_encoder(str(self.offer.store), self.offer.prompts, self.finest_only,
                                             self._on_event, self.isCanceled, self.python)
-        except Cancelled:
-            self.error = tr("encoding the tile was stopped; the next try finishes it")
-        except EncoderEnvironmentError as exc:
-            record_environment_failure()
-            self.error = in_dialog_words(str(exc))
-        except QuickSamError as exc:
-            self.error = in_dialog_words(str(exc))
-        except Exception as exc:  # noqa: BLE001 - a task reports every failure to the GUI thread
-            LOGGER.exception("encoding an on-demand tile failed")
-            self.error = tr("encoding the tile failed: {}").format(exc)
+
+        self.error = run_encoder_task(encode, tr("encoding the tile was stopped; the next try finishes it"),
+                                      tr("encoding the tile failed"))
         return self.error is None
 
     def _on_event(self, event: Dict[str, Any]) -> None:

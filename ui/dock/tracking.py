@@ -29,12 +29,11 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 
-from ...core.errors import Cancelled, EncoderEnvironmentError, QuickSamError
-from ...core.logger import LOGGER
+from ...core.errors import QuickSamError
 from ...interactive.engine import PromptError
 from ...interactive.tracking import ObjectPrompts, TrackPlan, plan_track
 from .. import settings
-from ..algorithms.encoder_events import in_dialog_words, record_environment_failure
+from ..algorithms.encoder_events import run_encoder_task
 from ..i18n import tr
 from ..track_layer import TRACK_LAYER, save_temporal_style, set_temporal, track_feature, track_fields
 from ..track_runner import run_tracker
@@ -62,18 +61,9 @@ class TrackTask(QgsTask):
         self.frames_received = 0
 
     def run(self) -> bool:
-        try:
-            run_tracker(self.plan, self._received, self.isCanceled, self.python)
-        except Cancelled:
-            self.error = tr("tracking was stopped; the frames tracked so far are kept")
-        except EncoderEnvironmentError as exc:
-            record_environment_failure()
-            self.error = in_dialog_words(str(exc))
-        except QuickSamError as exc:
-            self.error = in_dialog_words(str(exc))
-        except Exception as exc:  # noqa: BLE001 - a task reports every failure to the GUI thread
-            LOGGER.exception("tracking failed")
-            self.error = tr("tracking failed: {}").format(exc)
+        self.error = run_encoder_task(lambda: run_tracker(self.plan, self._received, self.isCanceled, self.python),
+                                      tr("tracking was stopped; the frames tracked so far are kept"),
+                                      tr("tracking failed"))
         return self.error is None
 
     def _received(self, records: List[Any], progress: Any) -> None:
