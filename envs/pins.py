@@ -13,9 +13,10 @@ RUNTIME_REQUIREMENT = f"onnxruntime>=1.16,<={ONNXRUNTIME_VERSION}"
 TORCH_REQUIREMENTS: Tuple[str, ...] = ("torch==2.14.1", "torchvision==0.29.1", "setuptools", "wheel")
 ENCODER_REQUIREMENTS: Tuple[str, ...] = ("sam2==1.1.0", "segment-anything==1.0", "rasterio==1.4.4",
                                          "shapely==2.2.0", "pyogrio==0.13.0",  # the tile index
-                                         f"onnxruntime=={ONNXRUNTIME_VERSION}", "onnx", "attrs>=23.2")
+                                         f"onnxruntime=={ONNXRUNTIME_VERSION}", "onnx", "attrs>=23.2",
+                                         "dask[distributed]==2026.8.0")  # clusters: docs/scaling.md
 #: The modules the encoder imports; the set-up verifies them.
 ENCODER_MODULES: Tuple[str, ...] = ("torch", "torchvision", "sam2", "segment_anything", "rasterio", "shapely",
-                                    "pyogrio", "onnx", "onnxruntime")
+                                    "pyogrio", "onnx", "onnxruntime", "distributed")
 #: Environment of the sam2 build: its CUDA extension is optional (only a post-processing step uses it).
 SAM2_BUILD_ENV = {"SAM2_BUILD_CUDA": "0"}

@@ -1,0 +1,242 @@
+"""Run QuickSAM's tasks on a Dask cluster (no QGIS; `distributed` is imported only when a cluster is used).
+
+A run asks for a cluster with `ClusterSettings`: an embedded `distributed.LocalCluster` of `workers` processes
+on this machine, or an existing cluster at `scheduler` (`tcp://HOST:8786`). `cluster_client` opens it;
+`QuickSamWorkerPlugin` (registered on every worker) keeps what a worker builds once, such as a model, in
+`worker_cache()` between tasks, and gives each local worker its device (`worker_device()`) and its share of the
+CPU threads. `results_in_order` / `results_as_completed` submit tasks with a bounded number in flight, so a
+run's memory does not grow with the raster; a cancelled run cancels what is still queued.
+
+Dask reschedules the tasks of a worker that dies on the others (distributed's `allowed-failures`), so a task
+must be safe to run twice: QuickSAM's tile tasks write each file atomically and leave the store's log to the
+coordinating process, which records each result once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Hashable, Iterator, Optional, Sequence, Tuple
+
+from .errors import Cancelled, QuickSamError
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+PLUGIN_NAME = "quicksam"
+#: How to get the cluster packages, in every message that needs them.
+INSTALL_HINT = "install Dask into the encoder's Python: pip install 'dask[distributed]'"
+_SCHEDULER_URL = re.compile(r"^(tcp|tls|inproc|ws|wss)://\S+$")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where a run's tasks go.
+
+    `scheduler`: address of an existing Dask scheduler (`tcp://HOST:8786`); None = an embedded LocalCluster.
+    `workers`: worker processes of the embedded LocalCluster (0 = no cluster: the run stays in its own process,
+    unless `scheduler` is given). `devices`: the device of each local worker in turn ("cuda:0", "cuda:1",
+    "cpu"; one worker per GPU); empty = every worker uses the run's own device choice.
+    """
+
+    scheduler: Optional[str] = None
+    workers: int = 0
+    devices: Tuple[str, ...] = ()
+
+    @property
+    def wanted(self) -> bool:
+        """Whether the run goes to a cluster at all."""
+        return bool(self.scheduler) or self.workers > 0
+
+    def check(self) -> None:
+        """QuickSamError (one line, what to do) for settings no cluster can have."""
+        if self.workers < 0:
+            raise QuickSamError(f"--workers must be 0 (no cluster) or more, not {self.workers}")
+        if self.scheduler and not _SCHEDULER_URL.match(self.scheduler):
+            raise QuickSamError(f"'{self.scheduler}' is not a Dask scheduler address; give it as tcp://HOST:8786")
+        if self.scheduler and self.workers:
+            raise QuickSamError("give either --scheduler (an existing cluster) or --workers (a cluster on this "
+                                "machine), not both")
+
+
+def _distributed() -> Any:
+    """The `distributed` module, or QuickSamError saying how to install it."""
+    try:
+        import distributed
+    except ImportError as exc:
+        raise QuickSamError(f"running on a Dask cluster needs the package distributed ({exc}); {INSTALL_HINT}") \
+            from exc
+    return distributed
+
+
+def threads_per_worker(workers: int) -> int:
+    """CPU threads each of `workers` local workers may use (torch, ONNX Runtime): the cores shared out, >= 1."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+@contextlib.contextmanager
+def cluster_client(settings: ClusterSettings) -> Iterator[Client]:
+    """A `distributed.Client` of the cluster `settings` asks for, with `QuickSamWorkerPlugin` registered on
+    every worker; the embedded LocalCluster (if any) is shut down on exit. QuickSamError (one line) when
+    `distributed` is missing or the scheduler cannot be reached."""
+    settings.check()
+    distributed = _distributed()
+    cluster = None
+    try:
+        if settings.scheduler:
+            client = _connect(distributed, settings.scheduler)
+        else:
+            cluster = distributed.LocalCluster(n_workers=max(1, settings.workers), threads_per_worker=1,
+                                               processes=True, host="127.0.0.1", dashboard_address=None,
+                                               silence_logs=logging.ERROR)
+            client = distributed.Client(cluster)
+        with client:
+            client.register_plugin(make_worker_plugin(settings), name=PLUGIN_NAME)
+            yield client
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _connect(distributed: Any, scheduler: str) -> Client:
+    try:
+        return distributed.Client(scheduler, timeout="10s")
+    except (OSError, TimeoutError) as exc:
+        raise QuickSamError(f"cannot reach the Dask scheduler at {scheduler} ({' '.join(str(exc).split())[:160]}); "
+                            "start it with 'dask scheduler' and its workers with 'dask worker "
+                            f"{scheduler}', or check the address") from exc
+
+
+def make_worker_plugin(settings: ClusterSettings) -> Any:
+    """A `distributed.WorkerPlugin` that gives each worker a cache (`worker_cache`), its device
+    (`worker_device`) and, on an embedded cluster, its share of the CPU threads."""
+    distributed = _distributed()
+
+    class QuickSamWorkerPlugin(distributed.WorkerPlugin):
+        """What a worker keeps between QuickSAM tasks."""
+
+        def __init__(self, devices: Tuple[str, ...], threads: Optional[int]) -> None:
+            self.devices = devices
+            self.threads = threads
+            self.cache: Dict[Hashable, Any] = {}
+            self.device: Optional[str] = None
+
+        def setup(self, worker: Any) -> None:
+            index = _worker_index(worker.name)
+            self.device = self.devices[index % len(self.devices)] if self.devices else None
+            self.cache = {}
+
+        def teardown(self, worker: Any) -> None:
+            self.cache.clear()
+
+    local_threads = None if settings.scheduler else threads_per_worker(max(1, settings.workers))
+    return QuickSamWorkerPlugin(tuple(settings.devices), local_threads)
+
+
+def _worker_index(name: Any) -> int:
+    """A worker's place among its cluster's workers: LocalCluster names them 0, 1, ...; others count as 0."""
+    try:
+        return int(name)
+    except (TypeError, ValueError):
+        return 0
+
+
+_LOCAL_CACHE: Dict[Hashable, Any] = {}
+
+
+def _plugin() -> Optional[Any]:
+    """This worker's QuickSamWorkerPlugin, or None outside a Dask worker."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().plugins.get(PLUGIN_NAME)
+    except (ImportError, ValueError):
+        return None
+
+
+def worker_cache() -> Dict[Hashable, Any]:
+    """The dict this worker keeps between tasks (a process-wide one outside a worker: tests, plain runs)."""
+    plugin = _plugin()
+    return plugin.cache if plugin is not None else _LOCAL_CACHE
+
+
+def worker_device(default: str) -> str:
+    """This worker's device from `ClusterSettings.devices`, else `default` (the run's own choice)."""
+    plugin = _plugin()
+    return plugin.device if plugin is not None and plugin.device else default
+
+
+def worker_threads() -> Optional[int]:
+    """CPU threads this worker's numeric libraries may use; None = leave them as they are."""
+    plugin = _plugin()
+    return plugin.threads if plugin is not None else None
+
+
+def results_in_order(client: Client, function: Callable[..., Any], items: Sequence[Any], window: int,
+                     cancelled: Optional[Callable[[], bool]] = None) -> Iterator[Tuple[Any, Any]]:
+    """(item, function(item)) for each of `items`, run on the cluster, yielded in the order of `items` with at
+    most `window` tasks in flight. A task's exception is raised here when its turn comes. Cancelled (the
+    queued tasks cancelled) once `cancelled()` turns true."""
+    pending: Deque[Tuple[Any, Future]] = deque()
+    index = 0
+    try:
+        while index < len(items) or pending:
+            while index < len(items) and len(pending) < max(1, window):
+                pending.append((items[index], client.submit(function, items[index], pure=False)))
+                index += 1
+            item, future = pending.popleft()
+            yield item, _wait(future, cancelled)
+    finally:
+        client.cancel([future for _, future in pending])
+
+
+def results_as_completed(client: Client, function: Callable[..., Any], items: Sequence[Any], window: int,
+                         cancelled: Optional[Callable[[], bool]] = None) -> Iterator[Tuple[Any, Any]]:
+    """(item, function(item)) for each of `items` as the tasks finish, at most `window` in flight; errors and
+    cancelling as `results_in_order`."""
+    distributed = _distributed()
+    queue = list(items)
+    running: Dict[Future, Any] = {}
+    try:
+        while queue or running:
+            while queue and len(running) < max(1, window):
+                item = queue.pop(0)
+                running[client.submit(function, item, pure=False)] = item
+            finished = _first_done(distributed, list(running), cancelled)
+            item = running.pop(finished)
+            yield item, finished.result()
+    finally:
+        client.cancel(list(running))
+
+
+def _first_done(distributed: Any, futures: Sequence[Future], cancelled: Optional[Callable[[], bool]]) -> Future:
+    while True:
+        _stop_if(cancelled)
+        try:
+            done, _ = distributed.wait(futures, timeout=0.2, return_when="FIRST_COMPLETED")
+        except (TimeoutError, asyncio.TimeoutError):  # the same class from Python 3.11 on
+            continue
+        if done:
+            return next(iter(done))
+
+
+def _wait(future: Future, cancelled: Optional[Callable[[], bool]]) -> Any:
+    """The future's result, checking `cancelled()` every 0.2 s while it runs."""
+    from distributed import TimeoutError as DaskTimeout
+
+    while True:
+        _stop_if(cancelled)
+        try:
+            return future.result(timeout=0.2)
+        except (DaskTimeout, TimeoutError):
+            continue
+
+
+def _stop_if(cancelled: Optional[Callable[[], bool]]) -> None:
+    if cancelled is not None and cancelled():
+        raise Cancelled("stopped; finished tiles are kept and the same command resumes")
