@@ -98,3 +98,36 @@ class OneLineParser(argparse.ArgumentParser):
         if self._add_arguments is not None:
             add_arguments, self._add_arguments = self._add_arguments, None
             add_arguments(self)
+
+
+def parse_devices(text: str) -> Tuple[str, ...]:
+    """Devices from "cuda:0,cuda:1" for --devices (one local worker each)."""
+    devices = tuple(item for item in text.replace(" ", "").split(",") if item)
+    if not devices:
+        raise argparse.ArgumentTypeError(f"expected devices like cuda:0,cuda:1, got '{text}'")
+    return devices
+
+
+def add_cluster_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--workers, --scheduler and --devices (core/cluster.py, docs/scaling.md); `what` names the tasks
+    ("tiles are encoded", "tiles are decoded")."""
+    group = parser.add_argument_group("cluster (docs/scaling.md)")
+    group.add_argument("--workers", type=int, default=0,
+                       help=f"worker processes on this machine (an embedded Dask LocalCluster) in which {what}, "
+                            "each loading the model once (default 0: this process only)")
+    group.add_argument("--scheduler", metavar="tcp://HOST:8786",
+                       help=f"an existing Dask cluster's scheduler: {what} on its workers, which must see the "
+                            "raster and the store at the same paths")
+    group.add_argument("--devices", type=parse_devices, default=(), metavar="cuda:0,cuda:1",
+                       help="the device of each local worker in turn (one worker per GPU; default: --device)")
+
+
+def cluster_settings(args: argparse.Namespace) -> Any:
+    """The `core.cluster.ClusterSettings` of --workers/--scheduler/--devices (checked: QuickSamError);
+    --devices without --workers means one worker per device."""
+    from ..core.cluster import ClusterSettings
+
+    workers = args.workers or (len(args.devices) if args.devices and not args.scheduler else 0)
+    settings = ClusterSettings(scheduler=args.scheduler, workers=workers, devices=tuple(args.devices))
+    settings.check()
+    return settings
