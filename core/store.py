@@ -45,9 +45,7 @@ from .tile_files import (
     TileDamage,
     crc32_of,
     map_tile_array,
-    pack_valid_mask,
     read_packed_mask,
-    save_npy_atomically,
     temporary_path,
 )
 from .tile_log import (
@@ -62,6 +60,7 @@ from .tile_log import (
     tile_record_from_json,
     truncate_torn_line,
 )
+from .tile_writer import TileWriter, nodata_record, tile_file, valid_mask_file
 from .tiling import Tile
 
 #: Names other modules import from here (the store's one door); defined in the modules named above.
@@ -245,23 +244,29 @@ class FeatureStore:
 
     # -- tile features -----------------------------------------------------------------------------
     def tile_path(self, tile_id: str) -> Path:
-        return self.root / TILE_DIR / f"{tile_id}.npy"
+        return tile_file(self.root, tile_id)
+
+    def tile_writer(self) -> TileWriter:
+        """What writes this store's tile files without logging them (core/tile_writer.py; a Dask worker's)."""
+        return TileWriter(self.root, tuple(self.layout), self.dtype.name)
+
+    def record(self, record: TileRecord) -> None:
+        """Append a tile's record to the log once its files are written (`TileWriter`); the tile is then done
+        (or nodata), no longer damaged, and its CRC taken of the bytes written."""
+        self._append_record(record)
+        self._damaged.pop(record.tile_id, None)
+        if record.status == STATUS_DONE:
+            self._verified.add(record.tile_id)
 
     def write_tile(self, tile: Tile, features: Dict[str, np.ndarray], valid_fraction: float,
                    valid_crc32: Optional[int] = None) -> None:
         """Store one tile's feature maps (atomic: temp file + rename, then a log line). `valid_crc32` is
         what `write_valid_mask` returned for the tile (written before, so the log line comes last)."""
-        flat = np.concatenate([np.asarray(features[item.name], dtype=self.dtype).reshape(-1)
-                               for item in self.layout])
-        save_npy_atomically(self.tile_path(tile.tile_id), flat)
-        self._append_record(TileRecord(tile.tile_id, STATUS_DONE, crc32_of(flat),
-                                       round(float(valid_fraction), 6), valid_crc32))
-        self._damaged.pop(tile.tile_id, None)
-        self._verified.add(tile.tile_id)   # its CRC was just taken of the bytes written
+        self.record(self.tile_writer().write_features(tile, features, valid_fraction, valid_crc32))
 
     def mark_nodata(self, tile: Tile) -> None:
         """Record a tile with no valid pixel: it is skipped, no features are stored."""
-        self._append_record(TileRecord(tile.tile_id, STATUS_NODATA, None, 0.0))
+        self.record(nodata_record(tile))
 
     def load_tile(self, tile_id: str) -> Dict[str, np.ndarray]:
         """Memory-mapped (C, H, W) feature maps of a finished tile; checked against its CRC the first
@@ -282,25 +287,12 @@ class FeatureStore:
 
     # -- valid-pixel masks -----------------------------------------------------------------------------
     def valid_mask_path(self, tile_id: str) -> Path:
-        return self.root / TILE_DIR / f"{tile_id}{VALID_MASK_SUFFIX}"
+        return valid_mask_file(self.root, tile_id)
 
     def write_valid_mask(self, tile: Tile, valid: np.ndarray) -> Optional[int]:
-        """Keep a tile's valid-pixel mask ((size, size) bool, True = data; pixel (col, row) of the tile is
-        valid[row, col]) as `tiles/<id>.valid.npy`: np.packbits of the mask in row-major order, a flat uint8
-        .npy of ceil(size² / 8) bytes, written atomically. Call before `write_tile`.
-
-        Returns the CRC-32 of the packed bytes, for `write_tile(..., valid_crc32=...)`, or None when every
-        pixel inside the raster is valid: then nothing is written (padding is invalid by the grid alone).
-        ValueError if the mask is not (size, size).
-        """
-        if np.shape(valid) != (tile.size, tile.size):
-            raise ValueError(f"a valid mask of tile {tile.tile_id} must be {tile.size} x {tile.size}, "
-                             f"not {np.shape(valid)}")
-        packed = pack_valid_mask(valid, tile.valid_width, tile.valid_height)
-        if packed is None:
-            return None
-        save_npy_atomically(self.valid_mask_path(tile.tile_id), packed)
-        return crc32_of(packed)
+        """Keep a tile's valid-pixel mask as `tiles/<id>.valid.npy` (`TileWriter.write_valid_mask`). Call before
+        `write_tile`; returns the CRC-32 for its `valid_crc32`, or None when nothing was written."""
+        return self.tile_writer().write_valid_mask(tile, valid)
 
     def load_valid_mask(self, tile: Tile) -> np.ndarray:
         """(size, size) bool, True where the tile has data (raster pixel (tile.col_off + col,
