@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
 from ..core.catalogue import MODELS, default_checkpoint_for
 from ..core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, default_overlap
+from .encode_cluster import cluster_fields, encode_cluster, refuse_series_on_cluster
 from .encode_series import add_series_options, is_series, run_series
 from .events import EventWriter, add_events_option, download_progress
-from .options import parse_extent, parse_factors, parse_ints
+from .options import add_cluster_options, parse_extent, parse_factors, parse_ints
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from ..core.store import FeatureStore
     from ..encoder.checkpoints import ResolvedCheckpoint
+    from ..encoder.pipeline import EncodeRequest
     from ..encoder.tile_pipeline import ProgressEvent
 
 
@@ -66,6 +70,7 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
     encode.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"],
                         help="stored feature precision (default float16: half the disk, ~1e-4 logit change)")
     add_series_options(encode)
+    add_cluster_options(encode, "tiles are encoded")
     add_events_option(encode)
     encode.set_defaults(handler=_cmd_encode)
 
@@ -97,12 +102,11 @@ def _source_and_extent(args: argparse.Namespace) -> Tuple[str, Optional[tuple]]:
 
 
 def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
-    from ..core.store_levels import level_stores
-    from ..encoder.levels_pipeline import encode_levels
     from ..encoder.pipeline import EncodeRequest
     from ..encoder.store_guard import refuse_series_store
 
     series = is_series(args)
+    refuse_series_on_cluster(args, series)
     if not series:   # before a checkpoint is downloaded
         refuse_series_store(args.store)
     args.raster = args.rasters[0]
@@ -115,6 +119,17 @@ def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
         resolution=args.resolution, levels=tuple(args.levels))
     if series:
         return run_series(args, events, request)
+    with encode_cluster(args) as (client, cancelled):
+        return _encode_one(args, events, request, client, cancelled)
+
+
+def _encode_one(args: argparse.Namespace, events: EventWriter, request: EncodeRequest, client: Optional[Client],
+                cancelled: Callable[[], bool]) -> int:
+    """Encode one raster at its levels, here or on the cluster of `client`; its events."""
+    from ..core.store_levels import level_stores
+    from ..encoder.levels_pipeline import encode_levels
+
+    source = request.raster
 
     def on_progress(event: ProgressEvent) -> None:
         events.progress(event.done, event.total, "tiles", tile=event.tile_id, status=event.status)
@@ -124,11 +139,11 @@ def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
         # Warned only once the inputs are checked, so bad input still gets its single error line.
         levels = level_stores(store)
         events.start(store=str(store.root), raster=source, tiles=sum(len(level.grid) for level in levels),
-                     todo=todo, levels=[level.manifest.pixel_grid.factor for level in levels])
+                     todo=todo, levels=[level.manifest.pixel_grid.factor for level in levels], **cluster_fields(client))
         if args.random_weights:
             events.warning("using seeded random weights: the masks will be meaningless; the store records this")
 
-    store, stats = encode_levels(request, progress=on_progress, started=on_start)
+    store, stats = encode_levels(request, progress=on_progress, started=on_start, cancelled=cancelled, client=client)
     events.finished(levels_summary(store), indent=2, store=str(store.root),
                     tile_index=str(store.root / "tile_index.gpkg"), seconds=round(stats.total_seconds, 3))
     return 0
