@@ -21,18 +21,19 @@ if TYPE_CHECKING:
     from ..encoder.pipeline import EncodeRequest
     from ..encoder.tile_pipeline import ProgressEvent
 
+#: RASTER's help.
+RASTER_HELP = ("the raster: a file (any GDAL format); a URL of a raster file such as a COG (read with HTTP range "
+               "requests); an XYZ tile URL with {z}, {x} and {y} (with --zoom); a QGIS XYZ layer source "
+               "(type=xyz&url=...); GDAL's WMS:, WMTS: or /vsi... strings (docs/online-layers.md). Quote it in the "
+               "shell. With --series: several rasters, the frames of a time series")
+
 
 def add_encode_parser(commands: argparse._SubParsersAction) -> None:
     """`quicksam encode RASTER STORE [options]`."""
     encode = commands.add_parser("encode", help="encode a raster into a feature store",
                                  description="Encode a raster once into a feature store for interactive "
                                              "segmentation. Re-running the same command resumes.")
-    encode.add_argument("rasters", nargs="+", metavar="RASTER",
-                        help="the raster: a file (any GDAL format); a URL of a raster file such as a COG (read with "
-                             "HTTP range requests); an XYZ tile URL with {z}, {x} and {y} (with --zoom); a QGIS XYZ "
-                             "layer source (type=xyz&url=...); GDAL's WMS:, WMTS: or /vsi... strings "
-                             "(docs/online-layers.md). Quote it in the shell. With --series: several rasters, the "
-                             "frames of a time series")
+    encode.add_argument("rasters", nargs="+", metavar="RASTER", help=RASTER_HELP)
     encode.add_argument("store", type=Path, help="output folder of the feature store (new, empty, or a store "
                                                   "made by the same command, which is then resumed)")
     encode.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="model (default %(default)s)")

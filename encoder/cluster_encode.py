@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any, Callable, List, Sequence, Tuple
 import numpy as np
 
 from ..core.cluster import results_as_completed, results_in_order
+from ..core.errors import QuickSamError
 from ..core.logger import LOGGER
 from ..core.manifest import Manifest
 from ..core.store import STATUS_DONE, FeatureStore, TileRecord
+from ..core.tile_files import first_line
 from ..core.tile_writer import TileWriter, nodata_record
 from ..core.tiling import Tile
 from .normalise import Stretch
@@ -164,7 +166,14 @@ def encode_on_cluster(client: Client, request: EncodeRequest, store: FeatureStor
                for i in range(0, len(pending), max(1, request.batch_size))]
     run = functools.partial(_record_results, client, job, batches, store, stats, progress, cancelled,
                             TASKS_PER_WORKER * workers)
-    return run_writing_index(store, run)
+    try:
+        return run_writing_index(store, run)
+    except Exception as exc:
+        if type(exc).__name__ != "KilledWorker":
+            raise
+        raise QuickSamError(f"the Dask workers running a tile task died one after another ({first_line(exc)}): out "
+                            "of memory? give a smaller --batch-size or fewer workers per machine; finished tiles "
+                            "are kept and the same command resumes") from exc
 
 
 def _record_results(client: Client, job: TileJob, batches: List[Tuple[Tile, ...]], store: FeatureStore,
