@@ -31,11 +31,9 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
                              "HTTP range requests); an XYZ tile URL with {z}, {x} and {y} (with --zoom); a QGIS XYZ "
                              "layer source (type=xyz&url=...); GDAL's WMS:, WMTS: or /vsi... strings "
                              "(docs/online-layers.md). Quote it in the shell. With --series: several rasters, the "
-                             "frames of a time series; with --output-dir or --next-to-inputs: the inputs "
-                             "(docs/batch.md)")
+                             "frames of a time series; with --output-dir: inputs")
     encode.add_argument("store", type=Path, help="output folder of the feature store (new, empty, or a store "
-                                                  "made by the same command, which is then resumed); with "
-                                                  "--output-dir or --next-to-inputs: the last input")
+                                                  "made by the same command, which is then resumed)")
     encode.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="model (default %(default)s)")
     weights = encode.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", help="checkpoint file or checkpoint name (default: the model's "
@@ -70,11 +68,16 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
                         help="percentile: 2-98 %% of the whole raster per band (default); none: values as 0-255")
     encode.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"],
                         help="stored feature precision (default float16: half the disk, ~1e-4 logit change)")
+    _add_option_groups(encode)
+    encode.set_defaults(handler=_cmd_encode)
+
+
+def _add_option_groups(encode: argparse.ArgumentParser) -> None:
+    """A time series, many inputs (docs/batch.md), a cluster (docs/scaling.md), --progress-json."""
     add_series_options(encode)
     add_batch_options(encode, "store")
     add_cluster_options(encode, "tiles are encoded")
     add_events_option(encode)
-    encode.set_defaults(handler=_cmd_encode)
 
 
 def _resolve_weights(args: argparse.Namespace, events: EventWriter) -> Optional[ResolvedCheckpoint]:

@@ -391,3 +391,36 @@ def test_as_many_workers_as_files_spread_each_files_tiles(batch_root, tmp_path):
     assert result.returncode == 0, result.stderr
     rows = events_of(result.stdout)[-1]["summary"]["items"]
     assert rows[0]["status"] == "done" and rows[0]["tiles"] == 4
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_whole_run_and_keeps_finished_tiles(tmp_path):
+    import signal
+    import subprocess
+
+    from synthetic import cli_command, square_scene, write_raster
+
+    write_raster(tmp_path / "a_small.tif", square_scene(200, 200, (50, 50, 60)))
+    write_raster(tmp_path / "b_large.tif", square_scene(1400, 1400, (300, 300, 400)))
+    write_raster(tmp_path / "c_never.tif", square_scene(200, 200, (50, 50, 60)))
+    out = tmp_path / "out"
+    process = subprocess.Popen(cli_command("encode", *sorted(tmp_path.glob("*.tif")), "--output-dir", out,
+                                           *FAST_ENCODE, "--progress-json"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:   # the second raster has written a tile: stop there
+            event = json.loads(line)
+            if event["event"] == "progress" and event.get("item") == 1:
+                process.send_signal(signal.SIGINT)
+                break
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert json.loads(run_cli("info", out / "a_small_quicksam").stdout)["complete"] is True
+    large = json.loads(run_cli("info", out / "b_large_quicksam").stdout)
+    assert large["tiles_done"] >= 1 and large["complete"] is False   # finished tiles kept
+    assert "status: interrupted" in (out / "b_large_quicksam.log").read_text(encoding="utf-8")
+    assert not (out / "c_never_quicksam").exists()
