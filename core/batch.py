@@ -79,10 +79,12 @@ class InputFilter:
 
 
 def _scan_folder(folder: Path, recursive: bool, keep: InputFilter, stores: bool) -> List[Path]:
-    """The files of `folder` that `keep` accepts (sub-folders only when `recursive`); a store folder inside
-    is an input when `stores`, and is never scanned."""
+    """The files of `folder` that `keep` accepts (sub-folders only when `recursive`; hidden ones, named `.*`,
+    never); a store folder inside is an input when `stores`, and is never scanned."""
     found: List[Path] = []
     for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):   # hidden: .git, macOS's ._scene.tif resource forks
+            continue
         if entry.is_dir():
             if is_store_folder(entry):
                 if stores and keep.accepts(entry.name, by_extension=False):
@@ -135,10 +137,10 @@ def find_inputs(specs: Iterable[str], recursive: bool = False, include: Sequence
     """The input files of a batch, absolute, sorted, each once (by resolved path).
 
     Each spec is a file (taken as named, whatever its extension or the filters), a folder (its files; its
-    sub-folders only when `recursive`), or a glob pattern (`*`, `?`, `[...]`; `**` spans folders when
-    `recursive`). Files found in folders and by patterns must pass `include` (any matches; default all),
-    `exclude` and `extensions` (file NAMES, case-insensitive; a pattern without a wildcard means "name
-    contains"). A feature store folder (it has manifest.json) is one input, never scanned; found inside a
+    sub-folders only when `recursive`; hidden ones, `.*`, left out), or a glob pattern (`*`, `?`, `[...]`; `**`
+    spans folders when `recursive`). Files found in folders and by patterns must pass `include` (any matches;
+    default all), `exclude` and `extensions` (file NAMES, case-insensitive; a pattern without a wildcard means
+    "name contains"). A feature store folder (it has manifest.json) is one input, never scanned; found inside a
     folder or by a pattern it is taken only when `stores` (segment-all). QuickSamError (one line, what to do)
     for a spec that does not exist or gives nothing."""
     keep = InputFilter(tuple(include), tuple(exclude), tuple(extensions))

@@ -105,6 +105,13 @@ def test_a_store_folder_is_an_input_never_scanned(tmp_path):
     assert find_inputs([str(store)]) == [store]
 
 
+def test_hidden_files_in_folders_are_left_out(tmp_path):
+    for name in ("scene.tif", "._scene.tif", ".git/x.tif"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("")
+    assert relative(find_inputs([str(tmp_path)], recursive=True, extensions=["tif"]), tmp_path) == ["scene.tif"]
+
+
 # -- naming ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("suffix", ["", "v2", "run-3", "A1"])
