@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
 from ..core.catalogue import MODELS, default_checkpoint_for
 from ..core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, default_overlap
+from ..core.errors import QuickSamError
+from .batch import add_batch_options, is_batch
 from .encode_cluster import cluster_fields, encode_cluster, refuse_series_on_cluster
 from .encode_series import add_series_options, is_series, run_series
 from .events import EventWriter, add_events_option, download_progress
@@ -25,7 +27,8 @@ if TYPE_CHECKING:
 RASTER_HELP = ("the raster: a file (any GDAL format); a URL of a raster file such as a COG (read with HTTP range "
                "requests); an XYZ tile URL with {z}, {x} and {y} (with --zoom); a QGIS XYZ layer source "
                "(type=xyz&url=...); GDAL's WMS:, WMTS: or /vsi... strings (docs/online-layers.md). Quote it in the "
-               "shell. With --series: several rasters, the frames of a time series")
+               "shell. With --series: several rasters, the frames of a time series; with --output-dir or "
+               "--next-to-inputs: the inputs (docs/batch.md)")
 
 
 def add_encode_parser(commands: argparse._SubParsersAction) -> None:
@@ -33,7 +36,7 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
     encode = commands.add_parser("encode", help="encode a raster into a feature store",
                                  description="Encode a raster once into a feature store for interactive "
                                              "segmentation. Re-running the same command resumes.")
-    encode.add_argument("rasters", nargs="+", metavar="RASTER", help=RASTER_HELP)
+    encode.add_argument("rasters", nargs="*", metavar="RASTER", help=RASTER_HELP)
     encode.add_argument("store", type=Path, help="output folder of the feature store (new, empty, or a store "
                                                   "made by the same command, which is then resumed)")
     encode.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="model (default %(default)s)")
@@ -70,10 +73,16 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
                         help="percentile: 2-98 %% of the whole raster per band (default); none: values as 0-255")
     encode.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"],
                         help="stored feature precision (default float16: half the disk, ~1e-4 logit change)")
+    _add_option_groups(encode)
+    encode.set_defaults(handler=_cmd_encode)
+
+
+def _add_option_groups(encode: argparse.ArgumentParser) -> None:
+    """A time series, many inputs (docs/batch.md), a cluster (docs/scaling.md), --progress-json."""
     add_series_options(encode)
+    add_batch_options(encode, "store")
     add_cluster_options(encode, "tiles are encoded")
     add_events_option(encode)
-    encode.set_defaults(handler=_cmd_encode)
 
 
 def _resolve_weights(args: argparse.Namespace, events: EventWriter) -> Optional[ResolvedCheckpoint]:
@@ -102,10 +111,28 @@ def _source_and_extent(args: argparse.Namespace) -> Tuple[str, Optional[tuple]]:
     return source, args.extent
 
 
-def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
+def encode_request(args: argparse.Namespace, source: str, store: Path, extent: Optional[tuple],
+                   checkpoint: Optional[ResolvedCheckpoint]) -> EncodeRequest:
+    """The EncodeRequest of the command's options for one raster `source` into `store`."""
     from ..encoder.pipeline import EncodeRequest
+
+    return EncodeRequest(
+        raster=source, store=store, model=args.model, checkpoint=checkpoint, seed=args.seed,
+        bands=args.bands, overlap=_overlap(args), extent=extent, batch_size=args.batch_size,
+        device=args.device, tile_size=args.tile_size, stretch=args.stretch, feature_dtype=args.feature_dtype,
+        resolution=args.resolution, levels=tuple(args.levels))
+
+
+def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
     from ..encoder.store_guard import refuse_series_store
 
+    if is_batch(args):
+        from .encode_batch import run_encode_batch
+
+        return run_encode_batch(args, events)
+    if not args.rasters:
+        raise QuickSamError("give the raster and the store folder (quicksam encode RASTER STORE), or inputs and "
+                            "--output-dir DIR (docs/batch.md)")
     series = is_series(args)
     refuse_series_on_cluster(args, series)
     if not series:   # before a checkpoint is downloaded
@@ -113,11 +140,7 @@ def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
     args.raster = args.rasters[0]
     source, extent = (args.raster, args.extent) if series else _source_and_extent(args)
     checkpoint = _resolve_weights(args, events)
-    request = EncodeRequest(
-        raster=source, store=args.store, model=args.model, checkpoint=checkpoint, seed=args.seed,
-        bands=args.bands, overlap=_overlap(args), extent=extent, batch_size=args.batch_size,
-        device=args.device, tile_size=args.tile_size, stretch=args.stretch, feature_dtype=args.feature_dtype,
-        resolution=args.resolution, levels=tuple(args.levels))
+    request = encode_request(args, source, args.store, extent, checkpoint)
     if series:
         return run_series(args, events, request)
     with encode_cluster(args) as (client, cancelled):

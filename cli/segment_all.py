@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Dict, Optional
 
 from ..core.defaults import MASK_MODES
 from ..core.errors import QuickSamError
+from .batch import add_batch_options, is_batch
 from .events import EventWriter, add_events_option
 from .headless import in_headless_qgis, open_store_before_qgis, private_project, run_algorithm
 from .options import LAYER_HELP, OUTPUT_HELP, SEGMENT_LAYER, parse_box, parse_factors
@@ -37,9 +38,12 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
     from ..interactive.automatic import AutoMaskSettings
 
     defaults = AutoMaskSettings()
-    command.add_argument("store", type=Path, help="feature store folder written by 'quicksam encode'")
-    command.add_argument("--output", type=Path, required=True, metavar="OUT.gpkg",
-                         help=OUTPUT_HELP + "; a stopped run is kept in OUT.partial.gpkg beside it")
+    command.add_argument("store", type=Path, nargs="+", metavar="STORE",
+                         help="feature store folder written by 'quicksam encode'; with --output-dir or "
+                              "--next-to-inputs: inputs (stores, rasters with their stores, folders, patterns)")
+    command.add_argument("--output", type=Path, metavar="OUT.gpkg",
+                         help=OUTPUT_HELP + "; a stopped run is kept in OUT.partial.gpkg beside it (required for one "
+                                            "STORE)")
     command.add_argument("--layer", default=SEGMENT_LAYER, help=LAYER_HELP)
     command.add_argument("--aoi", type=Path, metavar="FILE", help="polygon file: only tiles meeting it (any CRS)")
     command.add_argument("--extent", type=parse_box, metavar="XMIN,YMIN,XMAX,YMAX",
@@ -71,6 +75,7 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--overwrite", action="store_true",
                          help="replace --output (in a GeoPackage: only its layer --layer) if it exists and restart "
                               "an unfinished run with other settings")
+    add_batch_options(command, "objects file (<store>_objects.gpkg)", stores_dir=True)
     add_events_option(command)
 
 
@@ -148,8 +153,23 @@ def _tile_feedback(events: EventWriter) -> TileProgressFeedback:
     return EventFeedback()
 
 
+def one_store(args: argparse.Namespace) -> Path:
+    """The one STORE of a single run; QuickSamError (one line) for several, or no --output."""
+    if len(args.store) > 1:
+        raise QuickSamError(f"{len(args.store)} inputs given: add --output-dir DIR or --next-to-inputs to segment "
+                            "each (docs/batch.md), or give one STORE and --output")
+    if args.output is None:
+        raise QuickSamError("give --output OUT.gpkg (or --output-dir DIR / --next-to-inputs for many inputs)")
+    return args.store[0]
+
+
 def _cmd_segment_all(args: argparse.Namespace, events: EventWriter) -> int:
     """Check the output and the store, then segment everything in a headless QGIS."""
+    if is_batch(args):
+        from .segment_all_batch import run_segment_all_batch
+
+        return run_segment_all_batch(args, events)
+    args.store = one_store(args)
     args.output = check_segment_output(args.output, args.overwrite, args.layer).path
     if not args.store.exists():
         raise QuickSamError(f"the feature store '{args.store}' does not exist; encode the raster first "
