@@ -57,7 +57,7 @@ from .encode_settings import (  # noqa: F401 - MODEL_NAMES and DEVICES: the enum
     encode_settings,
     resolution_choice,
 )
-from .encoder_events import CLI_ERROR_LINE, EncoderEventReporter, in_dialog_words, record_environment_failure
+from .encoder_events import EncoderEventReporter, in_dialog_words, record_environment_failure, words_for
 
 MAX_BANDS = 3
 
@@ -293,9 +293,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
     @staticmethod
     def _words(message: str, context: QgsProcessingContext) -> str:
         """The encoder's message as the dialog's words, or as is (without its prefix) for the `quicksam` command."""
-        if started_by_command_line(context):
-            return CLI_ERROR_LINE.sub("", message)
-        return in_dialog_words(message)
+        return words_for(message, started_by_command_line(context))
 
     def postProcessAlgorithm(self, context: QgsProcessingContext,
                              feedback: QgsProcessingFeedback) -> Dict[str, Any]:

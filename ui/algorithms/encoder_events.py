@@ -159,6 +159,14 @@ def in_dialog_words(message: str) -> str:
     return text
 
 
+def words_for(message: str, command_line: bool) -> str:
+    """The encoder's message as the dialog's words (`in_dialog_words`), or as is without its prefix for the
+    `quicksam` command (`command_line`), which names its own options."""
+    if command_line:
+        return CLI_ERROR_LINE.sub("", message)
+    return in_dialog_words(message)
+
+
 _environment_failures = 0
 _environment_failures_lock = threading.Lock()
 
