@@ -8,7 +8,9 @@ interpreter, whatever arguments it gets. The environment chooses what happens:
 - FAKE_BATCH_FAIL: comma-separated item indexes that fail (error "cannot read <name>: not a raster"), or "all";
 - FAKE_BATCH_HOLD: a file: after the first item's first progress event the fake writes its pid there and waits
   (for a cancel);
-- FAKE_BATCH_ARGS: a file the fake writes its arguments to (JSON).
+- FAKE_BATCH_ARGS: a file the fake writes its arguments to (JSON);
+- FAKE_BATCH_REFUSE: a message: the fake refuses the run as the CLI refuses clashing outputs (the `error` event, the
+  one line on stderr, exit status 1) before any item.
 Exit status 0 when every item is done, 4 when some failed (the CLI's EXIT_SOME_FAILED).
 """
 
@@ -90,6 +92,11 @@ def main() -> int:
     record = os.environ.get("FAKE_BATCH_ARGS")
     if record:
         Path(record).write_text(json.dumps(args))
+    refusal = os.environ.get("FAKE_BATCH_REFUSE")
+    if refusal:
+        emit("error", message=refusal, exit_status=1)
+        print(f"quicksam: error: {refusal}", file=sys.stderr, flush=True)
+        return 1
     items = plan(args)
     emit("batch", items=items, dry_run=False)
     fails = failing(len(items))

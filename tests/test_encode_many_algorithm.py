@@ -312,6 +312,17 @@ def test_every_raster_failing_is_an_algorithm_error(registered, rasters, fake_en
         "failed", "failed"]
 
 
+def test_a_run_the_cli_refuses_is_an_error_in_the_dialogs_words(registered, rasters, fake_encoder, monkeypatch):
+    monkeypatch.setenv("FAKE_BATCH_REFUSE", "'a/scene.tif', 'b/scene.tif' would all write 'out/scene_quicksam'; nothing "
+                                            "was written: add --disambiguate to put their folder names in front")
+    feedback = RecordingFeedback()
+    with pytest.raises(QgsProcessingException) as raised:
+        run({"INPUT_FOLDER": str(rasters), **SMALL}, feedback)
+    message = str(raised.value)
+    assert "nothing was written: add the Disambiguate option to put their folder names in front" in message
+    assert not message.startswith("quicksam:") and "--" not in message
+
+
 def test_cancel_stops_the_encoder_process(registered, rasters, fake_encoder, monkeypatch, tmp_path):
     hold = tmp_path / "holding.pid"
     monkeypatch.setenv("FAKE_BATCH_HOLD", str(hold))
@@ -372,9 +383,29 @@ def test_real_run_refuses_a_collision_before_writing_unless_disambiguated(regist
         write_raster(tmp_path / name / "scene.tif", gradient(100, 100))
     inputs = [str(tmp_path / "east" / "scene.tif"), str(tmp_path / "west" / "scene.tif")]
     out = tmp_path / "stores"
-    message = refused({"INPUTS": inputs, "OUTPUT_FOLDER": str(out), **SMALL})
-    assert "scene" in message
+    with pytest.raises(QgsProcessingException) as raised:  # refused by the CLI (core/batch.py), in one line
+        run({"INPUTS": inputs, "OUTPUT_FOLDER": str(out), **SMALL})
+    message = str(raised.value)
+    assert "scene" in message and "\n" not in message.strip(), message
+    assert "Disambiguate option" in message  # the CLI's --disambiguate in the dialog's words
     assert not out.exists() or not any(out.iterdir())
     result = run({"INPUTS": inputs, "OUTPUT_FOLDER": str(out), "DISAMBIGUATE": True, **SMALL})
     assert (result["DONE"], result["FAILED"]) == (2, 0)
     assert len({Path(store).name for store in result["STORES"].split(";")}) == 2
+
+
+@pytest.mark.slow
+def test_real_run_on_a_local_cluster_encodes_every_raster_once(registered, tmp_path):
+    """WORKERS=2: a Dask LocalCluster of two processes (the CLI's file-level tasks, more rasters than workers)."""
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    for name in ("one", "two", "three"):
+        write_raster(folder / f"{name}.tif", gradient(120, 120))
+    feedback = RecordingFeedback()
+    result = run({"INPUT_FOLDER": str(folder), "OUTPUT_FOLDER": str(tmp_path / "stores"), "WORKERS": 2, **SMALL},
+                 feedback)
+    assert (result["DONE"], result["FAILED"]) == (3, 0)
+    assert sorted(Path(store).name for store in result["STORES"].split(";")) == [
+        "one_quicksam", "three_quicksam", "two_quicksam"]
+    assert all((Path(store) / "manifest.json").is_file() for store in result["STORES"].split(";"))
+    assert abs(feedback.progress_values[-1] - 100.0) < 1e-6

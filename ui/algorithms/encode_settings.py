@@ -27,6 +27,7 @@ from ...core.errors import QuickSamError
 from ...core.levels import parse_factors
 from ..i18n import tr as _tr
 from .encode_job import encode_options, is_given
+from .encoder_events import in_dialog_words
 
 MODEL_NAMES: List[str] = list(MODELS)
 DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
@@ -162,9 +163,7 @@ def cluster_choice(algorithm: Any, parameters: Dict[str, Any], context: QgsProce
     try:
         ClusterSettings(scheduler=scheduler or None, workers=workers).check()
     except QuickSamError as exc:
-        raise QgsProcessingException(
-            str(exc).replace("--workers", _tr("Worker processes")).replace("--scheduler", _tr("Dask scheduler"))
-        ) from None
+        raise QgsProcessingException(in_dialog_words(str(exc))) from None
     return workers, scheduler
 
 
