@@ -313,8 +313,9 @@ def test_every_raster_failing_is_an_algorithm_error(registered, rasters, fake_en
 
 
 def test_a_run_the_cli_refuses_is_an_error_in_the_dialogs_words(registered, rasters, fake_encoder, monkeypatch):
-    monkeypatch.setenv("FAKE_BATCH_REFUSE", "'a/scene.tif', 'b/scene.tif' would all write 'out/scene_quicksam'; nothing "
-                                            "was written: add --disambiguate to put their folder names in front")
+    refusal = ("'a/scene.tif', 'b/scene.tif' would all write 'out/scene_quicksam'; nothing was written: add "
+               "--disambiguate to put their folder names in front")
+    monkeypatch.setenv("FAKE_BATCH_REFUSE", refusal)
     feedback = RecordingFeedback()
     with pytest.raises(QgsProcessingException) as raised:
         run({"INPUT_FOLDER": str(rasters), **SMALL}, feedback)
