@@ -249,7 +249,9 @@ class EncodeRastersAlgorithm(QuickSamAlgorithm):
     @staticmethod
     def _write_summary(request: ManyRastersRequest, rows: List[Dict[str, Any]],
                        feedback: QgsProcessingFeedback) -> str:
-        """The summary CSV's path ("" with a warning when it cannot be written)."""
+        """The summary CSV's path ("" with a warning when it cannot be written, "" when there is no row)."""
+        if not rows:
+            return ""
         path = summary_file(request.output_dir, request.folder, rows, request.suffix)
         try:
             return str(write_summary_csv(path, rows))
