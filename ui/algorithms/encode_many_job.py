@@ -14,11 +14,11 @@ from typing import List, Optional, Sequence
 
 from qgis.core import QgsMapLayer, QgsProcessingException, QgsRasterLayer
 
+from ...core.batch import check_suffix
+from ...core.errors import QuickSamError
 from ..i18n import tr as _tr
 from .encode_job import raster_file_path
 
-#: The user's part of the output names: letters, digits and "-" (as core/batch.py's rule for --suffix).
-_SAFE_SUFFIX = re.compile(r"^[A-Za-z0-9-]*$")
 _EXTENSION = re.compile(r"^[A-Za-z0-9]+$")
 
 
@@ -109,7 +109,8 @@ def extensions(text: str) -> List[str]:
 def checked_suffix(text: str) -> str:
     """SUFFIX stripped; QgsProcessingException (one line) unless it holds only letters, digits and "-"."""
     suffix = (text or "").strip()
-    if not _SAFE_SUFFIX.match(suffix):
+    try:
+        return check_suffix(suffix)   # the CLI's rule (core/batch.py), in the dialog's words
+    except QuickSamError:
         raise QgsProcessingException(_tr("The suffix '{suffix}' may hold only letters, digits and -: change "
-                                         "Suffix.").format(suffix=suffix))
-    return suffix
+                                         "Suffix.").format(suffix=suffix)) from None
