@@ -112,42 +112,52 @@ def assert_same_objects(actual: List[dict], expected: List[dict]) -> None:
         assert got["area"] == pytest.approx(want["area"], rel=AREA_TOLERANCE)
 
 
-def engines_on_workers(address: str) -> List[Tuple[str, ...]]:
+def engines_on_workers(address: str, forget: bool = False) -> List[Tuple[str, ...]]:
     """The stores whose engine each worker of the cluster keeps (cluster_tiles.worker_engine) in the cache of
-    QuickSAM's worker plugin."""
+    QuickSAM's worker plugin; with `forget`, the engines are dropped (as before any run)."""
     from quicksam.core.cluster import PLUGIN_NAME
 
     def stores(dask_worker) -> List[str]:
         plugin = dask_worker.plugins.get(PLUGIN_NAME)
         cache = plugin.cache if plugin is not None else {}
-        return sorted(key[1] for key in cache if isinstance(key, tuple) and "cluster_tiles" in str(key[0]))
+        keys = [key for key in cache if isinstance(key, tuple) and "cluster_tiles" in str(key[0])]
+        for key in keys if forget else ():
+            del cache[key]
+        return sorted(key[1] for key in keys)
 
     with distributed.Client(address, timeout="30s") as client:
         return [tuple(found) for found in client.run(stores).values()]
 
 
+def decoded_on_workers(store: FeatureStore, address: str) -> bool:
+    """Whether a worker of the cluster has opened the store's engine (since `engines_on_workers(forget=True)`)."""
+    return any(str(store.root.resolve()) in found for found in engines_on_workers(address))
+
+
 @pytest.mark.slow
 def test_cli_on_a_scheduler_gives_the_objects_of_one_process(store, reference, scheduler, tmp_path):
     output = tmp_path / "cluster.gpkg"
+    engines_on_workers(scheduler, forget=True)
     result = run_cli("segment-all", store.root, "--output", output, "--scheduler", scheduler, *CLI_SETTINGS)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.splitlines()[-1])
     assert (summary["tiles"], summary["objects"]) == (4, len(reference))
     assert_same_objects(read_objects(output), reference)
-    # the tiles were decoded on the workers: each keeps the store's engine for the next run
-    assert any(str(store.root.resolve()) in found for found in engines_on_workers(scheduler))
+    assert decoded_on_workers(store, scheduler)  # the workers keep the store's engine for the next run
 
 
 def test_processing_with_a_scheduler_gives_the_objects_of_one_process(store, reference, scheduler, tmp_path, plugin):
     import processing
 
     output = tmp_path / "processing.gpkg"
+    engines_on_workers(scheduler, forget=True)
     results = processing.run("quicksam:segmentall", {
         "STORE": str(store.root), "POINTS_PER_SIDE": 4, "POINTS_PER_BATCH": 8, "PRED_IOU_THRESH": 0.0,
         "STABILITY_SCORE_THRESH": 0.0, "BOX_NMS_THRESH": 1.0, "MIN_MASK_REGION_AREA": 4, "SCHEDULER": scheduler,
         "OUTPUT": str(output)})
     assert (results["TILES"], results["OBJECTS"]) == (4, len(reference))
     assert_same_objects(read_objects(output), reference)
+    assert decoded_on_workers(store, scheduler)
 
 
 @pytest.mark.slow
