@@ -28,6 +28,7 @@ import shapely.wkb
 from osgeo import ogr
 from synthetic import assert_one_line_error, encode, file_states, run_cli, square_scene, write_raster
 
+from quicksam.core.cluster import ClusterSettings, cluster_client
 from quicksam.core.errors import Cancelled
 from quicksam.core.store import FeatureStore
 from quicksam.interactive.automatic import AutoMaskSettings, partial_path, segment_everything
@@ -196,7 +197,7 @@ def test_a_cancelled_cluster_run_keeps_its_tiles_and_resumes_to_the_same_objects
                                                                                   tmp_path):
     output = tmp_path / "resumed.gpkg"
     finished: List[str] = []
-    with distributed.Client(scheduler, timeout="30s") as client:
+    with cluster_client(ClusterSettings(scheduler=scheduler)) as client:  # as the algorithm opens it
         with pytest.raises(Cancelled, match="stopped after 1 of 4 tiles; run the same command again to resume"):
             segment_everything(store, output, SETTINGS, client=client, cancelled=lambda: bool(finished),
                                progress=lambda event: finished.append(event.tile_id))
@@ -207,3 +208,24 @@ def test_a_cancelled_cluster_run_keeps_its_tiles_and_resumes_to_the_same_objects
         result = segment_everything(store, output, SETTINGS, client=client)
     assert (result.tiles, result.tiles_resumed) == (4, 1)
     assert_same_objects(read_objects(output), reference)
+
+
+def test_a_multi_scale_store_on_the_cluster_gives_the_objects_of_one_process(scheduler, tmp_path):
+    from synthetic import MODEL, TILE_SIZE, random_model
+
+    from quicksam.encoder.levels_pipeline import encode_levels
+    from quicksam.encoder.pipeline import EncodeRequest
+    from quicksam.interactive.segment_levels import select_levels
+
+    raster = write_raster(tmp_path / "scene.tif", square_scene(400, 400, (120, 120, 160)))
+    request = EncodeRequest(raster=str(raster), store=tmp_path / "levels.qsam", model=MODEL, tile_size=TILE_SIZE,
+                            overlap=64, device="cpu", levels=(1.0, 4.0))
+    levels_store, _ = encode_levels(request, model=random_model())
+    alone = segment_everything(levels_store, tmp_path / "one-process.gpkg", SETTINGS)
+    assert (alone.tiles, alone.levels) == (5, (1.0, 4.0))
+    engines_on_workers(scheduler, forget=True)
+    with cluster_client(ClusterSettings(scheduler=scheduler)) as client:  # as the algorithm opens it
+        spread = segment_everything(levels_store, tmp_path / "cluster.gpkg", SETTINGS, client=client)
+    assert (spread.tiles, spread.levels, spread.level_duplicates) == (5, (1.0, 4.0), alone.level_duplicates)
+    assert all(decoded_on_workers(level, scheduler) for level in select_levels(levels_store))  # both levels
+    assert_same_objects(read_objects(tmp_path / "cluster.gpkg"), read_objects(tmp_path / "one-process.gpkg"))
