@@ -11,7 +11,15 @@ from ..core.errors import QuickSamError
 from .batch import add_batch_options, is_batch
 from .events import EventWriter, add_events_option
 from .headless import in_headless_qgis, open_store_before_qgis, private_project, run_algorithm
-from .options import LAYER_HELP, OUTPUT_HELP, SEGMENT_LAYER, parse_box, parse_factors
+from .options import (
+    LAYER_HELP,
+    OUTPUT_HELP,
+    SEGMENT_LAYER,
+    add_cluster_options,
+    cluster_settings,
+    parse_box,
+    parse_factors,
+)
 from .segment import check_segment_output
 
 if TYPE_CHECKING:
@@ -76,11 +84,13 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
                          help="replace --output (in a GeoPackage: only its layer --layer) if it exists and restart "
                               "an unfinished run with other settings")
     add_batch_options(command, "objects file (<store>_objects.gpkg)", stores_dir=True)
+    add_cluster_options(command, "tiles are decoded")
     add_events_option(command)
 
 
 def _run_segment_all_algorithm(args: argparse.Namespace, events: EventWriter) -> Dict[str, object]:
     """Run quicksam:segmentall on args; its results. Cancellation (Ctrl+C) keeps finished tiles."""
+    from ..ui.algorithms.cluster_parameters import SCHEDULER, WORKERS
     from ..ui.algorithms.segment_all_algorithm import SegmentAllAlgorithm as Algorithm
 
     project = private_project()
@@ -110,6 +120,7 @@ def _run_segment_all_algorithm(args: argparse.Namespace, events: EventWriter) ->
         Algorithm.CROP_NMS_THRESH: args.crop_nms_thresh,
         Algorithm.CROP_N_POINTS_DOWNSCALE_FACTOR: args.crop_n_points_downscale_factor,
         Algorithm.OVERWRITE: args.overwrite, Algorithm.LAYER_NAME: args.layer, Algorithm.OUTPUT: str(args.output),
+        SCHEDULER: args.scheduler or "", WORKERS: args.workers,
     }
     results = run_algorithm("quicksam:segmentall", parameters, project, _tile_feedback(events))
     output = Path(results[Algorithm.OUTPUT])
@@ -175,6 +186,9 @@ def _cmd_segment_all(args: argparse.Namespace, events: EventWriter) -> int:
         raise QuickSamError(f"the feature store '{args.store}' does not exist; encode the raster first "
                             "(quicksam encode RASTER STORE)")
     open_store_before_qgis(args.store)
+    if args.devices:
+        raise QuickSamError("--devices is for quicksam encode: segment-all decodes on the CPU; give --workers N")
+    cluster_settings(args)  # checked before QGIS starts
     if args.levels:  # a level the store has not is refused in a moment, not after QGIS has started
         from ..core.store import FeatureStore
         from ..interactive.segment_levels import select_levels
