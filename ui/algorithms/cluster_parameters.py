@@ -45,8 +45,8 @@ def cluster_help() -> Dict[str, str]:
     """{name: help text} of the cluster parameters."""
     return {
         SCHEDULER: _tr("An existing Dask cluster (see the Scaling guide): the tiles are decoded on its workers, "
-                       "which must see the feature store at the same path and have onnxruntime and GDAL's Python bindings. "
-                       "Empty: no cluster."),
+                       "which must see the feature store at the same path and have onnxruntime and GDAL's Python "
+                       "bindings. Empty: no cluster."),
         WORKERS: _tr("Decode the tiles in this many worker processes on this machine (a Dask LocalCluster). Only "
                      "where QGIS runs from a Python interpreter (the 'quicksam segment-all --workers' command): the "
                      "QGIS desktop and qgis_process need a scheduler instead. 0: this process only."),
