@@ -9,7 +9,7 @@ APT_PACKAGES := python3-qgis qgis-providers qgis xvfb xauth imagemagick python3-
 DEMO_DIR ?= $(HOME)/quicksam-demo
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: all install demo test test-other-release lint bench screenshot screenshot-series walkthrough clean-venv package translations translations-update
+.PHONY: all install demo demo-batch test test-other-release lint bench screenshot screenshot-series walkthrough clean-venv package translations translations-update
 
 all: test
 
@@ -48,6 +48,11 @@ install: $(STAMPS)/venv
 
 demo: install
 	$(PY) -m quicksam.demo --output "$(DEMO_DIR)"
+
+# Many rasters in one run and on Dask clusters (docs/batch.md, docs/scaling.md): the test folder of
+# tests/batch_data.py encoded and segmented, then a LocalCluster run and a scheduler + two workers on 127.0.0.1.
+demo-batch: install
+	PY=$(PY) bash docs/demo/batch_demo.sh "$(DEMO_DIR)/batch"
 
 test: install
 	$(VENV)/bin/ruff check .
