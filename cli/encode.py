@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Tuple
 
 from ..core.catalogue import MODELS, default_checkpoint_for
 from ..core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, default_overlap
+from ..core.errors import QuickSamError
+from ..core.store_url import is_object_store_url
 from .encode_series import add_series_options, is_series, run_series
 from .events import EventWriter, add_events_option, download_progress
+from .object_store import add_store_arguments, encode_remote
 from .options import parse_extent, parse_factors, parse_ints
 
 if TYPE_CHECKING:
@@ -29,8 +31,7 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
                              "layer source (type=xyz&url=...); GDAL's WMS:, WMTS: or /vsi... strings "
                              "(docs/online-layers.md). Quote it in the shell. With --series: several rasters, the "
                              "frames of a time series")
-    encode.add_argument("store", type=Path, help="output folder of the feature store (new, empty, or a store "
-                                                  "made by the same command, which is then resumed)")
+    add_store_arguments(encode)
     encode.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="model (default %(default)s)")
     weights = encode.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", help="checkpoint file or checkpoint name (default: the model's "
@@ -103,7 +104,11 @@ def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
     from ..encoder.store_guard import refuse_series_store
 
     series = is_series(args)
-    if not series:   # before a checkpoint is downloaded
+    remote = is_object_store_url(args.store)
+    if remote and series:
+        raise QuickSamError("a time series cannot be encoded into an object store yet; encode it into a folder, then "
+                            "copy that folder to the object store")
+    if not series and not remote:   # before a checkpoint is downloaded
         refuse_series_store(args.store)
     args.raster = args.rasters[0]
     source, extent = (args.raster, args.extent) if series else _source_and_extent(args)
@@ -123,11 +128,14 @@ def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
     def on_start(store: FeatureStore, todo: int) -> None:
         # Warned only once the inputs are checked, so bad input still gets its single error line.
         levels = level_stores(store)
-        events.start(store=str(store.root), raster=source, tiles=sum(len(level.grid) for level in levels),
-                     todo=todo, levels=[level.manifest.pixel_grid.factor for level in levels])
+        events.start(store=str(args.store) if remote else str(store.root), raster=source,
+                     tiles=sum(len(level.grid) for level in levels), todo=todo,
+                     levels=[level.manifest.pixel_grid.factor for level in levels])
         if args.random_weights:
             events.warning("using seeded random weights: the masks will be meaningless; the store records this")
 
+    if remote:
+        return encode_remote(args, events, request, on_progress, on_start)
     store, stats = encode_levels(request, progress=on_progress, started=on_start)
     events.finished(levels_summary(store), indent=2, store=str(store.root),
                     tile_index=str(store.root / "tile_index.gpkg"), seconds=round(stats.total_seconds, 3))
