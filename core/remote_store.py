@@ -95,7 +95,7 @@ class RemoteTileWriter:
 def bound_to_url(working_root: Path, url: str) -> Iterator[None]:
     """For the block, the stores under `working_root` (the store itself and its levels/) keep their tiles at
     `url` (the same relative paths)."""
-    key = Path(working_root).absolute()
+    key = Path(working_root).resolve()
     with _BOUND_LOCK:
         _BOUND[key] = url
     try:
@@ -107,7 +107,7 @@ def bound_to_url(working_root: Path, url: str) -> Iterator[None]:
 
 def bound_url(root: Path) -> Optional[str]:
     """The URL of the store at `root` when it is (under) a bound working copy, else None."""
-    folder = Path(root).absolute()
+    folder = Path(root).resolve()
     with _BOUND_LOCK:
         bound = dict(_BOUND)
     for candidate in (folder, *folder.parents):
