@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Tuple
 
-from ..core.errors import QuickSamError
+from ..core.errors import QuickSamError, StoreError
 from ..core.locking import LockHolder, command_name, exclusive_lock, holder_text
 from ..core.logger import LOGGER
 from ..core.remote_store import bound_to_url
@@ -82,7 +82,7 @@ def coordinating(url: str, work_dir: Optional[Path] = None) -> Iterator[Path]:
     store_root = folder / STORE_FOLDER
     with exclusive_lock(folder / COORDINATOR_LOCK, command_name(), _busy(url)):
         pulled = pull_control_files(url, store_root)
-        LOGGER.info("working copy of %s in %s (%d control files pulled)", url, store_root, len(pulled))
+        LOGGER.debug("working copy of %s in %s (%d control files pulled)", url, store_root, len(pulled))
         with bound_to_url(store_root, url):
             yield store_root
 
@@ -111,6 +111,9 @@ def encode_to_url(request: EncodeRequest, url: str, work_dir: Optional[Path] = N
         try:
             result = encode_levels(local, progress=_pushing(progress, pusher), cancelled=cancelled,
                                    started=started, model=model)
+        except StoreError as exc:   # said of the working copy: say it of the URL
+            _push_after_failure(pusher)
+            raise StoreError(str(exc).replace(f"'{store_root}", f"'{url}")) from exc
         except BaseException:
             _push_after_failure(pusher)
             raise

@@ -206,9 +206,10 @@ def test_an_interrupted_encode_into_s3_lists_only_written_tiles_and_resumes_with
             assert entry["etag"] == before[key]["etag"]
 
 
-def test_stores_on_urls_fail_in_one_line(s3, raster, tmp_path):
+def test_stores_on_urls_fail_in_one_line(s3, raster, encoded, tmp_path):
     """A protocol nobody knows, a missing protocol package (s3fs blocked), a missing bucket, a store that is not
-    there, an endpoint that does not answer: one line each, saying what to do; nothing written locally."""
+    there, a store made with other settings (named by its URL), an endpoint that does not answer: one line each,
+    saying what to do; nothing written locally."""
     assert_one_line_error(_run(["encode", raster, "foo://b/s.qsam", *TILE_OPTIONS], s3, tmp_path),
                           "no installed file system knows the protocol 'foo://'")
     blocked = [sys.executable, "-c", "import sys; sys.modules['s3fs'] = None; from quicksam.cli import main; "
@@ -220,6 +221,9 @@ def test_stores_on_urls_fail_in_one_line(s3, raster, tmp_path):
     assert_one_line_error(_run(["pull", f"s3://{BUCKET}/nothing.qsam", tmp_path / "p"], s3, tmp_path),
                           "holds no QuickSAM feature store")
     assert not (tmp_path / "p").exists()
+    other = [option if option != "32" else "16" for option in TILE_OPTIONS]   # --overlap 16
+    assert_one_line_error(_run(["encode", raster, encoded["url"], *other], s3, tmp_path),
+                          f"'{encoded['url']}' already holds a store made differently")
     unreachable = {**s3, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}"}
     assert_one_line_error(_run(["info", f"s3://{BUCKET}/a.qsam"], unreachable, tmp_path), "check the URL, the endpoint")
 
