@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Optional, Tuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
 from ..core.catalogue import MODELS, default_checkpoint_for
 from ..core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, default_overlap
 from ..core.errors import QuickSamError
 from ..core.store_url import is_object_store_url
+from .batch import add_batch_options, is_batch
+from .encode_cluster import cluster_fields, encode_cluster, refuse_series_on_cluster
 from .encode_series import add_series_options, is_series, run_series
 from .events import EventWriter, add_events_option, download_progress
-from .object_store import add_store_arguments, encode_remote
-from .options import parse_extent, parse_factors, parse_ints
+from .object_store import add_store_arguments, encode_remote, refuse_series_into_url
+from .options import add_cluster_options, parse_extent, parse_factors, parse_ints
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from ..core.store import FeatureStore
     from ..encoder.checkpoints import ResolvedCheckpoint
+    from ..encoder.pipeline import EncodeRequest
     from ..encoder.tile_pipeline import ProgressEvent
+
+#: RASTER's help.
+RASTER_HELP = ("the raster: a file (any GDAL format); a URL of a raster file such as a COG (read with HTTP range "
+               "requests); an XYZ tile URL with {z}, {x} and {y} (with --zoom); a QGIS XYZ layer source "
+               "(type=xyz&url=...); GDAL's WMS:, WMTS: or /vsi... strings (docs/online-layers.md). Quote it in the "
+               "shell. With --series: several rasters, the frames of a time series; with --output-dir or "
+               "--next-to-inputs: the inputs (docs/batch.md)")
 
 
 def add_encode_parser(commands: argparse._SubParsersAction) -> None:
@@ -25,12 +38,7 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
     encode = commands.add_parser("encode", help="encode a raster into a feature store",
                                  description="Encode a raster once into a feature store for interactive "
                                              "segmentation. Re-running the same command resumes.")
-    encode.add_argument("rasters", nargs="+", metavar="RASTER",
-                        help="the raster: a file (any GDAL format); a URL of a raster file such as a COG (read with "
-                             "HTTP range requests); an XYZ tile URL with {z}, {x} and {y} (with --zoom); a QGIS XYZ "
-                             "layer source (type=xyz&url=...); GDAL's WMS:, WMTS: or /vsi... strings "
-                             "(docs/online-layers.md). Quote it in the shell. With --series: several rasters, the "
-                             "frames of a time series")
+    encode.add_argument("rasters", nargs="*", metavar="RASTER", help=RASTER_HELP)
     add_store_arguments(encode)
     encode.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="model (default %(default)s)")
     weights = encode.add_mutually_exclusive_group()
@@ -66,9 +74,16 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
                         help="percentile: 2-98 %% of the whole raster per band (default); none: values as 0-255")
     encode.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"],
                         help="stored feature precision (default float16: half the disk, ~1e-4 logit change)")
-    add_series_options(encode)
-    add_events_option(encode)
+    _add_option_groups(encode)
     encode.set_defaults(handler=_cmd_encode)
+
+
+def _add_option_groups(encode: argparse.ArgumentParser) -> None:
+    """A time series, many inputs (docs/batch.md), a cluster (docs/scaling.md), --progress-json."""
+    add_series_options(encode)
+    add_batch_options(encode, "store")
+    add_cluster_options(encode, "tiles are encoded")
+    add_events_option(encode)
 
 
 def _resolve_weights(args: argparse.Namespace, events: EventWriter) -> Optional[ResolvedCheckpoint]:
@@ -97,29 +112,50 @@ def _source_and_extent(args: argparse.Namespace) -> Tuple[str, Optional[tuple]]:
     return source, args.extent
 
 
-def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
-    from ..core.store_levels import level_stores
-    from ..encoder.levels_pipeline import encode_levels
+def encode_request(args: argparse.Namespace, source: str, store: Path, extent: Optional[tuple],
+                   checkpoint: Optional[ResolvedCheckpoint]) -> EncodeRequest:
+    """The EncodeRequest of the command's options for one raster `source` into `store`."""
     from ..encoder.pipeline import EncodeRequest
+
+    return EncodeRequest(
+        raster=source, store=store, model=args.model, checkpoint=checkpoint, seed=args.seed,
+        bands=args.bands, overlap=_overlap(args), extent=extent, batch_size=args.batch_size,
+        device=args.device, tile_size=args.tile_size, stretch=args.stretch, feature_dtype=args.feature_dtype,
+        resolution=args.resolution, levels=tuple(args.levels))
+
+
+def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
     from ..encoder.store_guard import refuse_series_store
 
+    if is_batch(args):
+        from .encode_batch import run_encode_batch
+
+        return run_encode_batch(args, events)
+    if not args.rasters:
+        raise QuickSamError("give the raster and the store folder (quicksam encode RASTER STORE), or inputs and "
+                            "--output-dir DIR (docs/batch.md)")
     series = is_series(args)
-    remote = is_object_store_url(args.store)
-    if remote and series:
-        raise QuickSamError("a time series cannot be encoded into an object store yet; encode it into a folder, then "
-                            "copy that folder to the object store")
-    if not series and not remote:   # before a checkpoint is downloaded
+    refuse_series_on_cluster(args, series)
+    refuse_series_into_url(args, series)
+    if not series and not is_object_store_url(args.store):   # before a checkpoint is downloaded
         refuse_series_store(args.store)
     args.raster = args.rasters[0]
     source, extent = (args.raster, args.extent) if series else _source_and_extent(args)
     checkpoint = _resolve_weights(args, events)
-    request = EncodeRequest(
-        raster=source, store=args.store, model=args.model, checkpoint=checkpoint, seed=args.seed,
-        bands=args.bands, overlap=_overlap(args), extent=extent, batch_size=args.batch_size,
-        device=args.device, tile_size=args.tile_size, stretch=args.stretch, feature_dtype=args.feature_dtype,
-        resolution=args.resolution, levels=tuple(args.levels))
+    request = encode_request(args, source, args.store, extent, checkpoint)
     if series:
         return run_series(args, events, request)
+    with encode_cluster(args) as (client, cancelled):
+        return _encode_one(args, events, request, client, cancelled)
+
+
+def _encode_one(args: argparse.Namespace, events: EventWriter, request: EncodeRequest, client: Optional[Client],
+                cancelled: Callable[[], bool]) -> int:
+    """Encode one raster at its levels, here or on the cluster of `client`; its events."""
+    from ..core.store_levels import level_stores
+    from ..encoder.levels_pipeline import encode_levels
+
+    source = request.raster
 
     def on_progress(event: ProgressEvent) -> None:
         events.progress(event.done, event.total, "tiles", tile=event.tile_id, status=event.status)
@@ -128,15 +164,14 @@ def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
     def on_start(store: FeatureStore, todo: int) -> None:
         # Warned only once the inputs are checked, so bad input still gets its single error line.
         levels = level_stores(store)
-        events.start(store=str(args.store) if remote else str(store.root), raster=source,
-                     tiles=sum(len(level.grid) for level in levels), todo=todo,
-                     levels=[level.manifest.pixel_grid.factor for level in levels])
+        events.start(store=str(request.store), raster=source, tiles=sum(len(level.grid) for level in levels),
+                     todo=todo, levels=[level.manifest.pixel_grid.factor for level in levels], **cluster_fields(client))
         if args.random_weights:
             events.warning("using seeded random weights: the masks will be meaningless; the store records this")
 
-    if remote:
-        return encode_remote(args, events, request, on_progress, on_start)
-    store, stats = encode_levels(request, progress=on_progress, started=on_start)
+    if is_object_store_url(request.store):
+        return encode_remote(args, events, request, on_progress, on_start, cancelled, client)
+    store, stats = encode_levels(request, progress=on_progress, started=on_start, cancelled=cancelled, client=client)
     events.finished(levels_summary(store), indent=2, store=str(store.root),
                     tile_index=str(store.root / "tile_index.gpkg"), seconds=round(stats.total_seconds, 3))
     return 0

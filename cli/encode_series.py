@@ -68,7 +68,8 @@ def is_series(args: argparse.Namespace) -> bool:
         raise QuickSamError(f"{option} is for a time series: add --series (or --frames-from-bands)")
     if len(args.rasters) > 1:
         raise QuickSamError(f"{len(args.rasters)} rasters given: add --series to encode them as the frames of one "
-                            "series store (the last argument is the store folder)")
+                            "series store (the last argument is the store folder), or --output-dir DIR to encode "
+                            "each into its own store (docs/batch.md)")
     return False
 
 

@@ -20,6 +20,8 @@ EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 2
 #: The Python running the command lacks (or cannot import) a package it needs: an environment to build or repair.
 EXIT_ENVIRONMENT = 3
+#: A run over many inputs (docs/batch.md) in which some failed: the others are done, the summary says which.
+EXIT_SOME_FAILED = 4
 EXIT_CANCELLED = 130
 #: The reader of stdout has gone (a closed pipe): 128 + SIGPIPE, what a shell shows for `yes | head -1`.
 EXIT_OUTPUT_CLOSED = 141

@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..core.errors import QuickSamError
 from ..core.store_url import is_object_store_url, store_location
 from .events import EventWriter, add_events_option
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from ..core.store import FeatureStore
     from ..encoder.pipeline import EncodeRequest
     from ..encoder.tile_pipeline import ProgressCallback
@@ -39,6 +41,13 @@ def add_store_arguments(encode: argparse.ArgumentParser) -> None:
     encode.add_argument("--work-dir", type=Path, default=None,
                         help="a store at an object store URL: the local folder of its working copy (control files "
                              "and lock; default: the user cache's quicksam/remote-stores/<sha1 of the URL>)")
+
+
+def refuse_series_into_url(args: argparse.Namespace, series: bool) -> None:
+    """QuickSamError (one line, nothing written) for a time series into an object store: not supported yet."""
+    if series and is_object_store_url(args.store):
+        raise QuickSamError("a time series cannot be encoded into an object store yet; encode it into a folder, then "
+                            "copy that folder to the object store")
 
 
 def _cmd_pull(args: argparse.Namespace, events: EventWriter) -> int:
@@ -82,15 +91,18 @@ def remote_info(url: str, events: EventWriter) -> int:
 
 
 def encode_remote(args: argparse.Namespace, events: EventWriter, request: EncodeRequest,
-                  on_progress: ProgressCallback, on_start: Callable[[FeatureStore, int], None]) -> int:
+                  on_progress: ProgressCallback, on_start: Callable[[FeatureStore, int], None],
+                  cancelled: Optional[Callable[[], bool]] = None, client: Optional[Client] = None) -> int:
     """`quicksam encode RASTER URL`: the coordinator of an encode into an object store
-    (encoder/remote_encode.py); its events as a folder's, the store named by its URL."""
+    (encoder/remote_encode.py), here or with the workers of a Dask `client`; its events as a folder's, the store
+    named by its URL."""
     from ..core.remote_store import bound_to_url
     from ..encoder.remote_encode import encode_to_url
     from .encode import levels_summary
 
-    url = str(args.store)
-    store, stats = encode_to_url(request, url, args.work_dir, progress=on_progress, started=on_start)
+    url = str(request.store)
+    store, stats = encode_to_url(request, url, args.work_dir, progress=on_progress, started=on_start,
+                                 cancelled=cancelled, client=client)
     with bound_to_url(store.root, url):   # its tiles checked in the object store
         summary = levels_summary(store)
     summary.update(store=url, working_copy=str(store.root), bytes_on_disk=None)

@@ -8,9 +8,18 @@ from typing import TYPE_CHECKING, Dict, Optional
 
 from ..core.defaults import MASK_MODES
 from ..core.errors import QuickSamError
+from .batch import add_batch_options, is_batch
 from .events import EventWriter, add_events_option
 from .headless import in_headless_qgis, open_store_before_qgis, private_project, run_algorithm
-from .options import LAYER_HELP, OUTPUT_HELP, SEGMENT_LAYER, parse_box, parse_factors
+from .options import (
+    LAYER_HELP,
+    OUTPUT_HELP,
+    SEGMENT_LAYER,
+    add_cluster_options,
+    cluster_settings,
+    parse_box,
+    parse_factors,
+)
 from .segment import check_segment_output
 
 if TYPE_CHECKING:
@@ -37,9 +46,12 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
     from ..interactive.automatic import AutoMaskSettings
 
     defaults = AutoMaskSettings()
-    command.add_argument("store", type=Path, help="feature store folder written by 'quicksam encode'")
-    command.add_argument("--output", type=Path, required=True, metavar="OUT.gpkg",
-                         help=OUTPUT_HELP + "; a stopped run is kept in OUT.partial.gpkg beside it")
+    command.add_argument("store", type=Path, nargs="+", metavar="STORE",
+                         help="feature store folder written by 'quicksam encode'; with --output-dir or "
+                              "--next-to-inputs: inputs (stores, rasters with their stores, folders, patterns)")
+    command.add_argument("--output", type=Path, metavar="OUT.gpkg",
+                         help=OUTPUT_HELP + "; a stopped run is kept in OUT.partial.gpkg beside it (required for one "
+                                            "STORE)")
     command.add_argument("--layer", default=SEGMENT_LAYER, help=LAYER_HELP)
     command.add_argument("--aoi", type=Path, metavar="FILE", help="polygon file: only tiles meeting it (any CRS)")
     command.add_argument("--extent", type=parse_box, metavar="XMIN,YMIN,XMAX,YMAX",
@@ -71,11 +83,14 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--overwrite", action="store_true",
                          help="replace --output (in a GeoPackage: only its layer --layer) if it exists and restart "
                               "an unfinished run with other settings")
+    add_batch_options(command, "objects file (<store>_objects.gpkg)", stores_dir=True)
+    add_cluster_options(command, "tiles are decoded")
     add_events_option(command)
 
 
 def _run_segment_all_algorithm(args: argparse.Namespace, events: EventWriter) -> Dict[str, object]:
     """Run quicksam:segmentall on args; its results. Cancellation (Ctrl+C) keeps finished tiles."""
+    from ..ui.algorithms.cluster_parameters import SCHEDULER, WORKERS
     from ..ui.algorithms.segment_all_algorithm import SegmentAllAlgorithm as Algorithm
 
     project = private_project()
@@ -105,6 +120,7 @@ def _run_segment_all_algorithm(args: argparse.Namespace, events: EventWriter) ->
         Algorithm.CROP_NMS_THRESH: args.crop_nms_thresh,
         Algorithm.CROP_N_POINTS_DOWNSCALE_FACTOR: args.crop_n_points_downscale_factor,
         Algorithm.OVERWRITE: args.overwrite, Algorithm.LAYER_NAME: args.layer, Algorithm.OUTPUT: str(args.output),
+        SCHEDULER: args.scheduler or "", WORKERS: args.workers,
     }
     results = run_algorithm("quicksam:segmentall", parameters, project, _tile_feedback(events))
     output = Path(results[Algorithm.OUTPUT])
@@ -148,13 +164,31 @@ def _tile_feedback(events: EventWriter) -> TileProgressFeedback:
     return EventFeedback()
 
 
+def one_store(args: argparse.Namespace) -> Path:
+    """The one STORE of a single run; QuickSamError (one line) for several, or no --output."""
+    if len(args.store) > 1:
+        raise QuickSamError(f"{len(args.store)} inputs given: add --output-dir DIR or --next-to-inputs to segment "
+                            "each (docs/batch.md), or give one STORE and --output")
+    if args.output is None:
+        raise QuickSamError("give --output OUT.gpkg (or --output-dir DIR / --next-to-inputs for many inputs)")
+    return args.store[0]
+
+
 def _cmd_segment_all(args: argparse.Namespace, events: EventWriter) -> int:
     """Check the output and the store, then segment everything in a headless QGIS."""
+    if is_batch(args):
+        from .segment_all_batch import run_segment_all_batch
+
+        return run_segment_all_batch(args, events)
+    args.store = one_store(args)
     args.output = check_segment_output(args.output, args.overwrite, args.layer).path
     if not args.store.exists():
         raise QuickSamError(f"the feature store '{args.store}' does not exist; encode the raster first "
                             "(quicksam encode RASTER STORE)")
     open_store_before_qgis(args.store)
+    if args.devices:
+        raise QuickSamError("--devices is for quicksam encode: segment-all decodes on the CPU; give --workers N")
+    cluster_settings(args)  # checked before QGIS starts
     if args.levels:  # a level the store has not is refused in a moment, not after QGIS has started
         from ..core.store import FeatureStore
         from ..interactive.segment_levels import select_levels

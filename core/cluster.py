@@ -92,7 +92,7 @@ def cluster_client(settings: ClusterSettings) -> Iterator[Client]:
             client = _connect(distributed, settings.scheduler)
         else:
             cluster = distributed.LocalCluster(n_workers=max(1, settings.workers), threads_per_worker=1,
-                                               processes=True, host="127.0.0.1", dashboard_address=None,
+                                               processes=True, host="127.0.0.1", dashboard_address=":0",
                                                silence_logs=logging.ERROR)
             client = distributed.Client(cluster)
         with client:

@@ -30,6 +30,8 @@ from .tile_index import write_levels_index
 from .tile_pipeline import CancelCheck, EncodeStats, ProgressCallback, ProgressEvent
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from .models import SegmentModel
 
 
@@ -115,8 +117,8 @@ def plan_levels(request: EncodeRequest, stretch: Optional[Stretch] = None) -> Li
 def encode_levels(request: EncodeRequest, progress: Optional[ProgressCallback] = None,
                   cancelled: Optional[CancelCheck] = None, model: Optional[SegmentModel] = None,
                   started: Optional[Callable[[FeatureStore, int], None]] = None, stretch: Optional[Stretch] = None,
-                  model_source: Optional[Callable[[], SegmentModel]] = None, series: bool = False
-                  ) -> Tuple[FeatureStore, EncodeStats]:
+                  model_source: Optional[Callable[[], SegmentModel]] = None, series: bool = False,
+                  client: Optional[Client] = None) -> Tuple[FeatureStore, EncodeStats]:
     """Encode (or finish, or add levels to) the store `request.store` at every level of `request.levels`.
 
     Returns the root store (the finest level) and the run's totals. `started(root, tiles_to_do)` is called
@@ -124,8 +126,11 @@ def encode_levels(request: EncodeRequest, progress: Optional[ProgressCallback] =
     tile ids are prefixed with its folder). The root store is locked for the whole run, each level while it
     is written. A series (encoder/series_pipeline.py) gives its shared `stretch` and `model_source` (the model
     built once for all frames) and `series=True`; any other run into a series store is refused (QuickSamError,
-    nothing written: it would change one frame only). Errors as `pipeline.encode_raster`.
+    nothing written: it would change one frame only). With a Dask `client` every level's tiles are encoded on
+    its workers (encoder/cluster_encode.py; a series is refused there). Errors as `pipeline.encode_raster`.
     """
+    if series and client is not None:
+        raise QuickSamError("a time series does not run on a Dask cluster yet; leave out --workers and --scheduler")
     if not series:
         refuse_series_store(Path(request.store))
     plans = plan_levels(request, stretch)   # bad input refused before anything is written
@@ -135,7 +140,7 @@ def encode_levels(request: EncodeRequest, progress: Optional[ProgressCallback] =
         if started is not None:
             started(stores[0], sum(len(store.pending_tiles()) for store in stores))
         index_before = _mtime(root / TILE_INDEX)
-        stats = _encode_each(plans, stores, progress, cancelled, model_source or _model_once(request, model))
+        stats = _encode_each(plans, stores, progress, cancelled, model_source or _model_once(request, model), client)
         encoded = FeatureStore.open(root)   # read again: each level was written through its own handle
         # the finest level's own run may rewrite the index with its tiles only: the root's lists every level again
         write_levels_index(encoded, level_stores(encoded), force=_mtime(root / TILE_INDEX) != index_before)
@@ -156,18 +161,21 @@ def _prepare_levels(plans: List[LevelPlan]) -> List[FeatureStore]:
 
 
 def _encode_each(plans: List[LevelPlan], stores: List[FeatureStore], progress: Optional[ProgressCallback],
-                 cancelled: Optional[CancelCheck], model_source: Callable[[], SegmentModel]) -> EncodeStats:
-    """Encode every level in turn (finest first); totals of the runs."""
+                 cancelled: Optional[CancelCheck], model_source: Callable[[], SegmentModel],
+                 client: Optional[Client] = None) -> EncodeStats:
+    """Encode every level in turn (finest first), here or on the cluster of `client`; totals of the runs."""
     total = sum(len(store.grid) for store in stores)
     stats, offset = EncodeStats(), 0
     for item, store in zip(plans, stores):
         level_progress = _offset_progress(progress, offset, total, item.folder)
         if item.folder == ".":
-            run = encode_planned(item.request, item.plan, level_progress, cancelled, model_source, None)[1]
+            run = encode_planned(item.request, item.plan, level_progress, cancelled, model_source, None,
+                                 client)[1]
         else:
             with store_lock(Path(item.request.store)), plain_write_errors(Path(item.request.store)):
                 share_decoder(stores[0], store)
-                run = encode_planned(item.request, item.plan, level_progress, cancelled, model_source, None)[1]
+                run = encode_planned(item.request, item.plan, level_progress, cancelled, model_source, None,
+                                 client)[1]
         _add(stats, run)
         offset += len(store.grid)
     return stats

@@ -22,6 +22,7 @@ from ..core.errors import QuickSamError
 from ..core.levels import level_grid
 from ..core.logger import LOGGER
 from ..core.manifest import (
+    ArrayLayout,
     CheckpointSection,
     DecoderSection,
     FeaturesSection,
@@ -51,6 +52,8 @@ from .tile_index import tile_index_is_current, write_tile_index, write_tile_inde
 from .tile_pipeline import CancelCheck, EncodeStats, ProgressCallback, TilePipeline, never_cancelled
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from .checkpoints import ResolvedCheckpoint
     from .models import SegmentModel
 
@@ -171,24 +174,48 @@ def prepare_store(request: EncodeRequest, plan: Optional[StorePlan] = None) -> T
     return store, Stretch(**dataclasses.asdict(store.manifest.preprocessing.stretch))
 
 
-def _complete_manifest(store: FeatureStore, model: SegmentModel) -> None:
+@dataclass(frozen=True)
+class ModelFacts:
+    """What only the built model knows, for the manifest: the feature arrays of a tile file, the decoder's
+    settings, and the SHA-256 of random weights (None for a checkpoint). Small and picklable: a Dask worker
+    that holds the model sends it to the coordinator (encoder/cluster_encode.py)."""
+
+    arrays: Tuple[ArrayLayout, ...]
+    decoder_settings: object
+    random_identity: Optional[str]
+
+
+def model_facts(model: SegmentModel, random_weights: bool) -> ModelFacts:
+    """The facts of a built model; its weights hashed only when they are random (`random_weights`)."""
+    arrays = tuple(feature_layout((s.name, s.shape) for s in model.feature_specs()))
+    return ModelFacts(arrays, model.decoder_settings, random_weights_identity(model) if random_weights else None)
+
+
+def complete_manifest(store: FeatureStore, facts: ModelFacts) -> None:
     """Fill in what only the built model knows (feature layout, decoder settings, random identity)."""
     old = store.manifest
     manifest = dataclasses.replace(
-        old, features=dataclasses.replace(old.features, arrays=feature_layout(
-            (s.name, s.shape) for s in model.feature_specs())),
-        decoder=dataclasses.replace(old.decoder, settings=model.decoder_settings))
-    if old.model.random_weights and not old.checkpoint.sha256:
+        old, features=dataclasses.replace(old.features, arrays=list(facts.arrays)),
+        decoder=dataclasses.replace(old.decoder, settings=facts.decoder_settings))
+    if old.model.random_weights and not old.checkpoint.sha256 and facts.random_identity:
         manifest = dataclasses.replace(manifest, checkpoint=dataclasses.replace(
-            old.checkpoint, sha256=random_weights_identity(model)))
+            old.checkpoint, sha256=facts.random_identity))
     if manifest != store.manifest:
         store.update_manifest(manifest)
 
 
+def _complete_manifest(store: FeatureStore, model: SegmentModel) -> None:
+    """`complete_manifest` with the facts of a model built in this process."""
+    complete_manifest(store, model_facts(model, store.manifest.model.random_weights
+                                         and not store.manifest.checkpoint.sha256))
+
+
 def encode_raster(request: EncodeRequest, progress: Optional[ProgressCallback] = None,
                   cancelled: Optional[CancelCheck] = None, model: Optional[SegmentModel] = None,
-                  started: Optional[Callable[[FeatureStore, int], None]] = None) -> Tuple[FeatureStore, EncodeStats]:
-    """Encode (or finish encoding) `request.raster` into `request.store`.
+                  started: Optional[Callable[[FeatureStore, int], None]] = None, client: Optional[Client] = None
+                  ) -> Tuple[FeatureStore, EncodeStats]:
+    """Encode (or finish encoding) `request.raster` into `request.store`; with a Dask `client`, the tiles are
+    encoded on its workers (encoder/cluster_encode.py).
 
     `started(store, tiles_to_do)` is called once the store is ready. A model may be passed in
     (benchmarks, tests); otherwise it is built from the request. The store is locked while this runs:
@@ -199,14 +226,17 @@ def encode_raster(request: EncodeRequest, progress: Optional[ProgressCallback] =
     refuse_series_store(Path(request.store))
     plan = plan_store(request)  # bad input is refused before anything is written, even a lock
     with store_lock(Path(request.store)), plain_write_errors(Path(request.store)):
-        return encode_planned(request, plan, progress, cancelled, (lambda: model) if model else None, started)
+        return encode_planned(request, plan, progress, cancelled, (lambda: model) if model else None, started,
+                              client)
 
 
 def encode_planned(request: EncodeRequest, plan: StorePlan, progress: Optional[ProgressCallback],
                    cancelled: Optional[CancelCheck], model_source: Optional[Callable[[], SegmentModel]],
-                   started: Optional[Callable[[FeatureStore, int], None]]) -> Tuple[FeatureStore, EncodeStats]:
+                   started: Optional[Callable[[FeatureStore, int], None]], client: Optional[Client] = None
+                   ) -> Tuple[FeatureStore, EncodeStats]:
     """`encode_raster` of a planned store whose lock the caller holds; `model_source()` gives the model
-    when one is needed (None: built from the request)."""
+    when one is needed (None: built from the request). With a Dask `client` the pending tiles are encoded
+    on its workers and no model is built here (`cluster_encode.encode_on_cluster`)."""
     progress = progress or (lambda event: None)
     cancelled = cancelled or never_cancelled
     store, stretch = prepare_store(request, plan)
@@ -214,6 +244,11 @@ def encode_planned(request: EncodeRequest, plan: StorePlan, progress: Optional[P
     pending = store.pending_tiles()
     if started is not None:
         started(store, len(pending))
+    if client is not None:
+        from .cluster_encode import encode_on_cluster
+
+        stats = encode_on_cluster(client, request, store, stretch, pending, needs_decoder, progress, cancelled)
+        return store, stats
     stats = EncodeStats()
     if pending or needs_decoder or not store.manifest.features.arrays:
         build_started = time.perf_counter()
@@ -225,17 +260,24 @@ def encode_planned(request: EncodeRequest, plan: StorePlan, progress: Optional[P
     if pending:
         LOGGER.info("encoding %d of %d tiles into %s", len(pending), len(store.grid), store.root)
         pipeline = TilePipeline(store, model, request.raster, stretch, request.batch_size, progress, cancelled)
-        try:
-            run_stats = pipeline.run(pending)
-        except BaseException:
-            write_tile_index_if_possible(store)
-            raise
-        write_tile_index(store)
+        run_stats = run_writing_index(store, lambda: pipeline.run(pending))
         run_stats.model_build_seconds = stats.model_build_seconds
         stats = run_stats
     elif not tile_index_is_current(store):
         write_tile_index(store)
     return store, stats
+
+
+def run_writing_index(store: FeatureStore, run: Callable[[], EncodeStats]) -> EncodeStats:
+    """`run()` (encoding the pending tiles), then the tile index; the index is written also when the run
+    fails or is cancelled (as far as it can be), before the error goes on."""
+    try:
+        stats = run()
+    except BaseException:
+        write_tile_index_if_possible(store)
+        raise
+    write_tile_index(store)
+    return stats
 
 
 def verify_kept_work(store: FeatureStore) -> bool:

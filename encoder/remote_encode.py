@@ -31,6 +31,8 @@ from .pipeline import EncodeRequest
 from .tile_pipeline import CancelCheck, EncodeStats, ProgressCallback, ProgressEvent
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from .models import SegmentModel
 
 #: Inside a working copy's folder: which URL it mirrors, the store's control files, the coordinator's lock.
@@ -99,8 +101,10 @@ def _pushing(progress: Optional[ProgressCallback], pusher: ControlPusher) -> Pro
 def encode_to_url(request: EncodeRequest, url: str, work_dir: Optional[Path] = None,
                   progress: Optional[ProgressCallback] = None, cancelled: Optional[CancelCheck] = None,
                   started: Optional[Callable[[FeatureStore, int], None]] = None,
-                  model: Optional[SegmentModel] = None) -> Tuple[FeatureStore, EncodeStats]:
+                  model: Optional[SegmentModel] = None, client: Optional[Client] = None
+                  ) -> Tuple[FeatureStore, EncodeStats]:
     """Encode (or resume) `request.raster` into the store at `url`, as `encode_levels` does into a folder.
+    With a Dask `client` the workers write the tiles into the URL (encoder/cluster_encode.py).
     Returns the working copy's store (its control files equal the URL's) and the run's totals. QuickSamError in
     one line for a URL that cannot be opened or written (a missing protocol package names what to install),
     LockBusy when another run on this machine coordinates the same URL, Cancelled / KeyboardInterrupt as a
@@ -110,7 +114,7 @@ def encode_to_url(request: EncodeRequest, url: str, work_dir: Optional[Path] = N
         local = dataclasses.replace(request, store=store_root)
         try:
             result = encode_levels(local, progress=_pushing(progress, pusher), cancelled=cancelled,
-                                   started=started, model=model)
+                                   started=started, model=model, client=client)
         except StoreError as exc:   # said of the working copy: say it of the URL
             _push_after_failure(pusher)
             raise StoreError(str(exc).replace(f"'{store_root}", f"'{url}")) from exc

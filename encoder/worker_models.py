@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from .pipeline import EncodeRequest
 
 _KEY = "encoder-model"
+#: How many models this worker has built (in its `worker_cache`): one per worker and model, whatever the tasks.
+BUILDS_KEY = "encoder-model-builds"
 
 
 def model_key(request: EncodeRequest, device: str) -> Tuple[Hashable, ...]:
@@ -44,4 +46,5 @@ def cached_model(request: EncodeRequest) -> SegmentModel:
     if held is None or held[0] != key:
         cache.pop(_KEY, None)   # free the old model before the new one is built
         cache[_KEY] = (key, load_model_for(dataclasses.replace(request, device=device)))
+        cache[BUILDS_KEY] = cache.get(BUILDS_KEY, 0) + 1
     return cache[_KEY][1]

@@ -3,7 +3,8 @@
 
 The run, in one place; each step has its own module:
 - which tiles: `tile_selection.tiles_to_process` (the encoded tiles meeting an area of interest);
-- each tile's masks: `mask_generator.tile_masks` (SAM's automatic mask generator on the cached features);
+- each tile's masks: `mask_generator.tile_masks` (SAM's automatic mask generator on the cached features), in
+  this process or on a Dask cluster's workers (`cluster_tiles`), merged here in the same order either way;
 - tile borders: `tile_merge.assign_masks` (the ownership rule) and `border_merge.BorderMerge` (the
   streamed cross-tile merge) decide what the tile writes now and what waits for its neighbours
   (docs/segment-everything.md states the rule);
@@ -21,9 +22,10 @@ into an existing GeoPackage as one layer, keeping the others) and the run file i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..core.diskspace import DiskFull, disk_full_error, is_disk_full
 from ..core.errors import Cancelled, QuickSamError
@@ -32,6 +34,7 @@ from ..core.locking import LockHolder, command_name, exclusive_lock, holder_text
 from ..core.store import FeatureStore
 from ..core.tiling import Tile
 from .border_merge import BorderMerge
+from .cluster_tiles import cluster_tile_masks
 from .engine import SegmentEngine
 from .filter_counts import FilterCounts
 from .gdal_errors import with_gdal_return_codes
@@ -61,6 +64,9 @@ from .segment_levels import LevelRunFile, SegmentLevel, merge_levels_in_run, pla
 from .tile_merge import TileMask, assign_masks, tile_regions
 from .tile_selection import tiles_to_process
 from .vectorise import Polygons, mask_to_polygons
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 __all__ = ["COMMAND_LINE_OVERWRITE", "OUTPUT_LAYER", "AutoMaskSettings", "MaskVectoriser", "SegmentAllProgress",
            "SegmentAllResult", "lock_path", "partial_path", "run_identity", "segment_everything",
@@ -130,6 +136,9 @@ class _Tally:
     done: int
     total: int
 
+    def stop_if_cancelled(self, cancelled: Optional[Callable[[], bool]]) -> None:
+        _stop_if_cancelled(cancelled, self.done, self.total)
+
 
 def run_identity(levels: Sequence[SegmentLevel], settings: AutoMaskSettings) -> dict:
     """What must be equal for a run to resume: the store's content, the settings, the levels and their tiles."""
@@ -197,7 +206,7 @@ def segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSett
                        cancelled: Optional[Callable[[], bool]] = None,
                        engine: Optional[SegmentEngine] = None, layer: str = OUTPUT_LAYER,
                        how_to_overwrite: str = PYTHON_OVERWRITE,
-                       levels: Optional[Sequence[float]] = None) -> SegmentAllResult:
+                       levels: Optional[Sequence[float]] = None, client: Optional[Client] = None) -> SegmentAllResult:
     """Automatic masks for every encoded tile (or those meeting `area_wkbs`), merged across tile borders,
     written to `output` (any vector format by its extension, raster CRS; in a GeoPackage the layer
     `layer`, next to the file's other layers, which are kept). Resumes an unfinished run with the same
@@ -207,7 +216,8 @@ def segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSett
     On a multi-scale store every level is segmented (or those of `levels`: factors of the finest level's
     pixel, as `quicksam encode --levels`; QuickSamError for a level the store has not), then objects are
     merged across levels (level_merge.py). `engine` (optional) decodes the level of `store` itself; the
-    other levels get engines sharing its decoder.
+    other levels get engines sharing its decoder. With `client` (a `distributed.Client`, core/cluster.py) the
+    tiles are decoded on its cluster's workers and merged here in the same order: the same objects.
 
     One run at a time builds `output`: LockBusy names the other. A full disk stops the run with DiskFull
     (about how much more room it needs); its finished tiles are kept and the same call resumes."""
@@ -217,7 +227,7 @@ def segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSett
     with exclusive_lock(lock_path(output), command_name(), busy):
         try:
             return _segment_everything(store, output, settings, area_wkbs, overwrite, progress, cancelled, engine,
-                                       layer, how_to_overwrite, levels)
+                                       layer, how_to_overwrite, levels, client)
         except Exception as exc:
             if isinstance(exc, DiskFull) or not is_disk_full(exc):
                 raise
@@ -253,7 +263,7 @@ def _segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSet
                         progress: Optional[Callable[[SegmentAllProgress], None]],
                         cancelled: Optional[Callable[[], bool]],
                         engine: Optional[SegmentEngine], layer: str, how_to_overwrite: str,
-                        levels: Optional[Sequence[float]]) -> SegmentAllResult:
+                        levels: Optional[Sequence[float]], client: Optional[Client]) -> SegmentAllResult:
     """`segment_everything` once its lock is held: the output is checked again (another run may have
     finished it meanwhile)."""
     destination = _checked_output(output, layer, overwrite, how_to_overwrite)
@@ -267,7 +277,7 @@ def _segment_everything(store: FeatureStore, output: Path, settings: AutoMaskSet
            else RunFile.create(work, store.crs_wkt, identity))
     counts = FilterCounts()
     try:
-        resumed = _segment_levels(run, plan, engine, progress, cancelled, counts)
+        resumed = _segment_levels(run, plan, engine, progress, cancelled, counts, client)
         duplicates = merge_levels_in_run(run, plan, settings.crop_nms_thresh)
         objects, merged_objects = run.object_count(), run.object_count(joined=True)
     finally:
@@ -288,10 +298,12 @@ def _checked_output(output: Path, layer: str, overwrite: bool, how_to_overwrite:
 
 def _segment_levels(run: RunFile, plan: Sequence[SegmentLevel], engine: Optional[SegmentEngine],
                     progress: Optional[Callable[[SegmentAllProgress], None]],
-                    cancelled: Optional[Callable[[], bool]], counts: FilterCounts) -> int:
+                    cancelled: Optional[Callable[[], bool]], counts: FilterCounts,
+                    client: Optional[Client] = None) -> int:
     """Segment each level's tiles that `run` has not finished, finest level first; the number of tiles it had
     finished before (resumed). `engine` (if given) decodes its own store's level; the others share its
-    decoder (one ONNX session: every level was encoded by the same model)."""
+    decoder (one ONNX session: every level was encoded by the same model). With `client`, the tiles are decoded
+    on its Dask cluster (cluster_tiles.py) and no engine is opened here."""
     finished = run.finished_tiles()
     tally = _Tally(sum(1 for level in plan for tile_id in level.tile_ids() if tile_id in finished),
                    sum(len(level.tiles) for level in plan))
@@ -300,31 +312,52 @@ def _segment_levels(run: RunFile, plan: Sequence[SegmentLevel], engine: Optional
     for level in plan:
         if all(tile_id in finished for tile_id in level.tile_ids()):
             continue
+        level_run = LevelRunFile(run, level.prefix)
+        if client is not None:
+            stop = functools.partial(tally.stop_if_cancelled, cancelled)
+            source = functools.partial(cluster_tile_masks, client, level.store, settings=level.settings,
+                                       counts=counts, cancelled=cancelled, stop=stop)
+            _segment_tiles(level_run, level, source, progress, counts, tally)
+            continue
         if engine is not None and engine.store.root == level.store.root:
             level_engine = engine
         else:
             level_engine = SegmentEngine(level.store, cache_tiles=1, decoder=decoder)
         decoder = level_engine.decoder
-        _segment_tiles(LevelRunFile(run, level.prefix), level, level_engine, progress, cancelled, counts, tally)
+        source = _process_source(level_run, level, level_engine, progress, cancelled, counts, tally)
+        _segment_tiles(level_run, level, source, progress, counts, tally)
     return resumed
 
 
-def _segment_tiles(run: LevelRunFile, level: SegmentLevel, engine: SegmentEngine,
-                   progress: Optional[Callable[[SegmentAllProgress], None]],
-                   cancelled: Optional[Callable[[], bool]], counts: FilterCounts, tally: _Tally) -> None:
-    """Segment the `level`'s tiles that `run` (the level's view of the run file) has not finished, each
-    committed on its own, counted in `tally`. Cancelled when `cancelled()` turns true (checked before each
-    tile and between batches of points); QuickSamError if pieces are left. What the filters drop goes to
-    `counts`."""
+#: Where a level's masks come from: given the tiles to do, (tile, its masks) for each, in their order.
+MaskSource = Callable[[Sequence[Tile]], Iterator[Tuple[Tile, List[TileMask]]]]
+
+
+def _process_source(run: LevelRunFile, level: SegmentLevel, engine: SegmentEngine,
+                    progress: Optional[Callable[[SegmentAllProgress], None]], cancelled: Optional[Callable[[], bool]],
+                    counts: FilterCounts, tally: _Tally) -> MaskSource:
+    """Masks decoded in this process by `engine`, one tile at a time when its turn comes; Cancelled before a
+    tile and between its batches of points; progress after each batch."""
+    def masks(tiles: Sequence[Tile]) -> Iterator[Tuple[Tile, List[TileMask]]]:
+        for tile in tiles:
+            _stop_if_cancelled(cancelled, tally.done, tally.total)
+            batch_done = _batch_reporter(run, level.prefix + tile.tile_id, tally, progress, cancelled)
+            yield tile, tile_masks(engine.decoder, engine.cache.get(tile.tile_id), tile, level.settings,
+                                   engine.valid_masks.get(tile), counts, batch_done)
+    return masks
+
+
+def _segment_tiles(run: LevelRunFile, level: SegmentLevel, source: MaskSource,
+                   progress: Optional[Callable[[SegmentAllProgress], None]], counts: FilterCounts,
+                   tally: _Tally) -> None:
+    """Segment the `level`'s tiles that `run` (the level's view of the run file) has not finished, in the
+    level's order, their masks from `source`; each committed on its own, counted in `tally`. QuickSamError if
+    pieces are left. What the filters drop goes to `counts`."""
     done = run.finished_tiles()
     merge = BorderMerge(tile_regions(list(level.store.grid.regular_tiles), {tile.tile_id for tile in level.tiles}))
     vectoriser = MaskVectoriser(level.store, level.settings, run.next_id(), counts, level.prefix)
-    for tile in level.tiles:
-        if tile.tile_id in done:
-            continue
-        _stop_if_cancelled(cancelled, tally.done, tally.total)
-        batch_done = _batch_reporter(run, level.prefix + tile.tile_id, tally, progress, cancelled)
-        _segment_tile(run, engine, merge, vectoriser, level.settings, tile, done, batch_done)
+    for tile, masks in source([tile for tile in level.tiles if tile.tile_id not in done]):
+        _commit_tile(run, merge, vectoriser, tile, masks, done)
         done.add(tile.tile_id)
         tally.done += 1
         if progress is not None:
@@ -354,13 +387,10 @@ def _stop_if_cancelled(cancelled: Optional[Callable[[], bool]], done: int, total
         raise Cancelled(f"stopped after {done} of {total} tiles; run the same command again to resume")
 
 
-def _segment_tile(run: LevelRunFile, engine: SegmentEngine, merge: BorderMerge, vectoriser: MaskVectoriser,
-                  settings: AutoMaskSettings, tile: Tile, done: Set[str],
-                  batch_done: Callable[[int, int], None]) -> None:
-    """One tile's masks, its objects and the merge step it allows, committed together (`done`: the tiles
-    finished before it; `batch_done` as `tile_masks` calls it)."""
-    masks = tile_masks(engine.decoder, engine.cache.get(tile.tile_id), tile, settings, engine.valid_masks.get(tile),
-                       vectoriser.counts, batch_done)
+def _commit_tile(run: LevelRunFile, merge: BorderMerge, vectoriser: MaskVectoriser, tile: Tile,
+                 masks: List[TileMask], done: Set[str]) -> None:
+    """One tile's objects and the merge step it allows, committed together (`done`: the tiles finished before
+    it; `masks` its masks as `tile_masks` gives them)."""
     assignment = assign_masks(merge.regions[tile.tile_id], masks)
     with run.transaction():
         run.write_objects(vectoriser.objects((mask, (tile.tile_id,)) for mask in assignment.complete))

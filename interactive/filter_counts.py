@@ -84,6 +84,23 @@ class FilterCounts:
             return False
         return True
 
+    def add(self, other: FilterCounts, iou_threshold: float, stability_threshold: float) -> None:
+        """Add the counts of `other` (a later part of the same run, e.g. a tile decoded on a cluster worker, with
+        the same thresholds), as if its candidates had been counted here after this run's own."""
+        for name in ("points", "points_on_nodata", "candidates", "below_iou", "below_stability", "empty",
+                     "duplicates", "small_regions", "too_small", "too_large"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.best_iou = _higher(self.best_iou, other.best_iou)
+        self.best_stability = _higher(self.best_stability, other.best_stability)
+        self.largest_too_small = _higher(self.largest_too_small, other.largest_too_small)
+        if other.smallest_too_large is not None:
+            self.smallest_too_large = (other.smallest_too_large if self.smallest_too_large is None
+                                       else min(self.smallest_too_large, other.smallest_too_large))
+        if other.nearest is not None and (self.nearest is None or _lowering(other.nearest, iou_threshold,
+                                                                            stability_threshold)
+                                          < _lowering(self.nearest, iou_threshold, stability_threshold)):
+            self.nearest = other.nearest
+
     def nearest_thresholds(self, iou_threshold: float, stability_threshold: float
                            ) -> Optional[Tuple[float, float]]:
         """(predicted IoU, stability) thresholds, each the current one or lower, rounded down to 0.01, that let

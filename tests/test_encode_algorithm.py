@@ -102,7 +102,7 @@ def test_parameters_and_defaults(algorithm):
     names = [p.name() for p in algorithm.parameterDefinitions()]
     assert names == ["INPUT", "RED_BAND", "GREEN_BAND", "BLUE_BAND", "BANDS", "EXTENT", "FRAMES", "FRAMES_FROM_BANDS",
                      "FRAME_DATES", "DATE_PATTERN", "MODEL", "CHECKPOINT", "RANDOM_WEIGHTS", "RESOLUTION", "LEVELS",
-                     "OVERLAP", "BATCH_SIZE", "DEVICE", "TILE_SIZE", "OUTPUT"]
+                     "OVERLAP", "BATCH_SIZE", "DEVICE", "TILE_SIZE", "WORKERS", "SCHEDULER", "OUTPUT"]
     param = algorithm.parameterDefinition
 
     for name in ("RED_BAND", "GREEN_BAND", "BLUE_BAND"):
@@ -140,9 +140,12 @@ def test_parameters_and_defaults(algorithm):
     advanced = QgsProcessingParameterDefinition.Flag.FlagAdvanced
     assert {n for n in names if is_set(n, optional)} == {"RED_BAND", "GREEN_BAND", "BLUE_BAND", "BANDS", "EXTENT",
                                                          "CHECKPOINT", "OVERLAP", "OUTPUT", "RESOLUTION",
-                                                         "LEVELS", "FRAMES", "FRAME_DATES", "DATE_PATTERN"}
+                                                         "LEVELS", "FRAMES", "FRAME_DATES", "DATE_PATTERN",
+                                                         "SCHEDULER"}
     assert {n for n in names if is_set(n, advanced)} == {"RANDOM_WEIGHTS", "BATCH_SIZE", "DEVICE",
-                                                         "TILE_SIZE", "FRAME_DATES", "DATE_PATTERN"}
+                                                         "TILE_SIZE", "FRAME_DATES", "DATE_PATTERN",
+                                                         "WORKERS", "SCHEDULER"}
+    assert (param("WORKERS").defaultValue(), param("WORKERS").minimum()) == (0, 0)
     assert all(param(n).help() for n in names), "every parameter has help"
 
 

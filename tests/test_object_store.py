@@ -121,6 +121,23 @@ def encoded(s3, raster, tmp_path_factory) -> Dict[str, object]:
     return {"url": url, "stdout": result.stdout, "local": folder / "local.qsam"}
 
 
+def assert_same_features(pulled: Path, local: Path):
+    """The pulled store passes the CRC-32 check, is complete, logs the local store's tiles with the same statuses,
+    and its features equal the local store's within one float16 step (rtol 2e-3: the same model and input in the
+    same kind of process; never compared bitwise). Returns it open."""
+    from quicksam.core.store import FeatureStore
+
+    store, reference = FeatureStore.open(pulled), FeatureStore.open(local)
+    assert store.verify_tiles() == {} and store.summary()["complete"]
+    assert {t: r.status for t, r in store.records().items()} == {t: r.status for t, r in reference.records().items()}
+    for tile in reference.grid:
+        ours, theirs = store.load_tile(tile.tile_id), reference.load_tile(tile.tile_id)
+        for name in theirs:
+            np.testing.assert_allclose(np.asarray(ours[name], np.float32), np.asarray(theirs[name], np.float32),
+                                       rtol=2e-3, atol=1e-3)
+    return store
+
+
 def test_an_encode_into_s3_writes_every_tile_and_pulls_into_the_local_encodes_store(s3, encoded, tmp_path):
     """Every tile object and control file reaches the bucket; the pulled store's features equal a local encode's
     (the same model and input in the same kind of process: nearly exact; compared within one float16 step,
@@ -139,14 +156,7 @@ def test_an_encode_into_s3_writes_every_tile_and_pulls_into_the_local_encodes_st
 
     pulled = _run(["pull", url, tmp_path / "pulled"], s3, tmp_path)
     assert pulled.returncode == 0, pulled.stderr
-    store = FeatureStore.open(tmp_path / "pulled")
-    assert store.verify_tiles() == {} and store.summary()["complete"]
-    assert {t: r.status for t, r in store.records().items()} == {t: r.status for t, r in reference.records().items()}
-    for tile in reference.grid:
-        ours, theirs = store.load_tile(tile.tile_id), reference.load_tile(tile.tile_id)
-        for name in theirs:
-            np.testing.assert_allclose(np.asarray(ours[name], np.float32), np.asarray(theirs[name], np.float32),
-                                       rtol=2e-3, atol=1e-3)
+    store = assert_same_features(tmp_path / "pulled", encoded["local"])
     segments = SegmentEngine(store).segment(MapPrompts(points=(pixel_to_map_default(90, 100),), labels=(1,)))
     assert isinstance(segments, list)
     info = _run(["info", url], s3, tmp_path)
@@ -261,3 +271,4 @@ def test_the_remote_writer_gives_the_local_writers_records_and_a_bound_store_che
         first = TileGrid.build(100, 90, 64, 16).tiles[0]
         assert "missing" in check(first, TileRecord(first.tile_id, "done", 1, 1.0))
     assert remote_tile_check(tmp_path / "working", layout, np.dtype("float16")) is None   # unbound: a local store
+

@@ -17,7 +17,7 @@ from ..i18n import tr
 
 ICONS = ICONS_DIR
 #: The guide of each algorithm (by `name()`), in the docs/ folder shipped inside the installed plugin.
-HELP_FILES = {"encoderaster": "encoding.md", "segmentprompts": "segmenting.md",
+HELP_FILES = {"encoderaster": "encoding.md", "encoderasters": "encoding.md", "segmentprompts": "segmenting.md",
               "segmentall": "segment-everything.md", "trackobjects": "time-series.md"}
 GROUP_NAMES = {"encoding": "Encoding", "segmentation": "Segmentation"}
 #: Expression-context variable set by the `quicksam` command on the algorithm runs it starts: messages then

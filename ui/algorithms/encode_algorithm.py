@@ -8,6 +8,7 @@ Python process (QGIS's own Python never imports torch) and maps its JSON progres
 from __future__ import annotations
 
 import shlex
+from dataclasses import asdict
 from typing import Any, Dict, List, Optional, Tuple
 
 from qgis.core import (
@@ -17,21 +18,14 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputVectorLayer,
     QgsProcessingParameterBand,
-    QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFolderDestination,
-    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterString,
     QgsRasterLayer,
 )
 
-from ...core.catalogue import MODELS
-from ...core.defaults import DEFAULT_MODEL, DEFAULT_TILE_SIZE, default_overlap
 from ...core.errors import Cancelled, EncoderEnvironmentError, QuickSamError
-from ...core.levels import parse_factors
 from ...encoder.subprocess_runner import DEFAULT_MODULE, encoder_command, run_encoder_process
 from ..i18n import tr as _tr
 from ..layer_sources import encoder_source
@@ -53,10 +47,18 @@ from .encode_outputs import (
     wants_default_store,
 )
 from .encode_series import add_series_parameters, series_choice, with_series
-from .encoder_events import CLI_ERROR_LINE, EncoderEventReporter, in_dialog_words, record_environment_failure
+from .encode_settings import (  # noqa: F401 - MODEL_NAMES and DEVICES: the enums' options, which scripts import here
+    DEVICES,
+    MODEL_NAMES,
+    add_cluster_parameters,
+    add_level_parameters,
+    add_model_parameters,
+    add_tile_parameters,
+    encode_settings,
+    resolution_choice,
+)
+from .encoder_events import EncoderEventReporter, in_dialog_words, record_environment_failure, words_for
 
-MODEL_NAMES: List[str] = list(MODELS)
-DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 MAX_BANDS = 3
 
 class EncodeRasterAlgorithm(QuickSamAlgorithm):
@@ -81,6 +83,8 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
     TILE_SIZE = "TILE_SIZE"
     RESOLUTION = "RESOLUTION"
     LEVELS = "LEVELS"
+    WORKERS = "WORKERS"
+    SCHEDULER = "SCHEDULER"
     OUTPUT = "OUTPUT"
     TILE_INDEX = "TILE_INDEX"
 
@@ -121,8 +125,11 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             "goes beside the raster as <i>raster name</i>.qsam, where the Segment tool finds it (or, when "
             "that folder cannot be written, into the folder set in QuickSAM's settings).</p>"
             "<p>Advanced: <b>random weights</b> (seeded, for tests and demos; recorded in the store), "
-            "<b>batch size</b>, <b>device</b> (auto picks CUDA or MPS when available) and <b>tile "
-            "size</b> (0 = the model's native 1024 px).</p>"
+            "<b>batch size</b>, <b>device</b> (auto picks CUDA or MPS when available), <b>tile "
+            "size</b> (0 = the model's native 1024 px), <b>worker processes</b> (a Dask cluster of that many "
+            "processes on this machine, each loading the model once; 0 = the encoder process alone) and "
+            "<b>Dask scheduler</b> (tcp://HOST:8786 of an existing cluster whose workers see the raster and the "
+            "store at the same paths).</p>"
             "<p>Outputs: the feature store folder and its tile index (a GeoPackage of tile "
             "footprints, added to the project when the dialog runs the algorithm). The store is remembered "
             "for the raster's layers, so the Segment tool uses it.</p>"
@@ -136,8 +143,10 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:
         self._add_raster_parameters()
         add_series_parameters(self)
-        self._add_model_parameters()
-        self._add_run_parameters()
+        add_model_parameters(self)
+        add_level_parameters(self)
+        add_tile_parameters(self)
+        add_cluster_parameters(self)
         self._add(QgsProcessingParameterFolderDestination(
             self.OUTPUT, _tr("Feature store (default: beside the raster)"), optional=True),
             _tr("Folder of the feature store. An existing store of the same raster and model is resumed; one "
@@ -166,56 +175,6 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
         self._add(QgsProcessingParameterExtent(self.EXTENT, _tr("Extent to encode"), optional=True),
                   _tr("Only tiles covering this area are encoded; it is transformed to the raster's "
                       "CRS. Default: the whole raster."))
-
-    def _add_model_parameters(self) -> None:
-        self._add(QgsProcessingParameterEnum(
-            self.MODEL, _tr("Model"), options=MODEL_NAMES,
-            defaultValue=MODEL_NAMES.index(DEFAULT_MODEL)),
-            _tr("The Segment Anything model. {models}.").format(
-                models="; ".join(f"{name}: {spec.description}" for name, spec in MODELS.items())))
-        self._add(QgsProcessingParameterString(
-            self.CHECKPOINT, _tr("Checkpoint (empty = the model's official weights)"),
-            defaultValue="", optional=True),
-            _tr("Empty: the model's official checkpoint, downloaded into the user cache if missing. "
-                "Otherwise a checkpoint file path or a registered checkpoint name."))
-        self._add(QgsProcessingParameterBoolean(
-            self.RANDOM_WEIGHTS, _tr("Use seeded random weights (testing and demos only)"),
-            defaultValue=False),
-            _tr("Build the model with seeded random weights instead of a checkpoint: fast to set up, "
-                "useless for real segmentation. The store records it."), advanced=True)
-
-    def _add_run_parameters(self) -> None:
-        self._add(QgsProcessingParameterNumber(
-            self.RESOLUTION, _tr("Ground resolution (map units/pixel)"),
-            QgsProcessingParameterNumber.Type.Double, defaultValue=None, optional=True, minValue=0),
-            _tr("Pixel size of the finest level, in the raster CRS's units; empty: the raster's own. Coarser than "
-                "the raster's pixels is read with averaging (the file's overviews where it has them)."))
-        self._add(QgsProcessingParameterString(
-            self.LEVELS, _tr("Levels (e.g. 1,4,16)"), defaultValue="1",
-            optional=True),
-            _tr("Factors of the finest level's pixel size, one level each, each its own tile grid; objects "
-                "larger than a tile are segmented on a coarser level. Run again with more factors to add levels "
-                "to a store."))
-        self._add(QgsProcessingParameterNumber(
-            self.OVERLAP, _tr("Tile overlap (pixels, empty = a quarter of the tile size)"),
-            QgsProcessingParameterNumber.Type.Integer, defaultValue=None, optional=True, minValue=0, maxValue=1023),
-            _tr("Pixels shared by neighbouring tiles; objects up to this size on a tile edge are "
-                "still whole in some tile. Must be smaller than the tile size. Empty: a quarter of the "
-                "tile size (256 px for the native 1024 px tiles)."))
-        self._add(QgsProcessingParameterNumber(
-            self.BATCH_SIZE, _tr("Batch size (tiles encoded together)"),
-            QgsProcessingParameterNumber.Type.Integer, defaultValue=1, minValue=1),
-            _tr("Tiles sent to the model at once; larger batches can be faster on a GPU and need "
-                "more memory."), advanced=True)
-        self._add(QgsProcessingParameterEnum(
-            self.DEVICE, _tr("Device"), options=list(DEVICES), defaultValue=0),
-            _tr("Where the model runs: auto (CUDA or MPS when available, else CPU), cpu, cuda or "
-                "mps."), advanced=True)
-        self._add(QgsProcessingParameterNumber(
-            self.TILE_SIZE, _tr("Tile size (pixels, 0 = the model's native 1024)"),
-            QgsProcessingParameterNumber.Type.Integer, defaultValue=0, minValue=0),
-            _tr("Side of the square tiles in pixels. 0 uses the model's native 1024 px; smaller "
-                "tiles are only for tests."), advanced=True)
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -255,43 +214,15 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
             if not rect.isNull():
                 extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
         # a file, a COG over HTTP, or an XYZ/WMTS/WMS layer (WMS read at RESOLUTION)
-        raster, extent = encoder_source(layer, extent, self._resolution(parameters, context))
+        raster, extent = encoder_source(layer, extent, resolution_choice(self, parameters, context))
         series = series_choice(self, parameters, context, layer)
         bands = [] if series.from_bands else self._bands(parameters, context, layer)
         raster = series.frames[0] if series.is_series else raster
-        checkpoint = (self.parameterAsString(parameters, self.CHECKPOINT, context) or "").strip()
-        random_weights = self.parameterAsBoolean(parameters, self.RANDOM_WEIGHTS, context)
-        if checkpoint and random_weights:
-            raise QgsProcessingException(
-                _tr("Choose either a checkpoint or random weights, not both: clear CHECKPOINT or "
-                    "untick RANDOM_WEIGHTS."))
-        tile_size = self.parameterAsInt(parameters, self.TILE_SIZE, context)
-        overlap = self._overlap(parameters, context, tile_size or DEFAULT_TILE_SIZE)
-        model = MODEL_NAMES[self.parameterAsEnum(parameters, self.MODEL, context)]
-        store = self._store(parameters, context, raster, model)
-        args = build_encode_args(
-            raster, store, model=model, bands=bands, extent=extent, checkpoint=checkpoint,
-            random_weights=random_weights, overlap=overlap,
-            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
-            tile_size=tile_size, resolution=self._resolution(parameters, context),
-            levels=self._levels(parameters, context))
+        chosen = encode_settings(self, parameters, context)
+        store = self._store(parameters, context, raster, chosen.model)
+        args = build_encode_args(raster, store, bands=bands, extent=extent, **asdict(chosen))
         args = with_series(args, series)
         return EncoderJob(args=args, python=encoder_python(), store=store, raster=raster)
-
-    def _resolution(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> Optional[float]:
-        """RESOLUTION in map units per pixel, or None when it is empty or 0 (the raster's own)."""
-        if not is_given(parameters.get(self.RESOLUTION)):
-            return None
-        return self.parameterAsDouble(parameters, self.RESOLUTION, context) or None
-
-    def _levels(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> Tuple[float, ...]:
-        """LEVELS as factors (default one level); QgsProcessingException saying what is expected."""
-        text = (self.parameterAsString(parameters, self.LEVELS, context) or "").strip() or "1"
-        try:
-            return parse_factors(text)
-        except ValueError as exc:
-            raise QgsProcessingException(str(exc)) from None
 
     def _store(self, parameters: Dict[str, Any], context: QgsProcessingContext, raster: str, model: str) -> str:
         """The OUTPUT folder, or when it names none of the user's (empty, Processing's temporary folder) the
@@ -299,19 +230,6 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
         if wants_default_store(parameters.get(self.OUTPUT)):
             return str(default_store(raster, model))
         return self.parameterAsString(parameters, self.OUTPUT, context)
-
-    def _overlap(self, parameters: Dict[str, Any], context: QgsProcessingContext, tile_size: int) -> int:
-        """OVERLAP in pixels, or when it is not given `default_overlap(tile_size)`; QgsProcessingException
-        when it is not smaller than the tile."""
-        if is_given(parameters.get(self.OVERLAP)):
-            overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
-        else:
-            overlap = default_overlap(tile_size)
-        if overlap >= tile_size:
-            raise QgsProcessingException(
-                _tr("The overlap ({overlap} px) must be smaller than the tile size ({tile} px).")
-                .format(overlap=overlap, tile=tile_size))
-        return overlap
 
     def _bands(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                layer: QgsRasterLayer) -> List[int]:
@@ -375,9 +293,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
     @staticmethod
     def _words(message: str, context: QgsProcessingContext) -> str:
         """The encoder's message as the dialog's words, or as is (without its prefix) for the `quicksam` command."""
-        if started_by_command_line(context):
-            return CLI_ERROR_LINE.sub("", message)
-        return in_dialog_words(message)
+        return words_for(message, started_by_command_line(context))
 
     def postProcessAlgorithm(self, context: QgsProcessingContext,
                              feedback: QgsProcessingFeedback) -> Dict[str, Any]:

@@ -20,28 +20,45 @@ def build_encode_args(raster: str, store: str, *, model: str = DEFAULT_MODEL,
                       extent: Optional[Tuple[float, float, float, float]] = None,
                       checkpoint: str = "", random_weights: bool = False, overlap: Optional[int] = None,
                       batch_size: int = 1, device: str = "auto", tile_size: int = 0,
-                      resolution: Optional[float] = None, levels: Sequence[float] = (1.0,)) -> List[str]:
+                      resolution: Optional[float] = None, levels: Sequence[float] = (1.0,),
+                      workers: int = 0, scheduler: str = "") -> List[str]:
     """Arguments of `quicksam.cli` (after `-m quicksam.cli`) for one encode.
 
-    `extent` is (xmin, ymin, xmax, ymax) in the raster's CRS; `tile_size` 0 = the model's native size;
-    `overlap` None = `default_overlap` of the tile size (a quarter of it), as the CLI's own default;
-    `resolution` the finest level's ground resolution (map units per pixel, None = the raster's own),
-    `levels` factors of it (core/levels.py).
+    `extent` is (xmin, ymin, xmax, ymax) in the raster's CRS; `bands` 1-based, fed as red, green and blue; the
+    other settings as `encode_options`.
     Options use the `--name=value` form so that values starting with "-" (a negative coordinate, an
     odd file name) are never taken for options.
     """
-    args = ["encode", raster, store, f"--model={model}"]
+    args = ["encode", raster, store]
+    if bands:
+        args.append("--bands=" + ",".join(str(int(band)) for band in bands))
+    if extent is not None:
+        args.append("--extent=" + ",".join(repr(float(value)) for value in extent))
+    return args + encode_options(
+        model=model, checkpoint=checkpoint, random_weights=random_weights, overlap=overlap, batch_size=batch_size,
+        device=device, tile_size=tile_size, resolution=resolution, levels=levels, workers=workers,
+        scheduler=scheduler)
+
+
+def encode_options(*, model: str = DEFAULT_MODEL, checkpoint: str = "", random_weights: bool = False,
+                   overlap: Optional[int] = None, batch_size: int = 1, device: str = "auto", tile_size: int = 0,
+                   resolution: Optional[float] = None, levels: Sequence[float] = (1.0,), workers: int = 0,
+                   scheduler: str = "") -> List[str]:
+    """The `quicksam encode` options of the settings every encode takes, one raster or many, as `--name=value`.
+
+    `tile_size` 0 = the model's native size; `overlap` None = `default_overlap` of the tile size (a quarter of it),
+    as the CLI's own default; `resolution` the finest level's ground resolution (map units per pixel, None = the
+    raster's own), `levels` factors of it (core/levels.py); `workers` processes of a Dask cluster on this machine
+    (0: the encoder process alone), `scheduler` an existing Dask cluster's address ("": none; core/cluster.py).
+    """
+    args = [f"--model={model}"]
     if checkpoint:
         args.append(f"--checkpoint={checkpoint}")
     if random_weights:
         args.append("--random-weights")
-    if bands:
-        args.append("--bands=" + ",".join(str(int(band)) for band in bands))
     if overlap is None:
         overlap = default_overlap(tile_size or DEFAULT_TILE_SIZE)
     args.append(f"--overlap={int(overlap)}")
-    if extent is not None:
-        args.append("--extent=" + ",".join(repr(float(value)) for value in extent))
     args.append(f"--batch-size={int(batch_size)}")
     args.append(f"--device={device}")
     if tile_size:
@@ -50,6 +67,10 @@ def build_encode_args(raster: str, store: str, *, model: str = DEFAULT_MODEL,
         args.append(f"--resolution={float(resolution)!r}")
     if tuple(levels) != (1.0,):
         args.append("--levels=" + ",".join(f"{float(factor):g}" for factor in levels))
+    if workers:
+        args.append(f"--workers={int(workers)}")
+    if scheduler:
+        args.append(f"--scheduler={scheduler}")
     return args
 
 

@@ -121,7 +121,13 @@ def _rewrites() -> List[_Rewrite]:
               "resolution": _tr("the Ground resolution field"), "levels": _tr("the Levels field"),
               "series": _tr("the Time series frames field"), "frames-from-bands": _tr("the frames from bands option"),
               "frame-pattern": _tr("the Time series frames field"), "dates": _tr("the Frame dates field"),
-              "date-pattern": _tr("the Date pattern field"), "frame-resampling": _tr("the frames' resampling")}
+              "date-pattern": _tr("the Date pattern field"), "frame-resampling": _tr("the frames' resampling"),
+              "workers": _tr("the Worker processes field"), "scheduler": _tr("the Dask scheduler field"),
+              "devices": _tr("the Device field"), "output-dir": _tr("the Output folder field"),
+              "next-to-inputs": _tr("an empty Output folder"), "recursive": _tr("the Include sub-folders option"),
+              "include": _tr("the Include field"), "exclude": _tr("the Exclude field"),
+              "extensions": _tr("the Extensions field"), "suffix": _tr("the Suffix field"),
+              "disambiguate": _tr("the Disambiguate option")}
     return [
         (re.compile(r"run the same quicksam encode --series \.\.\. \(or --frames-from-bands\) with the new options"),
          lambda m: _tr("encode the series again (Time series frames, or each band a frame) with the new settings")),
@@ -157,6 +163,14 @@ def in_dialog_words(message: str) -> str:
     for pattern, replacement in _rewrites():
         text = pattern.sub(replacement, text)
     return text
+
+
+def words_for(message: str, command_line: bool) -> str:
+    """The encoder's message as the dialog's words (`in_dialog_words`), or as is without its prefix for the
+    `quicksam` command (`command_line`), which names its own options."""
+    if command_line:
+        return CLI_ERROR_LINE.sub("", message)
+    return in_dialog_words(message)
 
 
 _environment_failures = 0

@@ -8,6 +8,7 @@ from qgis.PyQt.QtGui import QIcon
 from .. import ICONS_DIR
 from ..i18n import tr
 from .encode_algorithm import EncodeRasterAlgorithm
+from .encode_many_algorithm import EncodeRastersAlgorithm
 from .segment_algorithm import SegmentPromptsAlgorithm
 from .segment_all_algorithm import SegmentAllAlgorithm
 from .track_algorithm import TrackObjectsAlgorithm
@@ -35,6 +36,7 @@ class QuickSamProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:
         self.addAlgorithm(EncodeRasterAlgorithm())
+        self.addAlgorithm(EncodeRastersAlgorithm())
         self.addAlgorithm(SegmentPromptsAlgorithm())
         self.addAlgorithm(SegmentAllAlgorithm())
         self.addAlgorithm(TrackObjectsAlgorithm())

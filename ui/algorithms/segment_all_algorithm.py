@@ -44,6 +44,7 @@ from ...interactive.segment_levels import parse_levels
 from ..i18n import tr as _tr
 from ..layers import raster_crs
 from .algorithm_base import started_by_command_line
+from .cluster_parameters import cluster_help, cluster_parameters, opened_cluster, requested_cluster
 from .segment_algorithm import DecodingAlgorithm, open_store, output_layer_name
 from .segment_all_report import (
     COMMAND_LINE_NAMES,
@@ -124,6 +125,9 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
             "or replaced with <b>Overwrite</b>.</p>"
             "<p>A stopped run resumes when started again with the same settings and output; an existing "
             "output (or layer) is replaced only with <b>Overwrite</b>.</p>"
+            "<p>Advanced: the tiles can be decoded on a <b>Dask cluster</b> (a <b>scheduler</b> address, or "
+            "<b>worker processes</b> where QGIS runs from Python); the objects are merged here in the same order, "
+            "so they are the same as in one process.</p>"
             "<p>Attributes: id, predicted_iou, stability_score, area (map units² of the raster's CRS), area_m2 "
             "(square metres: planar for projected CRSs, ellipsoidal otherwise), tile_ids, model, checkpoint "
             "(SHA-256), level_factor (the level's pixel over the raster's) and resolution (map units per pixel "
@@ -156,6 +160,9 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
         self._add(QgsProcessingParameterString(self.LAYER_NAME, _tr("Layer name (GeoPackage)"),
                                                defaultValue=OUTPUT_LAYER),
                   _tr("The layer written into a GeoPackage; the file's other layers are kept."), advanced=True)
+        helps = cluster_help()
+        for name, parameter in cluster_parameters().items():
+            self._add(parameter, helps[name], advanced=True)
         self._add(QgsProcessingParameterFileDestination(self.OUTPUT, _tr("Objects"), _file_filter()),
                   _tr("A vector file in the raster's CRS, its format chosen by its extension (GeoPackage: "
                       "layer 'segments' unless named otherwise)."))
@@ -289,15 +296,17 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         settings = self.settings(parameters, context)
         areas = self._area_wkbs(parameters, context, feedback, store)
+        cluster = requested_cluster(parameters, context, self.parameterAsString, self.parameterAsInt)
         started = time.monotonic()
         try:
             levels = parse_levels(self.parameterAsString(parameters, self.LEVELS, context) or "")
-            result = segment_everything(store, Path(output), settings, areas, levels=levels,
-                                        overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context),
-                                        progress=progress_reporter(feedback), cancelled=feedback.isCanceled,
-                                        how_to_overwrite=self.how_to_overwrite(context),
-                                        layer=self.parameterAsString(parameters, self.LAYER_NAME, context)
-                                        or OUTPUT_LAYER)
+            with opened_cluster(cluster) as client:
+                result = segment_everything(store, Path(output), settings, areas, levels=levels,
+                                            overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context),
+                                            progress=progress_reporter(feedback), cancelled=feedback.isCanceled,
+                                            how_to_overwrite=self.how_to_overwrite(context),
+                                            layer=self.parameterAsString(parameters, self.LAYER_NAME, context)
+                                            or OUTPUT_LAYER, client=client)
         except Cancelled as exc:
             raise QgsProcessingException(_tr("Cancelled: {reason}").format(reason=exc)) from None
         except QuickSamError as exc:

@@ -1,0 +1,122 @@
+"""`quicksam encode INPUT... --output-dir DIR | --next-to-inputs`: every raster into its own store (docs/batch.md).
+
+In this process one after another (the model built once for all), or on a Dask cluster (--workers,
+--scheduler): with more files than workers each file is one task (file-level: encoder/batch_tasks.py on the
+workers, each keeping its model), else the files go one after another, each one's tiles spread over the
+cluster (tile-level). No QGIS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, List, Sequence
+
+from ..core.batch import ENCODE
+from ..core.batch_log import ItemResult
+from ..core.errors import QuickSamError
+from .batch import (
+    ItemEvents,
+    announce,
+    command_settings,
+    dry_run_finished,
+    finish,
+    item_finished,
+    item_started,
+    new_result,
+    plan_batch,
+)
+from .events import EventWriter, OutputClosed
+
+if TYPE_CHECKING:
+    from ..encoder.batch_tasks import EncodeItem
+    from ..encoder.tile_pipeline import ProgressEvent
+
+
+def _refuse_single_raster_options(args: argparse.Namespace) -> None:
+    """QuickSamError (one line) for the options of one series store, which a batch cannot take."""
+    if args.series or args.frames_from_bands:
+        raise QuickSamError("--series and --frames-from-bands make one series store: leave out --output-dir and "
+                            "--next-to-inputs (give the frames, then the STORE folder)")
+    if args.zoom is not None:
+        raise QuickSamError("--zoom is for a web service, not for raster files: leave it out of a run over many "
+                            "inputs")
+
+
+def run_encode_batch(args: argparse.Namespace, events: EventWriter) -> int:
+    """Encode every input of the command line into its store; exit status 0 (all done) or EXIT_SOME_FAILED."""
+    from ..encoder.raster_formats import raster_extensions
+    from .encode import _resolve_weights, encode_request
+    from .options import cluster_settings
+
+    _refuse_single_raster_options(args)
+    cluster = cluster_settings(args)
+    items = plan_batch(args, [*args.rasters, str(args.store)], ENCODE, raster_extensions())
+    announce(events, items, args.dry_run)
+    if args.dry_run:
+        return dry_run_finished(events, items)
+    base = encode_request(args, "", Path(), args.extent, _resolve_weights(args, events))
+    if args.random_weights:
+        events.warning("using seeded random weights: the masks will be meaningless; the stores record this")
+    settings = command_settings(args)
+    tasks = [_task(base, item.input, item.output, new_result(index, items), settings, args.extent_crs)
+             for index, item in enumerate(items)]
+    if not cluster.wanted:
+        return finish(events, encode_in_turn(tasks, events))
+    from ..core.cluster import cluster_client
+
+    with cluster_client(cluster) as client:
+        workers = cluster.workers or len(client.scheduler_info()["workers"])
+        if len(tasks) > workers:
+            results = encode_on_workers(client, tasks, events)
+        else:
+            results = encode_in_turn(tasks, events, client)
+    return finish(events, results)
+
+
+def _task(base: Any, raster: Path, store: Path, result: ItemResult, settings: Any, extent_crs: Any) -> EncodeItem:
+    from ..encoder.batch_tasks import EncodeItem
+
+    request = dataclasses.replace(base, raster=str(raster), store=store)
+    return EncodeItem(request=request, result=result, settings=settings, extent_crs=extent_crs)
+
+
+def encode_in_turn(tasks: Sequence[EncodeItem], events: EventWriter, client: Any = None) -> List[ItemResult]:
+    """The items one after another in this process (their tiles on `client`'s cluster when given); progress
+    events carry the item's index."""
+    from ..encoder.batch_tasks import encode_item
+
+    results = []
+    for task in tasks:
+        item_started(events, task.result)
+        result = encode_item(task, progress=_item_progress(ItemEvents(events, task.result.index)), client=client,
+                             stop_on=(OutputClosed,))
+        item_finished(events, result)
+        results.append(result)
+    return results
+
+
+def _item_progress(events: ItemEvents) -> Callable[[ProgressEvent], None]:
+    """Tile progress events of one item (with its index); a closed output stops the run."""
+    def on_progress(event: ProgressEvent) -> None:
+        events.progress(event.done, event.total, "tiles", tile=event.tile_id, status=event.status)
+        events.check_open()
+
+    return on_progress
+
+
+def encode_on_workers(client: Any, tasks: Sequence[EncodeItem], events: EventWriter) -> List[ItemResult]:
+    """File-level: each item one task on the cluster (handed over at once, `item_start` for each), results as
+    they finish; the summary in the order of the list."""
+    from ..core.cluster import results_as_completed
+    from ..encoder.batch_tasks import encode_item_task
+
+    for task in tasks:
+        item_started(events, task.result)
+    results = {}
+    for task, result in results_as_completed(client, encode_item_task, list(tasks), window=len(tasks),
+                                             cancelled=lambda: events.closed):
+        item_finished(events, result)
+        results[task.result.index] = result
+    return [results[index] for index in sorted(results)]

@@ -1,0 +1,100 @@
+"""`quicksam segment-all INPUT... --output-dir DIR | --next-to-inputs`: segment everything on many stores in one
+headless QGIS (docs/batch.md).
+
+Inputs are stores, or rasters whose stores are found by the naming rule of `quicksam encode` (core/batch.py:
+in --stores-dir, else the output folder or next to each raster). QGIS starts once; quicksam:segmentall runs
+once per item, as for one store (cli/segment_all.py). One item's failure is its own; the others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Iterable, List, Sequence
+
+from ..core.batch import SEGMENT_ALL, BatchItem, is_store_folder
+from ..core.batch_log import DONE, ItemResult, item_log, one_line_error
+from ..core.errors import Cancelled, QuickSamError
+from ..core.logger import LOGGER
+from .batch import (
+    ItemEvents,
+    announce,
+    command_settings,
+    dry_run_finished,
+    finish,
+    item_finished,
+    item_started,
+    new_result,
+    plan_batch,
+)
+from .events import EventWriter, OutputClosed
+
+
+def gdal_raster_extensions() -> List[str]:
+    """The raster extensions of this process's GDAL (`osgeo`: QGIS's own), for the default filter."""
+    from osgeo import gdal
+
+    from ..encoder.raster_formats import raster_extensions
+
+    found: List[str] = []
+    for index in range(gdal.GetDriverCount()):
+        driver = gdal.GetDriver(index)
+        if driver.GetMetadataItem(gdal.DCAP_RASTER) == "YES":
+            found.extend((driver.GetMetadataItem(gdal.DMD_EXTENSIONS) or "").split())
+    return raster_extensions(found)
+
+
+def _missing_store(item: BatchItem, args: argparse.Namespace) -> str:
+    """The one line for a raster input whose store is not there: the encode command that makes it."""
+    where = f"--output-dir '{item.store.parent}'"
+    suffix = f" --suffix {args.suffix}" if args.suffix else ""
+    return (f"no feature store '{item.store}' for '{item.input}': make it first with quicksam encode "
+            f"'{item.input}' {where}{suffix} (or give --stores-dir where the stores are)")
+
+
+def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem, result: ItemResult) -> ItemResult:
+    """Segment one item's store into its output in the running headless QGIS; its result."""
+    from .segment import check_segment_output
+    from .segment_all import _run_segment_all_algorithm
+
+    item_started(events, result)
+    title = f"quicksam segment-all {result.input} -> {result.output}"
+    with item_log(result, title, dict(command_settings(args))) as log:
+        try:
+            if not is_store_folder(item.store):
+                raise QuickSamError(_missing_store(item, args))
+            one = argparse.Namespace(**vars(args))
+            one.store = item.store
+            one.output = check_segment_output(item.output, args.overwrite, args.layer).path
+            summary = _run_segment_all_algorithm(one, ItemEvents(events, result.index))
+            result.tiles, result.objects, result.status = summary["tiles"], summary["objects"], DONE
+        except (Cancelled, OutputClosed):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one store's failure is its own; the batch goes on
+            result.error = one_line_error(exc)
+        result.seconds = log.seconds()
+    item_finished(events, result)
+    return result
+
+
+def _segment_all(args: argparse.Namespace, events: EventWriter, items: Sequence[BatchItem]) -> List[ItemResult]:
+    LOGGER.info("QGIS started once for %d input(s)", len(items))
+    return [segment_item(args, events, item, new_result(index, items)) for index, item in enumerate(items)]
+
+
+def run_segment_all_batch(args: argparse.Namespace, events: EventWriter) -> int:
+    """Segment every input of the command line; exit status 0 (all done) or EXIT_SOME_FAILED."""
+    from .headless import in_headless_qgis
+
+    if args.output is not None:
+        raise QuickSamError("--output names one file: leave it out with --output-dir/--next-to-inputs (each "
+                            "input's objects go to <store>_objects.gpkg)")
+    items = plan_batch(args, _specs(args.store), SEGMENT_ALL, gdal_raster_extensions(), stores=True)
+    announce(events, items, args.dry_run)
+    if args.dry_run:
+        return dry_run_finished(events, items)
+    return finish(events, in_headless_qgis(lambda: _segment_all(args, events, items)))
+
+
+def _specs(stores: Iterable[Path]) -> List[str]:
+    return [str(path) for path in stores]

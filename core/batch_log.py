@@ -1,0 +1,133 @@
+"""A batch item's log file and its row in the run's summary (no QGIS).
+
+`item_log(path, title, settings)` appends to the item's log file (a re-run keeps the earlier runs' lines): a
+header (what is done, when, the settings), every record of the `quicksam` logger while the item runs, and a
+footer (status, tiles, objects, seconds, end time, the error). `ItemResult` is the item's row: what the
+`item_finished` event and the summary table carry (docs/cli-events.md, docs/batch.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, List, Mapping, Optional, Sequence, TextIO
+
+from .logger import LOGGER
+
+DONE, FAILED = "done", "failed"
+
+
+@dataclass
+class ItemResult:
+    """One item's outcome: `status` "done" or "failed"; `tiles` of its store (every level) or segmented; `objects`
+    found (segment-all; None for encode); `seconds` it took; `error` one line or None."""
+
+    index: int
+    count: int
+    input: str
+    output: str
+    log: str
+    status: str = FAILED
+    tiles: Optional[int] = None
+    objects: Optional[int] = None
+    seconds: float = 0.0
+    error: Optional[str] = None
+
+    def row(self) -> dict:
+        """The item as the `item_finished` event's fields (JSON-ready)."""
+        return asdict(self)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def one_line_error(exc: BaseException) -> str:
+    """An exception as one line: a QuickSAM error's own message, anything else with its type named."""
+    from .errors import QuickSamError
+
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, QuickSamError) and text else f"unexpected {type(exc).__name__}: {text}"
+
+
+class ItemLog:
+    """The open log of one item; `result` is written in its footer when the item ends."""
+
+    def __init__(self, stream: TextIO, result: ItemResult) -> None:
+        self.stream = stream
+        self.result = result
+        self.started = time.monotonic()
+
+    def line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def seconds(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+
+@contextlib.contextmanager
+def item_log(result: ItemResult, title: str, settings: Mapping[str, object]) -> Iterator[ItemLog]:
+    """Append `title`, the start time and `settings` to the log file `result.log` (its folder made if needed),
+    every `quicksam` log record (INFO and up) while the block runs, then the footer: `result`'s status, tiles,
+    objects, seconds and error, and the end time. An exception leaving the block (Ctrl-C) is logged as
+    "interrupted" and goes on."""
+    path = Path(result.log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as stream:
+        log = ItemLog(stream, result)
+        log.line(f"=== {title}: started {_now()}")
+        for key, value in settings.items():
+            log.line(f"{key}: {value}")
+        handler = logging.StreamHandler(stream)
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        level = LOGGER.level
+        LOGGER.addHandler(handler)
+        if LOGGER.getEffectiveLevel() > logging.INFO:
+            LOGGER.setLevel(logging.INFO)
+        interrupted = True
+        try:
+            yield log
+            interrupted = False
+        finally:
+            LOGGER.removeHandler(handler)
+            LOGGER.setLevel(level)
+            result.seconds = log.seconds()
+            _footer(log, interrupted)
+
+
+def _footer(log: ItemLog, interrupted: bool) -> None:
+    result = log.result
+    status = "interrupted (finished tiles are kept; run the same command to resume)" if interrupted else result.status
+    log.line(f"status: {status}")
+    if result.tiles is not None:
+        log.line(f"tiles: {result.tiles}")
+    if result.objects is not None:
+        log.line(f"objects: {result.objects}")
+    if result.error:
+        log.line(f"error: {result.error}")
+    log.line(f"seconds: {result.seconds}")
+    log.line(f"=== ended {_now()}")
+    log.line("")
+
+
+def summary(results: Sequence[ItemResult]) -> dict:
+    """The run's summary: every item's row, and how many were done and failed."""
+    return {"items": [result.row() for result in results],
+            "done": sum(result.status == DONE for result in results),
+            "failed": sum(result.status != DONE for result in results)}
+
+
+def summary_table(results: Sequence[ItemResult]) -> List[str]:
+    """The summary as text lines: input, output, tiles, objects, seconds, status (and the error)."""
+    header = ("input", "output", "tiles", "objects", "seconds", "status")
+    rows = [(r.input, r.output, "" if r.tiles is None else str(r.tiles), "" if r.objects is None else str(r.objects),
+             f"{r.seconds:.1f}", r.status + (f": {r.error}" if r.error else "")) for r in results]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    return ["  ".join([*(cell.ljust(width) for cell, width in zip(row[:-1], widths)), row[-1]]).rstrip()
+            for row in [header, *rows]]
