@@ -272,3 +272,22 @@ def test_the_remote_writer_gives_the_local_writers_records_and_a_bound_store_che
         assert "missing" in check(first, TileRecord(first.tile_id, "done", 1, 1.0))
     assert remote_tile_check(tmp_path / "working", layout, np.dtype("float16")) is None   # unbound: a local store
 
+
+@pytest.mark.slow
+def test_an_encode_into_s3_on_two_local_dask_workers_equals_the_local_store(s3, encoded, raster, tmp_path):
+    """`--workers 2`: the workers write every tile into the bucket (none lands in the coordinator's working copy),
+    a worker's decoder reaches the bucket through the coordinator, each tile is logged once, and the pulled store
+    equals the local single-process store (features within one float16 step)."""
+    pytest.importorskip("distributed", reason="the Dask path needs the package distributed (dask[distributed])")
+    url = f"s3://{BUCKET}/e/scene.qsam"
+    result = _run(["encode", raster, url, *TILE_OPTIONS, "--device", "cpu", "--workers", 2, "--progress-json"], s3,
+                  tmp_path)
+    assert result.returncode == 0, result.stderr
+    start = next(json.loads(line) for line in result.stdout.splitlines() if '"start"' in line)
+    assert start["workers"] == 2 and start["store"] == url
+    log = [record["tile_id"] for record in _log(s3, "e/scene.qsam")]
+    assert len(log) == len(set(log)) == 9
+    assert not list((tmp_path / "cache").rglob("*.npy"))   # the tiles went to the bucket, not the working copy
+    assert "decoder.onnx" in _objects(s3, "e/scene.qsam")
+    assert _run(["pull", url, tmp_path / "pulled"], s3, tmp_path).returncode == 0
+    assert_same_features(tmp_path / "pulled", encoded["local"])
