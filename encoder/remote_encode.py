@@ -1,7 +1,7 @@
 """Encode into a feature store on an object store (s3://, gs://, az://: an fsspec URL; no QGIS).
 
 The coordinating process (this one) works on a local *working copy* of the store's control files
-(`working_copy`: `<user cache>/quicksam/remote-stores/<sha1 of the URL>/store/`, or `--work-dir DIR`), guarded
+(`working_copy`: `<user cache>/quicksam/remote-stores/<sha1 of the URL>/store/`, or a folder the user names), guarded
 by a lock in its folder (one coordinator per machine and URL; two machines writing one URL are not detected).
 `encode_to_url`: pull the URL's control files into it (the URL is the truth: a resume starts from what it
 holds), run the normal store logic there (`encode_levels`: plan, resume checks, the store's own lock) with
@@ -57,12 +57,12 @@ def working_copy(url: str, work_dir: Optional[Path] = None) -> Path:
         except (ValueError, AttributeError, OSError):
             recorded = None
         if recorded != url:
-            raise QuickSamError(f"the working folder '{folder}' belongs to another store ({recorded}); give another "
-                                "--work-dir, or delete that folder (it holds only a copy of control files)")
+            raise QuickSamError(f"the working folder '{folder}' belongs to another store ({recorded}); choose another "
+                                "working folder, or delete that one (it holds only a copy of control files)")
         return folder
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise QuickSamError(f"the working folder '{folder}' is not empty and is not a QuickSAM working copy; give an "
-                            "empty or new --work-dir")
+                            "empty or new working folder")
     (folder / STORE_FOLDER).mkdir(parents=True, exist_ok=True)
     source.write_text(json.dumps({"url": url}) + "\n", encoding="utf-8")
     return folder

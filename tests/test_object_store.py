@@ -231,6 +231,11 @@ def test_stores_on_urls_fail_in_one_line(s3, raster, encoded, tmp_path):
     assert_one_line_error(_run(["pull", f"s3://{BUCKET}/nothing.qsam", tmp_path / "p"], s3, tmp_path),
                           "holds no QuickSAM feature store")
     assert not (tmp_path / "p").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert_one_line_error(_run(["encode", raster, encoded["url"], *TILE_OPTIONS, "--work-dir", tmp_path / "mine"], s3,
+                               tmp_path), "not a QuickSAM working copy; give an empty or new working folder")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     other = [option if option != "32" else "16" for option in TILE_OPTIONS]   # --overlap 16
     assert_one_line_error(_run(["encode", raster, encoded["url"], *other], s3, tmp_path),
                           f"'{encoded['url']}' already holds a store made differently")
