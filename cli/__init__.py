@@ -11,9 +11,13 @@ command, the algorithm and the dock share one implementation (`segment-all` like
 `quicksam:segmentall`). QGIS is imported only there: `encode`, `info` and `checkpoints` work without QGIS,
 and an encode never loads the decoding stage.
 
+A store may be the URL of one on an object store (s3://, gs://, az://): `encode` writes the tiles there and keeps
+the control files in a local working copy, `info URL` summarises it, and `pull URL DIR` downloads it into a folder
+for everything else (object_store.py; docs/scaling.md).
+
 One module per command (encode.py, encode_tile.py, segment.py, segment_all.py, track_masks.py, info.py: info and
-checkpoints), the events and exit statuses (events.py), shared argument types (options.py) and the headless
-QGIS (headless.py).
+checkpoints, object_store.py: pull), the events and exit statuses (events.py), shared argument types (options.py)
+and the headless QGIS (headless.py).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from .events import (
     OutputClosed,
 )
 from .info import add_info_parsers
+from .object_store import add_pull_parser
 from .options import OneLineParser
 from .segment import add_segment_parser
 from .segment_all import add_segment_all_parser
@@ -62,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_track_parser(commands)
     add_track_masks_parser(commands)
     add_info_parsers(commands)
+    add_pull_parser(commands)
     return parser
 
 

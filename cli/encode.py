@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Callable, Optional, Tuple
 from ..core.catalogue import MODELS, default_checkpoint_for
 from ..core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, default_overlap
 from ..core.errors import QuickSamError
+from ..core.store_url import is_object_store_url
 from .batch import add_batch_options, is_batch
 from .encode_cluster import cluster_fields, encode_cluster, refuse_series_on_cluster
 from .encode_series import add_series_options, is_series, run_series
 from .events import EventWriter, add_events_option, download_progress
+from .object_store import add_store_arguments, encode_remote, refuse_series_into_url
 from .options import add_cluster_options, parse_extent, parse_factors, parse_ints
 
 if TYPE_CHECKING:
@@ -37,8 +39,7 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
                                  description="Encode a raster once into a feature store for interactive "
                                              "segmentation. Re-running the same command resumes.")
     encode.add_argument("rasters", nargs="*", metavar="RASTER", help=RASTER_HELP)
-    encode.add_argument("store", type=Path, help="output folder of the feature store (new, empty, or a store "
-                                                  "made by the same command, which is then resumed)")
+    add_store_arguments(encode)
     encode.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="model (default %(default)s)")
     weights = encode.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", help="checkpoint file or checkpoint name (default: the model's "
@@ -135,7 +136,8 @@ def _cmd_encode(args: argparse.Namespace, events: EventWriter) -> int:
                             "--output-dir DIR (docs/batch.md)")
     series = is_series(args)
     refuse_series_on_cluster(args, series)
-    if not series:   # before a checkpoint is downloaded
+    refuse_series_into_url(args, series)
+    if not series and not is_object_store_url(args.store):   # before a checkpoint is downloaded
         refuse_series_store(args.store)
     args.raster = args.rasters[0]
     source, extent = (args.raster, args.extent) if series else _source_and_extent(args)
@@ -162,11 +164,13 @@ def _encode_one(args: argparse.Namespace, events: EventWriter, request: EncodeRe
     def on_start(store: FeatureStore, todo: int) -> None:
         # Warned only once the inputs are checked, so bad input still gets its single error line.
         levels = level_stores(store)
-        events.start(store=str(store.root), raster=source, tiles=sum(len(level.grid) for level in levels),
+        events.start(store=str(request.store), raster=source, tiles=sum(len(level.grid) for level in levels),
                      todo=todo, levels=[level.manifest.pixel_grid.factor for level in levels], **cluster_fields(client))
         if args.random_weights:
             events.warning("using seeded random weights: the masks will be meaningless; the store records this")
 
+    if is_object_store_url(request.store):
+        return encode_remote(args, events, request, on_progress, on_start, cancelled, client)
     store, stats = encode_levels(request, progress=on_progress, started=on_start, cancelled=cancelled, client=client)
     events.finished(levels_summary(store), indent=2, store=str(store.root),
                     tile_index=str(store.root / "tile_index.gpkg"), seconds=round(stats.total_seconds, 3))

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..core.catalogue import CHECKPOINTS, MODELS
+from ..core.store_url import is_object_store_url, store_location
 from .events import EventWriter, add_events_option, download_progress
+from .object_store import remote_info
 
 
 def add_info_parsers(commands: argparse._SubParsersAction) -> None:
     """`quicksam info STORE` and `quicksam checkpoints list|download|register`."""
     info = commands.add_parser("info", help="print a JSON summary of a feature store")
-    info.add_argument("store", type=Path)
+    info.add_argument("store", type=store_location, help="a store folder, or the URL of a store on an object store")
     add_events_option(info)
     info.set_defaults(handler=_cmd_info)
 
@@ -38,6 +39,8 @@ def _cmd_info(args: argparse.Namespace, events: EventWriter) -> int:
     from ..core.store import FeatureStore
     from .encode_series import series_info
 
+    if is_object_store_url(args.store):
+        return remote_info(args.store, events)
     events.start(store=str(args.store))
     events.finished(series_info(FeatureStore.open(args.store)), indent=2)
     return 0

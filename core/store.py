@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from .manifest import (
 )
 from .manifest_checks import DECODER_SETTING_TYPES, ManifestProblem, validate_manifest
 from .manifest_resume import describe_difference
+from .remote_store import RemoteTileWriter, remote_tile_check, remote_writer_for
 from .store_layout import DECODER_ONNX, MANIFEST, TILE_DIR, TILE_INDEX, TILE_LOG, VALID_MASK_SUFFIX
 from .tile_files import (
     TileDamage,
@@ -223,13 +224,16 @@ class FeatureStore:
         """Check the file of every tile logged done (or of those in `tiles`): present, a .npy of the
         manifest's dtype and length, of the right byte size, and its CRC-32 equal to the log's (read once
         per process; about 8 MB per 1024 px SAM 2 tile). Damaged tiles have status 'damaged' and are
-        pending until written again. Returns {tile_id: what is wrong}."""
+        pending until written again. Returns {tile_id: what is wrong}. A working copy of a store on an object store
+        checks each tile's objects by existence and size only (core/remote_store.py)."""
         found = {}
+        remote_check = remote_tile_check(self.root, self.layout, self.dtype)
         for tile in self.grid if tiles is None else tiles:
             record = self.records().get(tile.tile_id)
             if record is None or record.status != STATUS_DONE:
                 continue
-            problem = self.tile_problem(tile.tile_id) or self._valid_mask_problem(tile, record)
+            problem = (remote_check(tile, record) if remote_check is not None
+                       else self.tile_problem(tile.tile_id) or self._valid_mask_problem(tile, record))
             if problem is not None:
                 found[tile.tile_id] = problem
         self._damaged.update(found)
@@ -246,9 +250,11 @@ class FeatureStore:
     def tile_path(self, tile_id: str) -> Path:
         return tile_file(self.root, tile_id)
 
-    def tile_writer(self) -> TileWriter:
-        """What writes this store's tile files without logging them (core/tile_writer.py; a Dask worker's)."""
-        return TileWriter(self.root, tuple(self.layout), self.dtype.name)
+    def tile_writer(self) -> Union[TileWriter, RemoteTileWriter]:
+        """What writes this store's tile files without logging them (core/tile_writer.py; a Dask worker's); for a
+        working copy of a store on an object store, the writer into the object store (core/remote_store.py)."""
+        return (remote_writer_for(self.root, self.layout, self.dtype.name)
+                or TileWriter(self.root, tuple(self.layout), self.dtype.name))
 
     def record(self, record: TileRecord) -> None:
         """Append a tile's record to the log once its files are written (`TileWriter`); the tile is then done

@@ -22,7 +22,7 @@ import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -30,8 +30,9 @@ from ..core.cluster import results_as_completed, results_in_order
 from ..core.errors import QuickSamError
 from ..core.logger import LOGGER
 from ..core.manifest import Manifest
-from ..core.store import STATUS_DONE, FeatureStore, TileRecord
-from ..core.tile_files import first_line
+from ..core.remote_store import RemoteTileWriter, bound_url
+from ..core.store import DECODER_ONNX, STATUS_DONE, FeatureStore, TileRecord
+from ..core.tile_files import atomic_write_bytes, first_line
 from ..core.tile_writer import TileWriter, nodata_record
 from ..core.tiling import Tile
 from .normalise import Stretch
@@ -56,7 +57,7 @@ class TileJob:
     bands: Tuple[int, ...]
     factor: float
     stretch: Stretch
-    writer: TileWriter
+    writer: Union[TileWriter, RemoteTileWriter]
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,18 @@ def worker_install_decoder(request: EncodeRequest, root: Path, manifest: Manifes
     install_decoder(FeatureStore(root, manifest), cached_model(request))
 
 
+def worker_decoder_bytes(request: EncodeRequest, manifest: Manifest) -> bytes:
+    """On a worker: the decoder.onnx of its model for a store with `manifest`, as bytes, for a coordinator whose
+    store folder the worker cannot see (the working copy of a store on an object store, encoder/remote_encode.py)."""
+    import tempfile
+
+    from .decoder_export import install_decoder
+
+    with tempfile.TemporaryDirectory(prefix="quicksam-decoder-") as folder:
+        install_decoder(FeatureStore(Path(folder), manifest), cached_model(request))
+        return (Path(folder) / DECODER_ONNX).read_bytes()
+
+
 def worker_path(raster: str) -> str:
     """The raster as workers open it: a local file's absolute path (workers may run in another folder); URLs,
     GDAL strings and /vsi paths as they are."""
@@ -136,7 +149,10 @@ def complete_on_cluster(client: Client, request: EncodeRequest, store: FeatureSt
     started = time.perf_counter()
     facts = _on_a_worker(client, _call(worker_model_facts, request), cancelled)
     complete_manifest(store, facts)
-    if needs_decoder:
+    if needs_decoder and bound_url(store.root) is not None:   # an object store's working copy: here only
+        data = _on_a_worker(client, _call(worker_decoder_bytes, request, store.manifest), cancelled)
+        atomic_write_bytes(store.root / DECODER_ONNX, data)
+    elif needs_decoder:
         _on_a_worker(client, _call(worker_install_decoder, request, store.root.resolve(), store.manifest), cancelled)
     return time.perf_counter() - started
 
@@ -159,7 +175,9 @@ def encode_on_cluster(client: Client, request: EncodeRequest, store: FeatureStor
     workers = cluster_workers(client)
     LOGGER.info("encoding %d of %d tiles into %s on %d Dask workers", len(pending), len(store.grid), store.root,
                 workers)
-    writer = dataclasses.replace(store.tile_writer(), root=store.root.resolve())
+    writer = store.tile_writer()   # an object store's working copy: a RemoteTileWriter, workers write to its URL
+    if isinstance(writer, TileWriter):   # workers open the store's folder by its absolute path
+        writer = dataclasses.replace(writer, root=store.root.resolve())
     job = TileJob(request, worker_path(request.raster), tuple(store.manifest.preprocessing.bands),
                   store.manifest.pixel_grid.factor, stretch, writer)
     batches = [tuple(pending[i:i + max(1, request.batch_size)])
