@@ -16,7 +16,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 from ..core.batch import BatchItem, NamingRule, check_suffix, find_inputs, plan_outputs
 from ..core.batch_log import ItemResult, summary, summary_table
 from ..core.errors import QuickSamError
-from .events import EXIT_SOME_FAILED, EventWriter
+from .events import EXIT_CANCELLED, EXIT_SOME_FAILED, EventWriter
 
 #: The options that only a batch takes (dest names).
 BATCH_ONLY = ("recursive", "include", "exclude", "extensions", "suffix", "disambiguate", "dry_run", "stores_dir")
@@ -139,13 +139,19 @@ def item_finished(events: EventWriter, result: ItemResult) -> None:
         events.warning(f"[{result.index + 1}/{result.count}] {result.input} failed: {result.error}")
 
 
-def finish(events: EventWriter, results: Sequence[ItemResult]) -> int:
-    """The summary table (people), the `finished` event (its summary: every row, done, failed); the exit status:
-    EXIT_SOME_FAILED when any item failed, else 0."""
+def finish(events: EventWriter, results: Sequence[ItemResult], interrupted: bool = False) -> int:
+    """The summary table (people), the `finished` event (its summary: every row, done, failed; `interrupted`
+    True when Ctrl-C or SIGTERM stopped the run, then the one "interrupted" line); the exit status:
+    EXIT_CANCELLED when interrupted, EXIT_SOME_FAILED when any item failed, else 0."""
     if not events.as_json:
         for line in summary_table(results):
             events.info(line)
     result = summary(results)
+    if interrupted:
+        events.finished({**result, "interrupted": True}, indent=2)
+        events.error("interrupted: the run stopped; the summary above is what was done so far (finished tiles are "
+                     "kept): run the same command to resume", EXIT_CANCELLED, kind="")
+        return EXIT_CANCELLED
     events.finished(result, indent=2)
     return EXIT_SOME_FAILED if result["failed"] else 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..core.batch import SEGMENT_ALL, BatchItem, is_store_folder
 from ..core.batch_log import DONE, ItemResult, item_log, one_line_error
@@ -27,7 +27,7 @@ from .batch import (
     new_result,
     plan_batch,
 )
-from .events import EventWriter, OutputClosed
+from .events import EventWriter, OutputClosed, stop_signal_handler
 
 
 def gdal_raster_extensions() -> List[str]:
@@ -52,8 +52,10 @@ def _missing_store(item: BatchItem, args: argparse.Namespace) -> str:
             f"'{item.input}' {where}{suffix} (or give --stores-dir where the stores are)")
 
 
-def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem, result: ItemResult) -> ItemResult:
-    """Segment one item's store into its output in the running headless QGIS; its result."""
+def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem, result: ItemResult,
+                 stop: Optional[Dict[str, bool]] = None) -> ItemResult:
+    """Segment one item's store into its output in the running headless QGIS; its result. KeyboardInterrupt
+    when `stop["requested"]` turned True (Ctrl-C, SIGTERM) while it ran: the item's log says "interrupted"."""
     from .segment import check_segment_output
     from .segment_all import _run_segment_all_algorithm
 
@@ -71,15 +73,33 @@ def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem,
         except (Cancelled, OutputClosed):
             raise
         except Exception as exc:  # noqa: BLE001 - one store's failure is its own; the batch goes on
+            if stop and stop.get("requested"):  # Processing turned the signal's KeyboardInterrupt into a failure
+                raise KeyboardInterrupt from None
             result.error = one_line_error(exc)
         result.seconds = log.seconds()
     item_finished(events, result)
     return result
 
 
-def _segment_all(args: argparse.Namespace, events: EventWriter, items: Sequence[BatchItem]) -> List[ItemResult]:
+def _segment_all(args: argparse.Namespace, events: EventWriter,
+                 items: Sequence[BatchItem]) -> Tuple[List[ItemResult], bool]:
+    """Every item in turn; the results so far and whether Ctrl-C or SIGTERM stopped the run."""
     LOGGER.info("QGIS started once for %d input(s)", len(items))
-    return [segment_item(args, events, item, new_result(index, items)) for index, item in enumerate(items)]
+    results: List[ItemResult] = []
+    stop = {"requested": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["requested"] = True
+        raise KeyboardInterrupt
+
+    with stop_signal_handler(on_signal):
+        try:
+            for index, item in enumerate(items):
+                results.append(new_result(index, items))
+                segment_item(args, events, item, results[-1], stop)
+        except KeyboardInterrupt:
+            return results, True
+    return results, False
 
 
 def run_segment_all_batch(args: argparse.Namespace, events: EventWriter) -> int:
@@ -93,7 +113,8 @@ def run_segment_all_batch(args: argparse.Namespace, events: EventWriter) -> int:
     announce(events, items, args.dry_run)
     if args.dry_run:
         return dry_run_finished(events, items)
-    return finish(events, in_headless_qgis(lambda: _segment_all(args, events, items)))
+    results, interrupted = in_headless_qgis(lambda: _segment_all(args, events, items))
+    return finish(events, results, interrupted)
 
 
 def _specs(stores: Iterable[Path]) -> List[str]:

@@ -18,7 +18,7 @@ from typing import Iterator, List, Mapping, Optional, Sequence, TextIO
 
 from .logger import LOGGER
 
-DONE, FAILED = "done", "failed"
+DONE, FAILED, INTERRUPTED = "done", "failed", "interrupted"
 
 
 @dataclass
@@ -50,7 +50,12 @@ def one_line_error(exc: BaseException) -> str:
     """An exception as one line: a QuickSAM error's own message, anything else with its type named."""
     from .errors import QuickSamError
 
-    text = " ".join(str(exc).split())
+    lines = str(exc).splitlines()
+    for index, line in enumerate(lines):
+        if line.strip().startswith("Traceback (most recent call last)"):
+            lines = lines[:index] + lines[-1:]  # never a traceback: its last line (the exception) only
+            break
+    text = " ".join(" ".join(lines).split())
     return text if isinstance(exc, QuickSamError) and text else f"unexpected {type(exc).__name__}: {text}"
 
 
@@ -98,6 +103,8 @@ def item_log(result: ItemResult, title: str, settings: Mapping[str, object]) -> 
             LOGGER.removeHandler(handler)
             LOGGER.setLevel(level)
             result.seconds = log.seconds()
+            if interrupted:
+                result.status = INTERRUPTED
             _footer(log, interrupted)
 
 

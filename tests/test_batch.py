@@ -25,7 +25,7 @@ from quicksam.core.batch import (
     name_pattern,
     plan_outputs,
 )
-from quicksam.core.batch_log import DONE, FAILED, ItemResult, item_log, summary, summary_table
+from quicksam.core.batch_log import DONE, FAILED, ItemResult, item_log, one_line_error, summary, summary_table
 from quicksam.core.errors import QuickSamError
 from quicksam.core.logger import LOGGER
 from quicksam.encoder.raster_formats import raster_extensions
@@ -193,6 +193,13 @@ def test_item_log_appends_header_records_and_footer(tmp_path):
     assert text.count("=== quicksam encode in.tif -> out: started") == 2   # appended, the first run kept
     assert "command line: quicksam encode x" in text and "WARNING something to know 1" in text
     assert "status: done" in text and "tiles: 4" in text and "=== ended" in text
+
+
+def test_an_item_error_is_never_a_traceback():
+    error = QuickSamError("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n    g()\n"
+                          "KeyboardInterrupt")
+    assert one_line_error(error) == "KeyboardInterrupt"
+    assert one_line_error(ValueError("bad\nvalue")) == "unexpected ValueError: bad value"
 
 
 def test_summary_table_and_counts():
@@ -392,7 +399,8 @@ def test_as_many_workers_as_files_spread_each_files_tiles(batch_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_whole_run_and_keeps_finished_tiles(tmp_path):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])   # Ctrl-C; QGIS's cancel of the encoder process
+def test_ctrl_c_stops_the_whole_run_and_keeps_finished_tiles(tmp_path, stop):
     import signal
     import subprocess
 
@@ -409,9 +417,9 @@ def test_ctrl_c_stops_the_whole_run_and_keeps_finished_tiles(tmp_path):
         for line in process.stdout:   # the second raster has written a tile: stop there
             event = json.loads(line)
             if event["event"] == "progress" and event.get("item") == 1:
-                process.send_signal(signal.SIGINT)
+                process.send_signal(getattr(signal, stop))
                 break
-        _, stderr = process.communicate(timeout=120)
+        rest, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
@@ -422,3 +430,40 @@ def test_ctrl_c_stops_the_whole_run_and_keeps_finished_tiles(tmp_path):
     assert large["tiles_done"] >= 1 and large["complete"] is False   # finished tiles kept
     assert "status: interrupted" in (out / "b_large_quicksam.log").read_text(encoding="utf-8")
     assert not (out / "c_never_quicksam").exists()
+    finished = [json.loads(line) for line in rest.splitlines() if '"finished"' in line][-1]["summary"]
+    assert finished["interrupted"] is True   # the summary so far
+    assert [row["status"] for row in finished["items"]] == ["done", "interrupted"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_segment_all_batch_with_its_summary_so_far(tmp_path):
+    import signal
+    import subprocess
+
+    from synthetic import cli_command, square_scene, write_raster
+
+    for name in ("a", "b"):
+        write_raster(tmp_path / f"{name}.tif", square_scene(200, 200, (50, 50, 60)))
+    stores = tmp_path / "stores"
+    assert run_cli("encode", tmp_path / "a.tif", tmp_path / "b.tif", "--output-dir", stores,
+                   *FAST_ENCODE).returncode == 0
+    out = tmp_path / "out"
+    process = subprocess.Popen(cli_command("segment-all", stores / "a_quicksam", stores / "b_quicksam", "--output-dir",
+                                           out, "--points-per-side", "16", "--progress-json"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:   # the second store has one of its 4 tiles segmented: stop there
+            event = json.loads(line)
+            if event["event"] == "progress" and event.get("item") == 1:
+                process.send_signal(signal.SIGINT)
+                break
+        rest, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    finished = [json.loads(line) for line in rest.splitlines() if '"finished"' in line][-1]["summary"]
+    assert finished["interrupted"] is True
+    assert [row["status"] for row in finished["items"]] == ["done", "interrupted"]
+    assert "status: interrupted" in (out / "b_quicksam_objects.log").read_text(encoding="utf-8")
