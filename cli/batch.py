@@ -8,12 +8,13 @@ which outputs, in core/batch.py.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
-from ..core.batch import BatchItem, NamingRule, check_suffix, find_inputs, plan_outputs
+from ..core.batch import BatchItem, NamingRule, check_name_lengths, check_suffix, find_inputs, plan_outputs
 from ..core.batch_log import ItemResult, summary, summary_table
 from ..core.errors import QuickSamError
 from .events import EXIT_CANCELLED, EXIT_SOME_FAILED, EventWriter
@@ -58,7 +59,7 @@ def add_batch_options(parser: argparse.ArgumentParser, output: str, stores_dir: 
                        help="take only files with these extensions (default: the raster formats GDAL reads). Files "
                             "named one by one are always taken, whatever their extension and the filters")
     group.add_argument("--suffix", type=parse_suffix, default="", metavar="TEXT",
-                       help="added to every output name after _quicksam (letters, digits and - only)")
+                       help="added to every output name after _quicksam (ASCII letters, digits and - only; at most 64)")
     group.add_argument("--disambiguate", action="store_true",
                        help="inputs of the same name that would write the same output get their folders' names in "
                             "front (north_scene_quicksam); without it such a run is refused before anything is written")
@@ -90,7 +91,22 @@ def plan_batch(args: argparse.Namespace, specs: Iterable[str], kind: str, extens
     stores_dir = getattr(args, "stores_dir", None)
     rule = NamingRule(output_dir=args.output_dir.absolute() if args.output_dir else None, suffix=args.suffix,
                       disambiguate=args.disambiguate, stores_dir=stores_dir.absolute() if stores_dir else None)
-    return plan_outputs(inputs, rule, kind)
+    items = plan_outputs(inputs, rule, kind)
+    check_name_lengths(items)
+    if rule.output_dir is not None:
+        check_writable_folder(rule.output_dir)
+    return items
+
+
+def check_writable_folder(folder: Path) -> None:
+    """QuickSamError (one line) unless `folder` (or, when it is not there yet, its nearest existing parent, where
+    it will be made) is a folder this process can write into; nothing is written."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "" if existing == folder else f" (it would be made in '{existing}')"
+        raise QuickSamError(f"--output-dir '{folder}' cannot be written{what}: choose a folder you can write to")
 
 
 def command_settings(args: argparse.Namespace) -> Tuple[Tuple[str, str], ...]:

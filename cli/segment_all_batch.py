@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..core.batch import SEGMENT_ALL, BatchItem, is_store_folder
-from ..core.batch_log import DONE, ItemResult, item_log, one_line_error
+from ..core.batch_log import DONE, ItemResult, item_log, one_line_error, unwritable_log
 from ..core.errors import Cancelled, QuickSamError
 from ..core.logger import LOGGER
 from .batch import (
@@ -60,6 +60,10 @@ def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem,
     from .segment_all import _run_segment_all_algorithm
 
     item_started(events, result)
+    result.error = unwritable_log(result)
+    if result.error:
+        item_finished(events, result)
+        return result
     title = f"quicksam segment-all {result.input} -> {result.output}"
     with item_log(result, title, dict(command_settings(args))) as log:
         try:

@@ -59,6 +59,21 @@ def one_line_error(exc: BaseException) -> str:
     return text if isinstance(exc, QuickSamError) and text else f"unexpected {type(exc).__name__}: {text}"
 
 
+def unwritable_log(result: ItemResult) -> Optional[str]:
+    """None when the log file `result.log` can be opened for appending (its folder made if needed; the file is
+    created), else the one line that fails the item: its log (and so its output) cannot be written there."""
+    path = Path(result.log)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return (f"its log '{path}' cannot be written ({reason}), so neither can its output there: make "
+                f"'{path.parent}' writable or choose a writable --output-dir")
+    return None
+
+
 class ItemLog:
     """The open log of one item; `result` is written in its footer when the item ends."""
 

@@ -20,6 +20,7 @@ from quicksam.core.batch import (
     ENCODE,
     SEGMENT_ALL,
     NamingRule,
+    check_name_lengths,
     check_suffix,
     find_inputs,
     name_pattern,
@@ -121,8 +122,40 @@ def test_safe_suffixes_are_accepted(suffix):
 
 @pytest.mark.parametrize("suffix", ["a b", "v_2", "x/y", "ä", "a.b"])
 def test_unsafe_suffixes_are_refused(suffix):
-    with pytest.raises(QuickSamError, match="letters, digits and '-'"):
+    with pytest.raises(QuickSamError, match=r"ASCII letters \(a-z, A-Z\), digits and '-'"):
         NamingRule(suffix=suffix)
+
+
+def test_a_too_long_suffix_or_name_is_refused_up_front(tmp_path):
+    with pytest.raises(QuickSamError, match="at most 64"):
+        check_suffix("x" * 300)
+    long_stem = tmp_path / ("s" * 240 + ".tif")   # a name the file system takes; its store's log name it does not
+    with pytest.raises(QuickSamError, match="longer than 250 bytes.*shorter --suffix"):
+        check_name_lengths(plan_outputs([long_stem], NamingRule(output_dir=tmp_path), ENCODE))
+
+
+def test_an_unwritable_output_dir_is_refused_before_anything_is_written(batch_root, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n", encoding="utf-8")
+    before = file_states(tmp_path)
+    result = run_cli("encode", batch_root / "upper.TIF", "--output-dir", blocker / "out", *FAST_ENCODE)
+    assert_one_line_error(result, "cannot be written.*choose a folder you can write to")
+    assert file_states(tmp_path) == before
+
+
+def test_an_item_whose_log_cannot_be_written_fails_alone(tmp_path):
+    from synthetic import square_scene, write_raster
+
+    for name in ("a", "b"):
+        write_raster(tmp_path / f"{name}.tif", square_scene(150, 150, (20, 20, 40)))
+    (tmp_path / "a_quicksam.log").mkdir()   # the log's path cannot be opened as a file (root ignores chmod)
+    result = run_cli("encode", tmp_path / "a.tif", tmp_path / "b.tif", "--next-to-inputs", *FAST_ENCODE,
+                     "--progress-json")
+    assert result.returncode == 4, result.stderr
+    assert "Traceback" not in result.stderr
+    rows = events_of(result.stdout)[-1]["summary"]["items"]
+    assert [row["status"] for row in rows] == ["failed", "done"]
+    assert "its log" in rows[0]["error"] and "cannot be written" in rows[0]["error"]
 
 
 def test_outputs_next_to_inputs_and_in_one_folder(batch_root, tmp_path):
