@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..core.batch import SEGMENT_ALL, BatchItem, is_store_folder
-from ..core.batch_log import DONE, ItemResult, item_log, one_line_error, unwritable_log
+from ..core.batch_log import DONE, ItemResult, item_log, last_status, one_line_error, unwritable_log
 from ..core.errors import Cancelled, QuickSamError
 from ..core.logger import LOGGER
 from .batch import (
@@ -52,6 +52,27 @@ def _missing_store(item: BatchItem, args: argparse.Namespace) -> str:
             f"'{item.input}' {where}{suffix} (or give --stores-dir where the stores are)")
 
 
+ALREADY_FINISHED = "already finished"
+
+
+def _finished_before(result: ItemResult, layer: str) -> bool:
+    """Whether this item's output was finished by an earlier run: its log's last status is "done", no unfinished
+    run file is next to it, and it has the layer `layer` (whose object count goes into `result`)."""
+    from osgeo import gdal
+
+    from ..interactive.run_file import partial_path
+
+    output = Path(result.output)
+    if last_status(Path(result.log)) != DONE or not output.is_file() or partial_path(output).exists():
+        return False
+    dataset = gdal.OpenEx(str(output), gdal.OF_VECTOR)
+    found = dataset is not None and dataset.GetLayerByName(layer) is not None
+    if found:
+        result.objects = dataset.GetLayerByName(layer).GetFeatureCount()
+    dataset = None
+    return found
+
+
 def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem, result: ItemResult,
                  stop: Optional[Dict[str, bool]] = None) -> ItemResult:
     """Segment one item's store into its output in the running headless QGIS; its result. KeyboardInterrupt
@@ -69,6 +90,12 @@ def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem,
         try:
             if not is_store_folder(item.store):
                 raise QuickSamError(_missing_store(item, args))
+            if not args.overwrite and _finished_before(result, args.layer):
+                result.status, result.note = DONE, ALREADY_FINISHED
+                LOGGER.info("already finished, nothing segmented (--overwrite segments it again)")
+                result.seconds = log.seconds()
+                item_finished(events, result)
+                return result
             one = argparse.Namespace(**vars(args))
             one.store = item.store
             one.output = check_segment_output(item.output, args.overwrite, args.layer).path

@@ -24,7 +24,8 @@ DONE, FAILED, INTERRUPTED = "done", "failed", "interrupted"
 @dataclass
 class ItemResult:
     """One item's outcome: `status` "done" or "failed"; `tiles` of its store (every level) or segmented; `objects`
-    found (segment-all; None for encode); `seconds` it took; `error` one line or None."""
+    found (segment-all; None for encode); `seconds` it took; `error` one line or None; `note` e.g. "already
+    finished" (a re-run that had nothing to do)."""
 
     index: int
     count: int
@@ -36,6 +37,7 @@ class ItemResult:
     objects: Optional[int] = None
     seconds: float = 0.0
     error: Optional[str] = None
+    note: Optional[str] = None
 
     def row(self) -> dict:
         """The item as the `item_finished` event's fields (JSON-ready)."""
@@ -57,6 +59,17 @@ def one_line_error(exc: BaseException) -> str:
             break
     text = " ".join(" ".join(lines).split())
     return text if isinstance(exc, QuickSamError) and text else f"unexpected {type(exc).__name__}: {text}"
+
+
+def last_status(path: Path) -> Optional[str]:
+    """The status in the last footer of the log file `path` ("done", "failed", "interrupted ..."), None when there
+    is no such file or footer."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    found = [line[len("status: "):] for line in lines if line.startswith("status: ")]
+    return found[-1] if found else None
 
 
 def unwritable_log(result: ItemResult) -> Optional[str]:
@@ -127,6 +140,8 @@ def _footer(log: ItemLog, interrupted: bool) -> None:
     result = log.result
     status = "interrupted (finished tiles are kept; run the same command to resume)" if interrupted else result.status
     log.line(f"status: {status}")
+    if result.note:
+        log.line(f"note: {result.note}")
     if result.tiles is not None:
         log.line(f"tiles: {result.tiles}")
     if result.objects is not None:
@@ -149,7 +164,8 @@ def summary_table(results: Sequence[ItemResult]) -> List[str]:
     """The summary as text lines: input, output, tiles, objects, seconds, status (and the error)."""
     header = ("input", "output", "tiles", "objects", "seconds", "status")
     rows = [(r.input, r.output, "" if r.tiles is None else str(r.tiles), "" if r.objects is None else str(r.objects),
-             f"{r.seconds:.1f}", r.status + (f": {r.error}" if r.error else "")) for r in results]
+             f"{r.seconds:.1f}", r.status + (f" ({r.note})" if r.note else "") + (f": {r.error}" if r.error else ""))
+            for r in results]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
     return ["  ".join([*(cell.ljust(width) for cell, width in zip(row[:-1], widths)), row[-1]]).rstrip()
             for row in [header, *rows]]

@@ -500,3 +500,20 @@ def test_ctrl_c_stops_a_segment_all_batch_with_its_summary_so_far(tmp_path):
     assert finished["interrupted"] is True
     assert [row["status"] for row in finished["items"]] == ["done", "interrupted"]
     assert "status: interrupted" in (out / "b_quicksam_objects.log").read_text(encoding="utf-8")
+
+
+def test_a_finished_segment_all_batch_is_done_on_a_re_run(tmp_path):
+    from synthetic import square_scene, write_raster
+
+    write_raster(tmp_path / "a.tif", square_scene(150, 150, (20, 20, 40)))
+    stores, out = tmp_path / "stores", tmp_path / "out"
+    assert run_cli("encode", tmp_path / "a.tif", "--output-dir", stores, *FAST_ENCODE).returncode == 0
+    command = ("segment-all", stores / "a_quicksam", "--output-dir", out, "--points-per-side", "4", "--progress-json")
+    assert run_cli(*command).returncode == 0
+    again = run_cli(*command)
+    assert again.returncode == 0, again.stderr
+    row = events_of(again.stdout)[-1]["summary"]["items"][0]
+    assert (row["status"], row["note"]) == ("done", "already finished")
+    assert "already finished, nothing segmented" in (out / "a_quicksam_objects.log").read_text(encoding="utf-8")
+    redo = run_cli(*command, "--overwrite")   # --overwrite still segments it again
+    assert redo.returncode == 0 and events_of(redo.stdout)[-1]["summary"]["items"][0]["note"] is None
