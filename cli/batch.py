@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 from ..core.batch import BatchItem, NamingRule, check_name_lengths, check_suffix, find_inputs, plan_outputs
-from ..core.batch_log import ItemResult, summary, summary_table
+from ..core.batch_log import ItemResult, is_foreign_log, summary, summary_table
 from ..core.errors import QuickSamError
 from .events import EXIT_CANCELLED, EXIT_SOME_FAILED, EventWriter
 
@@ -93,6 +93,10 @@ def plan_batch(args: argparse.Namespace, specs: Iterable[str], kind: str, extens
                       disambiguate=args.disambiguate, stores_dir=stores_dir.absolute() if stores_dir else None)
     items = plan_outputs(inputs, rule, kind)
     check_name_lengths(items)
+    for item in items:
+        if is_foreign_log(item.log):
+            raise QuickSamError(f"'{item.log}' (the log of '{item.input}') is not a QuickSAM log, and nothing you made "
+                                "is touched: move it away, or choose another --suffix")
     if rule.output_dir is not None:
         check_writable_folder(rule.output_dir)
     return items

@@ -72,6 +72,23 @@ def last_status(path: Path) -> Optional[str]:
     return found[-1] if found else None
 
 
+#: How every QuickSAM item log begins (`item_log`'s header): a log file not beginning so is the user's.
+LOG_START = "=== quicksam "
+
+
+def is_foreign_log(path: Path) -> bool:
+    """Whether `path` is a file QuickSAM did not write as an item log (not empty, first line not LOG_START...):
+    it must not be appended to."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(len(LOG_START))
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return bool(head) and head != LOG_START.encode()
+
+
 def unwritable_log(result: ItemResult) -> Optional[str]:
     """None when the log file `result.log` can be opened for appending (its folder made if needed; the file is
     created), else the one line that fails the item: its log (and so its output) cannot be written there."""

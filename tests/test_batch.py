@@ -517,3 +517,15 @@ def test_a_finished_segment_all_batch_is_done_on_a_re_run(tmp_path):
     assert "already finished, nothing segmented" in (out / "a_quicksam_objects.log").read_text(encoding="utf-8")
     redo = run_cli(*command, "--overwrite")   # --overwrite still segments it again
     assert redo.returncode == 0 and events_of(redo.stdout)[-1]["summary"]["items"][0]["note"] is None
+
+
+def test_a_log_file_the_user_made_is_never_appended_to(tmp_path):
+    from synthetic import square_scene, write_raster
+
+    write_raster(tmp_path / "a.tif", square_scene(150, 150, (20, 20, 40)))
+    mine = tmp_path / "a_quicksam.log"
+    mine.write_text("my field notes\n", encoding="utf-8")
+    before = file_states(tmp_path)
+    result = run_cli("encode", tmp_path / "a.tif", "--next-to-inputs", *FAST_ENCODE)
+    assert_one_line_error(result, "a_quicksam.log.*not a QuickSAM log.*move it away, or choose another --suffix")
+    assert file_states(tmp_path) == before
