@@ -144,8 +144,18 @@ def run_segment_all_batch(args: argparse.Namespace, events: EventWriter) -> int:
     announce(events, items, args.dry_run)
     if args.dry_run:
         return dry_run_finished(events, items)
+    if args.scheduler:
+        check_scheduler(args.scheduler)
     results, interrupted = in_headless_qgis(lambda: _segment_all(args, events, items))
     return finish(events, results, interrupted)
+
+
+def check_scheduler(scheduler: str) -> None:
+    """Connect to the Dask scheduler once and close: QuickSamError (one line, core/cluster.py's) when it cannot be
+    reached, before any item runs or writes (each item would otherwise wait for it and fail)."""
+    from ..core.cluster import _connect, _distributed
+
+    _connect(_distributed(), scheduler).close()
 
 
 def _specs(stores: Iterable[Path]) -> List[str]:

@@ -529,3 +529,21 @@ def test_a_log_file_the_user_made_is_never_appended_to(tmp_path):
     result = run_cli("encode", tmp_path / "a.tif", "--next-to-inputs", *FAST_ENCODE)
     assert_one_line_error(result, "a_quicksam.log.*not a QuickSAM log.*move it away, or choose another --suffix")
     assert file_states(tmp_path) == before
+
+
+def test_an_unreachable_scheduler_is_refused_before_any_item(tmp_path):
+    import socket
+
+    from synthetic import square_scene, write_raster
+
+    write_raster(tmp_path / "a.tif", square_scene(150, 150, (20, 20, 40)))
+    stores, out = tmp_path / "stores", tmp_path / "out"
+    assert run_cli("encode", tmp_path / "a.tif", "--output-dir", stores, *FAST_ENCODE).returncode == 0
+    with socket.socket() as free:   # a port nobody listens on: refused at once
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    result = run_cli("segment-all", stores / "a_quicksam", "--output-dir", out, "--scheduler",
+                     f"tcp://127.0.0.1:{port}")
+    assert result.returncode == 1, result.stderr
+    assert "cannot reach the Dask scheduler" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
