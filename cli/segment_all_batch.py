@@ -101,6 +101,7 @@ def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem,
             one.output = check_segment_output(item.output, args.overwrite, args.layer).path
             summary = _run_segment_all_algorithm(one, ItemEvents(events, result.index))
             result.tiles, result.objects, result.status = summary["tiles"], summary["objects"], DONE
+            _log_messages(summary)
         except (Cancelled, OutputClosed):
             raise
         except Exception as exc:  # noqa: BLE001 - one store's failure is its own; the batch goes on
@@ -110,6 +111,15 @@ def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem,
         result.seconds = log.seconds()
     item_finished(events, result)
     return result
+
+
+def _log_messages(summary: Dict[str, object]) -> None:
+    """The run's notes and warnings (the "0 objects" hint...) through the `quicksam` logger: in the item's log and
+    on the terminal, as one segment-all prints them."""
+    if summary.get("message"):
+        LOGGER.info("%s", summary["message"])
+    if summary.get("no_objects_reason"):
+        LOGGER.warning("%s", summary["no_objects_reason"])
 
 
 def _segment_all(args: argparse.Namespace, events: EventWriter,

@@ -547,3 +547,17 @@ def test_an_unreachable_scheduler_is_refused_before_any_item(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "cannot reach the Dask scheduler" in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_a_segment_all_items_warnings_are_on_the_terminal_and_in_its_log(tmp_path):
+    from synthetic import square_scene, write_raster
+
+    write_raster(tmp_path / "a.tif", square_scene(150, 150, (20, 20, 40)))
+    stores, out = tmp_path / "stores", tmp_path / "out"
+    assert run_cli("encode", tmp_path / "a.tif", "--output-dir", stores, *FAST_ENCODE).returncode == 0
+    result = run_cli("segment-all", stores / "a_quicksam", "--output-dir", out, "--points-per-side", "4",
+                     "--pred-iou-thresh", "1.0", "--stability-score-thresh", "1.0")   # nothing passes: 0 objects
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if "warning" in line and "0 objects" in line]
+    assert warning, result.stderr
+    assert "0 objects" in (out / "a_quicksam_objects.log").read_text(encoding="utf-8")
