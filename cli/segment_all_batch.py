@@ -9,6 +9,7 @@ once per item, as for one store (cli/segment_all.py). One item's failure is its 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -16,6 +17,7 @@ from ..core.batch import SEGMENT_ALL, BatchItem, is_store_folder
 from ..core.batch_log import DONE, ItemResult, item_log, last_status, one_line_error, unwritable_log
 from ..core.errors import Cancelled, QuickSamError
 from ..core.logger import LOGGER
+from ..core.store import MANIFEST
 from .batch import (
     ItemEvents,
     announce,
@@ -45,11 +47,34 @@ def gdal_raster_extensions() -> List[str]:
 
 
 def _missing_store(item: BatchItem, args: argparse.Namespace) -> str:
-    """The one line for a raster input whose store is not there: the encode command that makes it."""
+    """The one line for a raster input whose store is not there, nor any store of its folder made from it: the
+    encode command that makes it."""
     where = f"--output-dir '{item.store.parent}'"
     suffix = f" --suffix {args.suffix}" if args.suffix else ""
-    return (f"no feature store '{item.store}' for '{item.input}': make it first with quicksam encode "
-            f"'{item.input}' {where}{suffix} (or give --stores-dir where the stores are)")
+    return (f"no feature store '{item.store}' for '{item.input}', and no store in '{item.store.parent}' was made "
+            f"from it: give --stores-dir where its store is, or make it with quicksam encode '{item.input}' "
+            f"{where}{suffix}")
+
+
+def store_of_raster(item: BatchItem) -> Optional[Path]:
+    """The item's store: the one the naming rule names, else the one store in its folder whose manifest records
+    the item's raster (same resolved path; e.g. `north_scene_quicksam` made by a --disambiguate run over more
+    inputs); None when there is none (or several)."""
+    if is_store_folder(item.store):
+        return item.store
+    if not item.store.parent.is_dir():
+        return None
+    found = []
+    raster = str(Path(item.input).resolve())
+    for folder in sorted(item.store.parent.iterdir()):
+        if folder.name.endswith(item.store.name) and is_store_folder(folder):
+            try:
+                recorded = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["raster"]["path"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if str(Path(recorded).resolve()) == raster:
+                found.append(folder)
+    return found[0] if len(found) == 1 else None
 
 
 ALREADY_FINISHED = "already finished"
@@ -88,7 +113,8 @@ def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem,
     title = f"quicksam segment-all {result.input} -> {result.output}"
     with item_log(result, title, dict(command_settings(args))) as log:
         try:
-            if not is_store_folder(item.store):
+            store = store_of_raster(item)
+            if store is None:
                 raise QuickSamError(_missing_store(item, args))
             if not args.overwrite and _finished_before(result, args.layer):
                 result.status, result.note = DONE, ALREADY_FINISHED
@@ -97,7 +123,7 @@ def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem,
                 item_finished(events, result)
                 return result
             one = argparse.Namespace(**vars(args))
-            one.store = item.store
+            one.store = store
             one.output = check_segment_output(item.output, args.overwrite, args.layer).path
             summary = _run_segment_all_algorithm(one, ItemEvents(events, result.index))
             result.tiles, result.objects, result.status = summary["tiles"], summary["objects"], DONE

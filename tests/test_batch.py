@@ -561,3 +561,19 @@ def test_a_segment_all_items_warnings_are_on_the_terminal_and_in_its_log(tmp_pat
     warning = [line for line in result.stderr.splitlines() if "warning" in line and "0 objects" in line]
     assert warning, result.stderr
     assert "0 objects" in (out / "a_quicksam_objects.log").read_text(encoding="utf-8")
+
+
+def test_segment_all_finds_a_disambiguated_store_by_its_manifest(tmp_path):
+    from synthetic import square_scene, write_raster
+
+    for sub in ("north", "south"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+        write_raster(tmp_path / "data" / sub / "scene.tif", square_scene(150, 150, (20, 20, 40)))
+    stores = tmp_path / "stores"
+    assert run_cli("encode", tmp_path / "data", "--recursive", "--disambiguate", "--output-dir", stores,
+                   *FAST_ENCODE).returncode == 0
+    assert (stores / "north_scene_quicksam").is_dir()
+    result = run_cli("segment-all", tmp_path / "data" / "north" / "scene.tif", "--stores-dir", stores,
+                     "--disambiguate", "--output-dir", tmp_path / "out", "--points-per-side", "4", "--progress-json")
+    assert result.returncode == 0, result.stdout[-800:]
+    assert events_of(result.stdout)[-1]["summary"]["items"][0]["status"] == "done"
