@@ -74,7 +74,9 @@ class InputFilter:
 
     def describe(self) -> str:
         """The filters in words, for a message about a folder or pattern that gave nothing."""
-        parts = [f"extensions {','.join(self.extensions)}" if self.extensions else ""]
+        shown = ",".join(self.extensions[:6]) + (f",... ({len(self.extensions)} in all)"
+                                                  if len(self.extensions) > 6 else "")
+        parts = [f"extensions {shown}" if self.extensions else ""]
         parts += [f"--include {' '.join(self.include)}" if self.include else "",
                   f"--exclude {' '.join(self.exclude)}" if self.exclude else ""]
         return "; ".join(part for part in parts if part) or "no filter"
@@ -120,8 +122,9 @@ def _from_spec(spec: str, recursive: bool, keep: InputFilter, stores: bool) -> L
     if path.is_dir():
         found = _scan_folder(path, recursive, keep, stores)
         if not found:
-            sub = "" if recursive else "; add --recursive for its sub-folders"
-            raise QuickSamError(f"no file in folder '{spec}' passes the filters ({keep.describe()}){sub}, or change "
+            where, advice = ((" or its sub-folders", "change") if recursive
+                             else ("", "add --recursive for its sub-folders, or change"))
+            raise QuickSamError(f"no file in folder '{spec}'{where} passes the filters ({keep.describe()}): {advice} "
                                 "--include/--exclude/--extensions")
         return found
     if _WILDCARDS.search(spec):
@@ -241,7 +244,8 @@ def _unique_paths(inputs: Sequence[Path], path_of: Callable[[Path, List[str]], P
             return paths
         if not disambiguate:
             raise QuickSamError(_clash_message(inputs, paths, clashes, "add --disambiguate to put their folder names "
-                                                                       "in front, or write next to each input"))
+                                                                       "in front, or write next to each input with "
+                                                                       "--next-to-inputs"))
         grown = False
         for index in (index for group in clashes for index in group):
             if depths[index] < len(_parents(inputs[index], depths[index] + 1)):

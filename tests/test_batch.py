@@ -577,3 +577,21 @@ def test_segment_all_finds_a_disambiguated_store_by_its_manifest(tmp_path):
                      "--disambiguate", "--output-dir", tmp_path / "out", "--points-per-side", "4", "--progress-json")
     assert result.returncode == 0, result.stdout[-800:]
     assert events_of(result.stdout)[-1]["summary"]["items"][0]["status"] == "done"
+
+
+def test_messages_about_inputs_are_short_and_well_formed(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(QuickSamError) as caught:
+        find_inputs([str(tmp_path / "empty")], True, extensions=EXTENSIONS)
+    message = str(caught.value)
+    assert "; or change" not in message and ": change --include" in message and "sub-folders" in message
+    assert f"({len(EXTENSIONS)} in all)" in message and len(message) < 300
+    clash = [tmp_path / "n" / "scene.tif", tmp_path / "s" / "scene.tif"]
+    with pytest.raises(QuickSamError, match="--disambiguate.*--next-to-inputs"):
+        plan_outputs(clash, NamingRule(output_dir=tmp_path / "out"), ENCODE)
+
+
+@pytest.mark.parametrize("command", ["encode", "segment-all"])
+def test_no_inputs_at_all_is_a_message_about_inputs(command, tmp_path):
+    assert_one_line_error(run_cli(command, "--output-dir", tmp_path / "out"), "no inputs: give the files, folders")
+    assert not (tmp_path / "out").exists()
