@@ -114,10 +114,11 @@ def check_writable_folder(folder: Path) -> None:
 
 
 def command_settings(args: argparse.Namespace) -> Tuple[Tuple[str, str], ...]:
-    """What an item's log lists: the command line, then every resolved option."""
+    """What an item's log lists: the command line, then the options that were set (not the parser's positional
+    fields, which hold the whole run's inputs: the log's header names the item's input and output)."""
     line = "quicksam " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     options = [(key, str(value)) for key, value in sorted(vars(args).items())
-               if key not in ("handler", "command") and value is not None]
+               if key not in ("handler", "command", "store", "rasters") and value not in (None, False, [], ())]
     return (("command line", line), *(("option " + key, value) for key, value in options))
 
 

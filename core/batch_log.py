@@ -131,6 +131,8 @@ def item_log(result: ItemResult, title: str, settings: Mapping[str, object]) -> 
     with open(path, "a", encoding="utf-8") as stream:
         log = ItemLog(stream, result)
         log.line(f"=== {title}: started {_now()}")
+        log.line(f"input: {result.input}")
+        log.line(f"output: {result.output}")
         for key, value in settings.items():
             log.line(f"{key}: {value}")
         handler = logging.StreamHandler(stream)

@@ -310,6 +310,8 @@ def test_each_output_has_its_log(encoded_batch):
     assert text.startswith(f"=== quicksam encode {encoded_batch['root'] / KOELN} -> ")
     assert "command line: quicksam encode " in text and "option tile_size: 128" in text
     assert "INFO encoding 4 of 4 tiles" in text and "status: done" in text and "seconds: " in text
+    assert f"input: {encoded_batch['root'] / KOELN}\n" in text and f"output: {rows[KOELN]['output']}\n" in text
+    assert "option store:" not in text and "option rasters:" not in text   # the parser's fields, not the item's
 
 
 def test_the_summary_table_is_shown_to_people(batch_root, tmp_path):
