@@ -79,11 +79,11 @@ LOG_START = "=== quicksam "
 def is_foreign_log(path: Path) -> bool:
     """Whether `path` is a file QuickSAM did not write as an item log (not empty, first line not LOG_START...):
     it must not be appended to."""
+    if not path.is_file():   # nothing there (or no folder: `unwritable_log` says so for the item)
+        return False
     try:
         with open(path, "rb") as stream:
             head = stream.read(len(LOG_START))
-    except FileNotFoundError:
-        return False
     except OSError:
         return True
     return bool(head) and head != LOG_START.encode()

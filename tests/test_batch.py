@@ -345,7 +345,7 @@ def test_dry_run_lists_and_writes_nothing(batch_root, tmp_path):
 
 
 @pytest.mark.parametrize("options, hint", [
-    (["--suffix", "a b"], "letters, digits and '-'"),
+    (["--suffix", "a b"], r"ASCII letters \(a-z, A-Z\), digits and '-'"),
     (["--series"], "--series and --frames-from-bands make one series store"),
 ])
 def test_bad_batch_options_are_one_line_errors(batch_root, tmp_path, options, hint):
