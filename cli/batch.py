@@ -8,15 +8,16 @@ which outputs, in core/batch.py.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
-from ..core.batch import BatchItem, NamingRule, check_suffix, find_inputs, plan_outputs
-from ..core.batch_log import ItemResult, summary, summary_table
+from ..core.batch import BatchItem, NamingRule, check_name_lengths, check_suffix, find_inputs, plan_outputs
+from ..core.batch_log import ItemResult, is_foreign_log, summary, summary_table
 from ..core.errors import QuickSamError
-from .events import EXIT_SOME_FAILED, EventWriter
+from .events import EXIT_CANCELLED, EXIT_SOME_FAILED, EventWriter
 
 #: The options that only a batch takes (dest names).
 BATCH_ONLY = ("recursive", "include", "exclude", "extensions", "suffix", "disambiguate", "dry_run", "stores_dir")
@@ -58,7 +59,7 @@ def add_batch_options(parser: argparse.ArgumentParser, output: str, stores_dir: 
                        help="take only files with these extensions (default: the raster formats GDAL reads). Files "
                             "named one by one are always taken, whatever their extension and the filters")
     group.add_argument("--suffix", type=parse_suffix, default="", metavar="TEXT",
-                       help="added to every output name after _quicksam (letters, digits and - only)")
+                       help="added to every output name after _quicksam (ASCII letters, digits and - only; at most 64)")
     group.add_argument("--disambiguate", action="store_true",
                        help="inputs of the same name that would write the same output get their folders' names in "
                             "front (north_scene_quicksam); without it such a run is refused before anything is written")
@@ -90,14 +91,34 @@ def plan_batch(args: argparse.Namespace, specs: Iterable[str], kind: str, extens
     stores_dir = getattr(args, "stores_dir", None)
     rule = NamingRule(output_dir=args.output_dir.absolute() if args.output_dir else None, suffix=args.suffix,
                       disambiguate=args.disambiguate, stores_dir=stores_dir.absolute() if stores_dir else None)
-    return plan_outputs(inputs, rule, kind)
+    items = plan_outputs(inputs, rule, kind)
+    check_name_lengths(items)
+    for item in items:
+        if is_foreign_log(item.log):
+            raise QuickSamError(f"'{item.log}' (the log of '{item.input}') is not a QuickSAM log, and nothing you made "
+                                "is touched: move it away, or choose another --suffix")
+    if rule.output_dir is not None:
+        check_writable_folder(rule.output_dir)
+    return items
+
+
+def check_writable_folder(folder: Path) -> None:
+    """QuickSamError (one line) unless `folder` (or, when it is not there yet, its nearest existing parent, where
+    it will be made) is a folder this process can write into; nothing is written."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "" if existing == folder else f" (it would be made in '{existing}')"
+        raise QuickSamError(f"--output-dir '{folder}' cannot be written{what}: choose a folder you can write to")
 
 
 def command_settings(args: argparse.Namespace) -> Tuple[Tuple[str, str], ...]:
-    """What an item's log lists: the command line, then every resolved option."""
+    """What an item's log lists: the command line, then the options that were set (not the parser's positional
+    fields, which hold the whole run's inputs: the log's header names the item's input and output)."""
     line = "quicksam " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     options = [(key, str(value)) for key, value in sorted(vars(args).items())
-               if key not in ("handler", "command") and value is not None]
+               if key not in ("handler", "command", "store", "rasters") and value not in (None, False, [], ())]
     return (("command line", line), *(("option " + key, value) for key, value in options))
 
 
@@ -139,13 +160,19 @@ def item_finished(events: EventWriter, result: ItemResult) -> None:
         events.warning(f"[{result.index + 1}/{result.count}] {result.input} failed: {result.error}")
 
 
-def finish(events: EventWriter, results: Sequence[ItemResult]) -> int:
-    """The summary table (people), the `finished` event (its summary: every row, done, failed); the exit status:
-    EXIT_SOME_FAILED when any item failed, else 0."""
+def finish(events: EventWriter, results: Sequence[ItemResult], interrupted: bool = False) -> int:
+    """The summary table (people), the `finished` event (its summary: every row, done, failed; `interrupted`
+    True when Ctrl-C or SIGTERM stopped the run, then the one "interrupted" line); the exit status:
+    EXIT_CANCELLED when interrupted, EXIT_SOME_FAILED when any item failed, else 0."""
     if not events.as_json:
         for line in summary_table(results):
             events.info(line)
     result = summary(results)
+    if interrupted:
+        events.finished({**result, "interrupted": True}, indent=2)
+        events.error("interrupted: the run stopped; the summary above is what was done so far (finished tiles are "
+                     "kept): run the same command to resume", EXIT_CANCELLED, kind="")
+        return EXIT_CANCELLED
     events.finished(result, indent=2)
     return EXIT_SOME_FAILED if result["failed"] else 0
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, Sequence
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
 from ..core.batch import ENCODE
-from ..core.batch_log import ItemResult
+from ..core.batch_log import INTERRUPTED, ItemResult
 from ..core.errors import QuickSamError
 from .batch import (
     ItemEvents,
@@ -27,7 +27,7 @@ from .batch import (
     new_result,
     plan_batch,
 )
-from .events import EventWriter, OutputClosed
+from .events import EventWriter, OutputClosed, stop_signal_handler
 
 if TYPE_CHECKING:
     from ..encoder.batch_tasks import EncodeItem
@@ -63,7 +63,7 @@ def run_encode_batch(args: argparse.Namespace, events: EventWriter) -> int:
     tasks = [_task(base, item.input, item.output, new_result(index, items), settings, args.extent_crs)
              for index, item in enumerate(items)]
     if not cluster.wanted:
-        return finish(events, encode_in_turn(tasks, events))
+        return finish(events, *encode_stopping_on_signal(tasks, events))
     from ..core.cluster import cluster_client
 
     with cluster_client(cluster) as client:
@@ -82,12 +82,29 @@ def _task(base: Any, raster: Path, store: Path, result: ItemResult, settings: An
     return EncodeItem(request=request, result=result, settings=settings, extent_crs=extent_crs)
 
 
-def encode_in_turn(tasks: Sequence[EncodeItem], events: EventWriter, client: Any = None) -> List[ItemResult]:
-    """The items one after another in this process (their tiles on `client`'s cluster when given); progress
-    events carry the item's index."""
+def encode_stopping_on_signal(tasks: Sequence[EncodeItem], events: EventWriter) -> Tuple[List[ItemResult], bool]:
+    """`encode_in_turn` in this process, where Ctrl-C and SIGTERM (QGIS's cancel) stop the run: the results so
+    far (the current item "interrupted", as its log says) and whether the run was stopped."""
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    results: List[ItemResult] = []
+    with stop_signal_handler(on_signal):
+        try:
+            encode_in_turn(tasks, events, results=results)
+        except KeyboardInterrupt:
+            results.append(dataclasses.replace(tasks[len(results)].result, status=INTERRUPTED))
+            return results, True
+    return results, False
+
+
+def encode_in_turn(tasks: Sequence[EncodeItem], events: EventWriter, client: Any = None,
+                   results: Optional[List[ItemResult]] = None) -> List[ItemResult]:
+    """The items one after another in this process (their tiles on `client`'s cluster when given), each result
+    appended to `results` as it comes; progress events carry the item's index."""
     from ..encoder.batch_tasks import encode_item
 
-    results = []
+    results = [] if results is None else results
     for task in tasks:
         item_started(events, task.result)
         result = encode_item(task, progress=_item_progress(ItemEvents(events, task.result.index)), client=client,

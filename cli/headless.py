@@ -12,7 +12,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, TypeVar
 
 from ..core.errors import Cancelled, QuickSamError
 from ..core.logger import LOGGER
@@ -131,11 +131,20 @@ def _headless_qgis() -> Iterator[None]:
             qInstallMessageHandler(None)  # no Python callback may outlive the interpreter
 
 
+def without_traceback(lines: List[str]) -> List[str]:
+    """`lines` with a Python traceback cut down to its last line (the exception: "KeyboardInterrupt")."""
+    for index, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last)"):
+            return lines[:index] + lines[-1:]
+    return lines
+
+
 def one_line(message: str) -> str:
     """A Processing error as one line, without Processing's "Unable to execute algorithm" preamble."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].lower().startswith("unable to execute algorithm"):
         lines = lines[1:]
+    lines = without_traceback(lines)
     text = " ".join(lines) or "the segmentation failed"
     return text[0].lower() + text[1:] if text[:2].istitle() else text
 

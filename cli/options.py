@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from .events import EXIT_BAD_INPUT
@@ -83,6 +84,10 @@ class OneLineParser(argparse.ArgumentParser):
         self._add_arguments = add_arguments
 
     def error(self, message: str) -> None:
+        if message.startswith("the following arguments are required") and (
+                {"--output-dir", "--next-to-inputs"} & {arg.split("=")[0] for arg in sys.argv[1:]}):
+            message = ("no inputs: give the files, folders or quoted glob patterns (e.g. 'data/*.tif') to process "
+                       "before --output-dir/--next-to-inputs")
         self.exit(EXIT_BAD_INPUT, f"quicksam: error: {message} (see '{self.prog} --help')\n")
 
     def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Optional[argparse.Namespace] = None

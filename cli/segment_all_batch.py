@@ -9,13 +9,15 @@ once per item, as for one store (cli/segment_all.py). One item's failure is its 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
-from typing import Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..core.batch import SEGMENT_ALL, BatchItem, is_store_folder
-from ..core.batch_log import DONE, ItemResult, item_log, one_line_error
+from ..core.batch_log import DONE, ItemResult, item_log, last_status, one_line_error, unwritable_log
 from ..core.errors import Cancelled, QuickSamError
 from ..core.logger import LOGGER
+from ..core.store import MANIFEST
 from .batch import (
     ItemEvents,
     announce,
@@ -27,7 +29,7 @@ from .batch import (
     new_result,
     plan_batch,
 )
-from .events import EventWriter, OutputClosed
+from .events import EventWriter, OutputClosed, stop_signal_handler
 
 
 def gdal_raster_extensions() -> List[str]:
@@ -45,41 +47,126 @@ def gdal_raster_extensions() -> List[str]:
 
 
 def _missing_store(item: BatchItem, args: argparse.Namespace) -> str:
-    """The one line for a raster input whose store is not there: the encode command that makes it."""
+    """The one line for a raster input whose store is not there, nor any store of its folder made from it: the
+    encode command that makes it."""
     where = f"--output-dir '{item.store.parent}'"
     suffix = f" --suffix {args.suffix}" if args.suffix else ""
-    return (f"no feature store '{item.store}' for '{item.input}': make it first with quicksam encode "
-            f"'{item.input}' {where}{suffix} (or give --stores-dir where the stores are)")
+    return (f"no feature store '{item.store}' for '{item.input}', and no store in '{item.store.parent}' was made "
+            f"from it: give --stores-dir where its store is, or make it with quicksam encode '{item.input}' "
+            f"{where}{suffix}")
 
 
-def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem, result: ItemResult) -> ItemResult:
-    """Segment one item's store into its output in the running headless QGIS; its result."""
+def store_of_raster(item: BatchItem) -> Optional[Path]:
+    """The item's store: the one the naming rule names, else the one store in its folder whose manifest records
+    the item's raster (same resolved path; e.g. `north_scene_quicksam` made by a --disambiguate run over more
+    inputs); None when there is none (or several)."""
+    if is_store_folder(item.store):
+        return item.store
+    if not item.store.parent.is_dir():
+        return None
+    found = []
+    raster = str(Path(item.input).resolve())
+    for folder in sorted(item.store.parent.iterdir()):
+        if folder.name.endswith(item.store.name) and is_store_folder(folder):
+            try:
+                recorded = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["raster"]["path"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if str(Path(recorded).resolve()) == raster:
+                found.append(folder)
+    return found[0] if len(found) == 1 else None
+
+
+ALREADY_FINISHED = "already finished"
+
+
+def _finished_before(result: ItemResult, layer: str) -> bool:
+    """Whether this item's output was finished by an earlier run: its log's last status is "done", no unfinished
+    run file is next to it, and it has the layer `layer` (whose object count goes into `result`)."""
+    from osgeo import gdal
+
+    from ..interactive.run_file import partial_path
+
+    output = Path(result.output)
+    if last_status(Path(result.log)) != DONE or not output.is_file() or partial_path(output).exists():
+        return False
+    dataset = gdal.OpenEx(str(output), gdal.OF_VECTOR)
+    found = dataset is not None and dataset.GetLayerByName(layer) is not None
+    if found:
+        result.objects = dataset.GetLayerByName(layer).GetFeatureCount()
+    dataset = None
+    return found
+
+
+def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem, result: ItemResult,
+                 stop: Optional[Dict[str, bool]] = None) -> ItemResult:
+    """Segment one item's store into its output in the running headless QGIS; its result. KeyboardInterrupt
+    when `stop["requested"]` turned True (Ctrl-C, SIGTERM) while it ran: the item's log says "interrupted"."""
     from .segment import check_segment_output
     from .segment_all import _run_segment_all_algorithm
 
     item_started(events, result)
+    result.error = unwritable_log(result)
+    if result.error:
+        item_finished(events, result)
+        return result
     title = f"quicksam segment-all {result.input} -> {result.output}"
     with item_log(result, title, dict(command_settings(args))) as log:
         try:
-            if not is_store_folder(item.store):
+            store = store_of_raster(item)
+            if store is None:
                 raise QuickSamError(_missing_store(item, args))
+            if not args.overwrite and _finished_before(result, args.layer):
+                result.status, result.note = DONE, ALREADY_FINISHED
+                LOGGER.info("already finished, nothing segmented (--overwrite segments it again)")
+                result.seconds = log.seconds()
+                item_finished(events, result)
+                return result
             one = argparse.Namespace(**vars(args))
-            one.store = item.store
+            one.store = store
             one.output = check_segment_output(item.output, args.overwrite, args.layer).path
             summary = _run_segment_all_algorithm(one, ItemEvents(events, result.index))
             result.tiles, result.objects, result.status = summary["tiles"], summary["objects"], DONE
+            _log_messages(summary)
         except (Cancelled, OutputClosed):
             raise
         except Exception as exc:  # noqa: BLE001 - one store's failure is its own; the batch goes on
+            if stop and stop.get("requested"):  # Processing turned the signal's KeyboardInterrupt into a failure
+                raise KeyboardInterrupt from None
             result.error = one_line_error(exc)
         result.seconds = log.seconds()
     item_finished(events, result)
     return result
 
 
-def _segment_all(args: argparse.Namespace, events: EventWriter, items: Sequence[BatchItem]) -> List[ItemResult]:
+def _log_messages(summary: Dict[str, object]) -> None:
+    """The run's notes and warnings (the "0 objects" hint...) through the `quicksam` logger: in the item's log and
+    on the terminal, as one segment-all prints them."""
+    if summary.get("message"):
+        LOGGER.info("%s", summary["message"])
+    if summary.get("no_objects_reason"):
+        LOGGER.warning("%s", summary["no_objects_reason"])
+
+
+def _segment_all(args: argparse.Namespace, events: EventWriter,
+                 items: Sequence[BatchItem]) -> Tuple[List[ItemResult], bool]:
+    """Every item in turn; the results so far and whether Ctrl-C or SIGTERM stopped the run."""
     LOGGER.info("QGIS started once for %d input(s)", len(items))
-    return [segment_item(args, events, item, new_result(index, items)) for index, item in enumerate(items)]
+    results: List[ItemResult] = []
+    stop = {"requested": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["requested"] = True
+        raise KeyboardInterrupt
+
+    with stop_signal_handler(on_signal):
+        try:
+            for index, item in enumerate(items):
+                results.append(new_result(index, items))
+                segment_item(args, events, item, results[-1], stop)
+        except KeyboardInterrupt:
+            return results, True
+    return results, False
 
 
 def run_segment_all_batch(args: argparse.Namespace, events: EventWriter) -> int:
@@ -93,7 +180,18 @@ def run_segment_all_batch(args: argparse.Namespace, events: EventWriter) -> int:
     announce(events, items, args.dry_run)
     if args.dry_run:
         return dry_run_finished(events, items)
-    return finish(events, in_headless_qgis(lambda: _segment_all(args, events, items)))
+    if args.scheduler:
+        check_scheduler(args.scheduler)
+    results, interrupted = in_headless_qgis(lambda: _segment_all(args, events, items))
+    return finish(events, results, interrupted)
+
+
+def check_scheduler(scheduler: str) -> None:
+    """Connect to the Dask scheduler once and close: QuickSamError (one line, core/cluster.py's) when it cannot be
+    reached, before any item runs or writes (each item would otherwise wait for it and fail)."""
+    from ..core.cluster import _connect, _distributed
+
+    _connect(_distributed(), scheduler).close()
 
 
 def _specs(stores: Iterable[Path]) -> List[str]:

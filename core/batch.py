@@ -27,6 +27,8 @@ QUICKSAM_SUFFIX = "_quicksam"
 OBJECTS_SUFFIX = "_objects.gpkg"
 #: What a batch does to each input: encode it into a store, or segment everything on its store.
 ENCODE, SEGMENT_ALL = "encode", "segment-all"
+#: The longest --suffix, and the longest output or log name in bytes (file systems stop at 255).
+MAX_SUFFIX, MAX_NAME = 64, 250
 _SAFE_SUFFIX = re.compile(r"^[A-Za-z0-9-]+$")
 _WILDCARDS = re.compile(r"[*?\[]")
 
@@ -72,7 +74,9 @@ class InputFilter:
 
     def describe(self) -> str:
         """The filters in words, for a message about a folder or pattern that gave nothing."""
-        parts = [f"extensions {','.join(self.extensions)}" if self.extensions else ""]
+        shown = ",".join(self.extensions[:6]) + (f",... ({len(self.extensions)} in all)"
+                                                  if len(self.extensions) > 6 else "")
+        parts = [f"extensions {shown}" if self.extensions else ""]
         parts += [f"--include {' '.join(self.include)}" if self.include else "",
                   f"--exclude {' '.join(self.exclude)}" if self.exclude else ""]
         return "; ".join(part for part in parts if part) or "no filter"
@@ -118,8 +122,9 @@ def _from_spec(spec: str, recursive: bool, keep: InputFilter, stores: bool) -> L
     if path.is_dir():
         found = _scan_folder(path, recursive, keep, stores)
         if not found:
-            sub = "" if recursive else "; add --recursive for its sub-folders"
-            raise QuickSamError(f"no file in folder '{spec}' passes the filters ({keep.describe()}){sub}, or change "
+            where, advice = ((" or its sub-folders", "change") if recursive
+                             else ("", "add --recursive for its sub-folders, or change"))
+            raise QuickSamError(f"no file in folder '{spec}'{where} passes the filters ({keep.describe()}): {advice} "
                                 "--include/--exclude/--extensions")
         return found
     if _WILDCARDS.search(spec):
@@ -154,9 +159,23 @@ def find_inputs(specs: Iterable[str], recursive: bool = False, include: Sequence
 def check_suffix(suffix: str) -> str:
     """The user's --suffix, QuickSamError (one line) unless it is empty or letters, digits and '-' only."""
     if suffix and not _SAFE_SUFFIX.match(suffix):
-        raise QuickSamError(f"--suffix '{suffix}' may hold only letters, digits and '-' (it becomes part of file "
-                            "names on every system); e.g. --suffix v2")
+        raise QuickSamError(f"--suffix '{suffix}' may hold only ASCII letters (a-z, A-Z), digits and '-' (it becomes "
+                            "part of file names on every system); e.g. --suffix v2")
+    if len(suffix) > MAX_SUFFIX:
+        raise QuickSamError(f"--suffix is {len(suffix)} characters long: give at most {MAX_SUFFIX} (it is part of "
+                            "every output's file name); e.g. --suffix v2")
     return suffix
+
+
+def check_name_lengths(items: Sequence[BatchItem]) -> None:
+    """QuickSamError (one line) when an item's output or log name is longer than MAX_NAME bytes (most file
+    systems refuse names over 255 bytes), naming the input: checked before anything is written."""
+    for item in items:
+        for path in (item.output, item.log):
+            if len(os.fsencode(path.name)) > MAX_NAME:
+                raise QuickSamError(f"the output name '{path.name[:40]}...' of '{item.input}' is longer than "
+                                    f"{MAX_NAME} bytes, which file systems refuse: use a shorter --suffix or rename "
+                                    "the input")
 
 
 @dataclass(frozen=True)
@@ -225,7 +244,8 @@ def _unique_paths(inputs: Sequence[Path], path_of: Callable[[Path, List[str]], P
             return paths
         if not disambiguate:
             raise QuickSamError(_clash_message(inputs, paths, clashes, "add --disambiguate to put their folder names "
-                                                                       "in front, or write next to each input"))
+                                                                       "in front, or write next to each input with "
+                                                                       "--next-to-inputs"))
         grown = False
         for index in (index for group in clashes for index in group):
             if depths[index] < len(_parents(inputs[index], depths[index] + 1)):

@@ -18,13 +18,14 @@ from typing import Iterator, List, Mapping, Optional, Sequence, TextIO
 
 from .logger import LOGGER
 
-DONE, FAILED = "done", "failed"
+DONE, FAILED, INTERRUPTED = "done", "failed", "interrupted"
 
 
 @dataclass
 class ItemResult:
     """One item's outcome: `status` "done" or "failed"; `tiles` of its store (every level) or segmented; `objects`
-    found (segment-all; None for encode); `seconds` it took; `error` one line or None."""
+    found (segment-all; None for encode); `seconds` it took; `error` one line or None; `note` e.g. "already
+    finished" (a re-run that had nothing to do)."""
 
     index: int
     count: int
@@ -36,6 +37,7 @@ class ItemResult:
     objects: Optional[int] = None
     seconds: float = 0.0
     error: Optional[str] = None
+    note: Optional[str] = None
 
     def row(self) -> dict:
         """The item as the `item_finished` event's fields (JSON-ready)."""
@@ -50,8 +52,56 @@ def one_line_error(exc: BaseException) -> str:
     """An exception as one line: a QuickSAM error's own message, anything else with its type named."""
     from .errors import QuickSamError
 
-    text = " ".join(str(exc).split())
+    lines = str(exc).splitlines()
+    for index, line in enumerate(lines):
+        if line.strip().startswith("Traceback (most recent call last)"):
+            lines = lines[:index] + lines[-1:]  # never a traceback: its last line (the exception) only
+            break
+    text = " ".join(" ".join(lines).split())
     return text if isinstance(exc, QuickSamError) and text else f"unexpected {type(exc).__name__}: {text}"
+
+
+def last_status(path: Path) -> Optional[str]:
+    """The status in the last footer of the log file `path` ("done", "failed", "interrupted ..."), None when there
+    is no such file or footer."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    found = [line[len("status: "):] for line in lines if line.startswith("status: ")]
+    return found[-1] if found else None
+
+
+#: How every QuickSAM item log begins (`item_log`'s header): a log file not beginning so is the user's.
+LOG_START = "=== quicksam "
+
+
+def is_foreign_log(path: Path) -> bool:
+    """Whether `path` is a file QuickSAM did not write as an item log (not empty, first line not LOG_START...):
+    it must not be appended to."""
+    if not path.is_file():   # nothing there (or no folder: `unwritable_log` says so for the item)
+        return False
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(len(LOG_START))
+    except OSError:
+        return True
+    return bool(head) and head != LOG_START.encode()
+
+
+def unwritable_log(result: ItemResult) -> Optional[str]:
+    """None when the log file `result.log` can be opened for appending (its folder made if needed; the file is
+    created), else the one line that fails the item: its log (and so its output) cannot be written there."""
+    path = Path(result.log)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return (f"its log '{path}' cannot be written ({reason}), so neither can its output there: make "
+                f"'{path.parent}' writable or choose a writable --output-dir")
+    return None
 
 
 class ItemLog:
@@ -81,6 +131,8 @@ def item_log(result: ItemResult, title: str, settings: Mapping[str, object]) -> 
     with open(path, "a", encoding="utf-8") as stream:
         log = ItemLog(stream, result)
         log.line(f"=== {title}: started {_now()}")
+        log.line(f"input: {result.input}")
+        log.line(f"output: {result.output}")
         for key, value in settings.items():
             log.line(f"{key}: {value}")
         handler = logging.StreamHandler(stream)
@@ -98,6 +150,8 @@ def item_log(result: ItemResult, title: str, settings: Mapping[str, object]) -> 
             LOGGER.removeHandler(handler)
             LOGGER.setLevel(level)
             result.seconds = log.seconds()
+            if interrupted:
+                result.status = INTERRUPTED
             _footer(log, interrupted)
 
 
@@ -105,6 +159,8 @@ def _footer(log: ItemLog, interrupted: bool) -> None:
     result = log.result
     status = "interrupted (finished tiles are kept; run the same command to resume)" if interrupted else result.status
     log.line(f"status: {status}")
+    if result.note:
+        log.line(f"note: {result.note}")
     if result.tiles is not None:
         log.line(f"tiles: {result.tiles}")
     if result.objects is not None:
@@ -127,7 +183,8 @@ def summary_table(results: Sequence[ItemResult]) -> List[str]:
     """The summary as text lines: input, output, tiles, objects, seconds, status (and the error)."""
     header = ("input", "output", "tiles", "objects", "seconds", "status")
     rows = [(r.input, r.output, "" if r.tiles is None else str(r.tiles), "" if r.objects is None else str(r.objects),
-             f"{r.seconds:.1f}", r.status + (f": {r.error}" if r.error else "")) for r in results]
+             f"{r.seconds:.1f}", r.status + (f" ({r.note})" if r.note else "") + (f": {r.error}" if r.error else ""))
+            for r in results]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
     return ["  ".join([*(cell.ljust(width) for cell, width in zip(row[:-1], widths)), row[-1]]).rstrip()
             for row in [header, *rows]]

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
-from ..core.batch_log import DONE, FAILED, ItemResult, item_log, one_line_error
+from ..core.batch_log import DONE, FAILED, ItemResult, item_log, one_line_error, unwritable_log
 from ..core.errors import Cancelled
 from ..core.logger import LOGGER
 from .worker_models import cached_model
@@ -83,6 +83,9 @@ def encode_item(item: EncodeItem, progress: Optional[ProgressCallback] = None,
     with the error in one line). Cancelled, KeyboardInterrupt and the exceptions of `stop_on` propagate (the
     log says "interrupted"); any other failure is the item's."""
     result = dataclasses.replace(item.result, status=FAILED, error=None)
+    result.error = unwritable_log(result)
+    if result.error:
+        return result
     title = f"quicksam encode {item.result.input} -> {item.result.output}"
     with item_log(result, title, dict(item.settings)) as log:
         try:

@@ -20,12 +20,13 @@ from quicksam.core.batch import (
     ENCODE,
     SEGMENT_ALL,
     NamingRule,
+    check_name_lengths,
     check_suffix,
     find_inputs,
     name_pattern,
     plan_outputs,
 )
-from quicksam.core.batch_log import DONE, FAILED, ItemResult, item_log, summary, summary_table
+from quicksam.core.batch_log import DONE, FAILED, ItemResult, item_log, one_line_error, summary, summary_table
 from quicksam.core.errors import QuickSamError
 from quicksam.core.logger import LOGGER
 from quicksam.encoder.raster_formats import raster_extensions
@@ -121,8 +122,40 @@ def test_safe_suffixes_are_accepted(suffix):
 
 @pytest.mark.parametrize("suffix", ["a b", "v_2", "x/y", "ä", "a.b"])
 def test_unsafe_suffixes_are_refused(suffix):
-    with pytest.raises(QuickSamError, match="letters, digits and '-'"):
+    with pytest.raises(QuickSamError, match=r"ASCII letters \(a-z, A-Z\), digits and '-'"):
         NamingRule(suffix=suffix)
+
+
+def test_a_too_long_suffix_or_name_is_refused_up_front(tmp_path):
+    with pytest.raises(QuickSamError, match="at most 64"):
+        check_suffix("x" * 300)
+    long_stem = tmp_path / ("s" * 240 + ".tif")   # a name the file system takes; its store's log name it does not
+    with pytest.raises(QuickSamError, match="longer than 250 bytes.*shorter --suffix"):
+        check_name_lengths(plan_outputs([long_stem], NamingRule(output_dir=tmp_path), ENCODE))
+
+
+def test_an_unwritable_output_dir_is_refused_before_anything_is_written(batch_root, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n", encoding="utf-8")
+    before = file_states(tmp_path)
+    result = run_cli("encode", batch_root / "upper.TIF", "--output-dir", blocker / "out", *FAST_ENCODE)
+    assert_one_line_error(result, "cannot be written.*choose a folder you can write to")
+    assert file_states(tmp_path) == before
+
+
+def test_an_item_whose_log_cannot_be_written_fails_alone(tmp_path):
+    from synthetic import square_scene, write_raster
+
+    for name in ("a", "b"):
+        write_raster(tmp_path / f"{name}.tif", square_scene(150, 150, (20, 20, 40)))
+    (tmp_path / "a_quicksam.log").mkdir()   # the log's path cannot be opened as a file (root ignores chmod)
+    result = run_cli("encode", tmp_path / "a.tif", tmp_path / "b.tif", "--next-to-inputs", *FAST_ENCODE,
+                     "--progress-json")
+    assert result.returncode == 4, result.stderr
+    assert "Traceback" not in result.stderr
+    rows = events_of(result.stdout)[-1]["summary"]["items"]
+    assert [row["status"] for row in rows] == ["failed", "done"]
+    assert "its log" in rows[0]["error"] and "cannot be written" in rows[0]["error"]
 
 
 def test_outputs_next_to_inputs_and_in_one_folder(batch_root, tmp_path):
@@ -193,6 +226,13 @@ def test_item_log_appends_header_records_and_footer(tmp_path):
     assert text.count("=== quicksam encode in.tif -> out: started") == 2   # appended, the first run kept
     assert "command line: quicksam encode x" in text and "WARNING something to know 1" in text
     assert "status: done" in text and "tiles: 4" in text and "=== ended" in text
+
+
+def test_an_item_error_is_never_a_traceback():
+    error = QuickSamError("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n    g()\n"
+                          "KeyboardInterrupt")
+    assert one_line_error(error) == "KeyboardInterrupt"
+    assert one_line_error(ValueError("bad\nvalue")) == "unexpected ValueError: bad value"
 
 
 def test_summary_table_and_counts():
@@ -270,6 +310,8 @@ def test_each_output_has_its_log(encoded_batch):
     assert text.startswith(f"=== quicksam encode {encoded_batch['root'] / KOELN} -> ")
     assert "command line: quicksam encode " in text and "option tile_size: 128" in text
     assert "INFO encoding 4 of 4 tiles" in text and "status: done" in text and "seconds: " in text
+    assert f"input: {encoded_batch['root'] / KOELN}\n" in text and f"output: {rows[KOELN]['output']}\n" in text
+    assert "option store:" not in text and "option rasters:" not in text   # the parser's fields, not the item's
 
 
 def test_the_summary_table_is_shown_to_people(batch_root, tmp_path):
@@ -303,7 +345,7 @@ def test_dry_run_lists_and_writes_nothing(batch_root, tmp_path):
 
 
 @pytest.mark.parametrize("options, hint", [
-    (["--suffix", "a b"], "letters, digits and '-'"),
+    (["--suffix", "a b"], r"ASCII letters \(a-z, A-Z\), digits and '-'"),
     (["--series"], "--series and --frames-from-bands make one series store"),
 ])
 def test_bad_batch_options_are_one_line_errors(batch_root, tmp_path, options, hint):
@@ -392,7 +434,8 @@ def test_as_many_workers_as_files_spread_each_files_tiles(batch_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_whole_run_and_keeps_finished_tiles(tmp_path):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])   # Ctrl-C; QGIS's cancel of the encoder process
+def test_ctrl_c_stops_the_whole_run_and_keeps_finished_tiles(tmp_path, stop):
     import signal
     import subprocess
 
@@ -409,9 +452,9 @@ def test_ctrl_c_stops_the_whole_run_and_keeps_finished_tiles(tmp_path):
         for line in process.stdout:   # the second raster has written a tile: stop there
             event = json.loads(line)
             if event["event"] == "progress" and event.get("item") == 1:
-                process.send_signal(signal.SIGINT)
+                process.send_signal(getattr(signal, stop))
                 break
-        _, stderr = process.communicate(timeout=120)
+        rest, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
@@ -422,3 +465,135 @@ def test_ctrl_c_stops_the_whole_run_and_keeps_finished_tiles(tmp_path):
     assert large["tiles_done"] >= 1 and large["complete"] is False   # finished tiles kept
     assert "status: interrupted" in (out / "b_large_quicksam.log").read_text(encoding="utf-8")
     assert not (out / "c_never_quicksam").exists()
+    finished = [json.loads(line) for line in rest.splitlines() if '"finished"' in line][-1]["summary"]
+    assert finished["interrupted"] is True   # the summary so far
+    assert [row["status"] for row in finished["items"]] == ["done", "interrupted"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_segment_all_batch_with_its_summary_so_far(tmp_path):
+    import signal
+    import subprocess
+
+    from synthetic import cli_command, square_scene, write_raster
+
+    for name in ("a", "b"):
+        write_raster(tmp_path / f"{name}.tif", square_scene(200, 200, (50, 50, 60)))
+    stores = tmp_path / "stores"
+    assert run_cli("encode", tmp_path / "a.tif", tmp_path / "b.tif", "--output-dir", stores,
+                   *FAST_ENCODE).returncode == 0
+    out = tmp_path / "out"
+    process = subprocess.Popen(cli_command("segment-all", stores / "a_quicksam", stores / "b_quicksam", "--output-dir",
+                                           out, "--points-per-side", "16", "--progress-json"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:   # the second store has one of its 4 tiles segmented: stop there
+            event = json.loads(line)
+            if event["event"] == "progress" and event.get("item") == 1:
+                process.send_signal(signal.SIGINT)
+                break
+        rest, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    finished = [json.loads(line) for line in rest.splitlines() if '"finished"' in line][-1]["summary"]
+    assert finished["interrupted"] is True
+    assert [row["status"] for row in finished["items"]] == ["done", "interrupted"]
+    assert "status: interrupted" in (out / "b_quicksam_objects.log").read_text(encoding="utf-8")
+
+
+def test_a_finished_segment_all_batch_is_done_on_a_re_run(tmp_path):
+    from synthetic import square_scene, write_raster
+
+    write_raster(tmp_path / "a.tif", square_scene(150, 150, (20, 20, 40)))
+    stores, out = tmp_path / "stores", tmp_path / "out"
+    assert run_cli("encode", tmp_path / "a.tif", "--output-dir", stores, *FAST_ENCODE).returncode == 0
+    command = ("segment-all", stores / "a_quicksam", "--output-dir", out, "--points-per-side", "4", "--progress-json")
+    assert run_cli(*command).returncode == 0
+    again = run_cli(*command)
+    assert again.returncode == 0, again.stderr
+    row = events_of(again.stdout)[-1]["summary"]["items"][0]
+    assert (row["status"], row["note"]) == ("done", "already finished")
+    assert "already finished, nothing segmented" in (out / "a_quicksam_objects.log").read_text(encoding="utf-8")
+    redo = run_cli(*command, "--overwrite")   # --overwrite still segments it again
+    assert redo.returncode == 0 and events_of(redo.stdout)[-1]["summary"]["items"][0]["note"] is None
+
+
+def test_a_log_file_the_user_made_is_never_appended_to(tmp_path):
+    from synthetic import square_scene, write_raster
+
+    write_raster(tmp_path / "a.tif", square_scene(150, 150, (20, 20, 40)))
+    mine = tmp_path / "a_quicksam.log"
+    mine.write_text("my field notes\n", encoding="utf-8")
+    before = file_states(tmp_path)
+    result = run_cli("encode", tmp_path / "a.tif", "--next-to-inputs", *FAST_ENCODE)
+    assert_one_line_error(result, "a_quicksam.log.*not a QuickSAM log.*move it away, or choose another --suffix")
+    assert file_states(tmp_path) == before
+
+
+def test_an_unreachable_scheduler_is_refused_before_any_item(tmp_path):
+    import socket
+
+    from synthetic import square_scene, write_raster
+
+    write_raster(tmp_path / "a.tif", square_scene(150, 150, (20, 20, 40)))
+    stores, out = tmp_path / "stores", tmp_path / "out"
+    assert run_cli("encode", tmp_path / "a.tif", "--output-dir", stores, *FAST_ENCODE).returncode == 0
+    with socket.socket() as free:   # a port nobody listens on: refused at once
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    result = run_cli("segment-all", stores / "a_quicksam", "--output-dir", out, "--scheduler",
+                     f"tcp://127.0.0.1:{port}")
+    assert result.returncode == 1, result.stderr
+    assert "cannot reach the Dask scheduler" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_a_segment_all_items_warnings_are_on_the_terminal_and_in_its_log(tmp_path):
+    from synthetic import square_scene, write_raster
+
+    write_raster(tmp_path / "a.tif", square_scene(150, 150, (20, 20, 40)))
+    stores, out = tmp_path / "stores", tmp_path / "out"
+    assert run_cli("encode", tmp_path / "a.tif", "--output-dir", stores, *FAST_ENCODE).returncode == 0
+    result = run_cli("segment-all", stores / "a_quicksam", "--output-dir", out, "--points-per-side", "4",
+                     "--pred-iou-thresh", "1.0", "--stability-score-thresh", "1.0")   # nothing passes: 0 objects
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if "warning" in line and "0 objects" in line]
+    assert warning, result.stderr
+    assert "0 objects" in (out / "a_quicksam_objects.log").read_text(encoding="utf-8")
+
+
+def test_segment_all_finds_a_disambiguated_store_by_its_manifest(tmp_path):
+    from synthetic import square_scene, write_raster
+
+    for sub in ("north", "south"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+        write_raster(tmp_path / "data" / sub / "scene.tif", square_scene(150, 150, (20, 20, 40)))
+    stores = tmp_path / "stores"
+    assert run_cli("encode", tmp_path / "data", "--recursive", "--disambiguate", "--output-dir", stores,
+                   *FAST_ENCODE).returncode == 0
+    assert (stores / "north_scene_quicksam").is_dir()
+    result = run_cli("segment-all", tmp_path / "data" / "north" / "scene.tif", "--stores-dir", stores,
+                     "--disambiguate", "--output-dir", tmp_path / "out", "--points-per-side", "4", "--progress-json")
+    assert result.returncode == 0, result.stdout[-800:]
+    assert events_of(result.stdout)[-1]["summary"]["items"][0]["status"] == "done"
+
+
+def test_messages_about_inputs_are_short_and_well_formed(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(QuickSamError) as caught:
+        find_inputs([str(tmp_path / "empty")], True, extensions=EXTENSIONS)
+    message = str(caught.value)
+    assert "; or change" not in message and ": change --include" in message and "sub-folders" in message
+    assert f"({len(EXTENSIONS)} in all)" in message and len(message) < 300
+    clash = [tmp_path / "n" / "scene.tif", tmp_path / "s" / "scene.tif"]
+    with pytest.raises(QuickSamError, match="--disambiguate.*--next-to-inputs"):
+        plan_outputs(clash, NamingRule(output_dir=tmp_path / "out"), ENCODE)
+
+
+@pytest.mark.parametrize("command", ["encode", "segment-all"])
+def test_no_inputs_at_all_is_a_message_about_inputs(command, tmp_path):
+    assert_one_line_error(run_cli(command, "--output-dir", tmp_path / "out"), "no inputs: give the files, folders")
+    assert not (tmp_path / "out").exists()
