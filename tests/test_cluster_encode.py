@@ -284,3 +284,46 @@ def test_no_cluster_option_keeps_the_plain_run(reference, tmp_path):
     start = json.loads(result.stdout.splitlines()[0])
     assert start["event"] == "start" and "workers" not in start and "scheduler" not in start
     assert os.path.isfile(tmp_path / "plain.qsam" / "decoder.onnx")
+
+
+def _tile_counts(out: Path) -> dict:
+    """Lines of each store's tile log under `out` (0 for a store without one yet)."""
+    return {log.parent.name: len(log.read_text().splitlines()) for log in sorted(out.glob("*/tiles.jsonl"))}
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_file_level_tasks_running_on_workers(cluster, tmp_path):
+    """File-level (3 files, 2 workers: each file one task): SIGINT once a worker has logged a tile -> exit 130;
+    the tasks running on the workers stop (client.cancel alone does not stop a running task): no tile is added
+    to any store afterwards, no store stays locked, and the same command resumes to completion."""
+    import time
+
+    from synthetic import square_scene
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a", "b", "c"):   # 7 x 7 tiles each: seconds of work left on each worker when the signal comes
+        write_raster(inputs / f"{name}.tif", square_scene(700, 700, (200, 200, 300)))
+    out = tmp_path / "out"
+    command = cli_command("encode", *sorted(inputs.glob("*.tif")), "--output-dir", out, "--random-weights",
+                          "--tile-size", TILE, "--overlap", OVERLAP, "--device", "cpu", "--scheduler",
+                          cluster.address)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while process.poll() is None and not any(_tile_counts(out).values()):
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        stderr = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr
+    stopped = _tile_counts(out)
+    assert sum(stopped.values()) < 3 * 49   # stopped before the end
+    time.sleep(5)   # a task still running on a worker would log more tiles meanwhile
+    assert _tile_counts(out) == stopped
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    for name in ("a", "b", "c"):
+        assert json.loads(run_cli("info", out / f"{name}_quicksam").stdout)["complete"] is True
