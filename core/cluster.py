@@ -69,6 +69,10 @@ class ClusterSettings:
         if self.scheduler and self.workers:
             raise QuickSamError("give either --scheduler (an existing cluster) or --workers (a cluster on this "
                                 "machine), not both")
+        if self.scheduler and self.devices:
+            raise QuickSamError("--devices sets the devices of workers on this machine, not of an existing cluster: "
+                                "leave it out and start each of that cluster's workers with its GPU "
+                                "(CUDA_VISIBLE_DEVICES=0 dask worker ...; docs/scaling.md)")
 
 
 def _distributed() -> Any:

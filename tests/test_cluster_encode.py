@@ -327,3 +327,13 @@ def test_ctrl_c_stops_file_level_tasks_running_on_workers(cluster, tmp_path):
     assert result.returncode == 0, result.stderr
     for name in ("a", "b", "c"):
         assert json.loads(run_cli("info", out / f"{name}_quicksam").stdout)["complete"] is True
+
+
+def test_devices_with_a_scheduler_are_refused(reference, tmp_path):
+    """--devices sets local workers' devices: with --scheduler it is refused in one line (it was ignored), nothing
+    written; the address is never contacted (nothing listens there)."""
+    store = tmp_path / "devices.qsam"
+    result = run_cli("encode", reference / "scene.tif", store, "--random-weights", "--tile-size", TILE,
+                     "--scheduler", "tcp://127.0.0.1:1", "--devices", "cpu,cpu")
+    assert_one_line_error(result, r"--devices .* not of an existing cluster.*CUDA_VISIBLE_DEVICES")
+    assert not store.exists()
