@@ -19,6 +19,8 @@ import contextlib
 import logging
 import os
 import re
+import signal
+import threading
 import time
 import uuid
 from collections import deque
@@ -111,16 +113,37 @@ def cluster_client(settings: ClusterSettings) -> Iterator[Client]:
             client = _connect(distributed, settings.scheduler)
         else:
             workers = max(1, settings.workers)
-            cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                               host="127.0.0.1", dashboard_address=":0",
-                                               silence_logs=logging.ERROR, env=thread_environment(workers))
+            with sigint_ignored():   # a terminal's Ctrl-C reaches the process group: only we answer it
+                cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                   host="127.0.0.1", dashboard_address=":0",
+                                                   silence_logs=logging.ERROR, env=thread_environment(workers))
             client = distributed.Client(cluster)
         with client:
             client.register_plugin(make_worker_plugin(settings), name=PLUGIN_NAME)
             yield client
+    except (KeyboardInterrupt, Cancelled):
+        # the run stops on purpose: what distributed logs while its cluster shuts down is noise
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        raise
     finally:
         if cluster is not None:
             cluster.close()
+
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored inside the block, in the main thread (elsewhere nothing changes). Processes started in it
+    inherit that (an ignored signal stays ignored across exec, and Python leaves it so): the LocalCluster's
+    workers, in the command's process group, then ignore a terminal's Ctrl-C, which only the command answers
+    by shutting them down."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _connect(distributed: Any, scheduler: str) -> Client:

@@ -337,3 +337,60 @@ def test_devices_with_a_scheduler_are_refused(reference, tmp_path):
                      "--scheduler", "tcp://127.0.0.1:1", "--devices", "cpu,cpu")
     assert_one_line_error(result, r"--devices .* not of an existing cluster.*CUDA_VISIBLE_DEVICES")
     assert not store.exists()
+
+
+def _processes_in_session(session: int) -> List[int]:
+    """Ids of the live processes of a session (Linux /proc; zombies left out)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if entry.name.isdigit() and int(fields[3]) == session and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes of a session from /proc")
+def test_ctrl_c_to_the_process_group_of_local_workers_is_one_line(reference, tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group, the LocalCluster's worker processes too: only the
+    command answers it (its workers ignore SIGINT), so stderr is the one line of the cancel (no Dask
+    tracebacks of workers losing their scheduler), exit 130, and no worker process is left behind."""
+    raster = _scene(tmp_path, 600, 500)
+    command = cli_command("encode", raster, tmp_path / "local.qsam", "--random-weights", "--tile-size", TILE,
+                          "--overlap", OVERLAP, "--device", "cpu", "--workers", 2, "--progress-json")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        for line in process.stdout:
+            if json.loads(line)["event"] == "progress":
+                os.killpg(process.pid, signal.SIGINT)
+                break
+        stderr = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert len(stderr.splitlines()) == 1 and "resume" in stderr and "Traceback" not in stderr, stderr
+    _wait_for_no_process_in_session(process.pid)
+
+
+def _wait_for_no_process_in_session(session: int, seconds: float = 30) -> None:
+    """Wait (at most `seconds`: helpers such as multiprocessing's resource tracker end just after their parent)
+    until no process of `session` is alive; fail naming those left."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while _processes_in_session(session) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = {pid: _command_line(pid) for pid in _processes_in_session(session)}
+    assert not left, left
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "?"
