@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Hashable, Iterator, Optional, Sequence, Tuple
 
 from .errors import Cancelled, QuickSamError
-from .logger import LOGGER
+from .logger import LOGGER, silence_library
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -123,7 +123,7 @@ def cluster_client(settings: ClusterSettings) -> Iterator[Client]:
             yield client
     except (KeyboardInterrupt, Cancelled):
         # the run stops on purpose: what distributed logs while its cluster shuts down is noise
-        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        silence_library("distributed")
         raise
     finally:
         if cluster is not None:
