@@ -126,14 +126,23 @@ def _item_progress(events: ItemEvents) -> Callable[[ProgressEvent], None]:
 def encode_on_workers(client: Any, tasks: Sequence[EncodeItem], events: EventWriter) -> List[ItemResult]:
     """File-level: each item one task on the cluster (handed over at once, `item_start` for each), results as
     they finish; the summary in the order of the list."""
-    from ..core.cluster import results_as_completed
+    from ..core.cluster import new_cancel_name, results_as_completed
     from ..encoder.batch_tasks import encode_item_task
+    from .events import stop_signal_handler
 
+    cancel_name = new_cancel_name()   # Ctrl-C, SIGTERM or a closed output: the running tasks stop at a tile
+    tasks = [dataclasses.replace(task, cancel_name=cancel_name) for task in tasks]
     for task in tasks:
         item_started(events, task.result)
     results = {}
-    for task, result in results_as_completed(client, encode_item_task, list(tasks), window=len(tasks),
-                                             cancelled=lambda: events.closed):
-        item_finished(events, result)
-        results[task.result.index] = result
+    with stop_signal_handler(_interrupt):
+        for task, result in results_as_completed(client, encode_item_task, tasks, window=len(tasks),
+                                                 cancelled=lambda: events.closed, cancel_name=cancel_name):
+            item_finished(events, result)
+            results[task.result.index] = result
     return [results[index] for index in sorted(results)]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGINT and SIGTERM (a cancelled QGIS task) both interrupt a file-level run (exit 130)."""
+    raise KeyboardInterrupt

@@ -189,9 +189,9 @@ def run_segment_all_batch(args: argparse.Namespace, events: EventWriter) -> int:
 def check_scheduler(scheduler: str) -> None:
     """Connect to the Dask scheduler once and close: QuickSamError (one line, core/cluster.py's) when it cannot be
     reached, before any item runs or writes (each item would otherwise wait for it and fail)."""
-    from ..core.cluster import _connect, _distributed
+    from ..core.cluster import check_scheduler as connect_once
 
-    _connect(_distributed(), scheduler).close()
+    connect_once(scheduler)
 
 
 def _specs(stores: Iterable[Path]) -> List[str]:

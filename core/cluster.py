@@ -19,11 +19,16 @@ import contextlib
 import logging
 import os
 import re
+import signal
+import threading
+import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Hashable, Iterator, Optional, Sequence, Tuple
 
 from .errors import Cancelled, QuickSamError
+from .logger import LOGGER, silence_library
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -32,6 +37,10 @@ PLUGIN_NAME = "quicksam"
 #: How to get the cluster packages, in every message that needs them.
 INSTALL_HINT = "install Dask into the encoder's Python: pip install 'dask[distributed]'"
 _SCHEDULER_URL = re.compile(r"^(tcp|tls|inproc|ws|wss)://\S+$")
+#: Seconds a cancelled run waits for its running tasks to stop at their next tile (and release their locks).
+STOP_WAIT_SECONDS = 30
+#: Seconds between two questions of a running task to the scheduler: "is the run cancelled?"
+CANCEL_POLL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,10 @@ class ClusterSettings:
         if self.scheduler and self.workers:
             raise QuickSamError("give either --scheduler (an existing cluster) or --workers (a cluster on this "
                                 "machine), not both")
+        if self.scheduler and self.devices:
+            raise QuickSamError("--devices sets the devices of workers on this machine, not of an existing cluster: "
+                                "leave it out and start each of that cluster's workers with its GPU "
+                                "(CUDA_VISIBLE_DEVICES=0 dask worker ...; docs/scaling.md)")
 
 
 def _distributed() -> Any:
@@ -100,16 +113,37 @@ def cluster_client(settings: ClusterSettings) -> Iterator[Client]:
             client = _connect(distributed, settings.scheduler)
         else:
             workers = max(1, settings.workers)
-            cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                               host="127.0.0.1", dashboard_address=":0",
-                                               silence_logs=logging.ERROR, env=thread_environment(workers))
+            with sigint_ignored():   # a terminal's Ctrl-C reaches the process group: only we answer it
+                cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                   host="127.0.0.1", dashboard_address=":0",
+                                                   silence_logs=logging.ERROR, env=thread_environment(workers))
             client = distributed.Client(cluster)
         with client:
             client.register_plugin(make_worker_plugin(settings), name=PLUGIN_NAME)
             yield client
+    except (KeyboardInterrupt, Cancelled):
+        # the run stops on purpose: what distributed logs while its cluster shuts down is noise
+        silence_library("distributed")
+        raise
     finally:
         if cluster is not None:
             cluster.close()
+
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored inside the block, in the main thread (elsewhere nothing changes). Processes started in it
+    inherit that (an ignored signal stays ignored across exec, and Python leaves it so): the LocalCluster's
+    workers, in the command's process group, then ignore a terminal's Ctrl-C, which only the command answers
+    by shutting them down."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _connect(distributed: Any, scheduler: str) -> Client:
@@ -119,6 +153,12 @@ def _connect(distributed: Any, scheduler: str) -> Client:
         raise QuickSamError(f"cannot reach the Dask scheduler at {scheduler} ({' '.join(str(exc).split())[:160]}); "
                             "start it with 'dask scheduler' and its workers with 'dask worker "
                             f"{scheduler}', or check the address") from exc
+
+
+def check_scheduler(scheduler: str) -> None:
+    """Connect to the Dask scheduler at `scheduler` once and close: QuickSamError (one line, what to do) when it
+    cannot be reached or `distributed` is missing. For runs that open their cluster later, per item."""
+    _connect(_distributed(), scheduler).close()
 
 
 def make_worker_plugin(settings: ClusterSettings) -> Any:
@@ -205,9 +245,11 @@ def results_in_order(client: Client, function: Callable[..., Any], items: Sequen
 
 
 def results_as_completed(client: Client, function: Callable[..., Any], items: Sequence[Any], window: int,
-                         cancelled: Optional[Callable[[], bool]] = None) -> Iterator[Tuple[Any, Any]]:
+                         cancelled: Optional[Callable[[], bool]] = None, cancel_name: Optional[str] = None
+                         ) -> Iterator[Tuple[Any, Any]]:
     """(item, function(item)) for each of `items` as the tasks finish, at most `window` in flight; errors and
-    cancelling as `results_in_order`."""
+    cancelling as `results_in_order`. With `cancel_name` (the tasks poll `cancel_flag(cancel_name)`), a run
+    stopped early (Cancelled, Ctrl-C, an error) first has its running tasks stop (`stop_running_tasks`)."""
     distributed = _distributed()
     queue = list(items)
     running: Dict[Future, Any] = {}
@@ -220,6 +262,8 @@ def results_as_completed(client: Client, function: Callable[..., Any], items: Se
             item = running.pop(finished)
             yield item, finished.result()
     finally:
+        if running and cancel_name is not None:
+            stop_running_tasks(client, cancel_name, list(running))
         client.cancel(list(running))
 
 
@@ -249,3 +293,46 @@ def _wait(future: Future, cancelled: Optional[Callable[[], bool]]) -> Any:
 def _stop_if(cancelled: Optional[Callable[[], bool]]) -> None:
     if cancelled is not None and cancelled():
         raise Cancelled("stopped; finished tiles are kept and the same command resumes")
+
+
+def new_cancel_name() -> str:
+    """A fresh name for a run's cancel `distributed.Event` (the coordinator sets it, the run's tasks poll it)."""
+    return f"quicksam-cancel-{uuid.uuid4().hex}"
+
+
+def cancel_flag(name: Optional[str], every: float = CANCEL_POLL_SECONDS) -> Callable[[], bool]:
+    """On a worker: a `cancelled()` callback that is true once the coordinator set the run's cancel Event `name`
+    (`stop_running_tasks`). It asks the scheduler at most once every `every` seconds (the first call always
+    asks) and stays true once set; without a name (None) it is never true. A running task cannot be stopped by
+    `client.cancel`: it must ask, as the tile loops do with this callback."""
+    state = {"set": False, "asked": float("-inf")}
+
+    def cancelled() -> bool:
+        if name is None or state["set"]:
+            return state["set"]
+        now = time.monotonic()
+        if now - state["asked"] >= every:
+            state["asked"] = now
+            state["set"] = bool(_distributed().Event(name).is_set())
+        return state["set"]
+
+    return cancelled
+
+
+def stop_running_tasks(client: Client, name: str, futures: Sequence[Future],
+                       seconds: float = STOP_WAIT_SECONDS) -> None:
+    """Set the run's cancel Event `name`, then wait at most `seconds` for `futures` to end: their tasks stop at
+    their next tile (`cancel_flag`), keeping the finished tiles and releasing their stores' locks. A warning
+    names what may still be running after that."""
+    distributed = _distributed()
+    distributed.Event(name, client=client).set()
+    unfinished = [future for future in futures if not future.done()]
+    if not unfinished:
+        return
+    LOGGER.info("stopping: waiting up to %d s for %d running task(s) to stop at their next tile", seconds,
+                len(unfinished))
+    try:
+        distributed.wait(unfinished, timeout=seconds)
+    except (TimeoutError, asyncio.TimeoutError):
+        LOGGER.warning("%d task(s) still running after %d s: their stores may stay locked until they stop",
+                       sum(not future.done() for future in unfinished), seconds)

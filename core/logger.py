@@ -8,3 +8,9 @@ import logging
 
 LOGGER_NAME = "quicksam"
 LOGGER = logging.getLogger(LOGGER_NAME)
+
+
+def silence_library(name: str) -> None:
+    """Drop everything but CRITICAL records of another library's logger `name` (e.g. "distributed" while a
+    cancelled run's cluster shuts down: its complaints about closed connections are noise then)."""
+    logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -31,12 +31,14 @@ _LAST_MODEL: Dict[str, Any] = {}
 class EncodeItem:
     """One raster of a batch: `request` (raster, store and every setting), `result` (index, count, input,
     output, log), `settings` (what the log's header lists: the command line, resolved options), and
-    `extent_crs` (the CRS of `request.extent` when it is not the raster's)."""
+    `extent_crs` (the CRS of `request.extent` when it is not the raster's), `cancel_name` (the run's cancel
+    Event on a Dask cluster, core/cluster.py `cancel_flag`)."""
 
     request: EncodeRequest
     result: ItemResult
     settings: Tuple[Tuple[str, str], ...] = ()
     extent_crs: Optional[str] = None
+    cancel_name: Optional[str] = None
 
 
 def batch_model_source(request: EncodeRequest) -> Callable[[], SegmentModel]:
@@ -100,6 +102,13 @@ def encode_item(item: EncodeItem, progress: Optional[ProgressCallback] = None,
 
 
 def encode_item_task(item: EncodeItem) -> ItemResult:
-    """`encode_item` as a Dask task (file-level parallelism): no progress, the worker's own model."""
-    return encode_item(item)
+    """`encode_item` as a Dask task (file-level parallelism): no progress, the worker's own model. It stops at
+    its next tile once the coordinator sets the run's cancel Event (`item.cancel_name`), and does not start
+    when it was set before (Cancelled: the item's store is left as it was)."""
+    from ..core.cluster import cancel_flag
+
+    cancelled = cancel_flag(item.cancel_name)
+    if cancelled():
+        raise Cancelled("the run was cancelled before this raster started")
+    return encode_item(item, cancelled=cancelled)
 

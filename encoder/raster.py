@@ -64,7 +64,7 @@ def _open(path: str) -> DatasetReader:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as exc:
-        raise RasterError(f"cannot open raster '{path}': {str(exc).splitlines()[0]}. "
+        raise RasterError(f"cannot open raster '{path}': {str(exc).splitlines()[0].rstrip('.')}. "
                           "Check the path and that GDAL can read the file.") from exc
 
 
@@ -166,6 +166,7 @@ class WindowReader:
 
     def __init__(self, path: str, bands: Sequence[int], factor: float = 1.0) -> None:
         self._dataset = _open(path)
+        self._path = str(path)
         self._bands = list(bands)
         self._unique = sorted(set(self._bands))
         self._nodata = self._dataset.nodata
@@ -189,9 +190,20 @@ class WindowReader:
         the file's overviews where it has them) and is valid only when every raster pixel under it is; a
         level pixel reaching past the raster's edge is invalid (its values are 0).
         """
-        if same_factor(self._factor, 1.0):
-            return self._read_native(window)
-        return self._read_level(window)
+        return self._read_or_fail(window, f"window {_window_text(window)}")
+
+    def _read_or_fail(self, window: PixelWindow, what: str) -> Tuple[np.ndarray, np.ndarray]:
+        """`read`; RasterError naming the raster, `what` was read and GDAL's message when GDAL cannot read it
+        (a truncated or corrupt file)."""
+        from rasterio.errors import RasterioIOError
+
+        try:
+            if same_factor(self._factor, 1.0):
+                return self._read_native(window)
+            return self._read_level(window)
+        except RasterioIOError as exc:
+            raise RasterError(f"cannot read {what} of raster '{self._path}': {gdal_message(exc)}; the file may be "
+                              "truncated or corrupt: check it (gdalinfo -checksum) or export it again") from exc
 
     def _read_native(self, window: PixelWindow) -> Tuple[np.ndarray, np.ndarray]:
         from rasterio.windows import Window
@@ -241,7 +253,7 @@ class WindowReader:
 
     def read_tile(self, tile: Tile) -> Tuple[np.ndarray, np.ndarray]:
         """A full `size` x `size` tile; padding (small rasters only) is zero and invalid."""
-        data, valid = self.read(tile.window)
+        data, valid = self._read_or_fail(tile.window, f"tile {tile.tile_id} (window {_window_text(tile.window)})")
         if not tile.is_padded:
             return data, valid
         padded = np.zeros((data.shape[0], tile.size, tile.size), dtype=data.dtype)
@@ -249,6 +261,24 @@ class WindowReader:
         padded[:, :tile.valid_height, :tile.valid_width] = data
         padded_valid[:tile.valid_height, :tile.valid_width] = valid
         return padded, padded_valid
+
+
+def _window_text(window: PixelWindow) -> str:
+    """'col,row widthxheight' of a pixel window, as messages give it."""
+    return f"{window.col_off},{window.row_off} {window.width}x{window.height} px"
+
+
+def gdal_message(exc: BaseException) -> str:
+    """GDAL's own words for a failed read, on one line: the messages chained under rasterio's 'Read failed. See
+    previous exception for details.' (that one only when nothing else is said)."""
+    texts: List[str] = []
+    cause: Optional[BaseException] = exc
+    while cause is not None and len(texts) < 5:
+        text = " ".join(str(cause).split()).rstrip(".")
+        if text and "see previous exception" not in text.lower() and not any(text in t for t in texts):
+            texts.append(text)
+        cause = cause.__cause__ or cause.__context__
+    return "; ".join(texts) or " ".join(str(exc).split()) or type(exc).__name__
 
 
 def file_size_or_zero(path: str) -> int:

@@ -284,3 +284,113 @@ def test_no_cluster_option_keeps_the_plain_run(reference, tmp_path):
     start = json.loads(result.stdout.splitlines()[0])
     assert start["event"] == "start" and "workers" not in start and "scheduler" not in start
     assert os.path.isfile(tmp_path / "plain.qsam" / "decoder.onnx")
+
+
+def _tile_counts(out: Path) -> dict:
+    """Lines of each store's tile log under `out` (0 for a store without one yet)."""
+    return {log.parent.name: len(log.read_text().splitlines()) for log in sorted(out.glob("*/tiles.jsonl"))}
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_file_level_tasks_running_on_workers(cluster, tmp_path):
+    """File-level (3 files, 2 workers: each file one task): SIGINT once a worker has logged a tile -> exit 130;
+    the tasks running on the workers stop (client.cancel alone does not stop a running task): no tile is added
+    to any store afterwards, no store stays locked, and the same command resumes to completion."""
+    import time
+
+    from synthetic import square_scene
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a", "b", "c"):   # 7 x 7 tiles each: seconds of work left on each worker when the signal comes
+        write_raster(inputs / f"{name}.tif", square_scene(700, 700, (200, 200, 300)))
+    out = tmp_path / "out"
+    command = cli_command("encode", *sorted(inputs.glob("*.tif")), "--output-dir", out, "--random-weights",
+                          "--tile-size", TILE, "--overlap", OVERLAP, "--device", "cpu", "--scheduler",
+                          cluster.address)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while process.poll() is None and not any(_tile_counts(out).values()):
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        stderr = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr
+    stopped = _tile_counts(out)
+    assert sum(stopped.values()) < 3 * 49   # stopped before the end
+    time.sleep(5)   # a task still running on a worker would log more tiles meanwhile
+    assert _tile_counts(out) == stopped
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    for name in ("a", "b", "c"):
+        assert json.loads(run_cli("info", out / f"{name}_quicksam").stdout)["complete"] is True
+
+
+def test_devices_with_a_scheduler_are_refused(reference, tmp_path):
+    """--devices sets local workers' devices: with --scheduler it is refused in one line (it was ignored), nothing
+    written; the address is never contacted (nothing listens there)."""
+    store = tmp_path / "devices.qsam"
+    result = run_cli("encode", reference / "scene.tif", store, "--random-weights", "--tile-size", TILE,
+                     "--scheduler", "tcp://127.0.0.1:1", "--devices", "cpu,cpu")
+    assert_one_line_error(result, r"--devices .* not of an existing cluster.*CUDA_VISIBLE_DEVICES")
+    assert not store.exists()
+
+
+def _processes_in_session(session: int) -> List[int]:
+    """Ids of the live processes of a session (Linux /proc; zombies left out)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if entry.name.isdigit() and int(fields[3]) == session and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes of a session from /proc")
+def test_ctrl_c_to_the_process_group_of_local_workers_is_one_line(reference, tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group, the LocalCluster's worker processes too: only the
+    command answers it (its workers ignore SIGINT), so stderr is the one line of the cancel (no Dask
+    tracebacks of workers losing their scheduler), exit 130, and no worker process is left behind."""
+    raster = _scene(tmp_path, 600, 500)
+    command = cli_command("encode", raster, tmp_path / "local.qsam", "--random-weights", "--tile-size", TILE,
+                          "--overlap", OVERLAP, "--device", "cpu", "--workers", 2, "--progress-json")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        for line in process.stdout:
+            if json.loads(line)["event"] == "progress":
+                os.killpg(process.pid, signal.SIGINT)
+                break
+        stderr = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert len(stderr.splitlines()) == 1 and "resume" in stderr and "Traceback" not in stderr, stderr
+    _wait_for_no_process_in_session(process.pid)
+
+
+def _wait_for_no_process_in_session(session: int, seconds: float = 30) -> None:
+    """Wait (at most `seconds`: helpers such as multiprocessing's resource tracker end just after their parent)
+    until no process of `session` is alive; fail naming those left."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while _processes_in_session(session) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = {pid: _command_line(pid) for pid in _processes_in_session(session)}
+    assert not left, left
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "?"

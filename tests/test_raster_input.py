@@ -15,12 +15,14 @@ import pytest
 from osgeo import ogr
 from synthetic import (
     RecordingModel,
+    assert_one_line_error,
     encode,
     encode_args,
     gradient,
     landsat_path,
     random_model,
     run_cli,
+    square_scene,
     write_raster,
 )
 
@@ -230,3 +232,29 @@ def test_landsat_subset_encodes_with_chosen_bands(tmp_path: Path) -> None:
     assert (info["tiles"], info["tiles_done"], info["complete"]) == (4, 4, True)
     assert sorted(p.name for p in (store / "tiles").iterdir()) == [
         "r0000c0000.npy", "r0000c0001.npy", "r0001c0000.npy", "r0001c0001.npy"]
+
+
+def _truncated_raster(folder: Path) -> Path:
+    """A small GeoTIFF cut to half its bytes: it opens (its header is whole), its pixels cannot be read."""
+    path = write_raster(folder / "cut.tif", square_scene(300, 300, (60, 60, 100)))
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    return path
+
+
+def test_a_truncated_raster_is_one_line_naming_it_and_gdals_words(tmp_path):
+    """A read failure is a RasterError naming the raster, the window and GDAL's message, saying what to do (not
+    `unexpected RasterioIOError: Read failed. See previous exception for details.`, exit 2)."""
+    from quicksam.core.errors import RasterError
+    from quicksam.core.tiling import TileGrid
+
+    raster = _truncated_raster(tmp_path)
+    tiles = list(TileGrid.build(300, 300, 256, 32))
+    with WindowReader(str(raster), [1, 2, 3]) as reader, pytest.raises(RasterError) as caught:
+        for tile in tiles:
+            reader.read_tile(tile)
+    message = str(caught.value)
+    assert "cut.tif" in message and any(f"tile {tile.tile_id} (window " in message for tile in tiles), message
+    assert "See previous exception" not in message and "\n" not in message
+    result = run_cli("encode", raster, tmp_path / "cut.qsam", "--random-weights", "--tile-size", 256)
+    assert_one_line_error(result, r"cannot read window .* of raster '.*cut\.tif': .*TIFF.*truncated or corrupt: "
+                                  r"check it .* or export it again")
