@@ -39,12 +39,12 @@ TILE = 1024
 MODEL = "sam2.1_hiera_t"
 
 
-def write_test_raster(path: Path, tiles_per_side: int) -> Path:
-    """An RGB uint8 raster of tiles_per_side x tiles_per_side full tiles with structure and noise."""
+def write_test_raster(path: Path, tiles_per_side: int, tile: int = TILE) -> Path:
+    """An RGB uint8 raster of tiles_per_side x tiles_per_side full tiles of `tile` px with structure and noise."""
     import rasterio
     from rasterio.transform import from_origin
 
-    size = TILE * tiles_per_side
+    size = tile * tiles_per_side
     rng = np.random.default_rng(0)
     data = rng.integers(0, 80, (3, size, size), dtype=np.uint8)
     for _ in range(40 * tiles_per_side ** 2):

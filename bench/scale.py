@@ -31,8 +31,6 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
-
 from quicksam.core.cluster import PLUGIN_NAME, ClusterSettings, cluster_client
 from quicksam.core.store import FeatureStore, TileRecord
 from quicksam.core.tiling import TileGrid
@@ -41,22 +39,8 @@ from quicksam.encoder.pipeline import EncodeRequest, encode_raster
 
 MODEL = "sam2.1_hiera_t"
 
-
-def write_raster(path: Path, size: int) -> Path:
-    """An RGB uint8 raster of size x size px with rectangles and noise (EPSG:32633, 0.5 m pixels)."""
-    import rasterio
-    from rasterio.transform import from_origin
-
-    rng = np.random.default_rng(0)
-    data = rng.integers(0, 80, (3, size, size), dtype=np.uint8)
-    for _ in range(max(1, size * size // 20000)):
-        r, c = rng.integers(0, size - 120, 2)
-        data[:, r:r + rng.integers(20, 120), c:c + rng.integers(20, 120)] += rng.integers(40, 170, (3, 1, 1),
-                                                                                         dtype=np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-                       crs="EPSG:32633", transform=from_origin(500000, 4200000, 0.5, 0.5), tiled=True) as dst:
-        dst.write(data)
-    return path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from encode import write_test_raster  # noqa: E402  (bench/encode.py: the same synthetic raster)
 
 
 def request_for(raster: Path, store: Path, tile: int) -> EncodeRequest:
@@ -169,7 +153,7 @@ def main() -> None:
     parser.add_argument("--gpu-workers", default="1,2,4,8,16")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="quicksam-bench-scale-"))
-    raster = write_raster(work / "scene.tif", args.tile * args.tiles_per_side)
+    raster = write_test_raster(work / "scene.tif", args.tiles_per_side, args.tile)
     plain = plain_run(raster, work, args.tile)
     runs = [cluster_run(raster, work, args.tile, int(n), plain) for n in args.workers.split(",")]
     coordinator = coordinator_seconds_per_tile(work)

@@ -28,8 +28,8 @@ import numpy as np
 from .manifest import ArrayLayout
 from .store_layout import TILE_DIR, TILE_LOG, VALID_MASK_SUFFIX
 from .store_url import join_url, open_url, remote_errors
-from .tile_files import crc32_of, pack_valid_mask
-from .tile_log import STATUS_DONE, TileRecord
+from .tile_log import TileRecord
+from .tile_writer import TileFiles
 from .tiling import Tile
 
 _BOUND: Dict[Path, str] = {}
@@ -52,43 +52,20 @@ def npy_size(dtype: np.dtype, length: int) -> int:
 
 
 @dataclass(frozen=True)
-class RemoteTileWriter:
+class RemoteTileWriter(TileFiles):
     """Writes the tile files of the store at `url` (an fsspec URL) whose tile files hold `layout` as `dtype`;
-    the same interface and records as `TileWriter`. Errors: QuickSamError in one line (core/store_url.py)."""
+    the same records as `TileWriter`, each file one object PUT (whole or not at all). Errors: QuickSamError in
+    one line (core/store_url.py)."""
 
     url: str
     layout: Sequence[ArrayLayout]
     dtype: str
 
-    def _put(self, name: str, array: np.ndarray) -> None:
+    def _save(self, name: str, array: np.ndarray) -> None:
         target = join_url(self.url, TILE_DIR, name)
         with remote_errors(target, "writing a tile"):
             fs, path = open_url(target)
             fs.pipe_file(path, npy_bytes(array))
-
-    def write_valid_mask(self, tile: Tile, valid: np.ndarray) -> Optional[int]:
-        """As `TileWriter.write_valid_mask`: the packed mask as one object; its CRC-32, or None (nothing written)."""
-        if np.shape(valid) != (tile.size, tile.size):
-            raise ValueError(f"a valid mask of tile {tile.tile_id} must be {tile.size} x {tile.size}, "
-                             f"not {np.shape(valid)}")
-        packed = pack_valid_mask(valid, tile.valid_width, tile.valid_height)
-        if packed is None:
-            return None
-        self._put(f"{tile.tile_id}{VALID_MASK_SUFFIX}", packed)
-        return crc32_of(packed)
-
-    def write_features(self, tile: Tile, features: Dict[str, np.ndarray], valid_fraction: float,
-                       valid_crc32: Optional[int] = None) -> TileRecord:
-        """As `TileWriter.write_features`: the flat array ({name: (C, H, W)} in `layout` order) as one object."""
-        flat = np.concatenate([np.asarray(features[item.name], dtype=np.dtype(self.dtype)).reshape(-1)
-                               for item in self.layout])
-        self._put(f"{tile.tile_id}.npy", flat)
-        return TileRecord(tile.tile_id, STATUS_DONE, crc32_of(flat), round(float(valid_fraction), 6), valid_crc32)
-
-    def write(self, tile: Tile, features: Dict[str, np.ndarray], valid: np.ndarray) -> TileRecord:
-        """The valid-pixel mask (when needed), then the features; the record to log."""
-        valid_crc32 = self.write_valid_mask(tile, valid)
-        return self.write_features(tile, features, float(np.mean(valid)), valid_crc32)
 
 
 @contextlib.contextmanager

@@ -38,14 +38,16 @@ def nodata_record(tile: Tile) -> TileRecord:
     return TileRecord(tile.tile_id, STATUS_NODATA, None, 0.0)
 
 
-@dataclass(frozen=True)
-class TileWriter:
-    """Writes tile files into the store at `root` whose tile files hold `layout` (the manifest's feature
-    arrays, in file order) as `dtype` (float16 or float32). Small and picklable: a Dask task carries it."""
+class TileFiles:
+    """What every tile writer does: pack the valid mask, flatten the features in `layout` order as `dtype` and
+    give the record to log. A subclass says where a file goes (`_save`) and has `layout` and `dtype`."""
 
-    root: Path
     layout: Sequence[ArrayLayout]
     dtype: str
+
+    def _save(self, name: str, array: np.ndarray) -> None:
+        """Store `array` as `tiles/<name>` of the store, whole or not at all."""
+        raise NotImplementedError
 
     def write_valid_mask(self, tile: Tile, valid: np.ndarray) -> Optional[int]:
         """Keep a tile's valid-pixel mask ((size, size) bool, True = data; pixel (col, row) of the tile is
@@ -58,7 +60,7 @@ class TileWriter:
         packed = pack_valid_mask(valid, tile.valid_width, tile.valid_height)
         if packed is None:
             return None
-        save_npy_atomically(valid_mask_file(self.root, tile.tile_id), packed)
+        self._save(f"{tile.tile_id}{VALID_MASK_SUFFIX}", packed)
         return crc32_of(packed)
 
     def write_features(self, tile: Tile, features: Dict[str, np.ndarray], valid_fraction: float,
@@ -67,10 +69,24 @@ class TileWriter:
         the record to log (CRC-32 of the array's bytes)."""
         flat = np.concatenate([np.asarray(features[item.name], dtype=np.dtype(self.dtype)).reshape(-1)
                                for item in self.layout])
-        save_npy_atomically(tile_file(self.root, tile.tile_id), flat)
+        self._save(f"{tile.tile_id}.npy", flat)
         return TileRecord(tile.tile_id, STATUS_DONE, crc32_of(flat), round(float(valid_fraction), 6), valid_crc32)
 
     def write(self, tile: Tile, features: Dict[str, np.ndarray], valid: np.ndarray) -> TileRecord:
         """The valid-pixel mask (when needed), then the features; the record to log."""
         valid_crc32 = self.write_valid_mask(tile, valid)
         return self.write_features(tile, features, float(np.mean(valid)), valid_crc32)
+
+
+@dataclass(frozen=True)
+class TileWriter(TileFiles):
+    """Writes tile files into the store folder `root` whose tile files hold `layout` (the manifest's feature
+    arrays, in file order) as `dtype` (float16 or float32), each file atomically (a temporary file renamed).
+    Small and picklable: a Dask task carries it."""
+
+    root: Path
+    layout: Sequence[ArrayLayout]
+    dtype: str
+
+    def _save(self, name: str, array: np.ndarray) -> None:
+        save_npy_atomically(Path(self.root) / TILE_DIR / name, array)
