@@ -14,7 +14,6 @@ coordinating process, which records each result once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -250,7 +249,6 @@ def results_as_completed(client: Client, function: Callable[..., Any], items: Se
     """(item, function(item)) for each of `items` as the tasks finish, at most `window` in flight; errors and
     cancelling as `results_in_order`. With `cancel_name` (the tasks poll `cancel_flag(cancel_name)`), a run
     stopped early (Cancelled, Ctrl-C, an error) first has its running tasks stop (`stop_running_tasks`)."""
-    distributed = _distributed()
     queue = list(items)
     running: Dict[Future, Any] = {}
     try:
@@ -258,36 +256,47 @@ def results_as_completed(client: Client, function: Callable[..., Any], items: Se
             while queue and len(running) < max(1, window):
                 item = queue.pop(0)
                 running[client.submit(function, item, pure=False)] = item
-            finished = _first_done(distributed, list(running), cancelled)
+            finished = _first_done(list(running), cancelled)
             item = running.pop(finished)
-            yield item, finished.result()
+            yield item, _result(finished, cancelled)
     finally:
         if running and cancel_name is not None:
             stop_running_tasks(client, cancel_name, list(running))
         client.cancel(list(running))
 
 
-def _first_done(distributed: Any, futures: Sequence[Future], cancelled: Optional[Callable[[], bool]]) -> Future:
+#: How often a wait on the cluster looks at its futures and at the stop flag (seconds).
+POLL_SECONDS = 0.02
+
+
+def _first_done(futures: Sequence[Future], cancelled: Optional[Callable[[], bool]]) -> Future:
+    """The first of `futures` to end (finished, failed or cancelled). Polls `Future.done()`, which reads the
+    client's state, rather than `distributed.wait(timeout=...)` or `Future.result(timeout=...)`: those run
+    `distributed.utils.sync`, which turns a timeout racing a cancel into "UnboundLocalError: ... 'result'"
+    (dask/distributed#8514)."""
     while True:
         _stop_if(cancelled)
-        try:
-            done, _ = distributed.wait(futures, timeout=0.2, return_when="FIRST_COMPLETED")
-        except (TimeoutError, asyncio.TimeoutError):  # the same class from Python 3.11 on
-            continue
-        if done:
-            return next(iter(done))
+        for future in futures:
+            if future.done():
+                return future
+        time.sleep(POLL_SECONDS)
 
 
 def _wait(future: Future, cancelled: Optional[Callable[[], bool]]) -> Any:
-    """The future's result, checking `cancelled()` every 0.2 s while it runs."""
-    from distributed import TimeoutError as DaskTimeout
+    """The future's result, checking `cancelled()` while it runs."""
+    return _result(_first_done([future], cancelled), cancelled)
 
-    while True:
+
+def _result(future: Future, cancelled: Optional[Callable[[], bool]]) -> Any:
+    """The result of an ended future (its task's exception raised here). A future the cluster cancelled (its
+    scheduler restarted or lost this client) is Cancelled when we asked for the stop, else a QuickSamError:
+    `Future.result` would raise an asyncio CancelledError, which distributed's `sync` turns into an
+    UnboundLocalError."""
+    if future.cancelled():
         _stop_if(cancelled)
-        try:
-            return future.result(timeout=0.2)
-        except (DaskTimeout, TimeoutError):
-            continue
+        raise QuickSamError("the Dask cluster cancelled a task of this run (its scheduler restarted or lost this "
+                            "client); finished work is kept: run the same command again")
+    return future.result()
 
 
 def _stop_if(cancelled: Optional[Callable[[], bool]]) -> None:
@@ -331,8 +340,9 @@ def stop_running_tasks(client: Client, name: str, futures: Sequence[Future],
         return
     LOGGER.info("stopping: waiting up to %d s for %d running task(s) to stop at their next tile", seconds,
                 len(unfinished))
-    try:
-        distributed.wait(unfinished, timeout=seconds)
-    except (TimeoutError, asyncio.TimeoutError):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not all(future.done() for future in unfinished):
+        time.sleep(POLL_SECONDS * 10)   # not distributed.wait(timeout=...): see _first_done
+    if not all(future.done() for future in unfinished):
         LOGGER.warning("%d task(s) still running after %d s: their stores may stay locked until they stop",
                        sum(not future.done() for future in unfinished), seconds)

@@ -394,3 +394,32 @@ def _command_line(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return "?"
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_task_the_cluster_cancels_is_one_line_not_a_crash(cluster, ordered):
+    """The CI fault: a future cancelled while the run waited on it (`Future.result(timeout=...)`) crashed the
+    command with "unexpected UnboundLocalError" from distributed's `sync` (dask/distributed#8514). Now a task the
+    cluster cancels is a one-line QuickSamError (or Cancelled, when we asked for the stop)."""
+    import threading
+    import time
+
+    from distributed import Client, Future
+
+    from quicksam.core.cluster import results_as_completed, results_in_order
+    from quicksam.core.errors import Cancelled, QuickSamError
+
+    run = results_in_order if ordered else results_as_completed
+    with Client(cluster.address, timeout="60s") as client:
+        def cancel_everything() -> None:
+            client.cancel([Future(key, client) for key in list(client.futures)])
+
+        timer = threading.Timer(1.0, cancel_everything)
+        timer.start()
+        with pytest.raises(QuickSamError, match="cancelled a task of this run.*run the same command again"):
+            list(run(client, time.sleep, [20, 20], 2))   # a module workers import
+        timer.join()
+        stop = threading.Event()
+        threading.Timer(1.0, lambda: (stop.set(), cancel_everything())).start()
+        with pytest.raises(Cancelled):
+            list(run(client, time.sleep, [20, 21], 2, stop.is_set))
