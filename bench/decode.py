@@ -253,6 +253,8 @@ def floor_report(flops: dict, meter: GemmMeter) -> dict:
         "floor_ms": round(floor_ms(flops["total_flops"], rates["median_gflops"]), 2),
         "floor_ms_at_best_gemm_round": round(floor_ms(flops["total_flops"], rates["best_gflops"]), 2),
         "floor_ms_prompt_part_only": round(floor_ms(flops["per_prompt_flops"], rates["median_gflops"]), 2),
+        "gemm_best_over_median_round": round(rates["best_gflops"] / rates["median_gflops"], 2),
+        "shared_machine_warning": rates["best_gflops"] > 1.5 * rates["median_gflops"],
         "method": "FlopCounterMode on the exported decoder graph (2 FLOPs per multiply-add) / median float32 "
                   "torch.mm rate on the decoder's GEMM shapes, same threads, in rounds interleaved with this "
                   "run's timed runs (bench/floor.py)",
@@ -291,6 +293,8 @@ def ratios(result: dict) -> dict:
 
     return {
         "decoder_alone_over_floor": ratio(result["decoder_alone"]["p50_ms"], floor),
+        "decoder_alone_over_floor_at_best_gemm_round": ratio(result["decoder_alone"]["p50_ms"],
+                                                             result["floor"]["floor_ms_at_best_gemm_round"]),
         "object_warm_over_floor": ratio(objects["warm"]["p50_ms"], floor),
         "object_cold_over_warm": ratio(objects["cold"]["p50_ms"], objects["warm"]["p50_ms"]),
         "baseline_over_object_warm": ratio(base["object_masks"]["p50_ms"], objects["warm"]["p50_ms"]),
@@ -336,6 +340,8 @@ def measure(args, work: Path, project) -> dict:
                                              dock_output(store, work / "base_objects.gpkg", project),
                                              baseline_clicks, store.geotransform, meter, scene))}
     result["floor"] = floor_report(flops, meter)
+    result = {key: result[key] for key in ("model", "weights", "tile_px", "threads", "floor", "decoder_alone",
+                                           "click_random_masks", "click_object_masks", "baseline")}
     result["ratios"] = ratios(result)
     result["targets"] = targets(result)
     return result

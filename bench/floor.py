@@ -24,7 +24,9 @@ Method:
   measures, so both see the same load). Both the median and the best round are returned. The floor uses
   the median: the decoder figures it is held against are medians taken under the same (shared, noisy)
   load, so a best-round rate would make the ratio measure load spikes rather than the decoder; `floor_ms`
-  at the best rate is the stricter bound and is reported next to it.
+  at the best rate is the stricter bound and is reported next to it. When the median round is much slower than
+  the best (the machine was shared: other processes took the cores for part of the run) every ratio to the
+  floor is unreliable, and bench/decode.py says so.
 """
 
 from __future__ import annotations
