@@ -266,16 +266,21 @@ def targets(result: dict) -> dict:
     floor = result["floor"]["floor_ms"]
     objects = result["click_object_masks"]
     ratios = result["ratios"]
+    shared = result["floor"]["shared_machine_warning"]
 
     def target(met: bool, **numbers) -> dict:
         return {"met": bool(met), **numbers}
 
+    def floor_target(met: bool, **numbers) -> dict:
+        # a GEMM rate that varied > 1.5x over the run: the floor moved with the load, the ratio is not to be trusted
+        return {**target(met, **numbers), "floor_reliable": not shared}
+
     return {
-        "decoder_alone_at_most_1_5x_floor": target(ratios["decoder_alone_over_floor"] <= 1.5,
-                                                   ratio=ratios["decoder_alone_over_floor"]),
-        "click_warm_at_most_2x_floor": target(ratios["object_warm_over_floor"] <= 2,
-                                              ratio=ratios["object_warm_over_floor"],
-                                              click_warm_p50_ms=objects["warm"]["p50_ms"], floor_ms=floor),
+        "decoder_alone_at_most_1_5x_floor": floor_target(ratios["decoder_alone_over_floor"] <= 1.5,
+                                                         ratio=ratios["decoder_alone_over_floor"]),
+        "click_warm_at_most_2x_floor": floor_target(ratios["object_warm_over_floor"] <= 2,
+                                                    ratio=ratios["object_warm_over_floor"],
+                                                    click_warm_p50_ms=objects["warm"]["p50_ms"], floor_ms=floor),
         "click_at_least_4x_faster_than_baseline": target(ratios["baseline_over_object_warm"] >= 4,
                                                          ratio=ratios["baseline_over_object_warm"]),
         "cold_p50_at_most_2x_warm_p50": target(ratios["object_cold_over_warm"] <= 2,
