@@ -12,7 +12,8 @@ prompts, the largest |logit difference| and the smallest mask IoU (logits > 0) a
 Variants: `plain` (decoder.onnx, the session options of open_decoder_session: 2 threads, no spinning);
 `split` (the tile part kept per tile, the prompt part per prompt; `tile_part_ms` is the tile part, paid
 once per tile); `saved_optimised` (decoder.onnx optimised by ONNX Runtime, saved, and loaded with
-optimisation off; `session_ms` compares opening it with opening the plain file); `int8` and
+optimisation off; `session_open_ms` compares opening it with opening the plain file and the split
+decoder's two files); `int8` and
 `int8_split` (onnxruntime.quantization.quantize_dynamic); `threads_1`; `spinning`.
 """
 
@@ -108,7 +109,9 @@ def variants(folder: Path, tile: int) -> Dict[str, object]:
     found["saved_optimised"]._session = session(optimised, optimise=False)
     found["_session_ms"] = {
         "plain": opening_ms(lambda: session(folder / "plain" / "decoder.onnx")),
-        "saved_optimised": opening_ms(lambda: session(optimised, optimise=False))}
+        "saved_optimised": opening_ms(lambda: session(optimised, optimise=False)),
+        "split_parts": opening_ms(lambda: [session(folder / "plain" / name)
+                                           for name in ("decoder_tile.onnx", "decoder_prompt.onnx")])}
     return found
 
 

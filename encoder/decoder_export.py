@@ -8,7 +8,7 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Tuple
 
 from ..core.store import DECODER_ONNX, FeatureStore, temporary_path
 from ..core.store_layout import DECODER_PROMPT_ONNX, DECODER_TILE_ONNX
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 #: Bumped when the decoder export changes, so cached exports of an older form are not reused
 #: (2: a batch axis for objects).
 DECODER_EXPORT_VERSION = 2
+#: Bumped when the split decoder (encoder/decoder_split.py) changes.
+SPLIT_EXPORT_VERSION = 1
 
 
 def install_decoder(store: FeatureStore, model: SegmentModel) -> None:
@@ -65,8 +67,9 @@ def cached_decoder(store: FeatureStore) -> Path:
     return cache_dir() / "decoders" / name
 
 
-def cached_split_decoder(store: FeatureStore) -> tuple:
+def cached_split_decoder(store: FeatureStore) -> Tuple[Path, Path]:
     """Where the user cache keeps the split decoder (tile part, prompt part) of this store's weights and
     tile size, beside `cached_decoder` (the files may not exist yet)."""
     full = cached_decoder(store)
-    return (full.with_name(full.stem + "-tile.onnx"), full.with_name(full.stem + "-prompt.onnx"))
+    stem = f"{full.stem}-split{SPLIT_EXPORT_VERSION}"
+    return full.with_name(stem + "-tile.onnx"), full.with_name(stem + "-prompt.onnx")

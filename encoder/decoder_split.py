@@ -3,7 +3,7 @@ no mask_input is given) run once per tile, and the prompt part run per click (no
 
 The tile part computes, from image_embed (1, 256, h, w) with the no-mask dense embedding added, the
 three projections of layer 0 of the two-way transformer that read only the image (the token-to-image keys
-and values, the image-to-token queries: (1, h*w, 128) each), about 22 % of the decoder's FLOPs. The
+and values, the image-to-token queries: (1, 8, h*w, 16) each, split into heads), about 22 % of the decoder's FLOPs. The
 prompt part takes them besides the store's features and is the same
 arithmetic as SAM 2's `MaskDecoder.predict_masks` (sam2/modeling/sam/mask_decoder.py, transformer.py)
 with those projections read rather than computed; it has no mask_input (refinement prompts use the full
@@ -25,9 +25,10 @@ TILE_OUTPUTS = ("cross_keys", "cross_values", "image_queries")
 
 
 def _attend(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """sam2's `Attention.forward` from already projected q, k, v ((B, N, C_internal) each)."""
+    """sam2's `Attention.forward` from already projected q, k, v: (B, N, C_internal), or (1, heads, N,
+    C_internal / heads) already split into heads (the tile side, shared by the batch: MatMul broadcasts)."""
     heads = attention.num_heads
-    q, k, v = (attention._separate_heads(x, heads) for x in (q, k, v))
+    q, k, v = (x if x.dim() == 4 else attention._separate_heads(x, heads) for x in (q, k, v))
     out = functional.scaled_dot_product_attention(q, k, v)
     return attention.out_proj(attention._recombine_heads(out))
 
@@ -43,7 +44,8 @@ def _attention(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.
 
 
 class DecoderTilePart(nn.Module):
-    """image_embed (1, 256, h, w) -> cross keys, cross values, image queries (TILE_OUTPUTS, (1, h*w, 128))."""
+    """image_embed (1, 256, h, w) -> cross keys, cross values, image queries (TILE_OUTPUTS), split into the
+    attention's heads: (1, heads, h*w, 128 / heads) each (SAM 2: 8 heads of 16)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -54,7 +56,10 @@ class DecoderTilePart(nn.Module):
         tokens = _image_tokens(self.prompt_encoder, image_embed)
         pe = self.prompt_encoder.get_dense_pe().flatten(2).permute(0, 2, 1)
         to_image, to_token = self.first_layer.cross_attn_token_to_image, self.first_layer.cross_attn_image_to_token
-        return to_image.k_proj(tokens + pe), to_image.v_proj(tokens), to_token.q_proj(tokens + pe)
+        heads = to_image.num_heads
+        return (to_image._separate_heads(to_image.k_proj(tokens + pe), heads),
+                to_image._separate_heads(to_image.v_proj(tokens), heads),
+                to_token._separate_heads(to_token.q_proj(tokens + pe), to_token.num_heads))
 
 
 class DecoderPromptPart(nn.Module):
@@ -80,10 +85,8 @@ class DecoderPromptPart(nn.Module):
         output_tokens = torch.cat([*heads, decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         tokens = torch.cat((output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse), dim=1)
         pe = self.prompt_encoder.get_dense_pe().flatten(2).permute(0, 2, 1)
-        batch = (tokens.shape[0], -1, -1)
         image_tokens = _image_tokens(self.prompt_encoder, image_embed)
-        queries, keys = self._first_layer(tokens, image_tokens, cross_keys.expand(*batch),
-                                          cross_values.expand(*batch), image_queries.expand(*batch))
+        queries, keys = self._first_layer(tokens, image_tokens, cross_keys, cross_values, image_queries)
         hs, keys = self._other_layers(queries, keys, tokens, pe)
         return self._masks(hs, keys, high_res_0, high_res_1)
 

@@ -9,7 +9,6 @@ change the image side and use the full decoder.onnx.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -18,9 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..core.decoder_file import DecoderFileError, open_decoder_session
+from ..core.logger import LOGGER
 from ..core.store_layout import DECODER_PROMPT_ONNX, DECODER_TILE_ONNX
-
-log = logging.getLogger(__name__)
 
 #: The tile part's outputs, which the prompt part takes (encoder/decoder_split.py TILE_OUTPUTS).
 TILE_SIDE_NAMES = ("cross_keys", "cross_values", "image_queries")
@@ -64,7 +62,8 @@ class TileSideDecoder:
         return None
 
     def tile_side(self, features: Dict[str, np.ndarray]) -> List[np.ndarray]:
-        """The tile part's outputs for these features ((1, h*w, 128) float32 each), computed on first use."""
+        """The tile part's outputs for these features ((1, 8, h*w, 16) float32 each for SAM 2), computed on
+        first use."""
         embed = features[self.feature_names[0]]
         with self._lock:
             entry = self._entries.get(id(embed))
@@ -100,5 +99,5 @@ def open_tile_side(decoder_path: Path, feature_names: Sequence[str], image_size:
     try:
         return TileSideDecoder(tile_path, prompt_path, feature_names, image_size, threads)
     except DecoderFileError as exc:
-        log.warning("not using the split decoder: %s", exc)
+        LOGGER.warning("not using the split decoder: %s", exc)
         return None
