@@ -14,7 +14,8 @@ Variants: `plain` (decoder.onnx, the session options of open_decoder_session: 2 
 once per tile); `saved_optimised` (decoder.onnx optimised by ONNX Runtime, saved, and loaded with
 optimisation off; `session_open_ms` compares opening it with opening the plain file and the split
 decoder's two files); `int8` and
-`int8_split` (onnxruntime.quantization.quantize_dynamic); `threads_1`; `spinning`.
+`int8_split` (onnxruntime.quantization.quantize_dynamic); `threads_1`; `spinning`. `batch_4_ms_per_prompt`:
+`raw_points` with 4 points per call (segment everything on a CPU), plain and split.
 """
 
 from __future__ import annotations
@@ -147,6 +148,21 @@ def timings(decoders: Dict[str, object], features: Dict[str, np.ndarray], tile: 
     return {name: 1000 * statistics.median(values) for name, values in seconds.items()}
 
 
+def batch_ms_per_prompt(decoders: Dict[str, object], features: Dict[str, np.ndarray], tile: int, rounds: int,
+                        batch: int = 4) -> Dict[str, float]:
+    """ms per prompt of `raw_points` with `batch` points per call (segment everything's CPU batch), for the
+    plain and the split graph, taking turns."""
+    points = np.array(prompts(tile)[:batch])
+    seconds: Dict[str, List[float]] = {"plain": [], "split": []}
+    for _ in range(rounds):
+        for name in seconds:
+            decoders[name].raw_points(features, points)
+            started = time.perf_counter()
+            decoders[name].raw_points(features, points)
+            seconds[name].append((time.perf_counter() - started) / batch)
+    return {name: round(1000 * statistics.median(values), 1) for name, values in seconds.items()}
+
+
 def tile_part_ms(decoder, features: Dict[str, np.ndarray], runs: int) -> float:
     seconds = []
     for _ in range(runs):
@@ -170,6 +186,7 @@ def main() -> None:
         agree = agreement(decoders, features, args.tile_size)
         medians = timings(decoders, features, args.tile_size, args.rounds, args.runs)
         tile_ms = tile_part_ms(decoders["split"], features, args.runs)
+        batched = batch_ms_per_prompt(decoders, features, args.tile_size, args.rounds)
     plain = medians["plain"]
     report = {name: {"median_ms": round(ms, 1), "ratio_to_plain": round(ms / plain, 3), **agree[name]}
               for name, ms in medians.items()}
@@ -178,7 +195,9 @@ def main() -> None:
         load = loadavg.read().split()[:3]
     print(json.dumps({"model": MODEL, "random_weights": True, "tile_size": args.tile_size,
                       "calls_per_variant": args.rounds * args.runs, "loadavg": load,
-                      "session_open_ms": session_ms, "variants": report}, indent=1))
+                      "session_open_ms": session_ms, "variants": report,
+                      "batch_4_ms_per_prompt": dict(batched, ratio=round(batched["split"] / batched["plain"], 3))},
+                     indent=1))
 
 
 if __name__ == "__main__":
