@@ -8,9 +8,10 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Tuple
 
 from ..core.store import DECODER_ONNX, FeatureStore, temporary_path
+from ..core.store_layout import DECODER_PROMPT_ONNX, DECODER_TILE_ONNX
 
 if TYPE_CHECKING:
     from .models import SegmentModel
@@ -18,22 +19,39 @@ if TYPE_CHECKING:
 #: Bumped when the decoder export changes, so cached exports of an older form are not reused
 #: (2: a batch axis for objects).
 DECODER_EXPORT_VERSION = 2
+#: Bumped when the split decoder (encoder/decoder_split.py) changes.
+SPLIT_EXPORT_VERSION = 1
 
 
 def install_decoder(store: FeatureStore, model: SegmentModel) -> None:
     """Put the ONNX decoder of these weights into the store, exporting it once per checkpoint and tile
     size into the user cache (an export takes seconds; a copy takes milliseconds). A cached export that
-    does not load or fit is exported again."""
+    does not load or fit is exported again. SAM 2 stores also get the split decoder (decoder_tile.onnx,
+    decoder_prompt.onnx: encoder/decoder_split.py), installed before decoder.onnx so that a store whose
+    decoder.onnx is in place has them too."""
     from ..core.decoder_file import decoder_file_problem
 
     cached = cached_decoder(store)
     if not cached.is_file() or decoder_file_problem(cached, store.feature_shapes, store.image_size) is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         model.export_decoder_onnx(cached)
-    tmp = temporary_path(store.root / DECODER_ONNX)
+    if model.family == "sam2":
+        tile, prompt = cached_split_decoder(store)
+        if not (tile.is_file() and prompt.is_file()):
+            from .decoder_split import export_split_decoder
+
+            export_split_decoder(model.net, model.image_size, tile, prompt)
+        _copy_into(tile, store.root / DECODER_TILE_ONNX)
+        _copy_into(prompt, store.root / DECODER_PROMPT_ONNX)
+    _copy_into(cached, store.root / DECODER_ONNX)
+
+
+def _copy_into(source: Path, target: Path) -> None:
+    """Copy `source` to `target` atomically (temporary file + rename)."""
+    tmp = temporary_path(target)
     try:
-        shutil.copyfile(cached, tmp)
-        os.replace(tmp, store.root / DECODER_ONNX)
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()  # a partial copy would hold the space a full disk needs back
@@ -47,3 +65,11 @@ def cached_decoder(store: FeatureStore) -> Path:
 
     name = f"{store.model_name}-{store.checkpoint_sha256}-{store.image_size}-v{DECODER_EXPORT_VERSION}.onnx"
     return cache_dir() / "decoders" / name
+
+
+def cached_split_decoder(store: FeatureStore) -> Tuple[Path, Path]:
+    """Where the user cache keeps the split decoder (tile part, prompt part) of this store's weights and
+    tile size, beside `cached_decoder` (the files may not exist yet)."""
+    full = cached_decoder(store)
+    stem = f"{full.stem}-split{SPLIT_EXPORT_VERSION}"
+    return full.with_name(stem + "-tile.onnx"), full.with_name(stem + "-prompt.onnx")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 from ..core.errors import QuickSamError
 from ..core.levels import MAX_LEVEL_FACTOR, level_folder, same_factor
 from ..core.store import DECODER_ONNX, MANIFEST, TILE_INDEX, FeatureStore, temporary_path
+from ..core.store_layout import DECODER_PROMPT_ONNX, DECODER_TILE_ONNX
 from ..core.store_levels import level_stores, register_level
 from .normalise import Stretch
 from .pipeline import EncodeRequest, StorePlan, encode_planned, load_model_for, plan_store, prepare_store
@@ -193,16 +194,20 @@ def share_decoder(root: FeatureStore, level: FeatureStore) -> None:
     """Give a level without a decoder the root's decoder.onnx (the same weights and tile size): a hard link
     where the file system allows one (no second copy on disk; decoder files are only ever replaced whole,
     never written in place), else a copy. Nothing is done when the root's decoder is missing or damaged
-    (the level's run then installs its own)."""
-    source, target = root.root / DECODER_ONNX, level.root / DECODER_ONNX
-    if target.exists() or root.decoder_problem() is not None:
+    (the level's run then installs its own). The split decoder (decoder_tile.onnx, decoder_prompt.onnx)
+    comes along when the root has it, before decoder.onnx."""
+    if (level.root / DECODER_ONNX).exists() or root.decoder_problem() is not None:
         return
-    tmp = temporary_path(target)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    for name in (DECODER_TILE_ONNX, DECODER_PROMPT_ONNX, DECODER_ONNX):
+        source, target = root.root / name, level.root / name
+        if not source.is_file():
+            continue
+        tmp = temporary_path(target)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
 
 
 def _offset_progress(progress: Optional[ProgressCallback], offset: int, total: int, folder: str

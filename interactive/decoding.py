@@ -20,7 +20,9 @@ from ..core.mask_decoding import (
     Prompts,
     decoder_inputs,
     postprocess,
+    prompt_arrays,
 )
+from .tile_side import TileSideDecoder, open_tile_side
 
 
 class OnnxDecoder:
@@ -28,12 +30,14 @@ class OnnxDecoder:
 
     With `feature_shapes` ((C, H, W) per feature name) the graph is checked against them and `image_size`
     (DecoderFileError if it does not fit), so a decoder of another tile size fails here, plainly, and not
-    at the first decode.
+    at the first decode. With `split` (default) and a split decoder beside `onnx_path` (decoder_tile.onnx,
+    decoder_prompt.onnx: SAM 2 stores written since 0.1.0), prompts without a mask_input run the prompt
+    part on the tile part kept per tile (interactive/tile_side.py); others use the full graph.
     """
 
     def __init__(self, onnx_path: Path, family: str, feature_names: Sequence[str], image_size: int,
                  settings: DecoderSettings, threads: Optional[int] = None,
-                 feature_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> None:
+                 feature_shapes: Optional[Mapping[str, Sequence[int]]] = None, split: bool = True) -> None:
         self._session = open_decoder_session(onnx_path, threads)
         if feature_shapes is not None:
             problem = session_fit_problem(self._session, feature_shapes, image_size)
@@ -47,9 +51,17 @@ class OnnxDecoder:
         #: Whether the graph takes several objects per call (older exports took one).
         self.batched = self._takes_batches()
         self._on_cpu = self._session.get_providers()[0] == "CPUExecutionProvider"
+        #: The split decoder, None for the full graph alone (old stores, SAM v1, split=False).
+        self.tile_side: Optional[TileSideDecoder] = None
+        if split and self.batched:
+            self.tile_side = open_tile_side(onnx_path, self.feature_names, image_size, threads)
 
     def raw(self, features: Dict[str, np.ndarray], prompts: Prompts) -> Tuple[np.ndarray, np.ndarray]:
         """All model outputs: (M, L, L) logits and (M,) scores."""
+        if self.tile_side is not None and prompts.mask_input is None:
+            coords, labels = prompt_arrays(self.family, prompts)
+            logits, scores = self.tile_side.run(features, coords[None], labels[None])
+            return logits[0], scores[0]
         inputs = decoder_inputs(self.family, self.feature_names, features, prompts, self.image_size)
         logits, scores = self._session.run(None, dict(zip(self._input_names, inputs)))
         return logits[0], scores[0]
@@ -74,6 +86,9 @@ class OnnxDecoder:
         if not self.batched:
             outputs = [self.raw(features, prompt) for prompt in prompts]
             return np.stack([o[0] for o in outputs]), np.stack([o[1] for o in outputs])
+        if self.tile_side is not None:
+            packed = [prompt_arrays(self.family, prompt) for prompt in prompts]
+            return self.tile_side.run(features, np.stack([c for c, _ in packed]), np.stack([lab for _, lab in packed]))
         per_object = [decoder_inputs(self.family, self.feature_names, features, p, self.image_size)
                       for p in prompts]
         count = len(self.feature_names)
