@@ -108,6 +108,12 @@ def test_low_res_outline_lies_within_one_low_res_pixel_of_the_full_resolution_po
     cells = preview.boundary_cells(low_mask)
     near = geometry(mask_to_polygons(cells, low_geotransform))
 
+    # the outline on the tile's grid: the cells' own corners and area (exact binary fractions of 40 m)
+    cell_rows, cell_cols = np.nonzero(low_mask)
+    box = outline.boundingBox()
+    assert (box.xMinimum(), box.yMaximum()) == (500000.0 + cell_cols.min() * scale * pixel,
+                                               4200000.0 - cell_rows.min() * scale * pixel)
+    assert outline.area() == pytest.approx(low_mask.sum() * (scale * pixel) ** 2, rel=1e-12)
     difference = outline.symDifference(full)
     assert difference.area() > 0  # the two resolutions do differ here
     assert difference.difference(near).area() <= 1e-6 * pixel ** 2
@@ -154,7 +160,7 @@ def test_moving_sends_the_newest_position_and_never_draws_an_older_preview(dock,
     assert controller.worker.wait_idle()
     newest = (positions[-1].x(), positions[-1].y())
     assert [point for _, point, _ in requested] == [(positions[0].x(), positions[0].y()), newest]
-    assert delivered == sorted(delivered) and delivered[-1] == requested[-1][0]
+    assert delivered == [token for token, _, _ in requested]  # each drawn as it came back, oldest first
     [expected] = preview.preview_segments(engine, MapPrompts().with_point(*newest, 1), SegmentOptions())
     drawn = controller.tool.preview_band.asGeometry()
     assert drawn.symDifference(geometry(expected.geometry)).area() <= 1e-9 * geometry(expected.geometry).area()
