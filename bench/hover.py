@@ -16,6 +16,7 @@ to the map tool, as for a real mouse).
 - masks: `moving_random_masks` draws what the random model gives (~90 % of the tile, riddled with holes:
   shapes no user makes); every other scenario is object-sized: the decoder runs as usual, then its logits
   are replaced by the scene's true object under the cursor (`object_sized_logits`), labelled as such;
+- the decoder graph alone on the same tile (p50 ms): previews per second cannot exceed 1000 / it;
 - scenarios: `moving` (the cursor never rests), `rest` (moves 300 ms, rests 500 ms, again: the rest delay's
   full-resolution preview), and `moving_full_resolution` (the same moves, each preview decoded and vectorised
   at full resolution as at a rest: what the low-resolution preview buys).
@@ -258,6 +259,24 @@ def object_sized_logits(decoder, labels: np.ndarray) -> Callable[[], None]:
     return undo
 
 
+def decoder_alone_ms(engine, repeats: int = 12) -> float:
+    """p50 milliseconds of the decoder graph alone (one point prompt, warm features) on the scene's tile: the
+    ceiling of previews per second is 1000 / this, whatever the preview path does around it."""
+    from quicksam.interactive.engine import MapPrompts
+
+    tile = next(iter(engine.store.grid))
+    x, y = engine.store.geotransform[0] + 200.0, engine.store.geotransform[3] - 200.0
+    prompts = engine.tile_prompts(MapPrompts().with_point(x, y, 1), tile)
+    features = engine.cache.get(tile.tile_id)
+    engine.decoder.raw(features, prompts)
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        engine.decoder.raw(features, prompts)
+        runs.append(time.perf_counter() - started)
+    return round(float(np.median(runs)) * 1000, 2)
+
+
 def measure(raster: Path, seconds: float, hz: float) -> dict:
     from qgis.core import QgsProject
 
@@ -273,6 +292,7 @@ def measure(raster: Path, seconds: float, hz: float) -> dict:
     controller.tool.show_preview = probe.timed("show_preview", controller.tool.show_preview)
     run_scenario(controller, probe, 1.0, hz, False)  # warm up: the tile's features and masks in memory
     results = {"rest_delay_ms": settings.HOVER_DELAY_MS.value(),
+               "decoder_alone_p50_ms": decoder_alone_ms(controller.session.engine),
                "moving_random_masks": run_scenario(controller, probe, seconds, hz, False)}
     labels, data = scene_objects(layer.width())
     from osgeo import gdal
@@ -307,7 +327,9 @@ def main() -> None:
         moving = figures["moving"]
         result = {"model": MODEL, "weights": "random (seeded)", "tile_px": TILE, "cursor_hz": args.hz,
                   "loadavg": Path("/proc/loadavg").read_text().split()[:3], **figures,
-                  "ratios": {"low_res_over_full_res_previews_per_second": round(
+                  "ratios": {"previews_per_second_over_decoder_rate": round(
+                      moving["previews_per_second"] * figures["decoder_alone_p50_ms"] / 1000, 2),
+                             "low_res_over_full_res_previews_per_second": round(
                       moving["previews_per_second"] / max(figures["moving_full_resolution"]["previews_per_second"],
                                                           1e-9), 2)}}
         result["targets"] = {

@@ -17,7 +17,8 @@ within one low-resolution pixel (s tile pixels) of the full-resolution boundary 
 Drawing budget: a rubber band repaints every vertex on the GUI thread (about 3 ms per 1,000 vertices on a
 2-core CPU; 50-70 ms for the 20,000 of a random model's speckled mask), so an outline of more than
 MAX_VERTICES vertices (no real object has one) is traced again without parts and holes under
-LIGHTER_MIN_CELLS cells, then also simplified by one cell: the bound above holds for outlines within budget.
+LIGHTER_MIN_CELLS cells and simplified by one cell (a mask with more than SPECKLED_EDGES cell edges at once,
+without the exact tracing first): the bound above holds for outlines within budget.
 
 Nodata and boxes, as the engine: a low-resolution cell is kept only if the tile pixel at its centre
 (s * i + s / 2) has data and, with a box prompt, lies in the box (clipped to the raster). Mask modes choose
@@ -41,6 +42,8 @@ from .vectorise import Polygons, mask_to_polygons
 #: Vertices a preview outline may have before it is lightened (module docstring); WKB has 16 bytes a vertex.
 MAX_VERTICES = 2000
 LIGHTER_MIN_CELLS = 16
+#: A mask with more True/False cell edges than this is lightened without being traced exactly first.
+SPECKLED_EDGES = 4 * MAX_VERTICES
 
 
 def vertex_count(polygons: Polygons) -> int:
@@ -53,15 +56,18 @@ def outline(mask: np.ndarray, geotransform: Sequence[float], scale: int, options
     each), with the options' simplification, minimum area (raster pixels) and holes, lightened above
     MAX_VERTICES (module docstring)."""
     min_cells = options.min_area_pixels / scale ** 2
-    polygons = mask_to_polygons(mask, geotransform, options.simplify_tolerance, min_cells, options.keep_holes)
-    if vertex_count(polygons) > MAX_VERTICES:
-        polygons = mask_to_polygons(mask, geotransform, options.simplify_tolerance,
-                                    max(min_cells, LIGHTER_MIN_CELLS), options.keep_holes)
-    if vertex_count(polygons) > MAX_VERTICES:
-        cell = float(np.hypot(geotransform[1], geotransform[2]))
-        polygons = mask_to_polygons(mask, geotransform, max(options.simplify_tolerance, cell),
-                                    max(min_cells, LIGHTER_MIN_CELLS), options.keep_holes)
-    return polygons
+    if edge_count(mask) <= SPECKLED_EDGES:  # else tracing it exactly is wasted: it would be lightened
+        polygons = mask_to_polygons(mask, geotransform, options.simplify_tolerance, min_cells, options.keep_holes)
+        if vertex_count(polygons) <= MAX_VERTICES:
+            return polygons
+    cell = float(np.hypot(geotransform[1], geotransform[2]))
+    return mask_to_polygons(mask, geotransform, max(options.simplify_tolerance, cell),
+                            max(min_cells, LIGHTER_MIN_CELLS), options.keep_holes)
+
+
+def edge_count(mask: np.ndarray) -> int:
+    """How many cell edges of a (L, L) bool mask separate True from False (the tile's edge not counted)."""
+    return int(np.count_nonzero(mask[:, 1:] != mask[:, :-1]) + np.count_nonzero(mask[1:] != mask[:-1]))
 
 
 def low_res_geotransform(geotransform: Sequence[float], tile: Tile, scale: int) -> tuple:
