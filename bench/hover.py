@@ -1,7 +1,7 @@
 """Hover benchmark: previews drawn per second while the cursor moves over a real canvas, and how long the GUI
 thread is blocked; prints one JSON object.
 
-    .venv/bin/python bench/hover.py [--seconds 4] [--hz 60]
+    .venv/bin/python bench/hover.py [--seconds 8] [--hz 60] [--rounds 4]
 
 A real QgsApplication (offscreen), a real QgsMapCanvas showing a 1024 x 1024 px raster encoded with the
 seeded random SAM 2.1 tiny model (1024 px tiles, bench/encode.py's scene of bright rectangles), and the
@@ -19,7 +19,8 @@ to the map tool, as for a real mouse).
 - the decoder graph alone on the same tile (p50 ms): previews per second cannot exceed 1000 / it;
 - scenarios: `moving` (the cursor never rests), `rest` (moves 300 ms, rests 500 ms, again: the rest delay's
   full-resolution preview), and `moving_full_resolution` (the same moves, each preview decoded and vectorised
-  at full resolution as at a rest: what the low-resolution preview buys).
+  at full resolution as at a rest: what the low-resolution preview buys). The scenarios run in interleaved
+  stretches (`--rounds`), so a change of the machine's load falls on all of them alike.
 The previous dock waited for the cursor to rest (200 ms) before any preview: 0 previews while it moves.
 """
 
@@ -176,8 +177,8 @@ def drive(canvas, probe: GuiProbe, seconds: float, hz: float, rest_pattern: bool
     return time.perf_counter() - state["started"]
 
 
-def run_scenario(controller, probe: GuiProbe, seconds: float, hz: float, rest_pattern: bool) -> dict:
-    """One scenario's figures (see the module docstring)."""
+def sample(controller, probe: GuiProbe, seconds: float, hz: float, rest_pattern: bool) -> dict:
+    """One stretch of cursor moves: raw durations (seconds) and counts."""
     controller.wait_idle(30)
     controller.tool.clear_preview()
     stats = controller.worker.stats
@@ -185,21 +186,26 @@ def run_scenario(controller, probe: GuiProbe, seconds: float, hz: float, rest_pa
     probe.start()
     elapsed = drive(controller.canvas, probe, seconds, hz, rest_pattern)
     probe.stop()
-    drawn = len(probe.durations.get("show_preview", []))
-    moves = probe.durations.get("move_event", [])
-    handlers = moves + probe.durations.get("show_preview", [])
+    return {"seconds": elapsed, "moves": list(probe.durations.get("move_event", [])),
+            "draws": list(probe.durations.get("show_preview", [])), "lateness": list(probe.lateness),
+            "low_res": stats.low_res_requests - before[1],
+            "full_res": (stats.requests - before[0]) - (stats.low_res_requests - before[1]),
+            "stale": stats.stale - before[2]}
+
+
+def summary(samples: List[dict]) -> dict:
+    """One scenario's figures over its stretches (see the module docstring)."""
+    elapsed = sum(item["seconds"] for item in samples)
+    moves, draws, lateness = ([value for item in samples for value in item[key]]
+                              for key in ("moves", "draws", "lateness"))
     result = {
         "seconds": round(elapsed, 2), "move_events": len(moves),
-        "previews_drawn": drawn, "previews_per_second": round(drawn / elapsed, 2),
-        "decode_requests": {"low_res": stats.low_res_requests - before[1],
-                            "full_res": (stats.requests - before[0]) - (stats.low_res_requests - before[1]),
-                            "stale_skipped_or_dropped": stats.stale - before[2]},
-        "gui_move_event_handler": stats_ms(moves),
-        "gui_preview_draw": stats_ms(probe.durations.get("show_preview", [])),
-        "gui_timer_1ms_lateness": stats_ms(probe.lateness),
+        "previews_drawn": len(draws), "previews_per_second": round(len(draws) / elapsed, 2),
+        "decode_requests": {key: sum(item[key] for item in samples) for key in ("low_res", "full_res", "stale")},
+        "gui_move_event_handler": stats_ms(moves), "gui_preview_draw": stats_ms(draws),
+        "gui_timer_1ms_lateness": stats_ms(lateness),
     }
-    longest = max(result["gui_timer_1ms_lateness"]["max_ms"], stats_ms(handlers)["max_ms"])
-    result["gui_longest_block_ms"] = longest
+    result["gui_longest_block_ms"] = max(stats_ms(lateness)["max_ms"], stats_ms(moves + draws)["max_ms"])
     return result
 
 
@@ -277,7 +283,10 @@ def decoder_alone_ms(engine, repeats: int = 12) -> float:
     return round(float(np.median(runs)) * 1000, 2)
 
 
-def measure(raster: Path, seconds: float, hz: float) -> dict:
+def measure(raster: Path, seconds: float, hz: float, rounds: int) -> dict:
+    """Every scenario in `rounds` interleaved stretches of seconds / rounds each (the machine's load changes
+    alike for all), and the decoder alone between them."""
+    from osgeo import gdal
     from qgis.core import QgsProject
 
     from quicksam.ui import settings
@@ -290,31 +299,34 @@ def measure(raster: Path, seconds: float, hz: float) -> dict:
     controller.activate_tool()
     probe = GuiProbe()
     controller.tool.show_preview = probe.timed("show_preview", controller.tool.show_preview)
-    run_scenario(controller, probe, 1.0, hz, False)  # warm up: the tile's features and masks in memory
-    results = {"rest_delay_ms": settings.HOVER_DELAY_MS.value(),
-               "decoder_alone_p50_ms": decoder_alone_ms(controller.session.engine),
-               "moving_random_masks": run_scenario(controller, probe, seconds, hz, False)}
     labels, data = scene_objects(layer.width())
-    from osgeo import gdal
-
     assert np.array_equal(data, gdal.Open(str(raster)).ReadAsArray()), "the scene's objects were not replayed"
-    undo_objects = object_sized_logits(controller.session.engine.decoder, labels)
-    results["moving"] = run_scenario(controller, probe, seconds, hz, False)
-    results["rest"] = run_scenario(controller, probe, seconds, hz, True)
-    undo = full_resolution_moves()
-    try:
-        results["moving_full_resolution"] = run_scenario(controller, probe, seconds, hz, False)
-    finally:
+    engine = controller.session.engine
+    sample(controller, probe, 1.0, hz, False)  # warm up: the tile's features and masks in memory
+    samples: Dict[str, List[dict]] = {"moving_random_masks": [], "moving": [], "rest": [], "moving_full_resolution": []}
+    decoder = []
+    stretch = seconds / rounds
+    for _ in range(rounds):
+        decoder.append(decoder_alone_ms(engine, 4))
+        samples["moving_random_masks"].append(sample(controller, probe, stretch, hz, False))
+        undo_objects = object_sized_logits(engine.decoder, labels)
+        samples["moving"].append(sample(controller, probe, stretch, hz, False))
+        samples["rest"].append(sample(controller, probe, stretch, hz, True))
+        undo = full_resolution_moves()
+        samples["moving_full_resolution"].append(sample(controller, probe, stretch, hz, False))
         undo()
         undo_objects()
     controller.release()
-    return results
+    return {"rest_delay_ms": settings.HOVER_DELAY_MS.value(), "rounds": rounds,
+            "decoder_alone_p50_ms": round(float(np.median(decoder)), 2),
+            **{name: summary(items) for name, items in samples.items()}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per scenario, over all rounds")
     parser.add_argument("--hz", type=float, default=60.0)
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved stretches of every scenario")
     args = parser.parse_args()
     from qgis.core import QgsApplication, QgsProject
 
@@ -323,7 +335,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="quicksam-bench-hover-"))
     try:
         raster = encode_scene(work)
-        figures = measure(raster, args.seconds, args.hz)
+        figures = measure(raster, args.seconds, args.hz, args.rounds)
         moving = figures["moving"]
         result = {"model": MODEL, "weights": "random (seeded)", "tile_px": TILE, "cursor_hz": args.hz,
                   "loadavg": Path("/proc/loadavg").read_text().split()[:3], **figures,
