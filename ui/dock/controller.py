@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence
 from qgis.core import (
     Qgis,
     QgsCsException,
+    QgsGeometry,
     QgsMapLayer,
     QgsPointXY,
     QgsProject,
@@ -84,7 +85,8 @@ class SegmentController(QObject):
             (self.tool.activated, self._on_tool_activated), (self.tool.deactivated, self._on_tool_deactivated),
             (self.tool.left, self._stop_preview),
             (self.canvas.extentsChanged, self._stop_preview),
-            (self.scheduler.rested, self._preview_at), (self.scheduler.previewDecoded, self._on_preview),
+            (self.scheduler.rested, self._preview_at), (self.scheduler.previewReady, self._on_preview),
+            (self.scheduler.moved, lambda point: self._preview_at(point, low_res=True)),
             (self.scheduler.objectDecoded, self._object_decoded),
             (self.scheduler.objectFailed, self._on_object_failed),
             (self.binding.transformChanged, self._redraw),
@@ -293,12 +295,12 @@ class SegmentController(QObject):
 
     # -- decoding ---------------------------------------------------------------------------------------
     def hover(self, point: QgsPointXY) -> None:
-        """The cursor rests at `point` (canvas CRS): preview after the rest delay (restarted by each move)."""
+        """The cursor is at `point` (canvas CRS): low-resolution previews while it moves, full once it rests."""
         if self.hover_enabled and self.session is not None:
             self.scheduler.rest_at(point)
 
-    def _preview_at(self, point: QgsPointXY) -> None:
-        """The cursor rested at `point` (canvas CRS): preview the object with a foreground point there."""
+    def _preview_at(self, point: QgsPointXY, low_res: bool = False) -> None:
+        """The cursor rested (or moved: `low_res`) at `point` (canvas CRS): preview a foreground point there."""
         if not self.hover_enabled or self.session is None:
             return
         try:
@@ -307,11 +309,11 @@ class SegmentController(QObject):
             # Outside the raster or the tile: nothing to preview, and no message on a mouse move.
             self._drop_preview()
             return
-        self.request_preview(prompts)
+        self.request_preview(prompts, low_res)
 
-    def request_preview(self, prompts: MapPrompts) -> None:
-        """Preview `prompts` (raster CRS): from memory if decoded before, else by the worker."""
-        remembered = self.scheduler.preview(self.session.engine, prompts, self.options)
+    def request_preview(self, prompts: MapPrompts, low_res: bool = False) -> None:
+        """Preview `prompts` (raster CRS): from memory, else by the worker (`low_res`: DecodeScheduler.preview)."""
+        remembered = self.scheduler.preview(self.session.engine, prompts, self.options, low_res)
         if remembered is not None:
             self._show_preview(remembered)
 
@@ -322,11 +324,11 @@ class SegmentController(QObject):
         if remembered is not None:
             self._object_decoded(prompts, self.options, remembered)
 
-    def _on_preview(self, segments: Optional[Sequence[Segment]]) -> None:
+    def _on_preview(self, segments: Optional[Sequence[Segment]], geometries: Sequence[QgsGeometry]) -> None:
         if self.session is None:
             return
         if segments is not None and self.hover_enabled and self.canvas.mapTool() is self.tool:
-            self._show_preview(segments)
+            self._show_preview(segments, geometries)
         else:
             self.drawing.clear_preview()
 
@@ -359,8 +361,8 @@ class SegmentController(QObject):
         self.scheduler.cancel_preview()
         self.drawing.clear_preview()
 
-    def _show_preview(self, segments: Sequence[Segment]) -> None:
-        self.drawing.show_preview(segments, self.binding.raster_crs)
+    def _show_preview(self, segments: Sequence[Segment], geometries: Sequence[QgsGeometry] = ()) -> None:
+        self.drawing.show_preview(segments, self.binding.raster_crs, geometries)
 
     # -- status and life cycle -------------------------------------------------------------------------------
     def _say_state(self, ready: str = "") -> None:

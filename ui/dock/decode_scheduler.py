@@ -1,6 +1,12 @@
-"""When and what the Segment dock decodes: the hover rest timer, the decode worker (latest wins), the results
+"""When and what the Segment dock decodes: the hover previews, the decode worker (latest wins), the results
 remembered by prompts and options, and an accept waiting for its object's decode (QGIS layer; one piece of
 the Segment dock's controller).
+
+Hover: while the cursor moves, `moved` reports its newest position whenever no low-resolution preview is
+on its way (at most one is: a position that arrives meanwhile waits, replaced by any newer one, and is
+reported when it comes back), so previews follow the cursor as fast as they decode and no stale position
+queues behind the newest. When the cursor rests for the delay, `rested` reports it once (the
+full-resolution preview, remembered, so a click there is at once).
 
 It knows no session, layer or drawing: it is handed an engine, prompts (raster CRS) and options, and reports
 through its signals (on the GUI thread) or, for a remembered result, by returning it at once.
@@ -55,13 +61,18 @@ class ResultMemo:
 class DecodeScheduler(QObject):
     """Decodes for the hover preview and for the object being built, each latest-wins, from memory when it can.
 
-    `rested(QgsPointXY)`: the cursor rested `delay_ms` at this canvas-CRS position (each `rest_at` restarts
-    the wait). `previewDecoded(segments or None)`: a preview's segments (raster CRS), None when its decode
+    `moved(QgsPointXY)`: the cursor's newest canvas-CRS position, for a low-resolution preview (see the
+    module docstring). `rested(QgsPointXY)`: the cursor rested `delay_ms` at this canvas-CRS position (each
+    `rest_at` restarts the wait). `previewReady(segments or None, geometries)`: a preview's segments and
+    their QgsGeometry (raster CRS, built in the worker), to draw; None when its decode failed.
+    `previewDecoded(segments or None)`: a preview's segments (raster CRS), None when its decode
     failed. `objectDecoded(prompts, options, segments)`: the object's decode came back. `objectFailed(str)`:
     it failed, with a one-line message (a pending accept is dropped).
     """
 
+    moved = pyqtSignal(QgsPointXY)
     rested = pyqtSignal(QgsPointXY)
+    previewReady = pyqtSignal(object, object)  # noqa: N815 (Qt naming)
     previewDecoded = pyqtSignal(object)  # noqa: N815 (Qt naming)
     objectDecoded = pyqtSignal(object, object, object)  # noqa: N815 (Qt naming)
     objectFailed = pyqtSignal(str)  # noqa: N815 (Qt naming)
@@ -78,26 +89,51 @@ class DecodeScheduler(QObject):
         #: The user accepted an object still being decoded: accept it when its result arrives.
         self.accept_pending = False
         self._rest_point: Optional[QgsPointXY] = None
+        #: The token of the low-resolution preview on its way (None: none is), and the newest position
+        #: (canvas CRS) waiting for it to come back.
+        self._moving_token: Optional[int] = None
+        self._moving_point: Optional[QgsPointXY] = None
         self.worker.finished.connect(self._on_decoded)
+        self.worker.returned.connect(self._on_returned)
         self.hover_timer.timeout.connect(self._on_rest)
 
     # -- hover ------------------------------------------------------------------------------------------
     def rest_at(self, point: QgsPointXY) -> None:
-        """The cursor is at `point` (canvas CRS): report it once it rests there for the delay."""
+        """The cursor is at `point` (canvas CRS): report it as `moved` now or when the low-resolution preview
+        on its way comes back, and as `rested` once it rests there for the delay."""
         self._rest_point = QgsPointXY(point)
         self.hover_timer.start()
+        if self._moving_token is None:
+            self.moved.emit(QgsPointXY(point))
+        else:
+            self._moving_point = QgsPointXY(point)
 
     def stop_hover(self) -> None:
         self.hover_timer.stop()
+        self._moving_point = None
 
     def _on_rest(self) -> None:
+        self._moving_point = None  # the rest's full-resolution preview supersedes it
         if self._rest_point is not None:
             self.rested.emit(QgsPointXY(self._rest_point))
 
+    def _on_returned(self, outcome: DecodeOutcome) -> None:
+        if outcome.token != self._moving_token:
+            return
+        self._moving_token = None
+        waiting, self._moving_point = self._moving_point, None
+        if waiting is not None:
+            self.moved.emit(waiting)
+
     # -- decoding ---------------------------------------------------------------------------------------
-    def preview(self, engine: SegmentEngine, prompts: MapPrompts, options: SegmentOptions) -> Optional[Segments]:
+    def preview(self, engine: SegmentEngine, prompts: MapPrompts, options: SegmentOptions, low_res: bool = False
+                ) -> Optional[Segments]:
         """The remembered preview of `prompts` (raster CRS), or None: then the worker decodes it and
-        `previewDecoded` follows unless a newer preview supersedes it."""
+        `previewReady` and `previewDecoded` follow unless a newer preview supersedes it. `low_res` (the cursor
+        moves): at low resolution (interactive/preview.py), never remembered."""
+        if low_res:
+            self._moving_token = self.worker.request(PREVIEW, engine, prompts, options, low_res=True)
+            return None
         remembered = self.memo.get(prompts, options)
         if remembered is not None:
             self.worker.cancel(PREVIEW)
@@ -135,15 +171,16 @@ class DecodeScheduler(QObject):
     def reset(self) -> None:
         """Another store (or none): nothing pending, nothing remembered."""
         self.worker.cancel()
-        self.hover_timer.stop()
+        self.stop_hover()
         self.memo.clear()
         self.accept_pending = False
         self.object_pending = False
 
     def _on_decoded(self, outcome: DecodeOutcome) -> None:
-        if outcome.error is None:
+        if outcome.error is None and not outcome.low_res:
             self.memo.put(outcome.prompts, outcome.options, outcome.segments)
         if outcome.kind == PREVIEW:
+            self.previewReady.emit(outcome.segments if outcome.error is None else None, outcome.geometries)
             self.previewDecoded.emit(outcome.segments if outcome.error is None else None)
             return
         self.object_pending = False
@@ -168,5 +205,7 @@ class DecodeScheduler(QObject):
         self.worker.shutdown()
         with contextlib.suppress(TypeError):  # shut down before
             self.worker.finished.disconnect(self._on_decoded)
+        with contextlib.suppress(TypeError):
+            self.worker.returned.disconnect(self._on_returned)
         with contextlib.suppress(TypeError):
             self.hover_timer.timeout.disconnect(self._on_rest)

@@ -3,7 +3,14 @@
 Each request gets a monotonically increasing token; a request is "latest" while no newer request of the
 same kind (`preview` for hover, `object` for the object being built) was made. A queued request that is
 no longer latest when its turn comes is skipped without decoding; a result that is no longer latest
-when it arrives is dropped. Only latest results reach `finished`, on the GUI thread.
+when it arrives is dropped. Only latest results reach `finished`, on the GUI thread; every request's
+outcome (delivered, skipped or dropped) reaches `returned` there.
+
+A preview request may be `low_res` (the hover preview while the cursor moves, interactive/preview.py: the
+decoder's low-resolution mask outlined, no upsampling). The polygons' QgsGeometry (raster CRS) are built
+in the worker too, so the GUI thread only hands them to a rubber band, which repaints every vertex on the
+GUI thread: a full-resolution preview with more vertices than interactive/preview.MAX_VERTICES is drawn
+as its own low-resolution outline (`segment_outline`); its segments (remembered for a click) stay exact.
 
 The run touches only the engine (its feature cache is thread-safe) and immutable prompts: never a
 layer, the project or a widget.
@@ -17,12 +24,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
+from qgis.core import QgsGeometry
 from qgis.PyQt.QtCore import QCoreApplication, QElapsedTimer, QEventLoop, QObject, QRunnable, QThreadPool, pyqtSignal
 
 from ...core.errors import QuickSamError
 from ...core.logger import LOGGER
 from ...interactive.engine import MapPrompts, Segment, SegmentEngine
+from ...interactive.preview import MAX_VERTICES, preview_segments, segment_outline, vertex_count
 from ...interactive.session import SegmentOptions, segment_prompts
+from ...interactive.vectorise import Polygons
 
 PREVIEW = "preview"
 OBJECT = "object"
@@ -33,13 +43,16 @@ _PRIORITY = {PREVIEW: 0, OBJECT: 10}
 
 @dataclass(frozen=True)
 class DecodeOutcome:
-    """One finished request: the segments (raster CRS) or a one-line error, and how long it took."""
+    """One finished request: the segments (raster CRS) and their QgsGeometry (raster CRS, built in the
+    worker), or a one-line error, and how long it took. `low_res`: a low-resolution hover preview."""
 
     kind: str
     token: int
     prompts: MapPrompts
     options: SegmentOptions
+    low_res: bool = False
     segments: Tuple[Segment, ...] = ()
+    geometries: Tuple[QgsGeometry, ...] = ()
     error: Optional[str] = None
     skipped: bool = False
     seconds: float = 0.0
@@ -50,6 +63,8 @@ class WorkerStats:
     """Counters for tests and the log: requests made, decodes run, stale work skipped or dropped."""
 
     requests: int = 0
+    #: Of the requests, low-resolution hover previews.
+    low_res_requests: int = 0
     decoded: int = 0
     delivered: int = 0
     skipped_stale: int = 0
@@ -75,6 +90,12 @@ class _DecodeRun(QRunnable):
         self._outcome = outcome
         self._relay = worker._relay
 
+    def _drawn(self, request: DecodeOutcome, segment: Segment) -> Polygons:
+        """What is drawn of a segment: a full-resolution preview too big to draw as its low-resolution outline."""
+        if request.kind == PREVIEW and not request.low_res and vertex_count(segment.geometry) > MAX_VERTICES:
+            return segment_outline(self._engine, request.prompts, segment, request.options)
+        return segment.geometry
+
     def run(self) -> None:
         request = self._outcome
         if not self._worker.is_latest(request.kind, request.token):
@@ -82,16 +103,26 @@ class _DecodeRun(QRunnable):
             return
         started = time.perf_counter()
         segments: Tuple[Segment, ...] = ()
+        geometries: Tuple[QgsGeometry, ...] = ()
         error = None
         try:
-            segments = tuple(segment_prompts(self._engine, request.prompts, request.options))
+            decode = preview_segments if request.low_res else segment_prompts
+            segments = tuple(decode(self._engine, request.prompts, request.options))
+            geometries = tuple(wkb_geometry(self._drawn(request, segment).wkb) for segment in segments)
         except QuickSamError as exc:
             error = str(exc)
         except Exception as exc:  # noqa: BLE001 - a worker must report every failure to the GUI thread
             LOGGER.exception("decoding failed")
             error = f"decoding failed: {exc}"
-        self._relay.done.emit(_replace(request, segments=segments, error=error,
+        self._relay.done.emit(_replace(request, segments=segments, geometries=geometries, error=error,
                                        seconds=time.perf_counter() - started))
+
+
+def wkb_geometry(wkb: bytes) -> QgsGeometry:
+    """A QgsGeometry from WKB (coordinates as they are)."""
+    geometry = QgsGeometry()
+    geometry.fromWkb(wkb)
+    return geometry
 
 
 def _replace(outcome: DecodeOutcome, **changes: object) -> DecodeOutcome:
@@ -102,6 +133,8 @@ class DecodeWorker(QObject):
     """A one-thread pool running `segment_prompts`; emits `finished(DecodeOutcome)` for latest results."""
 
     finished = pyqtSignal(object)
+    #: Every request's outcome as it comes back to the GUI thread, delivered or not (after `finished`).
+    returned = pyqtSignal(object)
 
     def __init__(self, parent: Optional[QObject] = None) -> None:
         super().__init__(parent)
@@ -115,16 +148,20 @@ class DecodeWorker(QObject):
         self._relay.done.connect(self._on_done)
         self.stats = WorkerStats()
 
-    def request(self, kind: str, engine: SegmentEngine, prompts: MapPrompts, options: SegmentOptions) -> int:
-        """Queue a decode of `prompts` (raster CRS); returns its token. Supersedes older requests of `kind`."""
+    def request(self, kind: str, engine: SegmentEngine, prompts: MapPrompts, options: SegmentOptions,
+                low_res: bool = False) -> int:
+        """Queue a decode of `prompts` (raster CRS), at low resolution if `low_res` (a hover preview); returns
+        its token. Supersedes older requests of `kind`."""
         with self._lock:
             self._counter += 1
             token = self._counter
             self._latest[kind] = token
         self._in_flight += 1
         self.stats.requests += 1
+        self.stats.low_res_requests += int(low_res)
         self.stats.by_kind[kind] = self.stats.by_kind.get(kind, 0) + 1
-        self._pool.start(_DecodeRun(self, engine, DecodeOutcome(kind, token, prompts, options)), _PRIORITY[kind])
+        self._pool.start(_DecodeRun(self, engine, DecodeOutcome(kind, token, prompts, options, low_res)),
+                         _PRIORITY[kind])
         return token
 
     def is_latest(self, kind: str, token: int) -> bool:
@@ -163,12 +200,15 @@ class DecodeWorker(QObject):
 
     def _on_done(self, outcome: DecodeOutcome) -> None:
         self._in_flight = max(0, self._in_flight - 1)
-        if outcome.skipped:
-            self.stats.skipped_stale += 1
-            return
-        self.stats.decoded += 1
-        if not self.is_latest(outcome.kind, outcome.token):
-            self.stats.dropped_stale += 1
-            return
-        self.stats.delivered += 1
-        self.finished.emit(outcome)
+        try:
+            if outcome.skipped:
+                self.stats.skipped_stale += 1
+                return
+            self.stats.decoded += 1
+            if not self.is_latest(outcome.kind, outcome.token):
+                self.stats.dropped_stale += 1
+                return
+            self.stats.delivered += 1
+            self.finished.emit(outcome)
+        finally:
+            self.returned.emit(outcome)  # after delivery: a request made from here must not make it stale

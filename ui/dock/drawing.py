@@ -8,7 +8,7 @@ reprojected by QGIS.
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from qgis.core import (
     Qgis,
@@ -62,9 +62,11 @@ class SegmentDrawing:
         self.tool.show_prompts(points, box)
         self.tool.show_object([segment_geometry(s) for s in segments], to_raster.destinationCrs())
 
-    def show_preview(self, segments: Iterable[Segment], raster_crs: QgsCoordinateReferenceSystem) -> None:
-        """The hover preview's polygons (in `raster_crs`)."""
-        self.tool.show_preview([segment_geometry(s) for s in segments], raster_crs)
+    def show_preview(self, segments: Iterable[Segment], raster_crs: QgsCoordinateReferenceSystem,
+                     geometries: Sequence[QgsGeometry] = ()) -> None:
+        """The hover preview's polygons (in `raster_crs`): `geometries` when given (built off the GUI thread
+        from the segments), else built from the segments here."""
+        self.tool.show_preview(list(geometries) or [segment_geometry(s) for s in segments], raster_crs)
 
     def clear_preview(self) -> None:
         self.tool.clear_preview()
