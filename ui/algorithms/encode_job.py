@@ -21,7 +21,7 @@ def build_encode_args(raster: str, store: str, *, model: str = DEFAULT_MODEL,
                       checkpoint: str = "", random_weights: bool = False, overlap: Optional[int] = None,
                       batch_size: int = 1, device: str = "auto", tile_size: int = 0,
                       resolution: Optional[float] = None, levels: Sequence[float] = (1.0,),
-                      workers: int = 0, scheduler: str = "") -> List[str]:
+                      workers: int = 0, scheduler: str = "", feature_dtype: str = "float16") -> List[str]:
     """Arguments of `quicksam.cli` (after `-m quicksam.cli`) for one encode.
 
     `extent` is (xmin, ymin, xmax, ymax) in the raster's CRS; `bands` 1-based, fed as red, green and blue; the
@@ -37,7 +37,7 @@ def build_encode_args(raster: str, store: str, *, model: str = DEFAULT_MODEL,
     return args + encode_options(
         model=model, checkpoint=checkpoint, random_weights=random_weights, overlap=overlap, batch_size=batch_size,
         device=device, tile_size=tile_size, resolution=resolution, levels=levels, workers=workers,
-        scheduler=scheduler)
+        scheduler=scheduler, feature_dtype=feature_dtype)
 
 
 def encode_options(*, model: str = DEFAULT_MODEL, checkpoint: str = "", random_weights: bool = False,
