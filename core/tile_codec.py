@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import List, Sequence, Tuple
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -35,6 +35,7 @@ FEATURE_CODECS = (CODEC,)
 QUANTISED_DTYPE = "int8"
 FEATURE_DTYPES = ("float16", "float32", QUANTISED_DTYPE)
 
+Buffer = Union[bytes, memoryview]
 MAGIC = b"QSAMTILE"
 PAYLOAD_VERSION = 1
 HEADER = struct.Struct("<8sBB6x")  # magic, payload version, section count
@@ -50,15 +51,15 @@ def decoded_dtype(dtype: str) -> np.dtype:
     return np.dtype(np.float32 if dtype == QUANTISED_DTYPE else dtype)
 
 
-def _compress(data: np.ndarray) -> Tuple[int, bytes]:
-    """(method, bytes) of one section: zlib when it saves at least 2 %, else stored."""
+def _compress(data: np.ndarray) -> Tuple[int, Buffer]:
+    """(method, bytes) of one section: zlib when it saves at least 2 %, else stored (not copied)."""
     raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
     packer = zlib.compressobj(ZLIB_LEVEL, zlib.DEFLATED, 15, 9, ZLIB_STRATEGY)
     packed = packer.compress(raw) + packer.flush()
-    return (ZLIB, packed) if len(packed) < 0.98 * raw.size else (STORED, raw.tobytes())
+    return (ZLIB, packed) if len(packed) < 0.98 * raw.size else (STORED, memoryview(raw))
 
 
-def _payload(sections: Sequence[Tuple[int, int, bytes]]) -> np.ndarray:
+def _payload(sections: Sequence[Tuple[int, int, Buffer]]) -> np.ndarray:
     """The flat uint8 payload of (method, bytes decoded, bytes stored) sections."""
     parts = [HEADER.pack(MAGIC, PAYLOAD_VERSION, len(sections))]
     parts += [SECTION.pack(method, size, len(data)) for method, size, data in sections]
@@ -75,7 +76,7 @@ def byte_planes(flat: np.ndarray) -> np.ndarray:
 def encode_lossless(flat: np.ndarray) -> np.ndarray:
     """The payload of a flat float16 or float32 array: byte planes, the top one compressed."""
     planes = byte_planes(flat)
-    sections = [(STORED, plane.size, plane.tobytes()) for plane in planes[:-1]]
+    sections: List[Tuple[int, int, Buffer]] = [(STORED, plane.size, memoryview(plane)) for plane in planes[:-1]]
     method, data = _compress(planes[-1])
     return _payload(sections + [(method, planes[-1].size, data)])
 
@@ -106,7 +107,7 @@ def encode_quantised(flat: np.ndarray, shapes: Sequence[Tuple[int, int, int]]) -
         codes[offset:offset + size] = np.clip(np.rint(block), 0, 255).reshape(-1)
         offset, channel = offset + size, channel + channels
     method, data = _compress(codes)
-    return _payload([(STORED, ranges.nbytes, ranges.tobytes()), (method, codes.size, data)])
+    return _payload([(STORED, ranges.nbytes, memoryview(ranges).cast("B")), (method, codes.size, data)])
 
 
 def encode_tile(flat: np.ndarray, dtype: str, shapes: Sequence[Tuple[int, int, int]]) -> np.ndarray:
@@ -135,7 +136,7 @@ def read_sections(payload: np.ndarray) -> List[np.ndarray]:
         position += stored
         if len(chunk) != stored:
             raise ValueError("is truncated (a section ends past the end of the file)")
-        raw = zlib.decompress(chunk) if method == ZLIB else bytes(chunk) if method == STORED else None
+        raw = zlib.decompress(chunk) if method == ZLIB else chunk if method == STORED else None  # stored: no copy
         if raw is None or len(raw) != size:
             raise ValueError(f"has a section of method {method} that does not decode to {size} bytes")
         sections.append(np.frombuffer(raw, dtype=np.uint8))
