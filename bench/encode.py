@@ -8,7 +8,8 @@ Figures (seconds per 1024 px tile, medians over --repeats runs; random SAM 2.1 t
 - baseline: the straightforward loop (read window, set_image, three float32 GeoTIFFs);
 - qgis_process_ours / qgis_process_baseline: wall time of `qgis_process.bin run` per tile for
   quicksam:encoderaster and for the baseline loop run inside QGIS's process;
-- bytes per tile of both stores, and peak RSS of the encoder process for a raster and a 4x larger one.
+- bytes per tile of both stores (ours: format version 4, compressed in the writer thread), and peak RSS of the
+  encoder process for a raster of one tile and one of --tiles-per-side² tiles (4x larger by default).
 """
 
 from __future__ import annotations
@@ -179,6 +180,8 @@ def main() -> None:
             result["targets"]["qgis_process_1_5x_faster_than_baseline"] = (
                 result["ratios"]["qgis_process_baseline_over_ours"] >= 1.5)
         result["self_max_rss_mib"] = peak_rss_mib()
+        if Path("/proc/loadavg").exists():   # the machine's load: the ratios are from one run, the seconds are not
+            result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
         print(json.dumps(result, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
