@@ -133,6 +133,12 @@ def encoder_peak_rss_mib(raster: Path, store: Path) -> float:
     return float(result.stderr.strip().splitlines()[-1])
 
 
+def load_average():
+    """The machine's 1, 5 and 15 minute load (the ratios are from one run, the seconds are not), None off Linux."""
+    path = Path("/proc/loadavg")
+    return path.read_text().split()[:3] if path.exists() else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
@@ -179,9 +185,7 @@ def main() -> None:
         if not args.skip_qgis:
             result["targets"]["qgis_process_1_5x_faster_than_baseline"] = (
                 result["ratios"]["qgis_process_baseline_over_ours"] >= 1.5)
-        result["self_max_rss_mib"] = peak_rss_mib()
-        if Path("/proc/loadavg").exists():   # the machine's load: the ratios are from one run, the seconds are not
-            result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+        result.update(self_max_rss_mib=peak_rss_mib(), loadavg=load_average())
         print(json.dumps(result, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
