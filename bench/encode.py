@@ -8,7 +8,8 @@ Figures (seconds per 1024 px tile, medians over --repeats runs; random SAM 2.1 t
 - baseline: the straightforward loop (read window, set_image, three float32 GeoTIFFs);
 - qgis_process_ours / qgis_process_baseline: wall time of `qgis_process.bin run` per tile for
   quicksam:encoderaster and for the baseline loop run inside QGIS's process;
-- bytes per tile of both stores, and peak RSS of the encoder process for a raster and a 4x larger one.
+- bytes per tile of both stores (ours: format version 4, compressed in the writer thread), and peak RSS of the
+  encoder process for a raster of one tile and one of --tiles-per-side² tiles (4x larger by default).
 """
 
 from __future__ import annotations
@@ -132,6 +133,12 @@ def encoder_peak_rss_mib(raster: Path, store: Path) -> float:
     return float(result.stderr.strip().splitlines()[-1])
 
 
+def load_average():
+    """The machine's 1, 5 and 15 minute load (the ratios are from one run, the seconds are not), None off Linux."""
+    path = Path("/proc/loadavg")
+    return path.read_text().split()[:3] if path.exists() else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
@@ -178,7 +185,7 @@ def main() -> None:
         if not args.skip_qgis:
             result["targets"]["qgis_process_1_5x_faster_than_baseline"] = (
                 result["ratios"]["qgis_process_baseline_over_ours"] >= 1.5)
-        result["self_max_rss_mib"] = peak_rss_mib()
+        result.update(self_max_rss_mib=peak_rss_mib(), loadavg=load_average())
         print(json.dumps(result, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)

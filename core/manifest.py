@@ -1,11 +1,13 @@
 """The store contract: manifest.json as typed, frozen records, read and written only here (no QGIS, no torch).
 
 A manifest says what produced a store's features: `model`, `checkpoint`, `preprocessing`, `raster`, `grid`,
-`features`, `decoder`, and (version 3, written now) `level`, plus `levels` in a multi-scale store's root
-(docs/store-format.md), laid out as these records, field for field. Version 2 (no level: the raster's own
-pixels) is read as is; version 1 also holds `preprocessing.stretch_mode` and `grid.raster_width/height`,
-converted on reading. A store keeps its version when the encoder rewrites its manifest, so older QuickSAMs
-still read it, unless levels are added (version 3). Newer versions are refused: "update QuickSAM".
+`features`, `decoder`, and (version 3) `level`, plus `levels` in a multi-scale store's root (docs/store-format.md),
+laid out as these records, field for field. Version 4 (written now) adds `features.codec`: tiles compressed in
+their files (core/tile_codec.py); without it a version-4 store's tiles are raw, as before. Version 2 (no level:
+the raster's own pixels) is read as is; version 1 also holds `preprocessing.stretch_mode` and
+`grid.raster_width/height`, converted on reading. A store keeps its version when the encoder rewrites its
+manifest, so older QuickSAMs still read it, unless levels are added (then the version written now).
+Newer versions are refused: "update QuickSAM".
 
 Coordinates: pixel offsets and sizes are pixels of the store's level (the raster's own pixels at factor 1;
 column = x, row = y, (0, 0) the top-left corner of the top-left pixel); map coordinates are in the raster's
@@ -33,10 +35,11 @@ from .tile_files import atomic_write_bytes
 from .tiling import PixelWindow, Tile, TileGrid
 
 FORMAT_NAME = "quicksam-feature-store"
-#: The version this QuickSAM writes (3: the `level` section, and the root's `levels`; core/levels.py).
-FORMAT_VERSION = 3
+#: The version this QuickSAM writes (4: `features.codec`, core/tile_codec.py; 3: the `level` section, and the
+#: root's `levels`, core/levels.py).
+FORMAT_VERSION = 4
 #: The versions this QuickSAM reads (1 is converted on reading; 1 and 2 are one native level).
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 def _coerce(record: Any, **kinds: type) -> None:
@@ -156,12 +159,14 @@ def feature_layout(specs: Iterable[Tuple[str, Tuple[int, int, int]]]) -> List[Ar
 
 @dataclass(frozen=True)
 class FeaturesSection:
-    """The tile files: `dtype` "float16" or "float32"; `arrays` the layout of one tile's flat array (SAM 2:
-    image_embed (256, S/16, S/16), high_res_feats_0 (32, S/4, S/4), high_res_feats_1 (64, S/8, S/8);
-    SAM: image_embed (256, S/16, S/16); S the tile size), empty until the model is built."""
+    """The tile files: `dtype` "float16" or "float32", or "int8" (quantised, with a codec); `arrays` the layout
+    of one tile's flat array (SAM 2: image_embed (256, S/16, S/16), high_res_feats_0 (32, S/4, S/4),
+    high_res_feats_1 (64, S/8, S/8); SAM: image_embed (256, S/16, S/16); S the tile size), empty until the
+    model is built; `codec` how a tile file holds them (core/tile_codec.py; None: a raw .npy, versions 1-3)."""
 
     dtype: str
     arrays: Tuple[ArrayLayout, ...] = ()
+    codec: Optional[str] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arrays", tuple(self.arrays))
@@ -241,10 +246,13 @@ class Manifest:
                 del decoder["settings"]
         else:
             del grid["raster_width"], grid["raster_height"]   # the raster's width and height
+        features = _json(self.features)
+        if features["codec"] is None:
+            del features["codec"]   # raw tiles: the features section of versions 1 to 3
         data = {"format": FORMAT_NAME, "format_version": self.format_version,
                 "quicksam_version": self.quicksam_version, "created": self.created,
                 "model": _json(self.model), "checkpoint": _json(self.checkpoint), "preprocessing": preprocessing,
-                "raster": _json(self.raster), "grid": grid, "features": _json(self.features), "decoder": decoder}
+                "raster": _json(self.raster), "grid": grid, "features": features, "decoder": decoder}
         if self.format_version >= 3:
             data["level"] = _json(self.pixel_grid)
             if self.levels:
@@ -311,7 +319,7 @@ def _grid(data: Dict[str, Any], size: Tuple[int, int]) -> TileGrid:
 
 
 def _features(data: Dict[str, Any]) -> FeaturesSection:
-    return FeaturesSection(dtype=data["dtype"], arrays=tuple(
+    return FeaturesSection(dtype=data["dtype"], codec=data.get("codec"), arrays=tuple(
         ArrayLayout(item["name"], item["shape"], item["offset"]) for item in data["arrays"]))
 
 

@@ -2,10 +2,9 @@
 
 One function per part of the manifest (model, checkpoint, preprocessing, raster, grid, features,
 decoder), each given that part as parsed JSON and its dotted key; `validate_manifest` runs them and the
-checks across parts. They raise ManifestProblem naming the key (e.g. `grid.tile_size`); the typed
-records of core/manifest.py are built only from a manifest that passed. Both readable format versions
-are checked here: version 1 also holds `preprocessing.stretch_mode` and `grid.raster_width/height`
-(docs/store-format.md).
+checks across parts. They raise ManifestProblem naming the key (e.g. `grid.tile_size`); the typed records of
+core/manifest.py are built only from a manifest that passed. Every readable format version is checked here:
+version 1 also holds `preprocessing.stretch_mode` and `grid.raster_width/height` (docs/store-format.md).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from .levels import MAX_LEVEL_FACTOR
 from .store_layout import DECODER_ONNX
+from .tile_codec import FEATURE_CODECS, FEATURE_DTYPES, QUANTISED_DTYPE
 from .tiling import PixelWindow, Tile
 
 #: Largest tile a store may declare, in pixels (8x the models' native 1024 px input).
@@ -26,7 +26,6 @@ MAX_TILE_SIZE = 8192
 MAX_RASTER_SIZE = 2**31 - 1
 #: Largest feature map side or channel count (SAM's largest: 256 channels, 256 x 256 cells at 1024 px).
 MAX_FEATURE_EDGE = 8192
-FEATURE_DTYPES = ("float16", "float32")
 MODEL_FAMILIES = ("sam2", "sam1")
 #: The fields of `decoder.settings` and their types (core.mask_decoding.DecoderSettings).
 DECODER_SETTING_TYPES: Mapping[str, type] = {"dynamic_multimask_via_stability": bool, "stability_delta": float,
@@ -307,11 +306,12 @@ def check_grid(grid: Any, key: str = "grid", raster_size: Optional[Tuple[int, in
 
 
 def check_features(features: Any, key: str = "features") -> dict:
-    """The `features` part: dtype (float16 or float32) and arrays laid back to back: each `offset` (in
-    elements) is the sum of the sizes before it; `shape` is (C, H, W). `arrays` is empty only in a store
-    whose model was not built yet."""
+    """The `features` part: dtype (float16, float32, or int8 with a codec), codec (absent: raw tiles), arrays back
+    to back (`offset` in elements, `shape` (C, H, W)); no arrays only in a store whose model was not built yet."""
     features = _object(features, key)
-    _one_of(_member(features, "dtype", key), f"{key}.dtype", FEATURE_DTYPES)
+    dtype = _one_of(_member(features, "dtype", key), f"{key}.dtype", FEATURE_DTYPES)
+    if features.get("codec") is not None or dtype == QUANTISED_DTYPE:
+        _one_of(features.get("codec"), f"{key}.codec", FEATURE_CODECS)
     offset, names = 0, set()
     for i, item in enumerate(_list(_member(features, "arrays", key), f"{key}.arrays")):
         item_key = f"{key}.arrays[{i}]"
@@ -371,11 +371,11 @@ def check_levels(levels: Any, key: str = "levels") -> None:
 
 
 def validate_manifest(manifest: Any) -> dict:
-    """Every part of a manifest (after its format and version are known to be ours: `format_version` 1,
-    2 or 3) and how the parts agree; ManifestProblem naming the first wrong key. Version 3's grid lies
+    """Every part of a manifest (after its format and version are known to be ours: `format_version` 1
+    to 4) and how the parts agree; ManifestProblem naming the first wrong key. Version 3's grid lies
     on its level's pixels."""
     manifest = _object(manifest, "the top level")
-    version = manifest.get("format_version") if manifest.get("format_version") in (1, 3) else 2
+    version = manifest.get("format_version") if manifest.get("format_version") in (1, 3, 4) else 2
     for name in ("quicksam_version", "created"):
         _optional_text(manifest, name, "")
     check_model(_member(manifest, "model", ""), "model")

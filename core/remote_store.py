@@ -28,6 +28,7 @@ import numpy as np
 from .manifest import ArrayLayout
 from .store_layout import TILE_DIR, TILE_LOG, VALID_MASK_SUFFIX
 from .store_url import join_url, open_url, remote_errors
+from .tile_files import npy_size
 from .tile_log import TileRecord
 from .tile_writer import TileFiles
 from .tiling import Tile
@@ -43,14 +44,6 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def npy_size(dtype: np.dtype, length: int) -> int:
-    """Byte size of the .npy file of a flat (length,) array of `dtype` (header and data)."""
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                                                  "fortran_order": False, "shape": (int(length),)})
-    return header.tell() + int(length) * np.dtype(dtype).itemsize
-
-
 @dataclass(frozen=True)
 class RemoteTileWriter(TileFiles):
     """Writes the tile files of the store at `url` (an fsspec URL) whose tile files hold `layout` as `dtype`;
@@ -60,6 +53,7 @@ class RemoteTileWriter(TileFiles):
     url: str
     layout: Sequence[ArrayLayout]
     dtype: str
+    codec: Optional[str] = None
 
     def _save(self, name: str, array: np.ndarray) -> None:
         target = join_url(self.url, TILE_DIR, name)
@@ -93,10 +87,11 @@ def bound_url(root: Path) -> Optional[str]:
     return None
 
 
-def remote_writer_for(root: Path, layout: Sequence[ArrayLayout], dtype: str) -> Optional[RemoteTileWriter]:
+def remote_writer_for(root: Path, layout: Sequence[ArrayLayout], dtype: str,
+                      codec: Optional[str] = None) -> Optional[RemoteTileWriter]:
     """The writer of a store whose working copy is bound to a URL; None for a plain local store."""
     url = bound_url(root)
-    return RemoteTileWriter(url, tuple(layout), dtype) if url is not None else None
+    return RemoteTileWriter(url, tuple(layout), dtype, codec) if url is not None else None
 
 
 def remote_tile_sizes(url: str) -> Dict[str, int]:
@@ -114,10 +109,12 @@ def remote_tile_sizes(url: str) -> Dict[str, int]:
 TileCheck = Callable[[Tile, TileRecord], Optional[str]]
 
 
-def remote_tile_check(root: Path, layout: Sequence[ArrayLayout], dtype: np.dtype) -> Optional[TileCheck]:
+def remote_tile_check(root: Path, layout: Sequence[ArrayLayout], dtype: np.dtype,
+                      codec: Optional[str] = None) -> Optional[TileCheck]:
     """For a store bound to a URL, a check of one logged-done tile against one listing of the URL's tiles/:
-    None when its objects exist at their exact sizes, else what is wrong (existence and size only: weaker than
-    a local store's CRC-32 check, see the module's docstring). None (no check) for a plain local store."""
+    None when its objects exist at their exact sizes (a compressed tile's: its log line's `file_bytes`), else
+    what is wrong (existence and size only: weaker than a local store's CRC-32 check, see the module's
+    docstring). None (no check) for a plain local store."""
     url = bound_url(root)
     if url is None:
         return None
@@ -125,14 +122,14 @@ def remote_tile_check(root: Path, layout: Sequence[ArrayLayout], dtype: np.dtype
     features_size = npy_size(dtype, sum(item.size for item in layout))
 
     def check(tile: Tile, record: TileRecord) -> Optional[str]:
-        expected = [(f"{tile.tile_id}.npy", features_size)]
+        expected = [(f"{tile.tile_id}.npy", features_size if codec is None else record.file_bytes)]
         if record.valid_crc32 is not None:
             expected.append((f"{tile.tile_id}{VALID_MASK_SUFFIX}", npy_size(np.uint8, (tile.size ** 2 + 7) // 8)))
         for name, size in expected:
             found = sizes.get(name)
             if found is None:
                 return f"{join_url(url, TILE_DIR, name)} is missing from the object store"
-            if found != size:
+            if size is not None and found != size:
                 return (f"{join_url(url, TILE_DIR, name)} is {found} bytes, {size} expected (its {TILE_LOG} line is "
                         "from another write)")
         return None

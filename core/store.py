@@ -7,7 +7,8 @@ Layout (docs/store-format.md; file names in core/store_layout.py):
                          version 1 is read too)
       tiles.jsonl        append-only log, one line per finished tile (core/tile_log.py)
       tiles/<id>.npy     one flat float16 (or float32) array per tile, all feature maps back to back
-                         (offsets in the manifest); plain .npy, memory-mapped, never pickled (core/tile_files.py)
+                         (offsets in the manifest); plain .npy, never pickled (core/tile_files.py); version 4
+                         (features.codec): a flat uint8 .npy of their compressed payload (core/tile_codec.py)
       tiles/<id>.valid.npy  the tile's valid-pixel mask packed to bits, only for tiles with nodata inside
                          the raster; its CRC-32 is the log line's `valid_crc32`
       decoder.onnx       prompt encoder + mask decoder for these features
@@ -42,13 +43,7 @@ from .manifest_checks import DECODER_SETTING_TYPES, ManifestProblem, validate_ma
 from .manifest_resume import describe_difference
 from .remote_store import RemoteTileWriter, remote_tile_check, remote_writer_for
 from .store_layout import DECODER_ONNX, MANIFEST, TILE_DIR, TILE_INDEX, TILE_LOG, VALID_MASK_SUFFIX
-from .tile_files import (
-    TileDamage,
-    crc32_of,
-    map_tile_array,
-    read_packed_mask,
-    temporary_path,
-)
+from .tile_files import TileDamage, crc32_of, map_tile_file, read_packed_mask, temporary_path, tile_values
 from .tile_log import (
     LOGGED_STATUSES,
     STATUS_DAMAGED,
@@ -227,7 +222,7 @@ class FeatureStore:
         pending until written again. Returns {tile_id: what is wrong}. A working copy of a store on an object store
         checks each tile's objects by existence and size only (core/remote_store.py)."""
         found = {}
-        remote_check = remote_tile_check(self.root, self.layout, self.dtype)
+        remote_check = remote_tile_check(self.root, self.layout, self.dtype, self.manifest.features.codec)
         for tile in self.grid if tiles is None else tiles:
             record = self.records().get(tile.tile_id)
             if record is None or record.status != STATUS_DONE:
@@ -253,8 +248,9 @@ class FeatureStore:
     def tile_writer(self) -> Union[TileWriter, RemoteTileWriter]:
         """What writes this store's tile files without logging them (core/tile_writer.py; a Dask worker's); for a
         working copy of a store on an object store, the writer into the object store (core/remote_store.py)."""
-        return (remote_writer_for(self.root, self.layout, self.dtype.name)
-                or TileWriter(self.root, tuple(self.layout), self.dtype.name))
+        codec = self.manifest.features.codec
+        return (remote_writer_for(self.root, self.layout, self.dtype.name, codec)
+                or TileWriter(self.root, tuple(self.layout), self.dtype.name, codec))
 
     def record(self, record: TileRecord) -> None:
         """Append a tile's record to the log once its files are written (`TileWriter`); the tile is then done
@@ -275,15 +271,17 @@ class FeatureStore:
         self.record(nodata_record(tile))
 
     def load_tile(self, tile_id: str) -> Dict[str, np.ndarray]:
-        """Memory-mapped (C, H, W) feature maps of a finished tile; checked against its CRC the first
-        time. StoreError naming the tile's file if it is missing, truncated or corrupt."""
+        """(C, H, W) feature maps of a finished tile: memory-mapped (raw tiles), or decoded (a codec's: float16
+        or float32 as stored, float32 for int8); checked against its CRC the first time. StoreError naming the
+        tile's file if it is missing, truncated or corrupt."""
         record = self.records().get(tile_id)
         if record is None or record.status != STATUS_DONE:
             state = "has no features (all nodata)" if record else "was not encoded"
             raise StoreError(f"tile {tile_id} of store '{self.root}' {state}; re-run the same "
                              "'quicksam encode' command to finish the store")
         try:
-            flat = self._checked_tile(tile_id)
+            flat = tile_values(self._checked_tile(tile_id), self.dtype.name, self.manifest.features.codec,
+                               [item.shape for item in self.layout])
         except TileDamage as exc:
             raise StoreError(f"tile {tile_id} of store '{self.root}' is damaged: {self._tile_file(tile_id)} {exc}; "
                              "re-run the same 'quicksam encode' command to encode it again, or encode the raster "
@@ -348,9 +346,10 @@ class FeatureStore:
         return f"{TILE_DIR}/{self.tile_path(tile_id).name}"
 
     def _checked_tile(self, tile_id: str) -> np.ndarray:
-        """The tile's flat memory-mapped array after a header and size check and (once) its CRC-32;
-        TileDamage otherwise."""
-        flat = map_tile_array(self.tile_path(tile_id), self.dtype, sum(item.size for item in self.layout))
+        """The tile file's flat memory-mapped array (a codec's: its uint8 payload) after a header and size check
+        and (once) its CRC-32; TileDamage otherwise."""
+        flat = map_tile_file(self.tile_path(tile_id), self.dtype, sum(item.size for item in self.layout),
+                             self.manifest.features.codec is not None)
         if tile_id not in self._verified:
             if crc32_of(flat) != self.records()[tile_id].crc32:
                 raise TileDamage(f"does not match its CRC-32 in {TILE_LOG} (the file is corrupt)")

@@ -1,23 +1,26 @@
 """The files of a feature store's tiles, and atomic writes (no QGIS, no torch).
 
 `tiles/<id>.npy`: one tile's feature maps, one flat .npy array (float16 or float32) laid out as the
-manifest's `features.arrays` say; memory-mapped, never pickled. `tiles/<id>.valid.npy`: the tile's
-valid-pixel mask, np.packbits of a (size, size) bool array in row-major order (uint8, ceil(size² / 8)
+manifest's `features.arrays` say, memory-mapped; or, with the manifest's `features.codec` (format version 4),
+a flat uint8 .npy holding their compressed payload (core/tile_codec.py). Never pickled. `tiles/<id>.valid.npy`:
+the tile's valid-pixel mask, np.packbits of a (size, size) bool array in row-major order (uint8, ceil(size² / 8)
 bytes). Every file is written to a temporary name in the same folder (NAME.PID.tmp) and renamed into place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import zlib
 from pathlib import Path
 from tokenize import TokenError
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import StoreError
+from .tile_codec import decode_tile
 
 
 def temporary_path(path: Path) -> Path:
@@ -83,11 +86,28 @@ def first_line(exc: BaseException, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def map_tile_array(path: Path, dtype: np.dtype, length: int) -> np.memmap:
-    """The flat (length,) array of `dtype` in a tile's .npy file, memory-mapped read-only, after a check of
-    its header and byte size (not of its CRC-32). TileDamage saying what is wrong otherwise."""
+def npy_size(dtype: np.dtype, length: int) -> int:
+    """Byte size of the .npy file of a flat (length,) array of `dtype` (header and data)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                  "fortran_order": False, "shape": (int(length),)})
+    return header.tell() + int(length) * np.dtype(dtype).itemsize
+
+
+def map_tile_file(path: Path, dtype: np.dtype, length: int, compressed: bool) -> np.memmap:
+    """A tile file memory-mapped read-only after a check of its header and byte size (not of its CRC-32): the
+    flat (length,) array of `dtype`, or when `compressed` its flat uint8 payload (any length). TileDamage
+    saying what is wrong otherwise."""
     if length == 0:
         raise TileDamage("cannot be read: the manifest lists no feature arrays (features.arrays is empty)")
+    if compressed:
+        return map_tile_array(path, np.dtype(np.uint8), None)
+    return map_tile_array(path, dtype, length)
+
+
+def map_tile_array(path: Path, dtype: np.dtype, length: Optional[int]) -> np.memmap:
+    """The flat (length,) array of `dtype` (any length when None) in a tile's .npy file, memory-mapped
+    read-only, after a check of its header and byte size. TileDamage saying what is wrong otherwise."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -100,12 +120,27 @@ def map_tile_array(path: Path, dtype: np.dtype, length: int) -> np.memmap:
         found_dtype, shape, offset = npy_header(path)
     except (OSError, ValueError, SyntaxError, TokenError, TypeError) as exc:  # numpy tokenizes the header
         raise TileDamage(f"is not a readable .npy array ({first_line(exc)})") from None
+    if length is None and len(shape) == 1:
+        length = shape[0] or -1   # an empty payload is damage, as any array that does not fit
     if found_dtype != dtype or shape != (length,):
+        wanted = f"({length},) {dtype}" if length is not None else f"a flat {dtype} array (a compressed tile)"
         raise TileDamage(f"holds an array of shape {shape} and type {found_dtype}; the manifest's feature "
-                         f"layout needs ({length},) {dtype}")
+                         f"layout needs {wanted}")
     if size != offset + length * dtype.itemsize:
         raise TileDamage(f"is {size} bytes, {offset + length * dtype.itemsize} expected (truncated or extended)")
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(length,))
+
+
+def tile_values(stored: np.ndarray, dtype: str, codec: Optional[str], shapes: Sequence[Tuple[int, int, int]]
+                ) -> np.ndarray:
+    """A tile file's flat values: its raw array as it is (no codec), or the codec's payload decoded (the maps of
+    (C, H, W) `shapes` back to back; float32 for int8). TileDamage when the payload does not decode."""
+    if codec is None:
+        return stored
+    try:
+        return decode_tile(stored, dtype, shapes)
+    except ValueError as exc:
+        raise TileDamage(f"is damaged: its compressed features {exc}") from None
 
 
 def crc32_of(array: np.ndarray) -> int:

@@ -1,6 +1,7 @@
 """The tile log of a feature store, tiles.jsonl: one JSON line per finished tile (no QGIS, no torch).
 
-Append-only: {"tile_id", "status": "done" | "nodata", "crc32", "valid_fraction", "valid_crc32"}; the last
+Append-only: {"tile_id", "status": "done" | "nodata", "crc32", "valid_fraction", "valid_crc32"}, and
+"file_bytes" for a compressed tile (format version 4: core/tile_codec.py); the last
 line of a tile wins (a tile encoded again appends one). Read as bytes, so that one damaged line does not
 stop the others from being read; a torn last line (no newline: a killed run's) is ignored.
 """
@@ -39,6 +40,8 @@ class TileRecord:
     #: CRC-32 of the tile's packed valid-pixel mask file; None when the store keeps no mask for the tile
     #: (every pixel inside the raster is valid, or the store was written before masks were kept).
     valid_crc32: Optional[int] = None
+    #: Byte size of a compressed tile's file (a raw tile's follows from the manifest); None otherwise.
+    file_bytes: Optional[int] = None
 
 
 def _is_crc32(value: Any) -> bool:
@@ -63,6 +66,9 @@ def tile_record_from_json(data: Any) -> TileRecord:
     if valid_crc32 is not None and not _is_crc32(valid_crc32):
         raise ValueError(f"tile {tile_id} has valid_crc32 {shown(valid_crc32)}, not a CRC-32 (an integer from 0 to "
                          "2^32-1) or null")
+    file_bytes = data.get("file_bytes")
+    if file_bytes is not None and (isinstance(file_bytes, bool) or not isinstance(file_bytes, int) or file_bytes < 0):
+        raise ValueError(f"tile {tile_id} has file_bytes {shown(file_bytes)}, not a byte count or null")
     valid_fraction = data.get("valid_fraction", 1.0)
     if (isinstance(valid_fraction, bool) or not isinstance(valid_fraction, (int, float))
             or not 0.0 <= valid_fraction <= 1.0):
@@ -116,7 +122,8 @@ def read_tile_log(root: Path, tile_ids: Collection[str]) -> Dict[str, TileRecord
 def append_record(root: Path, record: TileRecord) -> None:
     """Append one line to the store's tile log, flushed to disk."""
     with open(root / TILE_LOG, "a") as handle:
-        handle.write(json.dumps(record.__dict__) + "\n")
+        line = {name: value for name, value in record.__dict__.items() if name != "file_bytes" or value is not None}
+        handle.write(json.dumps(line) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
 

@@ -1,6 +1,7 @@
 """Writing one tile's files into a feature store, apart from recording it (no QGIS, no torch).
 
-`TileWriter` writes `tiles/<id>.npy` (the feature maps) and, when the tile has nodata inside the raster,
+`TileWriter` writes `tiles/<id>.npy` (the feature maps: a raw float array, or with the manifest's codec a
+compressed payload, core/tile_codec.py) and, when the tile has nodata inside the raster,
 `tiles/<id>.valid.npy` (its packed valid-pixel mask), each atomically (core/tile_files.py), and returns the
 `TileRecord` the store's log will hold; it never touches the tile log or the manifest. The process that owns
 the store appends the record (`FeatureStore.record`): the plain pipeline right after the write, a Dask run's
@@ -18,7 +19,8 @@ import numpy as np
 
 from .manifest import ArrayLayout
 from .store_layout import TILE_DIR, VALID_MASK_SUFFIX
-from .tile_files import crc32_of, pack_valid_mask, save_npy_atomically
+from .tile_codec import decoded_dtype, encode_tile
+from .tile_files import crc32_of, npy_size, pack_valid_mask, save_npy_atomically
 from .tile_log import STATUS_DONE, STATUS_NODATA, TileRecord
 from .tiling import Tile
 
@@ -40,10 +42,12 @@ def nodata_record(tile: Tile) -> TileRecord:
 
 class TileFiles:
     """What every tile writer does: pack the valid mask, flatten the features in `layout` order as `dtype` and
-    give the record to log. A subclass says where a file goes (`_save`) and has `layout` and `dtype`."""
+    give the record to log. A subclass says where a file goes (`_save`) and has `layout`, `dtype` and `codec`
+    (the manifest's `features.codec`: None writes the raw array, else its compressed payload)."""
 
     layout: Sequence[ArrayLayout]
     dtype: str
+    codec: Optional[str] = None
 
     def _save(self, name: str, array: np.ndarray) -> None:
         """Store `array` as `tiles/<name>` of the store, whole or not at all."""
@@ -65,12 +69,18 @@ class TileFiles:
 
     def write_features(self, tile: Tile, features: Dict[str, np.ndarray], valid_fraction: float,
                        valid_crc32: Optional[int] = None) -> TileRecord:
-        """Write one tile's feature maps ({name: (C, H, W)}) as one flat array in `layout` order, atomically;
-        the record to log (CRC-32 of the array's bytes)."""
-        flat = np.concatenate([np.asarray(features[item.name], dtype=np.dtype(self.dtype)).reshape(-1)
+        """Write one tile's feature maps ({name: (C, H, W)}) as one flat array in `layout` order (with a codec:
+        its compressed payload, a flat uint8 array), atomically; the record to log (CRC-32 of the saved array's
+        bytes, and the file's size for a payload)."""
+        flat = np.concatenate([np.asarray(features[item.name], dtype=decoded_dtype(self.dtype)).reshape(-1)
                                for item in self.layout])
+        file_bytes = None
+        if self.codec is not None:
+            flat = encode_tile(flat, self.dtype, [item.shape for item in self.layout])
+            file_bytes = npy_size(flat.dtype, flat.size)
         self._save(f"{tile.tile_id}.npy", flat)
-        return TileRecord(tile.tile_id, STATUS_DONE, crc32_of(flat), round(float(valid_fraction), 6), valid_crc32)
+        return TileRecord(tile.tile_id, STATUS_DONE, crc32_of(flat), round(float(valid_fraction), 6), valid_crc32,
+                          file_bytes)
 
     def write(self, tile: Tile, features: Dict[str, np.ndarray], valid: np.ndarray) -> TileRecord:
         """The valid-pixel mask (when needed), then the features; the record to log."""
@@ -81,12 +91,13 @@ class TileFiles:
 @dataclass(frozen=True)
 class TileWriter(TileFiles):
     """Writes tile files into the store folder `root` whose tile files hold `layout` (the manifest's feature
-    arrays, in file order) as `dtype` (float16 or float32), each file atomically (a temporary file renamed).
-    Small and picklable: a Dask task carries it."""
+    arrays, in file order) as `dtype` (float16, float32, int8) with `codec`, each file atomically (a temporary
+    file renamed). Small and picklable: a Dask task carries it."""
 
     root: Path
     layout: Sequence[ArrayLayout]
     dtype: str
+    codec: Optional[str] = None
 
     def _save(self, name: str, array: np.ndarray) -> None:
         save_npy_atomically(Path(self.root) / TILE_DIR / name, array)

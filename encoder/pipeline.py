@@ -34,6 +34,7 @@ from ..core.manifest import (
     feature_layout,
 )
 from ..core.store import DECODER_ONNX, FeatureStore
+from ..core.tile_codec import CODEC as TILE_CODEC
 from ..core.tiling import PixelWindow, TileGrid
 from . import __version__ as quicksam_version
 from .decoder_export import install_decoder
@@ -134,7 +135,7 @@ def build_manifest(request: EncodeRequest, info: RasterInfo, bands: List[int], g
                              dtypes=info.dtypes, nodata=info.nodata, crs_wkt=info.crs_wkt,
                              crs_name=info.crs_name, geotransform=info.geotransform),
         grid=grid,
-        features=FeaturesSection(dtype=request.feature_dtype),
+        features=FeaturesSection(dtype=request.feature_dtype, codec=TILE_CODEC),
         decoder=DecoderSection(onnx=DECODER_ONNX),
         level=level_grid(info.width, info.height, info.geotransform, request.level_factor),
     )

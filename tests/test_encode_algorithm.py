@@ -102,7 +102,8 @@ def test_parameters_and_defaults(algorithm):
     names = [p.name() for p in algorithm.parameterDefinitions()]
     assert names == ["INPUT", "RED_BAND", "GREEN_BAND", "BLUE_BAND", "BANDS", "EXTENT", "FRAMES", "FRAMES_FROM_BANDS",
                      "FRAME_DATES", "DATE_PATTERN", "MODEL", "CHECKPOINT", "RANDOM_WEIGHTS", "RESOLUTION", "LEVELS",
-                     "OVERLAP", "BATCH_SIZE", "DEVICE", "TILE_SIZE", "WORKERS", "SCHEDULER", "OUTPUT"]
+                     "OVERLAP", "BATCH_SIZE", "DEVICE", "TILE_SIZE", "FEATURE_DTYPE", "WORKERS",
+                     "SCHEDULER", "OUTPUT"]
     param = algorithm.parameterDefinition
 
     for name in ("RED_BAND", "GREEN_BAND", "BLUE_BAND"):
@@ -144,7 +145,7 @@ def test_parameters_and_defaults(algorithm):
                                                          "SCHEDULER"}
     assert {n for n in names if is_set(n, advanced)} == {"RANDOM_WEIGHTS", "BATCH_SIZE", "DEVICE",
                                                          "TILE_SIZE", "FRAME_DATES", "DATE_PATTERN",
-                                                         "WORKERS", "SCHEDULER"}
+                                                         "WORKERS", "SCHEDULER", "FEATURE_DTYPE"}
     assert (param("WORKERS").defaultValue(), param("WORKERS").minimum()) == (0, 0)
     assert all(param(n).help() for n in names), "every parameter has help"
 

@@ -124,16 +124,16 @@ def test_identity_parameters_and_outputs(registered):
     names = [p.name() for p in algorithm.parameterDefinitions()]
     assert names == ["INPUTS", "INPUT_FOLDER", "RECURSIVE", "INCLUDE", "EXCLUDE", "EXTENSIONS", "MODEL", "CHECKPOINT",
                      "RANDOM_WEIGHTS", "RESOLUTION", "LEVELS", "OVERLAP", "BATCH_SIZE", "DEVICE", "TILE_SIZE",
-                     "WORKERS", "SCHEDULER", "SUFFIX", "DISAMBIGUATE", "OUTPUT_FOLDER"]
+                     "FEATURE_DTYPE", "WORKERS", "SCHEDULER", "SUFFIX", "DISAMBIGUATE", "OUTPUT_FOLDER"]
     advanced = QgsProcessingParameterDefinition.Flag.FlagAdvanced
     assert {n for n in names if algorithm.parameterDefinition(n).flags() & advanced} == {
-        "RANDOM_WEIGHTS", "BATCH_SIZE", "DEVICE", "TILE_SIZE", "WORKERS", "SCHEDULER"}
+        "RANDOM_WEIGHTS", "BATCH_SIZE", "DEVICE", "TILE_SIZE", "FEATURE_DTYPE", "WORKERS", "SCHEDULER"}
     assert all(algorithm.parameterDefinition(n).help() for n in names), "every parameter has help"
     assert {o.name() for o in algorithm.outputDefinitions()} == {"OUTPUT_FOLDER", "STORES", "DONE", "FAILED",
                                                                 "SUMMARY"}
     # one definition of the shared parameters: the same as encoderaster's
     single = QgsApplication.processingRegistry().createAlgorithmById(SINGLE_ID)
-    for name in ("MODEL", "LEVELS", "OVERLAP", "TILE_SIZE", "WORKERS", "SCHEDULER"):
+    for name in ("MODEL", "LEVELS", "OVERLAP", "TILE_SIZE", "FEATURE_DTYPE", "WORKERS", "SCHEDULER"):
         assert algorithm.parameterDefinition(name).toVariantMap() == single.parameterDefinition(name).toVariantMap()
 
 

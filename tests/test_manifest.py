@@ -76,12 +76,12 @@ def test_version_1_manifest_converts_and_writes_back_the_same_json() -> None:
     assert manifest.to_json() == data
 
 
-def test_records_round_trip_through_version_3_json() -> None:
+def test_records_round_trip_through_version_4_json() -> None:
     """to_json -> JSON text -> from_json gives equal records; the layout is the sections, each field once."""
     manifest = dataclasses.replace(Manifest.from_json(_v1_json()), format_version=FORMAT_VERSION)
     data = json.loads(json.dumps(manifest.to_json()))
     assert list(data) == ["format", "format_version", "quicksam_version", "created", *SECTIONS]
-    assert data["format_version"] == 3
+    assert data["format_version"] == 4
     assert "stretch_mode" not in data["preprocessing"]
     assert list(data["grid"]) == ["tile_size", "overlap", "window", "tiles"]
     assert Manifest.from_json(data) == manifest
@@ -90,9 +90,9 @@ def test_records_round_trip_through_version_3_json() -> None:
 
 
 @pytest.mark.parametrize("version,hint", [
-    (4, r"format version 4, written by a newer QuickSAM \(this one reads versions 1, 2 and 3\): update QuickSAM"),
-    (0, r"format version 0, this QuickSAM reads versions 1, 2 and 3; encode the raster again"),
-    ("2", r'format version "2", this QuickSAM reads versions 1, 2 and 3; encode the raster again'),
+    (5, r"format version 5, written by a newer QuickSAM \(this one reads versions 1, 2, 3 and 4\): update QuickSAM"),
+    (0, r"format version 0, this QuickSAM reads versions 1, 2, 3 and 4; encode the raster again"),
+    ("2", r'format version "2", this QuickSAM reads versions 1, 2, 3 and 4; encode the raster again'),
 ])
 def test_a_version_this_quicksam_does_not_read_is_refused_in_one_line(tmp_path: Path, version: object,
                                                                         hint: str) -> None:
@@ -118,10 +118,11 @@ def test_a_manifest_that_would_not_read_back_is_not_written(tmp_path: Path) -> N
 
 # -- stores -----------------------------------------------------------------------------------------------
 
-def test_a_new_store_writes_version_3_by_section(tmp_path: Path) -> None:
+def test_a_new_store_writes_version_4_by_section(tmp_path: Path) -> None:
     store, _ = encode(VERSION_1_RASTER, tmp_path / "store", tile_size=V1_TILE_SIZE, overlap=V1_OVERLAP)
     data = json.loads((tmp_path / "store" / "manifest.json").read_text())
-    assert data["format"] == "quicksam-feature-store" and data["format_version"] == 3
+    assert data["format"] == "quicksam-feature-store" and data["format_version"] == 4
+    assert data["features"]["codec"] == "byteplanes-zlib"
     assert list(data) == ["format", "format_version", "quicksam_version", "created", *SECTIONS]
     assert set(data["grid"]) == {"tile_size", "overlap", "window", "tiles"}
     assert set(data["preprocessing"]) == {"bands", "stretch", "nodata_fill"}
@@ -136,7 +137,7 @@ def test_version_1_store_opens_unchanged_and_decodes_like_a_converted_one(tmp_pa
     old = _with_decoder(_copy_of_version_1(tmp_path, "v1"))
     converted = _with_decoder(_copy_of_version_1(tmp_path, "v2"))
     write_manifest(converted, dataclasses.replace(read_manifest(converted), format_version=FORMAT_VERSION))
-    assert json.loads((converted / "manifest.json").read_text())["format_version"] == 3
+    assert json.loads((converted / "manifest.json").read_text())["format_version"] == 4
     before = file_states(old)
 
     old_segments, new_segments = _segments(old), _segments(converted)
@@ -163,7 +164,8 @@ def test_a_fresh_encode_has_the_contract_of_the_converted_version_1_store(tmp_pa
 
     def comparable(manifest: Manifest) -> Manifest:
         return dataclasses.replace(manifest, created=None, quicksam_version=None, format_version=FORMAT_VERSION,
-                                   raster=dataclasses.replace(manifest.raster, path=""))
+                                   raster=dataclasses.replace(manifest.raster, path=""),
+                                   features=dataclasses.replace(manifest.features, codec=None))  # raw or not
 
     assert comparable(fresh.manifest) == comparable(old.manifest)
     for tile in old.grid:

@@ -35,12 +35,12 @@ from synthetic import (
 
 from quicksam.core.errors import Cancelled, StoreError
 from quicksam.core.store import FeatureStore
+from quicksam.core.tile_codec import decode_tile
 from quicksam.encoder.normalise import Stretch
 from quicksam.encoder.raster import WindowReader
 
 ogr.UseExceptions()
 osr.UseExceptions()
-NPY_HEADER_MAX = 256   # numpy writes a 128 byte header for a flat array; anything near that is fine
 
 
 def _nodata_corner_raster(path: Path) -> Path:
@@ -78,7 +78,7 @@ def _tile_index(store: Path) -> Dict[str, dict]:
 
 # -- tile files ----------------------------------------------------------------------------------------
 
-def test_tiles_are_float16_npy_files_of_the_manifest_layout(store_600x500) -> None:
+def test_tiles_are_compressed_float16_of_the_manifest_layout(store_600x500) -> None:
     _, root = store_600x500
     store = FeatureStore.open(root)
     count = _feature_count(store)
@@ -86,11 +86,10 @@ def test_tiles_are_float16_npy_files_of_the_manifest_layout(store_600x500) -> No
     assert count == 256 * 16 * 16 + 32 * 64 * 64 + 64 * 32 * 32
     files = sorted(p for p in (root / "tiles").iterdir() if not p.name.endswith(".valid.npy"))
     assert len(files) == 8      # 9 tiles, one of them nodata (valid-pixel masks: tests/test_nodata.py)
-    for path in files:
-        flat = np.load(path, allow_pickle=False)
-        assert flat.dtype == np.float16 and flat.shape == (count,)
-        header = path.stat().st_size - count * 2
-        assert 0 < header <= NPY_HEADER_MAX
+    for path in files:   # format version 4: a flat uint8 .npy holding the compressed payload (core/tile_codec.py)
+        payload = np.load(path, allow_pickle=False)
+        assert payload.dtype == np.uint8 and payload.ndim == 1 and payload.size < count * 2
+        assert decode_tile(payload, "float16", store.manifest.features.shapes.values()).dtype == np.float16
     features = store.load_tile("r0000c0000")
     assert {name: array.shape for name, array in features.items()} == {
         "image_embed": (256, 16, 16), "high_res_feats_0": (32, 64, 64), "high_res_feats_1": (64, 32, 32)}
@@ -109,8 +108,8 @@ def test_float32_features_on_request_keep_full_precision(store_600x500, tmp_path
     (tile,) = store.grid.tiles
     assert (tile.col_off, tile.row_off, tile.valid_width, tile.valid_height) == (0, 0, 256, 256)
     path = store.tile_path(tile.tile_id)
-    assert np.load(path, allow_pickle=False).dtype == np.float32
-    assert 0 < path.stat().st_size - _feature_count(store) * 4 <= NPY_HEADER_MAX
+    flat = decode_tile(np.load(path, allow_pickle=False), "float32", store.manifest.features.shapes.values())
+    assert flat.dtype == np.float32 and flat.shape == (_feature_count(store),)
     # The same model here, fed the same tile, gives the stored numbers, not a float16 rounding of them.
     stretch = Stretch(**dataclasses.asdict(store.manifest.preprocessing.stretch))
     with WindowReader(str(raster), list(store.manifest.preprocessing.bands)) as reader:

@@ -81,6 +81,7 @@ class EncodeRasterAlgorithm(QuickSamAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     DEVICE = "DEVICE"
     TILE_SIZE = "TILE_SIZE"
+    FEATURE_DTYPE = "FEATURE_DTYPE"
     RESOLUTION = "RESOLUTION"
     LEVELS = "LEVELS"
     WORKERS = "WORKERS"

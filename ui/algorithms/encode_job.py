@@ -21,7 +21,7 @@ def build_encode_args(raster: str, store: str, *, model: str = DEFAULT_MODEL,
                       checkpoint: str = "", random_weights: bool = False, overlap: Optional[int] = None,
                       batch_size: int = 1, device: str = "auto", tile_size: int = 0,
                       resolution: Optional[float] = None, levels: Sequence[float] = (1.0,),
-                      workers: int = 0, scheduler: str = "") -> List[str]:
+                      workers: int = 0, scheduler: str = "", feature_dtype: str = "float16") -> List[str]:
     """Arguments of `quicksam.cli` (after `-m quicksam.cli`) for one encode.
 
     `extent` is (xmin, ymin, xmax, ymax) in the raster's CRS; `bands` 1-based, fed as red, green and blue; the
@@ -37,19 +37,20 @@ def build_encode_args(raster: str, store: str, *, model: str = DEFAULT_MODEL,
     return args + encode_options(
         model=model, checkpoint=checkpoint, random_weights=random_weights, overlap=overlap, batch_size=batch_size,
         device=device, tile_size=tile_size, resolution=resolution, levels=levels, workers=workers,
-        scheduler=scheduler)
+        scheduler=scheduler, feature_dtype=feature_dtype)
 
 
 def encode_options(*, model: str = DEFAULT_MODEL, checkpoint: str = "", random_weights: bool = False,
                    overlap: Optional[int] = None, batch_size: int = 1, device: str = "auto", tile_size: int = 0,
                    resolution: Optional[float] = None, levels: Sequence[float] = (1.0,), workers: int = 0,
-                   scheduler: str = "") -> List[str]:
+                   scheduler: str = "", feature_dtype: str = "float16") -> List[str]:
     """The `quicksam encode` options of the settings every encode takes, one raster or many, as `--name=value`.
 
     `tile_size` 0 = the model's native size; `overlap` None = `default_overlap` of the tile size (a quarter of it),
     as the CLI's own default; `resolution` the finest level's ground resolution (map units per pixel, None = the
     raster's own), `levels` factors of it (core/levels.py); `workers` processes of a Dask cluster on this machine
-    (0: the encoder process alone), `scheduler` an existing Dask cluster's address ("": none; core/cluster.py).
+    (0: the encoder process alone), `scheduler` an existing Dask cluster's address ("": none; core/cluster.py),
+    `feature_dtype` the stored precision (float16, float32, int8: core/tile_codec.py).
     """
     args = [f"--model={model}"]
     if checkpoint:
@@ -71,6 +72,8 @@ def encode_options(*, model: str = DEFAULT_MODEL, checkpoint: str = "", random_w
         args.append(f"--workers={int(workers)}")
     if scheduler:
         args.append(f"--scheduler={scheduler}")
+    if feature_dtype != "float16":
+        args.append(f"--feature-dtype={feature_dtype}")
     return args
 
 

@@ -2,8 +2,8 @@
 both), read and checked into `EncodeSettings`, which gives the `quicksam encode` options (QGIS layer).
 
 Model and weights (MODEL, CHECKPOINT, RANDOM_WEIGHTS), the tiles and levels (RESOLUTION, LEVELS, OVERLAP,
-BATCH_SIZE, DEVICE, TILE_SIZE) and where the tiles are encoded (WORKERS: a Dask cluster on this machine;
-SCHEDULER: an existing Dask cluster; core/cluster.py, docs/scaling.md).
+BATCH_SIZE, DEVICE, TILE_SIZE, FEATURE_DTYPE: the CLI's --feature-dtype) and where the tiles are encoded
+(WORKERS: a Dask cluster on this machine; SCHEDULER: an existing Dask cluster; core/cluster.py, docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ...core.cluster import ClusterSettings
 from ...core.defaults import DEFAULT_MODEL, DEFAULT_TILE_SIZE, default_overlap
 from ...core.errors import QuickSamError
 from ...core.levels import parse_factors
+from ...core.tile_codec import FEATURE_DTYPES
 from ..i18n import tr as _tr
 from .encode_job import encode_options, is_given
 from .encoder_events import in_dialog_words
@@ -41,6 +42,7 @@ OVERLAP = "OVERLAP"
 BATCH_SIZE = "BATCH_SIZE"
 DEVICE = "DEVICE"
 TILE_SIZE = "TILE_SIZE"
+FEATURE_DTYPE = "FEATURE_DTYPE"
 WORKERS = "WORKERS"
 SCHEDULER = "SCHEDULER"
 
@@ -60,6 +62,7 @@ class EncodeSettings:
     levels: Tuple[float, ...] = (1.0,)
     workers: int = 0
     scheduler: str = ""
+    feature_dtype: str = "float16"
 
     def options(self) -> List[str]:
         """The `quicksam encode` options of these settings (`--name=value`)."""
@@ -97,7 +100,7 @@ def add_level_parameters(algorithm: Any) -> None:
 
 
 def add_tile_parameters(algorithm: Any) -> None:
-    """OVERLAP, then BATCH_SIZE, DEVICE and TILE_SIZE (advanced)."""
+    """OVERLAP, then BATCH_SIZE, DEVICE, TILE_SIZE and FEATURE_DTYPE (advanced)."""
     algorithm._add(QgsProcessingParameterNumber(
         OVERLAP, _tr("Tile overlap (pixels, empty = a quarter of the tile size)"),
         QgsProcessingParameterNumber.Type.Integer, defaultValue=None, optional=True, minValue=0, maxValue=1023),
@@ -118,6 +121,11 @@ def add_tile_parameters(algorithm: Any) -> None:
         QgsProcessingParameterNumber.Type.Integer, defaultValue=0, minValue=0),
         _tr("Side of the square tiles in pixels. 0 uses the model's native 1024 px; smaller "
             "tiles are only for tests."), advanced=True)
+    algorithm._add(QgsProcessingParameterEnum(
+        FEATURE_DTYPE, _tr("Stored feature precision"), options=list(FEATURE_DTYPES), defaultValue=0),
+        _tr("float16 (default) and float32 are kept exactly (compressed without loss); int8 keeps each feature "
+            "channel as 8-bit codes: about half float16's disk, masks very close to float16's (docs/store-format.md)."),
+        advanced=True)
 
 
 def add_cluster_parameters(algorithm: Any) -> None:
@@ -152,7 +160,8 @@ def encode_settings(algorithm: Any, parameters: Dict[str, Any], context: QgsProc
         batch_size=algorithm.parameterAsInt(parameters, BATCH_SIZE, context),
         device=DEVICES[algorithm.parameterAsEnum(parameters, DEVICE, context)], tile_size=tile_size,
         resolution=resolution_choice(algorithm, parameters, context), levels=_levels(algorithm, parameters, context),
-        workers=workers, scheduler=scheduler)
+        workers=workers, scheduler=scheduler,
+        feature_dtype=FEATURE_DTYPES[algorithm.parameterAsEnum(parameters, FEATURE_DTYPE, context)])
 
 
 def cluster_choice(algorithm: Any, parameters: Dict[str, Any], context: QgsProcessingContext) -> Tuple[int, str]:
