@@ -14,12 +14,18 @@ scene in two 256 px tiles (columns 0 and 44), each 200 rows high, so its bottom 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
 import pytest
 import shapely
 import shapely.wkb
+from osgeo import ogr
+from qgis.core import QgsProject
 from synthetic import encode, square_scene, write_raster
 from synthetic import pixel_to_map_default as at
 
@@ -36,7 +42,10 @@ from quicksam.core.mask_decoding import (
 from quicksam.core.store import FeatureStore
 from quicksam.interactive.engine import MapPrompts, SegmentEngine
 from quicksam.interactive.mask_window import chosen_masks, mask_bounds
+from quicksam.interactive.session import AcceptedObject
 from quicksam.interactive.vectorise import mask_to_polygons
+from quicksam.ui.dock.object_output import ObjectOutput
+from quicksam.ui.layers import OUTPUT_FILE, raster_crs
 
 WIDTH, HEIGHT, SIZE = 300, 200, 256
 LOW = SIZE // 4
@@ -267,3 +276,73 @@ def test_upsampling_computes_every_pixel_near_the_threshold_exactly(threshold, s
             height, width = window.crop.shape
             np.testing.assert_array_equal(window.crop, expected[k, window.row0:window.row0 + height,
                                                                 window.col0:window.col0 + width])
+
+
+# -- committing: the dock keeps the output file open for writing between accepts --------------------------------
+
+
+def ogr_ids(path: Path) -> list:
+    """The objects' ids read through a separate GDAL connection: what is really on disk."""
+    dataset = ogr.Open(str(path))
+    ids = [feature.GetField("id") for feature in dataset.GetLayerByName("segments")]
+    dataset = None
+    return ids
+
+
+def test_dock_commits_each_accept_keeps_the_file_open_for_writing_and_lets_it_go(store, qgis_app, tmp_path):
+    project = QgsProject()
+    output = ObjectOutput(project)
+    output.bind(store, raster_crs(store))
+    engine = engine_with(store, CASES["holes_and_parts"], nodata=False)
+    prompts = MapPrompts().with_point(*POINT_LEFT, 1)
+    accepted = AcceptedObject(prompts, tuple(engine.segment(prompts)))
+    try:
+        assert output.commit(accepted).saved and output.commit(accepted).saved
+        layer = output.layer()
+        assert output._access[0].layer_id == layer.id()  # held between accepts
+        assert not layer.isEditable() and ogr_ids(store.root / OUTPUT_FILE) == [1, 2]  # on disk at once
+
+        layer.startEditing()  # the user edits the layer: the object stays in their session, undoable
+        result = output.commit(accepted)
+        assert not result.saved and layer.isEditable() and ogr_ids(store.root / OUTPUT_FILE) == [1, 2]
+        layer.undoStack().undo()
+        assert layer.featureCount() == 2
+        layer.rollBack()
+
+        project.removeMapLayer(layer.id())
+        assert output._access[0].layer_id is None  # let go before the layer went
+        assert output.commit(accepted).object_ids == [3] and ogr_ids(store.root / OUTPUT_FILE) == [1, 2, 3]
+    finally:
+        output.release()
+        assert output._access[0].layer_id is None
+        project.clear()
+        (store.root / OUTPUT_FILE).unlink()
+
+
+CRASH = """
+import os, sys
+from pathlib import Path
+from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsCoordinateTransformContext, QgsFeature,
+                       QgsGeometry)
+app = QgsApplication([], False)
+app.initQgis()
+from quicksam.ui.dock.object_writer import WriteAccess, add_features
+from quicksam.ui.layers import open_or_create_output_layer
+layer = open_or_create_output_layer(Path(sys.argv[1]), QgsCoordinateReferenceSystem("EPSG:32633"),
+                                    QgsCoordinateTransformContext())
+WriteAccess().hold(layer)
+for i in range(1, 4):
+    feature = QgsFeature(layer.fields())
+    feature.setGeometry(QgsGeometry.fromWkt(f"MultiPolygon((({i} 0, {i} 1, {i + 1} 1, {i} 0)))"))
+    feature.setAttribute("id", i)
+    assert add_features(layer, [feature])
+os._exit(9)  # a crash: nothing closes the file
+"""
+
+
+def test_accepted_objects_survive_a_crash_while_the_file_is_held(tmp_path):
+    path = tmp_path / "segments.gpkg"
+    result = subprocess.run([sys.executable, "-c", CRASH, str(path)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert result.returncode == 9, result.stderr
+    assert ogr_ids(path) == [1, 2, 3]
