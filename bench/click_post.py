@@ -179,21 +179,39 @@ def run_object(engine, name: str, pixels: int, mode: str, repeats: int, outputs)
             "commit_ms": {side: {k: ms(v) for k, v in steps.items()} for side, steps in commits.items()}}
 
 
+def run_objects(engine, work: Path, repeats: int) -> dict:
+    """Each object in modes single and largest, committed to before.gpkg (as main) and after.gpkg (held)."""
+    from qgis.core import QgsCoordinateTransformContext
+
+    from quicksam.ui.dock.object_writer import WriteAccess
+    from quicksam.ui.layers import FeatureBuilder, open_or_create_output_layer, raster_crs
+
+    context, store = QgsCoordinateTransformContext(), engine.store
+    outputs = {}
+    for side in ("before", "after"):
+        layer = open_or_create_output_layer(work / f"{side}.gpkg", raster_crs(store), context)
+        outputs[side] = (layer, FeatureBuilder(store, layer.crs(), context))
+    access = WriteAccess()
+    access.hold(outputs["after"][0])
+    objects = {f"{name}_{mode}": run_object(engine, name, pixels, mode, repeats, outputs)
+               for mode in ("single", "largest") for name, pixels in OBJECTS.items()}
+    access.release()
+    return objects
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--floor-ms", type=float, default=26.0, help="the decoder's floor per prompt (bench/floor.py)")
     args = parser.parse_args()
 
-    from qgis.core import QgsApplication, QgsCoordinateTransformContext
+    from qgis.core import QgsApplication
 
     app = QgsApplication([], False)
     app.initQgis()
     from quicksam.encoder.models import build_model
     from quicksam.encoder.pipeline import EncodeRequest, encode_raster
     from quicksam.interactive.engine import SegmentEngine
-    from quicksam.ui.dock.object_writer import WriteAccess
-    from quicksam.ui.layers import FeatureBuilder, open_or_create_output_layer, raster_crs
 
     work = Path(tempfile.mkdtemp(prefix="quicksam-bench-click-post-"))
     try:
@@ -202,21 +220,13 @@ def main() -> None:
                                  model=build_model(MODEL, seed=0))
         engine = SegmentEngine(store)
         engine.decoder = FixedLogits(None, engine.decoder.settings)
-        context = QgsCoordinateTransformContext()
-        outputs = {}
-        for side in ("before", "after"):
-            layer = open_or_create_output_layer(work / f"{side}.gpkg", raster_crs(store), context)
-            outputs[side] = (layer, FeatureBuilder(store, layer.crs(), context))
-        access = WriteAccess()
-        access.hold(outputs["after"][0])
-        objects = {f"{name}_{mode}": run_object(engine, name, pixels, mode, args.repeats, outputs)
-                   for mode in ("single", "largest") for name, pixels in OBJECTS.items()}
-        access.release()
+        load_at_start = Path("/proc/loadavg").read_text().strip()
+        objects = run_objects(engine, work, args.repeats)
         worst = max(o["after_ms"]["total"] + o["commit_ms"]["after"]["total"] for o in objects.values())
         worst_post = max(o["after_ms"]["total"] for o in objects.values())
         result = {
             "model": MODEL, "tile_px": TILE, "repeats": args.repeats,
-            "loadavg": Path("/proc/loadavg").read_text().strip(),
+            "loadavg": {"start": load_at_start, "end": Path("/proc/loadavg").read_text().strip()},
             "baseline": "the whole-tile path reproduced in this file (whole_tile_click), same run",
             "decoder_floor_ms": args.floor_ms, "objects": objects,
             "worst_post_decoder_ms": {"upsample_and_vectorise": worst_post, "with_commit": worst},
@@ -228,7 +238,7 @@ def main() -> None:
                                                                 "target_ms": 0.5 * args.floor_ms},
         }
         print(json.dumps(result, indent=2))
-        del engine, layer, outputs
+        del engine
     finally:
         shutil.rmtree(work, ignore_errors=True)
         app.exitQgis()

@@ -101,26 +101,52 @@ class DecodeResult:
     `Prompts.mask_input`); indices: which of the model's outputs; logits: (K, L, L) float32, not clamped,
     what the masks are upsampled from to (size, size) and thresholded at `threshold`.
 
-    `masks` ((K, size, size) bool at tile resolution) is built on first use; `window(k)` gives one mask
-    inside its bounding window only, without a tile-sized array (the same pixels)."""
+    `masks` ((K, size, size) bool at tile resolution) is built from the logits on first use, unless given;
+    `window(k)` gives one mask inside its bounding window only, without a tile-sized array (the same
+    pixels)."""
 
     scores: np.ndarray
     low_res_logits: np.ndarray
     indices: np.ndarray
-    logits: np.ndarray
-    size: int
-    threshold: float
-    _masks: Optional[np.ndarray] = field(default=None, repr=False)
-
-    @property
-    def masks(self) -> np.ndarray:
-        if self._masks is None:
-            self._masks = upsample_masks(self.logits, self.size, self.threshold)
-        return self._masks
+    logits: Optional[np.ndarray] = None
+    size: int = 0
+    threshold: float = 0.0
+    masks: Optional[np.ndarray] = field(default=None, repr=False, compare=False)  # the property below
 
     def window(self, index: int, bounds: Optional[Bounds] = None) -> Optional[MaskWindow]:
         """Mask `index` inside `bounds` (tile pixels; None: the whole tile); see `upsample_window`."""
-        return upsample_window(self.logits[index], self.size, self.threshold, bounds)
+        if self._given is None:
+            return upsample_window(self.logits[index], self.size, self.threshold, bounds)
+        row0, row1, col0, col1 = bounds or (0, self._given.shape[1], 0, self._given.shape[2])
+        return cropped_window(self._given[index, row0:row1, col0:col1], row0, col0)
+
+
+def _masks(result: DecodeResult) -> np.ndarray:
+    if result._given is not None:
+        return result._given
+    if result._built is None:
+        result._built = upsample_masks(result.logits, result.size, result.threshold)
+    return result._built
+
+
+def _set_masks(result: DecodeResult, masks: Optional[np.ndarray]) -> None:
+    result._given, result._built = masks, None
+
+
+# `masks` stays an init field (DecodeResult(masks=...), dataclasses.replace(result, masks=...)) read through
+# the property: given masks are used as they are, else they are upsampled from the logits when asked for.
+DecodeResult.masks = property(_masks, _set_masks)
+
+
+def cropped_window(mask: np.ndarray, row0: int = 0, col0: int = 0) -> Optional[MaskWindow]:
+    """A (H, W) bool mask whose pixel (0, 0) is tile pixel (row0, col0), cut to its bounding window; None
+    when it is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    crop = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return MaskWindow(row0 + int(rows[0]), col0 + int(cols[0]), crop)
 
 
 def prompt_arrays(family: str, prompts: Prompts) -> Tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ scene in two 256 px tiles (columns 0 and 44), each 200 rows high, so its bottom 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from qgis.core import QgsProject
 from synthetic import encode, square_scene, write_raster
 from synthetic import pixel_to_map_default as at
 
+from quicksam.core import mask_decoding
 from quicksam.core.geo import window_geotransform
 from quicksam.core.mask_decoding import (
     DecodeResult,
@@ -205,10 +207,10 @@ def test_real_decoder_gives_the_whole_tile_path_segments(store):
 
 def test_click_path_builds_no_tile_sized_mask(store, monkeypatch):
     """`segment` never asks for the (K, S, S) masks: every step runs on windows."""
-    def refuse(self):
+    def refuse(*args):
         raise AssertionError("the click path built tile-sized masks")
 
-    monkeypatch.setattr(DecodeResult, "masks", property(refuse))
+    monkeypatch.setattr(mask_decoding, "upsample_masks", refuse)
     engine = engine_with(store, CASES["holes_and_parts"], nodata=True)
     for mode in MODES:
         assert engine.segment(MapPrompts().with_point(*POINT_LEFT, 1), mode)
@@ -254,6 +256,19 @@ def test_chosen_masks_are_the_full_masks_cut(store):
             np.testing.assert_array_equal(placed, expected)
             kept += placed.any()
     assert kept >= 5
+
+
+def test_masks_given_to_a_decode_result_are_the_ones_cut(store):
+    """A DecodeResult made with its masks (dataclasses.replace(result, masks=...), as tests and callers do)
+    gives windows of those masks, not of its logits."""
+    result = StubDecoder(CASES["edges"]).decode(None, None, multimask=True)
+    given = np.zeros((3, SIZE, SIZE), bool)
+    given[1, 40:50, 7:9] = True
+    replaced = dataclasses.replace(result, masks=given)
+    assert replaced.masks is given and replaced.window(0) is None
+    window = replaced.window(1, (0, 45, 8, SIZE))
+    assert (window.row0, window.col0, window.crop.shape, window.pixels) == (40, 8, (5, 1), 5)
+    assert result.masks.any(axis=(1, 2)).all()  # its own masks, from the logits, are not those
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.5, -1.0])
