@@ -176,6 +176,8 @@ def run_object(engine, name: str, pixels: int, mode: str, repeats: int, outputs)
     return {"mask_pixels": new[0].mask_pixels, "candidates": len(new), "mode": mode,
             "before_ms": {k: ms(v) for k, v in before.items()}, "after_ms": {k: ms(v) for k, v in after.items()},
             "before_over_after": {k: round(ms(before[k]) / max(ms(after[k]), 1e-3), 2) for k in before},
+            "fastest_total_ms": {"before": round(min(before["total"]) * 1000, 2),  # the least disturbed run
+                                 "after": round(min(after["total"]) * 1000, 2)},
             "commit_ms": {side: {k: ms(v) for k, v in steps.items()} for side, steps in commits.items()}}
 
 
