@@ -114,10 +114,19 @@ class Nodata:
         return valid
 
 
-def engine_with(store: FeatureStore, logits: List[np.ndarray], nodata: bool) -> SegmentEngine:
+class AllValid:
+    """`ValidMaskCache`'s interface: every pixel valid, the padding too (only the padding cut removes it)."""
+
+    def get(self, tile) -> np.ndarray:
+        return np.ones((SIZE, SIZE), bool)
+
+
+def engine_with(store: FeatureStore, logits: List[np.ndarray], nodata) -> SegmentEngine:
+    """An engine on `store` decoding `logits`; `nodata`: True (`Nodata`), False (the store's valid masks) or
+    "padding-valid" (`AllValid`)."""
     engine = SegmentEngine(store, decoder=StubDecoder(logits))
     if nodata:
-        engine.valid_masks = Nodata()
+        engine.valid_masks = AllValid() if nodata == "padding-valid" else Nodata()
     return engine
 
 
@@ -161,7 +170,7 @@ POINT_RIGHT = at(280.5, 100.5)    # only tile 1 (columns 44..299)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("nodata", [False, True], ids=["all-valid", "nodata"])
+@pytest.mark.parametrize("nodata", [False, True, "padding-valid"], ids=["store-mask", "nodata", "padding-valid"])
 @pytest.mark.parametrize("mode", MODES)
 def test_windowed_path_gives_the_whole_tile_path_segments(store, case, nodata, mode):
     engine = engine_with(store, CASES[case], nodata)
