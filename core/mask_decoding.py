@@ -249,8 +249,8 @@ def upsample_window(low_res: np.ndarray, size: int, threshold: float,
     first, second = taps[0][row_range], taps[1][row_range]
     read = slice(int(first[0]), int(second[-1]) + 1)  # the low-res rows these target rows read
     columns = _interpolate(low_res[read], taps, col_range, 1)  # columns first, on the few low-res rows
-    rows = (first - read.start, second - read.start, taps[2][row_range], taps[3][row_range])
-    return MaskWindow(row_range.start, col_range.start, _rows_above(columns, rows, threshold))
+    row_taps = (first - read.start, second - read.start, taps[2][row_range], taps[3][row_range])
+    return MaskWindow(row_range.start, col_range.start, _rows_above(columns, row_taps, threshold))
 
 
 def _rows_above(columns: np.ndarray, rows: Taps, threshold: float) -> np.ndarray:
