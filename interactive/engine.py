@@ -27,11 +27,12 @@ import numpy as np
 from ..core.defaults import MASK_MODES
 from ..core.errors import QuickSamError
 from ..core.geo import map_to_pixel, pixel_to_map, window_geotransform
-from ..core.mask_decoding import STABILITY_SCORE_OFFSET, DecoderSettings, Prompts, pick_masks, stability_scores
+from ..core.mask_decoding import STABILITY_SCORE_OFFSET, DecoderSettings, Prompts, stability_scores
 from ..core.on_demand import in_encoded_area
 from ..core.store import DECODER_ONNX, STATUS_DONE, STATUS_NODATA, FeatureStore
 from ..core.tiling import Tile
 from .decoding import OnnxDecoder
+from .mask_window import chosen_masks, mask_bounds
 from .vectorise import Polygons, mask_to_polygons
 
 DEFAULT_CACHE_TILES = 6
@@ -362,34 +363,23 @@ class SegmentEngine:
         loaded = time.perf_counter()
         result = self.decoder.decode(features, self.tile_prompts(prompts, tile, mask_input),
                                      multimask=mode != "single")
-        decoded = time.perf_counter()
-        # each candidate as it becomes the polygon: nodata removed, the padding cut, bounded by the box
-        masks = (result.masks & self.valid_masks.get(tile))[:, :tile.valid_height, :tile.valid_width]
-        inside_box = self._inside_box(prompts, tile)
-        if inside_box is not None:
-            masks = masks & inside_box
+        # each candidate as it becomes the polygon (nodata removed, the padding cut, bounded by the box),
+        # only inside its window: no tile-sized array
+        box = None if prompts.box is None else self.box_pixels(prompts.box)
+        chosen = chosen_masks(result, mode, mask_bounds(tile, box), self.valid_masks.get(tile))
+        upsampled = time.perf_counter()
         stability = stability_scores(result.low_res_logits - self.decoder.settings.mask_threshold,
                                      STABILITY_SCORE_OFFSET)
         geotransform = window_geotransform(self._geotransform, tile.col_off, tile.row_off)
         segments = []
-        for index in pick_masks(result.scores, mode, masks):
-            geometry = mask_to_polygons(masks[index], geotransform, simplify_tolerance, min_area_pixels, keep_holes)
-            if geometry.is_empty:
+        for index, mask in chosen:
+            geometry = None if mask is None else mask_to_polygons(
+                mask.crop, geotransform, simplify_tolerance, min_area_pixels, keep_holes, (mask.col0, mask.row0))
+            if geometry is None or geometry.is_empty:
                 continue
-            segments.append(Segment(geometry, float(result.scores[index]), tile.tile_id, int(masks[index].sum()),
+            segments.append(Segment(geometry, float(result.scores[index]), tile.tile_id, mask.pixels,
                                     result.low_res_logits[index], float(stability[index]),
                                     self.store.manifest.pixel_grid.factor, self.store.manifest.pixel_grid.resolution))
-        self.last_timings = {"tile_and_features": loaded - started, "decode_and_upsample": decoded - loaded,
-                             "vectorise": time.perf_counter() - decoded}
+        self.last_timings = {"tile_and_features": loaded - started, "decode_and_upsample": upsampled - loaded,
+                             "vectorise": time.perf_counter() - upsampled}
         return segments
-
-    def _inside_box(self, prompts: MapPrompts, tile: Tile) -> Optional[np.ndarray]:
-        """(valid_height, valid_width) bool: the tile's pixels whose centre lies in the object's box (clipped
-        to the raster); None without a box. SAM may spill a mask past its box; the box is the user's bound."""
-        if prompts.box is None:
-            return None
-        col0, row0, col1, row1 = self.box_pixels(prompts.box)
-        centres_col = tile.col_off + np.arange(tile.valid_width) + 0.5
-        centres_row = tile.row_off + np.arange(tile.valid_height) + 0.5
-        return (((centres_row >= row0) & (centres_row <= row1))[:, None]
-                & ((centres_col >= col0) & (centres_col <= col1))[None, :])

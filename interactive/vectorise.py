@@ -260,8 +260,10 @@ def _simplified(parts: Sequence, tolerance: float) -> list:
 
 
 def mask_to_polygons(mask: np.ndarray, geotransform: Sequence[float], simplify_tolerance: float = 0.0,
-                     min_area_pixels: float = 0.0, keep_holes: bool = True) -> Polygons:
-    """Polygons of the True pixels of a (H, W) mask whose pixel (0, 0) has GDAL `geotransform`.
+                     min_area_pixels: float = 0.0, keep_holes: bool = True,
+                     offset: Tuple[int, int] = (0, 0)) -> Polygons:
+    """Polygons of the True pixels of a (H, W) mask whose pixel (0, 0) is pixel `offset` (col, row) of GDAL
+    `geotransform`'s grid (a crop of a tile's mask gives the same coordinates as the whole mask).
 
     - Parts are the 4-connected regions of the mask; holes are the regions of False pixels a part
       encloses (4-connected too, as GDAL traces them: a hole may touch its shell or another hole at a
@@ -279,7 +281,7 @@ def mask_to_polygons(mask: np.ndarray, geotransform: Sequence[float], simplify_t
     if window is None:
         return Polygons(EMPTY_WKB, 0.0, 0)
     row0, row1, col0, col1 = window
-    shifted = window_geotransform(geotransform, col0, row0)
+    shifted = window_geotransform(geotransform, offset[0] + col0, offset[1] + row0)
     _, b, c, _, e, f = geotransform
     pixel_area = abs(b * f - c * e)
     min_area = min_area_pixels * pixel_area

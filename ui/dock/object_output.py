@@ -20,6 +20,7 @@ from ..i18n import tr
 from ..layers import FeatureBuilder, open_or_create_output_layer, store_output_path
 from .object_writer import (
     CommitResult,
+    WriteAccess,
     add_features,
     add_to_project_once,
     commit_object,
@@ -50,6 +51,8 @@ class ObjectOutput:
         self._raster_crs = QgsCoordinateReferenceSystem()
         self._default_output_id: Optional[str] = None
         self._prompts_layer_id: Optional[str] = None
+        #: The output and prompts layers' providers, kept in update mode between accepts.
+        self._access = (WriteAccess(), WriteAccess())
         self.project.layerWillBeRemoved[str].connect(self._on_layer_removed)
 
     def bind(self, store: Optional[FeatureStore], raster_crs: QgsCoordinateReferenceSystem) -> None:
@@ -58,11 +61,13 @@ class ObjectOutput:
         self._raster_crs = raster_crs
         self._default_output_id = None
         self._prompts_layer_id = None
+        self._release_access()
 
     def choose(self, layer: Optional[QgsVectorLayer]) -> None:
         """Write to `layer` (any polygon layer; objects are reprojected to its CRS), or with None to the
         store's own segments.gpkg."""
         self.choice = layer if isinstance(layer, QgsVectorLayer) else None
+        self._access[0].release()
 
     def layer(self) -> QgsVectorLayer:
         """The layer accepted objects go to: the user's choice, or the store's segments.gpkg (created on
@@ -94,6 +99,7 @@ class ObjectOutput:
         """Write `accepted` (raster CRS) to the output layer, reprojected to its CRS, with the label;
         OSError or QuickSamError when it cannot be written (then nothing is)."""
         layer = self.layer()
+        self._access[0].hold(layer)
         builder = FeatureBuilder(self._store, layer.crs(), self.project.transformContext())
         return commit_object(layer, accepted, builder, self.label)
 
@@ -117,16 +123,25 @@ class ObjectOutput:
             layer = open_or_create_prompts_layer(self._store, self._raster_crs, self.project.transformContext())
             layer = add_to_project_once(self.project, layer)
             self._prompts_layer_id = layer.id()
+        self._access[1].hold(layer)
         object_id = result.object_ids[0] if result.object_ids else 0
         add_features(layer, prompt_features(accepted, object_id, self.label, result.layer_name, layer.fields()),
                      "QuickSAM prompts")
 
     def _on_layer_removed(self, layer_id: str) -> None:
+        for access in self._access:
+            if access.layer_id == layer_id:
+                access.release()
         if self.choice is not None and layer_id == self.choice.id():
             self.choice = None
 
+    def _release_access(self) -> None:
+        for access in self._access:
+            access.release()
+
     def release(self) -> None:
-        """Stop following the project (before the output is dropped)."""
+        """Stop following the project (before the output is dropped); the layers' files are left read-only."""
+        self._release_access()
         with contextlib.suppress(TypeError):  # already disconnected
             self.project.layerWillBeRemoved[str].disconnect(self._on_layer_removed)
 
