@@ -19,6 +19,7 @@ import numpy as np
 
 from ..core.defaults import MASK_MODES
 from ..core.errors import QuickSamError
+from ..core.logger import LOGGER
 from ..core.mask_decoding import (
     AREA_MODES,
     choose_outputs,
@@ -49,8 +50,11 @@ class AutoMaskSettings:
     crop_nms_thresh: box IoU (map units) above which, of two objects from different levels, the coarser
     level's is dropped (SAM prefers masks from smaller crops, i.e. finer pixels); crop_n_points_downscale_factor:
     a level 2**i times finer than the coarsest level run gets points_per_side / factor**i points per side (SAM's
-    rule per crop layer i). With several levels, points_per_side is the coarsest level's and
-    min_mask_region_area counts pixels of the store's finest level (scaled to each level's pixels).
+    rule per crop layer i). skip_covered_points (opt-in, off = SAM's generator): a grid point inside a mask
+    already kept on the tile (passed the score filters) is not decoded; faster, but fewer candidates: an object
+    nested inside a kept one may be missed (docs/segment-everything.md). With several levels, points_per_side is
+    the coarsest level's and min_mask_region_area counts pixels of the store's finest level (scaled to each
+    level's pixels).
     """
 
     points_per_side: int = 32
@@ -66,6 +70,7 @@ class AutoMaskSettings:
     simplify_tolerance: float = 0.0
     crop_nms_thresh: float = 0.7
     crop_n_points_downscale_factor: int = 1
+    skip_covered_points: bool = False
 
     def check(self) -> None:
         """QuickSamError naming the first unusable value."""
@@ -191,14 +196,22 @@ def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile
         grid_size = len(points)
         points = points_with_data(points, valid)
         counts.points_on_nodata += grid_size - len(points)
-    counts.points += len(points)
     starts = range(0, len(points), batch)
     candidates: List[_Candidate] = []
+    covered = _Coverage(tile) if settings.skip_covered_points else None
     for done, start in enumerate(starts, start=1):
-        candidates += _batch_candidates(decoder, features, tile, settings, points[start:start + batch], valid,
-                                        counts)
+        batch_points = points[start:start + batch]
+        if covered is not None:
+            batch_points = covered.uncovered(batch_points, counts)
+        found = _batch_candidates(decoder, features, tile, settings, batch_points, valid, counts)
+        if covered is not None:
+            covered.add(found)
+        candidates += found
         if batch_done is not None:
             batch_done(done, len(starts))
+    if covered is not None:
+        LOGGER.info("tile %s: %d grid points skipped inside masks already kept (skip covered points is on)",
+                    tile.tile_id, covered.skipped)
     if not candidates:
         return []
     boxes = np.array([c.box for c in candidates], dtype=float)
@@ -217,6 +230,29 @@ def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile
             counts.small_regions += 1
     return found
 
+
+
+class _Coverage:
+    """The tile pixels inside the masks kept so far (skip_covered_points): (S, S) bool, tile pixels."""
+
+    def __init__(self, tile: Tile) -> None:
+        self.pixels = np.zeros((tile.valid_height, tile.valid_width), dtype=bool)
+        self.skipped = 0
+
+    def add(self, candidates: List[_Candidate]) -> None:
+        for candidate in candidates:
+            x0, y0, x1, y1 = candidate.box
+            self.pixels[y0:y1, x0:x1] |= candidate.crop()
+
+    def uncovered(self, points: np.ndarray, counts: FilterCounts) -> np.ndarray:
+        """The (n, 2) tile-pixel points (x = col, y = row) not on a covered pixel; the others are counted."""
+        cols = np.clip(np.floor(points[:, 0]).astype(int), 0, self.pixels.shape[1] - 1)
+        rows = np.clip(np.floor(points[:, 1]).astype(int), 0, self.pixels.shape[0] - 1)
+        inside = self.pixels[rows, cols]
+        skipped = int(inside.sum())
+        self.skipped += skipped
+        counts.points_covered += skipped
+        return points[~inside]
 
 
 def _object_masks(decoder: OnnxDecoder, logits: np.ndarray, tile: Tile, valid: Optional[np.ndarray]) -> np.ndarray:
@@ -243,6 +279,9 @@ def _batch_candidates(decoder: OnnxDecoder, features: Dict[str, np.ndarray], til
                       valid: Optional[np.ndarray], counts: FilterCounts) -> List[_Candidate]:
     """Decode one batch of grid points; the masks that pass the predicted-IoU and stability filters (what
     the filters dropped is added to `counts`)."""
+    counts.points += len(points)
+    if len(points) == 0:
+        return []
     batch_logits, batch_scores = decoder.raw_points(features, points)
     picked = [_picked_outputs(decoder, all_logits, all_scores, tile, settings, valid)
               for all_logits, all_scores in zip(batch_logits, batch_scores)]
