@@ -192,7 +192,8 @@ def amg_part(args: argparse.Namespace, work: Path) -> dict:
     case_dir = work / "amg"
     case_dir.mkdir()
     command = [sys.executable, __file__, "--amg-points-per-side", str(args.amg_points_per_side), "--runs",
-               str(args.runs), "--amg-case", str(store), str(raster), str(case_dir)]
+               str(args.runs), "--amg-thresholds", args.amg_thresholds, "--amg-case", str(store), str(raster),
+               str(case_dir)]
     child = subprocess.run(command, capture_output=True, text=True)
     if child.returncode:
         sys.exit(f"the amg case failed:\n{child.stderr}")
@@ -267,13 +268,16 @@ def main() -> None:
     parser.add_argument("--case", nargs=3, metavar=("STORE", "WORK", "RASTER"), help=argparse.SUPPRESS)
     parser.add_argument("--compare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--levels-case", nargs=3, metavar=("STORE", "WORK", "FACTORS"), help=argparse.SUPPRESS)
+    parser.add_argument("--amg-thresholds", default="sam_defaults,keep_everything",
+                        help="threshold sets of --part amg (sam_defaults, keep_everything)")
     parser.add_argument("--amg-case", nargs=3, metavar=("STORE", "RASTER", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.amg_case:
         from segment_all_amg import amg_case
 
         store, raster, work = map(Path, args.amg_case)
-        print(json.dumps(amg_case(store, raster, work, args.amg_points_per_side, args.runs)))
+        print(json.dumps(amg_case(store, raster, work, args.amg_points_per_side, args.runs,
+                                  tuple(args.amg_thresholds.split(",")))))
         return
     if args.case:
         store, work, raster = map(Path, args.case)
