@@ -25,6 +25,7 @@ from ..core.mask_decoding import (
     choose_outputs,
     pick_masks,
     stability_scores,
+    upsample_mask_window,
     upsample_masks,
 )
 from ..core.tiling import Tile
@@ -264,6 +265,25 @@ def _object_masks(decoder: OnnxDecoder, logits: np.ndarray, tile: Tile, valid: O
     return masks[:, :tile.valid_height, :tile.valid_width]
 
 
+def _window_candidate(decoder: OnnxDecoder, low_res: np.ndarray, tile: Tile, valid: Optional[np.ndarray],
+                      score: float, stability: float) -> Optional[_Candidate]:
+    """The candidate of one (L, L) logit map: the same mask as `_object_masks` (upsampled, nodata removed, the
+    padding cut), upsampled only in the window that can hold its pixels; None when it has none left."""
+    window = upsample_mask_window(low_res, decoder.image_size, decoder.settings.mask_threshold)
+    if window is None:
+        return None
+    row0, col0, pixels = window
+    pixels = pixels[:max(tile.valid_height - row0, 0), :max(tile.valid_width - col0, 0)]
+    if valid is not None:
+        pixels = pixels & valid[row0:row0 + pixels.shape[0], col0:col0 + pixels.shape[1]]
+    box = pixel_bounds(pixels)
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    return _Candidate((col0 + x0, row0 + y0, col0 + x1, row0 + y1), score, stability,
+                      np.packbits(pixels[y0:y1, x0:x1]))
+
+
 def _picked_outputs(decoder: OnnxDecoder, all_logits: np.ndarray, all_scores: np.ndarray, tile: Tile,
                     settings: AutoMaskSettings, valid: Optional[np.ndarray]) -> np.ndarray:
     """Indices of one point's (M, L, L) model outputs that its mask mode keeps (by area: of the mask that
@@ -292,8 +312,7 @@ def _batch_candidates(decoder: OnnxDecoder, features: Dict[str, np.ndarray], til
     good = np.flatnonzero((scores >= settings.pred_iou_thresh) & (stable >= settings.stability_score_thresh))
     found = []
     for i in good:  # one at a time: a batch of 1024 px masks would take ~200 MB at once
-        mask = _object_masks(decoder, logits[i:i + 1], tile, valid)[0]
-        candidate = _Candidate.of(mask, float(scores[i]), float(stable[i]))
+        candidate = _window_candidate(decoder, logits[i], tile, valid, float(scores[i]), float(stable[i]))
         if candidate is not None:
             found.append(candidate)
         else:
