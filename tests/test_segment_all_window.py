@@ -11,7 +11,8 @@ from quicksam.core.tiling import TileGrid
 from quicksam.interactive.mask_generator import _Candidate, _object_masks, _window_candidate
 
 #: tiles of a raster larger than a tile, and of one smaller than a tile (its right and bottom are padding)
-TILES = TileGrid.build(400, 300, tile_size=256, overlap=64).tiles + TileGrid.build(200, 150, tile_size=256, overlap=64).tiles
+TILES = (TileGrid.build(400, 300, tile_size=256, overlap=64).tiles
+         + TileGrid.build(200, 150, tile_size=256, overlap=64).tiles)
 
 
 class Decoder:
@@ -53,3 +54,33 @@ def test_the_window_gives_the_same_candidates_as_the_whole_tile(with_nodata):
             # booleans of the same float arithmetic in the same order: compared exactly
             assert window is not None and window.box == whole.box
             assert np.array_equal(window.crop(), whole.crop())
+
+
+def test_segment_everything_writes_the_same_objects_as_with_whole_tile_upsampling(tmp_path, monkeypatch):
+    """The output before the window change (each candidate upsampled to the whole tile) and after it: the same
+    count, ids, scores and geometries (exactly: the same pixels give the same polygons)."""
+    from osgeo import ogr
+    from synthetic import two_tile_store
+
+    from quicksam.interactive import mask_generator
+    from quicksam.interactive.automatic import AutoMaskSettings, segment_everything
+
+    store = two_tile_store(tmp_path)
+    settings = AutoMaskSettings(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                                min_mask_region_area=4, box_nms_thresh=0.99)
+
+    def rows(path):
+        dataset = ogr.Open(str(path))
+        found = [(f["id"], f["predicted_iou"], f["stability_score"], f["tile_ids"],
+                  f.GetGeometryRef().ExportToWkb()) for f in dataset.GetLayer(0)]
+        dataset = None
+        return found
+
+    after = rows(segment_everything(store, tmp_path / "window.gpkg", settings).output)
+
+    def whole_tile(decoder, low_res, tile, valid, score, stability):
+        return _Candidate.of(_object_masks(decoder, low_res[None], tile, valid)[0], score, stability)
+
+    monkeypatch.setattr(mask_generator, "_window_candidate", whole_tile)
+    before = rows(segment_everything(store, tmp_path / "whole.gpkg", settings).output)
+    assert len(after) > 1 and after == before
