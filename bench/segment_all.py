@@ -2,7 +2,8 @@
 multi-scale store; prints one JSON object.
 
     .venv/bin/python bench/segment_all.py [--tile-size 256] [--points-per-side 16] [--runs 3]
-                                          [--part all|tiles|levels] [--levels 1,4,16] [--levels-tiles-per-side 6]
+                                          [--part all|tiles|levels|amg] [--levels 1,4,16] [--levels-tiles-per-side 6]
+                                          [--amg-points-per-side 32]
 
 Synthetic RGB rasters of 1 x 1 and 4 x 4 tiles (the encoder's overlap of a quarter tile, so the merge has
 borders to work on) are encoded with the seeded random SAM 2.1 tiny model. Each case then runs in a fresh
@@ -20,6 +21,11 @@ seconds, tiles per second, that process's peak RSS, and the level's bytes on dis
 tiles alone); then all levels in one run, with the merge across levels. Targets: every level's peak RSS
 within 10 % of the finest level's (one level at a time, one decoder), the all-levels run's within 10 % of
 the largest level's, and its median seconds within 10 % of the levels' sum (the merge is cheap).
+
+AMG (`--part amg`, not in `all`: it takes minutes): one 1024 px tile of a synthetic scene with known objects,
+seconds per tile at `--amg-points-per-side` (SAM's 32) for QuickSAM's `tile_masks` and for the sam2 package's
+`SAM2AutomaticMaskGenerator` (its decoding after `set_image`, and its whole `generate`) in the same fresh
+process, their ratio (target >= 5x), and the masks of both matched by IoU (bench/segment_all_amg.py).
 
 Random weights make masks meaningless, so thresholds are set to keep everything (the most work for the
 filters, the merge and the writer); the decoding cost per point is the real one.
@@ -176,6 +182,25 @@ def run_levels_case(store: Path, work: Path, points_per_side: int, runs: int, le
             "peak_rss_mib": peak_rss_mib()}
 
 
+def amg_part(args: argparse.Namespace, work: Path) -> dict:
+    """One 1024 px tile of the synthetic scene, ours against SAM2AutomaticMaskGenerator (segment_all_amg.py)."""
+    from segment_all_amg import SCENE, write_scene
+
+    raster = write_scene(work / "scene.tif", 1024)
+    store = work / "scene_store"
+    assert encode(raster, store, 1024) == 1
+    case_dir = work / "amg"
+    case_dir.mkdir()
+    command = [sys.executable, __file__, "--amg-points-per-side", str(args.amg_points_per_side), "--runs",
+               str(args.runs), "--amg-thresholds", args.amg_thresholds, "--amg-case", str(store), str(raster),
+               str(case_dir)]
+    child = subprocess.run(command, capture_output=True, text=True)
+    if child.returncode:
+        sys.exit(f"the amg case failed:\n{child.stderr}")
+    return {"tile_size": 1024, "points_per_side": args.amg_points_per_side, "scene_objects": len(SCENE),
+            **json.loads(child.stdout.splitlines()[-1])}
+
+
 def _child(args: argparse.Namespace, case: list) -> dict:
     """Run this script on one case in a fresh process (its own peak RSS); its JSON."""
     command = [sys.executable, __file__, "--tile-size", str(args.tile_size), "--points-per-side",
@@ -236,13 +261,24 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=256)
     parser.add_argument("--points-per-side", type=int, default=16)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--part", choices=("all", "tiles", "levels"), default="all")
+    parser.add_argument("--part", choices=("all", "tiles", "levels", "amg"), default="all")
+    parser.add_argument("--amg-points-per-side", type=int, default=32, help="grid points per side in --part amg")
     parser.add_argument("--levels", default="1,4,16", help="level factors of the multi-scale store")
     parser.add_argument("--levels-tiles-per-side", type=int, default=6, help="finest tiles per side of its raster")
     parser.add_argument("--case", nargs=3, metavar=("STORE", "WORK", "RASTER"), help=argparse.SUPPRESS)
     parser.add_argument("--compare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--levels-case", nargs=3, metavar=("STORE", "WORK", "FACTORS"), help=argparse.SUPPRESS)
+    parser.add_argument("--amg-thresholds", default="sam_defaults,keep_everything",
+                        help="threshold sets of --part amg (sam_defaults, keep_everything)")
+    parser.add_argument("--amg-case", nargs=3, metavar=("STORE", "RASTER", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.amg_case:
+        from segment_all_amg import amg_case
+
+        store, raster, work = map(Path, args.amg_case)
+        print(json.dumps(amg_case(store, raster, work, args.amg_points_per_side, args.runs,
+                                  tuple(args.amg_thresholds.split(",")))))
+        return
     if args.case:
         store, work, raster = map(Path, args.case)
         print(json.dumps(run_case(store, work, raster, args.tile_size, args.points_per_side, args.runs,
@@ -262,6 +298,9 @@ def main() -> None:
             result.update(tiles_part(args, work))
         if args.part in ("all", "levels"):
             result["levels"] = levels_part(args, work)
+        if args.part == "amg":
+            result["amg"] = amg_part(args, work)
+            result["loadavg"] = Path("/proc/loadavg").read_text().strip()
         print(json.dumps(result, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)

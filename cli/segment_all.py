@@ -80,6 +80,9 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
         command.add_argument(f"--{name}", type=kind, default=default, help=f"{text} (default {default})")
     command.add_argument("--mask-mode", default=defaults.mask_mode, choices=MASK_MODES,
                          help="all (default: SAM's three candidates per point), single, best, largest, smallest")
+    command.add_argument("--skip-covered-points", action="store_true",
+                         help="opt-in, faster: do not decode grid points inside a mask already kept on the tile "
+                              "(not SAM's result: objects nested inside kept ones may be missed)")
     command.add_argument("--overwrite", action="store_true",
                          help="replace --output (in a GeoPackage: only its layer --layer) if it exists and restart "
                               "an unfinished run with other settings")
@@ -119,6 +122,7 @@ def _run_segment_all_algorithm(args: argparse.Namespace, events: EventWriter) ->
         Algorithm.LEVELS: ",".join(f"{factor:g}" for factor in args.levels) if args.levels else "",
         Algorithm.CROP_NMS_THRESH: args.crop_nms_thresh,
         Algorithm.CROP_N_POINTS_DOWNSCALE_FACTOR: args.crop_n_points_downscale_factor,
+        Algorithm.SKIP_COVERED_POINTS: args.skip_covered_points,
         Algorithm.OVERWRITE: args.overwrite, Algorithm.LAYER_NAME: args.layer, Algorithm.OUTPUT: str(args.output),
         SCHEDULER: args.scheduler or "", WORKERS: args.workers,
     }

@@ -22,6 +22,8 @@ class FilterCounts:
     the filters apply. Scores are SAM's: predicted IoU and stability score, both in [0, 1].
 
     points: grid points decoded; points_on_nodata: grid points left out because they fell on nodata;
+    points_covered: grid points left out because they fell inside a mask already kept (only with the opt-in
+    skip_covered_points);
     candidates: masks the mask mode picked (one or three per point); below_iou: candidates under the
     predicted IoU threshold; below_stability: of the rest, those under the stability threshold; empty:
     masks with no pixel left on valid data; duplicates: dropped by box NMS; small_regions: nothing left
@@ -34,6 +36,7 @@ class FilterCounts:
 
     points: int = 0
     points_on_nodata: int = 0
+    points_covered: int = 0
     candidates: int = 0
     below_iou: int = 0
     below_stability: int = 0
@@ -87,8 +90,8 @@ class FilterCounts:
     def add(self, other: FilterCounts, iou_threshold: float, stability_threshold: float) -> None:
         """Add the counts of `other` (a later part of the same run, e.g. a tile decoded on a cluster worker, with
         the same thresholds), as if its candidates had been counted here after this run's own."""
-        for name in ("points", "points_on_nodata", "candidates", "below_iou", "below_stability", "empty",
-                     "duplicates", "small_regions", "too_small", "too_large"):
+        for name in ("points", "points_on_nodata", "points_covered", "candidates", "below_iou", "below_stability",
+                     "empty", "duplicates", "small_regions", "too_small", "too_large"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.best_iou = _higher(self.best_iou, other.best_iou)
         self.best_stability = _higher(self.best_stability, other.best_stability)

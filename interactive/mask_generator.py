@@ -19,11 +19,13 @@ import numpy as np
 
 from ..core.defaults import MASK_MODES
 from ..core.errors import QuickSamError
+from ..core.logger import LOGGER
 from ..core.mask_decoding import (
     AREA_MODES,
     choose_outputs,
     pick_masks,
     stability_scores,
+    upsample_mask_window,
     upsample_masks,
 )
 from ..core.tiling import Tile
@@ -49,8 +51,11 @@ class AutoMaskSettings:
     crop_nms_thresh: box IoU (map units) above which, of two objects from different levels, the coarser
     level's is dropped (SAM prefers masks from smaller crops, i.e. finer pixels); crop_n_points_downscale_factor:
     a level 2**i times finer than the coarsest level run gets points_per_side / factor**i points per side (SAM's
-    rule per crop layer i). With several levels, points_per_side is the coarsest level's and
-    min_mask_region_area counts pixels of the store's finest level (scaled to each level's pixels).
+    rule per crop layer i). skip_covered_points (opt-in, off = SAM's generator): a grid point inside a mask
+    already kept on the tile (passed the score filters) is not decoded; faster, but fewer candidates: an object
+    nested inside a kept one may be missed (docs/segment-everything.md). With several levels, points_per_side is
+    the coarsest level's and min_mask_region_area counts pixels of the store's finest level (scaled to each
+    level's pixels).
     """
 
     points_per_side: int = 32
@@ -66,6 +71,7 @@ class AutoMaskSettings:
     simplify_tolerance: float = 0.0
     crop_nms_thresh: float = 0.7
     crop_n_points_downscale_factor: int = 1
+    skip_covered_points: bool = False
 
     def check(self) -> None:
         """QuickSamError naming the first unusable value."""
@@ -191,14 +197,22 @@ def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile
         grid_size = len(points)
         points = points_with_data(points, valid)
         counts.points_on_nodata += grid_size - len(points)
-    counts.points += len(points)
     starts = range(0, len(points), batch)
     candidates: List[_Candidate] = []
+    covered = _Coverage(tile) if settings.skip_covered_points else None
     for done, start in enumerate(starts, start=1):
-        candidates += _batch_candidates(decoder, features, tile, settings, points[start:start + batch], valid,
-                                        counts)
+        batch_points = points[start:start + batch]
+        if covered is not None:
+            batch_points = covered.uncovered(batch_points, counts)
+        found = _batch_candidates(decoder, features, tile, settings, batch_points, valid, counts)
+        if covered is not None:
+            covered.add(found)
+        candidates += found
         if batch_done is not None:
             batch_done(done, len(starts))
+    if covered is not None:
+        LOGGER.info("tile %s: %d grid points skipped inside masks already kept (skip covered points is on)",
+                    tile.tile_id, covered.skipped)
     if not candidates:
         return []
     boxes = np.array([c.box for c in candidates], dtype=float)
@@ -219,6 +233,29 @@ def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile
 
 
 
+class _Coverage:
+    """The tile pixels inside the masks kept so far (skip_covered_points): (S, S) bool, tile pixels."""
+
+    def __init__(self, tile: Tile) -> None:
+        self.pixels = np.zeros((tile.valid_height, tile.valid_width), dtype=bool)
+        self.skipped = 0
+
+    def add(self, candidates: List[_Candidate]) -> None:
+        for candidate in candidates:
+            x0, y0, x1, y1 = candidate.box
+            self.pixels[y0:y1, x0:x1] |= candidate.crop()
+
+    def uncovered(self, points: np.ndarray, counts: FilterCounts) -> np.ndarray:
+        """The (n, 2) tile-pixel points (x = col, y = row) not on a covered pixel; the others are counted."""
+        cols = np.clip(np.floor(points[:, 0]).astype(int), 0, self.pixels.shape[1] - 1)
+        rows = np.clip(np.floor(points[:, 1]).astype(int), 0, self.pixels.shape[0] - 1)
+        inside = self.pixels[rows, cols]
+        skipped = int(inside.sum())
+        self.skipped += skipped
+        counts.points_covered += skipped
+        return points[~inside]
+
+
 def _object_masks(decoder: OnnxDecoder, logits: np.ndarray, tile: Tile, valid: Optional[np.ndarray]) -> np.ndarray:
     """(K, valid_height, valid_width) bool: (K, L, L) logits as the masks that become polygons (upsampled to
     the tile, nodata removed, the padding cut)."""
@@ -226,6 +263,25 @@ def _object_masks(decoder: OnnxDecoder, logits: np.ndarray, tile: Tile, valid: O
     if valid is not None:
         masks &= valid  # nodata is never part of an object
     return masks[:, :tile.valid_height, :tile.valid_width]
+
+
+def _window_candidate(decoder: OnnxDecoder, low_res: np.ndarray, tile: Tile, valid: Optional[np.ndarray],
+                      score: float, stability: float) -> Optional[_Candidate]:
+    """The candidate of one (L, L) logit map: the same mask as `_object_masks` (upsampled, nodata removed, the
+    padding cut), upsampled only in the window that can hold its pixels; None when it has none left."""
+    window = upsample_mask_window(low_res, decoder.image_size, decoder.settings.mask_threshold)
+    if window is None:
+        return None
+    row0, col0, pixels = window
+    pixels = pixels[:max(tile.valid_height - row0, 0), :max(tile.valid_width - col0, 0)]
+    if valid is not None:
+        pixels = pixels & valid[row0:row0 + pixels.shape[0], col0:col0 + pixels.shape[1]]
+    box = pixel_bounds(pixels)
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    return _Candidate((col0 + x0, row0 + y0, col0 + x1, row0 + y1), score, stability,
+                      np.packbits(pixels[y0:y1, x0:x1]))
 
 
 def _picked_outputs(decoder: OnnxDecoder, all_logits: np.ndarray, all_scores: np.ndarray, tile: Tile,
@@ -243,6 +299,9 @@ def _batch_candidates(decoder: OnnxDecoder, features: Dict[str, np.ndarray], til
                       valid: Optional[np.ndarray], counts: FilterCounts) -> List[_Candidate]:
     """Decode one batch of grid points; the masks that pass the predicted-IoU and stability filters (what
     the filters dropped is added to `counts`)."""
+    counts.points += len(points)
+    if len(points) == 0:
+        return []
     batch_logits, batch_scores = decoder.raw_points(features, points)
     picked = [_picked_outputs(decoder, all_logits, all_scores, tile, settings, valid)
               for all_logits, all_scores in zip(batch_logits, batch_scores)]
@@ -253,8 +312,7 @@ def _batch_candidates(decoder: OnnxDecoder, features: Dict[str, np.ndarray], til
     good = np.flatnonzero((scores >= settings.pred_iou_thresh) & (stable >= settings.stability_score_thresh))
     found = []
     for i in good:  # one at a time: a batch of 1024 px masks would take ~200 MB at once
-        mask = _object_masks(decoder, logits[i:i + 1], tile, valid)[0]
-        candidate = _Candidate.of(mask, float(scores[i]), float(stable[i]))
+        candidate = _window_candidate(decoder, logits[i], tile, valid, float(scores[i]), float(stable[i]))
         if candidate is not None:
             found.append(candidate)
         else:

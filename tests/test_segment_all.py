@@ -391,7 +391,7 @@ def kill_after_tiles(store: FeatureStore, output: Path, tiles: int) -> None:
         from pathlib import Path
         from quicksam.core.store import FeatureStore
         from quicksam.interactive.automatic import AutoMaskSettings, segment_everything
-        settings = AutoMaskSettings(**{json.dumps(LOOSE.to_dict())})
+        settings = AutoMaskSettings(**{LOOSE.to_dict()!r})
         def on_progress(event):
             if event.tile_finished and event.done == {tiles}:
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -88,6 +88,7 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
     MAX_OBJECT_AREA = "MAX_OBJECT_AREA"
     SIMPLIFY = "SIMPLIFY"
     OVERWRITE = "OVERWRITE"
+    SKIP_COVERED_POINTS = "SKIP_COVERED_POINTS"
     LAYER_NAME = "LAYER_NAME"
     OUTPUT = "OUTPUT"
     OBJECTS = "OBJECTS"
@@ -153,6 +154,10 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
                       "as in the interactive stage."), advanced=True)
         for name, label, kind, default, low, high, advanced, help_text in numbers[5:]:
             self._number(name, label, kind, default, low, high, advanced, help_text)
+        self._add(QgsProcessingParameterBoolean(self.SKIP_COVERED_POINTS, _tr("Skip grid points inside kept masks"),
+                                                defaultValue=False),
+                  _tr("Faster, but not SAM's result: a grid point inside a mask already kept on its tile is not "
+                      "decoded, so an object nested inside a kept one may be missed. Off by default."), advanced=True)
         self._add(QgsProcessingParameterBoolean(self.OVERWRITE, _tr("Overwrite an existing output"),
                                                 defaultValue=False),
                   _tr("Replace the output file (or, in a GeoPackage, its layer of that name) if it exists, and "
@@ -245,7 +250,8 @@ class SegmentAllAlgorithm(DecodingAlgorithm):
             min_object_area=number(self.MIN_OBJECT_AREA), max_object_area=number(self.MAX_OBJECT_AREA),
             simplify_tolerance=number(self.SIMPLIFY), crop_nms_thresh=number(self.CROP_NMS_THRESH),
             crop_n_points_downscale_factor=self.parameterAsInt(parameters, self.CROP_N_POINTS_DOWNSCALE_FACTOR,
-                                                               context))
+                                                               context),
+            skip_covered_points=self.parameterAsBoolean(parameters, self.SKIP_COVERED_POINTS, context))
 
     def _area_wkbs(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                    feedback: QgsProcessingFeedback, store: FeatureStore) -> Optional[List[bytes]]:
