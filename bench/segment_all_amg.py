@@ -115,9 +115,23 @@ def sam2_generator(points_per_side: int, thresholds: dict, tile: int):
     return generator
 
 
-def sam2_timed(generator, image: np.ndarray, runs: int) -> Tuple[float, float, List[np.ndarray]]:
+def stored_features(store_path: Path) -> dict:
+    """The store's one tile's features as SAM2ImagePredictor keeps them (float32 of the stored float16), so the
+    generator decodes exactly what QuickSAM decodes and the objects compare decoding with decoding."""
+    import torch
+
+    from quicksam.core.store import FeatureStore
+
+    store = FeatureStore.open(store_path)
+    maps = {name: torch.from_numpy(np.asarray(array, np.float32))[None]
+            for name, array in store.load_tile(store.grid.regular_tiles[0].tile_id).items()}
+    return {"image_embed": maps["image_embed"], "high_res_feats": [maps["high_res_feats_0"], maps["high_res_feats_1"]]}
+
+
+def sam2_timed(generator, image: np.ndarray, runs: int, features: dict) -> Tuple[float, float, List[np.ndarray]]:
     """(median seconds of `generate` with the image encoded beforehand, seconds of its `set_image` (the
-    encoding `generate` does first when it runs normally), the masks)."""
+    encoding `generate` does first when it runs normally), the masks). After `set_image` the predictor's
+    features are replaced by `features` (the store's), so both sides decode the same numbers."""
     import torch
 
     with torch.inference_mode():
@@ -125,6 +139,7 @@ def sam2_timed(generator, image: np.ndarray, runs: int) -> Tuple[float, float, L
         started = time.perf_counter()
         predictor.set_image(image)
         encoding = time.perf_counter() - started
+        predictor._features = features  # noqa: SLF001 - the stored features, as the existing plugins inject them
         set_image, reset = predictor.set_image, predictor.reset_predictor
         predictor.set_image = lambda _image: None
         predictor.reset_predictor = lambda: None
@@ -176,7 +191,7 @@ def amg_case(store_path: Path, raster: Path, work: Path, points_per_side: int, r
         our_seconds, our_masks = ours(store_path, points_per_side, thresholds, runs)
         whole = ours_whole_run(store_path, work, points_per_side, thresholds)
         generator = sam2_generator(points_per_side, thresholds, image.shape[0])
-        their_seconds, their_encoding, their_masks = sam2_timed(generator, image, runs)
+        their_seconds, their_encoding, their_masks = sam2_timed(generator, image, runs, stored_features(store_path))
         speedup = their_seconds / our_seconds
         result[name] = {
             "thresholds": thresholds,
