@@ -124,7 +124,8 @@ def add_tile_parameters(algorithm: Any) -> None:
     algorithm._add(QgsProcessingParameterEnum(
         FEATURE_DTYPE, _tr("Stored feature precision"), options=list(FEATURE_DTYPES), defaultValue=0),
         _tr("float16 (default) and float32 are kept exactly (compressed without loss); int8 keeps each feature "
-            "channel as 8-bit codes: about half float16's disk, masks very close to float16's (docs/store-format.md)."),
+            "channel as 8-bit codes: about half float16's disk (opt-in: masks very close to float16's, not "
+            "identical)."),
         advanced=True)
 
 
