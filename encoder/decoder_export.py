@@ -47,14 +47,17 @@ def install_decoder(store: FeatureStore, model: SegmentModel) -> None:
 
 
 def _copy_into(source: Path, target: Path) -> None:
-    """Copy `source` to `target` atomically (temporary file + rename)."""
+    """Copy `source` to `target` atomically (temporary file + rename). An OSError names the target: shutil's fast
+    copy names the source (on a full disk: "no space left on" the cache's disk, not the store's)."""
     tmp = temporary_path(target)
     try:
         shutil.copyfile(source, tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()  # a partial copy would hold the space a full disk needs back
+        if isinstance(exc, OSError):
+            exc.filename, exc.filename2 = str(tmp), None
         raise
 
 

@@ -11,7 +11,7 @@ from ..core.errors import QuickSamError
 from ..core.locking import READ_ONLY_ERRNOS, STORE_LOCK, LockHolder, command_name, exclusive_lock, holder_text
 from ..core.series import SERIES_FILE
 from ..core.store import DECODER_ONNX, MANIFEST, FeatureStore
-from .decoder_export import cached_decoder
+from .decoder_export import cached_decoder, cached_split_decoder
 
 #: For "needs about N MB more": the header of a tile's .npy file, a tile index's size (GeoPackage
 #: overhead, then per tile), and the block files take space in (4 KiB on ext4, XFS, NTFS, APFS, tmpfs).
@@ -109,7 +109,7 @@ def bytes_to_finish(root: Path) -> int:
     tile_bytes = -(-tile_bytes // DISK_BLOCK) * DISK_BLOCK
     # the index is rewritten beside the old one, then renamed over it: room for two
     needed = pending * tile_bytes + 2 * (TILE_INDEX_BYTES + TILE_INDEX_BYTES_PER_TILE * len(store.grid))
-    if not (root / DECODER_ONNX).is_file():
-        cached = cached_decoder(store)
-        needed += cached.stat().st_size if cached is not None and cached.is_file() else 0
+    if not (root / DECODER_ONNX).is_file():   # the split decoder (SAM 2) is installed with it
+        cached = [cached_decoder(store), *(cached_split_decoder(store) if store.family == "sam2" else ())]
+        needed += sum(path.stat().st_size for path in cached if path.is_file())
     return needed

@@ -271,8 +271,9 @@ def _tile_bytes(store: Path) -> int:
 def test_encode_on_a_full_disk_says_so_in_one_line_and_resumes_once_space_is_freed(small_disk, reference,
                                                                                   tmp_path: Path) -> None:
     raster, source = reference
-    # room for the decoder, the small files and four and a half tiles: the fifth tile finds the disk full
-    size = (source / "decoder.onnx").stat().st_size + 64 * 1024 + 9 * _tile_bytes(source) // 2
+    # room for the decoders, the small files and four and a half tiles: the fifth tile finds the disk full
+    decoders = sum(path.stat().st_size for path in source.glob("decoder*.onnx"))
+    size = decoders + 64 * 1024 + 9 * _tile_bytes(source) // 2
     store = small_disk.mount(size) / "store"
     full = run_cli(*encode_args(raster, store))
     assert full.returncode == 1
@@ -291,6 +292,18 @@ def test_encode_on_a_full_disk_says_so_in_one_line_and_resumes_once_space_is_fre
     resumed = run_cli(*encode_args(raster, store))
     assert resumed.returncode == 0, resumed.stderr
     _assert_complete_once(store)
+
+
+@pytest.mark.slow
+def test_a_disk_too_small_for_the_decoders_names_the_stores_disk(small_disk, reference) -> None:
+    """The decoders are copied from the user cache: a full store disk during that copy is named as the store's
+    disk (shutil's fast copy names the source file: the message said "no space left on /", the cache's disk)."""
+    raster, source = reference
+    store = small_disk.mount(64 * 1024 + (source / "decoder_tile.onnx").stat().st_size // 2) / "store"
+    full = run_cli(*encode_args(raster, store))
+    assert full.returncode == 1
+    assert re.match(DISK_FULL, full.stderr.splitlines()[-1]), full.stderr
+    assert str(small_disk.path) in full.stderr.splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
