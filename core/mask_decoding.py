@@ -356,22 +356,3 @@ def postprocess(all_logits: np.ndarray, all_scores: np.ndarray, multimask: bool,
         size=image_size,
         threshold=settings.mask_threshold,
     )
-
-
-def upsample_mask_window(low_res: np.ndarray, size: int, threshold: float
-                         ) -> Optional[Tuple[int, int, np.ndarray]]:
-    """One (L, L) logit map -> (row0, col0, window): the part of `upsample_masks`' (size, size) bool mask that
-    can hold true pixels (the target rows and columns reading a low-res pixel above `threshold`), at tile
-    pixel offset (row0, col0); None when no low-res pixel is above it. The same pixels as `upsample_masks`
-    (the same arithmetic), without allocating or scanning the whole tile (segment everything keeps
-    thousands of candidates per tile)."""
-    taps = _bilinear_taps(low_res.shape[-1], size)
-    low_res = np.asarray(low_res, np.float32)
-    above = low_res > threshold
-    rows, cols = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
-    if rows.size == 0:
-        return None
-    row_range = _touching(taps, int(rows[0]), int(rows[-1]))
-    col_range = _touching(taps, int(cols[0]), int(cols[-1]))
-    block = _interpolate(_interpolate(low_res, taps, col_range, 1), taps, row_range, 0)
-    return row_range.start, col_range.start, block > threshold

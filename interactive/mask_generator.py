@@ -25,8 +25,8 @@ from ..core.mask_decoding import (
     choose_outputs,
     pick_masks,
     stability_scores,
-    upsample_mask_window,
     upsample_masks,
+    upsample_window,
 )
 from ..core.tiling import Tile
 from .decoding import OnnxDecoder
@@ -269,11 +269,11 @@ def _window_candidate(decoder: OnnxDecoder, low_res: np.ndarray, tile: Tile, val
                       score: float, stability: float) -> Optional[_Candidate]:
     """The candidate of one (L, L) logit map: the same mask as `_object_masks` (upsampled, nodata removed, the
     padding cut), upsampled only in the window that can hold its pixels; None when it has none left."""
-    window = upsample_mask_window(low_res, decoder.image_size, decoder.settings.mask_threshold)
+    window = upsample_window(low_res, decoder.image_size, decoder.settings.mask_threshold,
+                             (0, tile.valid_height, 0, tile.valid_width))   # the padding cut
     if window is None:
         return None
-    row0, col0, pixels = window
-    pixels = pixels[:max(tile.valid_height - row0, 0), :max(tile.valid_width - col0, 0)]
+    row0, col0, pixels = window.row0, window.col0, window.crop
     if valid is not None:
         pixels = pixels & valid[row0:row0 + pixels.shape[0], col0:col0 + pixels.shape[1]]
     box = pixel_bounds(pixels)

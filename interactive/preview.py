@@ -10,7 +10,7 @@ low-resolution pixel corners, which are tile pixel corners.
 Resolution and bound: bilinear upsampling (align_corners=False) reads, for a tile pixel of low-resolution
 cell i, only cells i - 1 .. i + 1 (per axis); where a cell and its 8 neighbours are on the same side of the
 threshold, every tile pixel of the cell is too. So the low-resolution mask differs from the full-resolution
-one only in cells that touch the low-resolution outline (`boundary_cells`): the symmetric difference of the
+one only in cells that touch the low-resolution outline: the symmetric difference of the
 two polygons lies in those cells, its area at most their number times s x s tile pixels, and the outline is
 within one low-resolution pixel (s tile pixels) of the full-resolution boundary there.
 
@@ -93,18 +93,6 @@ def low_res_box(engine: SegmentEngine, prompts: MapPrompts, tile: Tile, scale: i
     centres = (np.arange(size) + 0.5) * scale
     rows, cols = tile.row_off + centres, tile.col_off + centres
     return ((rows >= row0) & (rows <= row1))[:, None] & ((cols >= col0) & (cols <= col1))[None, :]
-
-
-def boundary_cells(mask: np.ndarray) -> np.ndarray:
-    """(L, L) bool: cells of a low-resolution mask with an 8-neighbour on the other side (edges clamped, as
-    the upsampling clamps): the only cells where the full-resolution mask may differ (module docstring)."""
-    padded = np.pad(mask, 1, mode="edge")
-    height, width = mask.shape
-    differs = np.zeros(mask.shape, dtype=bool)
-    for dr in (0, 1, 2):
-        for dc in (0, 1, 2):
-            differs |= padded[dr:dr + height, dc:dc + width] != mask
-    return differs
 
 
 def low_res_masks(engine: SegmentEngine, prompts: MapPrompts, tile: Tile, low_res: np.ndarray) -> np.ndarray:

@@ -33,6 +33,18 @@ SQUARE = (110, 110, 60)
 DOCK_SETTINGS = (settings.KNOWN_STORES, settings.HOVER_PREVIEW, settings.HOVER_DELAY_MS, settings.SEGMENT_DOCK_OPEN)
 
 
+def boundary_cells(mask: np.ndarray) -> np.ndarray:
+    """(L, L) bool: cells of a low-resolution mask with an 8-neighbour on the other side (edges clamped, as
+    the upsampling clamps): the only cells where the full-resolution mask may differ (module docstring)."""
+    padded = np.pad(mask, 1, mode="edge")
+    height, width = mask.shape
+    differs = np.zeros(mask.shape, dtype=bool)
+    for dr in (0, 1, 2):
+        for dc in (0, 1, 2):
+            differs |= padded[dr:dr + height, dc:dc + width] != mask
+    return differs
+
+
 @pytest.fixture(scope="module")
 def encoded(tmp_path_factory):
     return encoded_square_scene(tmp_path_factory.mktemp("encoded"), SQUARE, tile_size=TILE, overlap=32)
@@ -92,7 +104,7 @@ def geometry(polygons) -> QgsGeometry:
 
 def test_low_res_outline_lies_within_one_low_res_pixel_of_the_full_resolution_polygon(qgis_app):
     """An ellipse of logits (a known mask): the low-resolution outline differs from the full-resolution polygon
-    only in the cells touching the outline (preview.boundary_cells), so the symmetric difference lies in them
+    only in the cells touching the outline (boundary_cells), so the symmetric difference lies in them
     (area within 1e-6 of a pixel: float rounding of the same pixel-corner coordinates) and its area is at most
     their number x 4 x 4 pixels; the outlines are within one low-resolution pixel (4 px, x sqrt 2 diagonally)."""
     low, scale, pixel = 64, 4, 10.0
@@ -105,7 +117,7 @@ def test_low_res_outline_lies_within_one_low_res_pixel_of_the_full_resolution_po
     low_geotransform = preview.low_res_geotransform(raster_geotransform, tile, scale)
     low_mask = logits > 0
     outline = geometry(mask_to_polygons(low_mask, low_geotransform))
-    cells = preview.boundary_cells(low_mask)
+    cells = boundary_cells(low_mask)
     near = geometry(mask_to_polygons(cells, low_geotransform))
 
     # the outline on the tile's grid: the cells' own corners and area (exact binary fractions of 40 m)
@@ -132,7 +144,7 @@ def test_preview_segments_outline_the_decoders_own_logits(engine):
     tile = engine.store.grid.by_id(sketch.tile_id)
     low_mask = preview.low_res_masks(engine, prompts, tile, sketch.low_res_logits[None])[0]
     assert preview.vertex_count(sketch.geometry) <= preview.MAX_VERTICES  # drawn as traced: the bound holds
-    near = geometry(mask_to_polygons(preview.boundary_cells(low_mask),
+    near = geometry(mask_to_polygons(boundary_cells(low_mask),
                                      preview.low_res_geotransform(engine.store.geotransform, tile, 4)))
     pixel = engine.store.geotransform[1]
     difference = geometry(sketch.geometry).symDifference(geometry(full.geometry))
