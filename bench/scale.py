@@ -26,6 +26,7 @@ import json
 import math
 import resource
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -153,10 +154,13 @@ def main() -> None:
     parser.add_argument("--gpu-workers", default="1,2,4,8,16")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="quicksam-bench-scale-"))
-    raster = write_test_raster(work / "scene.tif", args.tiles_per_side, args.tile)
-    plain = plain_run(raster, work, args.tile)
-    runs = [cluster_run(raster, work, args.tile, int(n), plain) for n in args.workers.split(",")]
-    coordinator = coordinator_seconds_per_tile(work)
+    try:
+        raster = write_test_raster(work / "scene.tif", args.tiles_per_side, args.tile)
+        plain = plain_run(raster, work, args.tile)
+        runs = [cluster_run(raster, work, args.tile, int(n), plain) for n in args.workers.split(",")]
+        coordinator = coordinator_seconds_per_tile(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     one = next((run for run in runs if run["workers"] == 1), runs[0])
     print(json.dumps({
         "model": MODEL, "tile_px": args.tile, "raster_px": args.tile * args.tiles_per_side, "device": "cpu",

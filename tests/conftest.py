@@ -6,8 +6,9 @@ Sections:
   3. The two-squares store: `synthetic.two_squares_scene()` encoded once per session, and its engine.
 
 The user cache and config folders point at one temporary folder per session (set at import, so that
-encoder processes started by tests inherit it): tests never touch the real home, and the ONNX
-decoder exported for a random model is reused across tests.
+encoder processes started by tests inherit it; removed when the session ends): tests never touch the real
+home, and the ONNX decoder exported for a random model is reused across tests. A session refuses to start
+without the free space it needs in the temporary folder.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 # covers the other entry points (IDE runners, pytester).
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 _SESSION_DIR = tempfile.mkdtemp(prefix="quicksam-tests-")
@@ -29,6 +31,27 @@ os.environ["QUICKSAM_CACHE_DIR"] = os.path.join(_SESSION_DIR, "cache")
 os.environ["QUICKSAM_CONFIG_DIR"] = os.path.join(_SESSION_DIR, "config")
 
 import pytest  # noqa: E402 (after the environment is set)
+
+#: Free space the whole suite needs in the temporary folder: measured peak about 2.5 GB (the module-scoped
+#: stores and the session's decoder cache; a passed test's folder is removed when it ends:
+#: `tmp_path_retention_policy = "failed"` in pyproject.toml), doubled. QUICKSAM_TEST_FREE_BYTES overrides it.
+FREE_BYTES_NEEDED = int(os.environ.get("QUICKSAM_TEST_FREE_BYTES", 5 * 1024 ** 3))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:  # noqa: ARG001 - pytest's hook signature
+    """Refuse to start, in one line, on a temporary folder without the room the suite needs: a disk that fills
+    half-way fails hundreds of tests with errors that say nothing about the disk."""
+    folder = tempfile.gettempdir()
+    free = shutil.disk_usage(folder).free
+    if free < FREE_BYTES_NEEDED:
+        pytest.exit(f"the test suite needs about {FREE_BYTES_NEEDED / 1024 ** 3:.1f} GB free in {folder}, which has "
+                    f"{free / 1024 ** 3:.1f} GB; free space there (or point TMPDIR at a larger disk) and run it again",
+                    returncode=3)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:  # noqa: ARG001 - pytest's hook
+    """The session's cache and config folder goes with the session (its exported decoders are ~100 MB)."""
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 # -- 2. Plugin ---------------------------------------------------------------------------------------
 

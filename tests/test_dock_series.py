@@ -10,6 +10,7 @@ from two plain stores and a series.json (core/series.py), as the series encoder 
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,9 @@ def wait_tracked(dock: SegmentDock, timeout: float = 60.0) -> None:
 def test_track_adds_one_polygon_per_frame_to_the_temporal_tracks_layer(dock: SegmentDock, series: Path, tmp_path,
                                                                        monkeypatch) -> None:
     monkeypatch.setenv(settings.PYTHON_ENV_VAR, str(fake_python(tmp_path)))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))   # where the run's work folder goes
     dock.controller.activate_tool()
     x, y = pixel_to_map_default(170.5, 170.5)
     click_map(dock, x, y)
@@ -166,6 +170,7 @@ def test_track_adds_one_polygon_per_frame_to_the_temporal_tracks_layer(dock: Seg
         assert box.center().x() == pytest.approx(x - 5 + shift, abs=1e-6)   # 10 px wide, hole not at an edge
         assert (box.width(), box.height()) == (pytest.approx(100.0), pytest.approx(100.0))
     assert "2 frames" in dock.statusLabel.text()
+    assert not list(temp.iterdir()), "the run's work folder was left behind"
     # A second object gets the next id, in the same layer.
     assert dock.tracking.track_or_stop()
     wait_tracked(dock)

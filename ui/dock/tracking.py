@@ -7,11 +7,13 @@ Track takes the object's prompts (raster CRS) on the frame the dock decodes, pla
 in the encoder's process (ui/track_runner.py; QGIS never imports torch). Each frame's polygons reach the GUI thread
 through a queued signal and are added to the store's tracks layer (`tracks.gpkg` in the store folder, layer
 `tracks`, temporal from its date-time fields: ui/track_layer.py) as they arrive; the object gets the next free
-`obj_id` of that layer.
+`obj_id` of that layer. The run's work folder (mask prompts, the tracker's per-frame files) is a temporary folder
+removed when the run ends, however it ends.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, List, Optional
@@ -106,13 +108,14 @@ class DockTracking(QObject):
         session, store = controller.session, controller.store
         if session is None or store is None or session.prompts.is_empty():
             return self._say(tr("click on the object to track first"), Qgis.MessageLevel.Warning)
+        work = Path(tempfile.mkdtemp(prefix="quicksam-track-"))
         try:
             layer = self.tracks_layer()
             obj_id = next_object_id(layer)
             plan = plan_track(store, [ObjectPrompts(obj_id, session.prompts)], controller.binding.frame_index,
-                              self.panel.direction, Path(tempfile.mkdtemp(prefix="quicksam-track-")),
-                              engine=controller.binding.engine)
+                              self.panel.direction, work, engine=controller.binding.engine)
         except (QuickSamError, PromptError, OSError) as exc:
+            shutil.rmtree(work, ignore_errors=True)
             return self._say(str(exc), Qgis.MessageLevel.Warning)
         self.task = TrackTask(plan, settings.encoder_python(), self._task_done)
         self.task.relay.arrived.connect(self._arrived)
@@ -149,6 +152,7 @@ class DockTracking(QObject):
 
     def _task_done(self, task: TrackTask) -> None:
         self.task = None
+        shutil.rmtree(task.plan.job.output_dir, ignore_errors=True)  # its records have reached the layer
         self._show_running(False)
         if task.error is not None:
             self._say(tr("tracking ended early: {}").format(task.error), Qgis.MessageLevel.Warning)
