@@ -25,8 +25,8 @@ import argparse
 import json
 import math
 import resource
-import sys
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
