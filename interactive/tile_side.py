@@ -43,6 +43,9 @@ class TileSideDecoder:
         problem = self._fit_problem(image_size)
         if problem is not None:
             raise DecoderFileError(prompt_path, f"does not fit the store's tiles: it {problem}")
+        side = list(self._tile.get_inputs()[0].shape)[-1]
+        if side != image_size // 16:  # a tile part from another export than the prompt part
+            raise DecoderFileError(tile_path, f"does not fit the store's tiles: it {_size_problem(side, image_size)}")
         self.capacity = capacity
         self._entries: OrderedDict[int, Tuple[np.ndarray, List[np.ndarray]]] = OrderedDict()
         self._lock = threading.Lock()
@@ -56,10 +59,7 @@ class TileSideDecoder:
         if [arg.name for arg in self._tile.get_inputs()] != [self.feature_names[0]]:
             return "has a tile part that does not take the store's first feature map"
         side = list(self._prompt.get_inputs()[0].shape)[-1]
-        if side != image_size // 16:
-            return (f"takes {self.feature_names[0]} of {side} x {side}, the store's {image_size} px tiles give "
-                    f"{image_size // 16} x {image_size // 16}: it was exported for another tile size")
-        return None
+        return None if side == image_size // 16 else _size_problem(side, image_size)
 
     def tile_side(self, features: Dict[str, np.ndarray]) -> List[np.ndarray]:
         """The tile part's outputs for these features ((1, 8, h*w, 16) float32 each for SAM 2), computed on
@@ -86,6 +86,13 @@ class TileSideDecoder:
         inputs = dict(zip(self._prompt_names, arrays + self.tile_side(features) + [coords, labels]))
         logits, scores = self._prompt.run(None, inputs)
         return logits, scores
+
+
+def _size_problem(side: object, image_size: int) -> str:
+    """What is wrong with a split decoder part whose image_embed input is `side` x `side` (cells) for tiles of
+    `image_size` px."""
+    return (f"takes image_embed of {side} x {side}, the store's {image_size} px tiles give {image_size // 16} x "
+            f"{image_size // 16}: it was exported for another tile size")
 
 
 def open_tile_side(decoder_path: Path, feature_names: Sequence[str], image_size: int,

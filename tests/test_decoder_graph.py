@@ -126,3 +126,20 @@ def test_a_split_decoder_of_another_tile_size_is_not_used(store, tmp_path, caplo
     assert "another tile size" in caplog.text
     features = old.load_tile(list(old.grid)[0].tile_id)
     assert_same_masks(decoder.raw(features, PROMPTS[0])[0], decoders(store)[0].raw(features, PROMPTS[0])[0])
+
+
+def test_a_tile_part_of_another_tile_size_is_not_used(store, tmp_path, caplog):
+    """Only decoder_tile.onnx from another tile size (the prompt part fits): it is refused when the session opens
+    (logged), not at the first decode with ONNX Runtime's shape error."""
+    from quicksam.encoder.decoder_split import export_split_decoder
+
+    old = old_store(store, tmp_path)
+    shutil.copyfile(store.root / DECODER_PROMPT_ONNX, old.root / DECODER_PROMPT_ONNX)
+    export_split_decoder(random_model(2 * TILE_SIZE).net, 2 * TILE_SIZE, old.root / DECODER_TILE_ONNX,
+                         tmp_path / "unused_prompt.onnx")
+    with caplog.at_level(logging.WARNING):
+        decoder = OnnxDecoder(old.root / DECODER_ONNX, "sam2", NAMES, TILE_SIZE, DecoderSettings())
+    assert decoder.tile_side is None
+    assert "another tile size" in caplog.text and DECODER_TILE_ONNX in caplog.text
+    features = old.load_tile(list(old.grid)[0].tile_id)
+    assert_same_masks(decoder.raw(features, PROMPTS[0])[0], decoders(store)[0].raw(features, PROMPTS[0])[0])
