@@ -106,3 +106,24 @@ def decoder_file_problem(onnx_path: Path, feature_shapes: Mapping[str, Sequence[
         return exc.problem
     problem = session_fit_problem(session, feature_shapes, image_size)
     return None if problem is None else f"does not fit the store's tiles: it {problem}"
+
+
+def split_decoder_problem(tile_path: Path, prompt_path: Path,
+                          feature_shapes: Mapping[str, Sequence[int]]) -> Optional[str]:
+    """None when neither part of a split decoder exists (stores written before it, SAM v1: decoder.onnx does
+    everything) or both load in ONNX Runtime and take the store's first feature map ((C, H, W) in
+    `feature_shapes`; not checked while it is empty); else the file's name and what is wrong
+    ("decoder_prompt.onnx cannot be loaded ..."). QuickSamError without onnxruntime."""
+    paths = (Path(tile_path), Path(prompt_path))
+    if not any(path.exists() for path in paths):
+        return None
+    first = next(iter(feature_shapes.items()), None)   # None before the model is built (a level just added)
+    for path in paths:
+        try:
+            declared = list(open_decoder_session(path, threads=1).get_inputs()[0].shape)
+        except DecoderFileError as exc:
+            return f"{path.name} {exc.problem}"
+        if first is not None and _differs(declared, [1, *first[1]]):
+            return (f"{path.name} takes {first[0]} of {_dims(declared[1:])}, the store's tiles hold "
+                    f"{_dims(first[1])}: it was exported for another tile size or model")
+    return None

@@ -25,11 +25,11 @@ SPLIT_EXPORT_VERSION = 1
 
 def install_decoder(store: FeatureStore, model: SegmentModel) -> None:
     """Put the ONNX decoder of these weights into the store, exporting it once per checkpoint and tile
-    size into the user cache (an export takes seconds; a copy takes milliseconds). A cached export that
-    does not load or fit is exported again. SAM 2 stores also get the split decoder (decoder_tile.onnx,
-    decoder_prompt.onnx: encoder/decoder_split.py), installed before decoder.onnx so that a store whose
-    decoder.onnx is in place has them too."""
-    from ..core.decoder_file import decoder_file_problem
+    size into the user cache (an export takes seconds; a copy takes milliseconds). A cached export (also a
+    cached split decoder) that does not load or fit is exported again. SAM 2 stores also get the split
+    decoder (decoder_tile.onnx, decoder_prompt.onnx: encoder/decoder_split.py), installed before
+    decoder.onnx so that a store whose decoder.onnx is in place has them too."""
+    from ..core.decoder_file import decoder_file_problem, split_decoder_problem
 
     cached = cached_decoder(store)
     if not cached.is_file() or decoder_file_problem(cached, store.feature_shapes, store.image_size) is not None:
@@ -37,7 +37,7 @@ def install_decoder(store: FeatureStore, model: SegmentModel) -> None:
         model.export_decoder_onnx(cached)
     if model.family == "sam2":
         tile, prompt = cached_split_decoder(store)
-        if not (tile.is_file() and prompt.is_file()):
+        if not (tile.is_file() and prompt.is_file()) or split_decoder_problem(tile, prompt, store.feature_shapes):
             from .decoder_split import export_split_decoder
 
             export_split_decoder(model.net, model.image_size, tile, prompt)

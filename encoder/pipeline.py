@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 from ..core.catalogue import model_spec
+from ..core.decoder_file import split_decoder_problem
 from ..core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 from ..core.errors import QuickSamError
 from ..core.levels import level_grid
@@ -34,6 +35,7 @@ from ..core.manifest import (
     feature_layout,
 )
 from ..core.store import DECODER_ONNX, FeatureStore
+from ..core.store_layout import DECODER_PROMPT_ONNX, DECODER_TILE_ONNX
 from ..core.tile_codec import CODEC as TILE_CODEC
 from ..core.tiling import PixelWindow, TileGrid
 from . import __version__ as quicksam_version
@@ -285,13 +287,26 @@ def verify_kept_work(store: FeatureStore) -> bool:
     """Before a resume: check every tile logged done (file, size, type and CRC-32, `verify_tiles`) and
     decoder.onnx (loads, fits the tiles). Damaged tiles are pending again and are encoded again (their new
     log line supersedes the old); each is named in a warning. Returns whether the decoder must be
-    (re)installed: missing, or damaged (also warned)."""
+    (re)installed: decoder.onnx missing or damaged, or a split decoder part missing or damaged (warned)."""
     for tile_id, problem in store.verify_tiles().items():
         LOGGER.warning("tile %s of store %s is damaged (%s); encoding it again", tile_id, store.root, problem)
     problem = store.decoder_problem()
     if problem is not None and (store.root / DECODER_ONNX).exists():
         LOGGER.warning("%s of store %s %s; exporting it again", DECODER_ONNX, store.root, problem)
-    return problem is not None
+    split = store_split_decoder_problem(store)
+    if split is not None:
+        LOGGER.warning("the split decoder of store %s: %s; exporting it again", store.root, split)
+    return problem is not None or split is not None
+
+
+def store_split_decoder_problem(store: FeatureStore) -> Optional[str]:
+    """What is wrong with a SAM 2 store's split decoder (decoder_tile.onnx, decoder_prompt.onnx): one part
+    missing, damaged or of another tile size; None when both are fine or neither exists (a store written
+    before it: resuming it writes nothing)."""
+    if store.family != "sam2":
+        return None
+    return split_decoder_problem(store.root / DECODER_TILE_ONNX, store.root / DECODER_PROMPT_ONNX,
+                                 store.feature_shapes)
 
 
 def load_model_for(request: EncodeRequest) -> SegmentModel:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic import TILE_SIZE, random_model, two_tile_store
+from synthetic import TILE_SIZE, encode, file_states, random_model, two_tile_store
 
 from quicksam.core.mask_decoding import DecoderSettings, Prompts
 from quicksam.core.store import DECODER_ONNX, FeatureStore
@@ -143,3 +143,52 @@ def test_a_tile_part_of_another_tile_size_is_not_used(store, tmp_path, caplog):
     assert "another tile size" in caplog.text and DECODER_TILE_ONNX in caplog.text
     features = old.load_tile(list(old.grid)[0].tile_id)
     assert_same_masks(decoder.raw(features, PROMPTS[0])[0], decoders(store)[0].raw(features, PROMPTS[0])[0])
+
+
+def _truncate_prompt_part(root: Path, _: FeatureStore) -> None:
+    (root / DECODER_PROMPT_ONNX).write_bytes((root / DECODER_PROMPT_ONNX).read_bytes()[:1000])
+
+
+def _delete_tile_part(root: Path, _: FeatureStore) -> None:
+    (root / DECODER_TILE_ONNX).unlink()
+
+
+def _tile_part_of_another_tile_size(root: Path, _: FeatureStore) -> None:
+    from quicksam.encoder.decoder_split import export_split_decoder
+
+    export_split_decoder(random_model(2 * TILE_SIZE).net, 2 * TILE_SIZE, root / DECODER_TILE_ONNX,
+                         root / "unused_prompt.onnx")
+    (root / "unused_prompt.onnx").unlink()
+
+
+@pytest.mark.parametrize("damage", [_truncate_prompt_part, _delete_tile_part, _tile_part_of_another_tile_size])
+def test_resuming_the_encode_repairs_a_damaged_split_decoder(store, tmp_path, caplog, damage):
+    """What the "not using the split decoder" warning says to do (re-run the same encode) repairs it: the part is
+    exported again, with a warning naming it; the split decoder is used again."""
+    root = Path(shutil.copytree(store.root, tmp_path / "store"))
+    damage(root, store)
+    with caplog.at_level(logging.WARNING):
+        encode(store.manifest.raster.path, root, overlap=64)
+    assert "the split decoder of store" in caplog.text and "exporting it again" in caplog.text
+    for name in (DECODER_TILE_ONNX, DECODER_PROMPT_ONNX):
+        assert (root / name).read_bytes() == (store.root / name).read_bytes(), name
+    decoder = OnnxDecoder(root / DECODER_ONNX, "sam2", NAMES, TILE_SIZE, DecoderSettings())
+    assert decoder.tile_side is not None
+
+
+def test_resuming_a_store_written_before_the_split_decoder_writes_nothing(store, tmp_path):
+    old = old_store(store, tmp_path)
+    before = file_states(old.root)
+    encode(store.manifest.raster.path, old.root, overlap=64)
+    assert file_states(old.root) == before
+
+
+def test_a_damaged_cached_split_decoder_is_exported_again(store, tmp_path):
+    """A truncated split decoder in the user cache (a full disk, a killed export) is not copied into new stores."""
+    from quicksam.encoder.decoder_export import cached_split_decoder
+
+    cached_prompt = cached_split_decoder(store)[1]
+    cached_prompt.write_bytes(cached_prompt.read_bytes()[:1000])
+    new = encode(store.manifest.raster.path, tmp_path / "new", overlap=64)[0]
+    assert (new.root / DECODER_PROMPT_ONNX).read_bytes() == (store.root / DECODER_PROMPT_ONNX).read_bytes()
+    assert cached_prompt.read_bytes() == (store.root / DECODER_PROMPT_ONNX).read_bytes()
