@@ -76,6 +76,19 @@ def _ogr_type(kind: str) -> int:
             "bin": ogr.OFTBinary}[kind]
 
 
+def differing_keys(stored: dict, wanted: dict, prefix: str = "") -> List[str]:
+    """The dotted keys whose values differ between two run identities, down to the settings themselves
+    ("settings.skip_covered_points", not "settings"), sorted."""
+    found: List[str] = []
+    for key in sorted(set(stored) | set(wanted)):
+        old, new = stored.get(key), wanted.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += differing_keys(old, new, f"{prefix}{key}.")
+        elif old != new:
+            found.append(prefix + key)
+    return found
+
+
 class RunFile:
     """The partial GeoPackage: output layer, run parameters, finished tiles and staged masks."""
 
@@ -142,7 +155,7 @@ class RunFile:
             raise QuickSamError(_not_a_run_file(path))
         stored = json.loads([feature["identity"] for feature in run][0])  # read to the end: no open statement
         if stored != json.loads(json.dumps(identity, sort_keys=True)):
-            differing = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+            differing = differing_keys(stored, json.loads(json.dumps(identity, sort_keys=True)))
             raise QuickSamError(f"'{path}' holds an unfinished run with other settings ({', '.join(differing)}); "
                                 f"run again with the same settings to resume it, or {how_to_overwrite} to start "
                                 "again")

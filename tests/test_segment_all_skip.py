@@ -108,6 +108,6 @@ def test_the_run_file_records_the_opt_in(store, tmp_path):
     identity = json.loads([feature["identity"] for feature in dataset.GetLayerByName(RUN_TABLE)][0])
     dataset = None
     assert identity["settings"]["skip_covered_points"] is True
-    # a run resumed without the opt-in does not mix the two: it asks to overwrite
-    with pytest.raises(Exception, match="overwrite"):
+    # a run resumed without the opt-in does not mix the two: it names the setting and asks to overwrite
+    with pytest.raises(Exception, match=r"other settings \(settings\.skip_covered_points\).*overwrite"):
         segment_everything(store, output, SETTINGS)
