@@ -585,6 +585,21 @@ def test_accept_right_after_a_click_commits_once_decoded(dock, scene):
     assert len(ogr_features(scene / "scene.qsam" / OUTPUT_FILE)) == 1
 
 
+def test_a_click_while_an_accept_waits_for_its_decode_does_not_join_the_accepted_object(dock, scene):
+    """Click, Enter, click elsewhere before the first decode came back (no event processed in between, so its
+    result cannot have arrived): the accepted object is the one clicked before Enter, with one point; the later
+    click is refused with a message, not silently added to it."""
+    click_map(dock, *square_centre())
+    dock.acceptButton.click()
+    x, y = square_centre()
+    assert not click_map(dock, x + 400, y - 400).isEmpty()
+    assert "still being decoded" in dock.statusLabel.text()
+    assert dock.controller.wait_idle()
+    rows = ogr_features(scene / "scene.qsam" / OUTPUT_FILE)
+    assert [(row[0]["fg_points"], row[0]["bg_points"]) for row in rows] == [(1, 0)]
+    assert dock.controller.session.prompts.is_empty()
+
+
 def test_accept_into_a_layer_the_user_is_editing_stays_on_qgis_undo_stack(dock, engine):
     layer = QgsVectorLayer(f"MultiPolygon?crs={CRS}", "my objects", "memory")
     layer.dataProvider().addAttributes(output_fields().toList())

@@ -222,8 +222,9 @@ class SegmentController(QObject):
         return self._change_prompts(lambda session: session.set_box(self.binding.box_to_raster(box)))
 
     def _change_prompts(self, change: Callable[[SegmentSession], MapPrompts]) -> bool:
-        if self.session is None:
-            self._say(self.problem or tr("choose a feature store first"), Qgis.MessageLevel.Warning)
+        if self.session is None or self.scheduler.accept_pending:  # pending: the prompt would join the accepted object
+            self._say(tr("the accepted object is still being decoded: click again in a moment") if self.session
+                      else self.problem or tr("choose a feature store first"), Qgis.MessageLevel.Warning)
             return False
         try:
             change(self.session)
