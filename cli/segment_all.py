@@ -23,7 +23,7 @@ from .options import (
 from .segment import check_segment_output
 
 if TYPE_CHECKING:
-    from ..interactive.automatic import SegmentAllProgress
+    from ..interactive.segment_progress import SegmentAllProgress
     from ..ui.algorithms.segment_all_algorithm import TileProgressFeedback
 
 
@@ -158,9 +158,12 @@ def _tile_feedback(events: EventWriter) -> TileProgressFeedback:
     """A Processing feedback that turns each finished tile of quicksam:segmentall into a `progress` event
     (unit "tiles"); a closed output cancels the run (its finished tiles are kept)."""
     from ..ui.algorithms.segment_all_algorithm import TileProgressFeedback
+    from ..ui.algorithms.segment_all_report import skipped_points_message
 
     class EventFeedback(TileProgressFeedback):
         def tile_finished(self, event: SegmentAllProgress) -> None:
+            if event.points_skipped is not None:
+                events.info(skipped_points_message(event))
             events.progress(event.done, event.total, "tiles", tile=event.tile_id, objects=event.objects)
             if events.closed:
                 self.cancel()

@@ -61,6 +61,7 @@ from .output_formats import (
 )
 from .run_file import OBJECTS_LAYER, TILE_TABLE, RunFile, partial_path, remove_run_file
 from .segment_levels import LevelRunFile, SegmentLevel, merge_levels_in_run, plan_levels
+from .segment_progress import SegmentAllProgress
 from .tile_merge import TileMask, assign_masks, tile_regions
 from .tile_selection import tiles_to_process
 from .vectorise import Polygons, mask_to_polygons
@@ -84,30 +85,6 @@ MERGE_RULE_VERSION = 5
 def lock_path(output: Path) -> Path:
     """The lock a run holds while it builds `output` (OUT.gpkg.lock; deleted when the run ends)."""
     return output.with_name(output.name + ".lock")
-
-
-@dataclass
-class SegmentAllProgress:
-    """Where a run is: `done` of `total` tiles finished (resumed ones included), `objects` committed so far.
-    Sent when a tile is finished (`batches` 0) and, inside a tile, after each batch of points: `tile_id` is
-    then the tile being segmented, `batch` of its `batches` batches decoded."""
-
-    done: int
-    total: int
-    tile_id: str
-    objects: int
-    batch: int = 0
-    batches: int = 0
-
-    @property
-    def tile_finished(self) -> bool:
-        return self.batches == 0
-
-    @property
-    def fraction(self) -> float:
-        """The share of the run done, 0..1: finished tiles plus the running tile's share of batches."""
-        inside = self.batch / self.batches if self.batches else 0.0
-        return min((self.done + inside) / max(self.total, 1), 1.0)
 
 
 @dataclass
@@ -356,12 +333,15 @@ def _segment_tiles(run: LevelRunFile, level: SegmentLevel, source: MaskSource,
     done = run.finished_tiles()
     merge = BorderMerge(tile_regions(list(level.store.grid.regular_tiles), {tile.tile_id for tile in level.tiles}))
     vectoriser = MaskVectoriser(level.store, level.settings, run.next_id(), counts, level.prefix)
+    covered = counts.points_covered  # tile_masks adds each tile's skipped points, in this process or from a worker
     for tile, masks in source([tile for tile in level.tiles if tile.tile_id not in done]):
         _commit_tile(run, merge, vectoriser, tile, masks, done)
         done.add(tile.tile_id)
         tally.done += 1
+        skipped, covered = counts.points_covered - covered, counts.points_covered
         if progress is not None:
-            progress(SegmentAllProgress(tally.done, tally.total, level.prefix + tile.tile_id, run.object_count()))
+            progress(SegmentAllProgress(tally.done, tally.total, level.prefix + tile.tile_id, run.object_count(),
+                                        points_skipped=skipped if level.settings.skip_covered_points else None))
     if run.staged_count():
         raise QuickSamError(f"'{run.path}' still holds staged pieces after the last tile; delete it and run again")
 

@@ -19,7 +19,6 @@ import numpy as np
 
 from ..core.defaults import MASK_MODES
 from ..core.errors import QuickSamError
-from ..core.logger import LOGGER
 from ..core.mask_decoding import (
     AREA_MODES,
     choose_outputs,
@@ -210,9 +209,6 @@ def tile_masks(decoder: OnnxDecoder, features: Dict[str, np.ndarray], tile: Tile
         candidates += found
         if batch_done is not None:
             batch_done(done, len(starts))
-    if covered is not None:
-        LOGGER.info("tile %s: %d grid points skipped inside masks already kept (skip covered points is on)",
-                    tile.tile_id, covered.skipped)
     if not candidates:
         return []
     boxes = np.array([c.box for c in candidates], dtype=float)
@@ -238,7 +234,6 @@ class _Coverage:
 
     def __init__(self, tile: Tile) -> None:
         self.pixels = np.zeros((tile.valid_height, tile.valid_width), dtype=bool)
-        self.skipped = 0
 
     def add(self, candidates: List[_Candidate]) -> None:
         for candidate in candidates:
@@ -250,9 +245,7 @@ class _Coverage:
         cols = np.clip(np.floor(points[:, 0]).astype(int), 0, self.pixels.shape[1] - 1)
         rows = np.clip(np.floor(points[:, 1]).astype(int), 0, self.pixels.shape[0] - 1)
         inside = self.pixels[rows, cols]
-        skipped = int(inside.sum())
-        self.skipped += skipped
-        counts.points_covered += skipped
+        counts.points_covered += int(inside.sum())
         return points[~inside]
 
 

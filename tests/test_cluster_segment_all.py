@@ -229,3 +229,15 @@ def test_a_multi_scale_store_on_the_cluster_gives_the_objects_of_one_process(sch
     assert (spread.tiles, spread.levels, spread.level_duplicates) == (5, (1.0, 4.0), alone.level_duplicates)
     assert all(decoded_on_workers(level, scheduler) for level in select_levels(levels_store))  # both levels
     assert_same_objects(read_objects(tmp_path / "cluster.gpkg"), read_objects(tmp_path / "one-process.gpkg"))
+
+
+def test_the_points_skipped_on_the_workers_are_reported_per_tile(store, scheduler, tmp_path):
+    """With skip_covered_points, the count of each tile decoded on a worker reaches the coordinator's progress
+    events (the worker's own log reaches no one), and adds up to the run's count."""
+    settings = AutoMaskSettings(**{**SETTINGS.to_dict(), "skip_covered_points": True})
+    events = []
+    with cluster_client(ClusterSettings(scheduler=scheduler)) as client:
+        result = segment_everything(store, tmp_path / "skip.gpkg", settings, client=client, progress=events.append)
+    finished = [event for event in events if event.tile_finished]
+    assert len(finished) == 4 and all(event.points_skipped is not None for event in finished)
+    assert sum(event.points_skipped for event in finished) == result.filters.points_covered

@@ -4,13 +4,12 @@ on the tile are not decoded, and the run says so (its run file's identity, the l
 from __future__ import annotations
 
 import json
-import logging
 from typing import List, Tuple
 
 import numpy as np
 import pytest
 from osgeo import ogr
-from synthetic import two_tile_store
+from synthetic import run_cli, two_tile_store
 
 from quicksam.core.errors import Cancelled
 from quicksam.core.mask_decoding import DecoderSettings
@@ -75,10 +74,9 @@ def test_skip_covered_points_is_off_by_default(store, plugin):
     assert len(decoder.decoded) == 16 and counts.points == 16 and counts.points_covered == 0
 
 
-def test_on_it_skips_the_points_inside_kept_masks_and_logs_it(store, caplog):
+def test_on_it_skips_the_points_inside_kept_masks(store):
     settings = AutoMaskSettings(**{**SETTINGS.to_dict(), "skip_covered_points": True})
-    with caplog.at_level(logging.INFO, logger="quicksam"):
-        decoder, counts, masks = _run(store, settings)
+    decoder, counts, masks = _run(store, settings)
     tile = store.grid.tiles[0]
     grid = point_grid(tile, 4)
     left = grid[:, 0] < store.image_size / 2
@@ -89,8 +87,46 @@ def test_on_it_skips_the_points_inside_kept_masks_and_logs_it(store, caplog):
     skipped = [tuple(p) for p in grid if tuple(p) not in decoded]
     assert len(skipped) == 6 and all(left[[tuple(p) for p in grid].index(p)] for p in skipped)
     assert masks, "the kept masks are still there"
-    assert any("6 grid points skipped" in record.getMessage() and "skip covered points is on" in record.getMessage()
-               for record in caplog.records)
+
+
+def test_a_run_reports_the_points_skipped_per_tile_with_each_finished_tile(store, tmp_path):
+    """The count travels with each finished tile's progress event (in one process as on a cluster, where
+    tile_masks runs on a worker whose log nobody reads), and only with the opt-in on."""
+    events = []
+    on = AutoMaskSettings(**{**SETTINGS.to_dict(), "skip_covered_points": True})
+    result = segment_everything(store, tmp_path / "on.gpkg", on, progress=events.append)
+    finished = [event for event in events if event.tile_finished]
+    assert len(finished) == 2 and all(event.points_skipped is not None for event in finished)
+    assert sum(event.points_skipped for event in finished) == result.filters.points_covered
+    events.clear()
+    segment_everything(store, tmp_path / "off.gpkg", SETTINGS, progress=events.append)
+    assert all(event.points_skipped is None for event in events)
+
+
+def test_processing_and_the_cli_log_the_points_skipped_per_tile(store, tmp_path, plugin):
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    lines = []
+
+    class Recording(QgsProcessingFeedback):
+        def pushInfo(self, info: str) -> None:
+            lines.append(info)
+
+    processing.run("quicksam:segmentall", {
+        "STORE": str(store.root), "POINTS_PER_SIDE": 4, "PRED_IOU_THRESH": 0.0, "STABILITY_SCORE_THRESH": 0.0,
+        "MIN_MASK_REGION_AREA": 0, "SKIP_COVERED_POINTS": True, "OUTPUT": str(tmp_path / "p.gpkg")},
+        feedback=Recording())
+    skips = [line for line in lines if "grid points skipped inside masks already kept" in line]
+    assert len(skips) == 2 and all(line.startswith("tile r") for line in skips), lines
+    # the command line: one info event per tile, not two (the log and the report)
+    result = run_cli("segment-all", store.root, "--output", tmp_path / "c.gpkg", "--points-per-side", "4",
+                     "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--min-mask-region-area", "0",
+                     "--skip-covered-points", "--progress-json")
+    assert result.returncode == 0, result.stderr
+    infos = [json.loads(line)["message"] for line in result.stdout.splitlines()
+             if json.loads(line)["event"] == "info"]
+    assert len([line for line in infos if "grid points skipped inside masks already kept" in line]) == 2, infos
 
 
 def test_the_run_file_records_the_opt_in(store, tmp_path):

@@ -12,9 +12,10 @@ from qgis.core import QgsProcessingFeedback
 from ..i18n import tr as _tr
 
 if TYPE_CHECKING:
-    from ...interactive.automatic import SegmentAllProgress, SegmentAllResult
+    from ...interactive.automatic import SegmentAllResult
     from ...interactive.filter_counts import FilterCounts
     from ...interactive.mask_generator import AutoMaskSettings
+    from ...interactive.segment_progress import SegmentAllProgress
 
 #: The settings a hint may ask to change, as `quicksam segment-all` names them.
 COMMAND_LINE_NAMES = {"pred_iou_thresh": "--pred-iou-thresh", "stability_score_thresh": "--stability-score-thresh",
@@ -47,12 +48,21 @@ def progress_reporter(feedback: QgsProcessingFeedback) -> Callable[[SegmentAllPr
         if event.tile_finished:
             feedback.setProgressText(_tr("tile {tile}: {objects} objects so far").format(tile=event.tile_id,
                                                                                         objects=event.objects))
+            if event.points_skipped is not None:
+                feedback.pushInfo(skipped_points_message(event))
             if isinstance(feedback, TileProgressFeedback):
                 feedback.tile_finished(event)
         elif event.batch == 1:  # one line per tile: the dialog logs every progress text
             feedback.setProgressText(_tr("tile {tile} ({number} of {total}): {batches} batches of points").format(
                 tile=event.tile_id, number=event.done + 1, total=event.total, batches=event.batches))
     return on_progress
+
+
+def skipped_points_message(event: SegmentAllProgress) -> str:
+    """One line on a finished tile of a run with skip_covered_points: the grid points it did not decode (the
+    Processing log and the CLI's `info` events both show it)."""
+    return _tr("tile {tile}: {skipped} grid points skipped inside masks already kept (skip covered points is "
+               "on)").format(tile=event.tile_id, skipped=event.points_skipped)
 
 
 def summary_message(result: SegmentAllResult, seconds: float) -> str:
