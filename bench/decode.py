@@ -262,7 +262,8 @@ def floor_report(flops: dict, meter: GemmMeter) -> dict:
 
 
 def targets(result: dict) -> dict:
-    """The issue's targets on the object-sized path (medians, ratios of this run), each met or not."""
+    """The issue's targets on the object-sized path (medians, ratios of this run), each met or not; a target
+    against the floor is neither (`met` null, `not_judged` saying why) when the floor is unreliable."""
     floor = result["floor"]["floor_ms"]
     objects = result["click_object_masks"]
     ratios = result["ratios"]
@@ -273,7 +274,11 @@ def targets(result: dict) -> dict:
 
     def floor_target(met: bool, **numbers) -> dict:
         # a GEMM rate that varied > 1.5x over the run: the floor moved with the load, the ratio is not to be trusted
-        return {**target(met, **numbers), "floor_reliable": not shared}
+        if not shared:
+            return {**target(met, **numbers), "floor_reliable": True}
+        return {"met": None, **numbers, "floor_reliable": False,
+                "not_judged": "the GEMM rate varied more than 1.5x over the run (a shared machine): the floor, and "
+                              "this ratio to it, moved with the load; run again on a quiet machine"}
 
     return {
         "decoder_alone_at_most_1_5x_floor": floor_target(ratios["decoder_alone_over_floor"] <= 1.5,

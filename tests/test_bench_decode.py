@@ -142,3 +142,28 @@ def test_substitution_gives_the_engine_the_true_object(engine):
     assert max(abs(xmin - expected_x0), abs(xmax - expected_x1), abs(ymin - expected_y0),
                abs(ymax - expected_y1)) <= pixel + 1e-6  # map units; 1e-6 for the float geotransform
     assert engine.segment(prompts)[0].mask_pixels != segment.mask_pixels  # the class's raw again
+
+
+def _result(shared: bool) -> dict:
+    """A bench/decode.py result with the numbers `targets` reads: every target met on its figures."""
+    return {"floor": {"floor_ms": 20.0, "shared_machine_warning": shared},
+            "click_object_masks": {"warm": {"p50_ms": 30.0}},
+            "ratios": {"decoder_alone_over_floor": 1.2, "object_warm_over_floor": 1.5, "baseline_over_object_warm": 5.0,
+                       "object_cold_over_warm": 1.5}}
+
+
+def test_a_floor_target_is_neither_met_nor_missed_when_the_floor_is_unreliable():
+    from decode import targets
+
+    floor_targets = ("decoder_alone_at_most_1_5x_floor", "click_warm_at_most_2x_floor")
+    quiet = targets(_result(shared=False))
+    assert all(target["met"] is True for target in quiet.values())
+    assert all(quiet[name]["floor_reliable"] is True and "not_judged" not in quiet[name] for name in floor_targets)
+    loaded = targets(_result(shared=True))
+    for name in floor_targets:
+        assert loaded[name]["met"] is None and loaded[name]["floor_reliable"] is False
+        assert "1.5x" in loaded[name]["not_judged"]
+        assert loaded[name]["ratio"] == quiet[name]["ratio"]  # the figures are still there
+    # the targets that do not use the floor are still judged
+    assert loaded["click_at_least_4x_faster_than_baseline"]["met"] is True
+    assert loaded["cold_p50_at_most_2x_warm_p50"]["met"] is True
