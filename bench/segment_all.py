@@ -27,7 +27,8 @@ seconds per tile at `--amg-points-per-side` (SAM's 32) for QuickSAM's `tile_mask
 `SAM2AutomaticMaskGenerator` (its decoding after `set_image`, and its whole `generate`) in the same fresh
 process, their ratio (target >= 5x), and the masks of both matched by IoU (bench/segment_all_amg.py).
 
-Random weights make masks meaningless, so thresholds are set to keep everything (the most work for the
+The tiles part (1 and 16 tiles) has no target: the issue's per-tile target for segment everything is the amg
+part's. Random weights make masks meaningless, so thresholds are set to keep everything (the most work for the
 filters, the merge and the writer); the decoding cost per point is the real one.
 """
 
@@ -291,9 +292,10 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="quicksam-bench-segment-all-"))
     try:
-        result = {"model": MODEL, "random_weights": True, "tile_size": args.tile_size,
-                  "overlap": args.tile_size // 4, "points_per_side": args.points_per_side,
-                  "points_per_batch": "0 (automatic: 4 on the CPU)", "runs": args.runs}
+        result = {"model": MODEL, "random_weights": True, "runs": args.runs}
+        if args.part != "amg":  # the amg part gives its own tile size and grid
+            result.update({"tile_size": args.tile_size, "overlap": args.tile_size // 4,
+                           "points_per_side": args.points_per_side, "points_per_batch": "0 (automatic: 4 on the CPU)"})
         if args.part in ("all", "tiles"):
             result.update(tiles_part(args, work))
         if args.part in ("all", "levels"):
