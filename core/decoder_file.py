@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from .errors import QuickSamError, StoreError
 from .mask_decoding import DECODER_EXTRA_INPUTS
+from .store_layout import DECODER_PROMPT_ONNX, DECODER_TILE_ONNX
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -127,3 +128,9 @@ def split_decoder_problem(tile_path: Path, prompt_path: Path,
             return (f"{path.name} takes {first[0]} of {_dims(declared[1:])}, the store's tiles hold "
                     f"{_dims(first[1])}: it was exported for another tile size or model")
     return None
+
+
+def store_split_files_problem(root: Path, feature_shapes: Mapping[str, Sequence[int]]) -> Optional[str]:
+    """`split_decoder_problem` of the split decoder files in the store folder `root` (None: both fine, or a
+    store written before the split decoder, without them)."""
+    return split_decoder_problem(Path(root) / DECODER_TILE_ONNX, Path(root) / DECODER_PROMPT_ONNX, feature_shapes)

@@ -362,9 +362,11 @@ class FeatureStore:
 
     def summary(self) -> dict:
         """What `quicksam info` prints. Verifies every tile (`verify_tiles`) and the decoder: `complete`
-        only when no tile is pending or damaged and the decoder loads and fits."""
+        only when no tile is pending or damaged and the decoder (and its split parts, if any) loads and fits."""
+        from .decoder_file import store_split_files_problem
+
         damaged = self.verify_tiles()
-        decoder_problem = self.decoder_problem()
+        decoder_problem = self.decoder_problem() or store_split_files_problem(self.root, self.feature_shapes)
         counts: Dict[str, int] = {}
         for tile in self.grid:
             status = self.status(tile)

@@ -192,3 +192,18 @@ def test_a_damaged_cached_split_decoder_is_exported_again(store, tmp_path):
     new = encode(store.manifest.raster.path, tmp_path / "new", overlap=64)[0]
     assert (new.root / DECODER_PROMPT_ONNX).read_bytes() == (store.root / DECODER_PROMPT_ONNX).read_bytes()
     assert cached_prompt.read_bytes() == (store.root / DECODER_PROMPT_ONNX).read_bytes()
+
+
+@pytest.mark.parametrize("damage", [_truncate_prompt_part, _delete_tile_part, _tile_part_of_another_tile_size])
+def test_info_reports_a_damaged_split_decoder(store, tmp_path, damage):
+    """`quicksam info` says what the segment warning says: the part named, the store not complete (resuming the
+    encode repairs it); a store written before the split decoder (neither part) is complete."""
+    root = Path(shutil.copytree(store.root, tmp_path / "store"))
+    assert FeatureStore.open(root).summary()["complete"] is True
+    damage(root, store)
+    summary = FeatureStore.open(root).summary()
+    assert summary["complete"] is False
+    assert summary["decoder_problem"] and ("decoder_tile.onnx" in summary["decoder_problem"]
+                                           or "decoder_prompt.onnx" in summary["decoder_problem"])
+    old = old_store(store, tmp_path)
+    assert (old.summary()["complete"], old.summary()["decoder_problem"]) == (True, None)
