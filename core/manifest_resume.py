@@ -11,9 +11,10 @@ from .manifest import Manifest
 
 def describe_difference(existing: Manifest, wanted: Manifest) -> Optional[str]:
     """The first difference that forbids resuming `existing` with a run that would write `wanted`, said
-    plainly ("model: store has 'a', this run has 'b'"), or None. Compared: the model (name, image size,
-    random weights, seed), the checkpoint (unless `wanted` has random weights not hashed yet), the
-    raster's fingerprint, the bands and stretch mode, the feature dtype and the tile grid."""
+    plainly ("model: store has 'a', this run has 'b'"; for the feature dtype, with the option that resumes
+    it), or None. Compared: the model (name, image size, random weights, seed), the checkpoint (unless
+    `wanted` has random weights not hashed yet), the raster's fingerprint, the bands and stretch mode, the
+    feature dtype and the tile grid."""
     old, new = existing, wanted
     fields = [("model", old.model.name, new.model.name),
               ("model.image_size", old.model.image_size, new.model.image_size),
@@ -28,7 +29,9 @@ def describe_difference(existing: Manifest, wanted: Manifest) -> Optional[str]:
         if label == "checkpoint" and after is None:
             continue  # random weights: identified by model, seed and size, hashed once built
         if before != after:
-            return f"{label}: store has {before!r}, this run has {after!r}"
+            # the dtype is the one setting a user may forget: say how to resume (the grid's options are many)
+            advice = f": run it again with --feature-dtype {before} to resume it" if label == "features.dtype" else ""
+            return f"{label}: store has {before!r}, this run has {after!r}{advice}"
     if not same_factor(old.pixel_grid.factor, new.pixel_grid.factor):
         return f"level: store has pixels {old.pixel_grid.factor:g}x the raster's, this run {new.pixel_grid.factor:g}x"
     if dataclasses.replace(old.grid, tiles=old.grid.regular_tiles) != new.grid:

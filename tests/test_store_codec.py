@@ -196,3 +196,18 @@ def test_the_option_in_processing(qgis_processing, plugin, scene: Path, tmp_path
     assert "--feature-dtype=int8" in algorithm.encoder_job(parameters, context).args
     del parameters["FEATURE_DTYPE"]
     assert not any(a.startswith("--feature-dtype") for a in algorithm.encoder_job(parameters, context).args)
+
+
+def test_resuming_an_int8_store_without_the_option_says_which_to_pass(qgis_app, scene: Path, tmp_path: Path) -> None:
+    from synthetic import assert_one_line_error, file_states
+
+    from quicksam.ui.algorithms.encoder_events import in_dialog_words
+
+    store, _ = encode(scene, tmp_path / "int8.qsam", feature_dtype="int8")
+    before = file_states(store.root)
+    result = run_cli("encode", scene, store.root, "--random-weights", "--tile-size", "256", "--overlap", "32")
+    assert_one_line_error(result, r"features\.dtype: store has 'int8'.*run it again with --feature-dtype int8")
+    assert file_states(store.root) == before
+    # the dialog names its own field and choice, not the option
+    words = in_dialog_words(result.stderr)
+    assert "--" not in words and "int8 in the Stored feature precision field" in words, words

@@ -127,7 +127,8 @@ def _rewrites() -> List[_Rewrite]:
               "next-to-inputs": _tr("an empty Output folder"), "recursive": _tr("the Include sub-folders option"),
               "include": _tr("the Include field"), "exclude": _tr("the Exclude field"),
               "extensions": _tr("the Extensions field"), "suffix": _tr("the Suffix field"),
-              "disambiguate": _tr("the Disambiguate option")}
+              "disambiguate": _tr("the Disambiguate option"),
+              "feature-dtype": _tr("the Stored feature precision field")}
     return [
         (re.compile(r"run the same quicksam encode --series \.\.\. \(or --frames-from-bands\) with the new options"),
          lambda m: _tr("encode the series again (Time series frames, or each band a frame) with the new settings")),
@@ -147,6 +148,8 @@ def _rewrites() -> List[_Rewrite]:
          lambda m: _tr("choose {device} in the Device field").format(device=m.group(1))),
         (re.compile(r"pass e\.g\. --bands [\d,]+"),
          lambda m: _tr("choose bands that exist in the Red, Green and Blue band fields")),
+        (re.compile(r"with --feature-dtype (\S+)"),
+         lambda m: _tr("with {dtype} in the Stored feature precision field").format(dtype=m.group(1))),
         (re.compile(r"--levels ([\d.,]+)"), lambda m: _tr("Levels {levels}").format(levels=m.group(1))),
         (re.compile(r"with --(model|bands)"), lambda m: _tr("in {field}").format(field=fields[m.group(1)])),
         (re.compile(r"--(" + "|".join(re.escape(name) for name in sorted(fields, key=len, reverse=True))
