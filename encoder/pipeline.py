@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 from ..core.catalogue import model_spec
-from ..core.decoder_file import split_decoder_problem
+from ..core.decoder_file import store_split_files_problem
 from ..core.defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 from ..core.errors import QuickSamError
 from ..core.levels import level_grid
@@ -35,7 +35,6 @@ from ..core.manifest import (
     feature_layout,
 )
 from ..core.store import DECODER_ONNX, FeatureStore
-from ..core.store_layout import DECODER_PROMPT_ONNX, DECODER_TILE_ONNX
 from ..core.tile_codec import CODEC as TILE_CODEC
 from ..core.tiling import PixelWindow, TileGrid
 from . import __version__ as quicksam_version
@@ -305,8 +304,7 @@ def store_split_decoder_problem(store: FeatureStore) -> Optional[str]:
     before it: resuming it writes nothing)."""
     if store.family != "sam2":
         return None
-    return split_decoder_problem(store.root / DECODER_TILE_ONNX, store.root / DECODER_PROMPT_ONNX,
-                                 store.feature_shapes)
+    return store_split_files_problem(store.root, store.feature_shapes)
 
 
 def load_model_for(request: EncodeRequest) -> SegmentModel:
