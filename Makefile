@@ -56,7 +56,7 @@ demo-batch: install
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20 $(PYTEST_ARGS)
 
 # The same suite on the other supported Debian release (12 <-> 13), in a debootstrap chroot that is built
 # once and reused; it tests a fresh clone of the committed HEAD. Needs root. See .ci/other_release.sh.
