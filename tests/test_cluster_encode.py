@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Iterator, List
@@ -235,6 +236,51 @@ def test_unreachable_scheduler_is_one_line(reference, tmp_path):
     result = run_cli("encode", reference / "scene.tif", store, "--random-weights", "--tile-size", TILE,
                      "--scheduler", "tcp://127.0.0.1:1")
     assert_one_line_error(result, r"cannot reach the Dask scheduler at tcp://127\.0\.0\.1:1 .*dask scheduler")
+    assert not store.exists()
+
+
+class _NotAScheduler:
+    """A TCP server on 127.0.0.1 that is no Dask scheduler: it accepts and then says nothing (`reply` None: an
+    HTTP server waiting for its request line, or a firewall that swallows the connection) or answers `reply`
+    (e.g. an HTTP error page: Dask reads its first bytes as a frame length of exabytes)."""
+
+    def __init__(self, reply: bytes | None) -> None:
+        self.reply = reply
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self.server.getsockname()[1]}"
+        self.connections: List[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:   # closed
+                return
+            self.connections.append(connection)
+            if self.reply is not None:
+                connection.sendall(self.reply)
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()
+        self.server.close()
+
+
+@pytest.mark.parametrize("reply", [None, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4],
+                         ids=["silent", "http"])
+def test_an_address_that_is_no_scheduler_is_one_line(reply, tmp_path):
+    """Something answers at the address but it is no Dask scheduler (a dashboard or web port given by mistake):
+    one line, exit 1, nothing written; never a hang (the subprocess' timeout) nor a MemoryError."""
+    raster = _scene(tmp_path)
+    store = tmp_path / "never.qsam"
+    server = _NotAScheduler(reply)
+    try:
+        result = run_cli("encode", raster, store, "--random-weights", "--tile-size", TILE, "--scheduler",
+                         server.address, timeout=120)
+    finally:
+        server.close()
+    assert_one_line_error(result, "is no Dask scheduler .*check the address")
     assert not store.exists()
 
 
