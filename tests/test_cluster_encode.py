@@ -385,6 +385,43 @@ def test_devices_with_a_scheduler_are_refused(reference, tmp_path):
     assert not store.exists()
 
 
+@pytest.mark.parametrize("names, stop", [(("a", "b", "c"), signal.SIGINT), (("a", "b"), signal.SIGTERM)],
+                         ids=["file-level-ctrl-c", "tile-level-sigterm"])
+def test_ctrl_c_on_a_cluster_batch_gives_the_summary_so_far(cluster, tmp_path, names, stop):
+    """docs/batch.md, exit 130 for Ctrl-C or SIGTERM (QGIS's cancel): "the current item's log and row say
+    interrupted, the summary so far is shown" - on a cluster too (file-level: 3 files, 2 workers; tile-level: 2
+    files): the `finished` event says interrupted, the unfinished started items "interrupted", as their logs."""
+    import time
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in names:
+        _scene(inputs).rename(inputs / f"{name}.tif")
+    out = tmp_path / "out"
+    command = cli_command("encode", inputs, "--output-dir", out, "--random-weights", "--tile-size", TILE,
+                          "--overlap", OVERLAP, "--device", "cpu", "--scheduler", cluster.address, "--progress-json")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while process.poll() is None and not any(_tile_counts(out).values()):
+            time.sleep(0.1)
+        process.send_signal(stop)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    finished = [event for event in map(json.loads, stdout.splitlines()) if event["event"] == "finished"]
+    assert len(finished) == 1, stdout
+    summary = finished[0]["summary"]
+    assert summary["interrupted"] is True
+    statuses = [row["status"] for row in summary["items"]]
+    assert "interrupted" in statuses and set(statuses) <= {"done", "interrupted"}, statuses
+    assert [row["index"] for row in summary["items"]] == sorted(row["index"] for row in summary["items"])
+    for row in summary["items"]:
+        if row["status"] == "interrupted":
+            assert "status: interrupted" in Path(row["log"]).read_text(encoding="utf-8")
+
+
 def _processes_in_session(session: int) -> List[int]:
     """Ids of the live processes of a session (Linux /proc; zombies left out)."""
     found = []
