@@ -178,6 +178,10 @@ def run_segment_all_batch(args: argparse.Namespace, events: EventWriter) -> int:
                             "input's objects go to <store>_objects.gpkg)")
     items = plan_batch(args, _specs(args.store), SEGMENT_ALL, gdal_raster_extensions(), stores=True)
     announce(events, items, args.dry_run)
+    if args.suffix and any(is_store_folder(item.input) for item in items):
+        events.warning(f"--suffix {args.suffix} does not apply to a store folder given as input: its objects keep "
+                       "its name (<store>_objects.gpkg); --suffix finds and names the stores of raster inputs. "
+                       "For a second set of objects choose another --output-dir")
     if args.dry_run:
         return dry_run_finished(events, items)
     if args.scheduler:
