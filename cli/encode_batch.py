@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
 from ..core.batch import ENCODE
-from ..core.batch_log import INTERRUPTED, ItemResult
+from ..core.batch_log import INTERRUPTED, ItemResult, last_status
 from ..core.errors import QuickSamError
 from .batch import (
     ItemEvents,
@@ -66,13 +67,40 @@ def run_encode_batch(args: argparse.Namespace, events: EventWriter) -> int:
         return finish(events, *encode_stopping_on_signal(tasks, events))
     from ..core.cluster import cluster_client
 
-    with cluster_client(cluster) as client:
-        workers = cluster.workers or len(client.scheduler_info()["workers"])
-        if len(tasks) > workers:
-            results = encode_on_workers(client, tasks, events)
-        else:
-            results = encode_in_turn(tasks, events, client)
-    return finish(events, results)
+    results: List[ItemResult] = []
+    file_level, began = False, time.time()
+    try:
+        with stop_signal_handler(_interrupt), cluster_client(cluster) as client:   # SIGTERM: QGIS's cancel
+            file_level = len(tasks) > (cluster.workers or len(client.scheduler_info()["workers"]))
+            if file_level:
+                encode_on_workers(client, tasks, events, results)
+            else:
+                encode_in_turn(tasks, events, client, results=results)
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM: the summary so far, as in one process
+        return finish(events, interrupted_rows(tasks, results, file_level, began), interrupted=True)
+    return finish(events, sorted(results, key=lambda row: row.index))
+
+
+def interrupted_rows(tasks: Sequence[EncodeItem], results: Sequence[ItemResult], file_level: bool,
+                     began: float) -> List[ItemResult]:
+    """The rows of a stopped cluster run, in list order: the finished items, then "interrupted" for the items
+    started and not finished: tile-level the current one; file-level those whose log a worker ended with
+    "interrupted" since `began` (time.time() of the run's start; the coordinator does not see which queued
+    tasks a worker had begun). Items not started are left out, as in one process."""
+    finished = {row.index: row for row in results}
+    unfinished = [task.result for task in tasks if task.result.index not in finished]
+    stopped = ([row for row in unfinished if _interrupted_since(Path(row.log), began)] if file_level
+               else unfinished[:1])
+    rows = [*finished.values(), *(dataclasses.replace(row, status=INTERRUPTED) for row in stopped)]
+    return sorted(rows, key=lambda row: row.index)
+
+
+def _interrupted_since(log: Path, began: float) -> bool:
+    try:
+        recent = log.stat().st_mtime >= began
+    except OSError:   # no log: never started
+        return False
+    return recent and (last_status(log) or "").startswith(INTERRUPTED)
 
 
 def _task(base: Any, raster: Path, store: Path, result: ItemResult, settings: Any, extent_crs: Any) -> EncodeItem:
@@ -123,9 +151,10 @@ def _item_progress(events: ItemEvents) -> Callable[[ProgressEvent], None]:
     return on_progress
 
 
-def encode_on_workers(client: Any, tasks: Sequence[EncodeItem], events: EventWriter) -> List[ItemResult]:
+def encode_on_workers(client: Any, tasks: Sequence[EncodeItem], events: EventWriter,
+                      results: Optional[List[ItemResult]] = None) -> List[ItemResult]:
     """File-level: each item one task on the cluster (handed over at once, `item_start` for each), results as
-    they finish; the summary in the order of the list."""
+    they finish (appended to `results` as they come, so a stopped run knows them); returned in list order."""
     from ..core.cluster import new_cancel_name, results_as_completed
     from ..encoder.batch_tasks import encode_item_task
     from .events import stop_signal_handler
@@ -134,13 +163,13 @@ def encode_on_workers(client: Any, tasks: Sequence[EncodeItem], events: EventWri
     tasks = [dataclasses.replace(task, cancel_name=cancel_name) for task in tasks]
     for task in tasks:
         item_started(events, task.result)
-    results = {}
+    results = [] if results is None else results
     with stop_signal_handler(_interrupt):
-        for task, result in results_as_completed(client, encode_item_task, tasks, window=len(tasks),
-                                                 cancelled=lambda: events.closed, cancel_name=cancel_name):
+        for _, result in results_as_completed(client, encode_item_task, tasks, window=len(tasks),
+                                              cancelled=lambda: events.closed, cancel_name=cancel_name):
             item_finished(events, result)
-            results[task.result.index] = result
-    return [results[index] for index in sorted(results)]
+            results.append(result)
+    return sorted(results, key=lambda row: row.index)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..core.batch import SEGMENT_ALL, BatchItem, is_store_folder
-from ..core.batch_log import DONE, ItemResult, item_log, last_status, one_line_error, unwritable_log
+from ..core.batch_log import (
+    ALREADY_FINISHED,
+    DONE,
+    OTHER_SETTINGS,
+    ItemResult,
+    item_log,
+    last_output_run,
+    one_line_error,
+    unwritable_log,
+)
 from ..core.errors import Cancelled, QuickSamError
 from ..core.logger import LOGGER
 from ..core.store import MANIFEST
@@ -77,18 +86,17 @@ def store_of_raster(item: BatchItem) -> Optional[Path]:
     return found[0] if len(found) == 1 else None
 
 
-ALREADY_FINISHED = "already finished"
-
-
 def _finished_before(result: ItemResult, layer: str) -> bool:
-    """Whether this item's output was finished by an earlier run: its log's last status is "done", no unfinished
-    run file is next to it, and it has the layer `layer` (whose object count goes into `result`)."""
+    """Whether this item's output was finished by an earlier run: the run of its log that made it
+    (`last_output_run`) ended "done", no unfinished run file is next to it, and it has the layer `layer` (whose
+    object count goes into `result`)."""
     from osgeo import gdal
 
     from ..interactive.run_file import partial_path
 
     output = Path(result.output)
-    if last_status(Path(result.log)) != DONE or not output.is_file() or partial_path(output).exists():
+    made = last_output_run(Path(result.log))
+    if made is None or made[0] != DONE or not output.is_file() or partial_path(output).exists():
         return False
     dataset = gdal.OpenEx(str(output), gdal.OF_VECTOR)
     found = dataset is not None and dataset.GetLayerByName(layer) is not None
@@ -96,6 +104,33 @@ def _finished_before(result: ItemResult, layer: str) -> bool:
         result.objects = dataset.GetLayerByName(layer).GetFeatureCount()
     dataset = None
     return found
+
+
+#: The options that make segment-all's objects, as its item logs record them (`option <name>: <value>`): the
+#: settings of the run identity (interactive/automatic.py), the levels and the area. Not --workers, --events...
+RESULT_OPTIONS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+                  "stability_score_offset", "box_nms_thresh", "min_mask_region_area", "mask_mode", "min_object_area",
+                  "max_object_area", "simplify", "crop_nms_thresh", "crop_n_points_downscale_factor",
+                  "skip_covered_points", "levels", "aoi", "extent")
+
+
+def _refuse_other_settings(result: ItemResult, args: argparse.Namespace) -> None:
+    """QuickSamError (one line: the options that differ, and --overwrite) when the finished output of `result` was
+    made with other settings than `args` (those its log recorded for the run that finished it), as an unfinished
+    run with other settings is refused (run_file.differing_settings: the same comparison)."""
+    from ..interactive.run_file import differing_settings
+
+    recorded = (last_output_run(Path(result.log)) or (DONE, {}))[1]
+    now = {key[len("option "):]: value for key, value in command_settings(args) if key.startswith("option ")}
+    differing = differing_settings({key: recorded.get(key) for key in RESULT_OPTIONS},
+                                   {key: now.get(key) for key in RESULT_OPTIONS})
+    if differing:
+        result.objects, result.note = None, OTHER_SETTINGS
+        changes = "; ".join(f"--{key.replace('_', '-')} was {recorded.get(key, 'default')}, now "
+                            f"{now.get(key, 'default')}" for key in differing)
+        raise QuickSamError(f"'{result.output}' was finished with other settings ({changes}); pass --overwrite to "
+                            "segment it again, or choose another --output-dir (or --suffix for raster inputs) to "
+                            "keep both")
 
 
 def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem, result: ItemResult,
@@ -117,6 +152,7 @@ def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem,
             if store is None:
                 raise QuickSamError(_missing_store(item, args))
             if not args.overwrite and _finished_before(result, args.layer):
+                _refuse_other_settings(result, args)
                 result.status, result.note = DONE, ALREADY_FINISHED
                 LOGGER.info("already finished, nothing segmented (--overwrite segments it again)")
                 result.seconds = log.seconds()
@@ -178,6 +214,10 @@ def run_segment_all_batch(args: argparse.Namespace, events: EventWriter) -> int:
                             "input's objects go to <store>_objects.gpkg)")
     items = plan_batch(args, _specs(args.store), SEGMENT_ALL, gdal_raster_extensions(), stores=True)
     announce(events, items, args.dry_run)
+    if args.suffix and any(is_store_folder(item.input) for item in items):
+        events.warning(f"--suffix {args.suffix} does not apply to a store folder given as input: its objects keep "
+                       "its name (<store>_objects.gpkg); --suffix finds and names the stores of raster inputs. "
+                       "For a second set of objects choose another --output-dir")
     if args.dry_run:
         return dry_run_finished(events, items)
     if args.scheduler:

@@ -242,6 +242,7 @@ def _unique_paths(inputs: Sequence[Path], path_of: Callable[[Path, List[str]], P
         clashes = _clashes(paths)
         if not clashes:
             return paths
+        _refuse_one_folder_clash(inputs, paths, clashes)
         if not disambiguate:
             raise QuickSamError(_clash_message(inputs, paths, clashes, "add --disambiguate to put their folder names "
                                                                        "in front, or write next to each input with "
@@ -253,6 +254,21 @@ def _unique_paths(inputs: Sequence[Path], path_of: Callable[[Path, List[str]], P
                 grown = True
         if not grown:
             raise QuickSamError(_clash_message(inputs, paths, clashes, "rename one of them or run them separately"))
+
+
+def _refuse_one_folder_clash(inputs: Sequence[Path], paths: Sequence[Path], clashes: List[List[int]]) -> None:
+    """QuickSamError (one line) when inputs of one folder would write the same path (`a.tif`, `a.png`,
+    `A.TIFF`): neither --disambiguate (their folder names are the same) nor --next-to-inputs tells them apart."""
+    for group in clashes:
+        by_folder: Dict[str, List[int]] = defaultdict(list)
+        for index in group:
+            by_folder[_same_file_key(inputs[index].parent)].append(index)
+        same = next((members for members in by_folder.values() if len(members) > 1), None)
+        if same is not None:
+            raise QuickSamError(_clash_message(
+                inputs, paths, [same], "they are in one folder, so neither --disambiguate nor --next-to-inputs "
+                "tells them apart: keep one with --include, --exclude or --extensions, rename one, or name them in "
+                "separate runs with different --suffix"))
 
 
 def _clash_message(inputs: Sequence[Path], paths: Sequence[Path], clashes: List[List[int]], advice: str) -> str:

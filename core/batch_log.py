@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, List, Mapping, Optional, Sequence, TextIO
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 from .logger import LOGGER
 
@@ -70,6 +70,35 @@ def last_status(path: Path) -> Optional[str]:
         return None
     found = [line[len("status: "):] for line in lines if line.startswith("status: ")]
     return found[-1] if found else None
+
+
+#: The notes of re-runs that left their output as it was (a segment-all item found finished, or finished with other
+#: settings): `last_output_run` looks past them, to the run that made the output.
+ALREADY_FINISHED, OTHER_SETTINGS = "already finished", "other settings"
+
+
+def last_output_run(path: Path) -> Optional[Tuple[str, Dict[str, str]]]:
+    """(status, options) of the last run in the log file `path` that ended with a footer not noting
+    ALREADY_FINISHED or OTHER_SETTINGS: the run that made (or last tried to make) the output; its options are
+    its header's `option <name>: <value>` lines as {name: value}. None when there is none."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    runs: List[Dict[str, str]] = []   # each run's options, and its footer's status and note as "~status", "~note"
+    for line in lines:
+        if line.startswith(LOG_START):
+            runs.append({})
+        elif runs and "~status" not in runs[-1] and line.startswith("option ") and ": " in line:
+            name, value = line[len("option "):].split(": ", 1)
+            runs[-1][name] = value
+        elif runs and line.startswith(("status: ", "note: ")):
+            key, value = line.split(": ", 1)
+            runs[-1].setdefault("~" + key, value)
+    for run in reversed(runs):
+        if "~status" in run and run.get("~note") not in (ALREADY_FINISHED, OTHER_SETTINGS):
+            return run.pop("~status"), {key: value for key, value in run.items() if not key.startswith("~")}
+    return None
 
 
 #: How every QuickSAM item log begins (`item_log`'s header): a log file not beginning so is the user's.

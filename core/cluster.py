@@ -14,6 +14,8 @@ coordinating process, which records each result once.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -38,6 +40,8 @@ INSTALL_HINT = "install Dask into the encoder's Python: pip install 'dask[distri
 _SCHEDULER_URL = re.compile(r"^(tcp|tls|inproc|ws|wss)://\S+$")
 #: Seconds a cancelled run waits for its running tasks to stop at their next tile (and release their locks).
 STOP_WAIT_SECONDS = 30
+#: Seconds to connect to an existing cluster's scheduler (and as many for its handshake).
+CONNECT_SECONDS = 10
 #: Seconds between two questions of a running task to the scheduler: "is the run cancelled?"
 CANCEL_POLL_SECONDS = 1.0
 
@@ -147,11 +151,43 @@ def sigint_ignored() -> Iterator[None]:
 
 def _connect(distributed: Any, scheduler: str) -> Client:
     try:
-        return distributed.Client(scheduler, timeout="10s")
+        _check_handshake(distributed, scheduler)
+        return distributed.Client(scheduler, timeout=f"{CONNECT_SECONDS}s")
     except (OSError, TimeoutError) as exc:
         raise QuickSamError(f"cannot reach the Dask scheduler at {scheduler} ({' '.join(str(exc).split())[:160]}); "
                             "start it with 'dask scheduler' and its workers with 'dask worker "
                             f"{scheduler}', or check the address") from exc
+
+
+def _check_handshake(distributed: Any, scheduler: str) -> None:
+    """Open one comm to `scheduler` and close it; QuickSamError (one line) when something answers there that is
+    no Dask scheduler. distributed's own connect waits for the handshake without a time limit (a service that
+    keeps silent hangs the command for ever) and reads another service's reply as a frame length (a MemoryError
+    of exabytes): both are bounded and said here. OSError / TimeoutError when nothing answers."""
+    async def handshake() -> None:
+        comm = await distributed.comm.connect(scheduler, timeout=CONNECT_SECONDS)
+        await comm.close()
+
+    async def in_time() -> bool:
+        try:
+            await asyncio.wait_for(handshake(), 2 * CONNECT_SECONDS)
+        except asyncio.TimeoutError:   # connect() itself says OSError when nothing answers in CONNECT_SECONDS
+            return False
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:   # a loop of its own, whatever runs in this thread
+        try:
+            answered = pool.submit(asyncio.run, in_time()).result()
+        except OSError:
+            raise
+        except Exception as exc:   # noqa: BLE001 - whatever another protocol's bytes make of Dask's reader
+            raise QuickSamError(f"the service at {scheduler} is no Dask scheduler (its answer is not Dask's: "
+                                f"{type(exc).__name__}): give the scheduler's address (tcp://HOST:8786 by "
+                                "default), or check the address") from exc
+    if not answered:
+        raise QuickSamError(f"the service at {scheduler} is no Dask scheduler (it did not answer Dask's handshake "
+                            f"in {2 * CONNECT_SECONDS} s; a dashboard or web port?): give the scheduler's address "
+                            "(tcp://HOST:8786 by default), or check the address")
 
 
 def check_scheduler(scheduler: str) -> None:

@@ -12,7 +12,19 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Collection, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Collection,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 import numpy as np
 
@@ -36,6 +48,21 @@ STAGED_TABLE = "quicksam_staged"
 def partial_path(output: Path) -> Path:
     """Where the run builds `output` (and keeps what it needs to resume)."""
     return output.with_name(output.stem + ".partial.gpkg")
+
+
+def differing_settings(stored: Mapping[str, object], current: Mapping[str, object]) -> List[str]:
+    """The keys, sorted, whose values differ between the settings an earlier run recorded and this run's (a key
+    only one has counts); a nested mapping (a run identity's `settings`) by its own keys, `settings.<key>`. The
+    one comparison that refuses to resume (RunFile.open) or take as finished (the segment-all batch) a run made
+    with other settings."""
+    differing: List[str] = []
+    for key in sorted(set(stored) | set(current)):
+        old, new = stored.get(key), current.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            differing.extend(f"{key}.{inner}" for inner in differing_settings(old, new))
+        elif old != new:
+            differing.append(key)
+    return differing
 
 
 class GdalFailures:
@@ -74,19 +101,6 @@ def _ogr_type(kind: str) -> int:
 
     return {"int64": ogr.OFTInteger64, "real": ogr.OFTReal, "str": ogr.OFTString, "int": ogr.OFTInteger,
             "bin": ogr.OFTBinary}[kind]
-
-
-def differing_keys(stored: dict, wanted: dict, prefix: str = "") -> List[str]:
-    """The dotted keys whose values differ between two run identities, down to the settings themselves
-    ("settings.skip_covered_points", not "settings"), sorted."""
-    found: List[str] = []
-    for key in sorted(set(stored) | set(wanted)):
-        old, new = stored.get(key), wanted.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            found += differing_keys(old, new, f"{prefix}{key}.")
-        elif old != new:
-            found.append(prefix + key)
-    return found
 
 
 class RunFile:
@@ -154,8 +168,8 @@ class RunFile:
         if run is None or dataset.GetLayerByName(TILE_TABLE) is None:
             raise QuickSamError(_not_a_run_file(path))
         stored = json.loads([feature["identity"] for feature in run][0])  # read to the end: no open statement
-        if stored != json.loads(json.dumps(identity, sort_keys=True)):
-            differing = differing_keys(stored, json.loads(json.dumps(identity, sort_keys=True)))
+        differing = differing_settings(stored, json.loads(json.dumps(identity, sort_keys=True)))
+        if differing:
             raise QuickSamError(f"'{path}' holds an unfinished run with other settings ({', '.join(differing)}); "
                                 f"run again with the same settings to resume it, or {how_to_overwrite} to start "
                                 "again")

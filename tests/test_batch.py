@@ -597,3 +597,18 @@ def test_messages_about_inputs_are_short_and_well_formed(tmp_path):
 def test_no_inputs_at_all_is_a_message_about_inputs(command, tmp_path):
     assert_one_line_error(run_cli(command, "--output-dir", tmp_path / "out"), "no inputs: give the files, folders")
     assert not (tmp_path / "out").exists()
+
+
+def test_segment_all_says_a_suffix_does_not_name_a_store_folders_objects(tmp_path):
+    """`--suffix` names the stores of raster inputs (and so their objects); a store folder given as input keeps
+    its name (`S_objects.gpkg`, docs/batch.md): said once, instead of silently ignoring the suffix (a re-run
+    meant to write new objects under another suffix would else find the old ones "already finished")."""
+    store = tmp_path / "scene_quicksam"
+    store.mkdir()
+    (store / "manifest.json").write_text("{}")
+    result = run_cli("segment-all", store, "--output-dir", tmp_path / "out", "--suffix", "v2", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "scene_quicksam_objects.gpkg" in result.stderr
+    assert "--suffix v2 does not apply to a store folder given as input" in result.stderr, result.stderr
+    plain = run_cli("segment-all", store, "--output-dir", tmp_path / "out", "--dry-run")
+    assert "--suffix" not in plain.stderr, plain.stderr

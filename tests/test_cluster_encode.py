@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Iterator, List
@@ -238,6 +239,51 @@ def test_unreachable_scheduler_is_one_line(reference, tmp_path):
     assert not store.exists()
 
 
+class _NotAScheduler:
+    """A TCP server on 127.0.0.1 that is no Dask scheduler: it accepts and then says nothing (`reply` None: an
+    HTTP server waiting for its request line, or a firewall that swallows the connection) or answers `reply`
+    (e.g. an HTTP error page: Dask reads its first bytes as a frame length of exabytes)."""
+
+    def __init__(self, reply: bytes | None) -> None:
+        self.reply = reply
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self.server.getsockname()[1]}"
+        self.connections: List[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:   # closed
+                return
+            self.connections.append(connection)
+            if self.reply is not None:
+                connection.sendall(self.reply)
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()
+        self.server.close()
+
+
+@pytest.mark.parametrize("reply", [None, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4],
+                         ids=["silent", "http"])
+def test_an_address_that_is_no_scheduler_is_one_line(reply, tmp_path):
+    """Something answers at the address but it is no Dask scheduler (a dashboard or web port given by mistake):
+    one line, exit 1, nothing written; never a hang (the subprocess' timeout) nor a MemoryError."""
+    raster = _scene(tmp_path)
+    store = tmp_path / "never.qsam"
+    server = _NotAScheduler(reply)
+    try:
+        result = run_cli("encode", raster, store, "--random-weights", "--tile-size", TILE, "--scheduler",
+                         server.address, timeout=120)
+    finally:
+        server.close()
+    assert_one_line_error(result, "is no Dask scheduler .*check the address")
+    assert not store.exists()
+
+
 def test_series_on_a_cluster_is_refused(reference, tmp_path):
     """--series with cluster options: one line, nothing written (not supported yet)."""
     store = tmp_path / "series.qsam"
@@ -337,6 +383,43 @@ def test_devices_with_a_scheduler_are_refused(reference, tmp_path):
                      "--scheduler", "tcp://127.0.0.1:1", "--devices", "cpu,cpu")
     assert_one_line_error(result, r"--devices .* not of an existing cluster.*CUDA_VISIBLE_DEVICES")
     assert not store.exists()
+
+
+@pytest.mark.parametrize("names, stop", [(("a", "b", "c"), signal.SIGINT), (("a", "b"), signal.SIGTERM)],
+                         ids=["file-level-ctrl-c", "tile-level-sigterm"])
+def test_ctrl_c_on_a_cluster_batch_gives_the_summary_so_far(cluster, tmp_path, names, stop):
+    """docs/batch.md, exit 130 for Ctrl-C or SIGTERM (QGIS's cancel): "the current item's log and row say
+    interrupted, the summary so far is shown" - on a cluster too (file-level: 3 files, 2 workers; tile-level: 2
+    files): the `finished` event says interrupted, the unfinished started items "interrupted", as their logs."""
+    import time
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in names:
+        _scene(inputs).rename(inputs / f"{name}.tif")
+    out = tmp_path / "out"
+    command = cli_command("encode", inputs, "--output-dir", out, "--random-weights", "--tile-size", TILE,
+                          "--overlap", OVERLAP, "--device", "cpu", "--scheduler", cluster.address, "--progress-json")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while process.poll() is None and not any(_tile_counts(out).values()):
+            time.sleep(0.1)
+        process.send_signal(stop)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    finished = [event for event in map(json.loads, stdout.splitlines()) if event["event"] == "finished"]
+    assert len(finished) == 1, stdout
+    summary = finished[0]["summary"]
+    assert summary["interrupted"] is True
+    statuses = [row["status"] for row in summary["items"]]
+    assert "interrupted" in statuses and set(statuses) <= {"done", "interrupted"}, statuses
+    assert [row["index"] for row in summary["items"]] == sorted(row["index"] for row in summary["items"])
+    for row in summary["items"]:
+        if row["status"] == "interrupted":
+            assert "status: interrupted" in Path(row["log"]).read_text(encoding="utf-8")
 
 
 def _processes_in_session(session: int) -> List[int]:
