@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
 from ..core.batch import ENCODE
-from ..core.batch_log import INTERRUPTED, ItemResult, last_status
+from ..core.batch_log import INTERRUPTED, ItemResult, logged_result
 from ..core.errors import QuickSamError
 from .batch import (
     ItemEvents,
@@ -83,24 +83,34 @@ def run_encode_batch(args: argparse.Namespace, events: EventWriter) -> int:
 
 def interrupted_rows(tasks: Sequence[EncodeItem], results: Sequence[ItemResult], file_level: bool,
                      began: float) -> List[ItemResult]:
-    """The rows of a stopped cluster run, in list order: the finished items, then "interrupted" for the items
-    started and not finished: tile-level the current one; file-level those whose log a worker ended with
-    "interrupted" since `began` (time.time() of the run's start; the coordinator does not see which queued
-    tasks a worker had begun). Items not started are left out, as in one process."""
+    """The rows of a stopped cluster run, in list order: the finished items, then the items started and not seen
+    finished: tile-level the current one ("interrupted"); file-level those whose log a worker ended since `began`
+    (time.time() of the run's start; the coordinator does not see which queued tasks a worker had begun, nor
+    the results of tasks that ended after the cancel), as their logs say: "interrupted", or "done" for a file a
+    worker finished. Seconds (and tiles) are their logs'. Items not started are left out, as in one process."""
     finished = {row.index: row for row in results}
     unfinished = [task.result for task in tasks if task.result.index not in finished]
-    stopped = ([row for row in unfinished if _interrupted_since(Path(row.log), began)] if file_level
-               else unfinished[:1])
-    rows = [*finished.values(), *(dataclasses.replace(row, status=INTERRUPTED) for row in stopped)]
-    return sorted(rows, key=lambda row: row.index)
+    if file_level:
+        ended = [_logged_since(row, began) for row in unfinished]
+        stopped = [row for row in ended if row is not None]
+    else:
+        stopped = [interrupted_row(row) for row in unfinished[:1]]
+    return sorted([*finished.values(), *stopped], key=lambda row: row.index)
 
 
-def _interrupted_since(log: Path, began: float) -> bool:
+def interrupted_row(result: ItemResult) -> ItemResult:
+    """The row of an item Ctrl-C or SIGTERM stopped: "interrupted", with the seconds (and tiles) its log's
+    footer gives (one source for the log and the summary; 0.0 when it has none: stopped before its log)."""
+    return dataclasses.replace(logged_result(result) or result, status=INTERRUPTED)
+
+
+def _logged_since(result: ItemResult, began: float) -> Optional[ItemResult]:
+    """The row of an item whose log a worker ended since `began` (time.time()), as that log says; else None."""
     try:
-        recent = log.stat().st_mtime >= began
+        recent = Path(result.log).stat().st_mtime >= began
     except OSError:   # no log: never started
-        return False
-    return recent and (last_status(log) or "").startswith(INTERRUPTED)
+        return None
+    return logged_result(result) if recent else None
 
 
 def _task(base: Any, raster: Path, store: Path, result: ItemResult, settings: Any, extent_crs: Any) -> EncodeItem:
@@ -121,7 +131,7 @@ def encode_stopping_on_signal(tasks: Sequence[EncodeItem], events: EventWriter) 
         try:
             encode_in_turn(tasks, events, results=results)
         except KeyboardInterrupt:
-            results.append(dataclasses.replace(tasks[len(results)].result, status=INTERRUPTED))
+            results.append(interrupted_row(tasks[len(results)].result))
             return results, True
     return results, False
 

@@ -12,7 +12,7 @@ import contextlib
 import datetime
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple
 
@@ -70,6 +70,48 @@ def last_status(path: Path) -> Optional[str]:
         return None
     found = [line[len("status: "):] for line in lines if line.startswith("status: ")]
     return found[-1] if found else None
+
+
+def last_footer(path: Path) -> Optional[Dict[str, str]]:
+    """The footer of the last run in the log file `path` as {field: text} (status, note, tiles, objects, error,
+    seconds), None when there is no such file or its last run has no footer (not ended, or still running)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    starts = [index for index, line in enumerate(lines) if line.startswith(LOG_START)]
+    run = lines[starts[-1]:] if starts else lines
+    footer = [index for index, line in enumerate(run) if line.startswith("status: ")]
+    if not footer or not any(line.startswith("=== ended ") for line in run[footer[-1]:]):
+        return None
+    fields: Dict[str, str] = {}
+    for line in run[footer[-1]:]:
+        if ": " in line and not line.startswith("==="):
+            key, value = line.split(": ", 1)
+            fields.setdefault(key, value)
+    return fields
+
+
+def logged_result(result: ItemResult) -> Optional[ItemResult]:
+    """`result` as the footer of the last run in its log (`result.log`) ended it: status ("interrupted ..." as
+    INTERRUPTED), note, tiles, objects, error and seconds (the seconds the item ran, as its log says); None when
+    that run has no footer. The row of an item that ended where this process could not see it (a worker's, or
+    one stopped by Ctrl-C) says what its log says."""
+    footer = last_footer(Path(result.log))
+    if footer is None:
+        return None
+    status = INTERRUPTED if footer["status"].startswith(INTERRUPTED) else footer["status"]
+    try:
+        seconds = float(footer.get("seconds", "0"))
+    except ValueError:
+        seconds = 0.0
+    return replace(result, status=status, note=footer.get("note"), tiles=_count(footer, "tiles"),
+                   objects=_count(footer, "objects"), error=footer.get("error"), seconds=seconds)
+
+
+def _count(footer: Mapping[str, str], key: str) -> Optional[int]:
+    value = footer.get(key, "")
+    return int(value) if value.isdigit() else None
 
 
 #: The notes of re-runs that left their output as it was (a segment-all item found finished, or finished with other

@@ -468,6 +468,16 @@ def test_ctrl_c_stops_the_whole_run_and_keeps_finished_tiles(tmp_path, stop):
     finished = [json.loads(line) for line in rest.splitlines() if '"finished"' in line][-1]["summary"]
     assert finished["interrupted"] is True   # the summary so far
     assert [row["status"] for row in finished["items"]] == ["done", "interrupted"]
+    assert_row_seconds_are_the_logs(finished["items"][1])
+
+
+def assert_row_seconds_are_the_logs(row: dict) -> None:
+    """An interrupted row gives the seconds its item ran, as its log's last footer says (break13 F5: the row said
+    0.0, the log 8.7). The log writes the value rounded to 3 decimals, hence the tolerance."""
+    logged = [line for line in Path(row["log"]).read_text(encoding="utf-8").splitlines()
+              if line.startswith("seconds: ")]
+    assert float(logged[-1][len("seconds: "):]) > 0   # it ran: it wrote a tile before the signal
+    assert row["seconds"] == pytest.approx(float(logged[-1][len("seconds: "):]), abs=1e-3)
 
 
 @pytest.mark.slow
@@ -502,6 +512,7 @@ def test_ctrl_c_stops_a_segment_all_batch_with_its_summary_so_far(tmp_path):
     assert finished["interrupted"] is True
     assert [row["status"] for row in finished["items"]] == ["done", "interrupted"]
     assert "status: interrupted" in (out / "b_quicksam_objects.log").read_text(encoding="utf-8")
+    assert_row_seconds_are_the_logs(finished["items"][1])
 
 
 def test_a_finished_segment_all_batch_is_done_on_a_re_run(tmp_path):

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 from typing import Iterator, List
 
@@ -420,6 +421,42 @@ def test_ctrl_c_on_a_cluster_batch_gives_the_summary_so_far(cluster, tmp_path, n
     for row in summary["items"]:
         if row["status"] == "interrupted":
             assert "status: interrupted" in Path(row["log"]).read_text(encoding="utf-8")
+
+
+def test_a_file_a_worker_finished_after_the_cancel_is_in_the_summary(tmp_path):
+    """break13 F7: a file-level run stopped by Ctrl-C reports every file whose log a worker ended during the run,
+    as the log says: one finished after the cancel (the coordinator no longer collects results) is "done" with
+    its tiles, not left out. Tested on the function building the rows, with the logs a worker writes
+    (core/batch_log.item_log), since when a worker ends a file relative to the cancel is a timing race in a real
+    run. A log last ended before the run, or begun and not ended, gives no row."""
+    from types import SimpleNamespace
+
+    from quicksam.cli.encode_batch import interrupted_rows
+    from quicksam.core.batch_log import DONE, INTERRUPTED, ItemResult, item_log
+
+    names = ("a", "b", "c", "d", "e")
+    rows = [ItemResult(index, len(names), f"{name}.tif", str(tmp_path / f"{name}_quicksam"),
+                       str(tmp_path / f"{name}_quicksam.log")) for index, name in enumerate(names)]
+    began = 1_000_000.0   # the run's start (time.time()); the logs' times are set around it: no clock race
+    for row, status in zip(rows[1:4], (INTERRUPTED, DONE, DONE)):
+        try:
+            with item_log(ItemResult(**row.row()), f"quicksam encode {row.input}", {}) as log:
+                log.result.status, log.result.tiles = status, 25
+                if status == INTERRUPTED:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            pass
+        os.utime(row.log, (began + 10, began + 10) if row.input != "d.tif" else (began - 10, began - 10))
+    Path(rows[4].log).write_text("=== quicksam encode e.tif: started 2026-12-01T00:00:00+00:00\n", encoding="utf-8")
+    os.utime(rows[4].log, (began + 10, began + 10))   # a worker began it and has not ended it
+    finished = [dataclasses_replace(rows[0], status=DONE, tiles=25, seconds=3.0)]
+    summary = interrupted_rows([SimpleNamespace(result=row) for row in rows], finished, True, began)
+    assert [(row.input, row.status) for row in summary] == [("a.tif", DONE), ("b.tif", INTERRUPTED),
+                                                             ("c.tif", DONE)]
+    assert summary[2].tiles == 25 and summary[2].error is None
+    for row in summary[1:]:   # the seconds each log's footer gives (written rounded to 3 decimals)
+        logged = Path(row.log).read_text(encoding="utf-8").split("seconds: ")[-1].split()[0]
+        assert row.seconds == pytest.approx(float(logged), abs=1e-3)
 
 
 def _processes_in_session(session: int) -> List[int]:
