@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..core.batch import SEGMENT_ALL, BatchItem, is_store_folder
 from ..core.batch_log import (
@@ -86,10 +86,10 @@ def store_of_raster(item: BatchItem) -> Optional[Path]:
     return found[0] if len(found) == 1 else None
 
 
-def _finished_before(result: ItemResult, layer: str) -> bool:
-    """Whether this item's output was finished by an earlier run: the run of its log that made it
-    (`last_output_run`) ended "done", no unfinished run file is next to it, and it has the layer `layer` (whose
-    object count goes into `result`)."""
+def _finished_before(result: ItemResult, layer: str) -> Optional[Dict[str, str]]:
+    """The options (as its log recorded them) of the earlier run that finished this item's output, None when it is
+    not finished: the run of its log that made it (`last_output_run`) ended "done", no unfinished run file is
+    next to it, and it has the layer `layer` (whose object count goes into `result`)."""
     from osgeo import gdal
 
     from ..interactive.run_file import partial_path
@@ -97,13 +97,13 @@ def _finished_before(result: ItemResult, layer: str) -> bool:
     output = Path(result.output)
     made = last_output_run(Path(result.log))
     if made is None or made[0] != DONE or not output.is_file() or partial_path(output).exists():
-        return False
+        return None
     dataset = gdal.OpenEx(str(output), gdal.OF_VECTOR)
     found = dataset is not None and dataset.GetLayerByName(layer) is not None
     if found:
         result.objects = dataset.GetLayerByName(layer).GetFeatureCount()
     dataset = None
-    return found
+    return made[1] if found else None
 
 
 #: The options that make segment-all's objects, as its item logs record them (`option <name>: <value>`): the
@@ -114,13 +114,12 @@ RESULT_OPTIONS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "sta
                   "skip_covered_points", "levels", "aoi", "extent")
 
 
-def _refuse_other_settings(result: ItemResult, args: argparse.Namespace) -> None:
+def _refuse_other_settings(result: ItemResult, args: argparse.Namespace, recorded: Mapping[str, str]) -> None:
     """QuickSamError (one line: the options that differ, and --overwrite) when the finished output of `result` was
-    made with other settings than `args` (those its log recorded for the run that finished it), as an unfinished
-    run with other settings is refused (run_file.differing_settings: the same comparison)."""
+    made with other settings than `args` (`recorded`: those its log recorded for the run that finished it), as an
+    unfinished run with other settings is refused (run_file.differing_settings: the same comparison)."""
     from ..interactive.run_file import differing_settings
 
-    recorded = (last_output_run(Path(result.log)) or (DONE, {}))[1]
     now = {key[len("option "):]: value for key, value in command_settings(args) if key.startswith("option ")}
     differing = differing_settings({key: recorded.get(key) for key in RESULT_OPTIONS},
                                    {key: now.get(key) for key in RESULT_OPTIONS})
@@ -151,8 +150,9 @@ def segment_item(args: argparse.Namespace, events: EventWriter, item: BatchItem,
             store = store_of_raster(item)
             if store is None:
                 raise QuickSamError(_missing_store(item, args))
-            if not args.overwrite and _finished_before(result, args.layer):
-                _refuse_other_settings(result, args)
+            recorded = None if args.overwrite else _finished_before(result, args.layer)
+            if recorded is not None:
+                _refuse_other_settings(result, args, recorded)
                 result.status, result.note = DONE, ALREADY_FINISHED
                 LOGGER.info("already finished, nothing segmented (--overwrite segments it again)")
                 result.seconds = log.seconds()

@@ -61,35 +61,47 @@ def one_line_error(exc: BaseException) -> str:
     return text if isinstance(exc, QuickSamError) and text else f"unexpected {type(exc).__name__}: {text}"
 
 
-def last_status(path: Path) -> Optional[str]:
-    """The status in the last footer of the log file `path` ("done", "failed", "interrupted ..."), None when there
-    is no such file or footer."""
+@dataclass
+class LoggedRun:
+    """One run of an item log: its header's `option <name>: <value>` lines as {name: value}, its footer's fields
+    from `status:` on as {field: text} (status, note, tiles, objects, error, seconds; empty while the run has
+    not reached its footer) and whether the footer was closed (`=== ended`)."""
+
+    options: Dict[str, str]
+    footer: Dict[str, str]
+    ended: bool = False
+
+
+def logged_runs(path: Path) -> List[LoggedRun]:
+    """The runs of the item log file `path` in order (each begins with LOG_START); [] when there is no such file.
+    The one reader of the log format `item_log` writes."""
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
-        return None
-    found = [line[len("status: "):] for line in lines if line.startswith("status: ")]
-    return found[-1] if found else None
+        return []
+    runs: List[LoggedRun] = []
+    for line in lines:
+        if line.startswith(LOG_START):
+            runs.append(LoggedRun({}, {}))
+        elif not runs:
+            continue
+        elif line.startswith("=== ended "):
+            runs[-1].ended = bool(runs[-1].footer)
+        elif runs[-1].footer or line.startswith("status: "):
+            if ": " in line and not line.startswith("==="):
+                key, value = line.split(": ", 1)
+                runs[-1].footer.setdefault(key, value)
+        elif line.startswith("option ") and ": " in line:
+            name, value = line[len("option "):].split(": ", 1)
+            runs[-1].options[name] = value
+    return runs
 
 
 def last_footer(path: Path) -> Optional[Dict[str, str]]:
     """The footer of the last run in the log file `path` as {field: text} (status, note, tiles, objects, error,
     seconds), None when there is no such file or its last run has no footer (not ended, or still running)."""
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    starts = [index for index, line in enumerate(lines) if line.startswith(LOG_START)]
-    run = lines[starts[-1]:] if starts else lines
-    footer = [index for index, line in enumerate(run) if line.startswith("status: ")]
-    if not footer or not any(line.startswith("=== ended ") for line in run[footer[-1]:]):
-        return None
-    fields: Dict[str, str] = {}
-    for line in run[footer[-1]:]:
-        if ": " in line and not line.startswith("==="):
-            key, value = line.split(": ", 1)
-            fields.setdefault(key, value)
-    return fields
+    runs = logged_runs(path)
+    return runs[-1].footer if runs and runs[-1].ended else None
 
 
 def logged_result(result: ItemResult) -> Optional[ItemResult]:
@@ -123,23 +135,9 @@ def last_output_run(path: Path) -> Optional[Tuple[str, Dict[str, str]]]:
     """(status, options) of the last run in the log file `path` that ended with a footer not noting
     ALREADY_FINISHED or OTHER_SETTINGS: the run that made (or last tried to make) the output; its options are
     its header's `option <name>: <value>` lines as {name: value}. None when there is none."""
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    runs: List[Dict[str, str]] = []   # each run's options, and its footer's status and note as "~status", "~note"
-    for line in lines:
-        if line.startswith(LOG_START):
-            runs.append({})
-        elif runs and "~status" not in runs[-1] and line.startswith("option ") and ": " in line:
-            name, value = line[len("option "):].split(": ", 1)
-            runs[-1][name] = value
-        elif runs and line.startswith(("status: ", "note: ")):
-            key, value = line.split(": ", 1)
-            runs[-1].setdefault("~" + key, value)
-    for run in reversed(runs):
-        if "~status" in run and run.get("~note") not in (ALREADY_FINISHED, OTHER_SETTINGS):
-            return run.pop("~status"), {key: value for key, value in run.items() if not key.startswith("~")}
+    for run in reversed(logged_runs(path)):
+        if "status" in run.footer and run.footer.get("note") not in (ALREADY_FINISHED, OTHER_SETTINGS):
+            return run.footer["status"], run.options
     return None
 
 

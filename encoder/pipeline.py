@@ -292,19 +292,11 @@ def verify_kept_work(store: FeatureStore) -> bool:
     problem = store.decoder_problem()
     if problem is not None and (store.root / DECODER_ONNX).exists():
         LOGGER.warning("%s of store %s %s; exporting it again", DECODER_ONNX, store.root, problem)
-    split = store_split_decoder_problem(store)
+    # a store written before the split decoder (or SAM 1's) has neither file: nothing to repair
+    split = store_split_files_problem(store.root, store.feature_shapes) if store.family == "sam2" else None
     if split is not None:
         LOGGER.warning("the split decoder of store %s: %s; exporting it again", store.root, split)
     return problem is not None or split is not None
-
-
-def store_split_decoder_problem(store: FeatureStore) -> Optional[str]:
-    """What is wrong with a SAM 2 store's split decoder (decoder_tile.onnx, decoder_prompt.onnx): one part
-    missing, damaged or of another tile size; None when both are fine or neither exists (a store written
-    before it: resuming it writes nothing)."""
-    if store.family != "sam2":
-        return None
-    return store_split_files_problem(store.root, store.feature_shapes)
 
 
 def load_model_for(request: EncodeRequest) -> SegmentModel:
